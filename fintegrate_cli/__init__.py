@@ -1,0 +1,1 @@
+"""The ``fintegrate`` operator CLI."""

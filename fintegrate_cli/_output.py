@@ -1,0 +1,77 @@
+"""The one output layer: a Rich table for people, JSON for scripts (data on stdout)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def print_json(data: Any) -> None:
+    """Data as JSON on stdout, nothing else."""
+    console.file.write(json.dumps(data, indent=2, default=str, sort_keys=False) + "\n")
+    console.file.flush()
+
+
+def render_cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, Mapping | list):
+        return json.dumps(value, default=str)
+    return str(value)
+
+
+def print_table(
+    rows: Sequence[Mapping[str, Any]], columns: Sequence[str], title: str | None = None
+) -> None:
+    """Rows as a Rich table with the given columns."""
+    table = Table(title=title, show_lines=False)
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*(render_cell(row.get(column)) for column in columns))
+    console.print(table)
+
+
+def print_record(record: Mapping[str, Any], title: str | None = None) -> None:
+    """One object as a two-column field/value table."""
+    table = Table(title=title, show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    for key, value in record.items():
+        table.add_row(key, render_cell(value))
+    console.print(table)
+
+
+def emit_rows(
+    rows: Sequence[Mapping[str, Any]],
+    columns: Sequence[str],
+    as_json: bool,
+    title: str | None = None,
+    json_data: Any = None,
+) -> None:
+    """A listing: JSON (``json_data`` or the rows) for scripts, a table for people."""
+    if as_json:
+        print_json(list(rows) if json_data is None else json_data)
+    else:
+        print_table(rows, columns, title)
+
+
+def emit_record(record: Mapping[str, Any], as_json: bool, title: str | None = None) -> None:
+    """One object: JSON for scripts, a field/value table for people."""
+    if as_json:
+        print_json(record)
+    else:
+        print_record(record, title)
+
+
+def info(message: str, quiet: bool = False) -> None:
+    """A diagnostic line on stderr (suppressed by -q)."""
+    if not quiet:
+        err_console.print(message)

@@ -1,0 +1,144 @@
+"""`fintegrate migrate`: apply, status, verify and create plain-SQL migrations."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from sqlalchemy import Engine
+
+from fintegrate_cli._context import state
+from fintegrate_cli._errors import CheckFailed, CliError
+from fintegrate_cli._output import emit_rows, info, print_json
+from service import migrations
+from service.db import create_db_engine
+
+app = typer.Typer(
+    help="Apply, inspect, verify and create database migrations.", no_args_is_help=True
+)
+
+DirOption = Annotated[
+    Path,
+    typer.Option("--dir", help="Directory holding the migration files.", file_okay=False),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
+T = TypeVar("T")
+STATUS_COLUMNS = ("version", "filename", "state", "applied_at")
+
+
+def engine_for(ctx: typer.Context) -> Engine:
+    return create_db_engine(state(ctx).settings(), pool_size=2)
+
+
+def run_checked(call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Call a runner function, turning MigrationError into a one-line CLI error."""
+    try:
+        return call(*args, **kwargs)
+    except migrations.MigrationError as exc:
+        raise CliError(str(exc)) from exc
+
+
+@app.command("apply")
+def apply_command(
+    ctx: typer.Context,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the plan; change nothing.")
+    ] = False,
+    to: Annotated[str | None, typer.Option("--to", help="Apply up to this version.")] = None,
+    lock_timeout: Annotated[
+        float, typer.Option("--lock-timeout", help="Seconds to wait for the migration lock.")
+    ] = 30.0,
+    wait: Annotated[
+        float,
+        typer.Option("--wait", help="Seconds to wait for the database to accept connections."),
+    ] = 0.0,
+    directory: DirOption = migrations.MIGRATIONS_DIR,
+    json_output: JsonOption = False,
+) -> None:
+    """Apply pending migrations in name order, each in its own transaction."""
+    cli = state(ctx)
+    engine = engine_for(ctx)
+    if wait > 0:
+        run_checked(migrations.wait_for_database, engine, wait)
+    if dry_run:
+        pending = run_checked(migrations.plan, engine, directory, to)
+        plan_rows = [
+            {"version": f.version, "filename": f.filename, "action": "apply"} for f in pending
+        ]
+        emit_rows(
+            plan_rows, ("version", "filename", "action"), json_output or cli.json, "Plan (dry run)"
+        )
+        info(f"{len(plan_rows)} migration(s) would be applied; nothing changed", cli.quiet)
+        return
+    applied = run_checked(
+        migrations.apply, engine, directory, to_version=to, lock_timeout_seconds=lock_timeout
+    )
+    rows: list[dict[str, Any]] = [
+        {"version": m.version, "filename": m.filename, "execution_ms": m.execution_ms}
+        for m in applied
+    ]
+    if json_output or cli.json:
+        print_json({"applied": rows})
+    else:
+        for row in rows:
+            info(f"applied {row['filename']} in {row['execution_ms']} ms", cli.quiet)
+        info(f"{len(rows)} migration(s) applied; database is up to date", cli.quiet)
+
+
+@app.command("status")
+def status_command(
+    ctx: typer.Context,
+    directory: DirOption = migrations.MIGRATIONS_DIR,
+    json_output: JsonOption = False,
+    exit_code: Annotated[
+        bool,
+        typer.Option("--exit-code", help="Exit 3 when anything is pending, changed or missing."),
+    ] = False,
+) -> None:
+    """Show applied / pending / changed / missing for each migration."""
+    cli = state(ctx)
+    states = run_checked(migrations.status, engine_for(ctx), directory)
+    rows = [s.as_dict() for s in states]
+    emit_rows(rows, STATUS_COLUMNS, json_output or cli.json, "Migrations")
+    outstanding = [s for s in states if s.state != "applied"]
+    if exit_code and outstanding:
+        raise CheckFailed(
+            f"{len(outstanding)} migration(s) not applied cleanly: "
+            + ", ".join(f"{s.filename} ({s.state})" for s in outstanding)
+        )
+
+
+@app.command("verify")
+def verify_command(
+    ctx: typer.Context,
+    directory: DirOption = migrations.MIGRATIONS_DIR,
+    json_output: JsonOption = False,
+) -> None:
+    """Detect applied files changed since (checksum drift) and recorded files now gone."""
+    cli = state(ctx)
+    problems = run_checked(migrations.verify, engine_for(ctx), directory)
+    if json_output or cli.json:
+        print_json({"ok": not problems, "problems": [p.as_dict() for p in problems]})
+    if problems:
+        raise CliError(
+            "migration drift: "
+            + ", ".join(f"{p.filename} ({p.state})" for p in problems)
+            + "; restore the original files or add a new migration instead of editing one"
+        )
+    info("all applied migrations match their files", cli.quiet)
+
+
+@app.command("new")
+def new_command(
+    ctx: typer.Context,
+    description: Annotated[str, typer.Argument(help="What the migration does, in a few words.")],
+    directory: DirOption = migrations.MIGRATIONS_DIR,
+) -> None:
+    """Write a new, correctly named migration file from the template."""
+    path = run_checked(migrations.new_migration, description, directory)
+    if state(ctx).json:
+        print_json({"path": str(path)})
+    else:
+        typer.echo(str(path))

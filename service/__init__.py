@@ -1,0 +1,1 @@
+"""Fintegrate customer service, outbox relay and messaging."""

@@ -1,0 +1,85 @@
+"""Settings shared by the service, the relay, the worker and the CLI.
+
+One class, environment prefix ``FINTEGRATE_``, optional ``.env`` file.
+Precedence: explicit overrides (CLI flags) > environment > ``.env`` > defaults.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PLACEHOLDER_SECRETS = frozenset(
+    {"changeme", "change-me", "change_me", "secret", "admin", "password", "placeholder", "xxx"}
+)
+SECRET_FIELDS = ("admin_api_key", "api_key")
+SECRET_URL_FIELDS = ("database_url", "rabbitmq_url", "rabbitmq_management_url", "redis_url")
+
+
+class Settings(BaseSettings):
+    """Every tunable of Fintegrate; see ``.env.example`` for documentation."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FINTEGRATE_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    environment: Literal["development", "test", "production"] = "development"
+    database_url: str = (
+        "postgresql+psycopg2://fintegrate_user:fintegrate_pass@127.0.0.1:5432/fintegrate_db"
+    )
+    rabbitmq_url: str = "amqp://fintegrate_user:fintegrate_pass@127.0.0.1:5672/fintegrate"
+    rabbitmq_management_url: str | None = None
+    redis_url: str | None = "redis://127.0.0.1:6379/0"
+    api_url: str = "http://127.0.0.1:8000"
+    admin_api_key: str | None = None
+    api_key: str | None = None
+
+    rate_limit_api_key_per_minute: int = Field(default=50, ge=1)
+    rate_limit_api_key_burst: int = Field(default=500, ge=1)
+    bcrypt_rounds: int = Field(default=12, ge=4, le=16)
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+
+    db_pool_size: int = Field(default=10, ge=1)
+    db_statement_timeout_ms: int = Field(default=5000, ge=100)
+    auth_cache_ttl_seconds: float = Field(default=5.0, ge=0)
+    failed_auth_limit: int = Field(default=10, ge=1)
+    failed_auth_window_seconds: int = Field(default=60, ge=1)
+    redis_timeout_seconds: float = Field(default=0.05, gt=0)
+    redis_retry_seconds: float = Field(default=5.0, gt=0)
+
+    relay_batch_size: int = Field(default=200, ge=1)
+    relay_poll_seconds: float = Field(default=1.0, gt=0)
+    relay_max_backoff_seconds: float = Field(default=60.0, gt=0)
+    consumer_prefetch: int = Field(default=20, ge=1)
+    queue_type: Literal["classic", "quorum"] = "classic"
+    quorum_delivery_limit: int = Field(default=5, ge=1)
+
+    @model_validator(mode="after")
+    def _refuse_placeholder_secrets(self) -> Settings:
+        if self.environment == "development":
+            return self
+        for name in SECRET_FIELDS:
+            value = getattr(self, name)
+            if value is not None and value.strip().lower() in PLACEHOLDER_SECRETS:
+                raise ValueError(
+                    f"FINTEGRATE_{name.upper()} is a placeholder value; set a real secret "
+                    f"(placeholders are only accepted with FINTEGRATE_ENVIRONMENT=development)"
+                )
+        return self
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings; tests call ``get_settings.cache_clear()`` to reload."""
+    return Settings()
+
+
+def load_settings(env_file: str | None = None, **overrides: Any) -> Settings:
+    """Settings with explicit overrides (None values ignored) and an optional env file."""
+    given = {key: value for key, value in overrides.items() if value is not None}
+    if env_file is not None:
+        return Settings(_env_file=env_file, **given)
+    return Settings(**given)

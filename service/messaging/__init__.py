@@ -1,0 +1,1 @@
+"""Messaging: topology names, publisher, outbox relay, event consumer worker."""

@@ -1,0 +1,110 @@
+"""The single source of exchange, queue, DLQ, argument and routing-key names (SPEC 5)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+EXCHANGE = "customer_events"
+EXCHANGE_TYPE = "topic"
+QUEUE_PREFIX = "customer_notification_"
+DLQ_SUFFIX = "_DLQ"
+MESSAGE_TTL_MS = 86_400_000
+MAX_LENGTH = 100_000
+SCHEMA_VERSION = 1
+
+EVENT_TYPES = (
+    "customer_creation",
+    "customer_deletion",
+    "customer_status_change",
+    "consumer_created",
+)
+CUSTOMER_EVENT_TYPES = EVENT_TYPES[:3]
+SYSTEM_EVENT_TYPES = EVENT_TYPES[3:]
+
+CONSUMER_NAME_PATTERN = re.compile(r"^[a-z0-9_]+$")
+CONSUMER_NAME_MAX_LENGTH = 64
+
+
+def event_kind(event_type: str) -> str:
+    """The routing kind of an event type: its name without the ``customer_`` prefix."""
+    if event_type not in EVENT_TYPES:
+        raise ValueError(f"unknown event type {event_type!r}; expected one of {EVENT_TYPES}")
+    return event_type.removeprefix("customer_")
+
+
+def routing_key(event_type: str, consumer_name: str) -> str:
+    """``customer.{kind}.{consumer_name}``: ``customer.creation.consumer_test001``."""
+    return f"customer.{event_kind(event_type)}.{consumer_name}"
+
+
+def queue_name(consumer_name: str) -> str:
+    """The tenant's main queue."""
+    return f"{QUEUE_PREFIX}{consumer_name}"
+
+
+def dlq_name(consumer_name: str) -> str:
+    """The tenant's dead-letter queue."""
+    return f"{queue_name(consumer_name)}{DLQ_SUFFIX}"
+
+
+def dlq_routing_key(consumer_name: str) -> str:
+    """The routing key dead letters are republished with; bound only to the DLQ."""
+    return f"customer.dlq.{consumer_name}"
+
+
+def queue_arguments(
+    consumer_name: str, queue_type: str = "classic", delivery_limit: int = 5
+) -> dict[str, Any]:
+    """The exact x-arguments of the tenant's main queue."""
+    arguments: dict[str, Any] = {
+        "x-dead-letter-exchange": EXCHANGE,
+        "x-dead-letter-routing-key": dlq_routing_key(consumer_name),
+        "x-message-ttl": MESSAGE_TTL_MS,
+        "x-max-length": MAX_LENGTH,
+    }
+    if queue_type == "quorum":
+        arguments["x-queue-type"] = "quorum"
+        arguments["x-delivery-limit"] = delivery_limit
+    return arguments
+
+
+def dlq_arguments(queue_type: str = "classic") -> dict[str, Any]:
+    """The x-arguments of the tenant's DLQ (none for classic queues)."""
+    return {"x-queue-type": "quorum"} if queue_type == "quorum" else {}
+
+
+def queue_bindings(consumer_name: str) -> list[str]:
+    """Routing keys bound to the main queue: one per event type, never the DLQ key."""
+    return [routing_key(event_type, consumer_name) for event_type in EVENT_TYPES]
+
+
+@dataclass(frozen=True)
+class TenantTopology:
+    """Everything declared for one tenant."""
+
+    consumer_name: str
+    queue: str
+    dlq: str
+    queue_arguments: dict[str, Any] = field(default_factory=dict)
+    dlq_arguments: dict[str, Any] = field(default_factory=dict)
+    bindings: tuple[str, ...] = ()
+    dlq_binding: str = ""
+
+
+def tenant_topology(
+    consumer_name: str, queue_type: str = "classic", delivery_limit: int = 5
+) -> TenantTopology:
+    """The declared shape of one tenant's queues and bindings."""
+    if not CONSUMER_NAME_PATTERN.match(consumer_name):
+        raise ValueError(f"invalid consumer name {consumer_name!r}: must match ^[a-z0-9_]+$")
+    return TenantTopology(
+        consumer_name=consumer_name,
+        queue=queue_name(consumer_name),
+        dlq=dlq_name(consumer_name),
+        queue_arguments=queue_arguments(consumer_name, queue_type, delivery_limit),
+        dlq_arguments=dlq_arguments(queue_type),
+        bindings=tuple(queue_bindings(consumer_name)),
+        dlq_binding=dlq_routing_key(consumer_name),
+    )

@@ -1,0 +1,154 @@
+"""Shared fixtures: real PostgreSQL, RabbitMQ and Redis, isolated per test session and test.
+
+- PostgreSQL: one fresh database per pytest worker with every migration applied
+  (``migrated_database_url``); tests that need an empty one use ``database_factory``.
+- RabbitMQ: one fresh vhost per pytest worker (``rabbit_vhost``), deleted at the end.
+- Redis: one DB index per worker, flushed before each test (``redis_url``).
+A missing service fails the test loudly; nothing is skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+
+import httpx
+import pytest
+import redis
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.engine import make_url
+
+from service import migrations
+from service.config import Settings, get_settings
+from service.db import create_db_engine
+
+PG_ADMIN_URL = os.environ.get(
+    "FINTEGRATE_TEST_PG_URL",
+    "postgresql+psycopg2://fintegrate_user:fintegrate_pass@127.0.0.1:5432/postgres",
+)
+RABBIT_HOST = os.environ.get("FINTEGRATE_TEST_RABBIT_HOST", "127.0.0.1")
+RABBIT_USER = os.environ.get("FINTEGRATE_TEST_RABBIT_USER", "fintegrate_user")
+RABBIT_PASS = os.environ.get("FINTEGRATE_TEST_RABBIT_PASS", "fintegrate_pass")
+RABBIT_MANAGEMENT = f"http://{RABBIT_HOST}:15672"
+REDIS_BASE_URL = os.environ.get("FINTEGRATE_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+HELP = "run scripts/prepare_services.sh first"
+
+
+def unique_name(prefix: str = "t") -> str:
+    """A consumer-name-safe unique identifier: ``prefix_<10 hex>``."""
+    return f"{prefix}_{uuid.uuid4().hex[:10]}"
+
+
+def worker_index(config: pytest.Config) -> int:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    return int(worker.removeprefix("gw") or 0)
+
+
+@pytest.fixture(scope="session")
+def pg_admin_engine() -> Iterator[Engine]:
+    engine = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except Exception as exc:
+        pytest.fail(f"PostgreSQL is required at {PG_ADMIN_URL}: {exc}; {HELP}", pytrace=False)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def database_factory(pg_admin_engine: Engine) -> Iterator[Callable[[], str]]:
+    """Creates empty databases on demand and drops them at the end of the session."""
+    created: list[str] = []
+
+    def create() -> str:
+        name = f"ft_{uuid.uuid4().hex[:12]}"
+        with pg_admin_engine.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+        created.append(name)
+        return make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+
+    yield create
+    with pg_admin_engine.connect() as connection:
+        for name in created:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def migrated_database_url(database_factory: Callable[[], str]) -> str:
+    """One database per worker with every migration applied."""
+    url = database_factory()
+    engine = create_engine(url)
+    migrations.apply(engine)
+    engine.dispose()
+    return url
+
+
+@pytest.fixture(scope="session")
+def rabbit_vhost() -> Iterator[str]:
+    """A fresh RabbitMQ vhost for this worker; yields its AMQP URL."""
+    vhost = f"ft_{uuid.uuid4().hex[:12]}"
+    auth = (RABBIT_USER, RABBIT_PASS)
+    try:
+        httpx.put(
+            f"{RABBIT_MANAGEMENT}/api/vhosts/{vhost}", auth=auth, timeout=10
+        ).raise_for_status()
+        httpx.put(
+            f"{RABBIT_MANAGEMENT}/api/permissions/{vhost}/{RABBIT_USER}",
+            json={"configure": ".*", "write": ".*", "read": ".*"},
+            auth=auth,
+            timeout=10,
+        ).raise_for_status()
+    except httpx.HTTPError as exc:
+        pytest.fail(
+            f"RabbitMQ management API is required at {RABBIT_MANAGEMENT}: {exc}; {HELP}",
+            pytrace=False,
+        )
+    yield f"amqp://{RABBIT_USER}:{RABBIT_PASS}@{RABBIT_HOST}:5672/{vhost}"
+    httpx.delete(f"{RABBIT_MANAGEMENT}/api/vhosts/{vhost}", auth=auth, timeout=30)
+
+
+@pytest.fixture
+def redis_url(request: pytest.FixtureRequest) -> str:
+    """This worker's own Redis DB index (1..15), flushed before the test."""
+    index = 1 + worker_index(request.config) % 15
+    url = f"{REDIS_BASE_URL}/{index}"
+    client = redis.Redis.from_url(url, socket_timeout=2)
+    try:
+        client.flushdb()
+    except redis.RedisError as exc:
+        pytest.fail(f"Redis is required at {REDIS_BASE_URL}: {exc}; {HELP}", pytrace=False)
+    finally:
+        client.close()
+    return url
+
+
+@pytest.fixture
+def settings(migrated_database_url: str, rabbit_vhost: str, redis_url: str) -> Iterator[Settings]:
+    """Settings pointing at this worker's database, vhost and Redis DB, with fast bcrypt."""
+    vhost = rabbit_vhost.rsplit("/", 1)[1]
+    values = Settings(
+        environment="test",
+        database_url=migrated_database_url,
+        rabbitmq_url=rabbit_vhost,
+        rabbitmq_management_url=f"http://{RABBIT_USER}:{RABBIT_PASS}@{RABBIT_HOST}:15672",
+        redis_url=redis_url,
+        admin_api_key=f"admin-{uuid.uuid4().hex}",
+        bcrypt_rounds=4,
+        relay_poll_seconds=0.2,
+    )
+    assert values.rabbitmq_url.endswith(vhost)
+    get_settings.cache_clear()
+    yield values
+    get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def engine(migrated_database_url: str) -> Iterator[Engine]:
+    """An engine on this worker's migrated database."""
+    db_engine = create_db_engine(
+        Settings(environment="test", database_url=migrated_database_url), pool_size=4
+    )
+    yield db_engine
+    db_engine.dispose()
