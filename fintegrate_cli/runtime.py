@@ -1,9 +1,13 @@
-"""Top-level commands: serve, relay, consume, doctor, demo."""
+"""Top-level commands (serve, relay, consume, doctor, demo), each from its own module."""
 
 from __future__ import annotations
 
 import typer
 
+from fintegrate_cli import demo, doctor, server, workers
+
 
 def register(app: typer.Typer) -> None:
     """Attach the top-level commands to the root app."""
+    for module in (server, workers, doctor, demo):
+        module.register(app)
