@@ -22,6 +22,7 @@ from sqlalchemy.engine import make_url
 from service import migrations
 from service.config import Settings, get_settings
 from service.db import create_db_engine
+from tests.support.tcp_proxy import TcpProxy
 
 PG_ADMIN_URL = os.environ.get(
     "FINTEGRATE_TEST_PG_URL",
@@ -152,3 +153,18 @@ def engine(migrated_database_url: str) -> Iterator[Engine]:
     )
     yield db_engine
     db_engine.dispose()
+
+
+@pytest.fixture
+def tcp_proxy_factory() -> Iterator[Callable[[str, int], TcpProxy]]:
+    """Starts loopback TCP proxies for fault injection (``TcpProxy(host, port)``); stops them."""
+    proxies: list[TcpProxy] = []
+
+    def create(target_host: str, target_port: int) -> TcpProxy:
+        proxy = TcpProxy(target_host, target_port).start()
+        proxies.append(proxy)
+        return proxy
+
+    yield create
+    for proxy in proxies:
+        proxy.stop()
