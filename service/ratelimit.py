@@ -1,0 +1,339 @@
+"""Per-key rate limiting and failed-auth throttling in Redis, failing open.
+
+The limiter is GCRA (a token bucket kept as one "theoretical arrival time") in one
+atomic Lua script that reads Redis server time, so every API instance shares one clock
+and one bucket. Refill rate is ``per_minute / 60`` tokens per second; the bucket holds
+``burst`` tokens.
+
+Redis is optional: with no URL, or when it times out or refuses, decisions fail open
+(``None``). A circuit breaker then skips Redis for ``redis_retry_seconds`` before one
+request probes it again, so a dead Redis costs at most one short timeout per period.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import redis
+from fastapi import FastAPI, Request
+from prometheus_client import CollectorRegistry, Counter
+from redis.backoff import NoBackoff
+from redis.commands.core import Script
+from redis.retry import Retry
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.config import Settings
+from service.errors import TooManyRequests
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+RATE_KEY_PREFIX = "fintegrate:rl:"
+AUTH_FAIL_KEY_PREFIX = "fintegrate:authfail:"
+STATE_HEADERS = "rate_limit_headers"
+FAIL_OPEN_METRIC = "fintegrate_ratelimit_fail_open_total"
+
+# GCRA. KEYS[1] bucket; ARGV[1] emission interval (us per token); ARGV[2] burst.
+# Returns {allowed, remaining, reset_us, retry_after_us}.
+GCRA_SCRIPT = """
+local now_parts = redis.call('TIME')
+local now = tonumber(now_parts[1]) * 1000000 + tonumber(now_parts[2])
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local new_tat = tat + interval
+local allow_at = new_tat - burst * interval
+if now < allow_at then
+  return {0, 0, math.ceil(tat - now), math.ceil(allow_at - now)}
+end
+local ttl_ms = math.ceil((new_tat - now) / 1000) + 1
+redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', ttl_ms)
+local remaining = math.floor((now - allow_at) / interval + 1e-6)
+return {1, remaining, math.ceil(new_tat - now), 0}
+"""
+
+# Fixed window: count failures, the window starts at the first one.
+AUTH_FAIL_SCRIPT = """
+local count = redis.call('INCR', KEYS[1])
+if count == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+return count
+"""
+
+_counters: weakref.WeakKeyDictionary[CollectorRegistry, Counter] = weakref.WeakKeyDictionary()
+_counters_lock = threading.Lock()
+
+
+def fail_open_counter(registry: CollectorRegistry) -> Counter:
+    """The one fail-open counter of ``registry``, labelled by ``check``."""
+    with _counters_lock:
+        counter = _counters.get(registry)
+        if counter is None:
+            counter = Counter(
+                FAIL_OPEN_METRIC,
+                "Rate-limit and failed-auth decisions that failed open because Redis was unusable",
+                ["check"],
+                registry=registry,
+            )
+            _counters[registry] = counter
+        return counter
+
+
+@dataclass(frozen=True)
+class RateDecision:
+    """One limiter answer; seconds are rounded up."""
+
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_seconds: int
+    retry_after_seconds: int
+
+
+class RedisStore:
+    """A Redis client behind a circuit breaker; ``call`` answers None instead of failing."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.retry_seconds = settings.redis_retry_seconds
+        self.client: redis.Redis | None = None
+        if settings.redis_url:
+            self.client = redis.Redis.from_url(
+                settings.redis_url,
+                socket_connect_timeout=settings.redis_timeout_seconds,
+                socket_timeout=settings.redis_timeout_seconds,
+                retry=Retry(NoBackoff(), 0),
+                health_check_interval=0,
+            )
+        self._scripts: dict[str, Script] = {}
+        self._lock = threading.Lock()
+        self._closed_breaker = True
+        self._next_probe = 0.0
+
+    def register(self, source: str) -> None:
+        """Prepare a Lua script for ``run_script`` (EVALSHA, loading it on NOSCRIPT)."""
+        if self.client is not None:
+            self._scripts[source] = self.client.register_script(source)
+
+    def run_script(self, source: str, keys: list[str], args: list[Any]) -> Any | None:
+        """Run a registered script; None when Redis is absent, failing or skipped."""
+        return self.call(lambda client: self._scripts[source](keys=keys, args=args, client=client))
+
+    def call(self, operation: Callable[[redis.Redis], T]) -> T | None:
+        """Run ``operation`` on the client; None when Redis is absent, failing or skipped."""
+        if self.client is None or not self._may_try():
+            return None
+        try:
+            result = operation(self.client)
+        except redis.RedisError as exc:
+            self._trip(exc)
+            return None
+        self._reset()
+        return result
+
+    @property
+    def breaker_open(self) -> bool:
+        return not self._closed_breaker
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+
+    def _may_try(self) -> bool:
+        """Closed breaker: yes. Open: only one caller per retry period gets to probe."""
+        if self._closed_breaker:
+            return True
+        with self._lock:
+            now = time.monotonic()
+            if now < self._next_probe:
+                return False
+            self._next_probe = now + self.retry_seconds
+            return True
+
+    def _trip(self, exc: Exception) -> None:
+        with self._lock:
+            was_closed = self._closed_breaker
+            self._closed_breaker = False
+            self._next_probe = time.monotonic() + self.retry_seconds
+        if was_closed:
+            logger.warning(
+                "Redis unavailable (%s); rate limits fail open, retrying in %.1f s",
+                exc,
+                self.retry_seconds,
+            )
+
+    def _reset(self) -> None:
+        if self._closed_breaker:
+            return
+        with self._lock:
+            self._closed_breaker = True
+        logger.warning("Redis reachable again; rate limits enforced")
+
+
+class _Guarded:
+    """Shared plumbing: a store (own or shared) and the fail-open counters."""
+
+    check_name = ""
+
+    def __init__(
+        self,
+        settings: Settings,
+        registry: CollectorRegistry | None = None,
+        store: RedisStore | None = None,
+    ) -> None:
+        self.settings = settings
+        self._owns_store = store is None
+        self.store = store if store is not None else RedisStore(settings)
+        self.fail_open_total = 0
+        self._count_lock = threading.Lock()
+        self._metric = fail_open_counter(registry).labels(self.check_name) if registry else None
+
+    def _counted(self, result: T | None) -> T | None:
+        if result is None:
+            self._count_fail_open()
+        return result
+
+    def _count_fail_open(self) -> None:
+        with self._count_lock:
+            self.fail_open_total += 1
+        if self._metric is not None:
+            self._metric.inc()
+
+    def close(self) -> None:
+        if self._owns_store:
+            self.store.close()
+
+
+class RateLimiter(_Guarded):
+    """GCRA limiter: ``check(bucket, per_minute, burst)`` takes one token or refuses."""
+
+    check_name = "rate_limit"
+
+    def __init__(
+        self,
+        settings: Settings,
+        registry: CollectorRegistry | None = None,
+        store: RedisStore | None = None,
+    ) -> None:
+        super().__init__(settings, registry, store)
+        self.store.register(GCRA_SCRIPT)
+
+    def check(self, bucket: str, per_minute: int, burst: int) -> RateDecision | None:
+        """Take one token from ``bucket``; None when Redis is unusable (fail open)."""
+        interval_us = 60_000_000 / per_minute
+        key = RATE_KEY_PREFIX + bucket
+        raw = self._counted(self.store.run_script(GCRA_SCRIPT, [key], [interval_us, burst]))
+        if raw is None:
+            return None
+        allowed, remaining, reset_us, retry_us = (int(value) for value in raw)
+        return RateDecision(
+            allowed=bool(allowed),
+            limit=burst,
+            remaining=remaining,
+            reset_seconds=_ceil_seconds(reset_us),
+            retry_after_seconds=max(1, _ceil_seconds(retry_us)) if not allowed else 0,
+        )
+
+
+class FailedAuthThrottle(_Guarded):
+    """Blocks a key prefix after ``failed_auth_limit`` failures per window (fixed window)."""
+
+    check_name = "failed_auth"
+
+    def __init__(
+        self,
+        settings: Settings,
+        registry: CollectorRegistry | None = None,
+        store: RedisStore | None = None,
+    ) -> None:
+        super().__init__(settings, registry, store)
+        self.store.register(AUTH_FAIL_SCRIPT)
+
+    def is_blocked(self, prefix: str) -> bool:
+        """True when ``prefix`` reached the failure limit in the current window."""
+        key = AUTH_FAIL_KEY_PREFIX + prefix
+        count: Any = self._counted(self.store.call(lambda client: client.get(key) or b"0"))
+        return count is not None and int(count) >= self.settings.failed_auth_limit
+
+    def record_failure(self, prefix: str) -> None:
+        """Count one failed authentication for ``prefix``."""
+        window = self.settings.failed_auth_window_seconds
+        key = AUTH_FAIL_KEY_PREFIX + prefix
+        self._counted(self.store.run_script(AUTH_FAIL_SCRIPT, [key], [window]))
+
+
+def _ceil_seconds(microseconds: int) -> int:
+    return math.ceil(microseconds / 1_000_000)
+
+
+def rate_limit_headers(decision: RateDecision) -> dict[str, str]:
+    """The X-RateLimit-* headers of a decision."""
+    return {
+        "X-RateLimit-Limit": str(decision.limit),
+        "X-RateLimit-Remaining": str(decision.remaining),
+        "X-RateLimit-Reset": str(decision.reset_seconds),
+    }
+
+
+def enforce_rate_limit(request: Request, bucket: str, per_minute: int, burst: int) -> None:
+    """Take a token for ``bucket`` or raise TooManyRequests; records headers on request.state."""
+    limiter: RateLimiter = request.app.state.rate_limiter
+    decision = limiter.check(bucket, per_minute, burst)
+    if decision is None:
+        return
+    headers = rate_limit_headers(decision)
+    setattr(request.state, STATE_HEADERS, headers)
+    if not decision.allowed:
+        retry_after = decision.retry_after_seconds
+        raise TooManyRequests(
+            description=(
+                f"Rate limit exceeded: {per_minute} requests per minute with a burst of "
+                f"{burst} for this API key; retry after {retry_after} s"
+            ),
+            headers={**headers, "Retry-After": str(retry_after)},
+        )
+
+
+class RateLimitHeadersMiddleware:
+    """Pure ASGI: copies the request's X-RateLimit-* headers onto whatever response leaves."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        state: dict[str, Any] = scope.setdefault("state", {})
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start" and state.get(STATE_HEADERS):
+                message["headers"] = _merge_headers(
+                    message.get("headers", []), state[STATE_HEADERS]
+                )
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def _merge_headers(
+    raw: list[tuple[bytes, bytes]], extra: dict[str, str]
+) -> list[tuple[bytes, bytes]]:
+    present = {name.lower() for name, _ in raw}
+    added = [
+        (name.lower().encode("latin-1"), value.encode("latin-1"))
+        for name, value in extra.items()
+        if name.lower().encode("latin-1") not in present
+    ]
+    return [*raw, *added]
+
+
+def install_rate_limit_headers(app: FastAPI) -> None:
+    """Add the middleware that puts rate-limit headers on every response."""
+    app.add_middleware(RateLimitHeadersMiddleware)
