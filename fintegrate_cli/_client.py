@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, Literal
 
 import httpx
 
-from fintegrate_cli._errors import CliError
+from fintegrate_cli._errors import EXIT_USAGE, CliError
+from service.config import Settings
+
+KeyNeed = Literal["admin", "tenant", "either", "none"]
+ADMIN_KEY_HINT = "pass --admin-key or set FINTEGRATE_ADMIN_API_KEY"
+TENANT_KEY_HINT = "pass --api-key or set FINTEGRATE_API_KEY"
 
 
 class ApiError(CliError):
@@ -35,6 +41,7 @@ class ApiClient:
         if admin_key:
             headers["X-Admin-Key"] = admin_key
         self.base_url = base_url.rstrip("/")
+        self.is_admin = bool(admin_key)
         self._http = httpx.Client(
             base_url=self.base_url, headers=headers, timeout=timeout, transport=transport
         )
@@ -78,6 +85,21 @@ class ApiClient:
     def delete(self, path: str, **kwargs: Any) -> Any:
         return self.request("DELETE", path, **kwargs)
 
+    def pages(self, path: str, params: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
+        """Each page (``{items, next_cursor, count}``) of a listing, following ``next_cursor``."""
+        query = {k: v for k, v in (params or {}).items() if v is not None}
+        while True:
+            page = self.get(path, params=query)
+            yield page
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return
+            query["cursor"] = cursor
+
+    def all_items(self, path: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Every item of a listing, across all pages."""
+        return [item for page in self.pages(path, params) for item in page.get("items", [])]
+
 
 def unwrap(response: httpx.Response) -> Any:
     """The envelope's data on 2xx; ApiError with the envelope's description otherwise."""
@@ -97,3 +119,28 @@ def unwrap(response: httpx.Response) -> Any:
     detail = body.get("detail") or {}
     description = detail.get("status_description") if isinstance(detail, dict) else str(detail)
     raise ApiError(response.status_code, str(description))
+
+
+def require_keys(settings: Settings, need: KeyNeed, command: str) -> None:
+    """Raise a usage error (exit 2) naming the flag/env var when a needed key is missing."""
+    admin, tenant = settings.admin_api_key, settings.api_key
+    if need == "admin" and not admin:
+        raise CliError(f"{command} needs the operator key: {ADMIN_KEY_HINT}", EXIT_USAGE)
+    if need == "tenant" and not tenant:
+        raise CliError(f"{command} needs a tenant API key: {TENANT_KEY_HINT}", EXIT_USAGE)
+    if need == "either" and not (admin or tenant):
+        raise CliError(f"{command} needs a key: {ADMIN_KEY_HINT}, or {TENANT_KEY_HINT}", EXIT_USAGE)
+
+
+def api_client(
+    settings: Settings, need: KeyNeed = "none", command: str = "this command", **kwargs: Any
+) -> ApiClient:
+    """An ApiClient from settings, after checking the keys ``need`` asks for are set.
+
+    ``"admin"`` sends only the operator key, ``"tenant"`` only the tenant key,
+    ``"either"`` the operator key when set (else the tenant key), ``"none"`` both if set.
+    """
+    require_keys(settings, need, command)
+    admin_key = None if need == "tenant" else settings.admin_api_key
+    api_key = None if need == "admin" or (need == "either" and admin_key) else settings.api_key
+    return ApiClient(settings.api_url, api_key=api_key, admin_key=admin_key, **kwargs)

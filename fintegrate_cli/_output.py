@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Annotated, Any
 
+import typer
 from rich.console import Console
 from rich.table import Table
+
+from fintegrate_cli._context import state
+from fintegrate_cli._errors import EXIT_USAGE, CliError
 
 console = Console()
 err_console = Console(stderr=True)
@@ -75,3 +80,24 @@ def info(message: str, quiet: bool = False) -> None:
     """A diagnostic line on stderr (suppressed by -q)."""
     if not quiet:
         err_console.print(message)
+
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
+
+
+def wants_json(ctx: typer.Context, flag: bool) -> bool:
+    """True when this command's ``--json`` or the root ``--json`` was given."""
+    return flag or state(ctx).json
+
+
+def confirm(question: str, yes: bool) -> None:
+    """Go on with ``--yes`` or when the person at the terminal agrees; otherwise stop.
+
+    Without a terminal and without ``--yes`` this is a usage error (exit 2), never a silent go.
+    """
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise CliError(f"{question} Not a terminal: pass --yes to confirm.", EXIT_USAGE)
+    if not typer.confirm(question, default=False, err=True):
+        raise typer.Abort()
