@@ -1,0 +1,335 @@
+"""The Redis rate limiter and failed-auth throttle, against the real Redis.
+
+Faults come from a loopback TCP proxy (refused or blackholed) or a closed port; the
+shared Redis itself is never stopped.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from service.config import Settings
+from service.ratelimit import FAIL_OPEN_METRIC, FailedAuthThrottle, RateDecision, RateLimiter
+from tests.support.tcp_proxy import TcpProxy
+
+POLL_SECONDS = 0.05
+WAIT_BOUND_SECONDS = 10.0
+
+
+@pytest.fixture
+def limiter_settings(redis_url: str) -> Settings:
+    """Settings for the limiter alone: this worker's Redis DB, a short breaker period."""
+    return Settings(environment="test", redis_url=redis_url, redis_retry_seconds=0.3)
+
+
+@pytest.fixture
+def make_limiter(limiter_settings: Settings) -> Iterator[Callable[..., RateLimiter]]:
+    """Builds limiters (settings overrides as keywords) and closes them afterwards."""
+    made: list[RateLimiter] = []
+
+    def make(registry: CollectorRegistry | None = None, **overrides: Any) -> RateLimiter:
+        limiter = RateLimiter(limiter_settings.model_copy(update=overrides), registry=registry)
+        made.append(limiter)
+        return limiter
+
+    yield make
+    for limiter in made:
+        limiter.close()
+
+
+@pytest.fixture
+def blackholed_redis(
+    tcp_proxy_factory: Callable[[str, int], TcpProxy], redis_url: str
+) -> tuple[TcpProxy, str]:
+    """A proxy in front of the real Redis that accepts connections and never answers."""
+    proxy = tcp_proxy_factory("127.0.0.1", 6379)
+    proxy.blackhole()
+    return proxy, proxy.url_for(redis_url)
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(condition: Callable[[], bool]) -> bool:
+    """Poll ``condition`` until it holds or the (generous) bound passes."""
+    deadline = time.monotonic() + WAIT_BOUND_SECONDS
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(POLL_SECONDS)
+    return False
+
+
+def take(limiter: RateLimiter, count: int, bucket: str = "b", **limits: int) -> list[RateDecision]:
+    per_minute, burst = limits.get("per_minute", 1), limits.get("burst", 3)
+    decisions = [limiter.check(bucket, per_minute, burst) for _ in range(count)]
+    assert all(decision is not None for decision in decisions)
+    return [decision for decision in decisions if decision is not None]
+
+
+def count_script_calls(limiter: RateLimiter, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count EVALSHA calls that reach the Redis client (the network), one list item each."""
+    client = limiter.store.client
+    assert client is not None
+    calls: list[int] = []
+    real_evalsha = client.evalsha
+
+    def counting_evalsha(*args: Any) -> Any:
+        calls.append(1)
+        return real_evalsha(*args)
+
+    monkeypatch.setattr(client, "evalsha", counting_evalsha)
+    return calls
+
+
+def fail_open_metric(registry: CollectorRegistry, check: str = "rate_limit") -> float:
+    value = registry.get_sample_value(FAIL_OPEN_METRIC, {"check": check})
+    return value or 0.0
+
+
+# -- the bucket ---------------------------------------------------------------------------
+
+
+def test_burst_is_allowed_then_refused_with_retry_after(make_limiter: Callable[..., RateLimiter]):
+    decisions = take(make_limiter(), 6, per_minute=1, burst=5)
+
+    assert [d.allowed for d in decisions] == [True] * 5 + [False]
+    assert [d.remaining for d in decisions] == [4, 3, 2, 1, 0, 0]
+    assert all(d.limit == 5 for d in decisions)
+    refused = decisions[-1]
+    assert 55 <= refused.retry_after_seconds <= 60
+    assert decisions[0].retry_after_seconds == 0
+    assert refused.reset_seconds >= refused.retry_after_seconds
+
+
+def test_tokens_refill_over_time(make_limiter: Callable[..., RateLimiter]):
+    limiter = make_limiter()
+    first = take(limiter, 3, per_minute=60, burst=2)
+    assert [d.allowed for d in first] == [True, True, False]
+    assert first[-1].retry_after_seconds == 1
+
+    def allowed_again() -> bool:
+        decision = limiter.check("b", 60, 2)
+        return decision is not None and decision.allowed
+
+    assert wait_for(allowed_again)
+
+
+def test_parallel_clients_never_exceed_the_allowance(make_limiter: Callable[..., RateLimiter]):
+    limiter = make_limiter()
+    allowed: list[bool] = []
+    lock = threading.Lock()
+
+    def client() -> None:
+        for _ in range(20):
+            decision = limiter.check("shared", 1, 25)
+            with lock:
+                allowed.append(decision is not None and decision.allowed)
+
+    threads = [threading.Thread(target=client) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+
+    assert len(allowed) == 160
+    assert sum(allowed) == 25
+
+
+def test_one_bucket_never_limits_another(make_limiter: Callable[..., RateLimiter]):
+    limiter = make_limiter()
+    assert not take(limiter, 3, bucket="consumer_a", burst=2)[-1].allowed
+
+    other = take(limiter, 2, bucket="consumer_b", burst=2)
+
+    assert [d.allowed for d in other] == [True, True]
+    assert [d.remaining for d in other] == [1, 0]
+
+
+def test_per_call_limits_override_per_bucket(make_limiter: Callable[..., RateLimiter]):
+    limiter = make_limiter()
+
+    small = take(limiter, 3, bucket="small", burst=2)
+    large = take(limiter, 10, bucket="large", per_minute=600, burst=10)
+
+    assert [d.allowed for d in small] == [True, True, False]
+    assert all(d.allowed for d in large)
+    assert large[0].limit == 10 and large[-1].remaining == 0
+
+
+def test_keys_expire_once_the_bucket_would_be_full(
+    make_limiter: Callable[..., RateLimiter], redis_url: str
+):
+    import redis
+
+    take(make_limiter(), 1, bucket="expiring", per_minute=60, burst=5)
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        ttl_ms = int(client.pttl("fintegrate:rl:expiring"))
+    finally:
+        client.close()
+    assert 0 < ttl_ms <= 2000
+
+
+# -- failing open ---------------------------------------------------------------------------
+
+
+def test_no_redis_url_always_fails_open(make_limiter: Callable[..., RateLimiter]):
+    limiter = make_limiter(redis_url=None)
+
+    assert limiter.check("b", 1, 1) is None
+    assert limiter.check("b", 1, 1) is None
+    assert limiter.fail_open_total == 2
+
+
+def test_closed_port_fails_open_and_counts(make_limiter: Callable[..., RateLimiter]):
+    registry = CollectorRegistry()
+    limiter = make_limiter(registry, redis_url=f"redis://127.0.0.1:{closed_port()}/0")
+
+    decisions = [limiter.check("b", 1, 1) for _ in range(3)]
+
+    assert decisions == [None, None, None]
+    assert limiter.fail_open_total == 3
+    assert fail_open_metric(registry) == 3
+    assert limiter.store.breaker_open
+
+
+def test_silent_redis_fails_open_and_the_breaker_skips_it(
+    make_limiter: Callable[..., RateLimiter],
+    blackholed_redis: tuple[TcpProxy, str],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+):
+    _, url = blackholed_redis
+    limiter = make_limiter(redis_url=url, redis_retry_seconds=60)
+    calls = count_script_calls(limiter, monkeypatch)
+
+    decisions = [limiter.check("b", 1, 1) for _ in range(20)]
+
+    assert decisions == [None] * 20
+    assert len(calls) == 1, "after the first timeout the breaker must skip Redis"
+    assert limiter.fail_open_total == 20
+    warnings = [r for r in caplog.records if "fail open" in r.getMessage()]
+    assert len(warnings) == 1
+
+
+def test_breaker_probes_again_after_retry_seconds_and_recovers(
+    make_limiter: Callable[..., RateLimiter],
+    blackholed_redis: tuple[TcpProxy, str],
+    monkeypatch: pytest.MonkeyPatch,
+):
+    proxy, url = blackholed_redis
+    limiter = make_limiter(redis_url=url, redis_retry_seconds=0.3)
+    calls = count_script_calls(limiter, monkeypatch)
+    assert limiter.check("b", 60, 5) is None
+
+    assert wait_for(lambda: limiter.check("b", 60, 5) is None and len(calls) == 2)
+    assert limiter.check("b", 60, 5) is None
+    assert len(calls) == 2, "a failed probe opens the breaker again"
+
+    proxy.pass_through()
+    assert wait_for(lambda: limiter.check("b", 60, 5) is not None)
+    decision = limiter.check("b", 60, 5)
+    assert decision is not None and decision.allowed
+    assert not limiter.store.breaker_open
+
+
+def test_one_probe_at_a_time_while_the_breaker_is_half_open(
+    make_limiter: Callable[..., RateLimiter],
+    blackholed_redis: tuple[TcpProxy, str],
+    monkeypatch: pytest.MonkeyPatch,
+):
+    _, url = blackholed_redis
+    limiter = make_limiter(redis_url=url, redis_retry_seconds=0.2)
+    calls = count_script_calls(limiter, monkeypatch)
+    assert limiter.check("b", 60, 5) is None
+    time.sleep(0.3)
+
+    threads = [threading.Thread(target=limiter.check, args=("b", 60, 5)) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+
+    assert len(calls) == 2
+    assert limiter.fail_open_total == 9
+
+
+# -- failed authentication ------------------------------------------------------------------
+
+
+@pytest.fixture
+def make_throttle(limiter_settings: Settings) -> Iterator[Callable[..., FailedAuthThrottle]]:
+    made: list[FailedAuthThrottle] = []
+
+    def make(registry: CollectorRegistry | None = None, **overrides: Any) -> FailedAuthThrottle:
+        throttle = FailedAuthThrottle(limiter_settings.model_copy(update=overrides), registry)
+        made.append(throttle)
+        return throttle
+
+    yield make
+    for throttle in made:
+        throttle.close()
+
+
+def test_failed_auth_blocks_a_prefix_after_the_limit(
+    make_throttle: Callable[..., FailedAuthThrottle],
+):
+    throttle = make_throttle(failed_auth_limit=3)
+    for _ in range(2):
+        throttle.record_failure("abc123")
+    assert not throttle.is_blocked("abc123")
+
+    throttle.record_failure("abc123")
+
+    assert throttle.is_blocked("abc123")
+    assert not throttle.is_blocked("other1")
+
+
+def test_failed_auth_window_expires(make_throttle: Callable[..., FailedAuthThrottle]):
+    throttle = make_throttle(failed_auth_limit=1, failed_auth_window_seconds=1)
+    throttle.record_failure("abc123")
+    assert throttle.is_blocked("abc123")
+
+    assert wait_for(lambda: not throttle.is_blocked("abc123"))
+
+
+def test_failed_auth_fails_open_without_redis(make_throttle: Callable[..., FailedAuthThrottle]):
+    registry = CollectorRegistry()
+    throttle = make_throttle(
+        registry, redis_url=f"redis://127.0.0.1:{closed_port()}/0", failed_auth_limit=1
+    )
+
+    throttle.record_failure("abc123")
+
+    assert not throttle.is_blocked("abc123")
+    assert throttle.fail_open_total == 2
+    assert fail_open_metric(registry, "failed_auth") == 2
+
+
+def test_limiter_and_throttle_share_one_store_and_one_metric(limiter_settings: Settings):
+    registry = CollectorRegistry()
+    dead = limiter_settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{closed_port()}"})
+    limiter = RateLimiter(dead, registry=registry)
+    throttle = FailedAuthThrottle(dead, registry=registry, store=limiter.store)
+    try:
+        assert limiter.check("b", 1, 1) is None
+        assert not throttle.is_blocked("abc123")
+    finally:
+        throttle.close()
+        limiter.close()
+
+    assert fail_open_metric(registry, "rate_limit") == 1
+    assert fail_open_metric(registry, "failed_auth") == 1
