@@ -38,7 +38,7 @@ def print_table(
     """Rows as a Rich table with the given columns."""
     table = Table(title=title, show_lines=False)
     for column in columns:
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for row in rows:
         table.add_row(*(render_cell(row.get(column)) for column in columns))
     console.print(table)
@@ -48,7 +48,7 @@ def print_record(record: Mapping[str, Any], title: str | None = None) -> None:
     """One object as a two-column field/value table."""
     table = Table(title=title, show_header=False)
     table.add_column("field", style="bold")
-    table.add_column("value")
+    table.add_column("value", overflow="fold")
     for key, value in record.items():
         table.add_row(key, render_cell(value))
     console.print(table)

@@ -53,7 +53,12 @@ def root(
     ] = None,
     env_file: Annotated[
         Path | None,
-        typer.Option("--env-file", help="Read settings from this file instead of ./.env."),
+        typer.Option(
+            "--env-file",
+            exists=True,
+            dir_okay=False,
+            help="Read settings from this file instead of ./.env.",
+        ),
     ] = None,
     json_output: Annotated[
         bool, typer.Option("--json", help="Machine-readable JSON on stdout.")
