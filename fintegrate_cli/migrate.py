@@ -11,7 +11,7 @@ from sqlalchemy import Engine
 
 from fintegrate_cli._context import state
 from fintegrate_cli._errors import CheckFailed, CliError
-from fintegrate_cli._output import emit_rows, info, print_json
+from fintegrate_cli._output import JsonOption, emit_rows, info, print_json, wants_json
 from service import migrations
 from service.db import create_db_engine
 
@@ -23,13 +23,15 @@ DirOption = Annotated[
     Path,
     typer.Option("--dir", help="Directory holding the migration files.", file_okay=False),
 ]
-JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
 T = TypeVar("T")
 STATUS_COLUMNS = ("version", "filename", "state", "applied_at")
 
 
 def engine_for(ctx: typer.Context) -> Engine:
-    return create_db_engine(state(ctx).settings(), pool_size=2)
+    """An engine for this command, disposed when the command ends."""
+    engine = create_db_engine(state(ctx).settings(), pool_size=2)
+    ctx.call_on_close(engine.dispose)
+    return engine
 
 
 def run_checked(call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -68,7 +70,10 @@ def apply_command(
             {"version": f.version, "filename": f.filename, "action": "apply"} for f in pending
         ]
         emit_rows(
-            plan_rows, ("version", "filename", "action"), json_output or cli.json, "Plan (dry run)"
+            plan_rows,
+            ("version", "filename", "action"),
+            wants_json(ctx, json_output),
+            "Plan (dry run)",
         )
         info(f"{len(plan_rows)} migration(s) would be applied; nothing changed", cli.quiet)
         return
@@ -79,12 +84,25 @@ def apply_command(
         {"version": m.version, "filename": m.filename, "execution_ms": m.execution_ms}
         for m in applied
     ]
-    if json_output or cli.json:
+    if wants_json(ctx, json_output):
         print_json({"applied": rows})
     else:
         for row in rows:
             info(f"applied {row['filename']} in {row['execution_ms']} ms", cli.quiet)
         info(f"{len(rows)} migration(s) applied; database is up to date", cli.quiet)
+    warn_about_drift(engine, directory, cli.quiet)
+
+
+def warn_about_drift(engine: Engine, directory: Path, quiet: bool) -> None:
+    """Apply never re-runs an applied file; say so when one changed or went missing."""
+    problems = run_checked(migrations.verify, engine, directory)
+    if problems:
+        names = ", ".join(f"{p.filename} ({p.state})" for p in problems)
+        info(
+            f"warning: applied migrations differ from their files: {names}; "
+            "run `fintegrate migrate verify`",
+            quiet,
+        )
 
 
 @app.command("status")
@@ -98,10 +116,9 @@ def status_command(
     ] = False,
 ) -> None:
     """Show applied / pending / changed / missing for each migration."""
-    cli = state(ctx)
     states = run_checked(migrations.status, engine_for(ctx), directory)
     rows = [s.as_dict() for s in states]
-    emit_rows(rows, STATUS_COLUMNS, json_output or cli.json, "Migrations")
+    emit_rows(rows, STATUS_COLUMNS, wants_json(ctx, json_output), "Migrations")
     outstanding = [s for s in states if s.state != "applied"]
     if exit_code and outstanding:
         raise CheckFailed(
@@ -119,7 +136,7 @@ def verify_command(
     """Detect applied files changed since (checksum drift) and recorded files now gone."""
     cli = state(ctx)
     problems = run_checked(migrations.verify, engine_for(ctx), directory)
-    if json_output or cli.json:
+    if wants_json(ctx, json_output):
         print_json({"ok": not problems, "problems": [p.as_dict() for p in problems]})
     if problems:
         raise CliError(

@@ -18,13 +18,15 @@ from pathlib import Path
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from service.sqlsplit import split_statements
+from service.sqlsplit import split_statements, strip_comments
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 FILENAME_PATTERN = re.compile(r"^(?P<version>\d{8}_\d{4})_(?P<slug>[a-z0-9_]+)\.sql$")
 ADVISORY_LOCK_KEY = 0x46494E54  # "FINT"
-WRAPPER_BEGIN = re.compile(r"^\s*BEGIN\s*$", re.IGNORECASE)
-WRAPPER_COMMIT = re.compile(r"^\s*COMMIT\s*$", re.IGNORECASE)
+# The file's own transaction wrapper; the runner supplies the transaction instead.
+TRANSACTION_WRAPPER = re.compile(
+    r"^\s*(BEGIN|START\s+TRANSACTION|COMMIT|END)(\s+(WORK|TRANSACTION))?\s*$", re.IGNORECASE
+)
 
 HISTORY_DDL = """
 CREATE TABLE IF NOT EXISTS migration_history (
@@ -52,7 +54,7 @@ class MigrationFile:
     def statements(self) -> list[str]:
         """The file's statements without its own BEGIN/COMMIT wrapper."""
         statements = split_statements(self.path.read_text(encoding="utf-8"))
-        return [s for s in statements if not (WRAPPER_BEGIN.match(s) or WRAPPER_COMMIT.match(s))]
+        return [s for s in statements if not TRANSACTION_WRAPPER.match(strip_comments(s))]
 
 
 @dataclass(frozen=True)
@@ -240,12 +242,16 @@ def apply_file(
     started = time.monotonic()
     statements = file.statements()
     with engine.begin() as connection:
+        # Waiting for a table lock is bounded; the DDL itself may take as long as it needs.
         connection.exec_driver_sql(
             f"SET LOCAL lock_timeout = '{int(lock_timeout_seconds * 1000)}ms'"
         )
+        connection.exec_driver_sql("SET LOCAL statement_timeout = 0")
+        # no_parameters: a literal % (LIKE 'a%', RAISE '%') must reach the server untouched.
+        raw = connection.execution_options(no_parameters=True)
         for number, statement in enumerate(statements, start=1):
             try:
-                connection.exec_driver_sql(statement)
+                raw.exec_driver_sql(statement)
             except DBAPIError as exc:
                 raise MigrationError(
                     f"{file.filename}: statement {number} failed: {first_line(exc.orig)} "
@@ -278,11 +284,14 @@ def new_migration(
     slug = re.sub(r"[^a-z0-9]+", "_", description.lower()).strip("_")
     if not slug:
         raise MigrationError("description must contain letters or digits")
+    if not directory.is_dir():
+        raise MigrationError(f"migrations directory {directory} does not exist")
     stamp = (now or datetime.now(UTC)).strftime("%Y%m%d_%H%M")
     path = directory / f"{stamp}_{slug}.sql"
     if path.exists() or any(p.name.startswith(stamp) for p in directory.glob("*.sql")):
         raise MigrationError(f"a migration with version {stamp} already exists; wait a minute")
-    path.write_text(TEMPLATE.format(description=description.strip()), encoding="utf-8")
+    summary = " ".join(description.split())
+    path.write_text(TEMPLATE.format(description=summary), encoding="utf-8")
     return path
 
 
