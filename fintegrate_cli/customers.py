@@ -60,7 +60,7 @@ def list_command(
     status: Annotated[
         CustomerStatus | None, typer.Option("--status", help="Only customers with this status.")
     ] = None,
-    limit: Annotated[int, typer.Option("--limit", min=1, max=500, help="Customers per page.")] = 50,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=200, help="Customers per page.")] = 50,
     cursor: Annotated[
         str | None, typer.Option("--cursor", help="Continue from this next_cursor.")
     ] = None,

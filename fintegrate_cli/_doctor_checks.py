@@ -1,0 +1,208 @@
+"""The checks behind `fintegrate doctor`: each bounded by short timeouts, none changes state."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import pika.exceptions
+import redis
+from sqlalchemy import Engine, text
+
+from fintegrate_cli._client import ApiClient
+from fintegrate_cli._errors import CliError
+from service import migrations
+from service.config import Settings
+from service.messaging import topology
+from service.messaging.connection import open_blocking
+
+CONNECT_TIMEOUT_SECONDS = 3.0
+BACKLOG_WARN_SECONDS = 60.0
+OK, WARN, FAIL = "ok", "warn", "fail"
+DATABASE_HINT = "start PostgreSQL (scripts/prepare_services.sh) or fix FINTEGRATE_DATABASE_URL"
+BROKER_HINT = "start RabbitMQ (scripts/prepare_services.sh) or fix FINTEGRATE_RABBITMQ_URL"
+PROVISION_HINT = "run `fintegrate queues provision`"
+API_HINT = "start it with `fintegrate serve` or fix --api-url / FINTEGRATE_API_URL"
+
+
+@dataclass
+class Check:
+    """One line of the report: what was checked, how it went, and what to do."""
+
+    name: str
+    status: str
+    detail: str
+    hint: str = ""
+    duration_ms: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def timed(name: str, probe: Callable[[], Check], hint: str) -> Check:
+    """Run ``probe``; any exception becomes a failed check with its reason and ``hint``."""
+    started = time.monotonic()
+    try:
+        check = probe()
+    except Exception as exc:
+        check = Check(name, FAIL, first_line(exc), hint)
+    check.duration_ms = round((time.monotonic() - started) * 1000)
+    return check
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (the driver's own for SQLAlchemy errors)."""
+    if isinstance(exc, CliError):
+        return exc.message
+    message = str(getattr(exc, "orig", None) or exc).strip() or type(exc).__name__
+    return f"{type(exc).__name__}: {message.splitlines()[0]}"
+
+
+def check_database(engine: Engine) -> Check:
+    with engine.connect() as connection:
+        version = connection.execute(text("SHOW server_version")).scalar()
+    return Check("database", OK, f"PostgreSQL {version} at {engine.url.host}:{engine.url.port}")
+
+
+def check_migrations(engine: Engine) -> Check:
+    states = migrations.status(engine)
+    problems = [s for s in states if s.state != "applied"]
+    if not problems:
+        return Check("migrations", OK, f"{len(states)} applied, none pending or changed")
+    summary = ", ".join(f"{s.filename} ({s.state})" for s in problems)
+    drifted = any(s.state in ("changed", "missing") for s in problems)
+    hint = (
+        "restore the original files; run `fintegrate migrate verify`"
+        if drifted
+        else "run `fintegrate migrate apply`"
+    )
+    return Check("migrations", FAIL, summary, hint)
+
+
+OUTBOX_SQL = text(
+    "SELECT count(*) FILTER (WHERE publish_status = 'pending') AS pending, "
+    "min(created_at) FILTER (WHERE publish_status = 'pending') AS oldest, "
+    "count(*) FILTER (WHERE publish_status = 'failed') AS failed "
+    "FROM customer_events WHERE publish_status IN ('pending', 'failed')"
+)
+
+
+def check_outbox(engine: Engine) -> Check:
+    with engine.connect() as connection:
+        row = connection.execute(OUTBOX_SQL).one()
+    age = (datetime.now(UTC) - row.oldest).total_seconds() if row.oldest else 0.0
+    oldest = f" (oldest {age:.0f}s old)" if row.pending else ""
+    detail = f"{row.pending} pending{oldest}, {row.failed} failed"
+    if row.failed:
+        return Check("outbox", WARN, detail, "retry with `fintegrate events resend`")
+    if age > BACKLOG_WARN_SECONDS:
+        return Check("outbox", WARN, detail, "is `fintegrate relay` running? see its log")
+    return Check("outbox", OK, detail)
+
+
+def consumer_names(engine: Engine) -> list[str]:
+    with engine.connect() as connection:
+        return list(connection.execute(text("SELECT name FROM consumers ORDER BY name")).scalars())
+
+
+@contextmanager
+def broker_channel(settings: Settings) -> Iterator[Callable[[], Any]]:
+    """A factory of fresh channels on one short-timeout connection (closed afterwards)."""
+    connection = open_blocking(settings.rabbitmq_url, connect_timeout=CONNECT_TIMEOUT_SECONDS)
+    try:
+        yield connection.channel
+    finally:
+        if connection.is_open:
+            connection.close()
+
+
+def check_broker(settings: Settings, open_channel: Callable[[], Any]) -> Check:
+    channel = open_channel()
+    channel.exchange_declare(topology.EXCHANGE, topology.EXCHANGE_TYPE, passive=True)
+    channel.close()
+    return Check("rabbitmq", OK, f"reachable; exchange {topology.EXCHANGE} exists")
+
+
+def queue_depth(open_channel: Callable[[], Any], queue: str) -> int | None:
+    """Messages in ``queue`` via a passive declare; None when the queue does not exist."""
+    channel = open_channel()
+    try:
+        frame = channel.queue_declare(queue, passive=True)
+    except pika.exceptions.ChannelClosedByBroker:
+        return None
+    channel.close()
+    return int(frame.method.message_count)
+
+
+def check_queues(names: list[str], open_channel: Callable[[], Any]) -> list[Check]:
+    """Every tenant's queue and DLQ exist (topology) and how many dead letters wait."""
+    missing: list[str] = []
+    dead: dict[str, int] = {}
+    for name in names:
+        tenant = topology.tenant_topology(name)
+        if queue_depth(open_channel, tenant.queue) is None:
+            missing.append(tenant.queue)
+        depth = queue_depth(open_channel, tenant.dlq)
+        if depth is None:
+            missing.append(tenant.dlq)
+        elif depth:
+            dead[name] = depth
+    return [topology_check(names, missing), dlq_check(names, dead)]
+
+
+def topology_check(names: list[str], missing: list[str]) -> Check:
+    if missing:
+        return Check(
+            "topology",
+            FAIL,
+            f"missing: {', '.join(missing)}",
+            PROVISION_HINT,
+        )
+    return Check("topology", OK, f"queue and DLQ present for {len(names)} consumer(s)")
+
+
+def dlq_check(names: list[str], dead: dict[str, int]) -> Check:
+    if not dead:
+        return Check("dead letters", OK, f"{len(names)} DLQ(s) empty")
+    detail = ", ".join(f"{name}: {depth}" for name, depth in sorted(dead.items()))
+    return Check("dead letters", WARN, detail, "inspect, then `fintegrate queues replay-dlq`")
+
+
+def check_redis(settings: Settings) -> Check:
+    if not settings.redis_url:
+        return Check("redis", WARN, "not configured", "set FINTEGRATE_REDIS_URL for rate limits")
+    client = redis.Redis.from_url(
+        settings.redis_url, socket_connect_timeout=1.0, socket_timeout=1.0
+    )
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        return Check(
+            "redis",
+            WARN,
+            f"unreachable ({first_line(exc)}); the API fails open",
+            "start Redis or fix FINTEGRATE_REDIS_URL",
+        )
+    finally:
+        client.close()
+    return Check("redis", OK, "reachable")
+
+
+def check_api(settings: Settings) -> Check:
+    try:
+        with ApiClient(settings.api_url, timeout=CONNECT_TIMEOUT_SECONDS) as client:
+            client.get("/health")
+            ready = client.get("/ready")
+    except CliError as exc:
+        return Check("api", FAIL, exc.message.split(";")[0], API_HINT)
+    return Check("api", OK, f"{settings.api_url} healthy and ready {render_ready(ready)}".strip())
+
+
+def render_ready(ready: Any) -> str:
+    if not isinstance(ready, dict) or not ready:
+        return ""
+    return "(" + ", ".join(f"{k}: {v}" for k, v in ready.items()) + ")"
