@@ -1,0 +1,135 @@
+"""The event message: JSON body and AMQP properties (SPEC 5), built and parsed in one place."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import pika
+
+from service.messaging import topology
+
+CONTENT_TYPE = "application/json"
+PERSISTENT = 2
+APP_ID = "fintegrate"
+
+
+class InvalidMessage(ValueError):
+    """A message body that is not a Fintegrate event (poison: goes to the DLQ)."""
+
+
+@dataclass(frozen=True)
+class OutboundEvent:
+    """One event row ready to publish."""
+
+    event_id: str
+    event_type: str
+    consumer_id: str
+    consumer_name: str
+    customer_id: str | None
+    occurred_at: datetime
+    payload: dict[str, Any] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def routing_key(self) -> str:
+        return topology.routing_key(self.event_type, self.consumer_name)
+
+
+@dataclass(frozen=True)
+class EventMessage:
+    """A parsed message as the consumer worker sees it."""
+
+    event_id: str
+    event_type: str
+    consumer_name: str
+    customer_id: str | None
+    occurred_at: str
+    payload: dict[str, Any]
+    metadata: dict[str, Any]
+    raw: dict[str, Any]
+
+
+def event_from_row(row: Any) -> OutboundEvent:
+    """An OutboundEvent from a row with the customer_events columns plus consumer_name."""
+    return OutboundEvent(
+        event_id=str(row.event_id),
+        event_type=row.event_type,
+        consumer_id=str(row.consumer_id),
+        consumer_name=row.consumer_name,
+        customer_id=str(row.customer_id) if row.customer_id is not None else None,
+        occurred_at=row.created_at,
+        payload=row.payload_json or {},
+        metadata=row.metadata_json or {},
+    )
+
+
+def message_body(event: OutboundEvent) -> bytes:
+    """The JSON body of SPEC 5."""
+    document = {
+        "event_id": event.event_id,
+        "event_type": event.event_type,
+        "occurred_at": event.occurred_at.isoformat(),
+        "consumer": {"consumer_id": event.consumer_id, "name": event.consumer_name},
+        "customer_id": event.customer_id,
+        "payload": event.payload,
+        "metadata": event.metadata,
+        "schema_version": topology.SCHEMA_VERSION,
+    }
+    return json.dumps(document, separators=(",", ":"), default=str).encode()
+
+
+def message_properties(
+    event: OutboundEvent, headers: dict[str, Any] | None = None
+) -> pika.BasicProperties:
+    """message_id = event_id, type = event_type, JSON, persistent, timestamp in seconds."""
+    return pika.BasicProperties(
+        message_id=event.event_id,
+        type=event.event_type,
+        content_type=CONTENT_TYPE,
+        delivery_mode=PERSISTENT,
+        timestamp=int(event.occurred_at.timestamp()),
+        app_id=APP_ID,
+        headers=headers,
+    )
+
+
+def parse_message(body: bytes) -> EventMessage:
+    """Parse and validate a message body; raise InvalidMessage when it is not an event."""
+    try:
+        document = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidMessage(f"body is not JSON: {exc}") from exc
+    if not isinstance(document, dict):
+        raise InvalidMessage("body is not a JSON object")
+    event_id = _valid_uuid(document.get("event_id"))
+    event_type = document.get("event_type")
+    if event_type not in topology.EVENT_TYPES:
+        raise InvalidMessage(f"unknown event_type {event_type!r}")
+    consumer = document.get("consumer")
+    if not isinstance(consumer, dict) or not isinstance(consumer.get("name"), str):
+        raise InvalidMessage("consumer.name is missing")
+    return EventMessage(
+        event_id=event_id,
+        event_type=event_type,
+        consumer_name=consumer["name"],
+        customer_id=document.get("customer_id"),
+        occurred_at=str(document.get("occurred_at", "")),
+        payload=_object(document.get("payload")),
+        metadata=_object(document.get("metadata")),
+        raw=document,
+    )
+
+
+def _valid_uuid(value: Any) -> str:
+    try:
+        return str(uuid.UUID(str(value)))
+    except ValueError as exc:
+        raise InvalidMessage(f"event_id {value!r} is not a UUID") from exc
+
+
+def _object(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
