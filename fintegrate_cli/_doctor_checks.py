@@ -17,7 +17,7 @@ from fintegrate_cli._client import ApiClient
 from fintegrate_cli._errors import CliError
 from service import migrations
 from service.config import Settings
-from service.messaging import topology
+from service.messaging import inspection, topology
 from service.messaging.connection import open_blocking
 
 CONNECT_TIMEOUT_SECONDS = 3.0
@@ -25,7 +25,7 @@ BACKLOG_WARN_SECONDS = 60.0
 OK, WARN, FAIL = "ok", "warn", "fail"
 DATABASE_HINT = "start PostgreSQL (scripts/prepare_services.sh) or fix FINTEGRATE_DATABASE_URL"
 BROKER_HINT = "start RabbitMQ (scripts/prepare_services.sh) or fix FINTEGRATE_RABBITMQ_URL"
-PROVISION_HINT = "run `fintegrate queues provision`"
+EXCHANGE_HINT = "run `fintegrate queues provision` (or start `fintegrate relay`)"
 API_HINT = "start it with `fintegrate serve` or fix --api-url / FINTEGRATE_API_URL"
 
 
@@ -138,31 +138,40 @@ def queue_depth(open_channel: Callable[[], Any], queue: str) -> int | None:
     return int(frame.method.message_count)
 
 
-def check_queues(names: list[str], open_channel: Callable[[], Any]) -> list[Check]:
-    """Every tenant's queue and DLQ exist (topology) and how many dead letters wait."""
-    missing: list[str] = []
+def check_queues(
+    settings: Settings, names: list[str], open_channel: Callable[[], Any]
+) -> list[Check]:
+    """Every tenant's topology matches SPEC 5, and how many dead letters wait."""
+    reports = [inspection.inspect_tenant(settings, name) for name in names]
     dead: dict[str, int] = {}
-    for name in names:
-        tenant = topology.tenant_topology(name)
-        if queue_depth(open_channel, tenant.queue) is None:
-            missing.append(tenant.queue)
-        depth = queue_depth(open_channel, tenant.dlq)
-        if depth is None:
-            missing.append(tenant.dlq)
-        elif depth:
-            dead[name] = depth
-    return [topology_check(names, missing), dlq_check(names, dead)]
+    for report in reports:
+        depth = queue_depth(open_channel, report.dlq) if report.dlq_exists else None
+        if depth:
+            dead[report.consumer_name] = depth
+    return [topology_check(reports), dlq_check(names, dead)]
 
 
-def topology_check(names: list[str], missing: list[str]) -> Check:
-    if missing:
-        return Check(
-            "topology",
-            FAIL,
-            f"missing: {', '.join(missing)}",
-            PROVISION_HINT,
-        )
-    return Check("topology", OK, f"queue and DLQ present for {len(names)} consumer(s)")
+def topology_check(reports: list[inspection.TopologyReport]) -> Check:
+    bad = [report for report in reports if not report.ok]
+    if bad:
+        detail = "; ".join(f"{r.consumer_name}: {', '.join(problems(r))}" for r in bad)
+        return Check("topology", FAIL, detail, " | ".join(bad[0].advice()))
+    unchecked = any(not report.bindings_checked for report in reports)
+    note = " (bindings unchecked: set FINTEGRATE_RABBITMQ_MANAGEMENT_URL)" if unchecked else ""
+    return Check("topology", OK, f"{len(reports)} consumer(s) match SPEC 5{note}")
+
+
+def problems(report: inspection.TopologyReport) -> list[str]:
+    """Short names of what differs in one tenant's topology."""
+    found = [
+        f"{queue} missing"
+        for queue, exists in ((report.queue, report.queue_exists), (report.dlq, report.dlq_exists))
+        if not exists
+    ]
+    found += [f"{d.queue} {d.argument}={d.live!r} (want {d.expected!r})" for d in report.drift]
+    found += [f"binding {key} missing" for key in report.missing_bindings]
+    found += [f"extra binding {key}" for key in report.extra_bindings]
+    return found
 
 
 def dlq_check(names: list[str], dead: dict[str, int]) -> Check:

@@ -91,8 +91,10 @@ def describe_settings(cli: CliState) -> list[dict[str, Any]]:
 
 @app.command("show")
 def show_command(ctx: typer.Context, json_output: JsonOption = False) -> None:
-    """Each setting, its value (secrets masked) and its source: flag, environment, .env file
-    or default."""
+    """Each setting, its value (secrets masked) and where it came from.
+
+    Sources, strongest first: flag, environment, .env file, default.
+    """
     cli = state(ctx)
     rows = describe_settings(cli)
     if wants_json(ctx, json_output):

@@ -46,11 +46,11 @@ def broker_checks(settings: Settings, names: list[str] | None) -> list[Check]:
             broker = timed(
                 "rabbitmq",
                 lambda: checks.check_broker(settings, open_channel),
-                checks.PROVISION_HINT,
+                checks.EXCHANGE_HINT,
             )
             if broker.status != OK or names is None:
                 return [broker]
-            return [broker, *checks.check_queues(names, open_channel)]
+            return [broker, *checks.check_queues(settings, names, open_channel)]
     except Exception as exc:
         return [Check("rabbitmq", FAIL, checks.first_line(exc), checks.BROKER_HINT)]
 
@@ -85,8 +85,11 @@ def verdict(found: list[Check]) -> None:
 
 
 def doctor_command(ctx: typer.Context, json_output: JsonOption = False) -> None:
-    """Check database, migrations, RabbitMQ topology, Redis, the API, the outbox backlog and
-    dead letters. Exit 0 healthy, 3 warnings, 1 failures."""
+    """Check every dependency and say what to fix; exit 0 healthy, 3 warnings, 1 failures.
+
+    Checks: database, migrations, outbox backlog, RabbitMQ, tenant topology, dead letters,
+    Redis (a warning only) and the API (/health, /ready). Each is bounded by short timeouts.
+    """
     found = run_checks(state(ctx).settings())
     if wants_json(ctx, json_output):
         print_json([check.as_dict() for check in found])
