@@ -1,0 +1,139 @@
+"""Settings: precedence (overrides > environment > .env > defaults) and placeholder refusal."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from service.config import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No FINTEGRATE_* variable and no ./.env of the developer leaks into these tests."""
+    for name in [n for n in os.environ if n.upper().startswith("FINTEGRATE_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+
+
+def write_env(tmp_path: Path, **values: str) -> Path:
+    path = tmp_path / "custom.env"
+    path.write_text("".join(f"FINTEGRATE_{k.upper()}={v}\n" for k, v in values.items()))
+    return path
+
+
+@pytest.mark.parametrize("field", ["admin_api_key", "api_key"])
+@pytest.mark.parametrize("value", ["changeme", "change-me", " CHANGEME ", "placeholder"])
+def test_placeholder_secret_refused_outside_development(
+    monkeypatch: pytest.MonkeyPatch, field: str, value: str
+) -> None:
+    monkeypatch.setenv("FINTEGRATE_ENVIRONMENT", "production")
+    monkeypatch.setenv(f"FINTEGRATE_{field.upper()}", value)
+    with pytest.raises(ValidationError, match=f"FINTEGRATE_{field.upper()} is a placeholder"):
+        Settings()
+
+
+def test_placeholder_secret_refused_in_test_environment_too() -> None:
+    with pytest.raises(ValidationError, match="placeholder"):
+        load_settings(environment="test", admin_api_key="changeme")
+
+
+def test_placeholder_secret_accepted_in_development(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FINTEGRATE_ADMIN_API_KEY", "changeme")
+    settings = Settings()
+    assert settings.environment == "development"
+    assert settings.admin_api_key == "changeme"
+
+
+def test_real_secret_accepted_in_production(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FINTEGRATE_ENVIRONMENT", "production")
+    monkeypatch.setenv("FINTEGRATE_ADMIN_API_KEY", "b1f0c6a7-long-random-operator-secret")
+    assert Settings().admin_api_key == "b1f0c6a7-long-random-operator-secret"
+
+
+def test_env_file_overrides_defaults(tmp_path: Path) -> None:
+    env_file = write_env(tmp_path, api_url="http://from-dotenv:8000", bcrypt_rounds="5")
+    settings = load_settings(str(env_file))
+    assert settings.api_url == "http://from-dotenv:8000"
+    assert settings.bcrypt_rounds == 5
+
+
+def test_dotenv_in_working_directory_is_read(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("FINTEGRATE_API_URL=http://cwd-dotenv:8000\n")
+    assert load_settings().api_url == "http://cwd-dotenv:8000"
+
+
+def test_environment_overrides_env_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    env_file = write_env(tmp_path, api_url="http://from-dotenv:8000")
+    monkeypatch.setenv("FINTEGRATE_API_URL", "http://from-env:8000")
+    assert load_settings(str(env_file)).api_url == "http://from-env:8000"
+
+
+def test_explicit_overrides_beat_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    env_file = write_env(tmp_path, api_url="http://from-dotenv:8000")
+    monkeypatch.setenv("FINTEGRATE_API_URL", "http://from-env:8000")
+    settings = load_settings(str(env_file), api_url="http://from-flag:8000")
+    assert settings.api_url == "http://from-flag:8000"
+
+
+def test_none_overrides_are_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FINTEGRATE_API_URL", "http://from-env:8000")
+    assert load_settings(api_url=None).api_url == "http://from-env:8000"
+
+
+def test_defaults_match_the_specification() -> None:
+    settings = Settings()
+    assert settings.rate_limit_api_key_per_minute == 50
+    assert settings.rate_limit_api_key_burst == 500
+    assert settings.bcrypt_rounds == 12
+    assert settings.max_body_bytes == 1024 * 1024
+
+
+def test_out_of_range_value_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FINTEGRATE_BCRYPT_ROUNDS", "2")
+    with pytest.raises(ValidationError, match="bcrypt_rounds"):
+        Settings()
+
+
+def example_assignments() -> list[tuple[str, int]]:
+    """(variable, line index) of every FINTEGRATE_ line in .env.example, commented or not."""
+    lines = (ROOT / ".env.example").read_text().splitlines()
+    pattern = re.compile(r"^#?\s*FINTEGRATE_([A-Z0-9_]+)=")
+    return [(match[1], i) for i, line in enumerate(lines) if (match := pattern.match(line))]
+
+
+def test_env_example_documents_every_setting_and_nothing_else() -> None:
+    names = [name for name, _ in example_assignments()]
+    assert len(names) == len(set(names)), "a variable appears twice"
+    assert {name.lower() for name in names} == set(Settings.model_fields)
+
+
+def test_env_example_has_a_comment_above_each_variable() -> None:
+    lines = (ROOT / ".env.example").read_text().splitlines()
+    for name, index in example_assignments():
+        above = lines[index - 1]
+        assert above.startswith("# ") and "FINTEGRATE_" not in above.split("=")[0], name
+
+
+def test_env_example_is_a_valid_development_configuration() -> None:
+    settings = load_settings(str(ROOT / ".env.example"))
+    assert settings.environment == "development"
+    assert settings.admin_api_key == "change-me"
+    assert settings.api_key is None
+    assert settings.database_url.endswith("@127.0.0.1:5432/fintegrate_db")
+
+
+def test_env_example_placeholder_admin_key_is_refused_in_production(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("FINTEGRATE_ENVIRONMENT", "production")
+    with pytest.raises(ValidationError, match="FINTEGRATE_ADMIN_API_KEY is a placeholder"):
+        load_settings(str(ROOT / ".env.example"))
