@@ -1,0 +1,84 @@
+"""The customer service application: ``create_app()`` wires routers, middleware and state."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, FastAPI
+from fastapi.routing import APIRoute
+
+from service.auth.cache import VerificationCache
+from service.auth.service import AuthState
+from service.config import Settings, get_settings
+from service.consumers.router import router as consumers_router
+from service.customers.router import router as customers_router
+from service.db import create_db_engine
+from service.events.router import router as events_router
+from service.handlers import install_exception_handlers
+from service.metrics import HttpMetrics
+from service.metrics import router as metrics_router
+from service.middleware import (
+    AuditMiddleware,
+    BodySizeLimitMiddleware,
+    MetricsMiddleware,
+    RequestIdMiddleware,
+)
+from service.ops.router import router as ops_router
+from service.ratelimit import FailedAuthThrottle, RateLimiter, install_rate_limit_headers
+
+ROUTERS: list[APIRouter] = [
+    ops_router,
+    metrics_router,
+    consumers_router,
+    customers_router,
+    events_router,
+]
+
+
+def operation_id(route: APIRoute) -> str:
+    """Stable OpenAPI operation ids: the endpoint function's name."""
+    return route.name
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Open the engine, rate limiter and auth throttle; close them on shutdown."""
+    settings: Settings = app.state.settings
+    registry = app.state.metrics.registry
+    app.state.engine = create_db_engine(settings)
+    app.state.rate_limiter = RateLimiter(settings, registry=registry)
+    app.state.auth_throttle = FailedAuthThrottle(settings, registry=registry)
+    try:
+        yield
+    finally:
+        app.state.auth_throttle.close()
+        app.state.rate_limiter.close()
+        app.state.engine.dispose()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """A new application for ``settings`` (default: the process settings)."""
+    app = FastAPI(
+        title="Fintegrate customer service",
+        version="0.1.0",
+        lifespan=lifespan,
+        generate_unique_id_function=operation_id,
+    )
+    app.state.settings = settings or get_settings()
+    app.state.metrics = HttpMetrics()
+    app.state.auth = AuthState(VerificationCache(app.state.settings.auth_cache_ttl_seconds))
+    for router in ROUTERS:
+        app.include_router(router)
+    install_exception_handlers(app)
+    install_middleware(app)
+    return app
+
+
+def install_middleware(app: FastAPI) -> None:
+    """Innermost first: body limit, rate-limit headers, audit, metrics, request id."""
+    app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=app.state.settings.max_body_bytes)
+    install_rate_limit_headers(app)
+    app.add_middleware(AuditMiddleware)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    app.add_middleware(RequestIdMiddleware)

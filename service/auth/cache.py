@@ -1,0 +1,93 @@
+"""In-process caches of the auth path: positive verifications and last-use throttling.
+
+``VerificationCache`` remembers a successful bcrypt check for ``ttl_seconds``
+(FINTEGRATE_AUTH_CACHE_TTL_SECONDS). That TTL is the bound within which a rotated, revoked
+or disabled key stops working on *other* API instances; the instance that performs the
+change evicts at once.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from typing import Generic, TypeVar
+from uuid import UUID
+
+from service.auth.keys import ParsedKey
+
+V = TypeVar("V")
+MAX_CACHED_KEYS = 10_000
+LAST_USED_INTERVAL_SECONDS = 60.0
+
+
+class VerificationCache(Generic[V]):
+    """A bounded TTL map ``(prefix, sha256(key)) -> verified value``; thread-safe."""
+
+    def __init__(self, ttl_seconds: float, max_entries: int = MAX_CACHED_KEYS) -> None:
+        self.ttl = ttl_seconds
+        self.max_entries = max_entries
+        self._entries: OrderedDict[tuple[str, str], tuple[float, UUID, V]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: ParsedKey) -> V | None:
+        """The cached value of ``key`` while fresh, else None."""
+        slot = (key.prefix, key.fingerprint)
+        with self._lock:
+            entry = self._entries.get(slot)
+            if entry is None:
+                return None
+            if entry[0] <= time.monotonic():
+                del self._entries[slot]
+                return None
+            return entry[2]
+
+    def put(self, key: ParsedKey, consumer_id: UUID, value: V) -> None:
+        """Remember a successful verification; the oldest entry goes when full."""
+        if self.ttl <= 0:
+            return
+        with self._lock:
+            self._entries[(key.prefix, key.fingerprint)] = (
+                time.monotonic() + self.ttl,
+                consumer_id,
+                value,
+            )
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+
+    def evict_consumer(self, consumer_id: UUID) -> None:
+        """Forget every key of ``consumer_id`` (after rotation, revocation or disabling)."""
+        with self._lock:
+            stale = [slot for slot, entry in self._entries.items() if entry[1] == consumer_id]
+            for slot in stale:
+                del self._entries[slot]
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+class LastUsedTracker:
+    """Decides when ``last_used_at`` is due a write: at most once per interval per key."""
+
+    def __init__(
+        self,
+        interval_seconds: float = LAST_USED_INTERVAL_SECONDS,
+        max_entries: int = MAX_CACHED_KEYS,
+    ) -> None:
+        self.interval = interval_seconds
+        self.max_entries = max_entries
+        self._written: OrderedDict[UUID, float] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def due(self, key_id: UUID) -> bool:
+        """True (and the write counted as done) when ``key_id`` was not written recently."""
+        now = time.monotonic()
+        with self._lock:
+            last = self._written.get(key_id)
+            if last is not None and now - last < self.interval:
+                return False
+            self._written[key_id] = now
+            self._written.move_to_end(key_id)
+            while len(self._written) > self.max_entries:
+                self._written.popitem(last=False)
+            return True

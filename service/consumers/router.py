@@ -1,0 +1,144 @@
+"""Consumer (tenant) endpoints: admin management and key rotation.
+
+Writes that must be visible before something else happens (queue provisioning, cache
+eviction) commit in an explicit ``transaction`` here instead of the request's session.
+"""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from service.auth.service import AuthState
+from service.consumers import service
+from service.consumers.schemas import (
+    ConsumerCreate,
+    ConsumerCreated,
+    ConsumerOut,
+    ConsumerUpdate,
+    KeyIssued,
+    KeyOut,
+)
+from service.db import transaction
+from service.deps import (
+    AdminAccess,
+    AppSettings,
+    Caller,
+    DbEngine,
+    DbSession,
+    Origin,
+    PageCursor,
+    PageLimit,
+)
+from service.envelope import success
+from service.pagination import DEFAULT_LIMIT
+from service.schemas import Envelope, ListPage, error_responses
+
+router = APIRouter(prefix="/consumer/data", tags=["consumers"])
+ADMIN_ERRORS = (401, 403, 422, 503)
+ONE = error_responses(404, *ADMIN_ERRORS)
+
+
+def evict_cached_keys(request: Request, consumer_id: UUID) -> None:
+    """Make this instance re-verify the consumer's keys on their next use."""
+    auth: AuthState = request.app.state.auth
+    auth.cache.evict_consumer(consumer_id)
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=Envelope[ConsumerCreated],
+    responses=error_responses(409, 413, *ADMIN_ERRORS),
+)
+def create_consumer(
+    body: ConsumerCreate,
+    _: AdminAccess,
+    engine: DbEngine,
+    settings: AppSettings,
+    origin: Origin,
+) -> JSONResponse:
+    """Create a tenant with its first API key (shown once) and provision its queues."""
+    issued = service.new_key(settings.bcrypt_rounds)
+    with transaction(engine) as connection:
+        created = service.create_consumer(connection, body, issued, origin)
+    created.queue_provisioned = service.provision_queues(settings, created.name)
+    return success(created, 201)
+
+
+@router.get(
+    "",
+    response_model=Envelope[ListPage[ConsumerOut]],
+    responses=error_responses(400, 429, *ADMIN_ERRORS),
+)
+def list_consumers(
+    principal: Caller,
+    connection: DbSession,
+    cursor: PageCursor = None,
+    limit: PageLimit = DEFAULT_LIMIT,
+) -> JSONResponse:
+    """All consumers for the operator; the calling tenant only for a tenant key."""
+    return success(service.list_consumers(connection, principal, cursor, limit))
+
+
+@router.get("/{consumer_id}", response_model=Envelope[ConsumerOut], responses=ONE)
+def show_consumer(consumer_id: UUID, _: AdminAccess, connection: DbSession) -> JSONResponse:
+    """One consumer (operator only)."""
+    return success(service.get_consumer(connection, consumer_id))
+
+
+@router.patch(
+    "/{consumer_id}",
+    response_model=Envelope[ConsumerOut],
+    responses=error_responses(404, 413, *ADMIN_ERRORS),
+)
+def update_consumer(
+    consumer_id: UUID, body: ConsumerUpdate, request: Request, _: AdminAccess, engine: DbEngine
+) -> JSONResponse:
+    """Enable or disable a consumer, or change its description or rate limits."""
+    with transaction(engine) as connection:
+        updated = service.update_consumer(connection, consumer_id, body)
+    evict_cached_keys(request, consumer_id)
+    return success(updated)
+
+
+@router.post(
+    "/{consumer_id}/keys/rotate",
+    status_code=201,
+    response_model=Envelope[KeyIssued],
+    responses=error_responses(404, 429, *ADMIN_ERRORS),
+)
+def rotate_consumer_key(
+    consumer_id: UUID,
+    request: Request,
+    principal: Caller,
+    engine: DbEngine,
+    settings: AppSettings,
+) -> JSONResponse:
+    """Issue a new key (shown once); the old key stops working (operator or the tenant itself)."""
+    request.state.audited = True
+    issued = service.new_key(settings.bcrypt_rounds)
+    with transaction(engine) as connection:
+        key = service.rotate_key(connection, principal, consumer_id, issued)
+    evict_cached_keys(request, consumer_id)
+    return success(key, 201)
+
+
+@router.get("/{consumer_id}/keys", response_model=Envelope[ListPage[KeyOut]], responses=ONE)
+def list_consumer_keys(consumer_id: UUID, _: AdminAccess, connection: DbSession) -> JSONResponse:
+    """Every key of the consumer, active or not (never the hash)."""
+    keys = service.list_keys(connection, consumer_id)
+    return success({"items": keys, "next_cursor": None, "count": len(keys)})
+
+
+@router.post("/{consumer_id}/keys/{key_id}/revoke", response_model=Envelope[KeyOut], responses=ONE)
+def revoke_consumer_key(
+    consumer_id: UUID, key_id: UUID, request: Request, _: AdminAccess, engine: DbEngine
+) -> JSONResponse:
+    """Deactivate one key at once (idempotent)."""
+    with transaction(engine) as connection:
+        key = service.revoke_key(connection, consumer_id, key_id)
+    evict_cached_keys(request, consumer_id)
+    return success(key)

@@ -1,0 +1,83 @@
+"""Consumer (tenant) and API key request and response models."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+from uuid import UUID
+
+from pydantic import BaseModel, Field, StringConstraints, model_validator
+
+from service.schemas import StrictInput, Text
+
+ConsumerStatus = Literal["active", "disabled"]
+ConsumerName = Annotated[
+    str, StringConstraints(min_length=1, max_length=64, pattern=r"^[a-z0-9_]+$")
+]
+Description = Annotated[Text, StringConstraints(max_length=500)]
+RateLimitValue = Annotated[int, Field(ge=1, le=1_000_000)]
+
+
+class ConsumerCreate(StrictInput):
+    name: ConsumerName = Field(description="Lowercase letters, digits and underscores")
+    description: Description | None = None
+    rate_limit_per_minute: RateLimitValue | None = None
+    rate_limit_burst: RateLimitValue | None = None
+
+
+class ConsumerUpdate(StrictInput):
+    """Fields to change; at least one. Sending ``null`` for a limit restores the default."""
+
+    status: ConsumerStatus | None = None
+    description: Description | None = None
+    rate_limit_per_minute: RateLimitValue | None = None
+    rate_limit_burst: RateLimitValue | None = None
+
+    @model_validator(mode="after")
+    def _something_to_change(self) -> ConsumerUpdate:
+        if not self.model_fields_set:
+            raise ValueError("send at least one of status, description, rate_limit_*")
+        if "status" in self.model_fields_set and self.status is None:
+            raise ValueError("status must be active or disabled")
+        return self
+
+
+class ConsumerOut(BaseModel):
+    consumer_id: UUID
+    name: str
+    description: str | None
+    status: ConsumerStatus
+    rate_limit_per_minute: int | None
+    rate_limit_burst: int | None
+    queue_name: str
+    dlq_name: str
+    created_at: datetime
+    updated_at: datetime
+
+
+class KeyOut(BaseModel):
+    """An API key's metadata; never the hash."""
+
+    key_id: UUID
+    consumer_id: UUID
+    key_prefix: str
+    is_active: bool
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+    expires_at: datetime | None
+
+
+class KeyIssued(KeyOut):
+    """A new key: ``api_key`` is shown this once and never again."""
+
+    api_key: str
+
+
+class ConsumerCreated(ConsumerOut):
+    """A new consumer with its first key (shown once) and the queue provisioning outcome."""
+
+    api_key: str
+    key_id: UUID
+    key_prefix: str
+    queue_provisioned: bool = False

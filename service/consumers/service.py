@@ -1,0 +1,158 @@
+"""Consumer rules: creation with its first key and system event, updates, key lifecycle.
+
+bcrypt runs in ``new_key`` before any transaction opens, so no connection waits on it.
+Rotation deactivates the old key and inserts the new one in the caller's transaction,
+under a lock on the consumer row (the one-active-key index holds).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import Connection, Row
+
+from service.auth.keys import ParsedKey, generate_key, hash_key
+from service.auth.service import Principal
+from service.config import Settings
+from service.consumers import repository
+from service.consumers.schemas import (
+    ConsumerCreate,
+    ConsumerCreated,
+    ConsumerOut,
+    ConsumerUpdate,
+    KeyIssued,
+    KeyOut,
+)
+from service.errors import Conflict, NotFound
+from service.events.repository import insert_event
+from service.events.schemas import EventOrigin
+from service.messaging.topology import dlq_name, queue_name
+from service.pagination import build_page, cursor_params, decode_cursor
+
+logger = logging.getLogger(__name__)
+
+CONSUMER_NOT_FOUND = "Consumer not found"
+KEY_NOT_FOUND = "API key not found"
+
+
+def new_key(rounds: int) -> tuple[ParsedKey, str]:
+    """A fresh key and its bcrypt hash."""
+    key = generate_key()
+    return key, hash_key(key, rounds)
+
+
+def consumer_out(row: Row[Any]) -> ConsumerOut:
+    """The consumer with its queue names from the topology module."""
+    return ConsumerOut(**row._mapping, queue_name=queue_name(row.name), dlq_name=dlq_name(row.name))
+
+
+def create_consumer(
+    connection: Connection,
+    data: ConsumerCreate,
+    issued: tuple[ParsedKey, str],
+    origin: EventOrigin,
+) -> ConsumerCreated:
+    """Insert the consumer, its first key and its ``consumer_created`` event; 409 if taken."""
+    row = repository.insert_consumer(connection, data.model_dump())
+    if row is None:
+        raise Conflict(f"A consumer named {data.name!r} already exists; choose another name")
+    key, key_hash = issued
+    key_row = repository.insert_key(connection, row.consumer_id, key.prefix, key_hash)
+    insert_event(
+        connection,
+        consumer_id=row.consumer_id,
+        customer_id=None,
+        event_type="consumer_created",
+        origin=origin,
+        payload={"consumer_id": str(row.consumer_id), "name": row.name},
+    )
+    return ConsumerCreated(
+        **consumer_out(row).model_dump(),
+        api_key=key.full,
+        key_id=key_row.key_id,
+        key_prefix=key.prefix,
+    )
+
+
+def provision_queues(settings: Settings, consumer_name: str) -> bool:
+    """Declare the tenant's queue and DLQ; False (logged) when the broker refuses or is away."""
+    try:
+        provisioning = importlib.import_module("service.messaging.provisioning")
+        provisioning.provision_consumer_queues(settings, consumer_name)
+    except Exception:
+        logger.warning(
+            "queues of consumer %s not provisioned; run `fintegrate queues provision`",
+            consumer_name,
+            exc_info=True,
+        )
+        return False
+    return True
+
+
+def list_consumers(
+    connection: Connection, principal: Principal, cursor: str | None, limit: int
+) -> dict[str, Any]:
+    """Every consumer for the operator; only itself for a tenant."""
+    if principal.consumer is not None:
+        own = get_consumer(connection, principal.consumer.consumer_id)
+        return {"items": [own], "next_cursor": None, "count": 1}
+    after = cursor_params(decode_cursor(cursor))
+    consumers = [
+        consumer_out(row) for row in repository.list_consumers(connection, after, limit + 1)
+    ]
+    return build_page(consumers, limit, lambda item: (item.created_at, item.consumer_id))
+
+
+def get_consumer(connection: Connection, consumer_id: UUID) -> ConsumerOut:
+    row = repository.get_consumer(connection, consumer_id)
+    if row is None:
+        raise NotFound(CONSUMER_NOT_FOUND)
+    return consumer_out(row)
+
+
+def update_consumer(
+    connection: Connection, consumer_id: UUID, changes: ConsumerUpdate
+) -> ConsumerOut:
+    """Change status, description or rate limits (only the fields sent)."""
+    row = repository.update_consumer(
+        connection, consumer_id, changes.model_dump(include=changes.model_fields_set)
+    )
+    if row is None:
+        raise NotFound(CONSUMER_NOT_FOUND)
+    return consumer_out(row)
+
+
+def rotate_key(
+    connection: Connection,
+    principal: Principal,
+    consumer_id: UUID,
+    issued: tuple[ParsedKey, str],
+) -> KeyIssued:
+    """Replace the active key: the old one is revoked, the new one returned once."""
+    own = principal.consumer
+    if own is not None and own.consumer_id != consumer_id:
+        raise NotFound(CONSUMER_NOT_FOUND)
+    if repository.get_consumer(connection, consumer_id, lock=True) is None:
+        raise NotFound(CONSUMER_NOT_FOUND)
+    key, key_hash = issued
+    repository.deactivate_active_keys(connection, consumer_id)
+    row = repository.insert_key(connection, consumer_id, key.prefix, key_hash)
+    return KeyIssued(**row._mapping, api_key=key.full)
+
+
+def list_keys(connection: Connection, consumer_id: UUID) -> list[KeyOut]:
+    get_consumer(connection, consumer_id)
+    return [
+        KeyOut.model_validate(row._mapping) for row in repository.list_keys(connection, consumer_id)
+    ]
+
+
+def revoke_key(connection: Connection, consumer_id: UUID, key_id: UUID) -> KeyOut:
+    """Deactivate one key of the consumer (idempotent); NotFound for a foreign key id."""
+    row = repository.revoke_key(connection, consumer_id, key_id)
+    if row is None:
+        raise NotFound(KEY_NOT_FOUND)
+    return KeyOut.model_validate(row._mapping)

@@ -1,0 +1,180 @@
+"""SQL of the customers domain; every statement filters by the tenant's consumer_id."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import Connection, Row, text
+
+INSERT_CUSTOMER = text(
+    """
+    INSERT INTO customers (consumer_id, name, email, status)
+    VALUES (:consumer_id, :name, :email, :status)
+    RETURNING customer_id, name, email, status, created_at, updated_at
+    """
+)
+SELECT_CUSTOMER = text(
+    """
+    SELECT customer_id, name, email, status, created_at, updated_at
+    FROM customers
+    WHERE customer_id = :customer_id AND consumer_id = :consumer_id AND deleted_at IS NULL
+    """
+)
+LOCK_CUSTOMER = text(SELECT_CUSTOMER.text + " FOR UPDATE")
+LIST_CUSTOMERS = text(
+    """
+    SELECT customer_id, name, email, status, created_at, updated_at
+    FROM customers
+    WHERE consumer_id = :consumer_id AND deleted_at IS NULL
+      AND (CAST(:status AS text) IS NULL OR status = :status)
+      AND (CAST(:after_at AS timestamptz) IS NULL
+           OR (created_at, customer_id)
+              > (CAST(:after_at AS timestamptz), CAST(:after_id AS uuid)))
+    ORDER BY created_at, customer_id
+    LIMIT :limit
+    """
+)
+UPDATE_STATUS = text(
+    """
+    UPDATE customers SET status = :status
+    WHERE customer_id = :customer_id AND consumer_id = :consumer_id AND deleted_at IS NULL
+    RETURNING customer_id, name, email, status, created_at, updated_at
+    """
+)
+SOFT_DELETE = text(
+    """
+    UPDATE customers SET deleted_at = now()
+    WHERE customer_id = :customer_id AND consumer_id = :consumer_id AND deleted_at IS NULL
+    RETURNING customer_id, deleted_at
+    """
+)
+UPSERT_TAGS = text(
+    """
+    INSERT INTO customer_tags (customer_id, consumer_id, tag_key, tag_value)
+    SELECT :customer_id, :consumer_id, key, value FROM jsonb_each(CAST(:tags AS jsonb))
+    ON CONFLICT (customer_id, tag_key) DO UPDATE SET tag_value = EXCLUDED.tag_value
+    """
+)
+SELECT_TAGS = text(
+    "SELECT tag_key, tag_value FROM customer_tags"
+    " WHERE customer_id = :customer_id AND consumer_id = :consumer_id ORDER BY tag_key"
+)
+DELETE_TAG = text(
+    "DELETE FROM customer_tags"
+    " WHERE customer_id = :customer_id AND consumer_id = :consumer_id AND tag_key = :tag_key"
+)
+INSERT_ANALYTICS = text(
+    """
+    INSERT INTO customer_analytics (customer_id, consumer_id, metrics_json, recorded_at)
+    VALUES (:customer_id, :consumer_id, CAST(:metrics AS jsonb),
+            COALESCE(CAST(:recorded_at AS timestamptz), now()))
+    RETURNING analytics_id, customer_id, metrics_json AS metrics, recorded_at, created_at
+    """
+)
+LIST_ANALYTICS = text(
+    """
+    SELECT analytics_id, customer_id, metrics_json AS metrics, recorded_at, created_at
+    FROM customer_analytics
+    WHERE customer_id = :customer_id AND consumer_id = :consumer_id
+      AND (CAST(:from_at AS timestamptz) IS NULL OR recorded_at >= :from_at)
+      AND (CAST(:to_at AS timestamptz) IS NULL OR recorded_at <= :to_at)
+      AND (CAST(:after_at AS timestamptz) IS NULL
+           OR (recorded_at, analytics_id)
+              > (CAST(:after_at AS timestamptz), CAST(:after_id AS uuid)))
+    ORDER BY recorded_at, analytics_id
+    LIMIT :limit
+    """
+)
+
+
+def insert_customer(connection: Connection, consumer_id: UUID, fields: dict[str, Any]) -> Row[Any]:
+    return connection.execute(INSERT_CUSTOMER, {"consumer_id": consumer_id, **fields}).one()
+
+
+def get_customer(
+    connection: Connection, consumer_id: UUID, customer_id: UUID, *, lock: bool = False
+) -> Row[Any] | None:
+    """A live (not deleted) customer of the tenant, optionally locked for update."""
+    statement = LOCK_CUSTOMER if lock else SELECT_CUSTOMER
+    params = {"consumer_id": consumer_id, "customer_id": customer_id}
+    return connection.execute(statement, params).first()
+
+
+def list_customers(
+    connection: Connection,
+    consumer_id: UUID,
+    status: str | None,
+    after: dict[str, Any],
+    limit: int,
+) -> Sequence[Row[Any]]:
+    params = {"consumer_id": consumer_id, "status": status, "limit": limit, **after}
+    return connection.execute(LIST_CUSTOMERS, params).all()
+
+
+def update_status(
+    connection: Connection, consumer_id: UUID, customer_id: UUID, status: str
+) -> Row[Any]:
+    params = {"consumer_id": consumer_id, "customer_id": customer_id, "status": status}
+    return connection.execute(UPDATE_STATUS, params).one()
+
+
+def soft_delete(connection: Connection, consumer_id: UUID, customer_id: UUID) -> Row[Any]:
+    params = {"consumer_id": consumer_id, "customer_id": customer_id}
+    return connection.execute(SOFT_DELETE, params).one()
+
+
+def upsert_tags(
+    connection: Connection, consumer_id: UUID, customer_id: UUID, tags: dict[str, Any]
+) -> None:
+    params = {"consumer_id": consumer_id, "customer_id": customer_id, "tags": json.dumps(tags)}
+    connection.execute(UPSERT_TAGS, params)
+
+
+def get_tags(connection: Connection, consumer_id: UUID, customer_id: UUID) -> dict[str, Any]:
+    params = {"consumer_id": consumer_id, "customer_id": customer_id}
+    return {row.tag_key: row.tag_value for row in connection.execute(SELECT_TAGS, params)}
+
+
+def delete_tag(connection: Connection, consumer_id: UUID, customer_id: UUID, key: str) -> bool:
+    """True when the tag existed and was removed."""
+    params = {"consumer_id": consumer_id, "customer_id": customer_id, "tag_key": key}
+    return connection.execute(DELETE_TAG, params).rowcount > 0
+
+
+def insert_analytics(
+    connection: Connection,
+    consumer_id: UUID,
+    customer_id: UUID,
+    metrics: dict[str, Any],
+    recorded_at: datetime | None,
+) -> Row[Any]:
+    params = {
+        "consumer_id": consumer_id,
+        "customer_id": customer_id,
+        "metrics": json.dumps(metrics),
+        "recorded_at": recorded_at,
+    }
+    return connection.execute(INSERT_ANALYTICS, params).one()
+
+
+def list_analytics(
+    connection: Connection,
+    consumer_id: UUID,
+    customer_id: UUID,
+    window: tuple[datetime | None, datetime | None],
+    after: dict[str, Any],
+    limit: int,
+) -> Sequence[Row[Any]]:
+    params = {
+        "consumer_id": consumer_id,
+        "customer_id": customer_id,
+        "from_at": window[0],
+        "to_at": window[1],
+        "limit": limit,
+        **after,
+    }
+    return connection.execute(LIST_ANALYTICS, params).all()

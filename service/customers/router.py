@@ -1,0 +1,155 @@
+"""Customer endpoints (tenant): CRUD with events, tags and analytics snapshots."""
+
+from __future__ import annotations
+
+from typing import Annotated
+from uuid import UUID
+
+from fastapi import APIRouter, Path, Query
+from fastapi.responses import JSONResponse
+
+from service.customers import service
+from service.customers.schemas import (
+    AnalyticsIn,
+    AnalyticsOut,
+    CustomerCreate,
+    CustomerDeleted,
+    CustomerOut,
+    CustomerStatus,
+    StatusChange,
+    TagKey,
+    TagsIn,
+    TagsOut,
+)
+from service.deps import DbSession, Origin, PageCursor, PageLimit, RateLimited
+from service.envelope import success
+from service.pagination import DEFAULT_LIMIT
+from service.schemas import Envelope, ListPage, UtcDatetime, error_responses
+
+router = APIRouter(prefix="/customer/data", tags=["customers"])
+TENANT_ERRORS = (401, 403, 422, 429, 503)
+ONE = error_responses(404, *TENANT_ERRORS)
+ONE_WITH_BODY = error_responses(404, 413, *TENANT_ERRORS)
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=Envelope[CustomerOut],
+    responses=error_responses(413, *TENANT_ERRORS),
+)
+def create_customer(
+    body: CustomerCreate, consumer: RateLimited, connection: DbSession, origin: Origin
+) -> JSONResponse:
+    """Create a customer; its ``customer_creation`` event commits with it."""
+    customer = service.create_customer(connection, consumer.consumer_id, body, origin)
+    return success(customer, 201)
+
+
+@router.get(
+    "",
+    response_model=Envelope[ListPage[CustomerOut]],
+    responses=error_responses(400, *TENANT_ERRORS),
+)
+def list_customers(
+    consumer: RateLimited,
+    connection: DbSession,
+    status: CustomerStatus | None = None,
+    cursor: PageCursor = None,
+    limit: PageLimit = DEFAULT_LIMIT,
+) -> JSONResponse:
+    """The tenant's customers, oldest first, optionally by status."""
+    return success(service.list_customers(connection, consumer.consumer_id, status, cursor, limit))
+
+
+@router.get("/{customer_id}", response_model=Envelope[CustomerOut], responses=ONE)
+def show_customer(customer_id: UUID, consumer: RateLimited, connection: DbSession) -> JSONResponse:
+    """One customer of the tenant."""
+    return success(service.get_customer(connection, consumer.consumer_id, customer_id))
+
+
+@router.patch(
+    "/{customer_id}/status", response_model=Envelope[CustomerOut], responses=ONE_WITH_BODY
+)
+def change_customer_status(
+    customer_id: UUID,
+    body: StatusChange,
+    consumer: RateLimited,
+    connection: DbSession,
+    origin: Origin,
+) -> JSONResponse:
+    """Change the status (event ``customer_status_change``); the same status is a no-op."""
+    customer = service.change_status(
+        connection, consumer.consumer_id, customer_id, body.status, origin
+    )
+    return success(customer)
+
+
+@router.delete("/{customer_id}", response_model=Envelope[CustomerDeleted], responses=ONE)
+def delete_customer(
+    customer_id: UUID, consumer: RateLimited, connection: DbSession, origin: Origin
+) -> JSONResponse:
+    """Soft-delete the customer (event ``customer_deletion``); a second delete is 404."""
+    return success(service.delete_customer(connection, consumer.consumer_id, customer_id, origin))
+
+
+@router.put("/{customer_id}/tags", response_model=Envelope[TagsOut], responses=ONE_WITH_BODY)
+def merge_customer_tags(
+    customer_id: UUID, body: TagsIn, consumer: RateLimited, connection: DbSession
+) -> JSONResponse:
+    """Merge tags into the customer's tags; answers the whole map."""
+    return success(service.merge_tags(connection, consumer.consumer_id, customer_id, body.tags))
+
+
+@router.get("/{customer_id}/tags", response_model=Envelope[TagsOut], responses=ONE)
+def list_customer_tags(
+    customer_id: UUID, consumer: RateLimited, connection: DbSession
+) -> JSONResponse:
+    """The customer's tags."""
+    return success(service.get_tags(connection, consumer.consumer_id, customer_id))
+
+
+@router.delete("/{customer_id}/tags/{key}", response_model=Envelope[TagsOut], responses=ONE)
+def delete_customer_tag(
+    customer_id: UUID,
+    key: Annotated[TagKey, Path(description="Tag key")],
+    consumer: RateLimited,
+    connection: DbSession,
+) -> JSONResponse:
+    """Remove one tag (404 when absent); answers the remaining map."""
+    return success(service.delete_tag(connection, consumer.consumer_id, customer_id, key))
+
+
+@router.post(
+    "/{customer_id}/analytics",
+    status_code=201,
+    response_model=Envelope[AnalyticsOut],
+    responses=ONE_WITH_BODY,
+)
+def add_customer_analytics(
+    customer_id: UUID, body: AnalyticsIn, consumer: RateLimited, connection: DbSession
+) -> JSONResponse:
+    """Store one metrics snapshot."""
+    snapshot = service.add_analytics(connection, consumer.consumer_id, customer_id, body)
+    return success(snapshot, 201)
+
+
+@router.get(
+    "/{customer_id}/analytics",
+    response_model=Envelope[ListPage[AnalyticsOut]],
+    responses=error_responses(400, 404, *TENANT_ERRORS),
+)
+def list_customer_analytics(
+    customer_id: UUID,
+    consumer: RateLimited,
+    connection: DbSession,
+    from_: Annotated[UtcDatetime | None, Query(alias="from")] = None,
+    to: Annotated[UtcDatetime | None, Query()] = None,
+    cursor: PageCursor = None,
+    limit: PageLimit = DEFAULT_LIMIT,
+) -> JSONResponse:
+    """Snapshots recorded between ``from`` and ``to`` (inclusive), oldest first."""
+    page = service.list_analytics(
+        connection, consumer.consumer_id, customer_id, (from_, to), (cursor, limit)
+    )
+    return success(page)

@@ -1,0 +1,57 @@
+"""Events read API: ``GET /events`` and ``GET /events/{event_id}`` (tenant-scoped)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+from uuid import UUID
+
+from fastapi import APIRouter, Query
+from fastapi.responses import JSONResponse
+
+from service.deps import DbSession, PageCursor, PageLimit, RateLimited
+from service.envelope import success
+from service.events import service
+from service.events.schemas import (
+    DeliverStatus,
+    EventFilters,
+    EventOut,
+    EventType,
+    PublishStatus,
+)
+from service.pagination import DEFAULT_LIMIT
+from service.schemas import Envelope, ListPage, UtcDatetime, error_responses
+
+router = APIRouter(prefix="/events", tags=["events"])
+TENANT_ERRORS = (401, 403, 422, 429, 503)
+
+
+@router.get(
+    "",
+    response_model=Envelope[ListPage[EventOut]],
+    responses=error_responses(400, *TENANT_ERRORS),
+)
+def list_events(
+    consumer: RateLimited,
+    connection: DbSession,
+    customer_id: UUID | None = None,
+    event_type: EventType | None = None,
+    publish_status: PublishStatus | None = None,
+    deliver_status: DeliverStatus | None = None,
+    since: Annotated[UtcDatetime | None, Query(description="created_at lower bound")] = None,
+    cursor: PageCursor = None,
+    limit: PageLimit = DEFAULT_LIMIT,
+) -> JSONResponse:
+    """The tenant's events, oldest first, optionally filtered."""
+    filters = EventFilters(customer_id, event_type, publish_status, deliver_status, since)
+    page = service.list_events(connection, consumer.consumer_id, filters, cursor, limit)
+    return success(page)
+
+
+@router.get(
+    "/{event_id}",
+    response_model=Envelope[EventOut],
+    responses=error_responses(404, *TENANT_ERRORS),
+)
+def show_event(event_id: UUID, consumer: RateLimited, connection: DbSession) -> JSONResponse:
+    """One of the tenant's events with its publish and delivery state."""
+    return success(service.get_event(connection, consumer.consumer_id, event_id))

@@ -1,0 +1,55 @@
+"""Event read models, filters and the origin recorded on every event row."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+from uuid import UUID
+
+from pydantic import BaseModel
+
+EventType = Literal[
+    "customer_creation", "customer_deletion", "customer_status_change", "consumer_created"
+]
+PublishStatus = Literal["pending", "published", "failed"]
+DeliverStatus = Literal["pending", "delivered", "failed"]
+
+
+@dataclass(frozen=True)
+class EventOrigin:
+    """Where a change came from: ``source_service`` and the request id for ``metadata_json``."""
+
+    source_service: str
+    request_id: str | None = None
+
+
+@dataclass(frozen=True)
+class EventFilters:
+    """Optional filters of ``GET /events``."""
+
+    customer_id: UUID | None = None
+    event_type: str | None = None
+    publish_status: str | None = None
+    deliver_status: str | None = None
+    since: datetime | None = None
+
+
+class EventOut(BaseModel):
+    """One event with its publish and delivery bookkeeping."""
+
+    event_id: UUID
+    customer_id: UUID | None
+    consumer_id: UUID
+    event_type: EventType
+    source_service: str
+    payload: dict[str, Any]
+    metadata: dict[str, Any]
+    publish_status: PublishStatus
+    publish_try_count: int
+    publish_failure_reason: str | None
+    published_at: datetime | None
+    deliver_status: DeliverStatus
+    deliver_try_count: int
+    delivered_at: datetime | None
+    created_at: datetime

@@ -1,0 +1,64 @@
+"""Dependency checks behind ``/ready``: each bounded in time, none raises."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pika
+import redis
+from sqlalchemy import Engine, text
+
+from service.config import Settings
+from service.messaging.connection import connection_parameters
+
+CHECK_TIMEOUT_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One dependency's state: ``ok``, whether the service needs it, and a short detail."""
+
+    ok: bool
+    required: bool
+    detail: str
+
+
+def check_database(engine: Engine) -> CheckResult:
+    """``SELECT 1`` through the pool (connect timeout 3 s)."""
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except Exception as exc:
+        return CheckResult(False, True, f"unreachable ({type(exc).__name__})")
+    return CheckResult(True, True, "ok")
+
+
+def check_broker(settings: Settings) -> CheckResult:
+    """An AMQP handshake with a 1 s timeout; the API still accepts writes without it."""
+    parameters = connection_parameters(settings.rabbitmq_url, connect_timeout=CHECK_TIMEOUT_SECONDS)
+    parameters.stack_timeout = CHECK_TIMEOUT_SECONDS
+    try:
+        pika.BlockingConnection(parameters).close()
+    except Exception as exc:
+        return CheckResult(False, False, f"unreachable ({type(exc).__name__})")
+    return CheckResult(True, False, "ok")
+
+
+def check_redis(settings: Settings) -> CheckResult:
+    """PING with a 1 s timeout; without Redis rate limits fail open."""
+    if not settings.redis_url:
+        return CheckResult(True, False, "not configured (rate limits off)")
+    client = redis.Redis.from_url(
+        settings.redis_url,
+        socket_timeout=CHECK_TIMEOUT_SECONDS,
+        socket_connect_timeout=CHECK_TIMEOUT_SECONDS,
+    )
+    try:
+        client.ping()
+    except Exception as exc:
+        return CheckResult(
+            False, False, f"unreachable ({type(exc).__name__}); rate limits fail open"
+        )
+    finally:
+        client.close()
+    return CheckResult(True, False, "ok")

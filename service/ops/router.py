@@ -1,0 +1,57 @@
+"""Operations endpoints: ``/health`` (process up) and ``/ready`` (dependencies)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+from service.deps import AppSettings, DbEngine
+from service.envelope import error, success
+from service.ops.checks import CheckResult, check_broker, check_database, check_redis
+from service.schemas import Envelope, error_responses
+
+router = APIRouter(tags=["operations"])
+
+
+class Health(BaseModel):
+    status: str
+
+
+class DependencyState(BaseModel):
+    ok: bool
+    required: bool
+    detail: str
+
+
+class Readiness(BaseModel):
+    ready: bool
+    database: DependencyState
+    broker: DependencyState
+    redis: DependencyState
+
+
+@router.get("/health", response_model=Envelope[Health])
+async def health() -> JSONResponse:
+    """The process is up and serving."""
+    return success({"status": "ok"})
+
+
+@router.get("/ready", response_model=Envelope[Readiness], responses=error_responses(503))
+def ready(engine: DbEngine, settings: AppSettings) -> JSONResponse:
+    """Database, broker and Redis each checked; 503 when a required one (the database) is down."""
+    checks = {
+        "database": check_database(engine),
+        "broker": check_broker(settings),
+        "redis": check_redis(settings),
+    }
+    if any(result.required and not result.ok for result in checks.values()):
+        return error(503, "Not ready: " + summary(checks), {"Retry-After": "5"})
+    return success({"ready": True, **{name: asdict(result) for name, result in checks.items()}})
+
+
+def summary(checks: dict[str, CheckResult]) -> str:
+    """``database unreachable (OperationalError); broker ok; redis ok``."""
+    return "; ".join(f"{name} {result.detail}" for name, result in checks.items())
