@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -24,7 +25,7 @@ DirOption = Annotated[
     typer.Option("--dir", help="Directory holding the migration files.", file_okay=False),
 ]
 T = TypeVar("T")
-STATUS_COLUMNS = ("version", "filename", "state", "applied_at")
+STATUS_COLUMNS = ("filename", "state", "applied_at")  # the filename starts with the version
 
 
 def engine_for(ctx: typer.Context) -> Engine:
@@ -71,7 +72,7 @@ def apply_command(
         ]
         emit_rows(
             plan_rows,
-            ("version", "filename", "action"),
+            ("filename", "action"),
             wants_json(ctx, json_output),
             "Plan (dry run)",
         )
@@ -117,14 +118,25 @@ def status_command(
 ) -> None:
     """Show applied / pending / changed / missing for each migration."""
     states = run_checked(migrations.status, engine_for(ctx), directory)
-    rows = [s.as_dict() for s in states]
-    emit_rows(rows, STATUS_COLUMNS, wants_json(ctx, json_output), "Migrations")
+    rows = [s.as_dict() | {"applied_at": short_time(s.applied_at)} for s in states]
+    emit_rows(
+        rows,
+        STATUS_COLUMNS,
+        wants_json(ctx, json_output),
+        "Migrations",
+        json_data=[s.as_dict() for s in states],
+    )
     outstanding = [s for s in states if s.state != "applied"]
     if exit_code and outstanding:
         raise CheckFailed(
             f"{len(outstanding)} migration(s) not applied cleanly: "
             + ", ".join(f"{s.filename} ({s.state})" for s in outstanding)
         )
+
+
+def short_time(moment: datetime | None) -> str | None:
+    """A table-friendly UTC timestamp (JSON keeps the full ISO form)."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if moment else None
 
 
 @app.command("verify")
