@@ -20,8 +20,10 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
 from service import migrations
+from service.app import create_app
 from service.config import Settings, get_settings
 from service.db import create_db_engine
+from tests.support.live_server import LiveServer
 from tests.support.tcp_proxy import TcpProxy
 
 PG_ADMIN_URL = os.environ.get(
@@ -168,3 +170,11 @@ def tcp_proxy_factory() -> Iterator[Callable[[str, int], TcpProxy]]:
     yield create
     for proxy in proxies:
         proxy.stop()
+
+
+@pytest.fixture
+def live_server(settings: Settings) -> Iterator[str]:
+    """The API (``create_app(settings)``) served by uvicorn on loopback; yields its base URL."""
+    server = LiveServer(create_app(settings)).start()
+    yield server.url
+    server.stop()

@@ -39,9 +39,7 @@ def admin_headers(settings: Settings) -> dict[str, str]:
 
 
 @pytest.fixture
-def create_consumer(
-    client: TestClient, admin_headers: dict[str, str]
-) -> Callable[..., Consumer]:
+def create_consumer(client: TestClient, admin_headers: dict[str, str]) -> Callable[..., Consumer]:
     """Factory: a new tenant via ``POST /consumer/data``."""
 
     def create(name: str | None = None, **fields: Any) -> Consumer:
