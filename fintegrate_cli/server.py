@@ -2,8 +2,55 @@
 
 from __future__ import annotations
 
+import os
+from typing import Annotated
+
 import typer
+import uvicorn
+
+from fintegrate_cli._context import state
+from fintegrate_cli._output import info
+from service.config import Settings
+
+APP_FACTORY = "service.app:create_app"
+
+
+def settings_environment(settings: Settings) -> dict[str, str]:
+    """``FINTEGRATE_*`` variables that make worker processes rebuild these exact settings."""
+    values = settings.model_dump(exclude_none=True)
+    return {f"FINTEGRATE_{name.upper()}": str(value) for name, value in values.items()}
+
+
+def serve(
+    ctx: typer.Context,
+    host: Annotated[
+        str, typer.Option("--host", help="Interface to bind (loopback by default).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="TCP port.")] = 8000,
+    workers: Annotated[
+        int, typer.Option("--workers", min=1, help="Worker processes (each with its own pool).")
+    ] = 1,
+    reload: Annotated[
+        bool, typer.Option("--reload", help="Restart on code changes (development only).")
+    ] = False,
+    log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "info",
+) -> None:
+    """Serve the REST API (service.app:create_app) until interrupted."""
+    cli = state(ctx)
+    os.environ.update(settings_environment(cli.settings()))
+    info(f"serving the API on http://{host}:{port} with {workers} worker(s)", cli.quiet)
+    uvicorn.run(
+        APP_FACTORY,
+        factory=True,
+        host=host,
+        port=port,
+        workers=None if reload else workers,
+        reload=reload,
+        log_level=log_level,
+        proxy_headers=True,
+    )
 
 
 def register(app: typer.Typer) -> None:
     """Attach this module's commands to the root app."""
+    app.command("serve")(serve)
