@@ -15,6 +15,7 @@ from urllib.parse import unquote, urlsplit
 
 import pika
 import pika.exceptions
+from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,7 @@ BROKER_ERRORS: tuple[type[BaseException], ...] = (
     pika.exceptions.AMQPConnectionError,
     pika.exceptions.AMQPChannelError,
     pika.exceptions.StreamLostError,
+    AMQPConnectorException,
     ConnectionError,
     OSError,
 )

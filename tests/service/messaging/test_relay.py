@@ -1,0 +1,154 @@
+"""The outbox relay on the real database and broker."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import Engine
+
+from service.config import Settings
+from service.messaging.provisioning import ProvisionResult
+from service.messaging.publisher import ConfirmingPublisher
+from service.messaging.relay import OutboxRelay, publish_pending_batch
+from tests.support.outbox import (
+    drain_queue,
+    event_rows,
+    insert_consumer,
+    insert_events,
+    new_consumer_name,
+    queue_depth,
+    wait_until,
+)
+from tests.support.tcp_proxy import TcpProxy
+
+Tenant = tuple[str, str, ProvisionResult]
+
+
+def test_relay_publishes_pending_rows_and_marks_them(
+    outbox_settings: Settings, outbox_engine: Engine, tenant: Tenant
+) -> None:
+    _, consumer_id, queues = tenant
+    ids = insert_events(outbox_engine, consumer_id, 25)
+    relay = OutboxRelay(outbox_settings, outbox_engine, threading.Event(), batch_size=10)
+    drained = relay.drain()
+    relay.close()
+    assert drained.published == 25 and drained.failed == 0
+    rows = event_rows(outbox_engine, ids)
+    assert {row.publish_status for row in rows.values()} == {"published"}
+    assert all(row.published_at is not None for row in rows.values())
+    assert {row.publish_try_count for row in rows.values()} == {1}
+    messages = drain_queue(outbox_settings.rabbitmq_url, queues.queue)
+    assert sorted(properties.message_id for _, properties, _ in messages) == sorted(ids)
+
+
+def test_unroutable_event_is_not_marked_published(
+    outbox_settings: Settings, outbox_engine: Engine
+) -> None:
+    consumer_id = insert_consumer(outbox_engine, new_consumer_name("unprovisioned"))
+    [event_id] = insert_events(outbox_engine, consumer_id, 1)
+    with ConfirmingPublisher(outbox_settings.rabbitmq_url) as publisher:
+        outcome = publish_pending_batch(outbox_engine, publisher, 10, max_backoff=2.0)
+    assert (outcome.published, outcome.failed) == (0, 1)
+    row = event_rows(outbox_engine, [event_id])[event_id]
+    assert row.publish_status == "pending"
+    assert row.published_at is None
+    assert row.publish_try_count == 1
+    assert "unroutable" in row.publish_failure_reason
+    assert row.next_attempt_at > datetime.now(UTC)
+
+
+def test_failure_backoff_is_capped(outbox_settings: Settings, outbox_engine: Engine) -> None:
+    consumer_id = insert_consumer(outbox_engine, new_consumer_name("unprovisioned"))
+    [event_id] = insert_events(outbox_engine, consumer_id, 1)
+    with ConfirmingPublisher(outbox_settings.rabbitmq_url) as publisher:
+        for _ in range(6):
+            with outbox_engine.begin() as connection:
+                connection.exec_driver_sql(
+                    "UPDATE customer_events SET next_attempt_at = now() WHERE event_id = %s",
+                    (event_id,),
+                )
+            publish_pending_batch(outbox_engine, publisher, 10, max_backoff=2.0)
+    row = event_rows(outbox_engine, [event_id])[event_id]
+    assert row.publish_try_count == 6
+    assert row.next_attempt_at <= datetime.now(UTC) + timedelta(seconds=2.5)
+
+
+def test_two_relays_publish_every_row_exactly_once(
+    outbox_settings: Settings, outbox_engine: Engine, tenant: Tenant
+) -> None:
+    _, consumer_id, queues = tenant
+    ids = insert_events(outbox_engine, consumer_id, 600)
+    relays = [
+        OutboxRelay(outbox_settings, outbox_engine, threading.Event(), batch_size=25)
+        for _ in range(2)
+    ]
+    threads = [threading.Thread(target=relay.drain) for relay in relays]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    for relay in relays:
+        relay.close()
+    assert all(relay.totals.published > 0 for relay in relays)
+    assert sum(relay.totals.published for relay in relays) == 600
+    counts = Counter(
+        properties.message_id
+        for _, properties, _ in drain_queue(outbox_settings.rabbitmq_url, queues.queue)
+    )
+    assert set(counts) == set(ids)
+    assert set(counts.values()) == {1}
+    assert {row.publish_try_count for row in event_rows(outbox_engine, ids).values()} == {1}
+
+
+def test_broker_outage_pauses_then_publishes_everything(
+    outbox_settings: Settings,
+    outbox_engine: Engine,
+    tenant: Tenant,
+    tcp_proxy_factory: Callable[[str, int], TcpProxy],
+) -> None:
+    _, consumer_id, queues = tenant
+    proxy = tcp_proxy_factory("127.0.0.1", 5672)
+    proxy.refuse()
+    settings = outbox_settings.model_copy(
+        update={"rabbitmq_url": proxy.url_for(outbox_settings.rabbitmq_url)}
+    )
+    ids = insert_events(outbox_engine, consumer_id, 40)
+    stop = threading.Event()
+    relay = OutboxRelay(settings, outbox_engine, stop, batch_size=15)
+    thread = threading.Thread(target=relay.run)
+    thread.start()
+    try:
+        assert relay.cycle() is None  # broker refused: nothing claimed, nothing changed
+        assert {row.publish_try_count for row in event_rows(outbox_engine, ids).values()} == {0}
+        proxy.pass_through()
+        assert wait_until(lambda: queue_depth(outbox_settings.rabbitmq_url, queues.queue) == 40)
+    finally:
+        stop.set()
+        thread.join(30)
+    assert not thread.is_alive()
+    rows = event_rows(outbox_engine, ids)
+    assert {row.publish_status for row in rows.values()} == {"published"}
+
+
+def test_relay_wakes_on_notify_and_stops_gracefully(
+    outbox_settings: Settings, outbox_engine: Engine, tenant: Tenant
+) -> None:
+    _, consumer_id, queues = tenant
+    settings = outbox_settings.model_copy(update={"relay_poll_seconds": 60.0})
+    stop = threading.Event()
+    relay = OutboxRelay(settings, outbox_engine, stop)
+    thread = threading.Thread(target=relay.run)
+    thread.start()
+    try:
+        assert relay.idle.wait(10)
+        insert_events(outbox_engine, consumer_id, 3)
+        woke = wait_until(lambda: queue_depth(settings.rabbitmq_url, queues.queue) == 3, 20)
+    finally:
+        stop.set()
+        insert_events(outbox_engine, consumer_id, 1)  # a notification ends the idle wait
+        thread.join(30)
+    assert woke  # well before the 60 s poll fallback
+    assert not thread.is_alive()

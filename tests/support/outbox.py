@@ -1,0 +1,112 @@
+"""Factories and probes for event-pipeline tests: consumer and event rows, queue depths."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pika
+from sqlalchemy import Engine, text
+
+from service.messaging import topology
+from service.messaging.connection import connection_parameters
+
+INSERT_CONSUMER = text("INSERT INTO consumers (name) VALUES (:name) RETURNING consumer_id")
+INSERT_EVENTS = text(
+    """
+    INSERT INTO customer_events
+        (customer_id, consumer_id, event_type, source_service, payload_json, created_at,
+         next_attempt_at)
+    SELECT gen_random_uuid(), :consumer_id, :event_type, 'tests', CAST(:payload AS jsonb),
+           now() - make_interval(days => :age_days), now() - make_interval(days => :age_days)
+    FROM generate_series(1, :count)
+    RETURNING event_id
+    """
+)
+
+
+def insert_consumer(engine: Engine, name: str) -> str:
+    """A consumers row; returns its id."""
+    with engine.begin() as connection:
+        return str(connection.execute(INSERT_CONSUMER, {"name": name}).scalar_one())
+
+
+def insert_events(
+    engine: Engine,
+    consumer_id: str,
+    count: int = 1,
+    event_type: str = "customer_creation",
+    age_days: int = 0,
+) -> list[str]:
+    """``count`` pending events for one consumer, created ``age_days`` ago; returns ids."""
+    with engine.begin() as connection:
+        rows = connection.execute(
+            INSERT_EVENTS,
+            {
+                "consumer_id": consumer_id,
+                "event_type": event_type,
+                "payload": json.dumps({"n": 1}),
+                "age_days": age_days,
+                "count": count,
+            },
+        )
+        return [str(row.event_id) for row in rows]
+
+
+def event_rows(engine: Engine, event_ids: list[str]) -> dict[str, Any]:
+    """The bookkeeping columns of the given events, by event_id."""
+    with engine.connect() as connection:
+        rows = connection.execute(
+            text("SELECT * FROM customer_events WHERE event_id = ANY(CAST(:ids AS uuid[]))"),
+            {"ids": event_ids},
+        ).all()
+    return {str(row.event_id): row for row in rows}
+
+
+@contextmanager
+def amqp_channel(url: str) -> Iterator[Any]:
+    """A blocking channel on ``url``, closed afterwards."""
+    connection = pika.BlockingConnection(connection_parameters(url))
+    try:
+        yield connection.channel()
+    finally:
+        if connection.is_open:
+            connection.close()
+
+
+def queue_depth(url: str, queue: str) -> int:
+    """Messages ready in ``queue`` (passive declare)."""
+    with amqp_channel(url) as channel:
+        return int(channel.queue_declare(queue, passive=True).method.message_count)
+
+
+def drain_queue(url: str, queue: str) -> list[tuple[Any, Any, bytes]]:
+    """Get and ack every ready message of ``queue``: (method, properties, body) each."""
+    messages = []
+    with amqp_channel(url) as channel:
+        while True:
+            method, properties, body = channel.basic_get(queue, auto_ack=True)
+            if method is None:
+                return messages
+            messages.append((method, properties, body))
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 30.0, interval: float = 0.1) -> bool:
+    """Poll ``condition`` until true or ``timeout`` seconds pass; the final value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval)
+    return condition()
+
+
+def new_consumer_name(prefix: str = "c") -> str:
+    """A consumer-name-safe unique name."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    assert topology.CONSUMER_NAME_PATTERN.match(name)
+    return name
