@@ -10,7 +10,14 @@ import typer
 from fintegrate_cli._client import ApiClient, ApiError, api_client
 from fintegrate_cli._context import state
 from fintegrate_cli._errors import CliError
-from fintegrate_cli._output import JsonOption, emit_record, emit_rows, err_console, wants_json
+from fintegrate_cli._output import (
+    JsonOption,
+    emit_record,
+    emit_rows,
+    err_console,
+    info,
+    wants_json,
+)
 
 app = typer.Typer(
     help="Create, list, show, disable and enable tenants (consumers).", no_args_is_help=True
@@ -77,9 +84,12 @@ def create_command(
     json_output: JsonOption = False,
 ) -> None:
     """Create a tenant, its queue and DLQ; print its API key once."""
-    with api_client(state(ctx).settings(), "admin", "consumer create") as client:
+    cli = state(ctx)
+    with api_client(cli.settings(), "admin", "consumer create") as client:
         created = create_consumer(client, name, description)
     print_secret_record(created, wants_json(ctx, json_output), f"Consumer {name}")
+    if created.get("queue_provisioned") is False:
+        info(f"queues not provisioned (broker down?): run `fintegrate queues provision {name}`")
 
 
 @app.command("list")

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner, Result
 
 from fintegrate_cli.main import app
 from service.config import Settings
+from tests.conftest import unique_name
 
 RunCli = Callable[..., Result]
 
@@ -43,6 +46,30 @@ def service_env(clean_env: None, settings: Settings, monkeypatch: pytest.MonkeyP
             monkeypatch.setenv(f"FINTEGRATE_{name.upper()}", value)
     monkeypatch.setenv("FINTEGRATE_ENVIRONMENT", "test")
     return settings
+
+
+@pytest.fixture
+def api_env(service_env: Settings, live_server: str, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """``service_env`` plus the live API's URL and the operator key in the environment."""
+    assert service_env.admin_api_key
+    monkeypatch.setenv("FINTEGRATE_API_URL", live_server)
+    monkeypatch.setenv("FINTEGRATE_ADMIN_API_KEY", service_env.admin_api_key)
+    return service_env
+
+
+@pytest.fixture
+def tenant(run_cli: RunCli, api_env: Settings) -> dict[str, str]:
+    """A consumer created through ``fintegrate consumer create --json`` (api_key included)."""
+    result = run_cli("consumer", "create", unique_name("cli"), "-d", "made by a test", "--json")
+    created: dict[str, str] = json_of(result)
+    assert "shown only once" in result.stderr
+    return created
+
+
+def json_of(result: Result) -> Any:
+    """The JSON document on stdout of a successful run."""
+    assert result.exit_code == 0, result.stderr
+    return json.loads(result.stdout)
 
 
 def closed_port() -> int:

@@ -1,0 +1,99 @@
+"""`fintegrate consumer ...` against the live API on real Postgres and RabbitMQ."""
+
+from __future__ import annotations
+
+import pytest
+
+from service.config import Settings
+from service.messaging import topology
+from tests.conftest import unique_name
+from tests.fintegrate_cli.conftest import RunCli, closed_port, json_of, one_error_line
+
+
+def test_create_prints_key_and_queue_once(tenant: dict[str, str]) -> None:
+    assert tenant["api_key"].startswith("fk_")
+    assert tenant["queue_name"] == topology.queue_name(tenant["name"])
+    assert tenant["status"] == "active"
+    assert tenant["description"] == "made by a test"
+
+
+def test_create_table_for_people(run_cli: RunCli, api_env: Settings) -> None:
+    name = unique_name("cli")
+    result = run_cli("consumer", "create", name)
+    assert result.exit_code == 0, result.stderr
+    assert "api_key" in result.stdout
+    assert name in result.stdout
+
+
+def test_list_as_operator_and_as_tenant(run_cli: RunCli, tenant: dict[str, str]) -> None:
+    everyone = json_of(run_cli("consumer", "list", "--json"))
+    assert tenant["name"] in {item["name"] for item in everyone}
+    assert all("api_key" not in item for item in everyone)
+
+    own = json_of(
+        run_cli("--admin-key", "", "--api-key", tenant["api_key"], "--json", "consumer", "list")
+    )
+    assert [item["name"] for item in own] == [tenant["name"]]
+
+
+def test_show_by_name_and_by_id(run_cli: RunCli, tenant: dict[str, str]) -> None:
+    by_name = json_of(run_cli("consumer", "show", tenant["name"], "--json"))
+    by_id = json_of(run_cli("consumer", "show", tenant["consumer_id"], "--json"))
+    assert by_name == by_id
+    assert by_name["consumer_id"] == tenant["consumer_id"]
+
+
+def test_disable_refuses_the_key_and_enable_restores_it(
+    run_cli: RunCli, tenant: dict[str, str]
+) -> None:
+    tenant_args = ("--api-key", tenant["api_key"], "customers", "list", "--json")
+    assert json_of(run_cli(*tenant_args)) == []
+
+    disabled = json_of(run_cli("consumer", "disable", tenant["name"], "--json"))
+    assert disabled["status"] == "disabled"
+    refused = run_cli(*tenant_args)
+    assert refused.exit_code == 1
+    assert "API error 403: This consumer is disabled" in one_error_line(refused)
+
+    enabled = json_of(run_cli("consumer", "enable", tenant["consumer_id"], "--json"))
+    assert enabled["status"] == "active"
+    assert json_of(run_cli(*tenant_args)) == []
+
+
+def test_unknown_consumer_is_one_line_exit_1(run_cli: RunCli, api_env: Settings) -> None:
+    for missing in ("no_such_consumer", "00000000-0000-4000-8000-000000000000"):
+        result = run_cli("consumer", "show", missing)
+        assert result.exit_code == 1
+        assert f"no consumer '{missing}'" in one_error_line(result)
+        assert result.stdout == ""
+
+
+def test_missing_admin_key_is_a_usage_error(
+    run_cli: RunCli, api_env: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("FINTEGRATE_ADMIN_API_KEY")
+    result = run_cli("consumer", "create", unique_name("cli"))
+    assert result.exit_code == 2
+    line = one_error_line(result)
+    assert "--admin-key" in line
+    assert "FINTEGRATE_ADMIN_API_KEY" in line
+
+
+def test_wrong_admin_key_is_one_line_exit_1(run_cli: RunCli, api_env: Settings) -> None:
+    result = run_cli("--admin-key", "not-the-key", "consumer", "list")
+    assert result.exit_code == 1
+    assert one_error_line(result).startswith("Error: API error 401")
+
+
+def test_invalid_name_is_refused_by_the_api(run_cli: RunCli, api_env: Settings) -> None:
+    result = run_cli("consumer", "create", "Bad-Name")
+    assert result.exit_code == 1
+    assert "API error 422" in one_error_line(result)
+
+
+def test_api_down_is_one_line_exit_1(run_cli: RunCli, api_env: Settings) -> None:
+    result = run_cli("--api-url", f"http://127.0.0.1:{closed_port()}", "consumer", "list")
+    assert result.exit_code == 1
+    line = one_error_line(result)
+    assert "unreachable" in line
+    assert "FINTEGRATE_API_URL" in line
