@@ -1,0 +1,65 @@
+"""Assertions and look-ups shared by the API tests."""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import Any
+from uuid import UUID
+
+import httpx
+from sqlalchemy import Engine, text
+
+TENANT_TABLES = ("customers", "customer_events", "customer_tags", "customer_analytics")
+
+
+def assert_envelope(response: httpx.Response, status_code: int) -> Any:
+    """The answer has ``status_code`` and the SPEC 4.1 envelope; returns ``data``."""
+    assert response.status_code == status_code, response.text
+    body = response.json()
+    assert set(body) == {"data", "detail"}, body
+    detail = body["detail"]
+    assert detail["status_code"] == str(status_code)
+    assert detail["status_name"] == HTTPStatus(status_code).phrase
+    if status_code < 400:
+        assert detail["status_description"] == "Success"
+    else:
+        assert body["data"] == {}
+        assert detail["status_description"] and detail["status_description"] != "Success"
+    return body["data"]
+
+
+def description(response: httpx.Response) -> str:
+    """The envelope's status description."""
+    text_value: str = response.json()["detail"]["status_description"]
+    return text_value
+
+
+def count_rows(engine: Engine, table: str, consumer_id: str | UUID) -> int:
+    """Rows of ``table`` belonging to ``consumer_id``."""
+    assert table in (*TENANT_TABLES, "consumer_api_keys", "audit_log")
+    with engine.connect() as connection:
+        count: int = connection.execute(
+            text(f"SELECT count(*) FROM {table} WHERE consumer_id = :consumer_id"),
+            {"consumer_id": str(consumer_id)},
+        ).scalar_one()
+    return count
+
+
+def tenant_row_counts(engine: Engine, consumer_id: str | UUID) -> dict[str, int]:
+    """How many rows the tenant has in each tenant-owned table."""
+    return {table: count_rows(engine, table, consumer_id) for table in TENANT_TABLES}
+
+
+def events_of(engine: Engine, customer_id: str | UUID) -> list[Any]:
+    """The customer's event rows, oldest first."""
+    with engine.connect() as connection:
+        return list(
+            connection.execute(
+                text(
+                    "SELECT event_type, payload_json, metadata_json, publish_status,"
+                    " source_service FROM customer_events"
+                    " WHERE customer_id = :customer_id ORDER BY created_at, event_id"
+                ),
+                {"customer_id": str(customer_id)},
+            )
+        )
