@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import getpass
 import hashlib
+import os
 import re
 import socket
 import time
@@ -188,7 +189,7 @@ def apply(
 ) -> list[AppliedMigration]:
     """Apply pending files in order under the advisory lock; returns what was applied."""
     files = discover(directory)
-    who = applied_by or f"{getpass.getuser()}@{socket.gethostname()}"
+    who = applied_by or default_applied_by()
     with engine.connect() as lock_connection:
         acquire_lock(lock_connection, lock_timeout_seconds)
         try:
@@ -201,6 +202,15 @@ def apply(
         finally:
             lock_connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": ADVISORY_LOCK_KEY})
             lock_connection.commit()
+
+
+def default_applied_by() -> str:
+    """``user@host`` of this process; the uid when the user has no passwd entry (containers)."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = f"uid{os.getuid()}"
+    return f"{user}@{socket.gethostname()}"
 
 
 def pending_files(
