@@ -3,11 +3,60 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
+import pika
 import pytest
+from sqlalchemy import create_engine, text
 
+from service import migrations
 from service.config import Settings
+from service.messaging import topology
+from service.messaging.provisioning import provision_consumer_queues
+from tests.conftest import unique_name
 from tests.fintegrate_cli.conftest import RunCli, closed_port, one_error_line
+
+
+@pytest.fixture
+def fresh_db(
+    database_factory: Callable[[], str], api_env: Settings, monkeypatch: pytest.MonkeyPatch
+) -> str:
+    """A migrated database of its own for doctor (no other test's consumers or events)."""
+    url = database_factory()
+    engine = create_engine(url)
+    migrations.apply(engine)
+    engine.dispose()
+    monkeypatch.setenv("FINTEGRATE_DATABASE_URL", url)
+    return url
+
+
+def add_consumer(database_url: str, name: str) -> None:
+    engine = create_engine(database_url)
+    with engine.begin() as connection:
+        connection.execute(text("INSERT INTO consumers (name) VALUES (:name)"), {"name": name})
+    engine.dispose()
+
+
+def add_old_pending_event(database_url: str) -> None:
+    engine = create_engine(database_url)
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO customer_events (consumer_id, event_type, source_service, created_at)"
+                " VALUES (gen_random_uuid(), 'consumer_created', 'test', now() - interval '5 min')"
+            )
+        )
+    engine.dispose()
+
+
+def dead_letter(settings: Settings, name: str) -> None:
+    """Publish one message straight to the tenant's DLQ routing key."""
+    connection = pika.BlockingConnection(pika.URLParameters(settings.rabbitmq_url))
+    try:
+        channel = connection.channel()
+        channel.basic_publish(topology.EXCHANGE, topology.dlq_routing_key(name), b"{}")
+    finally:
+        connection.close()
 
 
 def doctor_json(run_cli: RunCli, *args: str) -> tuple[int, dict[str, dict[str, object]], str]:
@@ -57,3 +106,51 @@ def test_table_for_people(run_cli: RunCli, service_env: Settings) -> None:
     assert "database" in result.stdout
     assert result.exit_code == 1
     assert "api" in one_error_line(result)
+
+
+def test_healthy_setup_exits_0(run_cli: RunCli, fresh_db: str, api_env: Settings) -> None:
+    name = unique_name("doc")
+    provision_consumer_queues(api_env, name)  # also declares the exchange
+    add_consumer(fresh_db, name)
+    code, checks, _ = doctor_json(run_cli)
+    assert {n: c["status"] for n, c in checks.items()} == {
+        name: "ok"
+        for name in (
+            "database", "migrations", "outbox", "rabbitmq", "topology", "dead letters", "redis",
+            "api",
+        )
+    }  # fmt: skip
+    assert code == 0
+    assert "1 consumer(s) match" in str(checks["topology"]["detail"])
+
+
+def test_missing_queues_fail_with_the_provision_hint(
+    run_cli: RunCli, fresh_db: str, api_env: Settings
+) -> None:
+    provision_consumer_queues(api_env, unique_name("doc"))
+    ghost = unique_name("ghost")
+    add_consumer(fresh_db, ghost)
+    code, checks, error = doctor_json(run_cli)
+    assert code == 1
+    assert checks["topology"]["status"] == "fail"
+    assert topology.queue_name(ghost) in str(checks["topology"]["detail"])
+    assert f"fintegrate queues provision {ghost}" in str(checks["topology"]["hint"])
+    assert "topology" in error
+
+
+def test_dead_letters_and_old_backlog_are_warnings_exit_3(
+    run_cli: RunCli, fresh_db: str, api_env: Settings
+) -> None:
+    name = unique_name("doc")
+    provision_consumer_queues(api_env, name)
+    add_consumer(fresh_db, name)
+    dead_letter(api_env, name)
+    add_old_pending_event(fresh_db)
+    code, checks, error = doctor_json(run_cli)
+    assert checks["dead letters"]["status"] == "warn"
+    assert f"{name}: 1" in str(checks["dead letters"]["detail"])
+    assert checks["outbox"]["status"] == "warn"
+    assert "1 pending" in str(checks["outbox"]["detail"])
+    assert "relay" in str(checks["outbox"]["hint"])
+    assert code == 3
+    assert error.startswith("Error: doctor: 2 warning(s)")
