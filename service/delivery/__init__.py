@@ -1,0 +1,1 @@
+"""Delivery: republishing (resend / redeliver) and delivery receipts (confirm-delivery)."""

@@ -1,0 +1,71 @@
+"""Delivery endpoints: ``POST /events/resend``, ``/redeliver`` and ``/confirm-delivery``."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse
+
+from service.delivery import service
+from service.delivery.schemas import (
+    ConfirmDeliveryRequest,
+    DeliveryReceipt,
+    RepublishOutcome,
+    RepublishRequest,
+)
+from service.delivery.service import PublisherFactory
+from service.deps import AppSettings, Caller, CurrentConsumer, DbSession
+from service.envelope import success
+from service.messaging.publisher import ConfirmingPublisher
+from service.schemas import Envelope, error_responses
+
+router = APIRouter(prefix="/events", tags=["delivery"])
+REPUBLISH_ERRORS = error_responses(400, 401, 403, 404, 413, 422, 429, 503)
+
+
+def publisher_factory(settings: AppSettings) -> PublisherFactory:
+    """A new publisher per request (one connection, closed after the call)."""
+    return partial(ConfirmingPublisher, settings.rabbitmq_url)
+
+
+Publishers = Annotated[PublisherFactory, Depends(publisher_factory)]
+
+
+@router.post("/resend", response_model=Envelope[RepublishOutcome], responses=REPUBLISH_ERRORS)
+def resend_events(
+    body: RepublishRequest,
+    principal: Caller,
+    connection: DbSession,
+    publishers: Publishers,
+    settings: AppSettings,
+) -> JSONResponse:
+    """Publish events still ``pending`` now (manual publish retry); ``dry_run`` previews."""
+    backoff = settings.relay_max_backoff_seconds
+    return success(service.republish(connection, "resend", body, principal, publishers, backoff))
+
+
+@router.post("/redeliver", response_model=Envelope[RepublishOutcome], responses=REPUBLISH_ERRORS)
+def redeliver_events(
+    body: RepublishRequest,
+    principal: Caller,
+    connection: DbSession,
+    publishers: Publishers,
+    settings: AppSettings,
+) -> JSONResponse:
+    """Publish again events ``published`` but not ``delivered``; ``dry_run`` previews."""
+    backoff = settings.relay_max_backoff_seconds
+    return success(service.republish(connection, "redeliver", body, principal, publishers, backoff))
+
+
+@router.post(
+    "/confirm-delivery",
+    response_model=Envelope[DeliveryReceipt],
+    responses=error_responses(401, 403, 404, 413, 422),
+)
+def confirm_delivery(
+    body: ConfirmDeliveryRequest, consumer: CurrentConsumer, connection: DbSession
+) -> JSONResponse:
+    """Record a delivery receipt; a duplicate answers 200 with ``duplicate: true``."""
+    return success(service.confirm_delivery(connection, consumer.consumer_id, body))

@@ -1,0 +1,106 @@
+"""Request and answer models of resend / redeliver / confirm-delivery."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+from uuid import UUID
+
+from pydantic import BaseModel, Field
+
+from service.events.schemas import EventType
+from service.messaging.topology import CONSUMER_NAME_MAX_LENGTH
+from service.schemas import StrictInput, Text
+
+DEFAULT_PERIOD_DAYS = 7
+DEFAULT_MAX_TRY_COUNT = 5
+DEFAULT_CHUNK = 1000
+MAX_CHUNK = 5000
+MAX_DRY_RUN_IDS = 1000
+
+ReceiptStatus = Literal["received", "processed", "failed"]
+
+
+class RepublishRequest(StrictInput):
+    """Which events to republish. Tenants act on their own events; admins on all or one."""
+
+    period_in_days: int = Field(
+        DEFAULT_PERIOD_DAYS, ge=1, le=3650, description="Only events created this recently"
+    )
+    max_try_count: int = Field(
+        DEFAULT_MAX_TRY_COUNT,
+        ge=1,
+        le=1000,
+        description="Only events published fewer than this many times (publish_try_count)",
+    )
+    event_types: list[EventType] = Field(
+        default_factory=list, max_length=4, description="Only these types (empty: all)"
+    )
+    dry_run: bool = Field(False, description="Count and list matches; change nothing")
+    consumer_name: str | None = Field(
+        None,
+        pattern=r"^[a-z0-9_]+$",
+        max_length=CONSUMER_NAME_MAX_LENGTH,
+        description="Admin only: restrict to one consumer",
+    )
+    limit: int = Field(
+        DEFAULT_CHUNK, ge=1, le=MAX_CHUNK, description="Republish at most this many per call"
+    )
+    cursor: str | None = Field(
+        None, max_length=512, description="next_cursor of the previous call, to continue"
+    )
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The resolved filters of a republish request."""
+
+    period_in_days: int
+    max_try_count: int
+    event_types: tuple[str, ...]
+    consumer_id: UUID | None
+
+
+class RepublishGroup(BaseModel):
+    """Matching events of one consumer and event type."""
+
+    consumer_name: str | None
+    event_type: str
+    count: int
+
+
+class RepublishOutcome(BaseModel):
+    """Counts of a resend / redeliver call.
+
+    On ``dry_run`` ``matched`` counts every matching event (also per consumer and type in
+    ``groups``) and ``event_ids`` lists the first ones. Otherwise ``matched`` is the events
+    this call acted on (at most ``limit``); pass ``next_cursor`` back to continue.
+    """
+
+    dry_run: bool
+    matched: int
+    republished: int
+    failed: int
+    event_ids: list[UUID] | None = None
+    groups: list[RepublishGroup] = Field(default_factory=list)
+    next_cursor: str | None = None
+
+
+class ConfirmDeliveryRequest(StrictInput):
+    """A tenant's delivery receipt for one event."""
+
+    event_id: UUID
+    status: ReceiptStatus
+    detail: Text | None = Field(None, max_length=2000)
+
+
+class DeliveryReceipt(BaseModel):
+    """The event's delivery state after the receipt; ``duplicate`` when already recorded."""
+
+    event_id: UUID
+    status: ReceiptStatus
+    duplicate: bool
+    deliver_status: str
+    delivered_at: datetime | None
+    deliver_try_count: int
