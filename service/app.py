@@ -14,6 +14,7 @@ from service.config import Settings, get_settings
 from service.consumers.router import router as consumers_router
 from service.customers.router import router as customers_router
 from service.db import create_db_engine
+from service.delivery.router import router as delivery_router
 from service.events.router import router as events_router
 from service.handlers import install_exception_handlers
 from service.metrics import HttpMetrics
@@ -33,6 +34,7 @@ ROUTERS: list[APIRouter] = [
     consumers_router,
     customers_router,
     events_router,
+    delivery_router,
 ]
 
 
