@@ -1,0 +1,81 @@
+"""`fintegrate demo` on a live API, with and without a relay and a worker."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+
+import pytest
+from typer.testing import Result
+
+from service.config import Settings
+from service.db import create_db_engine
+from service.messaging.relay import OutboxRelay
+from tests.fintegrate_cli.conftest import RunCli, closed_port, one_error_line
+
+
+@pytest.fixture
+def relay(api_env: Settings) -> Iterator[None]:
+    """An outbox relay publishing this worker's database in a thread, like `fintegrate relay`."""
+    engine = create_db_engine(api_env, pool_size=2)
+    stop = threading.Event()
+    thread = threading.Thread(target=OutboxRelay(api_env, engine, stop).run, daemon=True)
+    thread.start()
+    yield
+    stop.set()
+    thread.join(30)
+    engine.dispose()
+
+
+def test_without_a_relay_it_times_out_asking_for_one(run_cli: RunCli, api_env: Settings) -> None:
+    result = run_cli("demo", "--no-worker", "--timeout", "1", "--json")
+    assert result.exit_code == 3
+    summary = json_of_partial(result)
+    assert summary["events"] == 5  # consumer_created, 3 creations, 1 status change
+    assert summary["customers"] == 3
+    assert summary["delivered"] == 0
+    assert "is `fintegrate relay` running?" in one_error_line(result)
+
+
+def test_with_a_relay_but_no_consumer_it_asks_for_one(
+    run_cli: RunCli, api_env: Settings, relay: None
+) -> None:
+    result = run_cli("demo", "--no-worker", "--customers", "1", "--timeout", "3", "--json")
+    assert result.exit_code == 3
+    summary = json_of_partial(result)
+    assert summary["events"] == 3
+    assert summary["published"] == 3
+    assert summary["delivered"] == 0
+    assert "run `fintegrate consume`" in one_error_line(result)
+
+
+def json_of_partial(result: Result) -> dict[str, object]:
+    """The JSON summary printed before the exit-3 verdict."""
+    summary: dict[str, object] = json.loads(result.stdout)
+    assert summary["consumer"]
+    assert str(summary["api_key"]).startswith("fk_")
+    return summary
+
+
+def test_missing_admin_key_is_a_usage_error(
+    run_cli: RunCli, api_env: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("FINTEGRATE_ADMIN_API_KEY")
+    result = run_cli("demo")
+    assert result.exit_code == 2
+    assert "FINTEGRATE_ADMIN_API_KEY" in one_error_line(result)
+
+
+def test_api_down_is_one_line(run_cli: RunCli, api_env: Settings) -> None:
+    result = run_cli("--api-url", f"http://127.0.0.1:{closed_port()}", "demo", "--no-worker")
+    assert result.exit_code == 1
+    assert "unreachable" in one_error_line(result)
+
+
+def test_people_get_the_live_table_and_a_summary(run_cli: RunCli, api_env: Settings) -> None:
+    result = run_cli("demo", "--no-worker", "--customers", "1", "--timeout", "1")
+    assert result.exit_code == 3
+    assert "Demo summary" in result.stdout
+    assert "consumer_created" in result.stdout
+    assert "shown only once" in result.stderr
