@@ -2,8 +2,114 @@
 
 from __future__ import annotations
 
+import logging
+import threading
+from typing import Annotated
+
 import typer
+
+from fintegrate_cli._context import state
+from fintegrate_cli._errors import EXIT_USAGE, CliError
+from fintegrate_cli._output import info
+from service.db import create_db_engine
+from service.messaging.consumer import EventConsumer, load_handler, log_event
+from service.messaging.receipts import WorkerUnauthorized
+from service.messaging.relay import OutboxRelay
+from service.messaging.shutdown import install_stop_handlers
+from service.messaging.topology import CONSUMER_NAME_PATTERN
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def configure_logging(quiet: bool, debug: bool) -> None:
+    """Worker logs on stderr: INFO by default, WARNING with -q, DEBUG with --debug."""
+    level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format=LOG_FORMAT)
+    logging.getLogger("pika").setLevel(logging.WARNING if not debug else logging.INFO)
+
+
+def relay(
+    ctx: typer.Context,
+    batch_size: Annotated[
+        int | None,
+        typer.Option("--batch-size", min=1, help="Events per claim (FINTEGRATE_RELAY_BATCH_SIZE)."),
+    ] = None,
+    poll_seconds: Annotated[
+        float | None,
+        typer.Option(
+            "--poll-seconds", min=0.05, help="Poll fallback when no NOTIFY arrives (seconds)."
+        ),
+    ] = None,
+    once: Annotated[
+        bool, typer.Option("--once", help="Publish what is due now, then exit.")
+    ] = False,
+) -> None:
+    """Publish pending outbox events to RabbitMQ until SIGTERM/SIGINT (several may run)."""
+    cli = state(ctx)
+    settings = cli.settings()
+    if poll_seconds is not None:
+        settings = settings.model_copy(update={"relay_poll_seconds": poll_seconds})
+    configure_logging(cli.quiet, cli.debug)
+    engine = create_db_engine(settings, pool_size=2)
+    stop = threading.Event()
+    restore = install_stop_handlers(stop)
+    outbox_relay = OutboxRelay(settings, engine, stop, batch_size=batch_size)
+    try:
+        totals = outbox_relay.drain() if once else outbox_relay.run()
+    finally:
+        outbox_relay.close()
+        restore()
+        engine.dispose()
+    info(f"relay: {totals.published} published, {totals.failed} failed attempts", cli.quiet)
+
+
+def consume(
+    ctx: typer.Context,
+    consumer: Annotated[
+        str, typer.Option("--consumer", help="Tenant whose queue to consume (its name).")
+    ],
+    handler: Annotated[
+        str | None,
+        typer.Option("--handler", help="module:function called with each event (default: log)."),
+    ] = None,
+    prefetch: Annotated[
+        int | None,
+        typer.Option(
+            "--prefetch", min=1, help="Unacked messages in flight (FINTEGRATE_CONSUMER_PREFETCH)."
+        ),
+    ] = None,
+) -> None:
+    """Consume a tenant's queue, confirm each event through the API, ack after the receipt."""
+    cli = state(ctx)
+    settings = cli.settings()
+    if not CONSUMER_NAME_PATTERN.match(consumer):
+        raise CliError(f"--consumer {consumer!r} must match ^[a-z0-9_]+$", EXIT_USAGE)
+    if not settings.api_key:
+        raise CliError(
+            "consume needs the tenant's API key: pass --api-key or set FINTEGRATE_API_KEY",
+            EXIT_USAGE,
+        )
+    try:
+        chosen = load_handler(handler) if handler else log_event
+    except ValueError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from exc
+    configure_logging(cli.quiet, cli.debug)
+    stop = threading.Event()
+    restore = install_stop_handlers(stop)
+    try:
+        stats = EventConsumer(settings, consumer, stop, chosen, prefetch).run()
+    except WorkerUnauthorized as exc:
+        raise CliError(str(exc)) from exc
+    finally:
+        restore()
+    info(
+        f"consumer stopped: {stats.processed} processed, {stats.failed} failed, "
+        f"{stats.poison} poison, {stats.refused} refused",
+        cli.quiet,
+    )
 
 
 def register(app: typer.Typer) -> None:
     """Attach this module's commands to the root app."""
+    app.command("relay")(relay)
+    app.command("consume")(consume)
