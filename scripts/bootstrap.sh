@@ -14,7 +14,8 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     touch "$stamp"
 fi
 if [ -f package.json ] && command -v npm >/dev/null; then
-    if [ ! -d node_modules ] || [ package.json -nt node_modules ]; then
+    if [ ! -d node_modules ] || [ package.json -nt node_modules ] \
+        || [ package-lock.json -nt node_modules ]; then
         npm install --silent --no-audit --no-fund >/dev/null
         touch node_modules
     fi
