@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from service.envelope import error
 from service.errors import FintegrateError
@@ -20,6 +21,8 @@ logger = logging.getLogger(__name__)
 DATABASE_UNAVAILABLE = "Database unavailable; retry shortly (the failure was logged)"
 INTERNAL_ERROR = "Internal server error; the failure was logged with request id {request_id}"
 MAX_VALIDATION_ERRORS = 5
+FASTAPI_BODY_ERROR = "There was an error parsing the body"
+HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 
 
 def request_id_headers(request: Request) -> dict[str, str]:
@@ -54,17 +57,36 @@ def describe_validation_errors(errors: Any) -> str:
 
 async def http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    return error(exc.status_code, describe_http_error(request, exc), exc.headers)
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        headers["Allow"] = ", ".join(allowed_methods(request))
+    return error(exc.status_code, describe_http_error(request, exc, headers), headers)
 
 
-def describe_http_error(request: Request, exc: StarletteHTTPException) -> str:
-    """A specific message for framework errors (unknown route, wrong method, ...)."""
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves on this path (Starlette names only the first route's)."""
+    return [
+        method
+        for method in HTTP_METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] == Match.FULL
+            for route in request.app.router.routes
+        )
+    ]
+
+
+def describe_http_error(
+    request: Request, exc: StarletteHTTPException, headers: dict[str, str]
+) -> str:
+    """A specific message for framework errors (unknown route, wrong method, bad body)."""
     target = f"{request.method} {request.url.path}"
     if exc.status_code == 404 and exc.detail == "Not Found":
         return f"No route matches {target}; see /docs for the API"
     if exc.status_code == 405:
-        allowed = (exc.headers or {}).get("Allow", "")
+        allowed = headers.get("Allow", "")
         return f"Method {request.method} is not allowed on {request.url.path}; allowed: {allowed}"
+    if exc.status_code == 400 and exc.detail == FASTAPI_BODY_ERROR:
+        return "Malformed request body: send UTF-8 encoded JSON"
     return str(exc.detail)
 
 

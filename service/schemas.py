@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import math
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Generic, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+)
 
 from service.envelope import reason_phrase
 
 T = TypeVar("T")
+DATE_PREFIX = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]")
 
 
 class StatusDetail(BaseModel):
@@ -72,6 +81,15 @@ def reject_unstorable(value: Any) -> Any:
     return value
 
 
+def text_only(value: Any) -> Any:
+    """Refuse anything but an RFC 3339 string (pydantic would read numbers as epoch seconds)."""
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str) or not DATE_PREFIX.match(value):
+        raise ValueError("expected an RFC 3339 date-time such as 2026-01-31T12:00:00Z")
+    return value
+
+
 def as_utc(value: datetime) -> datetime:
     """A timezone-aware UTC datetime; naive input is taken as UTC."""
     if value.tzinfo is None:
@@ -82,8 +100,9 @@ def as_utc(value: datetime) -> datetime:
         raise ValueError("datetime is out of range") from exc
 
 
-Text = Annotated[str, AfterValidator(reject_unstorable)]
-UtcDatetime = Annotated[datetime, AfterValidator(as_utc)]
+NO_NUL_PATTERN = r"^[^\x00]*$"
+Text = Annotated[str, StringConstraints(pattern=NO_NUL_PATTERN)]
+UtcDatetime = Annotated[datetime, BeforeValidator(text_only), AfterValidator(as_utc)]
 JsonObject = Annotated[dict[str, Any], AfterValidator(reject_unstorable)]
 
 

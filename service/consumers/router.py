@@ -51,7 +51,7 @@ def evict_cached_keys(request: Request, consumer_id: UUID) -> None:
     "",
     status_code=201,
     response_model=Envelope[ConsumerCreated],
-    responses=error_responses(409, 413, *ADMIN_ERRORS),
+    responses=error_responses(400, 409, 413, *ADMIN_ERRORS),
 )
 def create_consumer(
     body: ConsumerCreate,
@@ -92,7 +92,7 @@ def show_consumer(consumer_id: UUID, _: AdminAccess, connection: DbSession) -> J
 @router.patch(
     "/{consumer_id}",
     response_model=Envelope[ConsumerOut],
-    responses=error_responses(404, 413, *ADMIN_ERRORS),
+    responses=error_responses(400, 404, 413, *ADMIN_ERRORS),
 )
 def update_consumer(
     consumer_id: UUID, body: ConsumerUpdate, request: Request, _: AdminAccess, engine: DbEngine

@@ -29,14 +29,14 @@ from service.schemas import Envelope, ListPage, UtcDatetime, error_responses
 router = APIRouter(prefix="/customer/data", tags=["customers"])
 TENANT_ERRORS = (401, 403, 422, 429, 503)
 ONE = error_responses(404, *TENANT_ERRORS)
-ONE_WITH_BODY = error_responses(404, 413, *TENANT_ERRORS)
+ONE_WITH_BODY = error_responses(400, 404, 413, *TENANT_ERRORS)
 
 
 @router.post(
     "",
     status_code=201,
     response_model=Envelope[CustomerOut],
-    responses=error_responses(413, *TENANT_ERRORS),
+    responses=error_responses(400, 413, *TENANT_ERRORS),
 )
 def create_customer(
     body: CustomerCreate, consumer: RateLimited, connection: DbSession, origin: Origin

@@ -6,41 +6,49 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import AfterValidator, BaseModel, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    StringConstraints,
+)
 
-from service.schemas import JsonObject, StrictInput, Text, UtcDatetime
+from service.schemas import NO_NUL_PATTERN, JsonObject, StrictInput, UtcDatetime
 
 CustomerStatus = Literal["active", "inactive", "suspended"]
 MAX_TAGS = 50
 MAX_METRICS = 100
 
+# At least one visible character, no NUL (PostgreSQL cannot store it).
 CustomerName = Annotated[
-    Text, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)
+    str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00]*[^\s\x00][^\x00]*$")
 ]
 Email = Annotated[
     str,
-    StringConstraints(
-        strip_whitespace=True, max_length=320, pattern=r"^[^@\s\x00]+@[^@\s\x00]+\.[^@\s\x00]+$"
-    ),
+    StringConstraints(max_length=320, pattern=r"^[^@\s\x00]+@[^@\s\x00]+\.[^@\s\x00]+$"),
 ]
 TagKey = Annotated[
     str, StringConstraints(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")
 ]
 TagValue = (
-    Annotated[Text, StringConstraints(max_length=500)]
-    | bool
-    | int
-    | Annotated[float, Field(allow_inf_nan=False)]
+    Annotated[StrictStr, StringConstraints(max_length=500, pattern=NO_NUL_PATTERN)]
+    | StrictBool
+    | StrictInt
+    | Annotated[StrictFloat, Field(allow_inf_nan=False)]
     | None
 )
 
 
-def at_most(limit: int, what: str) -> AfterValidator:
-    """A validator refusing mappings with more than ``limit`` entries."""
+def sized(limit: int, what: str) -> AfterValidator:
+    """Validator and schema for a mapping of 1 to ``limit`` entries."""
 
     def check(value: dict[str, Any]) -> dict[str, Any]:
-        if len(value) > limit:
-            raise ValueError(f"at most {limit} {what} are allowed")
+        if not 1 <= len(value) <= limit:
+            raise ValueError(f"send between 1 and {limit} {what}")
         return value
 
     return AfterValidator(check)
@@ -57,11 +65,25 @@ class StatusChange(StrictInput):
 
 
 class TagsIn(StrictInput):
-    tags: Annotated[dict[TagKey, TagValue], Field(min_length=1), at_most(MAX_TAGS, "tags")]
+    tags: Annotated[
+        dict[TagKey, TagValue],
+        sized(MAX_TAGS, "tags"),
+        Field(
+            json_schema_extra={
+                "additionalProperties": False,
+                "minProperties": 1,
+                "maxProperties": MAX_TAGS,
+            }
+        ),
+    ]
 
 
 class AnalyticsIn(StrictInput):
-    metrics: Annotated[JsonObject, Field(min_length=1), at_most(MAX_METRICS, "metrics")]
+    metrics: Annotated[
+        JsonObject,
+        sized(MAX_METRICS, "metrics"),
+        Field(json_schema_extra={"minProperties": 1, "maxProperties": MAX_METRICS}),
+    ]
     recorded_at: UtcDatetime | None = None
 
 
