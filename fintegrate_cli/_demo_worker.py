@@ -1,16 +1,39 @@
-"""The demo's in-process event consumer: confirms each event of the demo tenant's queue."""
+"""The demo's in-process event consumer: the real worker, run in a thread for one tenant."""
 
 from __future__ import annotations
 
-from typing import Protocol
+import threading
 
 from service.config import Settings
+from service.messaging.consumer import EventConsumer
+from service.messaging.messages import EventMessage
+
+STOP_TIMEOUT_SECONDS = 10.0
 
 
-class WorkerHandle(Protocol):
-    def stop(self) -> None: ...
+class DemoWorker:
+    """``EventConsumer`` on the demo tenant's queue; records each event id it receives."""
+
+    def __init__(self, settings: Settings, api_key: str, consumer_name: str, received: set[str]):
+        self.received = received
+        self.stop_event = threading.Event()
+        tenant_settings = settings.model_copy(update={"api_key": api_key})
+        self.consumer = EventConsumer(tenant_settings, consumer_name, self.stop_event, self.record)
+        self.thread = threading.Thread(target=self.consumer.run, name="demo-worker", daemon=True)
+
+    def record(self, message: EventMessage) -> None:
+        self.received.add(str(message.event_id))
+
+    def start(self) -> DemoWorker:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop after the message in hand (its receipt is recorded first)."""
+        self.stop_event.set()
+        self.thread.join(STOP_TIMEOUT_SECONDS)
 
 
-def start(settings: Settings, api_key: str, consumer_name: str, received: set[str]) -> WorkerHandle:
+def start(settings: Settings, api_key: str, consumer_name: str, received: set[str]) -> DemoWorker:
     """Start consuming ``consumer_name``'s queue in a thread; ids seen go into ``received``."""
-    raise NotImplementedError("the in-process demo worker waits for service.messaging.consumer")
+    return DemoWorker(settings, api_key, consumer_name, received).start()

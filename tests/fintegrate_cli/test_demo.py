@@ -79,3 +79,20 @@ def test_people_get_the_live_table_and_a_summary(run_cli: RunCli, api_env: Setti
     assert "Demo summary" in result.stdout
     assert "consumer_created" in result.stdout
     assert "shown only once" in result.stderr
+
+
+def test_everything_comes_back_with_the_in_process_worker(
+    run_cli: RunCli, api_env: Settings, relay: None
+) -> None:
+    result = run_cli("demo", "--customers", "4", "--timeout", "60", "--json")
+    assert result.exit_code == 0, result.stderr
+    summary = json_of_partial(result)
+    assert summary["events"] == summary["published"] == summary["delivered"] == 6
+    assert summary["received_by_worker"] == 6
+    details = summary["events_detail"]
+    assert isinstance(details, list)
+    assert sorted(event["event_type"] for event in details) == [
+        "consumer_created",
+        *["customer_creation"] * 4,
+        "customer_status_change",
+    ]
