@@ -78,9 +78,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def install_middleware(app: FastAPI) -> None:
-    """Innermost first: body limit, rate-limit headers, audit, metrics, request id."""
+    """Innermost first: body limit, rate-limit headers, metrics, audit, request id.
+
+    Audit sits outside metrics so its post-answer write is not counted as request latency.
+    """
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=app.state.settings.max_body_bytes)
     install_rate_limit_headers(app)
-    app.add_middleware(AuditMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    app.add_middleware(AuditMiddleware)
     app.add_middleware(RequestIdMiddleware)
