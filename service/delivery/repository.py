@@ -52,6 +52,7 @@ CLAIM = """
 """
 
 CONSUMER_BY_NAME = text("SELECT consumer_id FROM consumers WHERE name = :name")
+CONSUMER_NAMES = text("SELECT name FROM consumers ORDER BY name")
 
 INSERT_RECEIPT = text(
     """
@@ -75,6 +76,16 @@ RECORD_DELIVERY = text(
             WHEN :status <> 'failed' AND delivered_at IS NULL THEN now()
             ELSE delivered_at END
     WHERE event_id = :event_id AND consumer_id = :consumer_id
+    """
+)
+
+EVENT_COUNTS = text(
+    """
+    SELECT event_type, publish_status, deliver_status, count(*) AS count
+    FROM customer_events
+    WHERE (CAST(:consumer_id AS uuid) IS NULL OR consumer_id = CAST(:consumer_id AS uuid))
+    GROUP BY event_type, publish_status, deliver_status
+    ORDER BY event_type, publish_status, deliver_status
     """
 )
 
@@ -118,6 +129,11 @@ def claim(
     return connection.execute(_sql(CLAIM, kind), params).all()
 
 
+def consumer_names(connection: Connection) -> list[str]:
+    """Every consumer's name, sorted (for operator commands over all tenants)."""
+    return list(connection.execute(CONSUMER_NAMES).scalars())
+
+
 def consumer_id_by_name(connection: Connection, name: str) -> UUID | None:
     return connection.execute(CONSUMER_BY_NAME, {"name": name}).scalar_one_or_none()
 
@@ -142,3 +158,8 @@ def event_delivery(connection: Connection, event_id: UUID, consumer_id: UUID) ->
     return connection.execute(
         EVENT_DELIVERY, {"event_id": event_id, "consumer_id": consumer_id}
     ).first()
+
+
+def event_counts(connection: Connection, consumer_id: UUID | None) -> Sequence[Row[Any]]:
+    """Events counted per type, publish status and delivery status (all or one consumer)."""
+    return connection.execute(EVENT_COUNTS, {"consumer_id": consumer_id}).all()

@@ -1,0 +1,116 @@
+"""`fintegrate queues …` against the real broker (and the live API for replay-dlq)."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from sqlalchemy import Engine, text
+
+from service.config import Settings
+from service.messaging import topology
+from service.messaging.consumer import EventConsumer
+from service.messaging.messages import EventMessage
+from service.messaging.queue_ops import ready_count
+from service.messaging.relay import OutboxRelay
+from tests.conftest import unique_name
+from tests.fintegrate_cli.conftest import RunCli, json_of
+from tests.support.outbox import amqp_channel, queue_depth, wait_until
+
+
+def test_provision_dry_run_then_provision_then_status(
+    run_cli: RunCli, service_env: Settings
+) -> None:
+    name = unique_name("q")
+    plan = json_of(run_cli("queues", "provision", name, "--dry-run", "--json"))
+    assert plan[0]["ok"] is False and plan[0]["queue_exists"] is False
+    assert ready_count(service_env, topology.queue_name(name)) is None  # nothing declared
+    done = json_of(run_cli("queues", "provision", name, "--json"))
+    assert done[0]["result"] == "provisioned"
+    assert done[0]["bindings"] == topology.queue_bindings(name)
+    again = json_of(run_cli("queues", "provision", name, "--dry-run", "--json"))
+    assert again[0]["ok"] is True
+    [status] = json_of(run_cli("--json", "queues", "status", name))
+    assert status == {
+        "consumer_name": name,
+        "queue": topology.queue_name(name),
+        "exists": True,
+        "ready": 0,
+        "unacked": 0,
+        "consumers": 0,
+        "dlq_ready": 0,
+    }
+
+
+def test_provision_reports_differing_arguments_with_exit_3(
+    run_cli: RunCli, service_env: Settings
+) -> None:
+    drifted, fine = unique_name("q"), unique_name("q")
+    with amqp_channel(service_env.rabbitmq_url) as channel:
+        channel.queue_declare(
+            topology.queue_name(drifted), durable=True, arguments={"x-max-length": 10}
+        )
+    result = run_cli("queues", "provision", drifted, fine)
+    assert result.exit_code == 3
+    assert "x-max-length is 10, expected 100000" in result.stderr
+    assert "queues purge" in result.stderr
+    assert queue_depth(service_env.rabbitmq_url, topology.dlq_name(fine)) == 0  # fine was done
+
+
+def test_purge_asks_first(run_cli: RunCli, service_env: Settings) -> None:
+    name = unique_name("q")
+    json_of(run_cli("queues", "provision", name, "--json"))
+    with amqp_channel(service_env.rabbitmq_url) as channel:
+        for _ in range(3):
+            channel.basic_publish(
+                topology.EXCHANGE, topology.routing_key("customer_creation", name), b"{}"
+            )
+    refused = run_cli("queues", "purge", name)
+    assert refused.exit_code == 2 and "--yes" in refused.stderr
+    assert wait_until(lambda: queue_depth(service_env.rabbitmq_url, topology.queue_name(name)) == 3)
+    purged = json_of(run_cli("queues", "purge", name, "--yes", "--json"))
+    assert purged == {"queue": topology.queue_name(name), "purged": 3}
+
+
+def run_worker(settings: Settings, tenant: dict[str, Any], handler: Any, until: Any) -> None:
+    stop = threading.Event()
+    worker_settings = settings.model_copy(update={"api_key": tenant["api_key"]})
+    consumer = EventConsumer(worker_settings, tenant["name"], stop, handler)
+    thread = threading.Thread(target=consumer.run, daemon=True)
+    thread.start()
+    try:
+        assert wait_until(until, timeout=60)
+    finally:
+        stop.set()
+        thread.join(30)
+
+
+def test_replay_dlq_moves_dead_letters_back_and_they_are_consumed(
+    run_cli: RunCli, api_env: Settings, engine: Engine, tenant: dict[str, Any], live_server: str
+) -> None:
+    settings = api_env.model_copy(update={"api_url": live_server})
+    OutboxRelay(settings, engine, threading.Event()).drain()  # the tenant's consumer_created
+    dlq = topology.dlq_name(tenant["name"])
+
+    def broken(message: EventMessage) -> None:
+        raise RuntimeError("not today")
+
+    run_worker(settings, tenant, broken, lambda: queue_depth(settings.rabbitmq_url, dlq) == 1)
+    plan = json_of(run_cli("queues", "replay-dlq", tenant["name"], "--dry-run", "--json"))
+    assert plan == {"dlq": dlq, "dead_letters": 1, "would_replay": 1}
+    moved = json_of(run_cli("queues", "replay-dlq", tenant["name"], "--json"))
+    assert (moved["replayed"], moved["failed"]) == (1, 0)
+    assert queue_depth(settings.rabbitmq_url, dlq) == 0
+    with amqp_channel(settings.rabbitmq_url) as channel:
+        method, properties, _ = channel.basic_get(tenant["queue_name"])
+        assert method.routing_key == topology.routing_key("consumer_created", tenant["name"])
+        assert properties.headers["x-fintegrate-replayed"] is True
+        assert properties.headers["x-fintegrate-replay-count"] == 1
+        channel.basic_nack(method.delivery_tag, requeue=True)
+    seen: list[str] = []
+    run_worker(settings, tenant, lambda message: seen.append(message.event_id), lambda: seen)
+    with engine.connect() as connection:
+        status = connection.execute(
+            text("SELECT deliver_status FROM customer_events WHERE event_id = :id"), {"id": seen[0]}
+        ).scalar_one()
+    assert status == "delivered"
