@@ -7,6 +7,7 @@ dependencies and these middlewares share it: ``request_id``, ``actor``, ``consum
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 import uuid
@@ -20,6 +21,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.audit import AuditEntry, write_audit
 from service.envelope import error
 from service.metrics import HttpMetrics, route_template
+
+logger = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "x-request-id"
 SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -180,8 +183,10 @@ class AuditMiddleware:
         if status < 500 and not (state.get("admin_action") or state.get("audited")):
             return
         entry = audit_entry(scope, status)
-        engine = None if state.get("database_unavailable") else _engine(scope)
-        await run_in_threadpool(write_audit, engine, entry)
+        if state.get("database_unavailable"):
+            logger.error("audit row not written (database unavailable): %s", entry)
+            return
+        await run_in_threadpool(write_audit, _engine(scope), entry)
 
 
 def audit_entry(scope: Scope, status: int) -> AuditEntry:
