@@ -50,7 +50,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     registry = app.state.metrics.registry
     app.state.engine = create_db_engine(settings)
     app.state.rate_limiter = RateLimiter(settings, registry=registry)
-    app.state.auth_throttle = FailedAuthThrottle(settings, registry=registry)
+    app.state.auth_throttle = FailedAuthThrottle(
+        settings, registry=registry, store=app.state.rate_limiter.store
+    )
     try:
         yield
     finally:
