@@ -3,7 +3,8 @@
 ``VerificationCache`` remembers a successful bcrypt check for ``ttl_seconds``
 (FINTEGRATE_AUTH_CACHE_TTL_SECONDS). That TTL is the bound within which a rotated, revoked
 or disabled key stops working on *other* API instances; the instance that performs the
-change evicts at once.
+change evicts at once. An expired entry keeps the hash the key was verified against, so
+re-validation after the TTL is a row lookup, not another bcrypt (``verified_hash``).
 """
 
 from __future__ import annotations
@@ -27,31 +28,36 @@ class VerificationCache(Generic[V]):
     def __init__(self, ttl_seconds: float, max_entries: int = MAX_CACHED_KEYS) -> None:
         self.ttl = ttl_seconds
         self.max_entries = max_entries
-        self._entries: OrderedDict[tuple[str, str], tuple[float, UUID, V]] = OrderedDict()
+        self._entries: OrderedDict[tuple[str, str], tuple[float, UUID, V, str]] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, key: ParsedKey) -> V | None:
         """The cached value of ``key`` while fresh, else None."""
-        slot = (key.prefix, key.fingerprint)
         with self._lock:
-            entry = self._entries.get(slot)
-            if entry is None:
-                return None
-            if entry[0] <= time.monotonic():
-                del self._entries[slot]
+            entry = self._entries.get((key.prefix, key.fingerprint))
+            if entry is None or entry[0] <= time.monotonic():
                 return None
             return entry[2]
 
-    def put(self, key: ParsedKey, consumer_id: UUID, value: V) -> None:
-        """Remember a successful verification; the oldest entry goes when full."""
-        if self.ttl <= 0:
-            return
+    def verified_hash(self, key: ParsedKey) -> str | None:
+        """The stored hash ``key`` was last verified against, fresh or expired (not evicted)."""
+        with self._lock:
+            entry = self._entries.get((key.prefix, key.fingerprint))
+            return entry[3] if entry is not None else None
+
+    def put(self, key: ParsedKey, consumer_id: UUID, value: V, key_hash: str) -> None:
+        """Remember a successful verification against ``key_hash``; the oldest goes when full.
+
+        With a TTL of 0 the entry is born expired: every request re-validates the row.
+        """
         with self._lock:
             self._entries[(key.prefix, key.fingerprint)] = (
                 time.monotonic() + self.ttl,
                 consumer_id,
                 value,
+                key_hash,
             )
+            self._entries.move_to_end((key.prefix, key.fingerprint))
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
 
