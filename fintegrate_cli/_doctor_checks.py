@@ -194,16 +194,23 @@ def check_redis(settings: Settings) -> Check:
 
 
 def check_api(settings: Settings) -> Check:
+    """``/health`` and ``/ready``; a dependency the API reports down is a warning."""
     try:
         with ApiClient(settings.api_url, timeout=CONNECT_TIMEOUT_SECONDS) as client:
             client.get("/health")
             ready = client.get("/ready")
     except CliError as exc:
         return Check("api", FAIL, exc.message.split(";")[0], API_HINT)
-    return Check("api", OK, f"{settings.api_url} healthy and ready {render_ready(ready)}".strip())
+    parts = ready_parts(ready)
+    listed = ", ".join(f"{name} {'ok' if ok else 'down'}" for name, ok in parts.items())
+    detail = f"{settings.api_url} ready ({listed})" if listed else f"{settings.api_url} ready"
+    if not all(parts.values()):
+        return Check("api", WARN, detail, "the API runs degraded; see the checks above")
+    return Check("api", OK, detail)
 
 
-def render_ready(ready: Any) -> str:
-    if not isinstance(ready, dict) or not ready:
-        return ""
-    return "(" + ", ".join(f"{k}: {v}" for k, v in ready.items()) + ")"
+def ready_parts(ready: Any) -> dict[str, bool]:
+    """``{dependency: ok}`` from the ``/ready`` data (``{name: {"ok": ...}, ...}``)."""
+    if not isinstance(ready, dict):
+        return {}
+    return {name: bool(v.get("ok")) for name, v in ready.items() if isinstance(v, dict)}

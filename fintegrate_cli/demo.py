@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import secrets
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -150,33 +149,46 @@ def print_summary(run: DemoRun, as_json: bool) -> None:
     console.print(events_table(run))
     emit_record(run.summary(), False, "Demo summary")
     err_console.print(f"[bold yellow]{KEY_WARNING}[/]")
-    info(
-        f"Try: FINTEGRATE_API_KEY=<api_key above> fintegrate customers list | "
-        f"fintegrate --admin-key ... consumer disable {run.consumer['name']}"
-    )
+    info("Next: FINTEGRATE_API_KEY=<api_key above> fintegrate customers list")
+    info(f"Done with it? fintegrate consumer disable {run.consumer['name']}")
 
 
-def run_demo(settings: Settings, count: int, timeout: float, worker: bool, live: bool) -> DemoRun:
-    """Create a tenant and activity, consume its queue in-process, watch events come back."""
+def create_demo_tenant(settings: Settings, quiet: bool) -> dict[str, Any]:
+    """A fresh ``demo_<random>`` consumer; the API provisions its queue and DLQ."""
     with api_client(settings, "admin", "demo") as admin:
         admin.get("/health")
         consumer = create_consumer(admin, f"demo_{secrets.token_hex(4)}", "fintegrate demo")
-    run = DemoRun(consumer)
-    with ApiClient(settings.api_url, api_key=consumer["api_key"]) as tenant:
-        handle = (
-            _demo_worker.start(settings, consumer["api_key"], consumer["name"], run.received)
-            if worker
-            else None
-        )
-        try:
+    info(f"created tenant {consumer['name']} with queue {consumer['queue_name']}", quiet)
+    return consumer
+
+
+def watch_live(tenant: ApiClient, run: DemoRun, expected: int, timeout: float, live: bool) -> None:
+    """``watch`` with a live table on stderr (people) or silently (scripts, -q)."""
+    if not live:
+        watch(tenant, run, expected, timeout, None)
+        return
+    with Live(events_table(run), console=err_console, transient=True) as display:
+        watch(tenant, run, expected, timeout, display)
+
+
+def run_demo(
+    settings: Settings, count: int, timeout: float, worker: bool, quiet: bool, live: bool
+) -> DemoRun:
+    """Create a tenant and activity, consume its queue in-process, watch events come back."""
+    run = DemoRun(create_demo_tenant(settings, quiet))
+    key, name = run.consumer["api_key"], run.consumer["name"]
+    handle = None
+    if worker:
+        handle = _demo_worker.start(settings, key, name, run.received)
+        info(f"worker consuming {run.consumer['queue_name']} in-process", quiet)
+    try:
+        with ApiClient(settings.api_url, api_key=key) as tenant:
             run.customers = create_activity(tenant, count)
-            expected = count + 2  # consumer_created, creations, one status change
-            display = Live(events_table(run), console=err_console) if live else None
-            with display or nullcontext():
-                watch(tenant, run, expected, timeout, display)
-        finally:
-            if handle is not None:
-                handle.stop()
+            info(f"created {count} customer(s), suspended {run.customers[0]['name']}", quiet)
+            watch_live(tenant, run, count + 2, timeout, live)  # + consumer_created, status change
+    finally:
+        if handle is not None:
+            handle.stop()
     return run
 
 
@@ -204,7 +216,8 @@ def demo_command(
     Exit 3 when not every event was delivered within --timeout."""
     cli = state(ctx)
     as_json = wants_json(ctx, json_output)
-    run = run_demo(cli.settings(), customers, timeout, worker, live=not (as_json or cli.quiet))
+    live = not (as_json or cli.quiet)
+    run = run_demo(cli.settings(), customers, timeout, worker, cli.quiet, live)
     print_summary(run, as_json)
     if not all_delivered(run, customers + 2):
         raise CheckFailed(

@@ -24,7 +24,7 @@ def complete(words: str, cword: int) -> list[str]:
 
 
 def test_completes_groups_commands_and_choices() -> None:
-    assert complete("fintegrate cons", 1) == ["consumer"]
+    assert complete("fintegrate custo", 1) == ["customers"]
     assert set(complete("fintegrate keys ", 2)) >= {"rotate", "list", "revoke"}
     assert complete("fintegrate customers list --status ", 4) == [
         "active",

@@ -29,7 +29,7 @@ def relay(api_env: Settings) -> Iterator[None]:
 
 
 def test_without_a_relay_it_times_out_asking_for_one(run_cli: RunCli, api_env: Settings) -> None:
-    result = run_cli("demo", "--no-worker", "--timeout", "1", "--json")
+    result = run_cli("-q", "demo", "--no-worker", "--timeout", "1", "--json")
     assert result.exit_code == 3
     summary = json_of_partial(result)
     assert summary["events"] == 5  # consumer_created, 3 creations, 1 status change
@@ -41,7 +41,7 @@ def test_without_a_relay_it_times_out_asking_for_one(run_cli: RunCli, api_env: S
 def test_with_a_relay_but_no_consumer_it_asks_for_one(
     run_cli: RunCli, api_env: Settings, relay: None
 ) -> None:
-    result = run_cli("demo", "--no-worker", "--customers", "1", "--timeout", "3", "--json")
+    result = run_cli("-q", "demo", "--no-worker", "--customers", "1", "--timeout", "3", "--json")
     assert result.exit_code == 3
     summary = json_of_partial(result)
     assert summary["events"] == 3
