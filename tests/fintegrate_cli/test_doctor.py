@@ -15,6 +15,7 @@ from service.messaging import topology
 from service.messaging.provisioning import provision_consumer_queues
 from tests.conftest import unique_name
 from tests.fintegrate_cli.conftest import RunCli, closed_port, one_error_line
+from tests.support.tcp_proxy import TcpProxy
 
 
 @pytest.fixture
@@ -154,3 +155,23 @@ def test_dead_letters_and_old_backlog_are_warnings_exit_3(
     assert "relay" in str(checks["outbox"]["hint"])
     assert code == 3
     assert error.startswith("Error: doctor: 2 warning(s)")
+
+
+def test_silent_database_and_broker_do_not_hang_doctor(
+    run_cli: RunCli, service_env: Settings, tcp_proxy_factory: Callable[[str, int], TcpProxy]
+) -> None:
+    database = tcp_proxy_factory("127.0.0.1", 5432)
+    broker = tcp_proxy_factory("127.0.0.1", 5672)
+    database.blackhole()
+    broker.blackhole()
+    code, checks, error = doctor_json(
+        run_cli,
+        "--database-url",
+        database.url_for(service_env.database_url),
+        "--rabbitmq-url",
+        broker.url_for(service_env.rabbitmq_url),
+    )
+    assert code == 1
+    assert checks["database"]["status"] == "fail"
+    assert checks["rabbitmq"]["status"] == "fail"
+    assert "database" in error and "rabbitmq" in error
