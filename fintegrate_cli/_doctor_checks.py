@@ -17,6 +17,7 @@ from fintegrate_cli._client import ApiClient
 from fintegrate_cli._errors import CliError
 from service import migrations
 from service.config import Settings
+from service.delivery import repository as delivery_repository
 from service.messaging import inspection, outbox, topology
 from service.messaging.connection import open_blocking
 
@@ -99,7 +100,7 @@ def check_outbox(engine: Engine) -> Check:
 
 def consumer_names(engine: Engine) -> list[str]:
     with engine.connect() as connection:
-        return list(connection.execute(text("SELECT name FROM consumers ORDER BY name")).scalars())
+        return delivery_repository.consumer_names(connection)
 
 
 @contextmanager
