@@ -7,6 +7,7 @@ the API is unavailable the worker retries with bounded backoff; when asked to st
 it leaves the message unacked and RabbitMQ redelivers it. A lost broker connection is
 reopened with bounded backoff (unacked messages go back to the queue by themselves).
 Delivery is at least once; receipts are idempotent per event_id, so duplicates are harmless.
+Handlers run in delivery order; receipts are posted concurrently (up to ``prefetch``).
 """
 
 from __future__ import annotations
@@ -14,24 +15,24 @@ from __future__ import annotations
 import importlib
 import logging
 import threading
-import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
-
-import pika
 
 from service.config import Settings
 from service.messaging import topology
 from service.messaging.connection import BROKER_ERRORS, Backoff, BrokerUnavailable, open_blocking
 from service.messaging.messages import EventMessage, InvalidMessage, parse_message
-from service.messaging.receipts import DeliveryConfirmer, Receipt
+from service.messaging.receipts import DeliveryConfirmer, Receipt, WorkerUnauthorized
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[EventMessage], Any]
 INACTIVITY_SECONDS = 0.5
-SLEEP_SLICE_SECONDS = 0.2
+SETTLE_POLL_SECONDS = 0.1
+MAX_CONFIRM_THREADS = 16
 MAX_RECONNECT_DELAY_SECONDS = 10.0
 RECONNECT_ERRORS: tuple[type[BaseException], ...] = (BrokerUnavailable, *BROKER_ERRORS)
 
@@ -72,7 +73,12 @@ class ConsumerStats:
 
 
 class EventConsumer:
-    """Consumes ``customer_notification_{name}`` until ``stop`` is set."""
+    """Consumes ``customer_notification_{name}`` until ``stop`` is set.
+
+    Handlers run one at a time, in delivery order, on the connection's thread. Receipts are
+    posted by a small thread pool, so up to ``prefetch`` confirmations are in flight; each
+    ack or reject is handed back to the connection's thread once its receipt is recorded.
+    """
 
     def __init__(
         self,
@@ -93,10 +99,14 @@ class EventConsumer:
         self.handler = handler
         self.prefetch = prefetch or settings.consumer_prefetch
         self.stats = ConsumerStats()
-        self._connection: pika.BlockingConnection | None = None
         self.confirmer = confirmer or DeliveryConfirmer(
-            settings.api_url, settings.api_key or "", stop, sleep=self._sleep
+            settings.api_url, settings.api_key or "", stop
         )
+        self._pool = ThreadPoolExecutor(
+            max_workers=min(self.prefetch, MAX_CONFIRM_THREADS), thread_name_prefix="confirm"
+        )
+        self._in_flight: set[int] = set()
+        self._fatal: BaseException | None = None
 
     def run(self) -> ConsumerStats:
         """Consume, reconnecting with bounded backoff, until stopped."""
@@ -111,13 +121,16 @@ class EventConsumer:
                     log.warning("broker connection lost (%r); reconnecting in %.1fs", exc, delay)
                     self.stop.wait(delay)
         finally:
+            self._pool.shutdown(wait=True)
             self.confirmer.close()
+        if self._fatal is not None:
+            raise self._fatal
         log.info("consumer stopped: %s", self.stats)
         return self.stats
 
     def _consume_once(self, backoff: Backoff) -> None:
         connection = open_blocking(self.settings.rabbitmq_url)
-        self._connection = connection
+        self._in_flight.clear()
         try:
             channel = connection.channel()
             channel.basic_qos(prefetch_count=self.prefetch)
@@ -126,17 +139,19 @@ class EventConsumer:
                 self.queue, inactivity_timeout=INACTIVITY_SECONDS
             ):
                 if method is not None:
-                    self.handle_delivery(channel, method, properties, body)
+                    self.handle_delivery(connection, channel, method, properties, body)
                 if self.stop.is_set():
                     break
+            self._finish_in_flight(connection)
             channel.cancel()  # requeues what was prefetched but not handled
         finally:
-            self._connection = None
             if connection.is_open:
                 connection.close()
 
-    def handle_delivery(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
-        """Parse, handle, confirm, then ack or reject one message."""
+    def handle_delivery(
+        self, connection: Any, channel: Any, method: Any, properties: Any, body: bytes
+    ) -> None:
+        """Parse and handle one message, then confirm it in the background."""
         try:
             message = parse_message(body)
         except InvalidMessage as exc:
@@ -145,19 +160,39 @@ class EventConsumer:
             self.stats.poison += 1
             return
         status, detail = self._run_handler(message)
-        receipt = self.confirmer.confirm(message.event_id, status, detail)
+        tag = method.delivery_tag
+        self._in_flight.add(tag)
+        future = self._pool.submit(self.confirmer.confirm, message.event_id, status, detail)
+        future.add_done_callback(
+            lambda done: _call_soon(connection, partial(self._settle, channel, tag, status, done))
+        )
+
+    def _settle(self, channel: Any, tag: int, status: str, done: Future[Receipt]) -> None:
+        """On the connection's thread: ack or reject once the receipt is known."""
+        self._in_flight.discard(tag)
+        try:
+            receipt = done.result()
+        except WorkerUnauthorized as exc:
+            self._fatal = exc
+            self.stop.set()
+            return
         if receipt is Receipt.ABANDONED:
-            log.warning("stopping before %s was confirmed; it stays unacked", message.event_id)
+            log.warning("stopping before delivery %d was confirmed; it stays unacked", tag)
             return
         if receipt is Receipt.RECORDED and status == "processed":
-            channel.basic_ack(method.delivery_tag)
+            channel.basic_ack(tag)
             self.stats.processed += 1
             return
-        channel.basic_reject(method.delivery_tag, requeue=False)
+        channel.basic_reject(tag, requeue=False)
         if receipt is Receipt.REFUSED:
             self.stats.refused += 1
         else:
             self.stats.failed += 1
+
+    def _finish_in_flight(self, connection: Any) -> None:
+        """Let pending receipts settle (they give up quickly once ``stop`` is set)."""
+        while self._in_flight and connection.is_open:
+            connection.process_data_events(time_limit=SETTLE_POLL_SECONDS)
 
     def _run_handler(self, message: EventMessage) -> tuple[str, str | None]:
         try:
@@ -167,12 +202,10 @@ class EventConsumer:
             return "failed", f"{type(exc).__name__}: {exc}"[:2000]
         return "processed", None
 
-    def _sleep(self, seconds: float) -> None:
-        """Wait while keeping the broker connection alive (heartbeats), until ``stop``."""
-        deadline = time.monotonic() + seconds
-        while not self.stop.is_set() and time.monotonic() < deadline:
-            slice_seconds = min(SLEEP_SLICE_SECONDS, deadline - time.monotonic())
-            if self._connection is not None and self._connection.is_open:
-                self._connection.sleep(max(slice_seconds, 0))
-            else:
-                self.stop.wait(slice_seconds)
+
+def _call_soon(connection: Any, callback: Callable[[], None]) -> None:
+    """Run ``callback`` on the connection's thread; a closed connection means redelivery."""
+    try:
+        connection.add_callback_threadsafe(callback)
+    except Exception as exc:  # connection gone: the broker redelivers the message
+        log.debug("cannot settle on a closed connection: %r", exc)
