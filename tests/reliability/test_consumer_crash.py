@@ -1,0 +1,100 @@
+"""``kill -9`` of ``fintegrate consume`` while its handler runs: redelivered, processed once."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import Engine
+
+from service.config import Settings
+from service.messaging.relay import OutboxRelay
+from tests.conftest import unique_name
+from tests.reliability.handlers import LOG_ENV, SLOW_ENV, handler_lines
+from tests.reliability.probes import deliver_states, event_ids, receipts, report_figures
+from tests.reliability.processes import FintegrateProcess
+from tests.support.outbox import queue_depth, wait_until
+
+CUSTOMERS = 3
+PREFETCH = "4"
+WORKER_STARTED = "consuming customer_notification_"
+
+
+@pytest.fixture
+def tenant(live_server: str, settings: Settings) -> dict[str, Any]:
+    """A tenant with ``CUSTOMERS`` customers whose events are all in its queue."""
+    assert settings.admin_api_key
+    with httpx.Client(base_url=live_server, timeout=10) as api:
+        created = api.post(
+            "/consumer/data",
+            json={"name": unique_name("kill")},
+            headers={"X-Admin-Key": settings.admin_api_key},
+        )
+        assert created.status_code == 201, created.text
+        data: dict[str, Any] = created.json()["data"]
+        for index in range(CUSTOMERS):
+            response = api.post(
+                "/customer/data", json={"name": f"k{index}"}, headers={"X-API-Key": data["api_key"]}
+            )
+            assert response.status_code == 201, response.text
+    return data
+
+
+def start_worker(
+    settings: Settings, tenant: dict[str, Any], log_dir: Path, name: str, handler_seconds: float
+) -> FintegrateProcess:
+    arguments = ["consume", "--consumer", tenant["name"], "--prefetch", PREFETCH]
+    arguments += ["--handler", "tests.reliability.handlers:slow_record"]
+    extra = {LOG_ENV: str(log_dir / "handled.log"), SLOW_ENV: str(handler_seconds)}
+    worker = FintegrateProcess(name, arguments, settings, log_dir, extra).start()
+    worker.wait_for_log(WORKER_STARTED)
+    return worker
+
+
+def test_worker_killed_mid_message_redelivers_and_processes_once(
+    settings: Settings, engine: Engine, live_server: str, tenant: dict[str, Any], tmp_path: Path
+) -> None:
+    OutboxRelay(settings, engine, threading.Event()).drain()
+    events = event_ids(engine, tenant["consumer_id"])
+    queue = tenant["queue_name"]
+    worker_settings = settings.model_copy(
+        update={"api_url": live_server, "api_key": tenant["api_key"]}
+    )
+    assert queue_depth(settings.rabbitmq_url, queue) == len(events)
+
+    doomed = start_worker(worker_settings, tenant, tmp_path, "worker-killed", 60)
+    try:
+        assert wait_until(lambda: bool(handler_lines(tmp_path / "handled.log")), timeout=30)
+    finally:
+        doomed.kill()
+    [interrupted] = handler_lines(tmp_path / "handled.log")
+    assert receipts(engine, tenant["consumer_id"]) == Counter()
+    assert wait_until(lambda: queue_depth(settings.rabbitmq_url, queue) == len(events))
+
+    survivor = start_worker(worker_settings, tenant, tmp_path, "worker-restarted", 0.05)
+    try:
+        assert wait_until(lambda: len(receipts(engine, tenant["consumer_id"])) == len(events))
+    finally:
+        assert survivor.terminate() == 0, survivor.log_text()[-2000:]
+
+    lines = Counter(handler_lines(tmp_path / "handled.log"))
+    killed_event = interrupted.removeprefix("start ")
+    assert lines[f"start {killed_event}"] == 2  # redelivered after the crash
+    assert {line for line, count in lines.items() if count == 1} == {
+        f"{step} {event}" for event in events for step in ("start", "done")
+    } - {f"start {killed_event}"}
+    assert receipts(engine, tenant["consumer_id"]) == Counter(
+        {(event, "processed"): 1 for event in events}
+    )
+    assert deliver_states(engine, tenant["consumer_id"]) == {"delivered": len(events)}
+    assert queue_depth(settings.rabbitmq_url, queue) == 0
+    report_figures(
+        "consumer_kill_9",
+        events=len(events),
+        handler_starts=sum(count for line, count in lines.items() if line.startswith("start")),
+        processed_receipts=len(events),
+    )

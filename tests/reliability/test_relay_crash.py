@@ -1,0 +1,197 @@
+"""``kill -9`` of a running ``fintegrate relay``, ten rounds under load: nothing is lost.
+
+A backlog (inserted rows) plus customers created through the API during the rounds keep
+the relay busy, so SIGKILL lands mid-batch: after the broker confirmed some messages and
+before the transaction marking them published commits. Those messages are published
+again by the next relay: duplicates, at most one batch per crash, and no loss. A worker
+then consumes everything, duplicates included; receipts stay one per event.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import Engine
+
+from service.app import create_app
+from service.config import Settings
+from service.db import create_db_engine
+from tests.conftest import unique_name
+from tests.reliability.handlers import LOG_ENV, handler_lines
+from tests.reliability.load import CustomerLoad
+from tests.reliability.probes import publish_states, receipts, report_figures
+from tests.reliability.processes import FintegrateProcess
+from tests.support.live_server import LiveServer
+from tests.support.outbox import insert_events, queue_depth, wait_until
+
+pytestmark = pytest.mark.slow
+
+ROUNDS = 10
+BATCH = 50
+BACKLOG = 1500
+LOAD_LIMIT = 300
+SEED = 7
+RELAY = ["relay", "--poll-seconds", "0.2"]
+RELAY_STARTED = "relay started"
+WORKER_STARTED = "consuming customer_notification_"
+
+
+@pytest.fixture
+def crash_settings(isolated_settings: Settings) -> Settings:
+    return isolated_settings.model_copy(update={"relay_batch_size": BATCH})
+
+
+@pytest.fixture
+def crash_engine(crash_settings: Settings) -> Iterator[Engine]:
+    engine = create_db_engine(crash_settings, pool_size=2)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def api_url(crash_settings: Settings) -> Iterator[str]:
+    server = LiveServer(create_app(crash_settings)).start()
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture
+def tenant(api_url: str, crash_settings: Settings) -> dict[str, Any]:
+    assert crash_settings.admin_api_key
+    response = httpx.post(
+        f"{api_url}/consumer/data",
+        json={"name": unique_name("crash")},
+        headers={"X-Admin-Key": crash_settings.admin_api_key},
+        timeout=10,
+    )
+    assert response.status_code == 201, response.text
+    data: dict[str, Any] = response.json()["data"]
+    return data
+
+
+def published_count(engine: Engine, tenant: dict[str, Any]) -> int:
+    return publish_states(engine, tenant["consumer_id"]).get("published", 0)
+
+
+def wait_for_progress(engine: Engine, tenant: dict[str, Any]) -> None:
+    """Return once the relay marked at least one more batch published."""
+    before = published_count(engine, tenant)
+    wait_until(lambda: published_count(engine, tenant) > before, timeout=30, interval=0.02)
+
+
+def kill_rounds(
+    settings: Settings, engine: Engine, tenant: dict[str, Any], log_dir: Path
+) -> list[int]:
+    """Start a relay, SIGKILL it at a random moment while it publishes, ``ROUNDS`` times.
+
+    Returns the duplicates each crash added (messages in the queue minus rows marked).
+    """
+    chooser = random.Random(SEED)
+    duplicates_per_crash, duplicates_before = [], 0
+    for round_number in range(ROUNDS):
+        relay = FintegrateProcess(f"relay-{round_number}", RELAY, settings, log_dir).start()
+        try:
+            relay.wait_for_log(RELAY_STARTED)
+            wait_for_progress(engine, tenant)
+            time.sleep(chooser.uniform(0.0, 0.4))
+        finally:
+            relay.kill()
+        time.sleep(0.5)  # frames already sent reach the queue
+        duplicates = queue_depth(settings.rabbitmq_url, tenant["queue_name"]) - published_count(
+            engine, tenant
+        )
+        duplicates_per_crash.append(duplicates - duplicates_before)
+        duplicates_before = duplicates
+    return duplicates_per_crash
+
+
+def drain_with_relay(
+    settings: Settings, engine: Engine, tenant: dict[str, Any], log_dir: Path
+) -> float:
+    """A last relay publishes what is left and stops on SIGTERM; seconds it took."""
+    started = time.monotonic()
+    relay = FintegrateProcess("relay-final", RELAY, settings, log_dir).start()
+    try:
+        relay.wait_for_log(RELAY_STARTED)
+        assert wait_until(
+            lambda: set(publish_states(engine, tenant["consumer_id"])) == {"published"},
+            timeout=120,
+        )
+        elapsed = time.monotonic() - started
+    finally:
+        assert relay.terminate() == 0, relay.log_text()[-2000:]
+    return elapsed
+
+
+def consume_everything(
+    settings: Settings, engine: Engine, tenant: dict[str, Any], log_dir: Path, events: int
+) -> list[str]:
+    """Run a worker until every event has a receipt and the queue is empty; handler lines."""
+    handler_log = log_dir / "handled.log"
+    worker_settings = settings.model_copy(update={"api_key": tenant["api_key"]})
+    worker = FintegrateProcess(
+        "worker",
+        ["consume", "--consumer", tenant["name"], "--handler", "tests.reliability.handlers:record"],
+        worker_settings,
+        log_dir,
+        {LOG_ENV: str(handler_log)},
+    ).start()
+    try:
+        assert wait_until(
+            lambda: (
+                len(receipts(engine, tenant["consumer_id"])) >= events
+                and queue_depth(settings.rabbitmq_url, tenant["queue_name"]) == 0
+            ),
+            timeout=180,
+            interval=0.5,
+        ), worker.log_text()[-2000:]
+        time.sleep(1.0)  # the last unacked duplicates are confirmed and acked
+    finally:
+        assert worker.terminate() == 0, worker.log_text()[-2000:]
+    return handler_lines(handler_log)
+
+
+def test_relay_killed_mid_batch_ten_times_loses_nothing(
+    crash_settings: Settings,
+    crash_engine: Engine,
+    api_url: str,
+    tenant: dict[str, Any],
+    tmp_path: Path,
+) -> None:
+    insert_events(crash_engine, tenant["consumer_id"], count=BACKLOG)
+    worker_settings = crash_settings.model_copy(update={"api_url": api_url})
+    with CustomerLoad([api_url], tenant["api_key"], LOAD_LIMIT, pause_seconds=0.01) as load:
+        duplicates_per_crash = kill_rounds(crash_settings, crash_engine, tenant, tmp_path)
+    drain_seconds = drain_with_relay(crash_settings, crash_engine, tenant, tmp_path)
+    events = sum(publish_states(crash_engine, tenant["consumer_id"]).values())
+    in_queue = queue_depth(crash_settings.rabbitmq_url, tenant["queue_name"])
+    handled = consume_everything(worker_settings, crash_engine, tenant, tmp_path, events)
+    receipt_counts = receipts(crash_engine, tenant["consumer_id"])
+
+    assert set(load.statuses) == {201}
+    assert events == BACKLOG + 1 + load.created  # + the tenant's consumer_created event
+    assert len(set(handled)) == events  # every committed event was published and consumed
+    assert len(handled) == in_queue  # each message in the queue reached the handler
+    assert all(0 <= extra <= BATCH for extra in duplicates_per_crash), duplicates_per_crash
+    assert in_queue - events == sum(duplicates_per_crash)
+    assert set(receipt_counts.values()) == {1}  # one receipt per event, duplicates or not
+    assert {status for _, status in receipt_counts} == {"processed"}
+    assert len(receipt_counts) == events
+    report_figures(
+        "relay_kill_9",
+        rounds=ROUNDS,
+        batch_size=BATCH,
+        events=events,
+        messages_published=in_queue,
+        duplicates_per_crash=duplicates_per_crash,
+        crashes_with_duplicates=sum(1 for extra in duplicates_per_crash if extra),
+        handler_calls=len(handled),
+        receipts=len(receipt_counts),
+        final_drain_seconds=round(drain_seconds, 2),
+    )
