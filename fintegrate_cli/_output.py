@@ -79,7 +79,7 @@ def emit_record(record: Mapping[str, Any], as_json: bool, title: str | None = No
 def info(message: str, quiet: bool = False) -> None:
     """A diagnostic line on stderr (suppressed by -q)."""
     if not quiet:
-        err_console.print(message)
+        err_console.print(message, soft_wrap=True)
 
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]

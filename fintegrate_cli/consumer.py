@@ -71,7 +71,7 @@ def set_consumer_status(client: ApiClient, consumer_id: str, status: str) -> dic
 def print_secret_record(record: dict[str, Any], as_json: bool, title: str) -> None:
     """A record holding a freshly issued key, with the shown-once warning on stderr."""
     emit_record(record, as_json, title)
-    err_console.print(f"[bold yellow]{KEY_WARNING}[/]")
+    err_console.print(f"[bold yellow]{KEY_WARNING}[/]", soft_wrap=True)
 
 
 @app.command("create")

@@ -148,7 +148,7 @@ def print_summary(run: DemoRun, as_json: bool) -> None:
         return
     console.print(events_table(run))
     emit_record(run.summary(), False, "Demo summary")
-    err_console.print(f"[bold yellow]{KEY_WARNING}[/]")
+    err_console.print(f"[bold yellow]{KEY_WARNING}[/]", soft_wrap=True)
     info("Next: FINTEGRATE_API_KEY=<api_key above> fintegrate customers list")
     info(f"Done with it? fintegrate consumer disable {run.consumer['name']}")
 

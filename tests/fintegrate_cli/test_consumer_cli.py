@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from service.app import create_app
 from service.config import Settings
 from service.messaging import topology
 from tests.conftest import unique_name
 from tests.fintegrate_cli.conftest import RunCli, closed_port, json_of, one_error_line
+from tests.support.live_server import LiveServer
 
 
 def test_create_prints_key_and_queue_once(tenant: dict[str, str]) -> None:
@@ -97,3 +99,19 @@ def test_api_down_is_one_line_exit_1(run_cli: RunCli, api_env: Settings) -> None
     line = one_error_line(result)
     assert "unreachable" in line
     assert "FINTEGRATE_API_URL" in line
+
+
+def test_create_with_the_broker_down_says_to_provision_later(
+    run_cli: RunCli, api_env: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dead_broker = f"amqp://fintegrate_user:fintegrate_pass@127.0.0.1:{closed_port()}/x"
+    server = LiveServer(create_app(api_env.model_copy(update={"rabbitmq_url": dead_broker})))
+    server.start()
+    try:
+        name = unique_name("cli")
+        result = run_cli("--api-url", server.url, "consumer", "create", name, "--json")
+    finally:
+        server.stop()
+    created = json_of(result)
+    assert created["queue_provisioned"] is False
+    assert f"fintegrate queues provision {name}" in result.stderr
