@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from fintegrate_cli._context import state
 from fintegrate_cli._errors import EXIT_USAGE, CliError
@@ -24,12 +25,13 @@ def print_json(data: Any) -> None:
     console.file.flush()
 
 
-def render_cell(value: Any) -> str:
+def render_cell(value: Any) -> Text:
+    """A value as plain text (data is never read as Rich markup)."""
     if value is None:
-        return "-"
+        return Text("-")
     if isinstance(value, Mapping | list):
-        return json.dumps(value, default=str)
-    return str(value)
+        return Text(json.dumps(value, default=str))
+    return Text(str(value))
 
 
 def print_table(

@@ -70,7 +70,7 @@ def print_report(found: list[Check]) -> None:
         table.add_column(column, overflow="fold")
     for check in found:
         status = Text(check.status, style=STATUS_STYLE[check.status])
-        table.add_row(check.name, status, check.detail, check.hint or "-")
+        table.add_row(check.name, status, Text(check.detail), Text(check.hint or "-"))
     console.print(table)
 
 

@@ -47,11 +47,13 @@ def test_paging_with_cursor_and_all(as_tenant: RunCli) -> None:
     assert {c["name"] for c in everything} == names
 
 
-def test_table_for_people(as_tenant: RunCli) -> None:
+def test_table_for_people_shows_data_verbatim(as_tenant: RunCli) -> None:
     json_of(as_tenant("customers", "create", "Tabled", "--json"))
+    json_of(as_tenant("customers", "create", "[/] [bold]x", "--json"))  # not Rich markup
     result = as_tenant("customers", "list")
-    assert result.exit_code == 0
+    assert result.exit_code == 0, result.stderr
     assert "Tabled" in result.stdout
+    assert "[/] [bold]x" in result.stdout
 
 
 def test_another_tenants_customer_answers_like_a_missing_one(
