@@ -1,0 +1,376 @@
+#!/usr/bin/env python3
+"""Event pipeline benchmark: relay drain rate and end-to-end latency.
+
+    .venv/bin/python scripts/bench_relay.py --events 50000 --rate 200 --duration 30
+
+1. Drain: seeds ``--events`` pending events in a fresh database, publishes the same messages
+   with raw pika (BlockingChannel, one confirm per message, mandatory), purges, then lets
+   ``OutboxRelay`` drain the backlog. Prints both rates (events/s) and the ratio.
+2. Latency: runs ``fintegrate serve``, ``fintegrate relay`` and ``fintegrate consume`` as
+   subprocesses, creates customers at a steady ``--rate`` for ``--duration`` seconds and
+   measures API 201 received -> handler called (p50/p99).
+Everything uses its own database and vhost on loopback, dropped at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pika
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from service import migrations  # noqa: E402
+from service.config import Settings  # noqa: E402
+from service.db import create_db_engine  # noqa: E402
+from service.messaging import topology  # noqa: E402
+from service.messaging.messages import event_from_row  # noqa: E402
+from service.messaging.provisioning import provision_consumer_queues  # noqa: E402
+from service.messaging.publisher import outgoing_event  # noqa: E402
+from service.messaging.relay import OutboxRelay  # noqa: E402
+
+PG_ADMIN = "postgresql+psycopg2://fintegrate_user:fintegrate_pass@127.0.0.1:5432/postgres"
+RABBIT = "fintegrate_user:fintegrate_pass@127.0.0.1"
+MANAGEMENT = f"http://{RABBIT}:15672"
+HANDLER_LOG_ENV = "FINTEGRATE_BENCH_HANDLER_LOG"
+SEED = text(
+    """
+    INSERT INTO customer_events (customer_id, consumer_id, event_type, source_service,
+                                 payload_json, metadata_json)
+    SELECT gen_random_uuid(), :consumer_id, 'customer_creation', 'POST /customer/data',
+           jsonb_build_object('name', 'Customer ' || n, 'email', 'c' || n || '@example.com',
+                              'status', 'active'),
+           jsonb_build_object('request_id', md5(n::text))
+    FROM generate_series(1, :count) AS n
+    """
+)
+ROWS = text(
+    """
+    SELECT e.*, c.name AS consumer_name FROM customer_events e
+    JOIN consumers c ON c.consumer_id = e.consumer_id WHERE e.publish_status = 'pending'
+    """
+)
+
+LAG = text(
+    """
+    SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY lag) AS p50,
+           percentile_cont(0.99) WITHIN GROUP (ORDER BY lag) AS p99
+    FROM (SELECT extract(epoch FROM published_at - created_at) * 1000 AS lag
+          FROM customer_events WHERE consumer_id = :consumer_id AND published_at IS NOT NULL) AS t
+    """
+)
+
+# -- handler used by the consume subprocess (``--handler bench_relay:record_handler``) -------
+_handler_log: Any = None
+
+
+def record_handler(message: Any) -> None:
+    """Append ``customer_id wall-clock-seconds`` when the handler is called."""
+    global _handler_log
+    if _handler_log is None:
+        _handler_log = open(os.environ[HANDLER_LOG_ENV], "a", buffering=1)  # noqa: SIM115
+    _handler_log.write(f"{message.customer_id} {time.time():.6f}\n")
+
+
+# -- isolated resources ---------------------------------------------------------------------
+
+
+@contextmanager
+def bench_database() -> Any:
+    name = f"bench_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(PG_ADMIN).set(database=name).render_as_string(hide_password=False)
+    try:
+        engine = create_engine(url)
+        migrations.apply(engine)
+        engine.dispose()
+        yield url
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@contextmanager
+def bench_vhost() -> Any:
+    vhost = f"bench_{uuid.uuid4().hex[:10]}"
+    httpx.put(f"{MANAGEMENT}/api/vhosts/{vhost}", timeout=10).raise_for_status()
+    httpx.put(
+        f"{MANAGEMENT}/api/permissions/{vhost}/fintegrate_user",
+        json={"configure": ".*", "write": ".*", "read": ".*"},
+        timeout=10,
+    ).raise_for_status()
+    try:
+        yield f"amqp://{RABBIT}:5672/{vhost}"
+    finally:
+        httpx.delete(f"{MANAGEMENT}/api/vhosts/{vhost}", timeout=30)
+
+
+# -- part 1: drain rate ----------------------------------------------------------------------
+
+
+def seed_backlog(settings: Settings, count: int) -> str:
+    """One provisioned consumer with ``count`` pending events; returns its queue."""
+    name = f"bench_{uuid.uuid4().hex[:8]}"
+    engine = create_db_engine(settings, pool_size=1)
+    with engine.begin() as connection:
+        consumer_id = connection.execute(
+            text("INSERT INTO consumers (name) VALUES (:n) RETURNING consumer_id"), {"n": name}
+        ).scalar_one()
+        connection.execute(SEED, {"consumer_id": consumer_id, "count": count})
+    engine.dispose()
+    return provision_consumer_queues(settings, name).queue
+
+
+def raw_pika_rate(settings: Settings, queue: str) -> float:
+    """The same messages through a BlockingChannel, one confirm per message."""
+    engine = create_db_engine(settings, pool_size=1)
+    with engine.connect() as connection:
+        messages = [outgoing_event(event_from_row(row)) for row in connection.execute(ROWS)]
+    engine.dispose()
+    connection = pika.BlockingConnection(pika.URLParameters(settings.rabbitmq_url))
+    channel = connection.channel()
+    channel.confirm_delivery()
+    started = time.perf_counter()
+    for message in messages:
+        channel.basic_publish(
+            topology.EXCHANGE, message.routing_key, message.body, message.properties, mandatory=True
+        )
+    elapsed = time.perf_counter() - started
+    assert channel.queue_declare(queue, passive=True).method.message_count == len(messages)
+    channel.queue_purge(queue)
+    connection.close()
+    return len(messages) / elapsed
+
+
+def relay_rate(settings: Settings, queue: str, count: int, batch_size: int) -> float:
+    engine = create_db_engine(settings, pool_size=2)
+    relay = OutboxRelay(settings, engine, threading.Event(), batch_size=batch_size)
+    started = time.perf_counter()
+    drained = relay.drain()
+    elapsed = time.perf_counter() - started
+    relay.close()
+    engine.dispose()
+    assert drained.published == count, drained
+    connection = pika.BlockingConnection(pika.URLParameters(settings.rabbitmq_url))
+    channel = connection.channel()
+    assert channel.queue_declare(queue, passive=True).method.message_count == count
+    channel.queue_purge(queue)
+    connection.close()
+    return count / elapsed
+
+
+# -- part 2: end-to-end latency ----------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def environment(settings: Settings, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FINTEGRATE_")}
+    for key, value in settings.model_dump(exclude_none=True).items():
+        env[f"FINTEGRATE_{key.upper()}"] = str(value)
+    env["PYTHONPATH"] = f"{ROOT}{os.pathsep}{ROOT / 'scripts'}"
+    return {**env, **extra}
+
+
+def start(stack: ExitStack, command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+
+    def stop() -> None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+    stack.callback(stop)
+    return process
+
+
+def wait_healthy(url: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"API at {url} did not become healthy")
+
+
+def steady_load(url: str, api_key: str, rate: float, seconds: float) -> dict[str, float]:
+    """Open-loop POST /customer/data at ``rate``/s; customer_id -> wall time of the 201."""
+    answered: dict[str, float] = {}
+    local = threading.local()
+
+    def create(index: int) -> None:
+        if not hasattr(local, "client"):
+            local.client = httpx.Client(base_url=url, headers={"X-API-Key": api_key}, timeout=10)
+        response = local.client.post("/customer/data", json={"name": f"Bench {index}"})
+        if response.status_code == 201:
+            answered[response.json()["data"]["customer_id"]] = time.time()
+
+    total = int(rate * seconds)
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        for index in range(total):
+            delay = started + index / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            pool.submit(create, index)
+    return answered
+
+
+def handler_times(path: Path) -> dict[str, float]:
+    if not path.exists():
+        return {}
+    pairs = (line.split() for line in path.read_text().splitlines() if line.strip())
+    return {customer: float(stamp) for customer, stamp in pairs}
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def latency_run(settings: Settings, rate: float, seconds: float, log: Path) -> dict[str, Any]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    settings = settings.model_copy(update={"api_url": url})
+    cli = str(Path(sys.executable).parent / "fintegrate")
+    with ExitStack() as stack:
+        start(
+            stack,
+            [cli, "serve", "--port", str(port), "--log-level", "warning"],
+            environment(settings),
+        )
+        wait_healthy(url)
+        admin = {"X-Admin-Key": settings.admin_api_key or ""}
+        tenant = httpx.post(
+            f"{url}/consumer/data",
+            json={"name": f"lat_{uuid.uuid4().hex[:8]}"},
+            headers=admin,
+            timeout=30,
+        ).json()["data"]
+        start(stack, [cli, "-q", "relay"], environment(settings))
+        worker_env = environment(
+            settings, FINTEGRATE_API_KEY=tenant["api_key"], **{HANDLER_LOG_ENV: str(log)}
+        )
+        start(
+            stack,
+            [
+                cli,
+                "-q",
+                "consume",
+                "--consumer",
+                tenant["name"],
+                "--handler",
+                "bench_relay:record_handler",
+            ],
+            worker_env,
+        )
+        steady_load(url, tenant["api_key"], rate, 2)  # warm-up, not measured
+        time.sleep(2)
+        warm = set(handler_times(log))
+        answered = steady_load(url, tenant["api_key"], rate, seconds)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not set(answered) <= set(handler_times(log)):
+            time.sleep(0.5)
+    called = handler_times(log)
+    publish_lag = outbox_lag(settings, tenant["consumer_id"])
+    latencies = [
+        (called[c] - t) * 1000 for c, t in answered.items() if c in called and c not in warm
+    ]
+    return {
+        "requests": int(rate * seconds),
+        "answered_201": len(answered),
+        "handled": len(latencies),
+        "p50_ms": percentile(latencies, 0.50),
+        "p99_ms": percentile(latencies, 0.99),
+        "max_ms": max(latencies),
+        "publish_lag_p50_ms": publish_lag[0],
+        "publish_lag_p99_ms": publish_lag[1],
+    }
+
+
+def outbox_lag(settings: Settings, consumer_id: str) -> tuple[float, float]:
+    """p50/p99 of published_at - created_at (commit to confirmed publish) for the tenant."""
+    engine = create_db_engine(settings, pool_size=1)
+    with engine.connect() as connection:
+        row = connection.execute(LAG, {"consumer_id": consumer_id}).one()
+    engine.dispose()
+    return float(row.p50 or 0), float(row.p99 or 0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--events", type=int, default=50_000)
+    parser.add_argument("--batch-size", type=int, default=Settings().relay_batch_size)
+    parser.add_argument("--rate", type=float, default=200.0)
+    parser.add_argument("--duration", type=float, default=30.0)
+    parser.add_argument("--skip-latency", action="store_true")
+    args = parser.parse_args()
+    with bench_database() as database_url, bench_vhost() as amqp_url:
+        settings = Settings(
+            environment="test",
+            database_url=database_url,
+            rabbitmq_url=amqp_url,
+            redis_url="redis://127.0.0.1:6379/15",
+            admin_api_key=f"bench-{uuid.uuid4().hex}",
+            rate_limit_api_key_per_minute=1_000_000,
+            rate_limit_api_key_burst=1_000_000,
+            relay_batch_size=args.batch_size,
+        )
+        queue = seed_backlog(settings, args.events)
+        raw = raw_pika_rate(settings, queue)
+        print(f"raw pika, confirm per message: {raw:,.0f} events/s ({args.events} messages)")
+        relay = relay_rate(settings, queue, args.events, args.batch_size)
+        print(f"relay drain (batch {args.batch_size}): {relay:,.0f} events/s")
+        print(f"ratio relay/raw: {relay / raw:.2f}x (target >= 2.5x)")
+        if args.skip_latency:
+            return
+        with tempfile.TemporaryDirectory(prefix="bench_relay_") as directory:
+            figures = latency_run(settings, args.rate, args.duration, Path(directory) / "h.log")
+        print(
+            f"end to end at {args.rate:.0f} req/s for {args.duration:.0f}s: "
+            f"{figures['answered_201']}/{figures['requests']} answered 201, "
+            f"{figures['handled']} handled; p50 {figures['p50_ms']:.1f} ms, "
+            f"p99 {figures['p99_ms']:.1f} ms, max {figures['max_ms']:.1f} ms "
+            "(targets p50 <= 20 ms, p99 <= 100 ms)"
+        )
+        print(
+            f"  of which outbox lag (commit -> confirmed publish): p50 "
+            f"{figures['publish_lag_p50_ms']:.1f} ms, p99 {figures['publish_lag_p99_ms']:.1f} ms"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""`fintegrate relay` and `fintegrate consume`: options, usage errors, a one-shot relay run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Engine
+
+from service.config import Settings
+from tests.fintegrate_cli.conftest import RunCli
+from tests.support.outbox import event_rows, insert_events, queue_depth
+
+
+def test_relay_once_publishes_what_is_due(
+    run_cli: RunCli, api_env: Settings, engine: Engine, tenant: dict[str, Any]
+) -> None:
+    ids = insert_events(engine, tenant["consumer_id"], 5)
+    result = run_cli("-q", "relay", "--once", "--batch-size", "2")
+    assert result.exit_code == 0, result.stderr
+    assert {row.publish_status for row in event_rows(engine, ids).values()} == {"published"}
+    assert queue_depth(api_env.rabbitmq_url, tenant["queue_name"]) >= 5
+
+
+def test_consume_without_a_tenant_key_is_a_usage_error(
+    run_cli: RunCli, service_env: Settings
+) -> None:
+    result = run_cli("consume", "--consumer", "acme")
+    assert result.exit_code == 2
+    assert "FINTEGRATE_API_KEY" in result.stderr
+
+
+def test_consume_with_an_unloadable_handler_is_a_usage_error(
+    run_cli: RunCli, service_env: Settings
+) -> None:
+    result = run_cli(
+        "--api-key", "fk_abc_def", "consume", "--consumer", "acme", "--handler", "nowhere:nothing"
+    )
+    assert result.exit_code == 2
+    assert "cannot be loaded" in result.stderr
+
+
+def test_consume_rejects_a_bad_consumer_name(run_cli: RunCli, service_env: Settings) -> None:
+    result = run_cli("--api-key", "fk_abc_def", "consume", "--consumer", "Not-Valid")
+    assert result.exit_code == 2
