@@ -155,6 +155,7 @@ def replay_dlq_command(
     consumer: ConsumerArgument,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="Move at most N.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Count only; move nothing.")] = False,
+    yes: YesOption = False,
     json_output: JsonOption = False,
 ) -> None:
     """Move dead letters back to the tenant queue with their original routing key."""
@@ -173,6 +174,7 @@ def replay_dlq_command(
             "Replay plan",
         )
         return
+    confirm(f"Move {planned} dead letter(s) back to {topology.queue_name(name)}?", yes)
     outcome = replay_with_progress(settings, name, planned, cli.quiet)
     emit_record(
         {"replayed": outcome.replayed, "failed": outcome.failed, "reasons": outcome.reasons},

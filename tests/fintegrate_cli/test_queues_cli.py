@@ -98,7 +98,9 @@ def test_replay_dlq_moves_dead_letters_back_and_they_are_consumed(
     run_worker(settings, tenant, broken, lambda: queue_depth(settings.rabbitmq_url, dlq) == 1)
     plan = json_of(run_cli("queues", "replay-dlq", tenant["name"], "--dry-run", "--json"))
     assert plan == {"dlq": dlq, "dead_letters": 1, "would_replay": 1}
-    moved = json_of(run_cli("queues", "replay-dlq", tenant["name"], "--json"))
+    refused = run_cli("queues", "replay-dlq", tenant["name"])
+    assert refused.exit_code == 2 and "--yes" in refused.stderr
+    moved = json_of(run_cli("queues", "replay-dlq", tenant["name"], "--yes", "--json"))
     assert (moved["replayed"], moved["failed"]) == (1, 0)
     assert queue_depth(settings.rabbitmq_url, dlq) == 0
     with amqp_channel(settings.rabbitmq_url) as channel:
