@@ -13,7 +13,7 @@ from service.auth.service import AuthState
 from service.config import Settings, get_settings
 from service.consumers.router import router as consumers_router
 from service.customers.router import router as customers_router
-from service.db import create_db_engine
+from service.db import bound_database_waits, create_db_engine
 from service.delivery.router import router as delivery_router
 from service.events.router import router as events_router
 from service.handlers import install_exception_handlers
@@ -48,6 +48,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Open the engine, rate limiter and auth throttle; close them on shutdown."""
     settings: Settings = app.state.settings
     registry = app.state.metrics.registry
+    bound_database_waits(settings)
     app.state.engine = create_db_engine(settings)
     app.state.rate_limiter = RateLimiter(settings, registry=registry)
     app.state.auth_throttle = FailedAuthThrottle(

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import select
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
+from typing import Any
 
+import psycopg2
+import psycopg2.extensions
 from sqlalchemy import Connection, Engine, create_engine
 
 from service.config import Settings
+
+CONNECT_TIMEOUT_SECONDS = 3
+SILENCE_MARGIN_SECONDS = 1.0
 
 
 def create_db_engine(settings: Settings, *, pool_size: int | None = None) -> Engine:
@@ -20,7 +29,7 @@ def create_db_engine(settings: Settings, *, pool_size: int | None = None) -> Eng
         pool_pre_ping=True,
         pool_timeout=5,
         connect_args={
-            "connect_timeout": 3,
+            "connect_timeout": CONNECT_TIMEOUT_SECONDS,
             "options": f"-c statement_timeout={settings.db_statement_timeout_ms}",
             "application_name": "fintegrate",
         },
@@ -32,3 +41,36 @@ def transaction(engine: Engine) -> Iterator[Connection]:
     """A connection inside one transaction: committed on success, rolled back on error."""
     with engine.begin() as connection:
         yield connection
+
+
+def bound_database_waits(settings: Settings) -> None:
+    """Make every psycopg2 wait in this process give up on a silent database.
+
+    libpq has no client-side timeout: a server that stops answering on an open connection
+    (frozen, or a network path that still acknowledges) blocks the caller forever, and its
+    statement_timeout cannot fire. With a wait callback psycopg2 drives libpq without
+    blocking and this deadline decides: the connect timeout while connecting, the
+    statement timeout plus a margin afterwards. On expiry the call raises OperationalError
+    (503 in the API) and psycopg2 closes that connection. Process-wide, so only the API
+    installs it (migrations may run longer DDL in their own process).
+    """
+    query_seconds = settings.db_statement_timeout_ms / 1000 + SILENCE_MARGIN_SECONDS
+    callback = partial(
+        wait_with_deadline, connect_seconds=CONNECT_TIMEOUT_SECONDS, query_seconds=query_seconds
+    )
+    psycopg2.extensions.set_wait_callback(callback)
+
+
+def wait_with_deadline(connection: Any, connect_seconds: float, query_seconds: float) -> None:
+    """Poll ``connection`` until its operation completes or the deadline passes."""
+    connecting = connection.status == psycopg2.extensions.STATUS_SETUP
+    seconds = connect_seconds if connecting else query_seconds
+    deadline = time.monotonic() + seconds
+    while (state := connection.poll()) != psycopg2.extensions.POLL_OK:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise psycopg2.OperationalError(f"the database did not answer within {seconds:g} s")
+        poller = select.poll()
+        reading = state == psycopg2.extensions.POLL_READ
+        poller.register(connection.fileno(), select.POLLIN if reading else select.POLLOUT)
+        poller.poll(remaining * 1000)
