@@ -1,0 +1,174 @@
+"""PostgreSQL unreachable behind a TCP proxy: 503 envelopes within a bound, then recovery.
+
+The API reaches the worker's database through a loopback proxy that refuses, resets or
+blackholes connections (a blackhole accepts and never answers: a frozen server or a
+partition). Every request must end with an answer (the HTTP client's timeout turns a hang
+into a failure), 503 while the database is away, 201 again once it is back, without a
+restart; and no customer row may exist without its ``customer_creation`` event.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import Engine, text
+
+from service.app import create_app
+from service.config import Settings
+from tests.conftest import unique_name
+from tests.reliability.load import REQUEST_TIMEOUT_SECONDS, CustomerLoad
+from tests.reliability.probes import report_figures
+from tests.support.api import assert_envelope
+from tests.support.live_server import LiveServer
+from tests.support.outbox import wait_until
+from tests.support.tcp_proxy import TcpProxy
+
+FAULTS = ("refuse", "reset", "blackhole")
+LEAKS = ("Traceback", "psycopg2", "sqlalchemy", "SELECT", "INSERT", "fintegrate_pass")
+
+
+@pytest.fixture
+def db_proxy(tcp_proxy_factory: Callable[[str, int], TcpProxy]) -> TcpProxy:
+    return tcp_proxy_factory("127.0.0.1", 5432)
+
+
+@pytest.fixture
+def api(settings: Settings, db_proxy: TcpProxy) -> Iterator[httpx.Client]:
+    """A live API whose database link runs through ``db_proxy``."""
+    proxied = settings.model_copy(update={"database_url": db_proxy.url_for(settings.database_url)})
+    server = LiveServer(create_app(proxied)).start()
+    with httpx.Client(base_url=server.url, timeout=REQUEST_TIMEOUT_SECONDS) as client:
+        yield client
+    db_proxy.pass_through()  # let stalled requests finish before uvicorn stops
+    server.stop()
+
+
+@pytest.fixture
+def tenant(api: httpx.Client, admin_headers: dict[str, str]) -> dict[str, Any]:
+    created = api.post("/consumer/data", json={"name": unique_name("pg")}, headers=admin_headers)
+    data: dict[str, Any] = assert_envelope(created, 201)
+    return {**data, "headers": {"X-API-Key": data["api_key"]}}
+
+
+def timed(call: Callable[[], httpx.Response]) -> tuple[httpx.Response, float]:
+    started = time.monotonic()
+    response = call()
+    return response, time.monotonic() - started
+
+
+def requests_while_down(api: httpx.Client, tenant: dict[str, Any]) -> list[tuple[Any, float]]:
+    """A write, a read and /ready, twice each: the answers and their durations."""
+    calls: list[Callable[[], httpx.Response]] = [
+        lambda: api.post("/customer/data", json={"name": "x"}, headers=tenant["headers"]),
+        lambda: api.get("/customer/data", headers=tenant["headers"]),
+        lambda: api.get("/ready"),
+    ]
+    return [timed(call) for call in calls * 2]
+
+
+def assert_unavailable(response: httpx.Response) -> None:
+    """A clean 503 envelope: retry advice, nothing internal leaked."""
+    assert_envelope(response, 503)
+    assert response.headers["retry-after"].isdigit()
+    assert not [leak for leak in LEAKS if leak in response.text], response.text
+
+
+def recovery_seconds(api: httpx.Client, tenant: dict[str, Any]) -> float:
+    """Seconds until a customer can be created again (no restart, nothing reset)."""
+    started = time.monotonic()
+
+    def created() -> bool:
+        response = api.post("/customer/data", json={"name": "back"}, headers=tenant["headers"])
+        return response.status_code == 201
+
+    assert wait_until(created, timeout=60, interval=0.1)
+    return time.monotonic() - started
+
+
+def customers_without_event(engine: Engine, consumer_id: str) -> tuple[int, int]:
+    """(customers of the tenant, those of them lacking exactly one creation event)."""
+    with engine.connect() as connection:
+        row = connection.execute(
+            text(
+                "SELECT count(*) AS customers, count(*) FILTER (WHERE (SELECT count(*)"
+                " FROM customer_events e WHERE e.customer_id = c.customer_id"
+                " AND e.event_type = 'customer_creation') <> 1) AS orphans"
+                " FROM customers c WHERE c.consumer_id = :id"
+            ),
+            {"id": consumer_id},
+        ).one()
+    return row.customers, row.orphans
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+def test_database_gone_answers_503_then_recovers_by_itself(
+    api: httpx.Client, tenant: dict[str, Any], db_proxy: TcpProxy, engine: Engine, fault: str
+) -> None:
+    assert_envelope(api.post("/customer/data", json={"name": "a"}, headers=tenant["headers"]), 201)
+    db_proxy.set_mode(fault)
+    db_proxy.close_all()  # the server went away: pooled connections are cut too
+
+    answers = requests_while_down(api, tenant)
+    db_proxy.pass_through()
+    recovered_after = recovery_seconds(api, tenant)
+
+    for response, _ in answers:
+        assert_unavailable(response)
+    assert customers_without_event(engine, tenant["consumer_id"]) == (2, 0)
+    report_figures(
+        f"database_{fault}",
+        answers_503=len(answers),
+        slowest_503_seconds=round(max(seconds for _, seconds in answers), 2),
+        recovery_seconds=round(recovered_after, 2),
+    )
+
+
+def test_database_frozen_under_open_connections_answers_503_within_a_bound(
+    api: httpx.Client, tenant: dict[str, Any], db_proxy: TcpProxy, engine: Engine
+) -> None:
+    for _ in range(3):  # warm the pool: established connections that will go silent
+        assert_envelope(api.get("/customer/data", headers=tenant["headers"]), 200)
+    db_proxy.blackhole()
+
+    answers = requests_while_down(api, tenant)
+    db_proxy.pass_through()
+    recovered_after = recovery_seconds(api, tenant)
+
+    for response, _ in answers:
+        assert_unavailable(response)
+    assert customers_without_event(engine, tenant["consumer_id"]) == (1, 0)
+    report_figures(
+        "database_frozen_open_connections",
+        slowest_503_seconds=round(max(seconds for _, seconds in answers), 2),
+        recovery_seconds=round(recovered_after, 2),
+    )
+
+
+@pytest.mark.slow
+def test_database_flapping_under_load_never_splits_a_customer_from_its_event(
+    api: httpx.Client, tenant: dict[str, Any], db_proxy: TcpProxy, engine: Engine
+) -> None:
+    url = str(api.base_url).rstrip("/")
+    with CustomerLoad([url], tenant["api_key"], limit=400, pause_seconds=0.005) as load:
+        for fault in (*FAULTS, "reset", "refuse"):
+            time.sleep(1.0)
+            db_proxy.set_mode(fault)
+            db_proxy.close_all()
+            time.sleep(1.5)
+            db_proxy.pass_through()
+        load.wait(120)
+
+    customers, orphans = customers_without_event(engine, tenant["consumer_id"])
+    assert set(load.statuses) <= {201, 503}, load.summary()
+    assert orphans == 0
+    assert load.created <= customers <= load.created + load.statuses.count(503)
+    report_figures(
+        "database_flapping_load",
+        answers=load.summary(),
+        customers=customers,
+        slowest_answer_seconds=round(max(load.latencies), 2),
+    )
