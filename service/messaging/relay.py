@@ -181,14 +181,22 @@ class OutboxRelay:
                 self.settings.relay_max_backoff_seconds,
             )
         except (BrokerUnavailable, DBAPIError) as exc:
-            delay = self._errors.next_delay()
-            log.warning("relay paused %.1fs: %s", delay, _first_line(exc))
-            self.stop.wait(delay)
+            self._pause(_first_line(exc))
+            return None
+        except Exception:  # never die on a surprise: log it, start a fresh connection, go on
+            log.exception("relay cycle failed unexpectedly")
+            self.publisher.close()
+            self._pause("unexpected error")
             return None
         self._errors.reset()
         self.totals.add(outcome)
         self._report()
         return outcome
+
+    def _pause(self, reason: str) -> None:
+        delay = self._errors.next_delay()
+        log.warning("relay paused %.1fs: %s", delay, reason)
+        self.stop.wait(delay)
 
     def drain(self) -> BatchOutcome:
         """Publish until no due pending event is left (or ``stop``); for tests and scripts."""
