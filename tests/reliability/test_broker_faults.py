@@ -1,0 +1,155 @@
+"""RabbitMQ reset, blackholed, slowed and refused during a steady load, through a TCP proxy.
+
+The API, a ``fintegrate relay`` and a ``fintegrate consume`` worker all reach the broker
+through one loopback proxy. While customers are created at a steady pace the proxy cycles
+through faults (each cutting the open connections, like a broker restart would). The API
+must answer 201 throughout (it never waits on the broker), and once the link is back every
+event must be published and confirmed by the worker exactly once in the receipts.
+(The variant that really stops RabbitMQ with ``rabbitmqctl stop_app`` is C's disruptive
+test in tests/service/messaging/test_broker_outage.py.)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import Engine
+
+from service.app import create_app
+from service.config import Settings
+from service.db import create_db_engine
+from tests.conftest import unique_name
+from tests.reliability.handlers import LOG_ENV, handler_lines
+from tests.reliability.load import CustomerLoad
+from tests.reliability.probes import (
+    deliver_states,
+    publish_states,
+    receipts,
+    report_figures,
+)
+from tests.reliability.processes import FintegrateProcess
+from tests.support.live_server import LiveServer
+from tests.support.outbox import queue_depth, wait_until
+from tests.support.tcp_proxy import TcpProxy
+
+pytestmark = pytest.mark.slow
+
+LOAD_LIMIT = 500
+# (mode, seconds, cut the open connections first). A blackhole always starts with a cut:
+# the proxy drops bytes inside a live TCP stream, which no real network does (TCP would
+# retransmit them or break the connection), so an uncut blackhole only corrupts AMQP framing.
+FAULT_CYCLE = (
+    ("reset", 2.0, True),
+    ("blackhole", 3.0, True),
+    ("delay", 2.0, False),
+    ("refuse", 2.0, True),
+)
+HEALTHY_SECONDS = 1.5
+
+
+@pytest.fixture
+def broker_proxy(tcp_proxy_factory: Callable[[str, int], TcpProxy]) -> TcpProxy:
+    return tcp_proxy_factory("127.0.0.1", 5672)
+
+
+@pytest.fixture
+def proxied_settings(isolated_settings: Settings, broker_proxy: TcpProxy) -> Settings:
+    url = broker_proxy.url_for(isolated_settings.rabbitmq_url)
+    return isolated_settings.model_copy(update={"rabbitmq_url": url})
+
+
+@pytest.fixture
+def fault_engine(isolated_settings: Settings) -> Iterator[Engine]:
+    engine = create_db_engine(isolated_settings, pool_size=2)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def api_url(proxied_settings: Settings) -> Iterator[str]:
+    server = LiveServer(create_app(proxied_settings)).start()
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture
+def tenant(api_url: str, proxied_settings: Settings) -> dict[str, Any]:
+    assert proxied_settings.admin_api_key
+    response = httpx.post(
+        f"{api_url}/consumer/data",
+        json={"name": unique_name("mq")},
+        headers={"X-Admin-Key": proxied_settings.admin_api_key},
+        timeout=10,
+    )
+    assert response.status_code == 201, response.text
+    data: dict[str, Any] = response.json()["data"]
+    return data
+
+
+def cycle_faults(proxy: TcpProxy) -> None:
+    for mode, seconds, cut in FAULT_CYCLE:
+        time.sleep(HEALTHY_SECONDS)
+        proxy.set_mode(mode, delay_seconds=0.3)
+        if cut:
+            proxy.close_all()
+        time.sleep(seconds)
+        proxy.pass_through()
+
+
+def test_broker_faults_during_steady_load_lose_nothing(
+    proxied_settings: Settings,
+    isolated_settings: Settings,
+    broker_proxy: TcpProxy,
+    fault_engine: Engine,
+    api_url: str,
+    tenant: dict[str, Any],
+    tmp_path: Path,
+) -> None:
+    handler_log = tmp_path / "handled.log"
+    worker_settings = proxied_settings.model_copy(
+        update={"api_url": api_url, "api_key": tenant["api_key"]}
+    )
+    relay = FintegrateProcess("relay", ["relay"], proxied_settings, tmp_path).start()
+    worker = FintegrateProcess(
+        "worker",
+        ["consume", "--consumer", tenant["name"], "--handler", "tests.reliability.handlers:record"],
+        worker_settings,
+        tmp_path,
+        {LOG_ENV: str(handler_log)},
+    ).start()
+    try:
+        with CustomerLoad([api_url], tenant["api_key"], LOAD_LIMIT, pause_seconds=0.02) as load:
+            cycle_faults(broker_proxy)
+            assert load.wait(120)
+        recovery_started = time.monotonic()
+        events = load.created + 1  # + the tenant's consumer_created event
+        assert wait_until(
+            lambda: len(receipts(fault_engine, tenant["consumer_id"])) == events, timeout=120
+        ), relay.log_text()[-1500:] + worker.log_text()[-1500:]
+        settled_after = time.monotonic() - recovery_started
+    finally:
+        relay_exit, worker_exit = relay.terminate(), worker.terminate()
+
+    handled = handler_lines(handler_log)
+    assert (relay_exit, worker_exit) == (0, 0)
+    assert set(load.statuses) == {201}, load.summary()
+    assert publish_states(fault_engine, tenant["consumer_id"]) == {"published": events}
+    assert deliver_states(fault_engine, tenant["consumer_id"]) == {"delivered": events}
+    assert set(receipts(fault_engine, tenant["consumer_id"]).values()) == {1}
+    assert len(set(handled)) == events
+    assert queue_depth(isolated_settings.rabbitmq_url, tenant["queue_name"]) == 0
+    report_figures(
+        "broker_faults_steady_load",
+        requests=len(load.statuses),
+        answers=load.summary(),
+        slowest_201_seconds=round(max(load.latencies), 2),
+        events=events,
+        handler_calls=len(handled),
+        redelivered_duplicates=len(handled) - events,
+        settled_seconds_after_load=round(settled_after, 2),
+    )
