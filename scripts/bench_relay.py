@@ -15,6 +15,8 @@ Everything uses its own database and vhost on loopback, dropped at the end.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
 import os
 import signal
 import socket
@@ -24,7 +26,6 @@ import tempfile
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,7 @@ PG_ADMIN = "postgresql+psycopg2://fintegrate_user:fintegrate_pass@127.0.0.1:5432
 RABBIT = "fintegrate_user:fintegrate_pass@127.0.0.1"
 MANAGEMENT = f"http://{RABBIT}:15672"
 HANDLER_LOG_ENV = "FINTEGRATE_BENCH_HANDLER_LOG"
+LOAD_CONNECTIONS = 32
 SEED = text(
     """
     INSERT INTO customer_events (customer_id, consumer_id, event_type, source_service,
@@ -73,7 +75,8 @@ LAG = text(
     SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY lag) AS p50,
            percentile_cont(0.99) WITHIN GROUP (ORDER BY lag) AS p99
     FROM (SELECT extract(epoch FROM published_at - created_at) * 1000 AS lag
-          FROM customer_events WHERE consumer_id = :consumer_id AND published_at IS NOT NULL) AS t
+          FROM customer_events WHERE consumer_id = :consumer_id AND published_at IS NOT NULL
+            AND event_type = 'customer_creation') AS t
     """
 )
 
@@ -226,25 +229,49 @@ def wait_healthy(url: str, timeout: float = 30) -> None:
 
 def steady_load(url: str, api_key: str, rate: float, seconds: float) -> dict[str, float]:
     """Open-loop POST /customer/data at ``rate``/s; customer_id -> wall time of the 201."""
+    return asyncio.run(_steady_load(url, api_key, rate, seconds))
+
+
+async def _steady_load(url: str, api_key: str, rate: float, seconds: float) -> dict[str, float]:
+    """Raw HTTP/1.1 over keep-alive connections: cheap enough not to steal the servers' CPU."""
+    host, port = url.removeprefix("http://").split(":")
+    body = b'{"name": "Bench Customer", "email": "bench@example.com"}'
+    request = (
+        f"POST /customer/data HTTP/1.1\r\nHost: {host}\r\nX-API-Key: {api_key}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    pool: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
+    for _ in range(LOAD_CONNECTIONS):
+        pool.put_nowait(await asyncio.open_connection(host, int(port)))
     answered: dict[str, float] = {}
-    local = threading.local()
 
-    def create(index: int) -> None:
-        if not hasattr(local, "client"):
-            local.client = httpx.Client(base_url=url, headers={"X-API-Key": api_key}, timeout=10)
-        response = local.client.post("/customer/data", json={"name": f"Bench {index}"})
-        if response.status_code == 201:
-            answered[response.json()["data"]["customer_id"]] = time.time()
+    async def create() -> None:
+        reader, writer = await pool.get()
+        writer.write(request)
+        status, payload = await read_response(reader)
+        if status == 201:
+            answered[json.loads(payload)["data"]["customer_id"]] = time.time()
+        pool.put_nowait((reader, writer))
 
-    total = int(rate * seconds)
     started = time.monotonic()
-    with ThreadPoolExecutor(max_workers=32) as pool:
-        for index in range(total):
-            delay = started + index / rate - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            pool.submit(create, index)
+    tasks = []
+    for index in range(int(rate * seconds)):
+        await asyncio.sleep(max(0.0, started + index / rate - time.monotonic()))
+        tasks.append(asyncio.create_task(create()))
+    await asyncio.gather(*tasks)
+    while not pool.empty():
+        pool.get_nowait()[1].close()
     return answered
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return status, await reader.readexactly(int(value))
+    raise RuntimeError(f"response without Content-Length: {head!r}")
 
 
 def handler_times(path: Path) -> dict[str, float]:
@@ -259,7 +286,9 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-def latency_run(settings: Settings, rate: float, seconds: float, log: Path) -> dict[str, Any]:
+def latency_run(
+    settings: Settings, rate: float, seconds: float, log: Path, api_workers: int = 2
+) -> dict[str, Any]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     settings = settings.model_copy(update={"api_url": url})
@@ -267,7 +296,16 @@ def latency_run(settings: Settings, rate: float, seconds: float, log: Path) -> d
     with ExitStack() as stack:
         start(
             stack,
-            [cli, "serve", "--port", str(port), "--log-level", "warning"],
+            [
+                cli,
+                "serve",
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+                "--workers",
+                str(api_workers),
+            ],
             environment(settings),
         )
         wait_healthy(url)
@@ -336,6 +374,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=Settings().relay_batch_size)
     parser.add_argument("--rate", type=float, default=200.0)
     parser.add_argument("--duration", type=float, default=30.0)
+    parser.add_argument("--api-workers", type=int, default=2)
     parser.add_argument("--skip-latency", action="store_true")
     args = parser.parse_args()
     with bench_database() as database_url, bench_vhost() as amqp_url:
@@ -358,7 +397,9 @@ def main() -> None:
         if args.skip_latency:
             return
         with tempfile.TemporaryDirectory(prefix="bench_relay_") as directory:
-            figures = latency_run(settings, args.rate, args.duration, Path(directory) / "h.log")
+            figures = latency_run(
+                settings, args.rate, args.duration, Path(directory) / "h.log", args.api_workers
+            )
         print(
             f"end to end at {args.rate:.0f} req/s for {args.duration:.0f}s: "
             f"{figures['answered_201']}/{figures['requests']} answered 201, "

@@ -54,28 +54,41 @@ CLAIM = """
 CONSUMER_BY_NAME = text("SELECT consumer_id FROM consumers WHERE name = :name")
 CONSUMER_NAMES = text("SELECT name FROM consumers ORDER BY name")
 
-INSERT_RECEIPT = text(
+# One statement: check ownership, insert the receipt once, and move the event only when the
+# receipt is new. delivered is final: a later 'failed' receipt never downgrades it.
+CONFIRM_DELIVERY = text(
     """
-    INSERT INTO consumer_event_receipts (event_id, consumer_id, status, detail)
-    VALUES (:event_id, :consumer_id, :status, :detail)
-    ON CONFLICT ON CONSTRAINT consumer_event_receipts_unique DO NOTHING
-    RETURNING receipt_id
-    """
-)
-
-# delivered is final: a later 'failed' receipt never downgrades it.
-RECORD_DELIVERY = text(
-    """
-    UPDATE customer_events
-    SET deliver_try_count = deliver_try_count + 1,
-        deliver_status = CASE
-            WHEN deliver_status = 'delivered' THEN 'delivered'
-            WHEN :status = 'failed' THEN 'failed'
-            ELSE 'delivered' END,
-        delivered_at = CASE
-            WHEN :status <> 'failed' AND delivered_at IS NULL THEN now()
-            ELSE delivered_at END
-    WHERE event_id = :event_id AND consumer_id = :consumer_id
+    WITH target AS (
+        SELECT event_id FROM customer_events
+        WHERE event_id = :event_id AND consumer_id = :consumer_id
+    ), receipt AS (
+        INSERT INTO consumer_event_receipts (event_id, consumer_id, status, detail)
+        SELECT event_id, :consumer_id, :status, :detail FROM target
+        ON CONFLICT ON CONSTRAINT consumer_event_receipts_unique DO NOTHING
+        RETURNING event_id
+    ), moved AS (
+        UPDATE customer_events e
+        SET deliver_try_count = e.deliver_try_count + 1,
+            deliver_status = CASE
+                WHEN e.deliver_status = 'delivered' THEN 'delivered'
+                WHEN :status = 'failed' THEN 'failed'
+                ELSE 'delivered' END,
+            delivered_at = CASE
+                WHEN :status <> 'failed' AND e.delivered_at IS NULL THEN now()
+                ELSE e.delivered_at END
+        FROM receipt WHERE e.event_id = receipt.event_id
+        RETURNING e.event_id, e.deliver_status, e.delivered_at, e.deliver_try_count
+    )
+    SELECT e.event_id,
+           m.event_id IS NOT NULL AS inserted,
+           CASE WHEN m.event_id IS NULL THEN e.deliver_status ELSE m.deliver_status END
+               AS deliver_status,
+           CASE WHEN m.event_id IS NULL THEN e.delivered_at ELSE m.delivered_at END
+               AS delivered_at,
+           CASE WHEN m.event_id IS NULL THEN e.deliver_try_count ELSE m.deliver_try_count END
+               AS deliver_try_count
+    FROM customer_events e LEFT JOIN moved m ON m.event_id = e.event_id
+    WHERE e.event_id = :event_id AND e.consumer_id = :consumer_id
     """
 )
 
@@ -86,13 +99,6 @@ EVENT_COUNTS = text(
     WHERE (CAST(:consumer_id AS uuid) IS NULL OR consumer_id = CAST(:consumer_id AS uuid))
     GROUP BY event_type, publish_status, deliver_status
     ORDER BY event_type, publish_status, deliver_status
-    """
-)
-
-EVENT_DELIVERY = text(
-    """
-    SELECT event_id, deliver_status, delivered_at, deliver_try_count
-    FROM customer_events WHERE event_id = :event_id AND consumer_id = :consumer_id
     """
 )
 
@@ -138,26 +144,16 @@ def consumer_id_by_name(connection: Connection, name: str) -> UUID | None:
     return connection.execute(CONSUMER_BY_NAME, {"name": name}).scalar_one_or_none()
 
 
-def insert_receipt(
+def confirm_delivery(
     connection: Connection, event_id: UUID, consumer_id: UUID, status: str, detail: str | None
-) -> bool:
-    """Record a receipt; False when the same (event, consumer, status) was recorded before."""
+) -> Row[Any] | None:
+    """Record a receipt and move the event (first receipt of a status only).
+
+    The row carries ``inserted`` (False for a duplicate) and the delivery state; None when
+    the event does not exist or belongs to another consumer.
+    """
     params = {"event_id": event_id, "consumer_id": consumer_id, "status": status, "detail": detail}
-    return connection.execute(INSERT_RECEIPT, params).first() is not None
-
-
-def record_delivery(connection: Connection, event_id: UUID, consumer_id: UUID, status: str) -> None:
-    """Move the event's delivery bookkeeping for a newly recorded receipt."""
-    connection.execute(
-        RECORD_DELIVERY, {"event_id": event_id, "consumer_id": consumer_id, "status": status}
-    )
-
-
-def event_delivery(connection: Connection, event_id: UUID, consumer_id: UUID) -> Row[Any] | None:
-    """The tenant's event delivery state, or None when missing or foreign."""
-    return connection.execute(
-        EVENT_DELIVERY, {"event_id": event_id, "consumer_id": consumer_id}
-    ).first()
+    return connection.execute(CONFIRM_DELIVERY, params).first()
 
 
 def event_counts(connection: Connection, consumer_id: UUID | None) -> Sequence[Row[Any]]:

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any, Literal
 from uuid import UUID
 
-from sqlalchemy import Connection, Row
+from sqlalchemy import Connection
 
 from service.auth.service import Principal
 from service.delivery import repository
@@ -141,23 +141,15 @@ def confirm_delivery(
     connection: Connection, consumer_id: UUID, request: ConfirmDeliveryRequest
 ) -> DeliveryReceipt:
     """Record the receipt once; only the first one of each status moves the event."""
-    if repository.event_delivery(connection, request.event_id, consumer_id) is None:
-        raise NotFound(EVENT_NOT_FOUND)
-    inserted = repository.insert_receipt(
+    state = repository.confirm_delivery(
         connection, request.event_id, consumer_id, request.status, request.detail
     )
-    if inserted:
-        repository.record_delivery(connection, request.event_id, consumer_id, request.status)
-    state = repository.event_delivery(connection, request.event_id, consumer_id)
-    assert state is not None
-    return _receipt(state, request, duplicate=not inserted)
-
-
-def _receipt(state: Row[Any], request: ConfirmDeliveryRequest, duplicate: bool) -> DeliveryReceipt:
+    if state is None:
+        raise NotFound(EVENT_NOT_FOUND)
     return DeliveryReceipt(
         event_id=state.event_id,
         status=request.status,
-        duplicate=duplicate,
+        duplicate=not state.inserted,
         deliver_status=state.deliver_status,
         delivered_at=state.delivered_at,
         deliver_try_count=state.deliver_try_count,
