@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import pytest
 from sqlalchemy import Engine, text
 
 from service.config import Settings
@@ -116,3 +117,20 @@ def test_replay_dlq_moves_dead_letters_back_and_they_are_consumed(
             text("SELECT deliver_status FROM customer_events WHERE event_id = :id"), {"id": seen[0]}
         ).scalar_one()
     assert status == "delivered"
+
+
+def test_status_without_the_management_api_uses_passive_declares(
+    run_cli: RunCli, service_env: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name = unique_name("q")
+    json_of(run_cli("queues", "provision", name, "--json"))
+    monkeypatch.delenv("FINTEGRATE_RABBITMQ_MANAGEMENT_URL")
+    [status] = json_of(run_cli("queues", "status", name, "--json"))
+    assert (status["exists"], status["ready"], status["unacked"], status["dlq_ready"]) == (
+        True,
+        0,
+        None,
+        0,
+    )
+    every = json_of(run_cli("queues", "status", "--json"))  # names from the database
+    assert isinstance(every, list)
