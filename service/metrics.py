@@ -41,7 +41,7 @@ class HttpMetrics:
 def route_template(scope: Scope) -> str:
     """The matched route's path template (``/customer/data/{customer_id}``), never the raw path."""
     route = scope.get("route")
-    path = getattr(route, "path", None)
+    path = getattr(route, "path_format", None)
     return path if isinstance(path, str) else UNMATCHED_ROUTE
 
 

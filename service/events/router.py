@@ -48,7 +48,7 @@ def list_events(
 
 
 @router.get(
-    "/{event_id}",
+    "/{event_id:uuid}",  # so /events/confirm-delivery never matches this route
     response_model=Envelope[EventOut],
     responses=error_responses(404, *TENANT_ERRORS),
 )
