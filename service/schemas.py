@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import math
 import re
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Generic, TypeVar
 
@@ -13,8 +13,14 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    GetJsonSchemaHandler,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
     StringConstraints,
 )
+from typing_extensions import TypeAliasType
 
 from service.envelope import reason_phrase
 
@@ -63,22 +69,16 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ErrorEnvelope, "description": reason_phrase(code)} for code in codes}
 
 
-def reject_unstorable(value: Any) -> Any:
-    """Refuse what PostgreSQL cannot store: NUL characters and non-finite numbers."""
-    if isinstance(value, str):
-        if "\x00" in value:
-            raise ValueError("text must not contain NUL (\\u0000) characters")
-    elif isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValueError("numbers must be finite (no NaN or Infinity)")
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            reject_unstorable(key)
-            reject_unstorable(item)
-    elif isinstance(value, list):
-        for item in value:
-            reject_unstorable(item)
-    return value
+@dataclass(frozen=True)
+class ClosedObject:
+    """JSON-schema marker: the object allows no property beyond its ``patternProperties``."""
+
+    def __get_pydantic_json_schema__(
+        self, core_schema: Any, handler: GetJsonSchemaHandler
+    ) -> dict[str, Any]:
+        schema: dict[str, Any] = handler(core_schema)
+        schema["additionalProperties"] = False
+        return schema
 
 
 def text_only(value: Any) -> Any:
@@ -101,9 +101,22 @@ def as_utc(value: datetime) -> datetime:
 
 
 NO_NUL_PATTERN = r"^[^\x00]*$"
+# Whitespace spelled out as the union of ECMA-262 \s (what JSON Schema clients read) and
+# Unicode \s (what pydantic enforces), so a published pattern and validation agree exactly.
+SPACE_CHARS = r"\t\n\x0b\x0c\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
 Text = Annotated[str, StringConstraints(pattern=NO_NUL_PATTERN)]
 UtcDatetime = Annotated[datetime, BeforeValidator(text_only), AfterValidator(as_utc)]
-JsonObject = Annotated[dict[str, Any], AfterValidator(reject_unstorable)]
+# Free-form JSON that PostgreSQL can store, described exactly in the OpenAPI schema: no NUL
+# in any string or key, finite numbers only, nothing coerced (pydantic refuses nesting past
+# its recursion guard, about 250 levels, with a 422).
+StorableText = Annotated[StrictStr, StringConstraints(pattern=NO_NUL_PATTERN)]
+FiniteNumber = Annotated[StrictFloat, Field(allow_inf_nan=False)]
+StorableJson = TypeAliasType(
+    "StorableJson",
+    "StorableText | StrictBool | StrictInt | FiniteNumber | list[StorableJson]"
+    " | Annotated[dict[StorableText, StorableJson], ClosedObject()] | None",
+)
+JsonObject = Annotated[dict[StorableText, StorableJson], ClosedObject()]
 
 
 class StrictInput(BaseModel):

@@ -6,7 +6,8 @@ from datetime import datetime
 from typing import Annotated, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, Field, StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from service.schemas import StrictInput, Text
 
@@ -28,7 +29,9 @@ class ConsumerCreate(StrictInput):
 class ConsumerUpdate(StrictInput):
     """Fields to change; at least one. Sending ``null`` for a limit restores the default."""
 
-    status: ConsumerStatus | None = None
+    model_config = ConfigDict(json_schema_extra={"minProperties": 1})
+
+    status: ConsumerStatus | SkipJsonSchema[None] = None  # optional, but never null
     description: Description | None = None
     rate_limit_per_minute: RateLimitValue | None = None
     rate_limit_burst: RateLimitValue | None = None

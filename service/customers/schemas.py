@@ -17,19 +17,23 @@ from pydantic import (
     StringConstraints,
 )
 
-from service.schemas import NO_NUL_PATTERN, JsonObject, StrictInput, UtcDatetime
+from service.schemas import NO_NUL_PATTERN, SPACE_CHARS, JsonObject, StrictInput, UtcDatetime
 
 CustomerStatus = Literal["active", "inactive", "suspended"]
 MAX_TAGS = 50
 MAX_METRICS = 100
+EMAIL_PART = rf"[^@{SPACE_CHARS}\x00]+"
 
 # At least one visible character, no NUL (PostgreSQL cannot store it).
 CustomerName = Annotated[
-    str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00]*[^\s\x00][^\x00]*$")
+    str,
+    StringConstraints(
+        min_length=1, max_length=200, pattern=rf"^[^\x00]*[^{SPACE_CHARS}\x00][^\x00]*$"
+    ),
 ]
 Email = Annotated[
     str,
-    StringConstraints(max_length=320, pattern=r"^[^@\s\x00]+@[^@\s\x00]+\.[^@\s\x00]+$"),
+    StringConstraints(max_length=320, pattern=rf"^{EMAIL_PART}@{EMAIL_PART}\.{EMAIL_PART}$"),
 ]
 TagKey = Annotated[
     str, StringConstraints(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")

@@ -62,7 +62,7 @@ def redeliver_events(
 @router.post(
     "/confirm-delivery",
     response_model=Envelope[DeliveryReceipt],
-    responses=error_responses(401, 403, 404, 413, 422),
+    responses=error_responses(400, 401, 403, 404, 413, 422),
 )
 def confirm_delivery(
     body: ConfirmDeliveryRequest, consumer: CurrentConsumer, connection: DbSession
