@@ -385,6 +385,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=200.0)
     parser.add_argument("--duration", type=float, default=30.0)
     parser.add_argument("--api-workers", type=int, default=2)
+    parser.add_argument("--prefetch", type=int, default=Settings().consumer_prefetch)
     parser.add_argument("--skip-drain", action="store_true")
     parser.add_argument("--skip-latency", action="store_true")
     args = parser.parse_args()
@@ -398,6 +399,7 @@ def main() -> None:
             rate_limit_api_key_per_minute=1_000_000,
             rate_limit_api_key_burst=1_000_000,
             relay_batch_size=args.batch_size,
+            consumer_prefetch=args.prefetch,
         )
         if not args.skip_drain:
             drain_figures(settings, args.events, args.batch_size)
