@@ -7,7 +7,6 @@ under a lock on the consumer row (the one-active-key index holds).
 
 from __future__ import annotations
 
-import importlib
 import logging
 from typing import Any
 from uuid import UUID
@@ -29,6 +28,7 @@ from service.consumers.schemas import (
 from service.errors import Conflict, NotFound
 from service.events.repository import insert_event
 from service.events.schemas import EventOrigin
+from service.messaging.provisioning import provision_consumer_queues
 from service.messaging.topology import dlq_name, queue_name
 from service.pagination import build_page, cursor_params, decode_cursor
 
@@ -80,8 +80,7 @@ def create_consumer(
 def provision_queues(settings: Settings, consumer_name: str) -> bool:
     """Declare the tenant's queue and DLQ; False (logged) when the broker refuses or is away."""
     try:
-        provisioning = importlib.import_module("service.messaging.provisioning")
-        provisioning.provision_consumer_queues(settings, consumer_name)
+        provision_consumer_queues(settings, consumer_name)
     except Exception:
         logger.warning(
             "queues of consumer %s not provisioned; run `fintegrate queues provision`",
