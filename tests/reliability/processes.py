@@ -114,12 +114,12 @@ class FintegrateProcess:
 
 
 def serve_api(
-    settings: Settings, log_dir: Path, name: str = "api"
+    settings: Settings, log_dir: Path, name: str = "api", log_level: str = "warning"
 ) -> tuple[FintegrateProcess, str]:
     """``fintegrate serve`` on a free loopback port; returns it once /health answers."""
     port = free_port()
     api = FintegrateProcess(
-        name, ["serve", "--port", str(port), "--log-level", "warning"], settings, log_dir
+        name, ["serve", "--port", str(port), "--log-level", log_level], settings, log_dir
     ).start()
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + START_TIMEOUT_SECONDS
