@@ -18,7 +18,6 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, text
 
 from service.config import Settings
-from tests.conftest import unique_name
 from tests.reliability.operations import (
     ADMIN,
     EITHER,
@@ -50,35 +49,6 @@ EXPECTED: dict[str, dict[str, int | str]] = {
 def settings(settings: Settings) -> Settings:
     """No failed-auth throttling: a row sends one bad key to every operation."""
     return settings.model_copy(update={"failed_auth_limit": 1_000_000})
-
-
-@pytest.fixture
-def victim(
-    client: TestClient, create_consumer: Callable[..., Any], engine: Engine
-) -> dict[str, Any]:
-    """A tenant with a tagged customer and its event; ``ids`` fill every path template."""
-    tenant = create_consumer()
-    created = client.post("/customer/data", json={"name": "Victim"}, headers=tenant["headers"])
-    customer_id = assert_envelope(created, 201)["customer_id"]
-    client.put(
-        f"/customer/data/{customer_id}/tags",
-        json={"tags": {"tier": "x"}},
-        headers=tenant["headers"],
-    )
-    with engine.connect() as connection:
-        event_id = connection.execute(
-            text("SELECT event_id FROM customer_events WHERE customer_id = :id"),
-            {"id": customer_id},
-        ).scalar_one()
-    ids = {
-        "consumer_id": tenant["consumer_id"],
-        "customer_id": customer_id,
-        "event_id": str(event_id),
-        "key_id": tenant["key_id"],
-        "key": "tier",
-        "new_name": unique_name("new"),
-    }
-    return {**tenant, "ids": ids}
 
 
 def credential_headers(
