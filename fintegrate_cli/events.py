@@ -100,8 +100,14 @@ def list_command(
     event_type: Annotated[
         EventType | None, typer.Option("--event-type", help="Only this type.")
     ] = None,
-    publish_status: Annotated[PublishStatus | None, typer.Option("--publish-status")] = None,
-    deliver_status: Annotated[DeliverStatus | None, typer.Option("--deliver-status")] = None,
+    publish_status: Annotated[
+        PublishStatus | None,
+        typer.Option("--publish-status", help="Only events with this publish status."),
+    ] = None,
+    deliver_status: Annotated[
+        DeliverStatus | None,
+        typer.Option("--deliver-status", help="Only events with this delivery status."),
+    ] = None,
     since: Annotated[
         str | None, typer.Option("--since", help="ISO time: created at or after.")
     ] = None,
