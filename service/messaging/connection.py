@@ -34,6 +34,10 @@ BROKER_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
 )
 
+# pika raises ValueError when the socket is reset between connect() and its getpeername()
+# check: the same "broker unreachable", seen during a broker restart.
+CONNECT_ERRORS: tuple[type[BaseException], ...] = (*BROKER_ERRORS, ValueError)
+
 
 class BrokerUnavailable(Exception):
     """The broker could not be reached or dropped the connection."""
@@ -66,7 +70,7 @@ def open_blocking(
     parameters = connection_parameters(url, connect_timeout=connect_timeout, heartbeat=heartbeat)
     try:
         return pika.BlockingConnection(parameters)
-    except BROKER_ERRORS as exc:
+    except CONNECT_ERRORS as exc:
         raise BrokerUnavailable(f"RabbitMQ at {describe_url(url)} is unreachable: {exc!r}") from exc
 
 
