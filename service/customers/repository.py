@@ -10,11 +10,27 @@ from uuid import UUID
 
 from sqlalchemy import Connection, Row, text
 
-INSERT_CUSTOMER = text(
+# The customer and its customer_creation event in one statement (one round trip, one
+# transaction): the hottest write of the API, and the event can never miss its change.
+INSERT_CUSTOMER_WITH_EVENT = text(
     """
-    INSERT INTO customers (consumer_id, name, email, status)
-    VALUES (:consumer_id, :name, :email, :status)
-    RETURNING customer_id, name, email, status, created_at, updated_at
+    WITH customer AS (
+        INSERT INTO customers (consumer_id, name, email, status)
+        VALUES (:consumer_id, :name, :email, :status)
+        RETURNING customer_id, consumer_id, name, email, status, created_at, updated_at
+    ), event AS (
+        INSERT INTO customer_events
+            (customer_id, consumer_id, event_type, source_service, payload_json,
+             metadata_json, publish_status)
+        SELECT customer_id, consumer_id, 'customer_creation', :source_service,
+               jsonb_build_object('customer_id', customer_id, 'name', name,
+                                  'email', email, 'status', status),
+               CAST(:metadata AS jsonb), 'pending'
+        FROM customer
+        RETURNING event_id
+    )
+    SELECT customer.customer_id, name, email, status, created_at, updated_at, event_id
+    FROM customer, event
     """
 )
 SELECT_CUSTOMER = text(
@@ -91,8 +107,21 @@ LIST_ANALYTICS = text(
 )
 
 
-def insert_customer(connection: Connection, consumer_id: UUID, fields: dict[str, Any]) -> Row[Any]:
-    return connection.execute(INSERT_CUSTOMER, {"consumer_id": consumer_id, **fields}).one()
+def insert_customer_with_event(
+    connection: Connection,
+    consumer_id: UUID,
+    fields: dict[str, Any],
+    source_service: str,
+    metadata: dict[str, Any],
+) -> Row[Any]:
+    """Insert a customer and its pending ``customer_creation`` event in one statement."""
+    params = {
+        "consumer_id": consumer_id,
+        "source_service": source_service,
+        "metadata": json.dumps(metadata),
+        **fields,
+    }
+    return connection.execute(INSERT_CUSTOMER_WITH_EVENT, params).one()
 
 
 def get_customer(

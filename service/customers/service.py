@@ -45,20 +45,15 @@ def require_customer(
 def create_customer(
     connection: Connection, consumer_id: UUID, data: CustomerCreate, origin: EventOrigin
 ) -> CustomerOut:
-    """Insert the customer and its ``customer_creation`` event."""
-    customer = CustomerOut.model_validate(
-        repository.insert_customer(connection, consumer_id, data.model_dump())._mapping
-    )
-    payload = customer.model_dump(mode="json", include={"customer_id", "name", "email", "status"})
-    insert_event(
+    """Insert the customer and its ``customer_creation`` event (one statement)."""
+    row = repository.insert_customer_with_event(
         connection,
-        consumer_id=consumer_id,
-        customer_id=customer.customer_id,
-        event_type="customer_creation",
-        origin=origin,
-        payload=payload,
+        consumer_id,
+        data.model_dump(),
+        origin.source_service,
+        {"request_id": origin.request_id},
     )
-    return customer
+    return CustomerOut.model_validate(row._mapping)
 
 
 def list_customers(

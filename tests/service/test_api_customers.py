@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from tests.support.api import assert_envelope, events_of, tenant_row_counts
 
@@ -197,17 +198,69 @@ def test_non_finite_numbers_are_refused(
     assert_envelope(response, 422)
 
 
+@contextmanager
+def event_inserts_refused(engine: Engine, consumer_id: str) -> Iterator[None]:
+    """A database trigger that refuses every event row of one tenant while active."""
+    function = f"refuse_events_{consumer_id.replace('-', '')}"
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                f"CREATE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                f"IF NEW.consumer_id = '{consumer_id}' THEN RAISE EXCEPTION 'refused'; END IF; "
+                "RETURN NEW; END $$"
+            )
+        )
+        connection.execute(
+            text(
+                f"CREATE TRIGGER {function} BEFORE INSERT ON customer_events "
+                f"FOR EACH ROW EXECUTE FUNCTION {function}()"
+            )
+        )
+    try:
+        yield
+    finally:
+        with engine.begin() as connection:
+            connection.execute(text(f"DROP TRIGGER {function} ON customer_events"))
+            connection.execute(text(f"DROP FUNCTION {function}()"))
+
+
 def test_a_failed_event_insert_leaves_no_customer(
-    app: Any, tenant: Consumer, engine: Engine, monkeypatch: pytest.MonkeyPatch
+    app: Any, tenant: Consumer, engine: Engine
 ) -> None:
-    """No change without its event: a failure after the customer insert rolls both back."""
-    from service.customers import service as customers_service
-
-    def failing_insert_event(*args: Any, **kwargs: Any) -> None:
-        raise RuntimeError("event insert failed")
-
-    monkeypatch.setattr(customers_service, "insert_event", failing_insert_event)
-    with TestClient(app, raise_server_exceptions=False) as client:
+    """No change without its event: when the event row fails, the customer is not created."""
+    before = tenant_row_counts(engine, tenant["consumer_id"])
+    with (
+        event_inserts_refused(engine, tenant["consumer_id"]),
+        TestClient(app, raise_server_exceptions=False) as client,
+    ):
         response = client.post("/customer/data", json={"name": "Lost"}, headers=tenant["headers"])
     assert_envelope(response, 500)
-    assert tenant_row_counts(engine, tenant["consumer_id"])["customers"] == 0
+    assert tenant_row_counts(engine, tenant["consumer_id"]) == before
+    assert before["customers"] == 0
+
+
+@pytest.mark.parametrize(
+    ("method", "suffix", "body"),
+    [("patch", "/status", {"status": "suspended"}), ("delete", "", None)],
+)
+def test_a_failed_event_insert_leaves_the_customer_unchanged(
+    app: Any,
+    tenant: Consumer,
+    engine: Engine,
+    create_customer: Callable,
+    method: str,
+    suffix: str,
+    body: dict[str, str] | None,
+) -> None:
+    customer = create_customer(tenant)
+    before = tenant_row_counts(engine, tenant["consumer_id"])
+    path = f"/customer/data/{customer['customer_id']}{suffix}"
+    with (
+        event_inserts_refused(engine, tenant["consumer_id"]),
+        TestClient(app, raise_server_exceptions=False) as client,
+    ):
+        response = client.request(method.upper(), path, json=body, headers=tenant["headers"])
+        assert_envelope(response, 500)
+        shown = client.get(f"/customer/data/{customer['customer_id']}", headers=tenant["headers"])
+    assert shown.json()["data"]["status"] == customer["status"]
+    assert tenant_row_counts(engine, tenant["consumer_id"]) == before
