@@ -62,15 +62,31 @@ def bound_database_waits(settings: Settings) -> None:
 
 
 def wait_with_deadline(connection: Any, connect_seconds: float, query_seconds: float) -> None:
-    """Poll ``connection`` until its operation completes or the deadline passes."""
+    """Poll ``connection`` until its operation completes or the deadline passes.
+
+    One poll object per wait (poll, unlike select, has no descriptor-number limit); the
+    deadline is only computed when the first poll did not finish the operation.
+    """
     connecting = connection.status == psycopg2.extensions.STATUS_SETUP
+    state = connection.poll()
+    if state == psycopg2.extensions.POLL_OK:
+        return
     seconds = connect_seconds if connecting else query_seconds
     deadline = time.monotonic() + seconds
-    while (state := connection.poll()) != psycopg2.extensions.POLL_OK:
+    poller = select.poll()
+    registered = None
+    while state != psycopg2.extensions.POLL_OK:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise psycopg2.OperationalError(f"the database did not answer within {seconds:g} s")
-        poller = select.poll()
-        reading = state == psycopg2.extensions.POLL_READ
-        poller.register(connection.fileno(), select.POLLIN if reading else select.POLLOUT)
+        wanted = (
+            connection.fileno(),
+            select.POLLIN if state == psycopg2.extensions.POLL_READ else select.POLLOUT,
+        )
+        if wanted != registered:
+            if registered is not None:
+                poller.unregister(registered[0])
+            poller.register(*wanted)
+            registered = wanted
         poller.poll(remaining * 1000)
+        state = connection.poll()
