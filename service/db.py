@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import select
 import time
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from service.config import Settings
 
 CONNECT_TIMEOUT_SECONDS = 3
 SILENCE_MARGIN_SECONDS = 1.0
+APPLICATION_NAME = "fintegrate"
 
 
 def create_db_engine(settings: Settings, *, pool_size: int | None = None) -> Engine:
@@ -31,7 +33,7 @@ def create_db_engine(settings: Settings, *, pool_size: int | None = None) -> Eng
         connect_args={
             "connect_timeout": CONNECT_TIMEOUT_SECONDS,
             "options": f"-c statement_timeout={settings.db_statement_timeout_ms}",
-            "application_name": "fintegrate",
+            "application_name": APPLICATION_NAME,
         },
     )
 
@@ -51,8 +53,10 @@ def bound_database_waits(settings: Settings) -> None:
     statement_timeout cannot fire. With a wait callback psycopg2 drives libpq without
     blocking and this deadline decides: the connect timeout while connecting, the
     statement timeout plus a margin afterwards. On expiry the call raises OperationalError
-    (503 in the API) and psycopg2 closes that connection. Process-wide, so only the API
-    installs it (migrations may run longer DDL in their own process).
+    (503 in the API) and psycopg2 closes that connection. psycopg2 takes one callback per
+    process, so only the API installs it, and it bounds only connections made by
+    ``create_db_engine`` (``application_name=fintegrate``); any other connection in the
+    process (long DDL, test fixtures) waits as long as it needs.
     """
     query_seconds = settings.db_statement_timeout_ms / 1000 + SILENCE_MARGIN_SECONDS
     callback = partial(
@@ -72,6 +76,8 @@ def wait_with_deadline(connection: Any, connect_seconds: float, query_seconds: f
     if state == psycopg2.extensions.POLL_OK:
         return
     seconds = connect_seconds if connecting else query_seconds
+    if f"application_name={APPLICATION_NAME}" not in connection.dsn:
+        seconds = math.inf
     deadline = time.monotonic() + seconds
     poller = select.poll()
     registered = None
@@ -88,5 +94,5 @@ def wait_with_deadline(connection: Any, connect_seconds: float, query_seconds: f
                 poller.unregister(registered[0])
             poller.register(*wanted)
             registered = wanted
-        poller.poll(remaining * 1000)
+        poller.poll(None if remaining == math.inf else remaining * 1000)
         state = connection.poll()
