@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import select
 import time
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from service.config import Settings
 CONNECT_TIMEOUT_SECONDS = 3
 SILENCE_MARGIN_SECONDS = 1.0
 APPLICATION_NAME = "fintegrate"
+CONNECT_TIMEOUT_IN_DSN = re.compile(r"\bconnect_timeout=(\d+)")
 
 
 def create_db_engine(settings: Settings, *, pool_size: int | None = None) -> Engine:
@@ -65,6 +67,22 @@ def bound_database_waits(settings: Settings) -> None:
     psycopg2.extensions.set_wait_callback(callback)
 
 
+def wait_limit(dsn: str, connecting: bool, connect_seconds: float, query_seconds: float) -> float:
+    """How long one wait may take: what blocking libpq would allow, bounded for our own.
+
+    While connecting, the connection's ``connect_timeout`` (libpq's own rule, which the
+    callback must apply itself); afterwards the query bound for connections made by
+    ``create_db_engine`` and no bound for any other.
+    """
+    ours = f"application_name={APPLICATION_NAME}" in dsn
+    if connecting:
+        match = CONNECT_TIMEOUT_IN_DSN.search(dsn)
+        if match and int(match.group(1)) > 0:
+            return float(match.group(1))
+        return connect_seconds if ours else math.inf
+    return query_seconds if ours else math.inf
+
+
 def wait_with_deadline(connection: Any, connect_seconds: float, query_seconds: float) -> None:
     """Poll ``connection`` until its operation completes or the deadline passes.
 
@@ -75,9 +93,7 @@ def wait_with_deadline(connection: Any, connect_seconds: float, query_seconds: f
     state = connection.poll()
     if state == psycopg2.extensions.POLL_OK:
         return
-    seconds = connect_seconds if connecting else query_seconds
-    if f"application_name={APPLICATION_NAME}" not in connection.dsn:
-        seconds = math.inf
+    seconds = wait_limit(connection.dsn, connecting, connect_seconds, query_seconds)
     deadline = time.monotonic() + seconds
     poller = select.poll()
     registered = None

@@ -26,12 +26,12 @@ def bounded_waits(settings: Settings) -> Iterator[None]:
 @pytest.fixture
 def slow_link(
     settings: Settings, tcp_proxy_factory: Callable[[str, int], TcpProxy]
-) -> Iterator[tuple[TcpProxy, Callable[[str], psycopg2.extensions.connection]]]:
+) -> Iterator[tuple[TcpProxy, Callable[..., psycopg2.extensions.connection]]]:
     url = make_url(settings.database_url)
     proxy = tcp_proxy_factory(url.host or "127.0.0.1", url.port or 5432)
     opened: list[psycopg2.extensions.connection] = []
 
-    def connect(application_name: str) -> psycopg2.extensions.connection:
+    def connect(application_name: str, **extra: int) -> psycopg2.extensions.connection:
         connection = psycopg2.connect(
             host=proxy.host,
             port=proxy.port,
@@ -39,6 +39,7 @@ def slow_link(
             user=url.username,
             password=url.password,
             application_name=application_name,
+            **extra,
         )
         opened.append(connection)
         return connection
@@ -50,7 +51,7 @@ def slow_link(
 
 def test_only_fintegrate_connections_are_bounded(
     bounded_waits: None,
-    slow_link: tuple[TcpProxy, Callable[[str], psycopg2.extensions.connection]],
+    slow_link: tuple[TcpProxy, Callable[..., psycopg2.extensions.connection]],
 ) -> None:
     proxy, connect = slow_link
     ours, other = connect(APPLICATION_NAME), connect("fixture")
@@ -60,3 +61,15 @@ def test_only_fintegrate_connections_are_bounded(
     cursor = other.cursor()
     cursor.execute("SELECT 1")
     assert cursor.fetchone() == (1,)
+
+
+def test_connect_timeout_of_any_connection_is_honoured(
+    bounded_waits: None,
+    slow_link: tuple[TcpProxy, Callable[..., psycopg2.extensions.connection]],
+) -> None:
+    """With the callback installed psycopg2 connects asynchronously, so the callback applies
+    libpq's connect_timeout itself: a silent server fails the connect instead of hanging."""
+    proxy, connect = slow_link
+    proxy.blackhole()
+    with pytest.raises(psycopg2.OperationalError, match=r"did not answer within 2 s"):
+        connect("fixture", connect_timeout=2)
