@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.config import Settings
 from service.errors import TooManyRequests
+from service.middleware import state_of
 from service.redis_store import RedisStore
 
 T = TypeVar("T")
@@ -223,7 +224,7 @@ class RateLimitHeadersMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        state: dict[str, Any] = scope.setdefault("state", {})
+        state = state_of(scope)
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start" and state.get(STATE_HEADERS):
