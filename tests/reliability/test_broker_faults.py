@@ -16,14 +16,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from sqlalchemy import Engine
 
 from service.app import create_app
 from service.config import Settings
 from service.db import create_db_engine
-from tests.conftest import unique_name
 from tests.reliability.handlers import LOG_ENV, handler_lines
 from tests.reliability.load import CustomerLoad
 from tests.reliability.probes import (
@@ -33,6 +31,7 @@ from tests.reliability.probes import (
     report_figures,
 )
 from tests.reliability.processes import FintegrateProcess
+from tests.support.api import create_tenant_over_http
 from tests.support.live_server import LiveServer
 from tests.support.outbox import queue_depth, wait_until
 from tests.support.tcp_proxy import TcpProxy
@@ -79,16 +78,7 @@ def api_url(proxied_settings: Settings) -> Iterator[str]:
 
 @pytest.fixture
 def tenant(api_url: str, proxied_settings: Settings) -> dict[str, Any]:
-    assert proxied_settings.admin_api_key
-    response = httpx.post(
-        f"{api_url}/consumer/data",
-        json={"name": unique_name("mq")},
-        headers={"X-Admin-Key": proxied_settings.admin_api_key},
-        timeout=10,
-    )
-    assert response.status_code == 201, response.text
-    data: dict[str, Any] = response.json()["data"]
-    return data
+    return create_tenant_over_http(api_url, proxied_settings.admin_api_key, "mq")
 
 
 def cycle_faults(proxy: TcpProxy) -> None:

@@ -15,18 +15,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from sqlalchemy import Engine
 
 from service.app import create_app
 from service.config import Settings
 from service.db import create_db_engine
-from tests.conftest import unique_name
 from tests.reliability.handlers import LOG_ENV, handler_lines
 from tests.reliability.load import CustomerLoad
 from tests.reliability.probes import publish_states, receipts, report_figures
 from tests.reliability.processes import FintegrateProcess
+from tests.support.api import create_tenant_over_http
 from tests.support.live_server import LiveServer
 from tests.support.outbox import insert_events, queue_depth, wait_until
 
@@ -63,16 +62,7 @@ def api_url(crash_settings: Settings) -> Iterator[str]:
 
 @pytest.fixture
 def tenant(api_url: str, crash_settings: Settings) -> dict[str, Any]:
-    assert crash_settings.admin_api_key
-    response = httpx.post(
-        f"{api_url}/consumer/data",
-        json={"name": unique_name("crash")},
-        headers={"X-Admin-Key": crash_settings.admin_api_key},
-        timeout=10,
-    )
-    assert response.status_code == 201, response.text
-    data: dict[str, Any] = response.json()["data"]
-    return data
+    return create_tenant_over_http(api_url, crash_settings.admin_api_key, "crash")
 
 
 def published_count(engine: Engine, tenant: dict[str, Any]) -> int:

@@ -15,17 +15,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from sqlalchemy import Engine, text
 
 from service.config import Settings
 from service.db import create_db_engine
-from tests.conftest import unique_name
 from tests.reliability.handlers import LOG_ENV, handler_lines
 from tests.reliability.load import CustomerLoad
 from tests.reliability.probes import deliver_states, receipts, report_figures
 from tests.reliability.processes import FintegrateProcess, serve_api
+from tests.support.api import create_tenant_over_http
 from tests.support.outbox import queue_depth, wait_until
 
 pytestmark = pytest.mark.slow
@@ -52,16 +51,7 @@ def apis(isolated_settings: Settings, tmp_path: Path) -> Iterator[list[str]]:
 
 @pytest.fixture
 def tenant(apis: list[str], isolated_settings: Settings) -> dict[str, Any]:
-    assert isolated_settings.admin_api_key
-    response = httpx.post(
-        f"{apis[0]}/consumer/data",
-        json={"name": unique_name("scale")},
-        headers={"X-Admin-Key": isolated_settings.admin_api_key},
-        timeout=10,
-    )
-    assert response.status_code == 201, response.text
-    data: dict[str, Any] = response.json()["data"]
-    return data
+    return create_tenant_over_http(apis[0], isolated_settings.admin_api_key, "scale")
 
 
 def publish_tries(engine: Engine, consumer_id: str) -> Counter[tuple[str, int]]:

@@ -9,6 +9,8 @@ from uuid import UUID
 import httpx
 from sqlalchemy import Engine, text
 
+from tests.conftest import unique_name
+
 TENANT_TABLES = ("customers", "customer_events", "customer_tags", "customer_analytics")
 
 
@@ -63,3 +65,17 @@ def events_of(engine: Engine, customer_id: str | UUID) -> list[Any]:
                 {"customer_id": str(customer_id)},
             )
         )
+
+
+def create_tenant_over_http(api_url: str, admin_key: str | None, prefix: str) -> dict[str, Any]:
+    """Create a consumer through a live API with the admin key; returns the 201's data."""
+    assert admin_key, "the settings have no admin key"
+    response = httpx.post(
+        f"{api_url}/consumer/data",
+        json={"name": unique_name(prefix)},
+        headers={"X-Admin-Key": admin_key},
+        timeout=10,
+    )
+    assert response.status_code == 201, response.text
+    data: dict[str, Any] = response.json()["data"]
+    return data
