@@ -59,6 +59,8 @@ PG_ADMIN_URL = os.environ.get(
 NEVER_LIMITED = 1_000_000
 FAIL_OPEN_SERIES = 'fintegrate_ratelimit_fail_open_total{check="rate_limit"}'
 START_TIMEOUT_SECONDS = 30.0
+# The issue's baseline (plain sync FastAPI) and the reference on the API's own driver.
+BASELINE_FACTORIES = {"baseline": "create_app", "asyncpg-ref": "create_async_app"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -77,6 +79,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--redis-url", default=Settings().redis_url)
     parser.add_argument("--keep-databases", action="store_true")
     parser.add_argument(
+        "--baselines",
+        default="baseline,asyncpg-ref",
+        type=lambda value: [name for name in value.split(",") if name],
+        help="comma-separated: baseline (the plain sync target), asyncpg-ref (reference)",
+    )
+    parser.add_argument(
         "--api-env",
         action="append",
         default=[],
@@ -84,6 +92,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="extra environment for the real API only (repeat), e.g. to try a setting",
     )
     args = parser.parse_args(argv)
+    unknown = set(args.baselines) - set(BASELINE_FACTORIES)
+    if unknown or "baseline" not in args.baselines:
+        parser.error(f"--baselines must include baseline; known: {', '.join(BASELINE_FACTORIES)}")
     if not 1 <= args.duration <= 60 or not 0 <= args.warmup <= 10:
         parser.error("--duration must be within 1..60 and --warmup within 0..10 seconds")
     return args
@@ -134,7 +145,7 @@ def free_port() -> int:
 
 
 def server_command(kind: str, port: int, workers: int) -> list[str]:
-    """``fintegrate serve`` for the API, uvicorn on the baseline module for the baseline."""
+    """``fintegrate serve`` for the API, uvicorn on the baseline module for a baseline."""
     common = ["--port", str(port), "--workers", str(workers), "--log-level", "warning"]
     if kind == "api":
         return [str(ROOT / ".venv/bin/fintegrate"), "serve", "--host", "127.0.0.1", *common]
@@ -142,7 +153,7 @@ def server_command(kind: str, port: int, workers: int) -> list[str]:
         str(ROOT / ".venv/bin/uvicorn"),
         "--app-dir",
         str(ROOT / "scripts"),
-        "bench_baseline_app:create_app",
+        f"bench_baseline_app:{BASELINE_FACTORIES[kind]}",
         "--factory",
         "--host",
         "127.0.0.1",
@@ -223,32 +234,31 @@ def report(result: Result) -> str:
 
 
 def start_servers(args: argparse.Namespace, stack: ExitStack) -> tuple[list[Target], list[int]]:
-    """Fresh databases, a seeded tenant in each, and both servers running on loopback."""
-    api_db = stack.enter_context(fresh_database(args.keep_databases))
-    base_db = stack.enter_context(fresh_database(args.keep_databases))
-    _, api_key = seed_tenant(api_db, args.bcrypt_rounds)
-    base_consumer, _ = seed_tenant(base_db, args.bcrypt_rounds)
-    api_env = {
-        "FINTEGRATE_DATABASE_URL": api_db,
-        "FINTEGRATE_REDIS_URL": args.redis_url or "",
-        **dict(item.split("=", 1) for item in args.api_env),
-    }
-    base_env = {"FINTEGRATE_DATABASE_URL": base_db, "BENCH_CONSUMER_ID": base_consumer}
+    """Fresh databases, a seeded tenant in each, and every server running on loopback."""
     targets, pids = [], []
-    for name, env, extra in (
-        ("baseline", base_env, ""),
-        ("api", api_env, f"X-API-Key: {api_key}\r\n"),
-    ):
+    for name in [*args.baselines, "api"]:
+        database = stack.enter_context(fresh_database(args.keep_databases))
+        consumer_id, api_key = seed_tenant(database, args.bcrypt_rounds)
+        env = {"FINTEGRATE_DATABASE_URL": database, "BENCH_CONSUMER_ID": consumer_id}
+        extra = ""
+        if name == "api":
+            env = {
+                "FINTEGRATE_DATABASE_URL": database,
+                "FINTEGRATE_REDIS_URL": args.redis_url or "",
+                **dict(item.split("=", 1) for item in args.api_env),
+            }
+            extra = f"X-API-Key: {api_key}\r\n"
         port = free_port()
-        command = server_command(name, port, args.workers)
-        pids.append(stack.enter_context(running_server(command, port, env)))
+        pids.append(
+            stack.enter_context(running_server(server_command(name, port, args.workers), port, env))
+        )
         targets.append(Target(name, port, request_head(port, extra)))
     return targets, pids
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    rates: dict[str, list[float]] = {"api": [], "baseline": []}
+    rates: dict[str, list[float]] = {name: [] for name in [*args.baselines, "api"]}
     with ExitStack() as stack:
         targets, pids = start_servers(args, stack)
         print(
@@ -257,13 +267,18 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         for round_index in range(args.rounds):
-            order = [0, 1] if round_index % 2 == 0 else [1, 0]
+            order = list(range(len(targets)))
+            if round_index % 2:
+                order.reverse()
             for index in order:
                 result = measure(targets[index], pids[index], args)
                 rates[result.name].append(result.rate)
                 print(report(result), flush=True)
-    ratio = statistics.mean(rates["api"]) / statistics.mean(rates["baseline"])
-    print(f"ratio real/baseline (mean req/s of {args.rounds} round(s)): {ratio:.2f}")
+    api_rate = statistics.mean(rates["api"])
+    for name in args.baselines:
+        ratio = api_rate / statistics.mean(rates[name])
+        label = "the target" if name == "baseline" else "reference"
+        print(f"ratio api/{name} (mean req/s of {args.rounds} round(s), {label}): {ratio:.2f}")
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -14,6 +15,7 @@ from service.config import Settings, get_settings
 from service.consumers.router import router as consumers_router
 from service.customers.router import router as customers_router
 from service.db import bound_database_waits, create_db_engine
+from service.db_async import close_pool, create_pool
 from service.delivery.router import router as delivery_router
 from service.events.router import router as events_router
 from service.handlers import install_exception_handlers
@@ -45,20 +47,21 @@ def operation_id(route: APIRoute) -> str:
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Open the engine, rate limiter and auth throttle; close them on shutdown."""
+    """Open the engine, the asyncio pool, rate limiter and auth throttle; close them after."""
     settings: Settings = app.state.settings
     registry = app.state.metrics.registry
     bound_database_waits(settings)
     app.state.engine = create_db_engine(settings)
+    app.state.db_pool = await create_pool(settings)
     app.state.rate_limiter = RateLimiter(settings, registry=registry)
-    app.state.auth_throttle = FailedAuthThrottle(
-        settings, registry=registry, store=app.state.rate_limiter.store
-    )
+    app.state.auth_throttle = FailedAuthThrottle(settings, registry=registry)
+    gc.freeze()
     try:
         yield
     finally:
         app.state.auth_throttle.close()
-        app.state.rate_limiter.close()
+        await app.state.rate_limiter.close()
+        await close_pool(app.state.db_pool)
         app.state.engine.dispose()
 
 

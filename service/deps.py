@@ -2,6 +2,7 @@
 
 - ``DbSession``: a Connection inside one transaction, committed when the route returns
   (before the answer is sent), rolled back on error. Services only execute.
+- ``DbPool``: the asyncpg pool, for ``async def`` routes (the hot write path).
 - ``CurrentConsumer``: the tenant of ``X-API-Key`` (cached verification, no bcrypt warm).
 - ``RateLimited``: ``CurrentConsumer`` after taking a token from its rate-limit bucket.
 - ``AdminAccess``: ``X-Admin-Key`` checked in constant time; 403 when none is configured.
@@ -15,6 +16,7 @@ import hmac
 from collections.abc import Iterator
 from typing import Annotated
 
+import asyncpg
 from fastapi import Depends, Query, Request, Security
 from fastapi.security import APIKeyHeader
 from sqlalchemy import Connection, Engine
@@ -42,6 +44,7 @@ __all__ = [
     "Caller",
     "CurrentConsumer",
     "DbEngine",
+    "DbPool",
     "DbSession",
     "Origin",
     "PageCursor",
@@ -79,6 +82,11 @@ async def app_engine(request: Request) -> Engine:
     return engine_of(request)
 
 
+async def app_db_pool(request: Request) -> asyncpg.Pool:
+    pool: asyncpg.Pool = request.app.state.db_pool
+    return pool
+
+
 def db_connection(request: Request) -> Iterator[Connection]:
     """One transaction per request: commit on success, rollback on error."""
     with engine_of(request).begin() as connection:
@@ -110,10 +118,10 @@ async def current_consumer(
 CurrentConsumer = Annotated[AuthenticatedConsumer, Depends(current_consumer)]
 
 
-def apply_rate_limit(request: Request, consumer: AuthenticatedConsumer) -> None:
+async def apply_rate_limit(request: Request, consumer: AuthenticatedConsumer) -> None:
     """Take one token from the tenant's bucket (its own limits, else the defaults)."""
     settings = settings_of(request)
-    enforce_rate_limit(
+    await enforce_rate_limit(
         request,
         bucket=f"consumer:{consumer.consumer_id}",
         per_minute=consumer.rate_limit_per_minute or settings.rate_limit_api_key_per_minute,
@@ -121,8 +129,10 @@ def apply_rate_limit(request: Request, consumer: AuthenticatedConsumer) -> None:
     )
 
 
-def rate_limited_consumer(request: Request, consumer: CurrentConsumer) -> AuthenticatedConsumer:
-    apply_rate_limit(request, consumer)
+async def rate_limited_consumer(
+    request: Request, consumer: CurrentConsumer
+) -> AuthenticatedConsumer:
+    await apply_rate_limit(request, consumer)
     return consumer
 
 
@@ -159,13 +169,14 @@ async def caller(
     if admin_key is not None:
         return await require_admin(request, admin_key, api_key)
     consumer = await current_consumer(request, api_key)
-    await run_in_threadpool(apply_rate_limit, request, consumer)
+    await apply_rate_limit(request, consumer)
     return Principal(is_admin=False, consumer=consumer)
 
 
 Caller = Annotated[Principal, Depends(caller)]
 DbSession = Annotated[Connection, Depends(db_connection, scope="function")]
 DbEngine = Annotated[Engine, Depends(app_engine)]
+DbPool = Annotated[asyncpg.Pool, Depends(app_db_pool)]
 AppSettings = Annotated[Settings, Depends(app_settings)]
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 SUCCESS = "Success"
 
@@ -23,13 +24,22 @@ def reason_phrase(status_code: int) -> str:
 def envelope_body(data: Any, status_code: int, description: str = SUCCESS) -> dict[str, Any]:
     """The envelope as a plain dict."""
     return {
-        "data": jsonable_encoder(data) if data is not None else {},
+        "data": encoded(data),
         "detail": {
             "status_code": str(status_code),
             "status_name": reason_phrase(status_code),
             "status_description": description,
         },
     }
+
+
+def encoded(data: Any) -> Any:
+    """``data`` as JSON-ready values; a model dumps itself (the fast path of a 2xx)."""
+    if data is None:
+        return {}
+    if isinstance(data, BaseModel):
+        return data.model_dump(mode="json")
+    return jsonable_encoder(data)
 
 
 def success(

@@ -13,6 +13,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from service.db_async import DatabaseUnavailable
 from service.envelope import error
 from service.errors import FintegrateError
 
@@ -92,9 +93,9 @@ def describe_http_error(
 
 async def database_error(request: Request, exc: Exception) -> JSONResponse:
     """Lost or unreachable database: 503, never a traceback to the client."""
-    lost_connection = isinstance(exc, OperationalError | PoolTimeoutError) or (
-        isinstance(exc, DBAPIError) and exc.connection_invalidated
-    )
+    lost_connection = isinstance(
+        exc, OperationalError | PoolTimeoutError | DatabaseUnavailable
+    ) or (isinstance(exc, DBAPIError) and exc.connection_invalidated)
     if not lost_connection:
         return await unhandled_error(request, exc)
     logger.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
@@ -125,4 +126,5 @@ def install_exception_handlers(app: FastAPI) -> None:
     app.add_exception_handler(OperationalError, database_error)
     app.add_exception_handler(PoolTimeoutError, database_error)
     app.add_exception_handler(DBAPIError, database_error)
+    app.add_exception_handler(DatabaseUnavailable, database_error)
     app.add_exception_handler(Exception, unhandled_error)

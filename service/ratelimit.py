@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.config import Settings
 from service.errors import TooManyRequests
 from service.middleware import state_of
-from service.redis_store import RedisStore
+from service.redis_store import AsyncRedisStore, RedisStore
 
 T = TypeVar("T")
 RATE_KEY_PREFIX = "fintegrate:rl:"
@@ -91,19 +91,12 @@ class RateDecision:
 
 
 class _Guarded:
-    """Shared plumbing: a store (own or shared) and the fail-open counters."""
+    """Shared plumbing: the fail-open counters."""
 
     check_name = ""
 
-    def __init__(
-        self,
-        settings: Settings,
-        registry: CollectorRegistry | None = None,
-        store: RedisStore | None = None,
-    ) -> None:
+    def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
         self.settings = settings
-        self._owns_store = store is None
-        self.store = store if store is not None else RedisStore(settings)
         self.fail_open_total = 0
         self._count_lock = threading.Lock()
         self._metric = fail_open_counter(registry).labels(self.check_name) if registry else None
@@ -119,30 +112,22 @@ class _Guarded:
         if self._metric is not None:
             self._metric.inc()
 
-    def close(self) -> None:
-        if self._owns_store:
-            self.store.close()
-
 
 class RateLimiter(_Guarded):
-    """GCRA limiter: ``check(bucket, per_minute, burst)`` takes one token or refuses."""
+    """GCRA limiter on the event loop: ``await check(bucket, per_minute, burst)``."""
 
     check_name = "rate_limit"
 
-    def __init__(
-        self,
-        settings: Settings,
-        registry: CollectorRegistry | None = None,
-        store: RedisStore | None = None,
-    ) -> None:
-        super().__init__(settings, registry, store)
+    def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
+        super().__init__(settings, registry)
+        self.store = AsyncRedisStore(settings)
         self.store.register(GCRA_SCRIPT)
 
-    def check(self, bucket: str, per_minute: int, burst: int) -> RateDecision | None:
+    async def check(self, bucket: str, per_minute: int, burst: int) -> RateDecision | None:
         """Take one token from ``bucket``; None when Redis is unusable (fail open)."""
         interval_us = 60_000_000 / per_minute
         key = RATE_KEY_PREFIX + bucket
-        raw = self._counted(self.store.run_script(GCRA_SCRIPT, [key], [interval_us, burst]))
+        raw = self._counted(await self.store.run_script(GCRA_SCRIPT, [key], [interval_us, burst]))
         if raw is None:
             return None
         allowed, remaining, reset_us, retry_us = (int(value) for value in raw)
@@ -154,19 +139,21 @@ class RateLimiter(_Guarded):
             retry_after_seconds=max(1, _ceil_seconds(retry_us)) if not allowed else 0,
         )
 
+    async def close(self) -> None:
+        await self.store.close()
+
 
 class FailedAuthThrottle(_Guarded):
-    """Blocks a key prefix after ``failed_auth_limit`` failures per window (fixed window)."""
+    """Blocks a key prefix after ``failed_auth_limit`` failures per window (fixed window).
+
+    Blocking calls: it runs where bcrypt runs, in a worker thread.
+    """
 
     check_name = "failed_auth"
 
-    def __init__(
-        self,
-        settings: Settings,
-        registry: CollectorRegistry | None = None,
-        store: RedisStore | None = None,
-    ) -> None:
-        super().__init__(settings, registry, store)
+    def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
+        super().__init__(settings, registry)
+        self.store = RedisStore(settings)
         self.store.register(AUTH_FAIL_SCRIPT)
 
     def is_blocked(self, prefix: str) -> bool:
@@ -180,6 +167,9 @@ class FailedAuthThrottle(_Guarded):
         window = self.settings.failed_auth_window_seconds
         key = AUTH_FAIL_KEY_PREFIX + prefix
         self._counted(self.store.run_script(AUTH_FAIL_SCRIPT, [key], [window]))
+
+    def close(self) -> None:
+        self.store.close()
 
 
 def _ceil_seconds(microseconds: int) -> int:
@@ -195,10 +185,10 @@ def rate_limit_headers(decision: RateDecision) -> dict[str, str]:
     }
 
 
-def enforce_rate_limit(request: Request, bucket: str, per_minute: int, burst: int) -> None:
+async def enforce_rate_limit(request: Request, bucket: str, per_minute: int, burst: int) -> None:
     """Take a token for ``bucket`` or raise TooManyRequests; records headers on request.state."""
     limiter: RateLimiter = request.app.state.rate_limiter
-    decision = limiter.check(bucket, per_minute, burst)
+    decision = await limiter.check(bucket, per_minute, burst)
     if decision is None:
         return
     headers = rate_limit_headers(decision)

@@ -1,7 +1,9 @@
-"""A Redis client behind a circuit breaker, for checks that must fail open.
+"""Redis clients behind a circuit breaker, for checks that must fail open.
 
 Short connect/read timeouts and no client retries bound the cost of one failure; after
 it, the breaker skips Redis for ``redis_retry_seconds``, then lets one caller probe.
+``RedisStore`` is the blocking client (failed-auth throttle, in worker threads);
+``AsyncRedisStore`` the asyncio one (the per-request rate limit, on the event loop).
 """
 
 from __future__ import annotations
@@ -9,12 +11,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import redis
+import redis.asyncio
+import redis.asyncio.retry
 from redis.backoff import NoBackoff
-from redis.commands.core import Script
+from redis.commands.core import AsyncScript, Script
 from redis.retry import Retry
 
 from service.config import Settings
@@ -24,24 +28,70 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+class CircuitBreaker:
+    """Closed: every call goes to Redis. Open: one probe per ``retry_seconds``."""
+
+    def __init__(self, retry_seconds: float) -> None:
+        self.retry_seconds = retry_seconds
+        self._lock = threading.Lock()
+        self._closed = True
+        self._next_probe = 0.0
+
+    @property
+    def is_open(self) -> bool:
+        return not self._closed
+
+    def may_try(self) -> bool:
+        """Closed breaker: yes. Open: only one caller per retry period gets to probe."""
+        if self._closed:
+            return True
+        with self._lock:
+            now = time.monotonic()
+            if now < self._next_probe:
+                return False
+            self._next_probe = now + self.retry_seconds
+            return True
+
+    def trip(self, exc: Exception) -> None:
+        with self._lock:
+            was_closed = self._closed
+            self._closed = False
+            self._next_probe = time.monotonic() + self.retry_seconds
+        if was_closed:
+            logger.warning(
+                "Redis unavailable (%s); rate limits fail open, retrying in %.1f s",
+                exc,
+                self.retry_seconds,
+            )
+
+    def reset(self) -> None:
+        if self._closed:
+            return
+        with self._lock:
+            self._closed = True
+        logger.warning("Redis reachable again; rate limits enforced")
+
+
+def client_options(settings: Settings) -> dict[str, Any]:
+    """Timeouts of both clients: one failure costs at most ``redis_timeout_seconds``."""
+    return {
+        "socket_connect_timeout": settings.redis_timeout_seconds,
+        "socket_timeout": settings.redis_timeout_seconds,
+        "health_check_interval": 0,
+    }
+
+
 class RedisStore:
-    """A Redis client behind a circuit breaker; ``call`` answers None instead of failing."""
+    """A blocking Redis client behind a breaker; ``call`` answers None instead of failing."""
 
     def __init__(self, settings: Settings) -> None:
-        self.retry_seconds = settings.redis_retry_seconds
+        self.breaker = CircuitBreaker(settings.redis_retry_seconds)
         self.client: redis.Redis | None = None
         if settings.redis_url:
             self.client = redis.Redis.from_url(
-                settings.redis_url,
-                socket_connect_timeout=settings.redis_timeout_seconds,
-                socket_timeout=settings.redis_timeout_seconds,
-                retry=Retry(NoBackoff(), 0),
-                health_check_interval=0,
+                settings.redis_url, retry=Retry(NoBackoff(), 0), **client_options(settings)
             )
         self._scripts: dict[str, Script] = {}
-        self._lock = threading.Lock()
-        self._closed_breaker = True
-        self._next_probe = 0.0
 
     def register(self, source: str) -> None:
         """Prepare a Lua script for ``run_script`` (EVALSHA, loading it on NOSCRIPT)."""
@@ -54,50 +104,67 @@ class RedisStore:
 
     def call(self, operation: Callable[[redis.Redis], T]) -> T | None:
         """Run ``operation`` on the client; None when Redis is absent, failing or skipped."""
-        if self.client is None or not self._may_try():
+        if self.client is None or not self.breaker.may_try():
             return None
         try:
             result = operation(self.client)
         except redis.RedisError as exc:
-            self._trip(exc)
+            self.breaker.trip(exc)
             return None
-        self._reset()
+        self.breaker.reset()
         return result
 
     @property
     def breaker_open(self) -> bool:
-        return not self._closed_breaker
+        return self.breaker.is_open
 
     def close(self) -> None:
         if self.client is not None:
             self.client.close()
 
-    def _may_try(self) -> bool:
-        """Closed breaker: yes. Open: only one caller per retry period gets to probe."""
-        if self._closed_breaker:
-            return True
-        with self._lock:
-            now = time.monotonic()
-            if now < self._next_probe:
-                return False
-            self._next_probe = now + self.retry_seconds
-            return True
 
-    def _trip(self, exc: Exception) -> None:
-        with self._lock:
-            was_closed = self._closed_breaker
-            self._closed_breaker = False
-            self._next_probe = time.monotonic() + self.retry_seconds
-        if was_closed:
-            logger.warning(
-                "Redis unavailable (%s); rate limits fail open, retrying in %.1f s",
-                exc,
-                self.retry_seconds,
+class AsyncRedisStore:
+    """The asyncio twin of ``RedisStore``: same timeouts, same kind of breaker."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.breaker = CircuitBreaker(settings.redis_retry_seconds)
+        self.client: redis.asyncio.Redis | None = None
+        if settings.redis_url:
+            self.client = redis.asyncio.Redis.from_url(
+                settings.redis_url,
+                retry=redis.asyncio.retry.Retry(NoBackoff(), 0),
+                **client_options(settings),
             )
+        self._scripts: dict[str, AsyncScript] = {}
 
-    def _reset(self) -> None:
-        if self._closed_breaker:
-            return
-        with self._lock:
-            self._closed_breaker = True
-        logger.warning("Redis reachable again; rate limits enforced")
+    def register(self, source: str) -> None:
+        """Prepare a Lua script for ``run_script`` (EVALSHA, loading it on NOSCRIPT)."""
+        if self.client is not None:
+            self._scripts[source] = self.client.register_script(source)
+
+    async def run_script(self, source: str, keys: list[str], args: list[Any]) -> Any | None:
+        """Run a registered script; None when Redis is absent, failing or skipped."""
+        if self.client is None:
+            return None
+        script = self._scripts[source]
+        return await self.call(lambda client: script(keys=keys, args=args, client=client))
+
+    async def call(self, operation: Callable[[redis.asyncio.Redis], Awaitable[T]]) -> T | None:
+        """Await ``operation`` on the client; None when Redis is absent, failing or skipped."""
+        if self.client is None or not self.breaker.may_try():
+            return None
+        try:
+            result = await operation(self.client)
+        except (redis.RedisError, OSError, TimeoutError) as exc:
+            self.breaker.trip(exc)
+            return None
+        self.breaker.reset()
+        return result
+
+    @property
+    def breaker_open(self) -> bool:
+        return self.breaker.is_open
+
+    async def close(self) -> None:
+        if self.client is not None:
+            await self.client.aclose()

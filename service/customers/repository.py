@@ -8,31 +8,34 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+import asyncpg
 from sqlalchemy import Connection, Row, text
+
+from service.db_async import PooledConnection
 
 # The customer and its customer_creation event in one statement (one round trip, one
 # transaction): the hottest write of the API, and the event can never miss its change.
-INSERT_CUSTOMER_WITH_EVENT = text(
-    """
+# asyncpg placeholders: $1 consumer_id, $2 name, $3 email, $4 status, $5 source_service,
+# $6 metadata (JSON text).
+INSERT_CUSTOMER_WITH_EVENT = """
     WITH customer AS (
         INSERT INTO customers (consumer_id, name, email, status)
-        VALUES (:consumer_id, :name, :email, :status)
+        VALUES ($1, $2, $3, $4)
         RETURNING customer_id, consumer_id, name, email, status, created_at, updated_at
     ), event AS (
         INSERT INTO customer_events
             (customer_id, consumer_id, event_type, source_service, payload_json,
              metadata_json, publish_status)
-        SELECT customer_id, consumer_id, 'customer_creation', :source_service,
+        SELECT customer_id, consumer_id, 'customer_creation', $5,
                jsonb_build_object('customer_id', customer_id, 'name', name,
                                   'email', email, 'status', status),
-               CAST(:metadata AS jsonb), 'pending'
+               $6::jsonb, 'pending'
         FROM customer
         RETURNING event_id
     )
     SELECT customer.customer_id, name, email, status, created_at, updated_at, event_id
     FROM customer, event
-    """
-)
+"""
 SELECT_CUSTOMER = text(
     """
     SELECT customer_id, name, email, status, created_at, updated_at
@@ -107,21 +110,25 @@ LIST_ANALYTICS = text(
 )
 
 
-def insert_customer_with_event(
-    connection: Connection,
+async def insert_customer_with_event(
+    connection: PooledConnection,
     consumer_id: UUID,
     fields: dict[str, Any],
     source_service: str,
     metadata: dict[str, Any],
-) -> Row[Any]:
+) -> asyncpg.Record:
     """Insert a customer and its pending ``customer_creation`` event in one statement."""
-    params = {
-        "consumer_id": consumer_id,
-        "source_service": source_service,
-        "metadata": json.dumps(metadata),
-        **fields,
-    }
-    return connection.execute(INSERT_CUSTOMER_WITH_EVENT, params).one()
+    row = await connection.fetchrow(
+        INSERT_CUSTOMER_WITH_EVENT,
+        consumer_id,
+        fields["name"],
+        fields["email"],
+        fields["status"],
+        source_service,
+        json.dumps(metadata),
+    )
+    assert row is not None, "an INSERT ... RETURNING answers its row"
+    return row
 
 
 def get_customer(

@@ -21,7 +21,7 @@ from service.customers.schemas import (
     TagsIn,
     TagsOut,
 )
-from service.deps import DbSession, Origin, PageCursor, PageLimit, RateLimited
+from service.deps import DbPool, DbSession, Origin, PageCursor, PageLimit, RateLimited
 from service.envelope import success
 from service.pagination import DEFAULT_LIMIT
 from service.schemas import Envelope, ListPage, UtcDatetime, error_responses
@@ -38,11 +38,11 @@ ONE_WITH_BODY = error_responses(400, 404, 413, *TENANT_ERRORS)
     response_model=Envelope[CustomerOut],
     responses=error_responses(400, 413, *TENANT_ERRORS),
 )
-def create_customer(
-    body: CustomerCreate, consumer: RateLimited, connection: DbSession, origin: Origin
+async def create_customer(
+    body: CustomerCreate, consumer: RateLimited, pool: DbPool, origin: Origin
 ) -> JSONResponse:
     """Create a customer; its ``customer_creation`` event commits with it."""
-    customer = service.create_customer(connection, consumer.consumer_id, body, origin)
+    customer = await service.create_customer(pool, consumer.consumer_id, body, origin)
     return success(customer, 201)
 
 

@@ -1,6 +1,8 @@
 """Customer rules: tenant-scoped changes, each committed with its outbox event row.
 
 Services only execute on the request's connection; the ``DbSession`` dependency commits.
+Creation is the exception: it runs on the event loop (asyncpg) as one self-committing
+statement.
 Changing a customer to the status it already has answers the customer unchanged and
 writes no event.
 """
@@ -11,6 +13,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+import asyncpg
 from sqlalchemy import Connection, Row
 
 from service.customers import repository
@@ -23,6 +26,7 @@ from service.customers.schemas import (
     CustomerOut,
     TagsOut,
 )
+from service.db_async import pooled_connection
 from service.errors import NotFound, Unprocessable
 from service.events.repository import insert_event
 from service.events.schemas import EventOrigin
@@ -42,18 +46,19 @@ def require_customer(
     return row
 
 
-def create_customer(
-    connection: Connection, consumer_id: UUID, data: CustomerCreate, origin: EventOrigin
+async def create_customer(
+    pool: asyncpg.Pool, consumer_id: UUID, data: CustomerCreate, origin: EventOrigin
 ) -> CustomerOut:
-    """Insert the customer and its ``customer_creation`` event (one statement)."""
-    row = repository.insert_customer_with_event(
-        connection,
-        consumer_id,
-        data.model_dump(),
-        origin.source_service,
-        {"request_id": origin.request_id},
-    )
-    return CustomerOut.model_validate(row._mapping)
+    """Insert the customer and its ``customer_creation`` event (one statement, one commit)."""
+    async with pooled_connection(pool) as connection:
+        row = await repository.insert_customer_with_event(
+            connection,
+            consumer_id,
+            data.model_dump(),
+            origin.source_service,
+            {"request_id": origin.request_id},
+        )
+    return CustomerOut.model_validate(dict(row))
 
 
 def list_customers(

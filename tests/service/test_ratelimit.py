@@ -1,15 +1,16 @@
 """The Redis rate limiter and failed-auth throttle, against the real Redis.
 
 Faults come from a loopback TCP proxy (refused or blackholed) or a closed port; the
-shared Redis itself is never stopped.
+shared Redis itself is never stopped. The limiter is asyncio: each test drives its own
+limiter on its own event loop through ``LimiterDriver``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import socket
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 import pytest
@@ -29,19 +30,51 @@ def limiter_settings(redis_url: str) -> Settings:
     return Settings(environment="test", redis_url=redis_url, redis_retry_seconds=0.3)
 
 
-@pytest.fixture
-def make_limiter(limiter_settings: Settings) -> Iterator[Callable[..., RateLimiter]]:
-    """Builds limiters (settings overrides as keywords) and closes them afterwards."""
-    made: list[RateLimiter] = []
+class LimiterDriver:
+    """A RateLimiter on an event loop of its own: blocking ``check`` and concurrent ``gather``."""
 
-    def make(registry: CollectorRegistry | None = None, **overrides: Any) -> RateLimiter:
-        limiter = RateLimiter(limiter_settings.model_copy(update=overrides), registry=registry)
-        made.append(limiter)
-        return limiter
+    def __init__(self, limiter: RateLimiter) -> None:
+        self.limiter = limiter
+        self.store = limiter.store
+        self._runner = asyncio.Runner()
+
+    @property
+    def fail_open_total(self) -> int:
+        return self.limiter.fail_open_total
+
+    def run(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
+        return self._runner.run(coroutine)
+
+    def check(self, bucket: str, per_minute: int, burst: int) -> RateDecision | None:
+        return self.run(self.limiter.check(bucket, per_minute, burst))
+
+    def gather(self, *coroutines: Coroutine[Any, Any, Any]) -> list[Any]:
+        """Run ``coroutines`` concurrently on the limiter's loop."""
+
+        async def together() -> list[Any]:
+            return list(await asyncio.gather(*coroutines))
+
+        return self.run(together())
+
+    def close(self) -> None:
+        self.run(self.limiter.close())
+        self._runner.close()
+
+
+@pytest.fixture
+def make_limiter(limiter_settings: Settings) -> Iterator[Callable[..., LimiterDriver]]:
+    """Builds limiters (settings overrides as keywords) and closes them afterwards."""
+    made: list[LimiterDriver] = []
+
+    def make(registry: CollectorRegistry | None = None, **overrides: Any) -> LimiterDriver:
+        settings = limiter_settings.model_copy(update=overrides)
+        driver = LimiterDriver(RateLimiter(settings, registry=registry))
+        made.append(driver)
+        return driver
 
     yield make
-    for limiter in made:
-        limiter.close()
+    for driver in made:
+        driver.close()
 
 
 @pytest.fixture
@@ -71,14 +104,16 @@ def wait_for(condition: Callable[[], bool]) -> bool:
     return False
 
 
-def take(limiter: RateLimiter, count: int, bucket: str = "b", **limits: int) -> list[RateDecision]:
+def take(
+    limiter: LimiterDriver, count: int, bucket: str = "b", **limits: int
+) -> list[RateDecision]:
     per_minute, burst = limits.get("per_minute", 1), limits.get("burst", 3)
     decisions = [limiter.check(bucket, per_minute, burst) for _ in range(count)]
     assert all(decision is not None for decision in decisions)
     return [decision for decision in decisions if decision is not None]
 
 
-def count_script_calls(limiter: RateLimiter, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+def count_script_calls(limiter: LimiterDriver, monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Count EVALSHA calls that reach the Redis client (the network), one list item each."""
     client = limiter.store.client
     assert client is not None
@@ -101,7 +136,7 @@ def fail_open_metric(registry: CollectorRegistry, check: str = "rate_limit") -> 
 # -- the bucket ---------------------------------------------------------------------------
 
 
-def test_burst_is_allowed_then_refused_with_retry_after(make_limiter: Callable[..., RateLimiter]):
+def test_burst_is_allowed_then_refused_with_retry_after(make_limiter: Callable[..., LimiterDriver]):
     decisions = take(make_limiter(), 6, per_minute=1, burst=5)
 
     assert [d.allowed for d in decisions] == [True] * 5 + [False]
@@ -113,7 +148,7 @@ def test_burst_is_allowed_then_refused_with_retry_after(make_limiter: Callable[.
     assert refused.reset_seconds >= refused.retry_after_seconds
 
 
-def test_tokens_refill_over_time(make_limiter: Callable[..., RateLimiter]):
+def test_tokens_refill_over_time(make_limiter: Callable[..., LimiterDriver]):
     limiter = make_limiter()
     first = take(limiter, 3, per_minute=60, burst=2)
     assert [d.allowed for d in first] == [True, True, False]
@@ -126,28 +161,22 @@ def test_tokens_refill_over_time(make_limiter: Callable[..., RateLimiter]):
     assert wait_for(allowed_again)
 
 
-def test_parallel_clients_never_exceed_the_allowance(make_limiter: Callable[..., RateLimiter]):
+def test_parallel_clients_never_exceed_the_allowance(make_limiter: Callable[..., LimiterDriver]):
     limiter = make_limiter()
     allowed: list[bool] = []
-    lock = threading.Lock()
 
-    def client() -> None:
+    async def client() -> None:
         for _ in range(20):
-            decision = limiter.check("shared", 1, 25)
-            with lock:
-                allowed.append(decision is not None and decision.allowed)
+            decision = await limiter.limiter.check("shared", 1, 25)
+            allowed.append(decision is not None and decision.allowed)
 
-    threads = [threading.Thread(target=client) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
+    limiter.gather(*(client() for _ in range(8)))
 
     assert len(allowed) == 160
     assert sum(allowed) == 25
 
 
-def test_one_bucket_never_limits_another(make_limiter: Callable[..., RateLimiter]):
+def test_one_bucket_never_limits_another(make_limiter: Callable[..., LimiterDriver]):
     limiter = make_limiter()
     assert not take(limiter, 3, bucket="consumer_a", burst=2)[-1].allowed
 
@@ -157,7 +186,7 @@ def test_one_bucket_never_limits_another(make_limiter: Callable[..., RateLimiter
     assert [d.remaining for d in other] == [1, 0]
 
 
-def test_per_call_limits_override_per_bucket(make_limiter: Callable[..., RateLimiter]):
+def test_per_call_limits_override_per_bucket(make_limiter: Callable[..., LimiterDriver]):
     limiter = make_limiter()
 
     small = take(limiter, 3, bucket="small", burst=2)
@@ -169,7 +198,7 @@ def test_per_call_limits_override_per_bucket(make_limiter: Callable[..., RateLim
 
 
 def test_keys_expire_once_the_bucket_would_be_full(
-    make_limiter: Callable[..., RateLimiter], redis_url: str
+    make_limiter: Callable[..., LimiterDriver], redis_url: str
 ):
     import redis
 
@@ -186,7 +215,7 @@ def test_keys_expire_once_the_bucket_would_be_full(
 # -- failing open ---------------------------------------------------------------------------
 
 
-def test_no_redis_url_always_fails_open(make_limiter: Callable[..., RateLimiter]):
+def test_no_redis_url_always_fails_open(make_limiter: Callable[..., LimiterDriver]):
     limiter = make_limiter(redis_url=None)
 
     assert limiter.check("b", 1, 1) is None
@@ -194,7 +223,7 @@ def test_no_redis_url_always_fails_open(make_limiter: Callable[..., RateLimiter]
     assert limiter.fail_open_total == 2
 
 
-def test_closed_port_fails_open_and_counts(make_limiter: Callable[..., RateLimiter]):
+def test_closed_port_fails_open_and_counts(make_limiter: Callable[..., LimiterDriver]):
     registry = CollectorRegistry()
     limiter = make_limiter(registry, redis_url=f"redis://127.0.0.1:{closed_port()}/0")
 
@@ -207,7 +236,7 @@ def test_closed_port_fails_open_and_counts(make_limiter: Callable[..., RateLimit
 
 
 def test_silent_redis_fails_open_and_the_breaker_skips_it(
-    make_limiter: Callable[..., RateLimiter],
+    make_limiter: Callable[..., LimiterDriver],
     blackholed_redis: tuple[TcpProxy, str],
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
@@ -226,7 +255,7 @@ def test_silent_redis_fails_open_and_the_breaker_skips_it(
 
 
 def test_breaker_probes_again_after_retry_seconds_and_recovers(
-    make_limiter: Callable[..., RateLimiter],
+    make_limiter: Callable[..., LimiterDriver],
     blackholed_redis: tuple[TcpProxy, str],
     monkeypatch: pytest.MonkeyPatch,
 ):
@@ -247,7 +276,7 @@ def test_breaker_probes_again_after_retry_seconds_and_recovers(
 
 
 def test_one_probe_at_a_time_while_the_breaker_is_half_open(
-    make_limiter: Callable[..., RateLimiter],
+    make_limiter: Callable[..., LimiterDriver],
     blackholed_redis: tuple[TcpProxy, str],
     monkeypatch: pytest.MonkeyPatch,
 ):
@@ -257,12 +286,9 @@ def test_one_probe_at_a_time_while_the_breaker_is_half_open(
     assert limiter.check("b", 60, 5) is None
     time.sleep(0.3)
 
-    threads = [threading.Thread(target=limiter.check, args=("b", 60, 5)) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(10)
+    decisions = limiter.gather(*(limiter.limiter.check("b", 60, 5) for _ in range(8)))
 
+    assert decisions == [None] * 8
     assert len(calls) == 2
     assert limiter.fail_open_total == 9
 
@@ -319,11 +345,11 @@ def test_failed_auth_fails_open_without_redis(make_throttle: Callable[..., Faile
     assert fail_open_metric(registry, "failed_auth") == 2
 
 
-def test_limiter_and_throttle_share_one_store_and_one_metric(limiter_settings: Settings):
+def test_limiter_and_throttle_share_one_metric(limiter_settings: Settings):
     registry = CollectorRegistry()
     dead = limiter_settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{closed_port()}"})
-    limiter = RateLimiter(dead, registry=registry)
-    throttle = FailedAuthThrottle(dead, registry=registry, store=limiter.store)
+    limiter = LimiterDriver(RateLimiter(dead, registry=registry))
+    throttle = FailedAuthThrottle(dead, registry=registry)
     try:
         assert limiter.check("b", 1, 1) is None
         assert not throttle.is_blocked("abc123")

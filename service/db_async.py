@@ -1,0 +1,99 @@
+"""The asyncio database pool (asyncpg) of the API's hot write path.
+
+Most routes are plain ``def`` on the SQLAlchemy engine of ``service.db``. The hottest
+write, ``POST /customer/data``, runs on the event loop instead: one asyncpg statement, no
+thread-pool hand-off (see docs/benchmarks.md). Both pools use the same URL, size,
+statement timeout and ``application_name``.
+
+Bounds: connecting gives up after ``CONNECT_TIMEOUT_SECONDS``, waiting for a pooled
+connection after ``POOL_TIMEOUT_SECONDS``, and every statement after the statement timeout
+plus a margin, so a silent database costs a request a bounded wait and a 503
+(``DatabaseUnavailable``), never a hang. The pool starts empty and grows on demand, so the
+API starts while the database is down, and asyncpg replaces a connection the server closed
+(restart, failover) before it is handed out again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
+
+import asyncpg
+import asyncpg.pool
+from sqlalchemy.engine import make_url
+
+from service.config import Settings
+from service.db import APPLICATION_NAME, CONNECT_TIMEOUT_SECONDS, SILENCE_MARGIN_SECONDS
+
+POOL_TIMEOUT_SECONDS = 5.0
+IDLE_CONNECTION_SECONDS = 300.0
+
+# What "the database is unreachable or gone" looks like from asyncpg: connection-level
+# Postgres errors (class 08, shutdown, too many connections), a closed connection, a socket
+# error, and our own timeouts. Anything else (a constraint, a bug) is not a 503.
+UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.QueryCanceledError,
+    asyncpg.InterfaceError,
+    OSError,
+    TimeoutError,
+)
+
+
+if TYPE_CHECKING:
+    PooledConnection = asyncpg.pool.PoolConnectionProxy[asyncpg.Record]
+else:
+    PooledConnection = asyncpg.pool.PoolConnectionProxy
+
+
+class DatabaseUnavailable(Exception):
+    """The database could not serve this request (answered as 503 with Retry-After)."""
+
+
+def asyncpg_dsn(database_url: str) -> str:
+    """The settings' SQLAlchemy URL (``postgresql+psycopg2://…``) as a libpq DSN."""
+    url = make_url(database_url).set(drivername="postgresql")
+    return url.render_as_string(hide_password=False)
+
+
+async def create_pool(settings: Settings) -> asyncpg.Pool:
+    """An empty pool of at most ``db_pool_size`` connections, bounded as described above."""
+    pool = asyncpg.create_pool(
+        dsn=asyncpg_dsn(settings.database_url),
+        min_size=0,
+        max_size=settings.db_pool_size,
+        timeout=CONNECT_TIMEOUT_SECONDS,
+        command_timeout=settings.db_statement_timeout_ms / 1000 + SILENCE_MARGIN_SECONDS,
+        max_inactive_connection_lifetime=IDLE_CONNECTION_SECONDS,
+        server_settings={
+            "application_name": APPLICATION_NAME,
+            "statement_timeout": str(settings.db_statement_timeout_ms),
+        },
+    )
+    return await pool
+
+
+async def close_pool(pool: asyncpg.Pool) -> None:
+    """Close gracefully (in-flight statements finish); terminate after the pool timeout."""
+    try:
+        await asyncio.wait_for(pool.close(), POOL_TIMEOUT_SECONDS)
+    except TimeoutError:
+        pool.terminate()
+
+
+@asynccontextmanager
+async def pooled_connection(pool: asyncpg.Pool) -> AsyncIterator[PooledConnection]:
+    """A connection of ``pool``; unreachable-database failures become DatabaseUnavailable."""
+    try:
+        async with pool.acquire(timeout=POOL_TIMEOUT_SECONDS) as connection:
+            yield connection
+    except asyncio.CancelledError:
+        raise
+    except UNAVAILABLE_ERRORS as exc:
+        raise DatabaseUnavailable(f"{type(exc).__name__}: {exc}") from exc
