@@ -11,6 +11,7 @@ are skipped by the circuit breaker.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import statistics
 import sys
 import time
@@ -25,12 +26,12 @@ from service.ratelimit import RateLimiter
 from tests.support.tcp_proxy import TcpProxy
 
 
-def time_checks(limiter: RateLimiter, count: int) -> list[float]:
-    """Seconds taken by each of ``count`` checks on one bucket."""
+async def time_checks(limiter: RateLimiter, count: int) -> list[float]:
+    """Seconds taken by each of ``count`` checks on one bucket, one at a time."""
     timings = []
     for _ in range(count):
         started = time.perf_counter()
-        limiter.check("bench", 1_000_000, 1_000_000)
+        await limiter.check("bench", 1_000_000, 1_000_000)
         timings.append(time.perf_counter() - started)
     return timings
 
@@ -44,12 +45,16 @@ def summary(name: str, timings: list[float]) -> str:
 
 
 def run_case(name: str, settings: Settings, count: int) -> None:
+    asyncio.run(time_case(name, settings, count))
+
+
+async def time_case(name: str, settings: Settings, count: int) -> None:
     limiter = RateLimiter(settings)
     try:
-        timings = time_checks(limiter, count)
+        timings = await time_checks(limiter, count)
         print(summary(name, timings), f"  fail-open {limiter.fail_open_total}")
     finally:
-        limiter.close()
+        await limiter.close()
 
 
 def main() -> int:

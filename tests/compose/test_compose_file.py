@@ -222,11 +222,11 @@ def test_example_env_file_loads_only_once_the_placeholder_secret_is_replaced(
         monkeypatch.delenv(key, raising=False)
     example = COMPOSE_DIR / "fintegrate.env.example"
     with pytest.raises(ValueError, match="placeholder"):
-        Settings(_env_file=example)  # type: ignore[call-arg]
+        Settings(_env_file=example)  # type: ignore[call-arg,unused-ignore]
 
     real = tmp_path / "fintegrate.env"
     real.write_text(example.read_text().replace("=changeme", "=a-real-generated-secret"))
-    loaded = Settings(_env_file=real)  # type: ignore[call-arg]
+    loaded = Settings(_env_file=real)  # type: ignore[call-arg,unused-ignore]
 
     assert loaded.environment == "production"
     assert loaded.admin_api_key == "a-real-generated-secret"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import typer.main
+from typer._click.core import Command, Context
 
 from fintegrate_cli._docs import CLI_DOC, render, root_context, walk
 from fintegrate_cli.main import app
@@ -19,7 +20,7 @@ SPEC_COMMANDS = {
 }  # fmt: skip
 
 
-def all_commands() -> dict[str, object]:
+def all_commands() -> dict[str, tuple[Command, Context]]:
     root, ctx = root_context(app)
     return {
         sub_ctx.command_path.removeprefix("fintegrate").strip(): (command, sub_ctx)
@@ -41,9 +42,9 @@ def test_render_is_deterministic() -> None:
 def test_every_command_and_option_has_help() -> None:
     missing = []
     for path, (command, ctx) in all_commands().items():
-        if not (command.help or "").strip():  # type: ignore[attr-defined]
+        if not (command.help or "").strip():
             missing.append(f"command {path or 'fintegrate'}")
-        for param in command.get_params(ctx):  # type: ignore[attr-defined]
+        for param in command.get_params(ctx):
             if not (getattr(param, "help", None) or "").strip():
                 missing.append(f"{path} {param.name}")
     assert missing == []

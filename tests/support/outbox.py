@@ -86,7 +86,7 @@ def queue_depth(url: str, queue: str) -> int:
 
 def drain_queue(url: str, queue: str) -> list[tuple[Any, Any, bytes]]:
     """Get and ack every ready message of ``queue``: (method, properties, body) each."""
-    messages = []
+    messages: list[tuple[Any, Any, bytes]] = []
     with amqp_channel(url) as channel:
         while True:
             method, properties, body = channel.basic_get(queue, auto_ack=True)
