@@ -62,6 +62,14 @@ def asyncpg_dsn(database_url: str) -> str:
     return url.render_as_string(hide_password=False)
 
 
+async def keep_session(connection: asyncpg.Connection) -> None:
+    """Release hook: nothing to undo (asyncpg itself still rolls back an open transaction).
+
+    The pool only runs self-contained statements (no SET, LISTEN, advisory lock or cursor),
+    so asyncpg's default reset query, a round trip on every release, would clean nothing.
+    """
+
+
 async def create_pool(settings: Settings) -> asyncpg.Pool:
     """An empty pool of at most ``db_pool_size`` connections, bounded as described above."""
     pool = asyncpg.create_pool(
@@ -71,6 +79,7 @@ async def create_pool(settings: Settings) -> asyncpg.Pool:
         timeout=CONNECT_TIMEOUT_SECONDS,
         command_timeout=settings.db_statement_timeout_ms / 1000 + SILENCE_MARGIN_SECONDS,
         max_inactive_connection_lifetime=IDLE_CONNECTION_SECONDS,
+        reset=keep_session,
         server_settings={
             "application_name": APPLICATION_NAME,
             "statement_timeout": str(settings.db_statement_timeout_ms),
