@@ -54,6 +54,7 @@ def test_connections_carry_the_application_name_and_statement_timeout(settings: 
             row = await connection.fetchrow(
                 "SELECT current_setting('application_name'), current_setting('statement_timeout')"
             )
+        assert row is not None
         return row[0], row[1]
 
     assert with_pool(tuned, session_settings) == (APPLICATION_NAME, "1234ms")
