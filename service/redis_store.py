@@ -18,7 +18,6 @@ import redis
 import redis.asyncio
 import redis.asyncio.retry
 from redis.backoff import NoBackoff
-from redis.commands.core import AsyncScript, Script
 from redis.retry import Retry
 
 from service.config import Settings
@@ -81,22 +80,35 @@ def client_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-class RedisStore:
-    """A blocking Redis client behind a breaker; ``call`` answers None instead of failing."""
+class _GuardedClient:
+    """What both stores share: the breaker and the registered scripts."""
+
+    client: Any
 
     def __init__(self, settings: Settings) -> None:
         self.breaker = CircuitBreaker(settings.redis_retry_seconds)
-        self.client: redis.Redis | None = None
-        if settings.redis_url:
-            self.client = redis.Redis.from_url(
-                settings.redis_url, retry=Retry(NoBackoff(), 0), **client_options(settings)
-            )
-        self._scripts: dict[str, Script] = {}
+        self._scripts: dict[str, Any] = {}
 
     def register(self, source: str) -> None:
         """Prepare a Lua script for ``run_script`` (EVALSHA, loading it on NOSCRIPT)."""
         if self.client is not None:
             self._scripts[source] = self.client.register_script(source)
+
+    @property
+    def breaker_open(self) -> bool:
+        return self.breaker.is_open
+
+
+class RedisStore(_GuardedClient):
+    """A blocking Redis client behind a breaker; ``call`` answers None instead of failing."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.client: redis.Redis | None = None
+        if settings.redis_url:
+            self.client = redis.Redis.from_url(
+                settings.redis_url, retry=Retry(NoBackoff(), 0), **client_options(settings)
+            )
 
     def run_script(self, source: str, keys: list[str], args: list[Any]) -> Any | None:
         """Run a registered script; None when Redis is absent, failing or skipped."""
@@ -114,20 +126,16 @@ class RedisStore:
         self.breaker.reset()
         return result
 
-    @property
-    def breaker_open(self) -> bool:
-        return self.breaker.is_open
-
     def close(self) -> None:
         if self.client is not None:
             self.client.close()
 
 
-class AsyncRedisStore:
+class AsyncRedisStore(_GuardedClient):
     """The asyncio twin of ``RedisStore``: same timeouts, same kind of breaker."""
 
     def __init__(self, settings: Settings) -> None:
-        self.breaker = CircuitBreaker(settings.redis_retry_seconds)
+        super().__init__(settings)
         self.client: redis.asyncio.Redis | None = None
         if settings.redis_url:
             self.client = redis.asyncio.Redis.from_url(
@@ -135,19 +143,12 @@ class AsyncRedisStore:
                 retry=redis.asyncio.retry.Retry(NoBackoff(), 0),
                 **client_options(settings),
             )
-        self._scripts: dict[str, AsyncScript] = {}
-
-    def register(self, source: str) -> None:
-        """Prepare a Lua script for ``run_script`` (EVALSHA, loading it on NOSCRIPT)."""
-        if self.client is not None:
-            self._scripts[source] = self.client.register_script(source)
 
     async def run_script(self, source: str, keys: list[str], args: list[Any]) -> Any | None:
         """Run a registered script; None when Redis is absent, failing or skipped."""
-        if self.client is None:
-            return None
-        script = self._scripts[source]
-        return await self.call(lambda client: script(keys=keys, args=args, client=client))
+        return await self.call(
+            lambda client: self._scripts[source](keys=keys, args=args, client=client)
+        )
 
     async def call(self, operation: Callable[[redis.asyncio.Redis], Awaitable[T]]) -> T | None:
         """Await ``operation`` on the client; None when Redis is absent, failing or skipped."""
@@ -160,10 +161,6 @@ class AsyncRedisStore:
             return None
         self.breaker.reset()
         return result
-
-    @property
-    def breaker_open(self) -> bool:
-        return self.breaker.is_open
 
     async def close(self) -> None:
         if self.client is not None:
