@@ -30,12 +30,14 @@ def redis_proxy(tcp_proxy_factory: Callable[[str, int], TcpProxy]) -> TcpProxy:
 
 @pytest.fixture
 def settings(settings: Settings, redis_proxy: TcpProxy) -> Settings:
-    """The API's Redis link runs through the proxy; the breaker probes again after 0.5 s."""
+    """The API's Redis link runs through the proxy with the product's 50 ms budget; the
+    breaker probes again after 0.5 s."""
     assert settings.redis_url
     return settings.model_copy(
         update={
             "redis_url": redis_proxy.url_for(settings.redis_url),
             "redis_retry_seconds": RETRY_SECONDS,
+            "redis_timeout_seconds": Settings.model_fields["redis_timeout_seconds"].default,
         }
     )
 
