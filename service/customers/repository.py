@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -16,8 +17,9 @@ from service.db_async import PooledConnection
 # The customer and its customer_creation event in one statement (one round trip, one
 # transaction): the hottest write of the API, and the event can never miss its change.
 # asyncpg placeholders: $1 consumer_id, $2 name, $3 email, $4 status, $5 source_service,
-# $6 metadata (JSON text).
-INSERT_CUSTOMER_WITH_EVENT = """
+# $6 metadata (JSON text); with an idempotency key also $7 the key, $8 its fingerprint,
+# $9 the hours a key holds.
+CUSTOMER_AND_EVENT = """
     WITH customer AS (
         INSERT INTO customers (consumer_id, name, email, status)
         VALUES ($1, $2, $3, $4)
@@ -32,9 +34,45 @@ INSERT_CUSTOMER_WITH_EVENT = """
                $6::jsonb, 'pending'
         FROM customer
         RETURNING event_id
-    )
+    )"""
+CUSTOMER_AND_EVENT_RESULT = """
     SELECT customer.customer_id, name, email, status, created_at, updated_at, event_id
     FROM customer, event
+"""
+INSERT_CUSTOMER_WITH_EVENT = CUSTOMER_AND_EVENT + CUSTOMER_AND_EVENT_RESULT
+# The same, plus the idempotency key row holding the answer for replays. A key already
+# stored for the tenant fails the whole statement (idempotency_keys_tenant_key): nothing is
+# written, and the caller reads the stored answer instead.
+INSERT_CUSTOMER_WITH_EVENT_AND_KEY = (
+    CUSTOMER_AND_EVENT  # noqa: S608 (constants only)
+    + """, idempotency AS (
+        INSERT INTO idempotency_keys
+            (consumer_id, idempotency_key, request_fingerprint, customer_id, response_json)
+        SELECT consumer_id, $7, $8, customer_id,
+               jsonb_build_object('customer_id', customer_id, 'name', name, 'email', email,
+                                  'status', status, 'created_at', created_at,
+                                  'updated_at', updated_at)
+        FROM customer
+    ), purge AS (
+        DELETE FROM idempotency_keys
+        WHERE ctid = ANY (ARRAY(
+            SELECT ctid FROM idempotency_keys
+            WHERE created_at < now() - make_interval(hours => $9)
+            LIMIT 10 FOR UPDATE SKIP LOCKED))
+    )"""
+    + CUSTOMER_AND_EVENT_RESULT
+)
+IDEMPOTENCY_KEY_CONSTRAINT = "idempotency_keys_tenant_key"
+SELECT_IDEMPOTENCY_KEY = """
+    SELECT request_fingerprint, response_json::text AS response_json,
+           created_at < now() - make_interval(hours => $3) AS expired
+    FROM idempotency_keys
+    WHERE consumer_id = $1 AND idempotency_key = $2
+"""
+DELETE_EXPIRED_IDEMPOTENCY_KEY = """
+    DELETE FROM idempotency_keys
+    WHERE consumer_id = $1 AND idempotency_key = $2
+      AND created_at < now() - make_interval(hours => $3)
 """
 SELECT_CUSTOMER = text(
     """
@@ -110,16 +148,29 @@ LIST_ANALYTICS = text(
 )
 
 
+@dataclass(frozen=True)
+class IdempotencyKey:
+    """A client's Idempotency-Key, the fingerprint of its request and how long it holds."""
+
+    value: str
+    fingerprint: str
+    hours: int
+
+
 async def insert_customer_with_event(
     connection: PooledConnection,
     consumer_id: UUID,
     fields: dict[str, Any],
     source_service: str,
     metadata: dict[str, Any],
+    key: IdempotencyKey | None = None,
 ) -> asyncpg.Record:
-    """Insert a customer and its pending ``customer_creation`` event in one statement."""
-    row = await connection.fetchrow(
-        INSERT_CUSTOMER_WITH_EVENT,
+    """Insert a customer and its pending event (and the key's row) in one statement.
+
+    Raises ``asyncpg.UniqueViolationError`` on ``IDEMPOTENCY_KEY_CONSTRAINT`` when the
+    tenant already stored ``key``.
+    """
+    values = (
         consumer_id,
         fields["name"],
         fields["email"],
@@ -127,8 +178,28 @@ async def insert_customer_with_event(
         source_service,
         json.dumps(metadata),
     )
+    if key is None:
+        row = await connection.fetchrow(INSERT_CUSTOMER_WITH_EVENT, *values)
+    else:
+        row = await connection.fetchrow(
+            INSERT_CUSTOMER_WITH_EVENT_AND_KEY, *values, key.value, key.fingerprint, key.hours
+        )
     assert row is not None, "an INSERT ... RETURNING answers its row"
     return row
+
+
+async def find_idempotency_key(
+    connection: PooledConnection, consumer_id: UUID, key: IdempotencyKey
+) -> asyncpg.Record | None:
+    """The stored key: fingerprint, answer (JSON text) and whether it has expired."""
+    return await connection.fetchrow(SELECT_IDEMPOTENCY_KEY, consumer_id, key.value, key.hours)
+
+
+async def delete_expired_idempotency_key(
+    connection: PooledConnection, consumer_id: UUID, key: IdempotencyKey
+) -> None:
+    """Forget ``key`` if it has expired, so it can be used again."""
+    await connection.execute(DELETE_EXPIRED_IDEMPOTENCY_KEY, consumer_id, key.value, key.hours)
 
 
 def get_customer(

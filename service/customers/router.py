@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 from uuid import UUID
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Header, Path, Query
 from fastapi.responses import JSONResponse
 
 from service.customers import service
@@ -30,20 +30,43 @@ router = APIRouter(prefix="/customer/data", tags=["customers"])
 TENANT_ERRORS = (401, 403, 422, 429, 503)
 ONE = error_responses(404, *TENANT_ERRORS)
 ONE_WITH_BODY = error_responses(400, 404, 413, *TENANT_ERRORS)
+REPLAYED_HEADER = "Idempotent-Replayed"
+
+
+IdempotencyKeyHeader = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        pattern=r"^[\x21-\x7e]+$",
+        description=(
+            "Makes a retry safe: the same key with the same body within 24 h answers the "
+            "first customer again (header Idempotent-Replayed: true) and writes nothing; "
+            "with another body it answers 409. Visible ASCII, at most 255 characters."
+        ),
+    ),
+]
 
 
 @router.post(
     "",
     status_code=201,
     response_model=Envelope[CustomerOut],
-    responses=error_responses(400, 413, *TENANT_ERRORS),
+    responses=error_responses(400, 409, 413, *TENANT_ERRORS),
 )
 async def create_customer(
-    body: CustomerCreate, consumer: RateLimited, pool: DbPool, origin: Origin
+    body: CustomerCreate,
+    consumer: RateLimited,
+    pool: DbPool,
+    origin: Origin,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> JSONResponse:
     """Create a customer; its ``customer_creation`` event commits with it."""
-    customer = await service.create_customer(pool, consumer.consumer_id, body, origin)
-    return success(customer, 201)
+    customer, replayed = await service.create_customer(
+        pool, consumer.consumer_id, body, origin, idempotency_key
+    )
+    return success(customer, 201, {REPLAYED_HEADER: "true"} if replayed else None)
 
 
 @router.get(

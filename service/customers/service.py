@@ -9,6 +9,7 @@ writes no event.
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -26,13 +27,20 @@ from service.customers.schemas import (
     CustomerOut,
     TagsOut,
 )
-from service.db_async import pooled_connection
-from service.errors import NotFound, Unprocessable
+from service.db_async import PooledConnection, pooled_connection
+from service.errors import Conflict, NotFound, Unprocessable
 from service.events.repository import insert_event
 from service.events.schemas import EventOrigin
 from service.pagination import build_page, cursor_params, decode_cursor
 
 CUSTOMER_NOT_FOUND = "Customer not found"
+IDEMPOTENCY_HOURS = 24
+IDEMPOTENCY_ATTEMPTS = 2
+IDEMPOTENCY_MISMATCH = (
+    "Idempotency-Key was already used with a different request body; "
+    "use a new key for a new customer"
+)
+IDEMPOTENCY_BUSY = "Idempotency-Key is being used by a concurrent request; retry shortly"
 TAG_NOT_FOUND = "Tag not found"
 
 
@@ -47,18 +55,61 @@ def require_customer(
 
 
 async def create_customer(
-    pool: asyncpg.Pool, consumer_id: UUID, data: CustomerCreate, origin: EventOrigin
-) -> CustomerOut:
-    """Insert the customer and its ``customer_creation`` event (one statement, one commit)."""
-    async with pooled_connection(pool) as connection:
-        row = await repository.insert_customer_with_event(
-            connection,
-            consumer_id,
-            data.model_dump(),
-            origin.source_service,
-            {"request_id": origin.request_id},
+    pool: asyncpg.Pool,
+    consumer_id: UUID,
+    data: CustomerCreate,
+    origin: EventOrigin,
+    idempotency_key: str | None = None,
+) -> tuple[CustomerOut, bool]:
+    """Insert the customer and its ``customer_creation`` event (one statement, one commit).
+
+    With ``idempotency_key`` a repeat of the same request within ``IDEMPOTENCY_HOURS``
+    answers the first customer again and writes nothing; returns (customer, replayed).
+    """
+    key = None
+    if idempotency_key is not None:
+        key = repository.IdempotencyKey(
+            idempotency_key, request_fingerprint(data), IDEMPOTENCY_HOURS
         )
-    return CustomerOut.model_validate(dict(row))
+    async with pooled_connection(pool) as connection:
+        for _ in range(IDEMPOTENCY_ATTEMPTS):
+            try:
+                row = await repository.insert_customer_with_event(
+                    connection,
+                    consumer_id,
+                    data.model_dump(),
+                    origin.source_service,
+                    {"request_id": origin.request_id},
+                    key,
+                )
+                return CustomerOut.model_validate(dict(row)), False
+            except asyncpg.UniqueViolationError as exc:
+                if key is None or exc.constraint_name != repository.IDEMPOTENCY_KEY_CONSTRAINT:
+                    raise
+            replay = await stored_answer(connection, consumer_id, key)
+            if replay is not None:
+                return replay, True
+    raise Conflict(IDEMPOTENCY_BUSY)
+
+
+async def stored_answer(
+    connection: PooledConnection, consumer_id: UUID, key: repository.IdempotencyKey
+) -> CustomerOut | None:
+    """The first answer for ``key``; None when it expired (now forgotten) or vanished."""
+    stored = await repository.find_idempotency_key(connection, consumer_id, key)
+    if stored is None:
+        return None
+    if stored["expired"]:
+        await repository.delete_expired_idempotency_key(connection, consumer_id, key)
+        return None
+    if stored["request_fingerprint"] != key.fingerprint:
+        raise Conflict(IDEMPOTENCY_MISMATCH)
+    return CustomerOut.model_validate_json(stored["response_json"])
+
+
+def request_fingerprint(data: CustomerCreate) -> str:
+    """What makes two creates the same request: the validated body, defaults applied."""
+    return hashlib.sha256(data.model_dump_json().encode()).hexdigest()
 
 
 def list_customers(

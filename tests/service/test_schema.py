@@ -24,6 +24,8 @@ REQUIRED_COLUMNS = {
     "customer_analytics": "customer_id metrics_json",
     "consumer_event_receipts": "event_id consumer_id status detail received_at",
     "audit_log": "request_id",
+    "idempotency_keys": "idempotency_key_id consumer_id idempotency_key request_fingerprint "
+    "customer_id response_json created_at",
     "migration_history": "version filename checksum applied_at execution_ms applied_by",
 }
 UPDATED_AT_TABLES = ("consumers", "customers", "customer_tags")

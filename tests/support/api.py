@@ -11,7 +11,13 @@ from sqlalchemy import Engine, text
 
 from tests.conftest import unique_name
 
-TENANT_TABLES = ("customers", "customer_events", "customer_tags", "customer_analytics")
+TENANT_TABLES = (
+    "customers",
+    "customer_events",
+    "customer_tags",
+    "customer_analytics",
+    "idempotency_keys",
+)
 
 
 def assert_envelope(response: httpx.Response, status_code: int) -> Any:
