@@ -11,7 +11,7 @@ import typer
 from fintegrate_cli._context import state
 from fintegrate_cli._errors import EXIT_USAGE, CliError
 from fintegrate_cli._output import info
-from service.db import create_db_engine
+from service.db import bound_database_waits, create_db_engine
 from service.messaging.consumer import EventConsumer, load_handler, log_event
 from service.messaging.receipts import WorkerUnauthorized
 from service.messaging.relay import OutboxRelay
@@ -50,6 +50,7 @@ def relay(
     if poll_seconds is not None:
         settings = settings.model_copy(update={"relay_poll_seconds": poll_seconds})
     configure_logging(cli.quiet, cli.debug)
+    bound_database_waits(settings)
     engine = create_db_engine(settings, pool_size=2)
     stop = threading.Event()
     restore = install_stop_handlers(stop)

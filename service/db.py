@@ -14,6 +14,7 @@ from typing import Any
 import psycopg2
 import psycopg2.extensions
 from sqlalchemy import Connection, Engine, create_engine
+from sqlalchemy.engine import make_url
 
 from service.config import Settings
 
@@ -40,6 +41,12 @@ def create_db_engine(settings: Settings, *, pool_size: int | None = None) -> Eng
     )
 
 
+def libpq_dsn(database_url: str) -> str:
+    """The settings' SQLAlchemy URL (``postgresql+psycopg2://…``) as a libpq DSN."""
+    url = make_url(database_url).set(drivername="postgresql")
+    return url.render_as_string(hide_password=False)
+
+
 @contextmanager
 def transaction(engine: Engine) -> Iterator[Connection]:
     """A connection inside one transaction: committed on success, rolled back on error."""
@@ -55,10 +62,11 @@ def bound_database_waits(settings: Settings) -> None:
     statement_timeout cannot fire. With a wait callback psycopg2 drives libpq without
     blocking and this deadline decides: the connect timeout while connecting, the
     statement timeout plus a margin afterwards. On expiry the call raises OperationalError
-    (503 in the API) and psycopg2 closes that connection. psycopg2 takes one callback per
-    process, so only the API installs it, and it bounds only connections made by
-    ``create_db_engine`` (``application_name=fintegrate``); any other connection in the
-    process (long DDL, test fixtures) waits as long as it needs.
+    (503 in the API, a paused cycle in the relay) and psycopg2 closes that connection.
+    psycopg2 takes one callback per process; the API and the relay install it, and it
+    bounds only connections tagged ``application_name=fintegrate`` (``create_db_engine``,
+    the relay's LISTEN connection); any other connection in the process (long DDL, test
+    fixtures) waits as long as it needs.
     """
     query_seconds = settings.db_statement_timeout_ms / 1000 + SILENCE_MARGIN_SECONDS
     callback = partial(

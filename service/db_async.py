@@ -22,10 +22,14 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 import asyncpg.pool
-from sqlalchemy.engine import make_url
 
 from service.config import Settings
-from service.db import APPLICATION_NAME, CONNECT_TIMEOUT_SECONDS, SILENCE_MARGIN_SECONDS
+from service.db import (
+    APPLICATION_NAME,
+    CONNECT_TIMEOUT_SECONDS,
+    SILENCE_MARGIN_SECONDS,
+    libpq_dsn,
+)
 
 POOL_TIMEOUT_SECONDS = 5.0
 IDLE_CONNECTION_SECONDS = 300.0
@@ -56,12 +60,6 @@ class DatabaseUnavailable(Exception):
     """The database could not serve this request (answered as 503 with Retry-After)."""
 
 
-def asyncpg_dsn(database_url: str) -> str:
-    """The settings' SQLAlchemy URL (``postgresql+psycopg2://…``) as a libpq DSN."""
-    url = make_url(database_url).set(drivername="postgresql")
-    return url.render_as_string(hide_password=False)
-
-
 async def keep_session(connection: asyncpg.Connection) -> None:
     """Release hook: nothing to undo (asyncpg itself still rolls back an open transaction).
 
@@ -73,7 +71,7 @@ async def keep_session(connection: asyncpg.Connection) -> None:
 async def create_pool(settings: Settings) -> asyncpg.Pool:
     """An empty pool of at most ``db_pool_size`` connections, bounded as described above."""
     pool = asyncpg.create_pool(
-        dsn=asyncpg_dsn(settings.database_url),
+        dsn=libpq_dsn(settings.database_url),
         min_size=0,
         max_size=settings.db_pool_size,
         timeout=CONNECT_TIMEOUT_SECONDS,

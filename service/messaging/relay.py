@@ -21,10 +21,10 @@ from dataclasses import dataclass
 import psycopg2
 import psycopg2.extensions
 from sqlalchemy import Engine
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
 from service.config import Settings
+from service.db import APPLICATION_NAME, CONNECT_TIMEOUT_SECONDS, libpq_dsn
 from service.messaging.connection import Backoff, BrokerUnavailable
 from service.messaging.outbox import claim_pending, mark_failed, mark_published, outbound_events
 from service.messaging.publisher import ConfirmingPublisher, outgoing_event
@@ -83,8 +83,7 @@ class PendingNotifications:
     """A LISTEN connection on the outbox channel; ``wait`` returns early when notified."""
 
     def __init__(self, database_url: str):
-        dsn = make_url(database_url).set(drivername="postgresql")
-        self._dsn = dsn.render_as_string(hide_password=False)
+        self._dsn = libpq_dsn(database_url)
         self._connection: psycopg2.extensions.connection | None = None
 
     def listen(self) -> None:
@@ -119,7 +118,11 @@ class PendingNotifications:
 
     def _listening(self) -> psycopg2.extensions.connection:
         if self._connection is None:
-            connection = psycopg2.connect(self._dsn, connect_timeout=3)
+            connection = psycopg2.connect(
+                self._dsn,
+                connect_timeout=CONNECT_TIMEOUT_SECONDS,
+                application_name=APPLICATION_NAME,
+            )
             connection.set_isolation_level(psycopg2.extensions.ISOLATION_LEVEL_AUTOCOMMIT)
             with connection.cursor() as cursor:
                 cursor.execute(f"LISTEN {NOTIFY_CHANNEL}")

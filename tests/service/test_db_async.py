@@ -11,10 +11,9 @@ from typing import Any
 import pytest
 
 from service.config import Settings
-from service.db import APPLICATION_NAME, CONNECT_TIMEOUT_SECONDS
+from service.db import APPLICATION_NAME, CONNECT_TIMEOUT_SECONDS, libpq_dsn
 from service.db_async import (
     DatabaseUnavailable,
-    asyncpg_dsn,
     close_pool,
     create_pool,
     pooled_connection,
@@ -43,7 +42,7 @@ def closed_port() -> int:
 def test_dsn_drops_the_sqlalchemy_driver_and_keeps_everything_else():
     url = "postgresql+psycopg2://user:s3cret@db.example:6543/app?sslmode=require"
 
-    assert asyncpg_dsn(url) == "postgresql://user:s3cret@db.example:6543/app?sslmode=require"
+    assert libpq_dsn(url) == "postgresql://user:s3cret@db.example:6543/app?sslmode=require"
 
 
 def test_connections_carry_the_application_name_and_statement_timeout(settings: Settings):
