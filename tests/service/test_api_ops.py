@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable
 from typing import Any
 
@@ -144,3 +145,12 @@ def test_openapi_documents_envelopes_errors_and_stable_ids(client: TestClient) -
     assert len(operation_ids) == len(set(operation_ids))
     assert "create_customer" in operation_ids
     assert client.get("/docs").status_code == 200
+
+
+def test_startup_freezes_live_objects_out_of_full_collections(app: FastAPI) -> None:
+    gc.unfreeze()
+    assert gc.get_freeze_count() == 0
+
+    with TestClient(app) as started:
+        assert started.get("/health").status_code == 200
+        assert gc.get_freeze_count() > 0
