@@ -47,11 +47,20 @@ def list_all(client: ApiClient, status: str | None, limit: int, quiet: bool) -> 
 
 
 def create_customer(
-    client: ApiClient, name: str, email: str | None, status: str | None
+    client: ApiClient,
+    name: str,
+    email: str | None,
+    status: str | None,
+    idempotency_key: str | None = None,
 ) -> dict[str, Any]:
-    """Create a customer for the key's tenant (writes a ``customer_creation`` event)."""
+    """Create a customer for the key's tenant (writes a ``customer_creation`` event).
+
+    With ``idempotency_key`` a repeat of the same call answers the first customer.
+    """
     body = {"name": name, "email": email, "status": status}
-    return dict(client.post(CUSTOMERS_PATH, json={k: v for k, v in body.items() if v is not None}))
+    headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+    payload = {k: v for k, v in body.items() if v is not None}
+    return dict(client.post(CUSTOMERS_PATH, json=payload, headers=headers))
 
 
 @app.command("list")
@@ -103,9 +112,18 @@ def create_command(
     status: Annotated[
         CustomerStatus | None, typer.Option("--status", help="Initial status (default active).")
     ] = None,
+    idempotency_key: Annotated[
+        str | None,
+        typer.Option(
+            "--idempotency-key",
+            help="Safe to retry: the same key and arguments within 24 h give the first customer.",
+        ),
+    ] = None,
     json_output: JsonOption = False,
 ) -> None:
     """Create a customer for the tenant (emits a customer_creation event)."""
     with api_client(state(ctx).settings(), "tenant", "customers create") as client:
-        record = create_customer(client, name, email, status.value if status else None)
+        record = create_customer(
+            client, name, email, status.value if status else None, idempotency_key
+        )
     emit_record(record, wants_json(ctx, json_output), "Customer created")

@@ -84,3 +84,17 @@ def test_missing_and_wrong_tenant_key(run_cli: RunCli, api_env: Settings) -> Non
     wrong = run_cli("--api-key", "fk_nope_nope", "customers", "list")
     assert wrong.exit_code == 1
     assert "API error 401" in one_error_line(wrong)
+
+
+def test_create_with_an_idempotency_key_is_safe_to_repeat(as_tenant: RunCli) -> None:
+    args = ("customers", "create", "Ada", "--idempotency-key", "cli-retry-1", "--json")
+    first = json_of(as_tenant(*args))
+    again = json_of(as_tenant(*args))
+
+    assert again == first
+    assert [c["customer_id"] for c in json_of(as_tenant("customers", "list", "--json"))] == [
+        first["customer_id"]
+    ]
+    conflict = as_tenant("customers", "create", "Bob", "--idempotency-key", "cli-retry-1")
+    assert conflict.exit_code != 0
+    assert "different request body" in one_error_line(conflict)
