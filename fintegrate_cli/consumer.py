@@ -12,6 +12,7 @@ from fintegrate_cli._context import state
 from fintegrate_cli._errors import CliError
 from fintegrate_cli._output import (
     JsonOption,
+    console,
     emit_record,
     emit_rows,
     err_console,
@@ -69,9 +70,20 @@ def set_consumer_status(client: ApiClient, consumer_id: str, status: str) -> dic
 
 
 def print_secret_record(record: dict[str, Any], as_json: bool, title: str) -> None:
-    """A record holding a freshly issued key, with the shown-once warning on stderr."""
+    """A record holding a freshly issued key, with the shown-once warning on stderr.
+
+    For people the key is also printed alone on one line: a table folds a long value
+    across lines, and a key copied from there would be broken.
+    """
     emit_record(record, as_json, title)
+    if not as_json:
+        print_key_line(record["api_key"])
     err_console.print(f"[bold yellow]{KEY_WARNING}[/]", soft_wrap=True)
+
+
+def print_key_line(api_key: str) -> None:
+    """``API key: fk_…`` on stdout, never wrapped, markup and highlighting off."""
+    console.print(f"API key: {api_key}", soft_wrap=True, markup=False, highlight=False)
 
 
 @app.command("create")

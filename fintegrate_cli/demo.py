@@ -24,7 +24,7 @@ from fintegrate_cli._output import (
     print_json,
     wants_json,
 )
-from fintegrate_cli.consumer import KEY_WARNING, create_consumer
+from fintegrate_cli.consumer import KEY_WARNING, create_consumer, print_key_line
 from fintegrate_cli.customers import create_customer
 from service.config import Settings
 
@@ -148,8 +148,9 @@ def print_summary(run: DemoRun, as_json: bool) -> None:
         return
     console.print(events_table(run))
     emit_record(run.summary(), False, "Demo summary")
+    print_key_line(run.consumer["api_key"])
     err_console.print(f"[bold yellow]{KEY_WARNING}[/]", soft_wrap=True)
-    info("Next: FINTEGRATE_API_KEY=<api_key above> fintegrate customers list")
+    info(f"Next: FINTEGRATE_API_KEY={run.consumer['api_key']} fintegrate customers list")
     info(f"Done with it? fintegrate consumer disable {run.consumer['name']}")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from service.app import create_app
+from service.auth.keys import KEY_PATTERN
 from service.config import Settings
 from service.messaging import topology
 from tests.conftest import unique_name
@@ -25,6 +26,11 @@ def test_create_table_for_people(run_cli: RunCli, api_env: Settings) -> None:
     assert result.exit_code == 0, result.stderr
     assert "api_key" in result.stdout
     assert name in result.stdout
+    [key_line] = [line for line in result.stdout.splitlines() if line.startswith("API key: ")]
+    key = key_line.removeprefix("API key: ")
+    assert KEY_PATTERN.fullmatch(key), "the whole key on one copyable line"
+    as_new_tenant = run_cli("--admin-key", "", "--api-key", key, "customers", "list", "--json")
+    assert as_new_tenant.exit_code == 0, as_new_tenant.stderr
 
 
 def test_list_as_operator_and_as_tenant(run_cli: RunCli, tenant: dict[str, str]) -> None:

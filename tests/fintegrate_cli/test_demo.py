@@ -79,6 +79,9 @@ def test_people_get_the_live_table_and_a_summary(run_cli: RunCli, api_env: Setti
     assert "Demo summary" in result.stdout
     assert "consumer_created" in result.stdout
     assert "shown only once" in result.stderr
+    [key_line] = [line for line in result.stdout.splitlines() if line.startswith("API key: ")]
+    key = key_line.removeprefix("API key: ")
+    assert f"Next: FINTEGRATE_API_KEY={key} fintegrate customers list" in result.stderr
 
 
 def test_everything_comes_back_with_the_in_process_worker(
