@@ -1,8 +1,9 @@
-"""The asyncio database pool (asyncpg) of the API's hot write path.
+"""The asyncio database pool (asyncpg) of the API's hot write paths.
 
-Most routes are plain ``def`` on the SQLAlchemy engine of ``service.db``. The hottest
-write, ``POST /customer/data``, runs on the event loop instead: one asyncpg statement, no
-thread-pool hand-off (see docs/benchmarks.md). Both pools use the same URL, size,
+Most routes are plain ``def`` on the SQLAlchemy engine of ``service.db``. The two hot
+writes, ``POST /customer/data`` and the worker's ``POST /events/confirm-delivery``, run on
+the event loop instead: one asyncpg statement each, no thread-pool hand-off (see
+docs/benchmarks.md). Both pools use the same URL, size,
 statement timeout and ``application_name``.
 
 Bounds: connecting gives up after ``CONNECT_TIMEOUT_SECONDS``, waiting for a pooled

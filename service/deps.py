@@ -2,7 +2,7 @@
 
 - ``DbSession``: a Connection inside one transaction, committed when the route returns
   (before the answer is sent), rolled back on error. Services only execute.
-- ``DbPool``: the asyncpg pool, for ``async def`` routes (the hot write path).
+- ``DbPool``: the asyncpg pool, for ``async def`` routes (the hot write paths).
 - ``CurrentConsumer``: the tenant of ``X-API-Key`` (cached verification, no bcrypt warm).
 - ``RateLimited``: ``CurrentConsumer`` after taking a token from its rate-limit bucket.
 - ``AdminAccess``: ``X-Admin-Key`` checked in constant time; 403 when none is configured.

@@ -6,8 +6,10 @@ from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
+import asyncpg
 from sqlalchemy import Connection, Row, text
 
+from service.db_async import PooledConnection
 from service.delivery.schemas import Selection
 
 # resend: events still waiting to be published; redeliver: published, not yet delivered.
@@ -56,14 +58,15 @@ CONSUMER_NAMES = text("SELECT name FROM consumers ORDER BY name")
 
 # One statement: check ownership, insert the receipt once, and move the event only when the
 # receipt is new. delivered is final: a later 'failed' receipt never downgrades it.
-CONFIRM_DELIVERY = text(
-    """
+# asyncpg placeholders: $1 event_id, $2 consumer_id, $3 status, $4 detail. One statement:
+# the receipt and the event's delivery state commit together, on the event loop.
+CONFIRM_DELIVERY = """
     WITH target AS (
         SELECT event_id FROM customer_events
-        WHERE event_id = :event_id AND consumer_id = :consumer_id
+        WHERE event_id = $1 AND consumer_id = $2
     ), receipt AS (
         INSERT INTO consumer_event_receipts (event_id, consumer_id, status, detail)
-        SELECT event_id, :consumer_id, :status, :detail FROM target
+        SELECT event_id, $2, $3, $4 FROM target
         ON CONFLICT ON CONSTRAINT consumer_event_receipts_unique DO NOTHING
         RETURNING event_id
     ), moved AS (
@@ -71,10 +74,10 @@ CONFIRM_DELIVERY = text(
         SET deliver_try_count = e.deliver_try_count + 1,
             deliver_status = CASE
                 WHEN e.deliver_status = 'delivered' THEN 'delivered'
-                WHEN :status = 'failed' THEN 'failed'
+                WHEN $3 = 'failed' THEN 'failed'
                 ELSE 'delivered' END,
             delivered_at = CASE
-                WHEN :status <> 'failed' AND e.delivered_at IS NULL THEN now()
+                WHEN $3 <> 'failed' AND e.delivered_at IS NULL THEN now()
                 ELSE e.delivered_at END
         FROM receipt WHERE e.event_id = receipt.event_id
         RETURNING e.event_id, e.deliver_status, e.delivered_at, e.deliver_try_count
@@ -88,9 +91,8 @@ CONFIRM_DELIVERY = text(
            CASE WHEN m.event_id IS NULL THEN e.deliver_try_count ELSE m.deliver_try_count END
                AS deliver_try_count
     FROM customer_events e LEFT JOIN moved m ON m.event_id = e.event_id
-    WHERE e.event_id = :event_id AND e.consumer_id = :consumer_id
+    WHERE e.event_id = $1 AND e.consumer_id = $2
     """
-)
 
 EVENT_COUNTS = text(
     """
@@ -144,16 +146,19 @@ def consumer_id_by_name(connection: Connection, name: str) -> UUID | None:
     return connection.execute(CONSUMER_BY_NAME, {"name": name}).scalar_one_or_none()
 
 
-def confirm_delivery(
-    connection: Connection, event_id: UUID, consumer_id: UUID, status: str, detail: str | None
-) -> Row[Any] | None:
+async def confirm_delivery(
+    connection: PooledConnection,
+    event_id: UUID,
+    consumer_id: UUID,
+    status: str,
+    detail: str | None,
+) -> asyncpg.Record | None:
     """Record a receipt and move the event (first receipt of a status only).
 
     The row carries ``inserted`` (False for a duplicate) and the delivery state; None when
     the event does not exist or belongs to another consumer.
     """
-    params = {"event_id": event_id, "consumer_id": consumer_id, "status": status, "detail": detail}
-    return connection.execute(CONFIRM_DELIVERY, params).first()
+    return await connection.fetchrow(CONFIRM_DELIVERY, event_id, consumer_id, status, detail)
 
 
 def event_counts(connection: Connection, consumer_id: UUID | None) -> Sequence[Row[Any]]:

@@ -16,7 +16,7 @@ from service.delivery.schemas import (
     RepublishRequest,
 )
 from service.delivery.service import PublisherFactory
-from service.deps import AppSettings, Caller, CurrentConsumer, DbSession
+from service.deps import AppSettings, Caller, CurrentConsumer, DbPool, DbSession
 from service.envelope import success
 from service.messaging.publisher import ConfirmingPublisher
 from service.schemas import Envelope, error_responses
@@ -64,8 +64,8 @@ def redeliver_events(
     response_model=Envelope[DeliveryReceipt],
     responses=error_responses(400, 401, 403, 404, 413, 422),
 )
-def confirm_delivery(
-    body: ConfirmDeliveryRequest, consumer: CurrentConsumer, connection: DbSession
+async def confirm_delivery(
+    body: ConfirmDeliveryRequest, consumer: CurrentConsumer, pool: DbPool
 ) -> JSONResponse:
     """Record a delivery receipt; a duplicate answers 200 with ``duplicate: true``."""
-    return success(service.confirm_delivery(connection, consumer.consumer_id, body))
+    return success(await service.confirm_delivery(pool, consumer.consumer_id, body))

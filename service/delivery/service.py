@@ -6,9 +6,11 @@ from collections.abc import Callable
 from typing import Any, Literal
 from uuid import UUID
 
+import asyncpg
 from sqlalchemy import Connection
 
 from service.auth.service import Principal
+from service.db_async import pooled_connection
 from service.delivery import repository
 from service.delivery.schemas import (
     MAX_DRY_RUN_IDS,
@@ -137,20 +139,21 @@ def _publish(
         raise ServiceUnavailable(BROKER_DOWN) from exc
 
 
-def confirm_delivery(
-    connection: Connection, consumer_id: UUID, request: ConfirmDeliveryRequest
+async def confirm_delivery(
+    pool: asyncpg.Pool, consumer_id: UUID, request: ConfirmDeliveryRequest
 ) -> DeliveryReceipt:
     """Record the receipt once; only the first one of each status moves the event."""
-    state = repository.confirm_delivery(
-        connection, request.event_id, consumer_id, request.status, request.detail
-    )
+    async with pooled_connection(pool) as connection:
+        state = await repository.confirm_delivery(
+            connection, request.event_id, consumer_id, request.status, request.detail
+        )
     if state is None:
         raise NotFound(EVENT_NOT_FOUND)
     return DeliveryReceipt(
-        event_id=state.event_id,
+        event_id=state["event_id"],
         status=request.status,
-        duplicate=not state.inserted,
-        deliver_status=state.deliver_status,
-        delivered_at=state.delivered_at,
-        deliver_try_count=state.deliver_try_count,
+        duplicate=not state["inserted"],
+        deliver_status=state["deliver_status"],
+        delivered_at=state["delivered_at"],
+        deliver_try_count=state["deliver_try_count"],
     )

@@ -10,6 +10,7 @@ restart; and no customer row may exist without its ``customer_creation`` event.
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -145,6 +146,28 @@ def test_database_frozen_under_open_connections_answers_503_within_a_bound(
         "database_frozen_open_connections",
         slowest_503_seconds=round(max(seconds for _, seconds in answers), 2),
         recovery_seconds=round(recovered_after, 2),
+    )
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+def test_receipts_answer_503_while_the_database_is_away(
+    api: httpx.Client, tenant: dict[str, Any], db_proxy: TcpProxy, fault: str
+) -> None:
+    receipt = {"event_id": str(uuid.uuid4()), "status": "processed"}
+    missing = api.post("/events/confirm-delivery", json=receipt, headers=tenant["headers"])
+    assert_envelope(missing, 404)  # warm: the pool holds a connection that will be cut
+    db_proxy.set_mode(fault)
+    db_proxy.close_all()
+
+    answer, seconds = timed(
+        lambda: api.post("/events/confirm-delivery", json=receipt, headers=tenant["headers"])
+    )
+    db_proxy.pass_through()
+
+    assert_unavailable(answer)
+    assert seconds < REQUEST_TIMEOUT_SECONDS
+    assert_envelope(
+        api.post("/events/confirm-delivery", json=receipt, headers=tenant["headers"]), 404
     )
 
 
