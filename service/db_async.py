@@ -101,7 +101,5 @@ async def pooled_connection(pool: asyncpg.Pool) -> AsyncIterator[PooledConnectio
     try:
         async with pool.acquire(timeout=POOL_TIMEOUT_SECONDS) as connection:
             yield connection
-    except asyncio.CancelledError:
-        raise
     except UNAVAILABLE_ERRORS as exc:
         raise DatabaseUnavailable(f"{type(exc).__name__}: {exc}") from exc

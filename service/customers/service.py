@@ -2,8 +2,7 @@
 
 Services only execute on the request's connection; the ``DbSession`` dependency commits.
 Creation is the exception: it runs on the event loop (asyncpg) as one self-committing
-statement.
-Changing a customer to the status it already has answers the customer unchanged and
+statement. Changing a customer to the status it already has answers the customer unchanged and
 writes no event.
 """
 
@@ -71,16 +70,12 @@ async def create_customer(
         key = repository.IdempotencyKey(
             idempotency_key, request_fingerprint(data), IDEMPOTENCY_HOURS
         )
+    fields, metadata = data.model_dump(), {"request_id": origin.request_id}
     async with pooled_connection(pool) as connection:
         for _ in range(IDEMPOTENCY_ATTEMPTS):
             try:
                 row = await repository.insert_customer_with_event(
-                    connection,
-                    consumer_id,
-                    data.model_dump(),
-                    origin.source_service,
-                    {"request_id": origin.request_id},
-                    key,
+                    connection, consumer_id, fields, origin.source_service, metadata, key
                 )
                 return CustomerOut.model_validate(dict(row)), False
             except asyncpg.UniqueViolationError as exc:
