@@ -57,6 +57,19 @@ class Settings(BaseSettings):
     queue_type: Literal["classic", "quorum"] = "classic"
     quorum_delivery_limit: int = Field(default=5, ge=1)
 
+    event_partition_span_days: int = Field(default=7, ge=1, le=366)
+    event_retention_days: int | None = Field(default=None, ge=1)
+    event_archive_dir: str | None = None
+
+    @model_validator(mode="after")
+    def _retention_needs_an_archive_dir(self) -> Settings:
+        if self.event_retention_days is not None and not self.event_archive_dir:
+            raise ValueError(
+                "FINTEGRATE_EVENT_RETENTION_DAYS needs FINTEGRATE_EVENT_ARCHIVE_DIR: "
+                "events are archived to files before their partitions are dropped"
+            )
+        return self
+
     @model_validator(mode="after")
     def _refuse_placeholder_secrets(self) -> Settings:
         if self.environment == "development":

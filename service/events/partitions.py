@@ -1,0 +1,94 @@
+"""SQL of the partitioned outbox: partitions ahead, the list of partitions, their freezing.
+
+customer_events is range-partitioned by created_at (migration 20261202_0700). The SQL
+function ``fintegrate_ensure_event_partitions`` creates partitions ahead; a DEFAULT partition
+takes rows whose range has no partition yet, so an insert never fails.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Connection, text
+
+PARTITIONS_AHEAD = 2
+PARTITION_NAME = re.compile(r"^customer_events_[a-z0-9_]+$")
+DEFAULT_PARTITION = "customer_events_default"
+# A NOT VALID CHECK (false) refuses every insert and update on the partition from the moment
+# it is added, without scanning it: the partition's rows cannot change while being archived.
+FREEZE_CONSTRAINT = "customer_events_archiving"
+
+ENSURE = text("SELECT fintegrate_ensure_event_partitions(:span_days, :ahead)")
+LIST = text(
+    """
+    SELECT c.relname AS name,
+           substring(pg_get_expr(c.relpartbound, c.oid) FROM $r$FROM \\('([^']+)'\\)$r$)
+               ::timestamptz AS range_start,
+           fintegrate_event_partition_upper(c.oid) AS range_end,
+           c.reltuples::bigint AS estimated_rows,
+           pg_total_relation_size(c.oid) AS total_bytes,
+           EXISTS (SELECT 1 FROM pg_constraint k
+                   WHERE k.conrelid = c.oid AND k.conname = :freeze) AS frozen
+    FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+    WHERE i.inhparent = 'customer_events'::regclass
+    ORDER BY range_end NULLS LAST, c.relname
+    """
+)
+
+
+@dataclass(frozen=True)
+class Partition:
+    """One partition of customer_events; ``range_end`` is None for the DEFAULT one."""
+
+    name: str
+    range_start: datetime | None
+    range_end: datetime | None
+    estimated_rows: int
+    total_bytes: int
+    frozen: bool
+
+
+def ensure_partitions(connection: Connection, span_days: int) -> int:
+    """Create the partitions missing up to ``PARTITIONS_AHEAD`` spans ahead; how many."""
+    created: int = connection.execute(
+        ENSURE, {"span_days": span_days, "ahead": PARTITIONS_AHEAD}
+    ).scalar_one()
+    return created
+
+
+def list_partitions(connection: Connection) -> list[Partition]:
+    """Every partition, oldest range first, the DEFAULT one last."""
+    rows = connection.execute(LIST, {"freeze": FREEZE_CONSTRAINT}).all()
+    return [Partition(**row._mapping) for row in rows]
+
+
+def _table(name: str) -> str:
+    """The partition's name, checked before it goes into DDL."""
+    if not PARTITION_NAME.match(name):
+        raise ValueError(f"not a customer_events partition name: {name!r}")
+    return name
+
+
+def freeze(connection: Connection, name: str) -> None:
+    """Refuse every further write to the partition (idempotent)."""
+    connection.execute(
+        text(
+            f"ALTER TABLE {_table(name)} DROP CONSTRAINT IF EXISTS {FREEZE_CONSTRAINT}, "
+            f"ADD CONSTRAINT {FREEZE_CONSTRAINT} CHECK (false) NOT VALID"
+        )
+    )
+
+
+def unfreeze(connection: Connection, name: str) -> None:
+    """Allow writes to the partition again (after an archive run that did not drop it)."""
+    connection.execute(
+        text(f"ALTER TABLE {_table(name)} DROP CONSTRAINT IF EXISTS {FREEZE_CONSTRAINT}")
+    )
+
+
+def detach_and_drop(connection: Connection, name: str) -> None:
+    """Remove the partition and its rows at once (no DELETE: the append-only rule holds)."""
+    connection.execute(text(f"ALTER TABLE customer_events DETACH PARTITION {_table(name)}"))
+    connection.execute(text(f"DROP TABLE {_table(name)}"))
