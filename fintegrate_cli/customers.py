@@ -1,4 +1,4 @@
-"""`fintegrate customers`: List, show and create customers (tenant API)."""
+"""`fintegrate customers`: List, show, create and erase customers (tenant API)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,17 @@ from rich.progress import Progress, SpinnerColumn, TextColumn
 
 from fintegrate_cli._client import ApiClient, api_client
 from fintegrate_cli._context import state
-from fintegrate_cli._output import JsonOption, emit_record, emit_rows, err_console, info, wants_json
+from fintegrate_cli._output import (
+    JsonOption,
+    confirm,
+    emit_record,
+    emit_rows,
+    err_console,
+    info,
+    wants_json,
+)
 
-app = typer.Typer(help="List, show and create customers (tenant API).", no_args_is_help=True)
+app = typer.Typer(help="List, show, create and erase customers (tenant API).", no_args_is_help=True)
 
 CUSTOMERS_PATH = "/customer/data"
 LIST_COLUMNS = ("customer_id", "name", "email", "status", "created_at")
@@ -127,3 +135,30 @@ def create_command(
             client, name, email, status.value if status else None, idempotency_key
         )
     emit_record(record, wants_json(ctx, json_output), "Customer created")
+
+
+def erase_customer(client: ApiClient, customer_id: str) -> dict[str, Any]:
+    """Erase the customer's personal data (``POST /customer/data/{id}/erase``)."""
+    return dict(client.post(f"{CUSTOMERS_PATH}/{customer_id}/erase"))
+
+
+@app.command("erase")
+def erase_command(
+    ctx: typer.Context,
+    customer_id: Annotated[str, typer.Argument(help="The customer's id (UUID).")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the customer and stop.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    json_output: JsonOption = False,
+) -> None:
+    """Erase a customer's personal data for good (name, email, tags, analytics, event
+    payloads); emits customer_erasure. Cannot be undone."""
+    cli = state(ctx)
+    as_json = wants_json(ctx, json_output)
+    with api_client(cli.settings(), "tenant", "customers erase") as client:
+        if dry_run:
+            emit_record(client.get(f"{CUSTOMERS_PATH}/{customer_id}"), as_json, "Would erase")
+            info("dry run: nothing changed", cli.quiet)
+            return
+        confirm(f"Erase the personal data of customer {customer_id}? This cannot be undone.", yes)
+        record = erase_customer(client, customer_id)
+    emit_record(record, as_json, "Customer erased")

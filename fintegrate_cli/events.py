@@ -1,4 +1,4 @@
-"""`fintegrate events`: List, show, resend, redeliver events and show delivery stats."""
+"""`fintegrate events`: List, show, resend, redeliver, archive events; delivery stats."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
+from fintegrate_cli._archive import run_archive_command
 from fintegrate_cli._client import api_client
 from fintegrate_cli._context import state
 from fintegrate_cli._errors import CliError
@@ -23,10 +24,11 @@ from fintegrate_cli._output import (
 from fintegrate_cli._republish import EVENTS_PATH, republish_filters, run_republish
 from service.db import create_db_engine
 from service.delivery import repository as delivery_repository
+from service.events import stats as event_stats_repository
 from service.messaging import outbox
 
 app = typer.Typer(
-    help="List, show, resend, redeliver events and show delivery stats.", no_args_is_help=True
+    help="List, show, resend, redeliver, archive events; delivery stats.", no_args_is_help=True
 )
 
 LIST_COLUMNS = (
@@ -45,6 +47,7 @@ class EventType(StrEnum):
     customer_deletion = "customer_deletion"
     customer_status_change = "customer_status_change"
     consumer_created = "consumer_created"
+    customer_erasure = "customer_erasure"
 
 
 class PublishStatus(StrEnum):
@@ -63,7 +66,7 @@ class DeliverStatus(StrEnum):
 
 
 def event_stats(settings: Any, consumer: str | None) -> dict[str, Any]:
-    """Counts per type and status, outbox backlog and oldest pending age (direct DB)."""
+    """Counts per type and status (maintained counters), outbox backlog, oldest pending age."""
     engine = create_db_engine(settings, pool_size=1)
     try:
         with engine.connect() as connection:
@@ -74,7 +77,9 @@ def event_stats(settings: Any, consumer: str | None) -> dict[str, Any]:
                     raise CliError(
                         f"no consumer named {consumer!r}; see `fintegrate consumer list`"
                     )
-            counts = delivery_repository.event_counts(connection, consumer_id)
+            event_stats_repository.compact_counts(connection)
+            counts = event_stats_repository.event_counts(connection, consumer_id)
+            connection.commit()
             backlog = outbox.pending_summary(connection)
     finally:
         engine.dispose()
@@ -226,3 +231,20 @@ def stats_command(
     age = stats["oldest_pending_age_seconds"]
     oldest = f", oldest pending {age:.0f}s old" if age is not None else ""
     info(f"outbox backlog: {stats['outbox_pending']} pending{oldest}")
+
+
+@app.command("archive")
+def archive_command(
+    ctx: typer.Context,
+    older_than: Annotated[
+        int, typer.Option("--older-than", help="Archive final events older than N days (>= 1).")
+    ],
+    directory: Annotated[
+        str, typer.Option("--to", help="Existing, writable directory for *.jsonl.gz + manifest.")
+    ],
+    dry_run: DryRunOption = False,
+    yes: YesOption = False,
+    json_output: JsonOption = False,
+) -> None:
+    """Archive final events to gzip JSON lines, then drop their partitions (DB, preview first)."""
+    run_archive_command(ctx, older_than, directory, dry_run, yes, json_output)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Connection, Engine, text
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +53,11 @@ def write_audit(engine: Engine | None, entry: AuditEntry) -> bool:
         logger.exception("audit row not written: %s", entry)
         return False
     return True
+
+
+def write_audit_in(connection: Connection, entry: AuditEntry) -> None:
+    """Insert ``entry`` in the caller's transaction: it commits with the change it records."""
+    connection.execute(INSERT_AUDIT, _params(entry))
 
 
 def _params(entry: AuditEntry) -> dict[str, Any]:

@@ -109,6 +109,41 @@ SOFT_DELETE = text(
     RETURNING customer_id, deleted_at
     """
 )
+# Erasure: the customer row whether deleted or not, locked; then every personal field.
+LOCK_CUSTOMER_FOR_ERASURE = text(
+    """
+    SELECT customer_id, erased_at FROM customers
+    WHERE customer_id = :customer_id AND consumer_id = :consumer_id
+    FOR UPDATE
+    """
+)
+ERASED_NAME = "[erased]"
+ERASE_CUSTOMER = text(
+    """
+    UPDATE customers SET name = :erased_name, email = NULL, erased_at = now()
+    WHERE customer_id = :customer_id AND consumer_id = :consumer_id
+    RETURNING erased_at
+    """
+)
+ERASE_TAGS = text(
+    "DELETE FROM customer_tags WHERE customer_id = :customer_id AND consumer_id = :consumer_id"
+)
+ERASE_ANALYTICS = text(
+    "DELETE FROM customer_analytics WHERE customer_id = :customer_id AND consumer_id = :consumer_id"
+)
+# The stored answers of POST /customer/data replays carry the name and email.
+ERASE_IDEMPOTENCY_ANSWERS = text(
+    "DELETE FROM idempotency_keys WHERE customer_id = :customer_id AND consumer_id = :consumer_id"
+)
+# The one content change the append-only rule allows (migration 20261202_0710); served by
+# ix_customer_events_customer_created.
+REDACT_EVENT_PAYLOADS = text(
+    """
+    UPDATE customer_events SET payload_json = fintegrate_erased_payload()
+    WHERE customer_id = :customer_id AND consumer_id = :consumer_id
+      AND payload_json <> fintegrate_erased_payload()
+    """
+)
 UPSERT_TAGS = text(
     """
     INSERT INTO customer_tags (customer_id, consumer_id, tag_key, tag_value)
@@ -285,3 +320,37 @@ def list_analytics(
         **after,
     }
     return connection.execute(LIST_ANALYTICS, params).all()
+
+
+def lock_for_erasure(
+    connection: Connection, consumer_id: UUID, customer_id: UUID
+) -> Row[Any] | None:
+    """The tenant's customer, deleted or not, locked; None when missing or foreign."""
+    params = {"consumer_id": consumer_id, "customer_id": customer_id}
+    return connection.execute(LOCK_CUSTOMER_FOR_ERASURE, params).first()
+
+
+@dataclass(frozen=True)
+class ErasureCounts:
+    """Rows an erasure removed or redacted."""
+
+    erased_at: datetime
+    tags: int
+    analytics: int
+    idempotency_keys: int
+    events: int
+
+
+def erase_customer(connection: Connection, consumer_id: UUID, customer_id: UUID) -> ErasureCounts:
+    """Redact the customer's personal data everywhere it is stored, in the caller's transaction."""
+    params = {"consumer_id": consumer_id, "customer_id": customer_id}
+    erased_at = connection.execute(
+        ERASE_CUSTOMER, {**params, "erased_name": ERASED_NAME}
+    ).scalar_one()
+    return ErasureCounts(
+        erased_at=erased_at,
+        tags=connection.execute(ERASE_TAGS, params).rowcount,
+        analytics=connection.execute(ERASE_ANALYTICS, params).rowcount,
+        idempotency_keys=connection.execute(ERASE_IDEMPOTENCY_ANSWERS, params).rowcount,
+        events=connection.execute(REDACT_EVENT_PAYLOADS, params).rowcount,
+    )

@@ -14,6 +14,7 @@ from service.customers.schemas import (
     AnalyticsOut,
     CustomerCreate,
     CustomerDeleted,
+    CustomerErased,
     CustomerOut,
     CustomerStatus,
     StatusChange,
@@ -114,6 +115,16 @@ def delete_customer(
 ) -> JSONResponse:
     """Soft-delete the customer (event ``customer_deletion``); a second delete is 404."""
     return success(service.delete_customer(connection, consumer.consumer_id, customer_id, origin))
+
+
+@router.post("/{customer_id}/erase", response_model=Envelope[CustomerErased], responses=ONE)
+def erase_customer(
+    customer_id: UUID, consumer: RateLimited, connection: DbSession, origin: Origin
+) -> JSONResponse:
+    """Erase the customer's personal data (name, email, tags, analytics, event payloads) in
+    one transaction, audited; event ``customer_erasure``. Deleted customers can be erased; a
+    second erasure answers 200 with ``already_erased`` and changes nothing."""
+    return success(service.erase_customer(connection, consumer.consumer_id, customer_id, origin))
 
 
 @router.put("/{customer_id}/tags", response_model=Envelope[TagsOut], responses=ONE_WITH_BODY)

@@ -105,6 +105,20 @@ class CustomerDeleted(BaseModel):
     deleted_at: datetime
 
 
+class CustomerErased(BaseModel):
+    """What an erasure removed; ``event_id`` is the ``customer_erasure`` event (None on a
+    repeated erasure, which changes nothing)."""
+
+    customer_id: UUID
+    erased_at: datetime
+    already_erased: bool
+    tags_removed: int
+    analytics_removed: int
+    idempotency_keys_removed: int
+    events_redacted: int
+    event_id: UUID | None
+
+
 class TagsOut(BaseModel):
     customer_id: UUID
     tags: dict[str, Any]

@@ -15,6 +15,7 @@ A rerun redoes what is left: files are named after their partition and rewritten
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -164,7 +165,9 @@ def _checked(name: str) -> str:
     return name
 
 
-def run_archive(engine: Engine, plan: ArchivePlan, progress: Progress | None = None) -> ArchiveResult:
+def run_archive(
+    engine: Engine, plan: ArchivePlan, progress: Progress | None = None
+) -> ArchiveResult:
     """Write every archivable partition to its file, then drop them (see module doc)."""
     result = ArchiveResult(plan)
     manifest = Manifest.load(plan.directory)
@@ -213,10 +216,8 @@ def _unfreeze(engine: Engine, name: str) -> None:
 
 
 def _unfreeze_quietly(engine: Engine, name: str) -> None:
-    try:
+    with contextlib.suppress(Exception):  # best effort on the way out; a rerun unfreezes
         _unfreeze(engine, name)
-    except Exception:  # noqa: S110 - best effort on the way out; a rerun unfreezes too
-        pass
 
 
 def _write_partition(
@@ -226,9 +227,10 @@ def _write_partition(
     archive = ArchiveFile(directory, part.name, progress)
     raw = engine.raw_connection()
     try:
-        with raw.cursor() as cursor:
-            cursor.execute("SET LOCAL statement_timeout = 0")
-            cursor.copy_expert(COPY_ROWS.format(table=_checked(part.name)), archive)
+        cursor: Any = raw.cursor()
+        cursor.execute("SET LOCAL statement_timeout = 0")
+        cursor.copy_expert(COPY_ROWS.format(table=_checked(part.name)), archive)
+        cursor.close()
         raw.rollback()
     except BaseException:
         archive.abandon()
@@ -257,4 +259,3 @@ def _drop_partition(engine: Engine, part: PartitionPlan) -> None:
         connection.execute(DROP_LOCK_TIMEOUT)
         stats.subtract_counts(connection, json.dumps(part.counts))
         partitions.detach_and_drop(connection, part.name)
-

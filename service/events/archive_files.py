@@ -6,6 +6,7 @@ fsynced, so a file with its final name is always complete.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import gzip
 import hashlib
@@ -138,10 +139,8 @@ class ArchiveFile:
 
     def abandon(self) -> None:
         """Remove the temporary file (a failed or interrupted write)."""
-        try:
+        with contextlib.suppress(OSError):
             self.raw.close()
-        except OSError:
-            pass
         self.temp_path.unlink(missing_ok=True)
 
 
@@ -178,7 +177,8 @@ class Manifest:
     def reconcile(self, existing: set[str]) -> None:
         """Entries whose partition is gone were dropped (a kill after the drop's commit)."""
         stale = [
-            name for name, entry in self.entries.items()
+            name
+            for name, entry in self.entries.items()
             if entry.get("dropped_at") is None and name not in existing
         ]
         for name in stale:

@@ -10,7 +10,11 @@ from uuid import UUID
 from pydantic import BaseModel
 
 EventType = Literal[
-    "customer_creation", "customer_deletion", "customer_status_change", "consumer_created"
+    "customer_creation",
+    "customer_deletion",
+    "customer_status_change",
+    "customer_erasure",
+    "consumer_created",
 ]
 PublishStatus = Literal["pending", "published", "failed"]
 DeliverStatus = Literal["pending", "delivered", "failed"]

@@ -14,14 +14,14 @@ MESSAGE_TTL_MS = 86_400_000
 MAX_LENGTH = 100_000
 SCHEMA_VERSION = 1
 
-EVENT_TYPES = (
+CUSTOMER_EVENT_TYPES = (
     "customer_creation",
     "customer_deletion",
     "customer_status_change",
-    "consumer_created",
+    "customer_erasure",
 )
-CUSTOMER_EVENT_TYPES = EVENT_TYPES[:3]
-SYSTEM_EVENT_TYPES = EVENT_TYPES[3:]
+SYSTEM_EVENT_TYPES = ("consumer_created",)
+EVENT_TYPES = CUSTOMER_EVENT_TYPES + SYSTEM_EVENT_TYPES
 
 CONSUMER_NAME_PATTERN = re.compile(r"^[a-z0-9_]+$")
 CONSUMER_NAME_MAX_LENGTH = 64
