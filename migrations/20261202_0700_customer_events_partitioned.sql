@@ -204,4 +204,10 @@ $$;
 
 SELECT fintegrate_ensure_event_partitions(7, 2);
 
+-- The indexes this file dropped, should anything have created them again.
+DROP INDEX IF EXISTS ix_customer_events_created_at;
+DROP INDEX IF EXISTS ix_customer_events_published_at;
+DROP INDEX IF EXISTS ix_customer_events_delivered_at;
+DROP INDEX IF EXISTS ix_customer_events_customer_id;
+
 COMMIT;
