@@ -135,6 +135,9 @@ class ArchiveFile:
         except OSError as exc:
             self.abandon()
             raise ArchiveDirectoryError(describe_os_error(self.directory, exc)) from exc
+        except BaseException:
+            self.abandon()
+            raise
         return self.hashing.digest.hexdigest(), self.hashing.size, self.lines
 
     def abandon(self) -> None:
