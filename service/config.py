@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     relay_batch_size: int = Field(default=200, ge=1)
     relay_poll_seconds: float = Field(default=1.0, gt=0)
     relay_max_backoff_seconds: float = Field(default=60.0, gt=0)
+    relay_partitions: int = Field(default=16, ge=1, le=4096)
+    relay_lease_ttl_seconds: float = Field(default=8.0, ge=1.0, le=300.0)
+    relay_heartbeat_seconds: float = Field(default=1.0, gt=0, le=60.0)
     consumer_prefetch: int = Field(default=20, ge=1)
     queue_type: Literal["classic", "quorum"] = "classic"
     quorum_delivery_limit: int = Field(default=5, ge=1)
@@ -67,6 +70,15 @@ class Settings(BaseSettings):
             raise ValueError(
                 "FINTEGRATE_EVENT_RETENTION_DAYS needs FINTEGRATE_EVENT_ARCHIVE_DIR: "
                 "events are archived to files before their partitions are dropped"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _heartbeat_within_lease(self) -> Settings:
+        if self.relay_heartbeat_seconds * 3 > self.relay_lease_ttl_seconds:
+            raise ValueError(
+                "FINTEGRATE_RELAY_HEARTBEAT_SECONDS must be at most a third of "
+                "FINTEGRATE_RELAY_LEASE_TTL_SECONDS, or leases lapse between renewals"
             )
         return self
 
