@@ -19,7 +19,11 @@
 --   ix_customer_events_delivered_at  - no query reads delivered_at as a filter;
 --   ix_customer_events_customer_id   - replaced by (customer_id, created_at, event_id).
 -- Indexes other migrations added that are not listed here are carried over unchanged
--- (recreated on the partitioned table from their definition).
+-- (recreated on the partitioned table from their definition):
+--   ix_customer_events_pending_aggregate (20261202_0500) - the relay's per-aggregate head
+--     check and runs (outbox.py DUE_HEADS NOT EXISTS, AGGREGATE_RUNS) and the ordered
+--     republish selection; pending rows only.
+-- Triggers are carried the same way (the sequence trigger of 20261202_0500 included).
 --
 -- Rollback (manual; archive first - the rows live in the partitions):
 --   CREATE TABLE customer_events_flat (LIKE customer_events INCLUDING ALL EXCLUDING INDEXES);
@@ -67,8 +71,12 @@ BEGIN
         'CREATE TRIGGER trg_customer_events_no_truncate BEFORE TRUNCATE ON %I
          FOR EACH STATEMENT EXECUTE FUNCTION fintegrate_customer_events_no_truncate()', part);
     IF stray THEN
+        -- a move, not a write: no row trigger may renumber or touch the rows (the sequence
+        -- trigger of 20261202_0500 would assign new numbers)
+        EXECUTE format('ALTER TABLE %I DISABLE TRIGGER USER', part);
         EXECUTE format('INSERT INTO %I SELECT * FROM customer_events_default
                         WHERE created_at >= %L AND created_at < %L', part, range_start, range_end);
+        EXECUTE format('ALTER TABLE %I ENABLE TRIGGER USER', part);
         DELETE FROM customer_events_default
         WHERE created_at >= range_start AND created_at < range_end;
         ALTER TABLE customer_events ATTACH PARTITION customer_events_default DEFAULT;
@@ -162,8 +170,9 @@ BEGIN
     -- event_id leads, one probe per partition.
     ALTER TABLE customer_events ADD CONSTRAINT customer_events_pkey
         PRIMARY KEY (event_id, created_at);
-    -- The relay's claim of pending events and `events resend` (KIND_CONDITION resend),
-    -- outbox.pending_summary: only pending rows, so it stays as small as the backlog.
+    -- The relay's due heads (service/messaging/outbox.py DUE_HEADS, ordered walk by
+    -- next_attempt_at), `events resend` (KIND_CONDITION resend), outbox PENDING_SUMMARY:
+    -- only pending rows, so it stays as small as the backlog.
     CREATE INDEX ix_customer_events_pending
         ON customer_events (next_attempt_at, created_at) WHERE publish_status = 'pending';
     -- `events redeliver` and its dry-run (KIND_CONDITION redeliver), GET /events
