@@ -98,3 +98,18 @@ def test_create_with_an_idempotency_key_is_safe_to_repeat(as_tenant: RunCli) -> 
     conflict = as_tenant("customers", "create", "Bob", "--idempotency-key", "cli-retry-1")
     assert conflict.exit_code != 0
     assert "different request body" in one_error_line(conflict)
+
+
+def test_erase_previews_confirms_and_erases(as_tenant: RunCli) -> None:
+    created = json_of(
+        as_tenant("customers", "create", "Erin", "--email", "erin@example.com", "--json")
+    )
+    customer_id = created["customer_id"]
+    preview = as_tenant("customers", "erase", customer_id, "--dry-run")
+    assert preview.exit_code == 0 and "Erin" in preview.stdout
+    refused = as_tenant("customers", "erase", customer_id)
+    assert refused.exit_code == 2 and "--yes" in refused.stderr
+    erased = json_of(as_tenant("customers", "erase", customer_id, "--yes", "--json"))
+    assert erased["already_erased"] is False and erased["events_redacted"] == 1
+    shown = json_of(as_tenant("customers", "show", customer_id, "--json"))
+    assert shown["email"] is None and shown["name"] == "[erased]"

@@ -18,9 +18,8 @@ from sqlalchemy import Connection, Engine, text
 
 from service.events import archive, partitions, stats
 from service.events.archive_files import MANIFEST_NAME, ArchiveDirectoryError
-from tests.service.events.conftest import days_ago, db_now, load_events
+from tests.support.history import OLD_FINAL, days_ago, load_history
 
-OLD_FINAL = 6000
 GROUP_BY = text(
     "SELECT event_type, publish_status, deliver_status, count(*) FROM customer_events "
     "GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
@@ -35,31 +34,6 @@ KEPT_PARTITION_ROWS = text(
     "SELECT count(*) FROM customer_events WHERE tableoid = (SELECT tableoid FROM customer_events"
     " WHERE publish_status = 'published' AND deliver_status = 'pending')"
 )
-
-
-def load_history(engine: Engine, old_final: int = OLD_FINAL) -> None:
-    """Final events 42..14 days old, one not-final event 40 days old, recent traffic."""
-    with engine.begin() as connection:
-        load_events(connection, days_ago(connection, 42), days_ago(connection, 14), old_final)
-        load_events(
-            connection,
-            days_ago(connection, 42),
-            days_ago(connection, 14),
-            300,
-            "published",
-            "failed",
-        )
-        load_events(
-            connection,
-            days_ago(connection, 40),
-            days_ago(connection, 39.9),
-            1,
-            "published",
-            "pending",
-        )
-        load_events(
-            connection, days_ago(connection, 3), db_now(connection), 500, "pending", "pending"
-        )
 
 
 def counts_match_table(connection: Connection) -> bool:

@@ -15,7 +15,7 @@ from sqlalchemy.exc import DBAPIError
 from service import migrations
 from service.config import Settings
 from service.events import maintenance, partitions
-from tests.service.events.conftest import CONSUMER, days_ago, db_now, load_events
+from tests.support.history import CONSUMER, days_ago, db_now, load_events
 
 PARTITIONING = "20261202_0700"
 ROW_DIGESTS = text("SELECT event_id, md5(row_to_json(e)::text) FROM customer_events e")

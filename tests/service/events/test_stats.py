@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import Engine, text
 
 from service.events import stats
-from tests.service.events.conftest import CONSUMER, days_ago, db_now, load_events
+from tests.support.history import CONSUMER, days_ago, db_now, load_events
 
 GROUP_BY = text(
     "SELECT event_type, publish_status, deliver_status, count(*) FROM customer_events "
