@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -102,6 +103,7 @@ class ArchiveResult:
     plan: ArchivePlan
     files: list[dict[str, Any]] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
+    elapsed_seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -109,6 +111,7 @@ class ArchiveResult:
             "archived_events": sum(f["events"] for f in self.files),
             "files": self.files,
             "dropped_partitions": self.dropped,
+            "elapsed_seconds": round(self.elapsed_seconds, 3),
         }
 
 
@@ -170,6 +173,7 @@ def run_archive(
 ) -> ArchiveResult:
     """Write every archivable partition to its file, then drop them (see module doc)."""
     result = ArchiveResult(plan)
+    started = time.monotonic()
     manifest = Manifest.load(plan.directory)
     manifest.reconcile(_existing_partitions(engine))
     written: list[PartitionPlan] = []
@@ -193,6 +197,7 @@ def run_archive(
         _drop_partition(engine, part)
         manifest.mark_dropped(part.name)
         result.dropped.append(part.name)
+    result.elapsed_seconds = time.monotonic() - started
     return result
 
 
