@@ -231,3 +231,38 @@ def test_a_drop_the_manifest_missed_is_recorded_by_the_next_run(
     again = json.loads((tmp_path / MANIFEST_NAME).read_text())
     assert all(entry["dropped_at"] for entry in again["files"])
     assert [e["sha256"] for e in again["files"]] == [e["sha256"] for e in manifest["files"]]
+
+
+def test_an_archive_loads_back_with_plain_psql(loaded: Engine, tmp_path: Path) -> None:
+    """The commands of docs/events.md "Loading an archive back", run by psql."""
+    result = archive.run_archive(loaded, archive.plan_archive(loaded, 10, tmp_path))
+    entry = max(result.files, key=lambda f: f["events"])
+    path = tmp_path / entry["file"]
+    url = loaded.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    copy = (
+        f"\\copy raw FROM PROGRAM 'gzip -dc {path}' "
+        "WITH (FORMAT csv, QUOTE E'\\x01', DELIMITER E'\\x02')"
+    )
+    commands = [
+        "CREATE TABLE restored_events (LIKE customer_events INCLUDING DEFAULTS)",
+        "CREATE TEMP TABLE raw (line jsonb)",
+        copy,
+        "INSERT INTO restored_events "
+        "SELECT (jsonb_populate_record(NULL::customer_events, line)).* FROM raw",
+    ]
+    arguments = [arg for command in commands for arg in ("-c", command)]
+    subprocess.run(
+        ["psql", url, "-v", "ON_ERROR_STOP=1", *arguments], check=True, capture_output=True
+    )
+    lines = {}
+    with gzip.open(path, "rt", encoding="utf-8") as handle:
+        for line in handle:
+            event = json.loads(line)
+            lines[event["event_id"]] = event
+    with loaded.connect() as connection:
+        restored = connection.execute(
+            text("SELECT event_id::text, payload_json, sequence FROM restored_events")
+        ).all()
+    assert len(restored) == entry["events"] == len(lines)
+    assert all(lines[r.event_id]["payload_json"] == r.payload_json for r in restored)
+    assert all(lines[r.event_id]["sequence"] == r.sequence for r in restored)
