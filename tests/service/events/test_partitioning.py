@@ -166,3 +166,26 @@ def test_event_id_lookups_use_the_primary_key_in_every_partition(history_engine:
     assert len(filled) >= 4
     assert not scanned & filled, plan  # only empty partitions may be read sequentially
     assert len(re.findall(r"Index Scan using \S+_pkey", plan)) >= len(filled), plan
+
+
+def test_maintenance_with_retention_archives_and_without_it_only_keeps_partitions_ahead(
+    history_engine: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    with history_engine.begin() as connection:
+        load_events(connection, days_ago(connection, 40), days_ago(connection, 20), 3000)
+    off = maintenance.run_history_maintenance(history_engine, settings)
+    assert (off.archived_events, off.dropped_partitions, off.error) == (0, 0, None)
+    retention = settings.model_copy(
+        update={"event_retention_days": 10, "event_archive_dir": str(tmp_path)}
+    )
+    on = maintenance.run_history_maintenance(history_engine, retention)
+    assert on.error is None and on.archived_events == 3000 and on.dropped_partitions >= 3
+    assert len(list(tmp_path.glob("*.jsonl.gz"))) == on.dropped_partitions
+    missing = retention.model_copy(update={"event_archive_dir": str(tmp_path / "gone")})
+    failed = maintenance.run_history_maintenance(history_engine, missing)
+    assert failed.error is not None and "does not exist" in failed.error
+
+
+def test_retention_without_an_archive_directory_is_refused() -> None:
+    with pytest.raises(ValueError, match="FINTEGRATE_EVENT_ARCHIVE_DIR"):
+        Settings(environment="test", event_retention_days=30)
