@@ -156,13 +156,15 @@ class PartitionLeases:
 
     # -- membership ----------------------------------------------------------------------
 
-    def join(self) -> None:
-        """Register this relay, take its share, and start renewing in the background."""
+    def join(self, renew_in_background: bool = True) -> None:
+        """Register this relay, take its share, and (by default) start renewing on a thread."""
         with self.engine.begin() as connection:
             connection.execute(ENSURE_PARTITIONS, {"partitions": self.partition_count})
             self._heartbeat_member(connection)
         self._joined = True
         self.rebalance()
+        if not renew_in_background:
+            return
         self._keeper_stop.clear()
         self._keeper = threading.Thread(target=self._keep, name="relay-leases", daemon=True)
         self._keeper.start()
