@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import json
 import os
+import pstats
 import signal
 import socket
 import subprocess
@@ -213,6 +215,27 @@ def unordered_rate(settings: Settings, queue: str, count: int, batch_size: int) 
     return count / elapsed
 
 
+def print_profile(profiler: cProfile.Profile, elapsed: float) -> None:
+    """Where the relay's wall time goes: the biggest cumulative entries, grouped by role."""
+    stats = pstats.Stats(profiler)
+    roles = {
+        "database reads (heads, runs)": ("due_heads", "aggregate_runs"),
+        "publishing + waiting for confirms": ("publish_batch",),
+        "building messages (JSON, properties)": ("outgoing_event",),
+        "recording outcomes (fenced)": ("_record",),
+        "lease upkeep (join, rebalance)": ("_hold_partitions",),
+    }
+    entries = stats.stats  # type: ignore[attr-defined]
+    print(f"  profile of the ordered drain ({elapsed:.2f}s wall):")
+    for role, names in roles.items():
+        seconds = sum(
+            cumulative
+            for (_, _, function), (_, _, _, cumulative, _) in entries.items()
+            if function in names
+        )
+        print(f"    {role:40s} {seconds:6.2f}s  {100 * seconds / elapsed:5.1f}%")
+
+
 def process_rate(settings: Settings, queue: str, count: int, relays: int) -> float:
     """``relays`` ``fintegrate relay`` processes from start until nothing is pending."""
     cli = str(Path(sys.executable).parent / "fintegrate")
@@ -253,12 +276,20 @@ def raw_pika_rate(settings: Settings, queue: str) -> float:
     return len(messages) / elapsed
 
 
-def relay_rate(settings: Settings, queue: str, count: int, batch_size: int) -> float:
+def relay_rate(
+    settings: Settings, queue: str, count: int, batch_size: int, profile: bool = False
+) -> float:
     engine = create_db_engine(settings, pool_size=2)
     relay = OutboxRelay(settings, engine, threading.Event(), batch_size=batch_size)
+    profiler = cProfile.Profile() if profile else None
     started = time.perf_counter()
+    if profiler is not None:
+        profiler.enable()
     drained = relay.drain()
     elapsed = time.perf_counter() - started
+    if profiler is not None:
+        profiler.disable()
+        print_profile(profiler, elapsed)
     relay.close()
     engine.dispose()
     assert drained.published == count, drained
@@ -461,7 +492,9 @@ def outbox_lag(settings: Settings, customer_ids: list[str]) -> tuple[float, floa
     return float(row.p50 or 0), float(row.p99 or 0)
 
 
-def drain_figures(settings: Settings, events: int, customers: int, batch_size: int) -> None:
+def drain_figures(
+    settings: Settings, events: int, customers: int, batch_size: int, profile: bool
+) -> None:
     queue = seed_backlog(settings, events, customers)
     print(f"backlog: {events} events over {customers} customers, batch {batch_size}")
     raw = raw_pika_rate(settings, queue)
@@ -470,6 +503,8 @@ def drain_figures(settings: Settings, events: int, customers: int, batch_size: i
     print(f"unordered relay (previous algorithm, baseline): {unordered:,.0f} events/s")
     relay = relay_rate(settings, queue, events, batch_size)
     print(f"ordered relay, in process: {relay:,.0f} events/s")
+    if profile:
+        relay_rate(settings, queue, events, batch_size, profile=True)
     print(
         f"  ratio ordered/unordered: {relay / unordered:.2f}x (target >= 0.9x); "
         f"ordered/raw pika: {relay / raw:.2f}x (target >= 3.5x)"
@@ -494,6 +529,9 @@ def main() -> None:
     parser.add_argument("--api-workers", type=int, default=2)
     parser.add_argument("--prefetch", type=int, default=Settings().consumer_prefetch)
     parser.add_argument("--skip-drain", action="store_true")
+    parser.add_argument(
+        "--profile", action="store_true", help="also profile one ordered drain (cProfile)"
+    )
     parser.add_argument("--skip-latency", action="store_true")
     args = parser.parse_args()
     with bench_database() as database_url, bench_vhost() as amqp_url:
@@ -509,7 +547,7 @@ def main() -> None:
             consumer_prefetch=args.prefetch,
         )
         if not args.skip_drain:
-            drain_figures(settings, args.events, args.customers, args.batch_size)
+            drain_figures(settings, args.events, args.customers, args.batch_size, args.profile)
         if args.skip_latency:
             return
         with tempfile.TemporaryDirectory(prefix="bench_relay_") as directory:
