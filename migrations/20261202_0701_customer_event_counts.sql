@@ -19,6 +19,7 @@
 BEGIN;
 
 CREATE TABLE IF NOT EXISTS customer_event_counts (
+    event_count_id  UUID PRIMARY KEY DEFAULT gen_random_uuid(),
     consumer_id     UUID NOT NULL,
     event_type      TEXT NOT NULL,
     publish_status  TEXT NOT NULL,
@@ -33,6 +34,7 @@ CREATE OR REPLACE FUNCTION fintegrate_customer_events_count_insert() RETURNS tri
 LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO customer_event_counts
+        (consumer_id, event_type, publish_status, deliver_status, events)
     SELECT consumer_id, event_type, publish_status, deliver_status, count(*)
     FROM new_rows GROUP BY 1, 2, 3, 4;
     RETURN NULL;
@@ -43,6 +45,7 @@ CREATE OR REPLACE FUNCTION fintegrate_customer_events_count_update() RETURNS tri
 LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO customer_event_counts
+        (consumer_id, event_type, publish_status, deliver_status, events)
     SELECT consumer_id, event_type, publish_status, deliver_status, sum(delta)
     FROM (SELECT consumer_id, event_type, publish_status, deliver_status, -1 AS delta
           FROM old_rows
@@ -63,6 +66,7 @@ BEGIN
     WITH gone AS (DELETE FROM customer_event_counts RETURNING *),
     kept AS (
         INSERT INTO customer_event_counts
+            (consumer_id, event_type, publish_status, deliver_status, events)
         SELECT consumer_id, event_type, publish_status, deliver_status, sum(events)
         FROM gone GROUP BY 1, 2, 3, 4 HAVING sum(events) <> 0
         RETURNING 1)
@@ -81,7 +85,7 @@ CREATE TRIGGER trg_customer_events_count_update AFTER UPDATE ON customer_events
     FOR EACH STATEMENT EXECUTE FUNCTION fintegrate_customer_events_count_update();
 
 -- Seed from the rows already there, once (an empty count table and a non-empty outbox).
-INSERT INTO customer_event_counts
+INSERT INTO customer_event_counts (consumer_id, event_type, publish_status, deliver_status, events)
 SELECT consumer_id, event_type, publish_status, deliver_status, count(*)
 FROM customer_events
 WHERE NOT EXISTS (SELECT 1 FROM customer_event_counts)

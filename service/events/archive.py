@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, text
+from sqlalchemy.exc import OperationalError
 
 from service.events import partitions, stats
 from service.events.archive_files import ArchiveError, ArchiveFile, Manifest, check_directory
@@ -34,6 +35,7 @@ FINAL = "publish_status = 'published' AND deliver_status IN ('delivered', 'faile
 NOW = text("SELECT now()")
 NO_TIMEOUT = text("SET LOCAL statement_timeout = 0")
 DROP_LOCK_TIMEOUT = text("SET LOCAL lock_timeout = '10s'")
+DROP_ATTEMPTS = 3
 PARTITION_COUNTS = """
     SELECT consumer_id, event_type, publish_status, deliver_status, count(*) AS count,
            min(created_at) AS first_created_at, max(created_at) AS last_created_at
@@ -260,7 +262,22 @@ def _write_partition(
 
 
 def _drop_partition(engine: Engine, part: PartitionPlan) -> None:
-    with engine.begin() as connection:
-        connection.execute(DROP_LOCK_TIMEOUT)
-        stats.subtract_counts(connection, json.dumps(part.counts))
-        partitions.detach_and_drop(connection, part.name)
+    """Subtract its counts, detach and drop it: one transaction, retried while locked out.
+
+    DETACH needs the table to itself for a moment; a long transaction on customer_events
+    makes it wait ``lock_timeout`` (10 s), then it is tried again (three times in all).
+    """
+    for attempt in range(1, DROP_ATTEMPTS + 1):
+        try:
+            with engine.begin() as connection:
+                connection.execute(NO_TIMEOUT)
+                connection.execute(DROP_LOCK_TIMEOUT)
+                stats.subtract_counts(connection, json.dumps(part.counts))
+                partitions.detach_and_drop(connection, part.name)
+            return
+        except OperationalError as exc:
+            if "lock timeout" not in str(exc) or attempt == DROP_ATTEMPTS:
+                raise ArchiveError(
+                    f"{part.name}: could not drop it ({str(exc.orig).strip().splitlines()[0]}); "
+                    "its file is complete, rerun the archive to finish"
+                ) from exc

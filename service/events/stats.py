@@ -28,6 +28,7 @@ EVENT_COUNTS = text(
 SUBTRACT = text(
     """
     INSERT INTO customer_event_counts
+        (consumer_id, event_type, publish_status, deliver_status, events)
     SELECT c.consumer_id, c.event_type, c.publish_status, c.deliver_status, -c.count
     FROM jsonb_to_recordset(CAST(:counts AS jsonb)) AS c(
         consumer_id uuid, event_type text, publish_status text, deliver_status text,
