@@ -171,6 +171,7 @@ def drain_rate(settings: Settings, consumer_id: str, count: int) -> float:
     """Events/s of one relay draining a fresh backlog of ``count`` events."""
     engine = create_db_engine(settings, pool_size=2)
     with engine.begin() as connection:
+        connection.execute(text("SET LOCAL statement_timeout = 0"))
         connection.execute(BACKLOG, {"consumer": consumer_id, "count": count})
     relay = OutboxRelay(settings, engine, threading.Event())
     started = time.perf_counter()
@@ -178,6 +179,7 @@ def drain_rate(settings: Settings, consumer_id: str, count: int) -> float:
     elapsed = time.perf_counter() - started
     relay.close()
     with engine.begin() as connection:  # the tenant's worker confirms them
+        connection.execute(text("SET LOCAL statement_timeout = 0"))
         connection.execute(DELIVERED)
     engine.dispose()
     assert drained.published >= count, drained
@@ -349,11 +351,13 @@ def main(argv: list[str] | None = None) -> int:
         base = f"http://127.0.0.1:{port}"
         print("measuring on the empty table", file=sys.stderr)
         empty = measure(settings, base, consumer_id, api_key, args)
+        print(f"empty table: {json.dumps(empty)}", file=sys.stderr, flush=True)
         print(f"loading {args.events:,} events over {args.days} days", file=sys.stderr)
         load_rate = bulk_load(engine, consumer_id, args.events, args.days)
         loaded_bytes = table_bytes(engine)
         print("measuring on the loaded table", file=sys.stderr)
         full = measure(settings, base, consumer_id, api_key, args)
+        print(f"loaded table: {json.dumps(full)}", file=sys.stderr, flush=True)
         print("archiving", file=sys.stderr)
         extra = run_archive(settings, args.days // 2)
         extra.update(
