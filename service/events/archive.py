@@ -41,10 +41,10 @@ PARTITION_COUNTS = """
            min(created_at) AS first_created_at, max(created_at) AS last_created_at
     FROM {table} GROUP BY 1, 2, 3, 4
 """
-COPY_ROWS = (
-    "COPY (SELECT row_to_json(e) FROM {table} e) TO STDOUT "
-    "WITH (FORMAT csv, DELIMITER E'\\x02', QUOTE E'\\x01')"
-)
+# A server-side cursor, not COPY: COPY cannot run under the psycopg2 wait callback the
+# service installs (service.db.bound_database_waits), and the relay runs the retention.
+ROWS_AS_JSON = "SELECT row_to_json(e)::text FROM {table} e"
+FETCH_ROWS = 20_000
 
 
 @dataclass
@@ -230,13 +230,18 @@ def _unfreeze_quietly(engine: Engine, name: str) -> None:
 def _write_partition(
     engine: Engine, part: PartitionPlan, directory: Path, progress: Progress | None
 ) -> dict[str, Any]:
-    """Stream the frozen partition into its file; the manifest entry for it."""
+    """Stream the frozen partition into its file (20,000 rows at a time); its manifest entry."""
     archive = ArchiveFile(directory, part.name, progress)
     raw = engine.raw_connection()
     try:
-        cursor: Any = raw.cursor()
-        cursor.execute("SET LOCAL statement_timeout = 0")
-        cursor.copy_expert(COPY_ROWS.format(table=_checked(part.name)), archive)
+        setup: Any = raw.cursor()
+        setup.execute("SET LOCAL statement_timeout = 0")
+        setup.close()
+        cursor: Any = raw.cursor(name=f"archive_{part.name}")
+        cursor.itersize = FETCH_ROWS
+        cursor.execute(ROWS_AS_JSON.format(table=_checked(part.name)))
+        while rows := cursor.fetchmany(FETCH_ROWS):
+            archive.write("\n".join(row[0] for row in rows) + "\n")
         cursor.close()
         raw.rollback()
     except BaseException:

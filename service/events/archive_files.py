@@ -84,7 +84,7 @@ class _HashingFile:
 
 
 class ArchiveFile:
-    """One partition's ``.jsonl.gz``: a file-like sink for COPY, bounded buffer."""
+    """One partition's ``.jsonl.gz``: a file-like sink for the rows, bounded buffer."""
 
     def __init__(
         self, directory: Path, partition: str, progress: Callable[[int], None] | None
@@ -105,7 +105,7 @@ class ArchiveFile:
         )
 
     def write(self, data: bytes | str) -> int:
-        """COPY hands rows here; written through every ``FLUSH_BYTES``."""
+        """Rows (JSON lines) come in here; written through every ``FLUSH_BYTES``."""
         self.buffer += data.encode() if isinstance(data, str) else data
         if len(self.buffer) >= FLUSH_BYTES:
             self._flush()

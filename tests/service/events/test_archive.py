@@ -13,9 +13,12 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psycopg2.extensions
 import pytest
 from sqlalchemy import Connection, Engine, text
 
+from service.config import Settings
+from service.db import bound_database_waits
 from service.events import archive, partitions, stats
 from service.events.archive_files import MANIFEST_NAME, ArchiveDirectoryError
 from tests.support.history import OLD_FINAL, days_ago, load_history
@@ -266,3 +269,15 @@ def test_an_archive_loads_back_with_plain_psql(loaded: Engine, tmp_path: Path) -
     assert len(restored) == entry["events"] == len(lines)
     assert all(lines[r.event_id]["payload_json"] == r.payload_json for r in restored)
     assert all(lines[r.event_id]["sequence"] == r.sequence for r in restored)
+
+
+def test_archive_runs_under_the_services_psycopg2_wait_callback(
+    loaded: Engine, tmp_path: Path, settings: Settings
+) -> None:
+    """The relay (retention) and the API install a wait callback; the archive still works."""
+    bound_database_waits(settings)
+    try:
+        result = archive.run_archive(loaded, archive.plan_archive(loaded, 10, tmp_path))
+    finally:
+        psycopg2.extensions.set_wait_callback(None)
+    assert result.dropped and sum(f["events"] for f in result.files) == result.plan.events
