@@ -62,6 +62,7 @@ OPERATIONS = [
         "POST", "/events/confirm-delivery", TENANT, {"event_id": "{event_id}", "status": "received"}
     ),
     Operation("DELETE", "/customer/data/{customer_id}", TENANT),
+    Operation("POST", "/customer/data/{customer_id}/erase", TENANT),
     Operation("GET", "/consumer/data", EITHER),
     Operation("POST", "/events/resend", EITHER, {"dry_run": True}),
     Operation("POST", "/events/redeliver", EITHER, {"dry_run": True}),

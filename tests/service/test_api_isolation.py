@@ -17,6 +17,7 @@ TENANT_ENDPOINTS = [
     ("GET", "/customer/data/{customer_id}", None),
     ("PATCH", "/customer/data/{customer_id}/status", {"status": "suspended"}),
     ("DELETE", "/customer/data/{customer_id}", None),
+    ("POST", "/customer/data/{customer_id}/erase", None),
     ("PUT", "/customer/data/{customer_id}/tags", {"tags": {"stolen": True}}),
     ("GET", "/customer/data/{customer_id}/tags", None),
     ("DELETE", "/customer/data/{customer_id}/tags/tier", None),

@@ -52,6 +52,7 @@ def test_queue_has_exactly_the_spec_arguments_and_bindings(settings: Settings) -
             "customer.creation.consumer_test001",
             "customer.deletion.consumer_test001",
             "customer.status_change.consumer_test001",
+            "customer.erasure.consumer_test001",
             "customer.consumer_created.consumer_test001",
         ]
     )
