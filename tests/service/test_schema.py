@@ -29,6 +29,7 @@ REQUIRED_COLUMNS = {
     "event_sequences": "event_sequence_id consumer_id aggregate_id last_sequence",
     "relay_partitions": "relay_partition_id partition_no owner_id fencing_token lease_expires_at",
     "relay_members": "relay_id partition_count heartbeat_at",
+    "republish_budgets": "republish_budget_id consumer_id tokens refilled_at",
     "migration_history": "version filename checksum applied_at execution_ms applied_by",
 }
 UPDATED_AT_TABLES = ("consumers", "customers", "customer_tags")
