@@ -118,7 +118,7 @@ def test_healthy_setup_exits_0(run_cli: RunCli, fresh_db: str, api_env: Settings
         name: "ok"
         for name in (
             "database", "migrations", "outbox", "rabbitmq", "topology", "dead letters", "redis",
-            "api",
+            "api", "gateway",
         )
     }  # fmt: skip
     assert code == 0
