@@ -22,8 +22,12 @@ InstanceFactory = Callable[..., ApiInstance]
 def stack_settings(
     migrated_database_url: str, rabbit_vhost: str, request: pytest.FixtureRequest
 ) -> Settings:
-    """Test settings for API instances behind a gateway on loopback (which they trust)."""
+    """Test settings for API instances behind a gateway on loopback (which they trust).
+
+    No ``.env`` file is read: a developer's (scripts/run.sh writes one) must not leak in.
+    """
     return Settings(
+        _env_file=None,  # type: ignore[call-arg]
         environment="test",
         database_url=migrated_database_url,
         rabbitmq_url=rabbit_vhost,

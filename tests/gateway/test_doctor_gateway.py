@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 import time
 
 import pytest
@@ -15,6 +17,10 @@ from tests.gateway.processes import ApiInstance, cli_environment, free_port
 
 
 def doctor_gateway(monkeypatch: pytest.MonkeyPatch, settings: Settings) -> dict[str, str]:
+    """The gateway line of `fintegrate --json doctor` run with exactly ``settings``."""
+    monkeypatch.chdir(tempfile.gettempdir())  # no .env file
+    for key in [key for key in os.environ if key.startswith("FINTEGRATE_")]:
+        monkeypatch.delenv(key)
     for key, value in cli_environment(settings).items():
         if key.startswith("FINTEGRATE_"):
             monkeypatch.setenv(key, value)
@@ -38,7 +44,7 @@ def test_doctor_sees_a_dead_instance_behind_the_gateway(
     dead = f"http://127.0.0.1:{free_port()}"
     plain = gateway_factory([live.url, dead])
     check = doctor_gateway(monkeypatch, through(stack_settings, plain.url))
-    assert check["status"] == "ok" and "in front of" in check["detail"]
+    assert check["status"] == "ok" and "in front of" in check["detail"], check
 
     dashboard = free_port()
     watched = gateway_factory(
