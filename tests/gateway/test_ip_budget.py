@@ -8,7 +8,7 @@ import httpx
 
 from service.gateway.pages import EDGE_HEADER
 from service.gateway.runner import Gateway
-from tests.gateway.conftest import GatewayFactory
+from tests.gateway.conftest import GatewayFactory, InstanceFactory
 from tests.gateway.processes import ApiInstance, client_from
 from tests.support.api import assert_envelope, description
 
@@ -88,3 +88,14 @@ def test_a_direct_caller_cannot_forge_its_address_either(instances: list[ApiInst
         response = client.get(f"/health?{marker}", headers={"X-Forwarded-For": FORGED})
         assert response.status_code == 200
     assert client_addresses(instances, marker) == {"127.0.0.6"}
+
+
+def test_by_default_the_api_believes_no_forwarded_header(
+    instance_factory: InstanceFactory,
+) -> None:
+    instance = instance_factory(trusted_proxy_ips="")  # the default: nobody is a proxy
+    marker = "whoami-untrusting"
+    with client_from("127.0.0.1", instance.url) as client:
+        response = client.get(f"/health?{marker}", headers={"X-Forwarded-For": FORGED})
+        assert response.status_code == 200
+    assert client_addresses([instance], marker) == {"127.0.0.1"}
