@@ -62,6 +62,20 @@ class Settings(BaseSettings):
     queue_type: Literal["classic", "quorum"] = "classic"
     quorum_delivery_limit: int = Field(default=5, ge=1)
 
+    trusted_proxy_ips: str = ""
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = Field(default=8000, ge=1, le=65535)
+    gateway_upstreams: str = "http://127.0.0.1:8001,http://127.0.0.1:8002"
+    gateway_internal_port: int | None = Field(default=None, ge=1, le=65535)
+    gateway_dashboard_port: int | None = Field(default=None, ge=1, le=65535)
+    gateway_rate_limit_per_minute: int = Field(default=100, ge=1)
+    gateway_rate_limit_burst: int = Field(default=50, ge=1)
+    gateway_health_interval_seconds: float = Field(default=5.0, gt=0)
+    gateway_health_timeout_seconds: float = Field(default=2.0, gt=0)
+    gateway_upstream_timeout_seconds: float = Field(default=30.0, gt=0)
+    gateway_access_log: bool = False
+    gateway_traefik_binary: str | None = None
+
     @model_validator(mode="after")
     def _heartbeat_within_lease(self) -> Settings:
         if self.relay_heartbeat_seconds * 3 > self.relay_lease_ttl_seconds:
