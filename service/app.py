@@ -10,7 +10,8 @@ from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
 
 from service.auth.cache import VerificationCache
-from service.auth.service import AuthState
+from service.auth.refusals import RefusalRecorder
+from service.auth.service import AuthState, BcryptGate
 from service.config import Settings, get_settings
 from service.consumers.router import router as consumers_router
 from service.customers.router import router as customers_router
@@ -86,7 +87,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings or get_settings()
     app.state.metrics = HttpMetrics()
-    app.state.auth = AuthState(VerificationCache(app.state.settings.auth_cache_ttl_seconds))
+    app.state.auth = AuthState(
+        VerificationCache(app.state.settings.auth_cache_ttl_seconds),
+        BcryptGate(app.state.settings.auth_bcrypt_concurrency),
+    )
+    app.state.auth_refusals = RefusalRecorder(app.state.metrics.registry)
     for router in ROUTERS:
         app.include_router(router)
     install_exception_handlers(app)

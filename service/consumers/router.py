@@ -11,6 +11,7 @@ from uuid import UUID
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from service.auth.keys import ParsedKey
 from service.auth.service import AuthState
 from service.consumers import service
 from service.consumers.schemas import (
@@ -34,11 +35,18 @@ from service.deps import (
 )
 from service.envelope import success
 from service.pagination import DEFAULT_LIMIT
+from service.ratelimit import FailedAuthThrottle
 from service.schemas import Envelope, ListPage, error_responses
 
 router = APIRouter(prefix="/consumer/data", tags=["consumers"])
 ADMIN_ERRORS = (401, 403, 422, 503)
 ONE = error_responses(404, *ADMIN_ERRORS)
+
+
+def remember_issued_key(request: Request, key: ParsedKey) -> None:
+    """Let the failed-auth throttle recognise the new key, so strangers cannot lock it out."""
+    throttle: FailedAuthThrottle = request.app.state.auth_throttle
+    throttle.remember_good(key.prefix, key.fingerprint)
 
 
 def evict_cached_keys(request: Request, consumer_id: UUID) -> None:
@@ -55,6 +63,7 @@ def evict_cached_keys(request: Request, consumer_id: UUID) -> None:
 )
 def create_consumer(
     body: ConsumerCreate,
+    request: Request,
     _: AdminAccess,
     engine: DbEngine,
     settings: AppSettings,
@@ -64,6 +73,7 @@ def create_consumer(
     issued = service.new_key(settings.bcrypt_rounds)
     with transaction(engine) as connection:
         created = service.create_consumer(connection, body, issued, origin)
+    remember_issued_key(request, issued[0])
     created.queue_provisioned = service.provision_queues(settings, created.name)
     return success(created, 201)
 
@@ -123,6 +133,7 @@ def rotate_consumer_key(
     with transaction(engine) as connection:
         key = service.rotate_key(connection, principal, consumer_id, issued)
     evict_cached_keys(request, consumer_id)
+    remember_issued_key(request, issued[0])
     return success(key, 201)
 
 
