@@ -63,6 +63,8 @@ BROKEN_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.InterfaceError,
 )
 
+OUTAGE_CANDIDATES: tuple[type[BaseException], ...] = (*UNAVAILABLE_ERRORS, asyncpg.PostgresError)
+
 # SQLSTATEs of a database that refuses or drops connections: class 08 (connection
 # exception), too many connections, admin/crash shutdown, cannot connect now. 55000 is
 # generic ("object not in prerequisite state") and only an outage with this message.
@@ -137,7 +139,7 @@ async def pooled_connection(pool: asyncpg.Pool) -> AsyncIterator[PooledConnectio
             except BROKEN_CONNECTION_ERRORS:
                 connection.terminate()  # the pool opens a fresh one for the next request
                 raise
-    except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError) as exc:
+    except OUTAGE_CANDIDATES as exc:
         if not is_database_outage(exc):
             raise
         raise DatabaseUnavailable(f"{type(exc).__name__}: {exc}") from exc

@@ -97,7 +97,7 @@ def is_outage(exc: Exception) -> bool:
     if isinstance(exc, OperationalError | PoolTimeoutError | DatabaseUnavailable):
         return True
     if isinstance(exc, DBAPIError):
-        return exc.connection_invalidated or is_database_outage(exc.orig)
+        return exc.connection_invalidated or (exc.orig is not None and is_database_outage(exc.orig))
     return is_database_outage(exc)
 
 

@@ -104,7 +104,7 @@ NO_NUL_PATTERN = r"^[^\x00]*$"
 # Whitespace spelled out as the union of ECMA-262 \s (what JSON Schema clients read) and
 # Unicode \s (what pydantic enforces), so a published pattern and validation agree exactly.
 SPACE_CHARS = r"\t\n\x0b\x0c\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
-Text = Annotated[str, StringConstraints(pattern=NO_NUL_PATTERN)]
+Text = Annotated[StrictStr, StringConstraints(pattern=NO_NUL_PATTERN)]
 UtcDatetime = Annotated[datetime, BeforeValidator(text_only), AfterValidator(as_utc)]
 # Free-form JSON that PostgreSQL can store, described exactly in the OpenAPI schema: no NUL
 # in any string or key, finite numbers only, nothing coerced (pydantic refuses nesting past
@@ -120,6 +120,11 @@ JsonObject = Annotated[dict[StorableText, StorableJson], ClosedObject()]
 
 
 class StrictInput(BaseModel):
-    """Base of request bodies: unknown fields are refused."""
+    """Base of request bodies: unknown fields are refused.
+
+    Fields use the strict types (``StrictInt``, ``StrictBool``, ``StrictStr``): JSON ``true``
+    is not a number and ``"5"`` is not an integer. tests/service/test_strict_bodies.py checks that
+    every request model keeps to it.
+    """
 
     model_config = ConfigDict(extra="forbid")

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Literal
 from uuid import UUID
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictBool, StrictInt, StrictStr
 
 from service.events.schemas import EventType
 from service.messaging.topology import CONSUMER_NAME_MAX_LENGTH
@@ -25,10 +25,10 @@ ReceiptStatus = Literal["received", "processed", "failed"]
 class RepublishRequest(StrictInput):
     """Which events to republish. Tenants act on their own events; admins on all or one."""
 
-    period_in_days: int = Field(
+    period_in_days: StrictInt = Field(
         DEFAULT_PERIOD_DAYS, ge=1, le=3650, description="Only events created this recently"
     )
-    max_try_count: int = Field(
+    max_try_count: StrictInt = Field(
         DEFAULT_MAX_TRY_COUNT,
         ge=1,
         le=1000,
@@ -37,17 +37,17 @@ class RepublishRequest(StrictInput):
     event_types: list[EventType] = Field(
         default_factory=list, max_length=4, description="Only these types (empty: all)"
     )
-    dry_run: bool = Field(False, description="Count and list matches; change nothing")
-    consumer_name: str | None = Field(
+    dry_run: StrictBool = Field(False, description="Count and list matches; change nothing")
+    consumer_name: StrictStr | None = Field(
         None,
         pattern=r"^[a-z0-9_]+$",
         max_length=CONSUMER_NAME_MAX_LENGTH,
         description="Admin only: restrict to one consumer",
     )
-    limit: int = Field(
+    limit: StrictInt = Field(
         DEFAULT_CHUNK, ge=1, le=MAX_CHUNK, description="Republish at most this many per call"
     )
-    cursor: str | None = Field(
+    cursor: StrictStr | None = Field(
         None, max_length=512, description="next_cursor of the previous call, to continue"
     )
 
