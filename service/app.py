@@ -28,6 +28,7 @@ from service.middleware import (
     MetricsMiddleware,
     RequestIdMiddleware,
 )
+from service.ops.checks import ReadinessCache
 from service.ops.router import router as ops_router
 from service.ratelimit import FailedAuthThrottle, RateLimiter, install_rate_limit_headers
 
@@ -92,6 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         BcryptGate(app.state.settings.auth_bcrypt_concurrency),
     )
     app.state.auth_refusals = RefusalRecorder(app.state.metrics.registry)
+    app.state.readiness = ReadinessCache()
     for router in ROUTERS:
         app.include_router(router)
     install_exception_handlers(app)
