@@ -13,6 +13,7 @@ from service.auth.cache import VerificationCache
 from service.auth.refusals import RefusalRecorder
 from service.auth.service import AuthState, BcryptGate
 from service.config import Settings, get_settings
+from service.consumers.router import me_router as consumer_me_router
 from service.consumers.router import router as consumers_router
 from service.customers.router import router as customers_router
 from service.db import bound_database_waits, create_db_engine
@@ -36,6 +37,7 @@ ROUTERS: list[APIRouter] = [
     ops_router,
     metrics_router,
     consumers_router,
+    consumer_me_router,
     customers_router,
     events_router,
     delivery_router,

@@ -85,10 +85,33 @@ class KeyIssued(KeyOut):
     api_key: str
 
 
+class BrokerCredentialsOut(BaseModel):
+    """The tenant's own RabbitMQ login (read-only on its queue and DLQ); shown once."""
+
+    username: str
+    password: str
+    vhost: str
+
+
 class ConsumerCreated(ConsumerOut):
-    """A new consumer with its first key (shown once) and the queue provisioning outcome."""
+    """A new consumer with its first key and broker login (both shown once) and the queue
+    provisioning outcome. ``broker`` is null (``broker_provisioned`` false) when the
+    management API was unavailable: rotate the broker credentials to create the user."""
 
     api_key: str
     key_id: UUID
     key_prefix: str
     queue_provisioned: bool = False
+    broker: BrokerCredentialsOut | None = None
+    broker_provisioned: bool = False
+
+
+class ConsumerMe(BaseModel):
+    """The consumer an API key belongs to, as the worker checks it."""
+
+    consumer_id: UUID
+    name: str
+    status: ConsumerStatus
+    queue_name: str
+    dlq_name: str
+    broker_username: str
