@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import secrets
 from dataclasses import dataclass
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from service.config import Settings
 from service.messaging import topology
@@ -95,3 +96,13 @@ class BrokerAccounts:
         if not self.management_url:
             raise ManagementUnavailable("FINTEGRATE_RABBITMQ_MANAGEMENT_URL is not configured")
         return ManagementClient(self.management_url, self.vhost)
+
+
+def tenant_broker_url(rabbitmq_url: str, username: str, password: str) -> str:
+    """``rabbitmq_url`` (host, port, vhost, query) with the tenant's login in place of its own."""
+    parts = urlsplit(rabbitmq_url)
+    host = parts.hostname or "127.0.0.1"
+    netloc = f"{quote(username, safe='')}:{quote(password, safe='')}@{host}"
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
