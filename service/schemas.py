@@ -119,10 +119,23 @@ StorableJson = TypeAliasType(
 JsonObject = Annotated[dict[StorableText, StorableJson], ClosedObject()]
 
 
+def json_integer(value: Any) -> Any:
+    """Refuse what JSON Schema's ``integer`` refuses before pydantic could coerce it: booleans
+    and strings (``true`` and ``"5"`` are not integers). ``5.0`` is one (JSON has no other
+    spelling rule) and passes on to ``int``, which still refuses ``5.5``."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("expected a JSON integer (not a boolean or a string)")
+    return value
+
+
+# A JSON integer: ``5`` and ``5.0`` are accepted, ``true``, ``"5"`` and ``5.5`` are not.
+JsonInt = Annotated[int, BeforeValidator(json_integer)]
+
+
 class StrictInput(BaseModel):
     """Base of request bodies: unknown fields are refused.
 
-    Fields use the strict types (``StrictInt``, ``StrictBool``, ``StrictStr``): JSON ``true``
+    Fields use the strict types (``JsonInt``, ``StrictBool``, ``StrictStr``): JSON ``true``
     is not a number and ``"5"`` is not an integer. tests/service/test_strict_bodies.py checks that
     every request model keeps to it.
     """

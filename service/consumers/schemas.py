@@ -10,21 +10,20 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    StrictInt,
     StrictStr,
     StringConstraints,
     model_validator,
 )
 from pydantic.json_schema import SkipJsonSchema
 
-from service.schemas import StrictInput, Text
+from service.schemas import JsonInt, StrictInput, Text
 
 ConsumerStatus = Literal["active", "disabled"]
 ConsumerName = Annotated[
     StrictStr, StringConstraints(min_length=1, max_length=64, pattern=r"^[a-z0-9_]+$")
 ]
 Description = Annotated[Text, StringConstraints(max_length=500)]
-RateLimitValue = Annotated[StrictInt, Field(ge=1, le=1_000_000)]
+RateLimitValue = Annotated[JsonInt, Field(ge=1, le=1_000_000)]
 
 
 class ConsumerCreate(StrictInput):

@@ -7,11 +7,11 @@ from datetime import datetime
 from typing import Literal
 from uuid import UUID
 
-from pydantic import BaseModel, Field, StrictBool, StrictInt, StrictStr
+from pydantic import BaseModel, Field, StrictBool, StrictStr
 
 from service.events.schemas import EventType
 from service.messaging.topology import CONSUMER_NAME_MAX_LENGTH
-from service.schemas import StrictInput, Text
+from service.schemas import JsonInt, StrictInput, Text
 
 DEFAULT_PERIOD_DAYS = 7
 DEFAULT_MAX_TRY_COUNT = 5
@@ -25,10 +25,10 @@ ReceiptStatus = Literal["received", "processed", "failed"]
 class RepublishRequest(StrictInput):
     """Which events to republish. Tenants act on their own events; admins on all or one."""
 
-    period_in_days: StrictInt = Field(
+    period_in_days: JsonInt = Field(
         DEFAULT_PERIOD_DAYS, ge=1, le=3650, description="Only events created this recently"
     )
-    max_try_count: StrictInt = Field(
+    max_try_count: JsonInt = Field(
         DEFAULT_MAX_TRY_COUNT,
         ge=1,
         le=1000,
@@ -44,7 +44,7 @@ class RepublishRequest(StrictInput):
         max_length=CONSUMER_NAME_MAX_LENGTH,
         description="Admin only: restrict to one consumer",
     )
-    limit: StrictInt = Field(
+    limit: JsonInt = Field(
         DEFAULT_CHUNK, ge=1, le=MAX_CHUNK, description="Republish at most this many per call"
     )
     cursor: StrictStr | None = Field(
