@@ -32,9 +32,9 @@ def lax_scalars(schema: Any, path: str = "") -> Iterator[str]:
     """Paths of int/bool/str/float schemas that would coerce (not ``strict``, nor behind
     ``json_integer``, which refuses booleans and strings first)."""
     if isinstance(schema, dict):
-        if schema.get("type") == "function-before":
-            if schema["function"].get("function") is json_integer:
-                return
+        guarded = schema.get("type") == "function-before" and schema["function"]
+        if guarded and guarded.get("function") is json_integer:
+            return
         if schema.get("type") in SCALARS and not schema.get("strict"):
             yield f"{path} ({schema['type']})"
         for name, value in schema.items():
