@@ -1,0 +1,63 @@
+"""What keeps the worker alive whatever a message or a handler does.
+
+``decode_message`` turns every way a body can be unreadable (not JSON, a bad encoding,
+nesting deep enough to exhaust the parser's recursion, the wrong shape, anything else the
+parser raises) into ``InvalidMessage``: the worker dead-letters it and goes on.
+``call_handler`` turns every way a handler can fail, ``SystemExit`` and
+``KeyboardInterrupt`` raised by the handler included, into a ``failed`` receipt whose
+detail can always be encoded (``describe_failure``): the message is dead-lettered once
+with that reason, never redelivered in a loop. The worker's own stop signals never raise
+(``service.messaging.shutdown`` sets a flag), so nothing here swallows a real shutdown.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from service.messaging.messages import EventMessage, InvalidMessage, parse_message
+
+log = logging.getLogger(__name__)
+
+MAX_DETAIL_CHARS = 2000
+
+
+def decode_message(body: bytes) -> EventMessage:
+    """The event in ``body``; InvalidMessage for anything that is not one."""
+    try:
+        message = parse_message(body)
+    except InvalidMessage:
+        raise
+    except RecursionError as exc:
+        raise InvalidMessage("body is nested too deeply to parse") from exc
+    except Exception as exc:
+        raise InvalidMessage(f"body cannot be read: {describe_failure(exc)}") from exc
+    if message.customer_id is not None and not isinstance(message.customer_id, str):
+        raise InvalidMessage("customer_id is neither a string nor null")
+    return message
+
+
+def call_handler(
+    handler: Callable[[EventMessage], Any], message: EventMessage
+) -> tuple[str, str | None]:
+    """Run the handler: ``("processed", None)``, or ``("failed", reason)`` whatever it raised."""
+    try:
+        handler(message)
+    except BaseException as exc:  # SystemExit/KeyboardInterrupt from a handler are its failures
+        log.error(
+            "handler failed for %s: %s", message.event_id, describe_failure(exc), exc_info=True
+        )
+        return "failed", describe_failure(exc)
+    return "processed", None
+
+
+def describe_failure(exc: BaseException) -> str:
+    """``Type: message``, safe to log and to send as JSON: never raises, no lone surrogate,
+    at most ``MAX_DETAIL_CHARS`` characters."""
+    try:
+        text = f"{type(exc).__name__}: {exc}"
+    except Exception:
+        text = f"{type(exc).__name__}: (its message cannot be shown)"
+    text = text.encode("utf-8", errors="replace").decode("utf-8")
+    return text[:MAX_DETAIL_CHARS]
