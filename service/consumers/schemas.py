@@ -8,6 +8,7 @@ from uuid import UUID
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictStr,
@@ -16,14 +17,14 @@ from pydantic import (
 )
 from pydantic.json_schema import SkipJsonSchema
 
-from service.schemas import JsonInt, StrictInput, Text
+from service.schemas import StrictInput, Text, json_integer
 
 ConsumerStatus = Literal["active", "disabled"]
 ConsumerName = Annotated[
     StrictStr, StringConstraints(min_length=1, max_length=64, pattern=r"^[a-z0-9_]+$")
 ]
 Description = Annotated[Text, StringConstraints(max_length=500)]
-RateLimitValue = Annotated[JsonInt, Field(ge=1, le=1_000_000)]
+RateLimitValue = Annotated[int, Field(ge=1, le=1_000_000), BeforeValidator(json_integer)]
 
 
 class ConsumerCreate(StrictInput):
