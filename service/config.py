@@ -54,9 +54,23 @@ class Settings(BaseSettings):
     relay_batch_size: int = Field(default=200, ge=1)
     relay_poll_seconds: float = Field(default=1.0, gt=0)
     relay_max_backoff_seconds: float = Field(default=60.0, gt=0)
+    relay_partitions: int = Field(default=16, ge=1, le=4096)
+    relay_lease_ttl_seconds: float = Field(default=8.0, ge=1.0, le=300.0)
+    relay_heartbeat_seconds: float = Field(default=1.0, gt=0, le=60.0)
+    republish_tenant_max_per_call: int = Field(default=1000, ge=1, le=5000)
+    republish_tenant_per_minute: int = Field(default=5000, ge=1)
     consumer_prefetch: int = Field(default=20, ge=1)
     queue_type: Literal["classic", "quorum"] = "classic"
     quorum_delivery_limit: int = Field(default=5, ge=1)
+
+    @model_validator(mode="after")
+    def _heartbeat_within_lease(self) -> Settings:
+        if self.relay_heartbeat_seconds * 3 > self.relay_lease_ttl_seconds:
+            raise ValueError(
+                "FINTEGRATE_RELAY_HEARTBEAT_SECONDS must be at most a third of "
+                "FINTEGRATE_RELAY_LEASE_TTL_SECONDS, or leases lapse between renewals"
+            )
+        return self
 
     @model_validator(mode="after")
     def _refuse_placeholder_secrets(self) -> Settings:

@@ -28,7 +28,7 @@ SELECT_EVENT = text(
     SELECT event_id, customer_id, consumer_id, event_type, source_service,
            payload_json AS payload, metadata_json AS metadata,
            publish_status, publish_try_count, publish_failure_reason, published_at,
-           deliver_status, deliver_try_count, delivered_at, created_at
+           deliver_status, deliver_try_count, delivered_at, created_at, sequence
     FROM customer_events
     WHERE event_id = :event_id AND consumer_id = :consumer_id
     """
@@ -39,7 +39,7 @@ LIST_EVENTS = text(
     SELECT event_id, customer_id, consumer_id, event_type, source_service,
            payload_json AS payload, metadata_json AS metadata,
            publish_status, publish_try_count, publish_failure_reason, published_at,
-           deliver_status, deliver_try_count, delivered_at, created_at
+           deliver_status, deliver_try_count, delivered_at, created_at, sequence
     FROM customer_events
     WHERE consumer_id = :consumer_id
       AND (CAST(:customer_id AS uuid) IS NULL OR customer_id = :customer_id)

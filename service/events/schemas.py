@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 EventType = Literal[
     "customer_creation", "customer_deletion", "customer_status_change", "consumer_created"
@@ -53,3 +53,7 @@ class EventOut(BaseModel):
     deliver_try_count: int
     delivered_at: datetime | None
     created_at: datetime
+    sequence: int = Field(
+        description="Position in its aggregate (the customer, or the consumer for "
+        "consumer-level events): 1, 2, 3, … in commit order, no gaps"
+    )

@@ -15,6 +15,7 @@ from service.messaging import topology
 CONTENT_TYPE = "application/json"
 PERSISTENT = 2
 APP_ID = "fintegrate"
+SEQUENCE_HEADER = "x-fintegrate-sequence"
 
 
 class InvalidMessage(ValueError):
@@ -31,12 +32,18 @@ class OutboundEvent:
     consumer_name: str
     customer_id: str | None
     occurred_at: datetime
+    sequence: int
     payload: dict[str, Any] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
 
     @property
     def routing_key(self) -> str:
         return topology.routing_key(self.event_type, self.consumer_name)
+
+    @property
+    def aggregate_id(self) -> str:
+        """The aggregate this event orders within: its customer, else its consumer."""
+        return self.customer_id or self.consumer_id
 
 
 @dataclass(frozen=True)
@@ -51,6 +58,13 @@ class EventMessage:
     payload: dict[str, Any]
     metadata: dict[str, Any]
     raw: dict[str, Any]
+    consumer_id: str | None = None
+    sequence: int | None = None
+
+    @property
+    def aggregate_key(self) -> str:
+        """Events with one key are handled in sequence order: the customer, else the consumer."""
+        return self.customer_id or self.consumer_id or self.consumer_name
 
 
 def event_from_row(row: Any) -> OutboundEvent:
@@ -62,6 +76,7 @@ def event_from_row(row: Any) -> OutboundEvent:
         consumer_name=row.consumer_name,
         customer_id=str(row.customer_id) if row.customer_id is not None else None,
         occurred_at=row.created_at,
+        sequence=int(row.sequence),
         payload=row.payload_json or {},
         metadata=row.metadata_json or {},
     )
@@ -75,6 +90,7 @@ def message_body(event: OutboundEvent) -> bytes:
         "occurred_at": event.occurred_at.isoformat(),
         "consumer": {"consumer_id": event.consumer_id, "name": event.consumer_name},
         "customer_id": event.customer_id,
+        "sequence": event.sequence,
         "payload": event.payload,
         "metadata": event.metadata,
         "schema_version": topology.SCHEMA_VERSION,
@@ -85,7 +101,10 @@ def message_body(event: OutboundEvent) -> bytes:
 def message_properties(
     event: OutboundEvent, headers: dict[str, Any] | None = None
 ) -> pika.BasicProperties:
-    """message_id = event_id, type = event_type, JSON, persistent, timestamp in seconds."""
+    """message_id = event_id, type = event_type, JSON, persistent, timestamp in seconds.
+
+    The aggregate sequence travels as header ``x-fintegrate-sequence`` (and in the body).
+    """
     return pika.BasicProperties(
         message_id=event.event_id,
         type=event.event_type,
@@ -93,7 +112,7 @@ def message_properties(
         delivery_mode=PERSISTENT,
         timestamp=int(event.occurred_at.timestamp()),
         app_id=APP_ID,
-        headers=headers,
+        headers={SEQUENCE_HEADER: event.sequence, **(headers or {})},
     )
 
 
@@ -116,7 +135,9 @@ def parse_message(body: bytes) -> EventMessage:
         event_id=event_id,
         event_type=event_type,
         consumer_name=consumer["name"],
-        customer_id=document.get("customer_id"),
+        consumer_id=_optional_str(consumer.get("consumer_id")),
+        customer_id=_optional_str(document.get("customer_id")),
+        sequence=_sequence(document.get("sequence")),
         occurred_at=str(document.get("occurred_at", "")),
         payload=_object(document.get("payload")),
         metadata=_object(document.get("metadata")),
@@ -129,6 +150,19 @@ def _valid_uuid(value: Any) -> str:
         return str(uuid.UUID(str(value)))
     except ValueError as exc:
         raise InvalidMessage(f"event_id {value!r} is not a UUID") from exc
+
+
+def _optional_str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _sequence(value: Any) -> int | None:
+    """The aggregate sequence: a positive integer (never a bool), or None when absent."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidMessage(f"sequence {value!r} is not a positive integer")
+    return value
 
 
 def _object(value: Any) -> dict[str, Any]:

@@ -1,13 +1,21 @@
-"""The outbox relay: publishes pending ``customer_events`` rows, continuously.
+"""The outbox relay: publishes pending ``customer_events`` rows, continuously, in order.
 
-One cycle = one transaction: claim a batch (``FOR UPDATE SKIP LOCKED``), publish it with
-confirms, mark each row published or failed (capped exponential backoff), commit. Row
-locks are held across the publish, so several relays never publish a row twice in a cycle.
-A crash between the broker's confirm and the commit republishes the batch later: delivery
-is at least once and consumers deduplicate by event_id.
+Relays share the outbox by partitions of the aggregate key, each leased to one relay at a
+time (``service.messaging.leases``). One round, for the partitions held:
+
+1. read (no row locks, short transaction) the due aggregate heads and, when few aggregates
+   have work, the pending events behind them (``service.messaging.outbox``);
+2. publish each aggregate's run in sequence order, wave by wave with confirms
+   (``service.messaging.ordered``), only while the leases are valid;
+3. record the outcomes in one short transaction, fenced by the leases' tokens.
+
+No lock is held while the broker is waited on: confirm-delivery, resend and redeliver never
+wait for a relay. A crash between the broker's confirm and the record republishes those
+events later (duplicates, never reordered first arrivals): delivery is at least once and
+the worker skips stale duplicates by their sequence.
 
 The relay sleeps on LISTEN fintegrate_customer_events (sent by an insert trigger) with a
-poll fallback, and stops between batches when ``stop`` is set.
+poll fallback, and stops between rounds when ``stop`` is set.
 """
 
 from __future__ import annotations
@@ -17,17 +25,20 @@ import select
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg2
 import psycopg2.extensions
-from sqlalchemy import Engine
+from sqlalchemy import Engine, Row
 from sqlalchemy.exc import DBAPIError
 
 from service.config import Settings
 from service.db import APPLICATION_NAME, CONNECT_TIMEOUT_SECONDS, libpq_dsn
 from service.messaging.connection import Backoff, BrokerUnavailable
-from service.messaging.outbox import claim_pending, mark_failed, mark_published, outbound_events
-from service.messaging.publisher import ConfirmingPublisher, outgoing_event
+from service.messaging.leases import PartitionLeases, Tenure
+from service.messaging.ordered import PublishReport, publish_runs, record_outcomes
+from service.messaging.outbox import aggregate_runs, due_heads
+from service.messaging.publisher import ConfirmingPublisher
 
 log = logging.getLogger(__name__)
 
@@ -38,45 +49,72 @@ MAX_ERROR_BACKOFF_SECONDS = 10.0
 
 @dataclass
 class BatchOutcome:
-    """What one claim cycle did."""
+    """What one round did."""
 
     claimed: int = 0
     published: int = 0
     failed: int = 0
+    fenced: int = 0  # confirmed or failed, but the lease was lost before recording
 
     def add(self, other: BatchOutcome) -> None:
         self.claimed += other.claimed
         self.published += other.published
         self.failed += other.failed
+        self.fenced += other.fenced
 
 
 def publish_pending_batch(
-    engine: Engine, publisher: ConfirmingPublisher, batch_size: int, max_backoff: float
+    engine: Engine,
+    publisher: ConfirmingPublisher,
+    leases: PartitionLeases,
+    batch_size: int,
+    max_backoff: float,
 ) -> BatchOutcome:
-    """Claim, publish and mark one batch in one transaction.
+    """One round over the partitions held: read, publish in aggregate order, record.
 
     Raises BrokerUnavailable (nothing changed) when the broker cannot be reached.
     """
+    tenure = leases.tenure()
+    if not tenure.tokens:
+        return BatchOutcome()
     with engine.begin() as connection:
-        rows = claim_pending(connection, batch_size)
-        if not rows:
+        heads = due_heads(connection, tenure.partitions, leases.partition_count, batch_size)
+        if not heads:
             return BatchOutcome()
-        events, orphans = outbound_events(rows)
-        results = publisher.publish_batch([outgoing_event(event) for event in events])
-        published = [
-            event.event_id for event, result in zip(events, results, strict=True) if result.ok
-        ]
-        failures = [
-            (event.event_id, result.reason or "not confirmed")
-            for event, result in zip(events, results, strict=True)
-            if not result.ok
-        ]
-        failures += [
-            (str(row.event_id), f"consumer {row.consumer_id} does not exist") for row in orphans
-        ]
-        mark_published(connection, published)
-        mark_failed(connection, failures, max_backoff)
-    return BatchOutcome(len(rows), len(published), len(failures))
+        depth = max(1, batch_size // len(heads))
+        runs = aggregate_runs(connection, heads, leases.partition_count, depth)
+
+    def still_ours(wave: list[Row[Any]]) -> list[Row[Any]]:
+        held = leases.still_held(tenure)
+        return [row for row in wave if row.partition_no in held]
+
+    report = publish_runs(publisher, runs, wave_filter=still_ours)
+    return _record(engine, leases, tenure, report, max_backoff, claimed=sum(map(len, runs)))
+
+
+def _record(
+    engine: Engine,
+    leases: PartitionLeases,
+    tenure: Tenure,
+    report: PublishReport,
+    max_backoff: float,
+    claimed: int,
+) -> BatchOutcome:
+    """Record the round's outcomes for the partitions PostgreSQL still says are ours."""
+    with engine.begin() as connection:
+        ours = leases.fence(connection, tenure)
+        fenced = report.restricted(lambda row: row.partition_no in ours)
+        record_outcomes(connection, fenced, max_backoff)
+    lost = len(report.published) + len(report.failed) - len(fenced.published) - len(fenced.failed)
+    if lost:
+        log.warning(
+            "lease lost before recording %d outcomes (partitions %s); the new owner republishes",
+            lost,
+            sorted({row.partition_no for row in report.published} - ours),
+        )
+    if report.broker_error:
+        log.warning("broker lost mid-round: %s", report.broker_error)
+    return BatchOutcome(claimed, len(fenced.published), len(fenced.failed), lost)
 
 
 class PendingNotifications:
@@ -148,6 +186,12 @@ class OutboxRelay:
         self.batch_size = batch_size or settings.relay_batch_size
         self.totals = BatchOutcome()
         self.idle = threading.Event()  # set while waiting for new events
+        self.leases = PartitionLeases(
+            engine,
+            settings.relay_partitions,
+            settings.relay_lease_ttl_seconds,
+            settings.relay_heartbeat_seconds,
+        )
         self._errors = Backoff(initial=0.2, maximum=MAX_ERROR_BACKOFF_SECONDS)
         self._notifications = PendingNotifications(settings.database_url)
         self._reported_at = time.monotonic()
@@ -155,15 +199,17 @@ class OutboxRelay:
     def run(self) -> BatchOutcome:
         """Publish until stopped; the batch in hand is always finished first."""
         log.info(
-            "relay started (batch %d, poll %.1fs)",
+            "relay started (batch %d, poll %.1fs, %d partitions, relay id %s)",
             self.batch_size,
             self.settings.relay_poll_seconds,
+            self.leases.partition_count,
+            self.leases.relay_id,
         )
         self._notifications.listen()
         try:
             while not self.stop.is_set():
                 outcome = self.cycle()
-                if outcome is not None and outcome.claimed < self.batch_size:
+                if outcome is not None and outcome.claimed == 0:
                     self._wait_for_work()
         finally:
             self.close()
@@ -175,11 +221,13 @@ class OutboxRelay:
         return self.totals
 
     def cycle(self) -> BatchOutcome | None:
-        """One claim cycle; None (after a bounded backoff pause) when a dependency is down."""
+        """One round; None (after a bounded backoff pause) when a dependency is down."""
         try:
+            self._hold_partitions()
             outcome = publish_pending_batch(
                 self.engine,
                 self.publisher,
+                self.leases,
                 self.batch_size,
                 self.settings.relay_max_backoff_seconds,
             )
@@ -202,20 +250,34 @@ class OutboxRelay:
         self.stop.wait(delay)
 
     def drain(self) -> BatchOutcome:
-        """Publish until no due pending event is left (or ``stop``); for tests and scripts."""
+        """Publish until no due pending event is left (or ``stop``); for tests and scripts.
+
+        Leaves the partitions at the end, so the next relay takes them at once.
+        """
         drained = BatchOutcome()
-        while not self.stop.is_set():
-            outcome = self.cycle()
-            if outcome is None:
-                continue
-            drained.add(outcome)
-            if outcome.claimed == 0:
-                break
+        try:
+            while not self.stop.is_set():
+                outcome = self.cycle()
+                if outcome is None:
+                    continue
+                drained.add(outcome)
+                if outcome.claimed == 0:
+                    break
+        finally:
+            self.leases.leave()
         return drained
 
     def close(self) -> None:
+        self.leases.leave()
         self.publisher.close()
         self._notifications.close()
+
+    def _hold_partitions(self) -> None:
+        """Join on first use, then rebalance between rounds (at most once per heartbeat)."""
+        if not self.leases.joined:
+            self.leases.join()
+        else:
+            self.leases.rebalance_if_due()
 
     def _wait_for_work(self) -> None:
         try:

@@ -19,13 +19,16 @@ REQUIRED_COLUMNS = {
     "customers": "customer_id consumer_id name email status created_at updated_at deleted_at",
     "customer_events": "event_id customer_id consumer_id event_type source_service payload_json "
     "metadata_json publish_status publish_try_count publish_failure_reason published_at "
-    "deliver_status deliver_try_count delivered_at created_at",
+    "deliver_status deliver_try_count delivered_at created_at sequence",
     "customer_tags": "customer_id",
     "customer_analytics": "customer_id metrics_json",
     "consumer_event_receipts": "event_id consumer_id status detail received_at",
     "audit_log": "request_id",
     "idempotency_keys": "idempotency_key_id consumer_id idempotency_key request_fingerprint "
     "customer_id response_json created_at",
+    "event_sequences": "event_sequence_id consumer_id aggregate_id last_sequence",
+    "relay_partitions": "relay_partition_id partition_no owner_id fencing_token lease_expires_at",
+    "relay_members": "relay_id partition_count heartbeat_at",
     "migration_history": "version filename checksum applied_at execution_ms applied_by",
 }
 UPDATED_AT_TABLES = ("consumers", "customers", "customer_tags")

@@ -12,8 +12,10 @@ from typing import Any
 import pika
 from sqlalchemy import Engine, text
 
+from service.config import Settings
 from service.messaging import topology
 from service.messaging.connection import connection_parameters
+from service.messaging.leases import PartitionLeases
 
 INSERT_CONSUMER = text("INSERT INTO consumers (name) VALUES (:name) RETURNING consumer_id")
 INSERT_EVENTS = text(
@@ -110,3 +112,19 @@ def new_consumer_name(prefix: str = "c") -> str:
     name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     assert topology.CONSUMER_NAME_PATTERN.match(name)
     return name
+
+
+@contextmanager
+def joined_leases(engine: Engine, settings: Settings) -> Iterator[PartitionLeases]:
+    """Partition leases of a relay that joined (and so holds its share); left at the end."""
+    leases = PartitionLeases(
+        engine,
+        settings.relay_partitions,
+        settings.relay_lease_ttl_seconds,
+        settings.relay_heartbeat_seconds,
+    )
+    leases.join()
+    try:
+        yield leases
+    finally:
+        leases.leave()

@@ -26,6 +26,7 @@ def event_for(consumer_name: str, event_type: str = "customer_creation") -> Outb
         consumer_name=consumer_name,
         customer_id=str(uuid.uuid4()),
         occurred_at=datetime.now(UTC),
+        sequence=1,
         payload={"name": "Ada"},
         metadata={"request_id": "r1"},
     )
@@ -54,6 +55,7 @@ def test_batch_is_confirmed_and_carries_the_spec_format(settings: Settings) -> N
         "occurred_at",
         "consumer",
         "customer_id",
+        "sequence",
         "payload",
         "metadata",
         "schema_version",

@@ -18,6 +18,7 @@ from tests.support.outbox import (
     event_rows,
     insert_consumer,
     insert_events,
+    joined_leases,
     new_consumer_name,
     queue_depth,
     wait_until,
@@ -49,8 +50,11 @@ def test_unroutable_event_is_not_marked_published(
 ) -> None:
     consumer_id = insert_consumer(outbox_engine, new_consumer_name("unprovisioned"))
     [event_id] = insert_events(outbox_engine, consumer_id, 1)
-    with ConfirmingPublisher(outbox_settings.rabbitmq_url) as publisher:
-        outcome = publish_pending_batch(outbox_engine, publisher, 10, max_backoff=2.0)
+    with (
+        joined_leases(outbox_engine, outbox_settings) as leases,
+        ConfirmingPublisher(outbox_settings.rabbitmq_url) as publisher,
+    ):
+        outcome = publish_pending_batch(outbox_engine, publisher, leases, 10, max_backoff=2.0)
     assert (outcome.published, outcome.failed) == (0, 1)
     row = event_rows(outbox_engine, [event_id])[event_id]
     assert row.publish_status == "pending"
@@ -63,35 +67,44 @@ def test_unroutable_event_is_not_marked_published(
 def test_failure_backoff_is_capped(outbox_settings: Settings, outbox_engine: Engine) -> None:
     consumer_id = insert_consumer(outbox_engine, new_consumer_name("unprovisioned"))
     [event_id] = insert_events(outbox_engine, consumer_id, 1)
-    with ConfirmingPublisher(outbox_settings.rabbitmq_url) as publisher:
+    with (
+        joined_leases(outbox_engine, outbox_settings) as leases,
+        ConfirmingPublisher(outbox_settings.rabbitmq_url) as publisher,
+    ):
         for _ in range(6):
             with outbox_engine.begin() as connection:
                 connection.exec_driver_sql(
                     "UPDATE customer_events SET next_attempt_at = now() WHERE event_id = %s",
                     (event_id,),
                 )
-            publish_pending_batch(outbox_engine, publisher, 10, max_backoff=2.0)
+            publish_pending_batch(outbox_engine, publisher, leases, 10, max_backoff=2.0)
     row = event_rows(outbox_engine, [event_id])[event_id]
     assert row.publish_try_count == 6
     assert row.next_attempt_at <= datetime.now(UTC) + timedelta(seconds=2.5)
 
 
-def test_two_relays_publish_every_row_exactly_once(
+def test_two_relays_split_the_partitions_and_publish_every_row_exactly_once(
     outbox_settings: Settings, outbox_engine: Engine, tenant: Tenant
 ) -> None:
     _, consumer_id, queues = tenant
-    ids = insert_events(outbox_engine, consumer_id, 600)
-    relays = [
-        OutboxRelay(outbox_settings, outbox_engine, threading.Event(), batch_size=25)
-        for _ in range(2)
-    ]
-    threads = [threading.Thread(target=relay.drain) for relay in relays]
+    stop = threading.Event()
+    relays = [OutboxRelay(outbox_settings, outbox_engine, stop, batch_size=25) for _ in range(2)]
+    threads = [threading.Thread(target=relay.run) for relay in relays]
     for thread in threads:
         thread.start()
-    for thread in threads:
-        thread.join(120)
-    for relay in relays:
-        relay.close()
+    try:
+        half = outbox_settings.relay_partitions // 2
+        assert wait_until(
+            lambda: all(len(relay.leases.tenure().tokens) == half for relay in relays), 20
+        )
+        mine = [set(relay.leases.tenure().tokens) for relay in relays]
+        assert not mine[0] & mine[1]
+        ids = insert_events(outbox_engine, consumer_id, 600)
+        assert wait_until(lambda: queue_depth(outbox_settings.rabbitmq_url, queues.queue) == 600)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(30)
     assert all(relay.totals.published > 0 for relay in relays)
     assert sum(relay.totals.published for relay in relays) == 600
     counts = Counter(

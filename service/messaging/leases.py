@@ -1,0 +1,339 @@
+"""Partition leases in PostgreSQL: which relay publishes which part of the outbox.
+
+Events fall into ``P`` partitions by a hash of their aggregate
+(``fintegrate_aggregate_partition``), so one aggregate is always in one partition. A
+relay publishes only the partitions it leases:
+
+- ``relay_members``: one row per running relay, its heartbeat and its ``P``. The live
+  members (heartbeat younger than the TTL) split the partitions evenly: each takes up to
+  ``ceil(P / live)``; one that holds more gives the extra back between two rounds.
+- ``relay_partitions``: one row per partition: owner, ``fencing_token`` (+1 on every
+  change of owner) and ``lease_expires_at`` on PostgreSQL's clock. A free or expired
+  partition is taken with ``UPDATE … FOR UPDATE SKIP LOCKED``; a dead relay's partitions
+  expire and are taken over within the TTL plus one heartbeat.
+- Fencing: the relay publishes a partition only while its local deadline holds (the
+  renewal's start on the monotonic clock + TTL - a safety margin, so it ends before
+  PostgreSQL can hand the lease on), and it records outcomes only through ``fence``,
+  which share-locks the lease rows still held with the round's tokens: a relay whose
+  lease was taken over can neither publish nor mark after the new owner started.
+
+Renewals run on a keeper thread so a long round (a slow broker) keeps its leases; taking
+and giving back partitions happens in the relay's own thread, between rounds.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, Engine, text
+from sqlalchemy.exc import DBAPIError
+
+log = logging.getLogger(__name__)
+
+SAFETY_FRACTION = 0.25
+MAX_SAFETY_SECONDS = 2.0
+STALE_MEMBER_TTLS = 10
+
+ENSURE_PARTITIONS = text(
+    """
+    INSERT INTO relay_partitions (partition_no)
+    SELECT generate_series(0, CAST(:partitions AS integer) - 1)
+    ON CONFLICT (partition_no) DO NOTHING
+    """
+)
+UPSERT_MEMBER = text(
+    """
+    INSERT INTO relay_members (relay_id, partition_count, hostname, pid)
+    VALUES (:relay_id, :partitions, :hostname, :pid)
+    ON CONFLICT (relay_id) DO UPDATE SET heartbeat_at = now()
+    """
+)
+RENEW = text(
+    """
+    UPDATE relay_partitions
+    SET lease_expires_at = now() + make_interval(secs => CAST(:ttl AS float8))
+    WHERE owner_id = :relay_id
+    RETURNING partition_no, fencing_token
+    """
+)
+MEMBERSHIP = text(
+    """
+    SELECT count(*) AS live,
+           coalesce(bool_or(partition_count <> :partitions), false) AS mismatch
+    FROM relay_members
+    WHERE heartbeat_at > now() - make_interval(secs => CAST(:ttl AS float8))
+    """
+)
+FORGET_STALE_MEMBERS = text(
+    """
+    DELETE FROM relay_members
+    WHERE heartbeat_at < now() - make_interval(secs => CAST(:ttl AS float8) * :ttls)
+    """
+)
+ACQUIRE = text(
+    """
+    UPDATE relay_partitions p
+    SET owner_id = :relay_id, fencing_token = p.fencing_token + 1, acquired_at = now(),
+        lease_expires_at = now() + make_interval(secs => CAST(:ttl AS float8))
+    WHERE p.partition_no IN (
+        SELECT partition_no FROM relay_partitions
+        WHERE partition_no < :partitions
+          AND (owner_id IS NULL OR lease_expires_at < now())
+        ORDER BY partition_no
+        LIMIT :wanted
+        FOR UPDATE SKIP LOCKED)
+    RETURNING p.partition_no, p.fencing_token
+    """
+)
+RELEASE = text(
+    """
+    UPDATE relay_partitions SET owner_id = NULL, lease_expires_at = NULL
+    WHERE owner_id = :relay_id AND partition_no = ANY(CAST(:partitions AS integer[]))
+    """
+)
+LEAVE = text("DELETE FROM relay_members WHERE relay_id = :relay_id")
+FENCE = text(
+    """
+    SELECT p.partition_no
+    FROM relay_partitions p
+    JOIN unnest(CAST(:partitions AS integer[]), CAST(:tokens AS bigint[])) AS t(no, token)
+      ON p.partition_no = t.no AND p.fencing_token = t.token
+    WHERE p.owner_id = :relay_id
+    FOR SHARE OF p
+    """
+)
+
+
+@dataclass(frozen=True)
+class Tenure:
+    """The partitions held for one round, each with its fencing token."""
+
+    tokens: dict[int, int]
+
+    @property
+    def partitions(self) -> list[int]:
+        return sorted(self.tokens)
+
+
+@dataclass
+class _Lease:
+    token: int
+    valid_until: float
+
+
+class PartitionLeases:
+    """This relay's share of the partitions; thread-safe."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        partitions: int,
+        ttl_seconds: float,
+        heartbeat_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.engine = engine
+        self.partition_count = partitions
+        self.ttl = ttl_seconds
+        self.heartbeat_seconds = heartbeat_seconds
+        self.relay_id = str(uuid.uuid4())
+        self._clock = clock
+        self._safety = min(MAX_SAFETY_SECONDS, ttl_seconds * SAFETY_FRACTION)
+        self._held: dict[int, _Lease] = {}
+        self._lock = threading.Lock()
+        self._joined = False
+        self._keeper: threading.Thread | None = None
+        self._keeper_stop = threading.Event()
+        self._rebalanced_at = -math.inf
+
+    # -- membership ----------------------------------------------------------------------
+
+    def join(self, renew_in_background: bool = True) -> None:
+        """Register this relay, take its share, and (by default) start renewing on a thread."""
+        with self.engine.begin() as connection:
+            connection.execute(ENSURE_PARTITIONS, {"partitions": self.partition_count})
+            self._heartbeat_member(connection)
+        self._joined = True
+        self.rebalance()
+        if not renew_in_background:
+            return
+        self._keeper_stop.clear()
+        self._keeper = threading.Thread(target=self._keep, name="relay-leases", daemon=True)
+        self._keeper.start()
+
+    def leave(self) -> None:
+        """Give every partition back and deregister (a clean stop hands over at once)."""
+        self._keeper_stop.set()
+        if self._keeper is not None:
+            self._keeper.join(timeout=self.ttl)
+            self._keeper = None
+        if not self._joined:
+            return
+        self._joined = False
+        with self._lock:
+            held, self._held = sorted(self._held), {}
+        try:
+            with self.engine.begin() as connection:
+                self._release(connection, held)
+                connection.execute(LEAVE, {"relay_id": self.relay_id})
+        except DBAPIError as exc:  # the leases then simply expire
+            log.warning("could not release relay partitions: %s", _first_line(exc))
+
+    @property
+    def joined(self) -> bool:
+        return self._joined
+
+    # -- the relay's view ----------------------------------------------------------------
+
+    def tenure(self) -> Tenure:
+        """The partitions this relay may publish now, with their tokens."""
+        now = self._clock()
+        with self._lock:
+            valid = {no: lease.token for no, lease in self._held.items() if lease.valid_until > now}
+        return Tenure(valid)
+
+    def still_held(self, tenure: Tenure) -> set[int]:
+        """The partitions of ``tenure`` still held with the same token and not expired."""
+        now = self._clock()
+        with self._lock:
+            return {
+                no
+                for no, token in tenure.tokens.items()
+                if (lease := self._held.get(no)) is not None
+                and lease.token == token
+                and lease.valid_until > now
+            }
+
+    def fence(self, connection: Connection, tenure: Tenure) -> set[int]:
+        """In the caller's transaction: the partitions of ``tenure`` still ours in PostgreSQL.
+
+        The lease rows are share-locked, so no relay can take them over before the
+        caller's transaction (which records this round's outcomes) has committed.
+        """
+        if not tenure.tokens:
+            return set()
+        partitions = tenure.partitions
+        rows = connection.execute(
+            FENCE,
+            {
+                "relay_id": self.relay_id,
+                "partitions": partitions,
+                "tokens": [tenure.tokens[no] for no in partitions],
+            },
+        )
+        return set(rows.scalars())
+
+    # -- renewal and balance -------------------------------------------------------------
+
+    def rebalance_if_due(self) -> None:
+        """Rebalance at most once per heartbeat (call between rounds)."""
+        if self._clock() - self._rebalanced_at >= self.heartbeat_seconds:
+            self.rebalance()
+
+    def rebalance(self) -> None:
+        """Take up to this relay's fair share of free or expired partitions; give back extras."""
+        self._rebalanced_at = self._clock()
+        with self.engine.begin() as connection:
+            connection.execute(FORGET_STALE_MEMBERS, {"ttl": self.ttl, "ttls": STALE_MEMBER_TTLS})
+            membership = connection.execute(
+                MEMBERSHIP, {"partitions": self.partition_count, "ttl": self.ttl}
+            ).one()
+            if membership.mismatch:
+                log.error(
+                    "another live relay uses a different FINTEGRATE_RELAY_PARTITIONS; "
+                    "this relay (%d) publishes nothing until they agree",
+                    self.partition_count,
+                )
+                self._release(connection, self._drop_all())
+                return
+            share = math.ceil(self.partition_count / max(1, membership.live))
+            with self._lock:
+                extra = sorted(self._held)[share:]
+                wanted = share - len(self._held)
+            if extra:
+                self._release(connection, extra)
+            elif wanted > 0:
+                self._acquire(connection, wanted)
+
+    def renew(self) -> None:
+        """Extend every lease still ours; forget the ones another relay took over."""
+        started = self._clock()
+        with self.engine.begin() as connection:
+            self._heartbeat_member(connection)
+            rows = connection.execute(RENEW, {"relay_id": self.relay_id, "ttl": self.ttl}).all()
+        renewed = {row.partition_no: row.fencing_token for row in rows}
+        valid_until = started + self.ttl - self._safety
+        with self._lock:
+            for no in list(self._held):
+                if renewed.get(no) == self._held[no].token:
+                    self._held[no].valid_until = valid_until
+                else:
+                    log.warning("lease on partition %d was lost", no)
+                    del self._held[no]
+
+    def _keep(self) -> None:
+        while not self._keeper_stop.wait(self.heartbeat_seconds):
+            try:
+                self.renew()
+            except DBAPIError as exc:
+                log.warning("lease renewal failed: %s", _first_line(exc))
+            except Exception:  # never let the keeper die silently
+                log.exception("lease renewal failed unexpectedly")
+
+    # -- SQL helpers ---------------------------------------------------------------------
+
+    def _heartbeat_member(self, connection: Connection) -> None:
+        connection.execute(
+            UPSERT_MEMBER,
+            {
+                "relay_id": self.relay_id,
+                "partitions": self.partition_count,
+                "hostname": socket.gethostname(),
+                "pid": os.getpid(),
+            },
+        )
+
+    def _acquire(self, connection: Connection, wanted: int) -> None:
+        started = self._clock()
+        rows = connection.execute(
+            ACQUIRE,
+            {
+                "relay_id": self.relay_id,
+                "ttl": self.ttl,
+                "partitions": self.partition_count,
+                "wanted": wanted,
+            },
+        ).all()
+        valid_until = started + self.ttl - self._safety
+        with self._lock:
+            for row in rows:
+                self._held[row.partition_no] = _Lease(row.fencing_token, valid_until)
+        if rows:
+            log.info("relay took partitions %s", sorted(row.partition_no for row in rows))
+
+    def _release(self, connection: Connection, partitions: Iterable[int]) -> None:
+        released = sorted(partitions)
+        if not released:
+            return
+        with self._lock:
+            for no in released:
+                self._held.pop(no, None)
+        connection.execute(RELEASE, {"relay_id": self.relay_id, "partitions": released})
+        log.info("relay gave back partitions %s", released)
+
+    def _drop_all(self) -> list[int]:
+        with self._lock:
+            held, self._held = sorted(self._held), {}
+        return held
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

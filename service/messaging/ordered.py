@@ -1,0 +1,115 @@
+"""Publish events in aggregate order and record what the broker said: one step for all.
+
+The relay, ``POST /events/resend`` and ``POST /events/redeliver`` all publish through
+``publish_runs`` and record through ``record_outcomes``.
+
+A *run* is one aggregate's events in sequence order. Runs are published in *waves*: wave
+``i`` carries the ``i``-th event of every run still going, and the next wave starts only
+once the broker has confirmed (and routed) the whole wave. So an aggregate never has two
+events in flight, an event is sent only after its predecessor is in the queue, and a
+failure stops its own run only: its later events stay pending, other runs go on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection, Row
+
+from service.messaging.connection import BrokerUnavailable
+from service.messaging.messages import event_from_row
+from service.messaging.outbox import mark_failed, mark_published
+from service.messaging.publisher import ConfirmingPublisher, outgoing_event
+
+Run = Sequence[Row[Any]]
+WaveFilter = Callable[[list[Row[Any]]], list[Row[Any]]]
+
+
+@dataclass
+class PublishReport:
+    """What one ordered publish did, row by row."""
+
+    published: list[Row[Any]] = field(default_factory=list)
+    failed: list[tuple[Row[Any], str]] = field(default_factory=list)
+    held: int = 0  # not attempted: behind a failure in their run, or no longer ours
+    broker_error: str | None = None
+
+    def restricted(self, keep: Callable[[Row[Any]], bool]) -> PublishReport:
+        """The same report with only the rows ``keep`` accepts."""
+        return PublishReport(
+            [row for row in self.published if keep(row)],
+            [(row, reason) for row, reason in self.failed if keep(row)],
+            self.held,
+            self.broker_error,
+        )
+
+
+def publish_runs(
+    publisher: ConfirmingPublisher,
+    runs: Sequence[Run],
+    headers: dict[str, Any] | None = None,
+    wave_filter: WaveFilter | None = None,
+) -> PublishReport:
+    """Publish ``runs`` wave by wave; a run stops at its first failure.
+
+    ``wave_filter`` may drop rows from a wave just before it is sent (the relay drops rows
+    whose partition lease is no longer valid); a dropped row ends its run. Raises
+    BrokerUnavailable only when the broker cannot be reached before anything was sent.
+    """
+    report = PublishReport()
+    active = [run for run in runs if run]
+    position = 0
+    while active:
+        wave = [run[position] for run in active]
+        allowed = wave if wave_filter is None else wave_filter(wave)
+        try:
+            results = _publish_wave(publisher, allowed, headers)
+        except BrokerUnavailable as exc:
+            if not report.published and not report.failed:
+                raise
+            report.broker_error = str(exc)
+            report.held += sum(len(run) - position for run in active)
+            return report
+        going = []
+        for run, row in zip(active, wave, strict=True):
+            reason = results.get(str(row.event_id), "no longer held by this relay")
+            if reason is None:
+                report.published.append(row)
+                if position + 1 < len(run):
+                    going.append(run)
+                continue
+            if str(row.event_id) in results:
+                report.failed.append((row, reason))
+            else:
+                report.held += 1
+            report.held += len(run) - position - 1
+        active = going
+        position += 1
+    return report
+
+
+def record_outcomes(connection: Connection, report: PublishReport, max_backoff: float) -> None:
+    """Mark the confirmed rows published and the failed ones for a retry after backoff."""
+    mark_published(connection, [str(row.event_id) for row in report.published])
+    mark_failed(
+        connection, [(str(row.event_id), reason) for row, reason in report.failed], max_backoff
+    )
+
+
+def _publish_wave(
+    publisher: ConfirmingPublisher, rows: list[Row[Any]], headers: dict[str, Any] | None
+) -> dict[str, str | None]:
+    """event_id -> None when confirmed and routed, else the reason it was not."""
+    outcome: dict[str, str | None] = {}
+    sendable = []
+    for row in rows:
+        if row.consumer_name is None:
+            outcome[str(row.event_id)] = f"consumer {row.consumer_id} does not exist"
+        else:
+            sendable.append(row)
+    messages = [outgoing_event(event_from_row(row), headers) for row in sendable]
+    for row, result in zip(sendable, publisher.publish_batch(messages), strict=True):
+        outcome[str(row.event_id)] = None if result.ok else (result.reason or "not confirmed")
+    return outcome
