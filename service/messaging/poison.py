@@ -13,6 +13,7 @@ with that reason, never redelivered in a loop. The worker's own stop signals nev
 from __future__ import annotations
 
 import logging
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -26,16 +27,13 @@ MAX_DETAIL_CHARS = 2000
 def decode_message(body: bytes) -> EventMessage:
     """The event in ``body``; InvalidMessage for anything that is not one."""
     try:
-        message = parse_message(body)
+        return parse_message(body)
     except InvalidMessage:
         raise
     except RecursionError as exc:
         raise InvalidMessage("body is nested too deeply to parse") from exc
     except Exception as exc:
         raise InvalidMessage(f"body cannot be read: {describe_failure(exc)}") from exc
-    if message.customer_id is not None and not isinstance(message.customer_id, str):
-        raise InvalidMessage("customer_id is neither a string nor null")
-    return message
 
 
 def call_handler(
@@ -45,11 +43,23 @@ def call_handler(
     try:
         handler(message)
     except BaseException as exc:  # SystemExit/KeyboardInterrupt from a handler are its failures
-        log.error(
-            "handler failed for %s: %s", message.event_id, describe_failure(exc), exc_info=True
-        )
-        return "failed", describe_failure(exc)
+        detail = describe_failure(exc)
+        log.error("handler failed for %s: %s\n%s", message.event_id, detail, safe_traceback(exc))
+        return "failed", detail
     return "processed", None
+
+
+def safe_traceback(exc: BaseException) -> str:
+    """The traceback as text a log handler can always encode (no lone surrogate)."""
+    try:
+        text = "".join(traceback.format_exception(exc))
+    except Exception:
+        text = f"{type(exc).__name__} (no traceback available)"
+    return _encodable(text)
+
+
+def _encodable(text: str) -> str:
+    return text.encode("utf-8", errors="replace").decode("utf-8")
 
 
 def describe_failure(exc: BaseException) -> str:
@@ -59,5 +69,4 @@ def describe_failure(exc: BaseException) -> str:
         text = f"{type(exc).__name__}: {exc}"
     except Exception:
         text = f"{type(exc).__name__}: (its message cannot be shown)"
-    text = text.encode("utf-8", errors="replace").decode("utf-8")
-    return text[:MAX_DETAIL_CHARS]
+    return _encodable(text)[:MAX_DETAIL_CHARS]
