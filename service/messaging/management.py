@@ -7,7 +7,7 @@ users, their permissions on the client's vhost, and their open connections.
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import httpx
 
@@ -25,7 +25,13 @@ class ManagementClient:
 
     def __init__(self, base_url: str, vhost: str, timeout: float = TIMEOUT_SECONDS):
         self.vhost = vhost
-        self._http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout)
+        url = httpx.URL(base_url.rstrip("/"))
+        # credentials go in the auth header only: httpx logs request URLs (INFO), and the
+        # operator's password must never reach a log line
+        auth = (unquote(url.username), unquote(url.password)) if url.username else None
+        self._http = httpx.Client(
+            base_url=url.copy_with(username=None, password=None), auth=auth, timeout=timeout
+        )
 
     def close(self) -> None:
         self._http.close()
