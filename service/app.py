@@ -10,8 +10,10 @@ from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
 
 from service.auth.cache import VerificationCache
-from service.auth.service import AuthState
+from service.auth.refusals import RefusalRecorder
+from service.auth.service import AuthState, BcryptGate
 from service.config import Settings, get_settings
+from service.consumers.router import me_router as consumer_me_router
 from service.consumers.router import router as consumers_router
 from service.customers.router import router as customers_router
 from service.db import bound_database_waits, create_db_engine
@@ -27,6 +29,7 @@ from service.middleware import (
     MetricsMiddleware,
     RequestIdMiddleware,
 )
+from service.ops.checks import ReadinessCache
 from service.ops.router import router as ops_router
 from service.ratelimit import FailedAuthThrottle, RateLimiter, install_rate_limit_headers
 
@@ -34,6 +37,7 @@ ROUTERS: list[APIRouter] = [
     ops_router,
     metrics_router,
     consumers_router,
+    consumer_me_router,
     customers_router,
     events_router,
     delivery_router,
@@ -86,7 +90,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings or get_settings()
     app.state.metrics = HttpMetrics()
-    app.state.auth = AuthState(VerificationCache(app.state.settings.auth_cache_ttl_seconds))
+    app.state.auth = AuthState(
+        VerificationCache(app.state.settings.auth_cache_ttl_seconds),
+        BcryptGate(app.state.settings.auth_bcrypt_concurrency),
+    )
+    app.state.auth_refusals = RefusalRecorder(app.state.metrics.registry)
+    app.state.readiness = ReadinessCache()
     for router in ROUTERS:
         app.include_router(router)
     install_exception_handlers(app)

@@ -47,6 +47,7 @@ class Settings(BaseSettings):
     auth_cache_ttl_seconds: float = Field(default=5.0, ge=0)
     failed_auth_limit: int = Field(default=10, ge=1)
     failed_auth_window_seconds: int = Field(default=60, ge=1)
+    auth_bcrypt_concurrency: int = Field(default=2, ge=1)
     redis_timeout_seconds: float = Field(default=0.05, gt=0)
     redis_retry_seconds: float = Field(default=5.0, gt=0)
 

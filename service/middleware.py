@@ -153,7 +153,11 @@ class MetricsMiddleware:
 
 
 class AuditMiddleware:
-    """After the answer: an audit row for every 5xx and every admin action."""
+    """After the answer: an audit row for every 5xx and every admin action of a verified caller.
+
+    An unauthenticated request (no credential, or one that failed verification) writes no
+    row, whatever it caused: it is logged, and auth refusals are counted in Prometheus.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -181,6 +185,11 @@ class AuditMiddleware:
     async def _audit(self, scope: Scope, status: int) -> None:
         state = state_of(scope)
         if status < 500 and not (state.get("admin_action") or state.get("audited")):
+            return
+        if "actor" not in state:  # strangers write nothing (service.auth.refusals counts them)
+            logger.info(
+                "no audit row for an unauthenticated request: %s", audit_entry(scope, status)
+            )
             return
         entry = audit_entry(scope, status)
         if state.get("database_unavailable"):

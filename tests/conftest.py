@@ -110,6 +110,15 @@ def rabbit_vhost() -> Iterator[str]:
         )
     yield f"amqp://{RABBIT_USER}:{RABBIT_PASS}@{RABBIT_HOST}:5672/{vhost}"
     httpx.delete(f"{RABBIT_MANAGEMENT}/api/vhosts/{vhost}", auth=auth, timeout=30)
+    delete_tenant_users(vhost, auth)
+
+
+def delete_tenant_users(vhost: str, auth: tuple[str, str]) -> None:
+    """Remove the broker users the session's consumers got (users are broker-wide)."""
+    users = httpx.get(f"{RABBIT_MANAGEMENT}/api/users", auth=auth, timeout=30).json()
+    for user in users:
+        if user["name"].endswith(f".{vhost}"):
+            httpx.delete(f"{RABBIT_MANAGEMENT}/api/users/{user['name']}", auth=auth, timeout=30)
 
 
 @pytest.fixture
