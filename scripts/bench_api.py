@@ -45,16 +45,18 @@ from bench_loadgen import (
 )
 
 from service import migrations
-from service.config import Settings
+from service.config import Settings, shipped_driver_url
 from service.consumers import service as consumers
 from service.consumers.schemas import ConsumerCreate
 from service.db import transaction
 from service.events.schemas import EventOrigin
 
 ROOT = Path(__file__).resolve().parents[1]
-PG_ADMIN_URL = os.environ.get(
-    "FINTEGRATE_BENCH_PG_URL",
-    "postgresql+psycopg2://fintegrate_user:fintegrate_pass@127.0.0.1:5432/postgres",
+PG_ADMIN_URL = shipped_driver_url(
+    os.environ.get(
+        "FINTEGRATE_BENCH_PG_URL",
+        "postgresql://fintegrate_user:fintegrate_pass@127.0.0.1:5432/postgres",
+    )
 )
 NEVER_LIMITED = 1_000_000
 FAIL_OPEN_SERIES = 'fintegrate_ratelimit_fail_open_total{check="rate_limit"}'
