@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PLACEHOLDER_SECRETS = frozenset(
@@ -17,6 +17,27 @@ PLACEHOLDER_SECRETS = frozenset(
 )
 SECRET_FIELDS = ("admin_api_key", "api_key")
 SECRET_URL_FIELDS = ("database_url", "rabbitmq_url", "rabbitmq_management_url", "redis_url")
+SHIPPED_DATABASE_SCHEME = "postgresql+psycopg2"
+# What platforms hand out (``postgres://``, ``postgresql://``) and the explicit form. Since
+# SQLAlchemy 2.1 a bare ``postgresql://`` means psycopg 3, which Fintegrate does not ship.
+ACCEPTED_DATABASE_SCHEMES = frozenset({"postgres", "postgresql", SHIPPED_DATABASE_SCHEME})
+
+
+def shipped_driver_url(url: str) -> str:
+    """``url`` as a SQLAlchemy URL on the driver Fintegrate ships (psycopg2).
+
+    ``postgres://`` and ``postgresql://`` are mapped to ``postgresql+psycopg2://``; the rest
+    of the URL is kept byte for byte. Any other scheme or driver (``postgresql+psycopg://``,
+    ``postgresql+asyncpg://``, ``sqlite://``) raises ValueError naming the accepted forms.
+    """
+    scheme, separator, rest = url.strip().partition("://")
+    if separator and scheme.lower() in ACCEPTED_DATABASE_SCHEMES:
+        return f"{SHIPPED_DATABASE_SCHEME}://{rest}"
+    shown = f"{scheme}://" if separator else "a value without a scheme"
+    raise ValueError(
+        f"unsupported database URL ({shown}); use postgresql://, postgres:// or "
+        f"postgresql+psycopg2:// (Fintegrate ships the psycopg2 driver)"
+    )
 
 
 class Settings(BaseSettings):
@@ -85,6 +106,11 @@ class Settings(BaseSettings):
                 "FINTEGRATE_RELAY_LEASE_TTL_SECONDS, or leases lapse between renewals"
             )
         return self
+
+    @field_validator("database_url")
+    @classmethod
+    def _on_shipped_driver(cls, value: str) -> str:
+        return shipped_driver_url(value)
 
     @model_validator(mode="after")
     def _refuse_placeholder_secrets(self) -> Settings:

@@ -21,14 +21,16 @@ from sqlalchemy.engine import make_url
 
 from service import migrations
 from service.app import create_app
-from service.config import Settings, get_settings
+from service.config import Settings, get_settings, shipped_driver_url
 from service.db import create_db_engine
 from tests.support.live_server import LiveServer
 from tests.support.tcp_proxy import TcpProxy
 
-PG_ADMIN_URL = os.environ.get(
-    "FINTEGRATE_TEST_PG_URL",
-    "postgresql+psycopg2://fintegrate_user:fintegrate_pass@127.0.0.1:5432/postgres",
+PG_ADMIN_URL = shipped_driver_url(
+    os.environ.get(
+        "FINTEGRATE_TEST_PG_URL",
+        "postgresql://fintegrate_user:fintegrate_pass@127.0.0.1:5432/postgres",
+    )
 )
 RABBIT_HOST = os.environ.get("FINTEGRATE_TEST_RABBIT_HOST", "127.0.0.1")
 RABBIT_USER = os.environ.get("FINTEGRATE_TEST_RABBIT_USER", "fintegrate_user")

@@ -328,5 +328,6 @@ def test_image_is_slim_and_installs_the_package_with_its_migrations():
     assert bases and all(base.startswith("python:3.11-slim") for base in bases)
     runs = " ".join(args for name, args in instructions if name == "RUN")
     copies = [args for name, args in instructions if name == "COPY"]
-    assert "pip install ." in runs
+    assert "pip install --require-hashes -r requirements-runtime.lock" in runs
+    assert "pip install --no-deps ." in runs
     assert any(args.startswith("migrations ") for args in copies)
