@@ -7,10 +7,12 @@ FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 RUN python -m venv /opt/venv
+COPY requirements-runtime.lock ./
+RUN /opt/venv/bin/pip install --require-hashes -r requirements-runtime.lock
 COPY pyproject.toml README.md ./
 COPY service ./service
 COPY fintegrate_cli ./fintegrate_cli
-RUN /opt/venv/bin/pip install .
+RUN /opt/venv/bin/pip install --no-deps .
 
 FROM python:3.11-slim
 ENV PATH=/opt/venv/bin:$PATH \

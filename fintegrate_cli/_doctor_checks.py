@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx
 import pika.exceptions
 import redis
 from sqlalchemy import Engine, text
@@ -18,6 +19,8 @@ from fintegrate_cli._errors import CliError
 from service import migrations
 from service.config import Settings
 from service.delivery import repository as delivery_repository
+from service.gateway.config import INSTANCES_SERVICE
+from service.gateway.pages import EDGE_HEADER
 from service.messaging import inspection, leases, outbox, topology
 from service.messaging.connection import open_blocking
 
@@ -29,6 +32,9 @@ DATABASE_HINT = "start PostgreSQL (scripts/prepare_services.sh) or fix FINTEGRAT
 BROKER_HINT = "start RabbitMQ (scripts/prepare_services.sh) or fix FINTEGRATE_RABBITMQ_URL"
 EXCHANGE_HINT = "run `fintegrate queues provision` (or start `fintegrate relay`)"
 API_HINT = "start it with `fintegrate serve` or fix --api-url / FINTEGRATE_API_URL"
+GATEWAY_HINT = "start it with `fintegrate gateway` (scripts/run.sh does) or fix FINTEGRATE_API_URL"
+INSTANCES_HINT = "start the missing instance(s) with `fintegrate serve --port PORT`"
+GATEWAY_PROBE_PATH = "/_edge/doctor"  # an unknown path: the gateway's error pages answer it
 
 
 @dataclass
@@ -245,3 +251,38 @@ def ready_parts(ready: Any) -> dict[str, bool]:
     if not isinstance(ready, dict):
         return {}
     return {name: bool(v.get("ok")) for name, v in ready.items() if isinstance(v, dict)}
+
+
+def gateway_expected(settings: Settings) -> bool:
+    """FINTEGRATE_API_URL names the gateway's own address (FINTEGRATE_GATEWAY_HOST/PORT)."""
+    url = httpx.URL(settings.api_url)
+    return (url.host, url.port) == (settings.gateway_host, settings.gateway_port)
+
+
+def check_gateway(settings: Settings) -> Check:
+    """Is the gateway in front of FINTEGRATE_API_URL, and (with its dashboard) who is up."""
+    probe = httpx.get(
+        settings.api_url.rstrip("/") + GATEWAY_PROBE_PATH, timeout=CONNECT_TIMEOUT_SECONDS
+    )
+    if EDGE_HEADER not in probe.headers:
+        if gateway_expected(settings):
+            detail = f"{settings.api_url} answers without the gateway (an API instance?)"
+            return Check("gateway", WARN, detail, GATEWAY_HINT)
+        return Check("gateway", OK, f"not in use: {settings.api_url} is an API instance")
+    if settings.gateway_dashboard_port is None:
+        detail = f"in front of {settings.api_url} (set FINTEGRATE_GATEWAY_DASHBOARD_PORT for "
+        return Check("gateway", OK, detail + "instance health)")
+    return instances_check(settings)
+
+
+def instances_check(settings: Settings) -> Check:
+    """The gateway's view of its instances, from Traefik's API on the dashboard port."""
+    api = f"http://127.0.0.1:{settings.gateway_dashboard_port}/api/http/services"
+    service = httpx.get(f"{api}/{INSTANCES_SERVICE}@file", timeout=CONNECT_TIMEOUT_SECONDS).json()
+    statuses: dict[str, str] = service.get("serverStatus", {})
+    down = sorted(url for url, status in statuses.items() if status != "UP")
+    summary = f"{len(statuses) - len(down)}/{len(statuses)} API instance(s) up"
+    if not down:
+        return Check("gateway", OK, f"in front of {settings.api_url}; {summary}")
+    detail = f"{summary}; down: {', '.join(down)}"
+    return Check("gateway", FAIL if len(down) == len(statuses) else WARN, detail, INSTANCES_HINT)

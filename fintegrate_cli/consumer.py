@@ -1,4 +1,5 @@
-"""`fintegrate consumer`: Create, list, show, disable and enable tenants (consumers)."""
+"""`fintegrate consumer`: Create, list, show, disable and enable tenants (consumers), and
+rotate their broker credentials."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from fintegrate_cli._output import (
     info,
     wants_json,
 )
+from service.consumers.broker import tenant_broker_url
 
 app = typer.Typer(
     help="Create, list, show, disable and enable tenants (consumers).", no_args_is_help=True
@@ -28,6 +30,10 @@ CONSUMERS_PATH = "/consumer/data"
 LIST_COLUMNS = ("consumer_id", "name", "status", "queue_name", "created_at")
 ConsumerArgument = Annotated[str, typer.Argument(help="Consumer id (UUID) or name.")]
 KEY_WARNING = "Store this API key now: it is shown only once and cannot be recovered."
+BROKER_WARNING = (
+    "Store the broker password now: it is shown only once "
+    "(a new one: `fintegrate consumer rotate-broker-credentials NAME`)."
+)
 
 
 def is_uuid(value: str) -> bool:
@@ -69,6 +75,22 @@ def set_consumer_status(client: ApiClient, consumer_id: str, status: str) -> dic
     return dict(client.patch(f"{CONSUMERS_PATH}/{consumer_id}", json={"status": status}))
 
 
+def rotate_broker_credentials(client: ApiClient, consumer_id: str) -> dict[str, Any]:
+    """A new broker password for the tenant (its open broker connections are closed)."""
+    return dict(client.post(f"{CONSUMERS_PATH}/{consumer_id}/broker-credentials/rotate"))
+
+
+def print_broker_login(broker: dict[str, Any], rabbitmq_url: str, as_json: bool) -> None:
+    """The tenant's ``FINTEGRATE_RABBITMQ_URL`` alone on one line (people only), and the
+    shown-once warning."""
+    if not as_json:
+        url = tenant_broker_url(rabbitmq_url, broker["username"], broker["password"])
+        console.print(
+            f"FINTEGRATE_RABBITMQ_URL={url}", soft_wrap=True, markup=False, highlight=False
+        )
+    err_console.print(f"[bold yellow]{BROKER_WARNING}[/]", soft_wrap=True)
+
+
 def print_secret_record(record: dict[str, Any], as_json: bool, title: str) -> None:
     """A record holding a freshly issued key, with the shown-once warning on stderr.
 
@@ -97,9 +119,18 @@ def create_command(
 ) -> None:
     """Create a tenant, its queue and DLQ; print its API key once."""
     cli = state(ctx)
-    with api_client(cli.settings(), "admin", "consumer create") as client:
+    settings = cli.settings()
+    as_json = wants_json(ctx, json_output)
+    with api_client(settings, "admin", "consumer create") as client:
         created = create_consumer(client, name, description)
-    print_secret_record(created, wants_json(ctx, json_output), f"Consumer {name}")
+    print_secret_record(created, as_json, f"Consumer {name}")
+    if created.get("broker"):
+        print_broker_login(created["broker"], settings.rabbitmq_url, as_json)
+    else:
+        info(
+            "broker user not created (management API unavailable): run "
+            f"`fintegrate consumer rotate-broker-credentials {name}`"
+        )
     if created.get("queue_provisioned") is False:
         info(f"queues not provisioned (broker down?): run `fintegrate queues provision {name}`")
 
@@ -144,3 +175,17 @@ def enable_command(
 ) -> None:
     """Enable a disabled tenant again."""
     change_status(ctx, consumer, "active", wants_json(ctx, json_output))
+
+
+@app.command("rotate-broker-credentials")
+def rotate_broker_credentials_command(
+    ctx: typer.Context, consumer: ConsumerArgument, json_output: JsonOption = False
+) -> None:
+    """Issue a new broker password for a tenant (created if missing); old sessions close."""
+    settings = state(ctx).settings()
+    as_json = wants_json(ctx, json_output)
+    with api_client(settings, "admin", "consumer rotate-broker-credentials") as client:
+        target = resolve_consumer(client, consumer)
+        broker = rotate_broker_credentials(client, str(target["consumer_id"]))
+    emit_record(broker, as_json, f"Broker login of {target.get('name', consumer)}")
+    print_broker_login(broker, settings.rabbitmq_url, as_json)

@@ -66,6 +66,7 @@ def run_checks(settings: Settings) -> list[Check]:
     found += broker_checks(settings, names)
     found.append(timed("redis", lambda: checks.check_redis(settings), "check FINTEGRATE_REDIS_URL"))
     found.append(timed("api", lambda: checks.check_api(settings), checks.API_HINT))
+    found.append(timed("gateway", lambda: checks.check_gateway(settings), checks.GATEWAY_HINT))
     return found
 
 
@@ -93,7 +94,9 @@ def doctor_command(ctx: typer.Context, json_output: JsonOption = False) -> None:
     """Check every dependency and say what to fix; exit 0 healthy, 3 warnings, 1 failures.
 
     Checks: database, migrations, outbox backlog, RabbitMQ, tenant topology, dead letters,
-    Redis (a warning only) and the API (/health, /ready). Each is bounded by short timeouts.
+    Redis (a warning only), the API (/health, /ready) and the gateway in front of it (with
+    FINTEGRATE_GATEWAY_DASHBOARD_PORT: how many instances it sees up). Each is bounded by
+    short timeouts.
     """
     found = run_checks(state(ctx).settings())
     if wants_json(ctx, json_output):

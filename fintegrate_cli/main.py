@@ -45,7 +45,9 @@ def root(
     ] = None,
     database_url: Annotated[
         str | None,
-        typer.Option("--database-url", help="SQLAlchemy database URL (FINTEGRATE_DATABASE_URL)."),
+        typer.Option(
+            "--database-url", help="PostgreSQL URL, postgresql://… (FINTEGRATE_DATABASE_URL)."
+        ),
     ] = None,
     rabbitmq_url: Annotated[
         str | None,

@@ -37,7 +37,8 @@ def serve(
 ) -> None:
     """Serve the REST API (service.app:create_app) until interrupted."""
     cli = state(ctx)
-    os.environ.update(settings_environment(cli.settings()))
+    settings = cli.settings()
+    os.environ.update(settings_environment(settings))
     info(f"serving the API on http://{host}:{port} with {workers} worker(s)", cli.quiet)
     uvicorn.run(
         APP_FACTORY,
@@ -47,7 +48,9 @@ def serve(
         workers=None if reload else workers,
         reload=reload,
         log_level=log_level,
-        proxy_headers=True,
+        # X-Forwarded-For is believed only from the gateway's addresses (none by default).
+        proxy_headers=bool(settings.trusted_proxy_ips),
+        forwarded_allow_ips=settings.trusted_proxy_ips or None,
     )
 
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Annotated
+from typing import Annotated, Any
+from urllib.parse import unquote, urlsplit
 
 import typer
 
+from fintegrate_cli._client import ApiClient, api_client
 from fintegrate_cli._context import state
 from fintegrate_cli._errors import EXIT_USAGE, CliError
 from fintegrate_cli._output import info
@@ -19,6 +21,7 @@ from service.messaging.shutdown import install_stop_handlers
 from service.messaging.topology import CONSUMER_NAME_PATTERN
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+IDENTITY_PATH = "/consumer/me"
 
 
 def configure_logging(quiet: bool, debug: bool) -> None:
@@ -94,6 +97,9 @@ def consume(
         chosen = load_handler(handler) if handler else log_event
     except ValueError as exc:
         raise CliError(str(exc), EXIT_USAGE) from exc
+    with api_client(settings, "tenant", "consume") as client:
+        identity = check_worker_identity(client, consumer)
+    warn_about_broker_login(settings.rabbitmq_url, identity, cli.quiet)
     configure_logging(cli.quiet, cli.debug)
     stop = threading.Event()
     restore = install_stop_handlers(stop)
@@ -108,6 +114,32 @@ def consume(
         f"{stats.poison} poison, {stats.refused} refused",
         cli.quiet,
     )
+
+
+def check_worker_identity(client: ApiClient, consumer: str) -> dict[str, Any]:
+    """The consumer the key belongs to (``GET /consumer/me``); a usage error (exit 2) when it
+    is not ``consumer``, before anything is taken off a queue."""
+    identity = dict(client.get(IDENTITY_PATH))
+    owner = identity.get("name")
+    if owner != consumer:
+        raise CliError(
+            f"--consumer {consumer} does not match the API key, which belongs to consumer "
+            f"{owner!r}; pass --consumer {owner} or that tenant's own key",
+            EXIT_USAGE,
+        )
+    return identity
+
+
+def warn_about_broker_login(rabbitmq_url: str, identity: dict[str, Any], quiet: bool) -> None:
+    """One line when the worker logs in to RabbitMQ as someone else than the tenant's user."""
+    own_user = identity.get("broker_username")
+    login = unquote(urlsplit(rabbitmq_url).username or "")
+    if own_user and login != own_user:
+        info(
+            f"consume: FINTEGRATE_RABBITMQ_URL logs in as {login!r}, not the tenant's own broker "
+            f"user {own_user!r}; use the broker login shown when the consumer was created",
+            quiet,
+        )
 
 
 def register(app: typer.Typer) -> None:

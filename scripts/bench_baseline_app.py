@@ -3,13 +3,14 @@
 One customer row and one ``customer_creation`` event row in one transaction, on the same
 tables, with no auth, no rate limit, no middleware and no envelope:
 
-- ``create_app``: the plainest FastAPI way (the FastAPI tutorial's): a ``def`` endpoint on
-  a SQLAlchemy engine (psycopg2, a pool of ``db_pool_size``, no pre-ping), run in
-  FastAPI's thread pool. This is the issue's baseline.
-- ``create_async_app``: an ``async def`` endpoint on an asyncpg pool built by the API's own
-  ``create_pool`` (same driver, pool and timeouts as the API's hot path), the two inserts
-  in an explicit transaction. A reference, not the target: it shows what the API's
-  features cost on the API's own driver.
+- ``create_app`` (baseline ``sqlalchemy``): the plainest FastAPI way (the FastAPI
+  tutorial's): a ``def`` endpoint on a SQLAlchemy engine (psycopg2, a pool of
+  ``db_pool_size``, no pre-ping), run in FastAPI's thread pool.
+- ``create_async_app`` (baseline ``asyncpg``): the plainest ``async def`` endpoint on an
+  asyncpg pool built by the API's own ``create_pool`` (same driver, pool and timeouts as the
+  API's hot path), the two inserts in an explicit transaction.
+
+The API's targets against them are in ``scripts/bench_api.py`` (``TARGETS``).
 
 ``scripts/bench_api.py`` runs them with
 
@@ -108,7 +109,7 @@ def plain_app(**options: Any) -> FastAPI:
 
 
 def create_app() -> FastAPI:
-    """The plain sync baseline for the tenant ``BENCH_CONSUMER_ID``."""
+    """The plain SQLAlchemy baseline for the tenant ``BENCH_CONSUMER_ID``."""
     settings = Settings()
     size = settings.db_pool_size
     engine = create_engine(settings.database_url, pool_size=size, max_overflow=size)
@@ -123,7 +124,7 @@ def create_app() -> FastAPI:
 
 
 def create_async_app() -> FastAPI:
-    """The plain asyncpg reference for the tenant ``BENCH_CONSUMER_ID``."""
+    """The plain asyncpg baseline for the tenant ``BENCH_CONSUMER_ID``."""
     consumer_id = UUID(os.environ["BENCH_CONSUMER_ID"])
     pools: list[asyncpg.Pool] = []
 

@@ -28,6 +28,7 @@ class Target:
     name: str
     port: int
     headers: bytes
+    body: bytes = BODY
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,7 @@ def machine_cpu() -> tuple[float, float]:
 async def connection_loop(target: Target, window: tuple[float, float], result: Result) -> None:
     """One keep-alive connection sending requests back to back until the window closes."""
     reader, writer = await asyncio.open_connection("127.0.0.1", target.port)
-    request = target.headers + BODY
+    request = target.headers + target.body
     start, end = window
     try:
         while (sent := time.perf_counter()) < end:

@@ -162,7 +162,7 @@ def bench_vhost() -> Any:
 def seed_backlog(settings: Settings, count: int, customers: int) -> str:
     """One provisioned consumer with ``count`` pending events of ``customers``; its queue."""
     name = f"bench_{uuid.uuid4().hex[:8]}"
-    engine = create_db_engine(settings, pool_size=1)
+    engine = create_engine(settings.database_url)  # no statement timeout for the bulk seed
     with engine.begin() as connection:
         consumer_id = connection.execute(
             text("INSERT INTO consumers (name) VALUES (:n) RETURNING consumer_id"), {"n": name}

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Create .venv and install Fintegrate with its dev extra, plus newman for the Postman tests.
-# Idempotent: re-running only installs what changed.
+# Python packages come from requirements.lock (exact versions, hash-checked; refresh it with
+# scripts/lock.sh), then the project itself, editable, without resolving anything.
+# Idempotent: re-running installs again only when requirements.lock or pyproject.toml changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -8,10 +10,11 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
 stamp=.venv/.fintegrate-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-    .venv/bin/python -m pip install -q --upgrade pip
-    .venv/bin/python -m pip install -q -e ".[dev]"
-    touch "$stamp"
+wanted=$(cat requirements.lock pyproject.toml | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
+    .venv/bin/python -m pip install -q --require-hashes -r requirements.lock
+    .venv/bin/python -m pip install -q --no-deps -e .
+    echo "$wanted" > "$stamp"
 fi
 if [ -f package.json ] && command -v npm >/dev/null; then
     if [ ! -d node_modules ] || [ package.json -nt node_modules ] \

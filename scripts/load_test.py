@@ -2,10 +2,12 @@
 """Bounded load test for the gateway or the API: status histogram, req/s, latency percentiles.
 
 Sends exactly ``--requests`` requests from ``--concurrency`` threads, rotating over the
-given API keys, then prints what came back. A 429 is reported as ``429 api`` when it is
-the API's envelope (per-key limit) and ``429 gateway`` otherwise (Traefik's IP limit).
+given API keys, then prints what came back. A 429 is reported as ``429 gateway`` when the
+gateway's error pages answered it (header ``X-Fintegrate-Edge``: the IP budget, or a plain
+text 429 from a bare Traefik) and ``429 api`` when the API did (the per-key limit); the
+report ends with the share of each.
 
-    python scripts/load_test.py --url http://127.0.0.1/customer/data \\
+    python scripts/load_test.py --url http://127.0.0.1:8000/customer/data \\
         --api-key "$KEY_A" --api-key "$KEY_B" --requests 600 --concurrency 8
 
 Loopback targets only, unless ``--allow-remote``.
@@ -30,6 +32,8 @@ import httpx
 MAX_REQUESTS = 100_000
 MAX_CONCURRENCY = 64
 TRANSPORT_ERROR = "error"
+EDGE_HEADER = "X-Fintegrate-Edge"  # service/gateway/pages.py marks the gateway's own answers
+GATEWAY_429, API_429 = "429 gateway", "429 api"
 
 
 @dataclass(frozen=True)
@@ -78,8 +82,10 @@ def label_of(response: httpx.Response) -> str:
     """The status code, with 429s split by which layer refused."""
     if response.status_code != 429:
         return str(response.status_code)
+    if EDGE_HEADER in response.headers:
+        return GATEWAY_429
     is_envelope = response.headers.get("content-type", "").startswith("application/json")
-    return "429 api" if is_envelope else "429 gateway"
+    return API_429 if is_envelope else GATEWAY_429
 
 
 class LoadRunner:
@@ -146,8 +152,18 @@ def report(args: argparse.Namespace, outcomes: list[Outcome], elapsed: float) ->
         *(f"  {label:>12}  {count}" for label, count in sorted(histogram.items())),
         f"throughput: {len(outcomes) / elapsed:.1f} req/s over {elapsed:.2f} s",
         "latency ms: " + "  ".join(f"{name} {value:.1f}" for name, value in latency.items()),
+        share_line(histogram, len(outcomes)),
     ]
     return "\n".join(lines)
+
+
+def share_line(histogram: Counter[str], total: int) -> str:
+    """The share of requests each layer refused with 429."""
+    gateway, api = histogram[GATEWAY_429], histogram[API_429]
+    return (
+        f"429 share: gateway (IP budget) {100 * gateway / total:.1f}% ({gateway}), "
+        f"api (per-key limit) {100 * api / total:.1f}% ({api})"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

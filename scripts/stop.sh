@@ -1,15 +1,24 @@
 #!/usr/bin/env bash
-# Stop what scripts/run.sh started (API, relay, demo workers), using the pid files in .run/.
+# Stop what scripts/run.sh started, using the pid files in .run/: the worker first, then the
+# gateway (it stops Traefik), the API instances and the relay. Each gets SIGTERM and up to
+# 15 s before SIGKILL.
 set -u
 cd "$(dirname "$0")/.."
-for pidfile in .run/*.pid; do
-    [ -f "$pidfile" ] || continue
+stop_pid() {
+    local pidfile="$1" pid
     pid=$(cat "$pidfile")
     if kill -0 "$pid" 2>/dev/null; then
         kill -TERM "$pid" 2>/dev/null
-        for _ in $(seq 1 20); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
+        for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
         kill -KILL "$pid" 2>/dev/null || true
         echo "stopped $(basename "$pidfile" .pid) ($pid)"
     fi
     rm -f "$pidfile"
+}
+for name in worker gateway; do
+    [ -f ".run/$name.pid" ] && stop_pid ".run/$name.pid"
 done
+for pidfile in .run/*.pid; do
+    [ -f "$pidfile" ] && stop_pid "$pidfile"
+done
+exit 0

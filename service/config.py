@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PLACEHOLDER_SECRETS = frozenset(
@@ -17,6 +17,27 @@ PLACEHOLDER_SECRETS = frozenset(
 )
 SECRET_FIELDS = ("admin_api_key", "api_key")
 SECRET_URL_FIELDS = ("database_url", "rabbitmq_url", "rabbitmq_management_url", "redis_url")
+SHIPPED_DATABASE_SCHEME = "postgresql+psycopg2"
+# What platforms hand out (``postgres://``, ``postgresql://``) and the explicit form. Since
+# SQLAlchemy 2.1 a bare ``postgresql://`` means psycopg 3, which Fintegrate does not ship.
+ACCEPTED_DATABASE_SCHEMES = frozenset({"postgres", "postgresql", SHIPPED_DATABASE_SCHEME})
+
+
+def shipped_driver_url(url: str) -> str:
+    """``url`` as a SQLAlchemy URL on the driver Fintegrate ships (psycopg2).
+
+    ``postgres://`` and ``postgresql://`` are mapped to ``postgresql+psycopg2://``; the rest
+    of the URL is kept byte for byte. Any other scheme or driver (``postgresql+psycopg://``,
+    ``postgresql+asyncpg://``, ``sqlite://``) raises ValueError naming the accepted forms.
+    """
+    scheme, separator, rest = url.strip().partition("://")
+    if separator and scheme.lower() in ACCEPTED_DATABASE_SCHEMES:
+        return f"{SHIPPED_DATABASE_SCHEME}://{rest}"
+    shown = f"{scheme}://" if separator else "a value without a scheme"
+    raise ValueError(
+        f"unsupported database URL ({shown}); use postgresql://, postgres:// or "
+        f"postgresql+psycopg2:// (Fintegrate ships the psycopg2 driver)"
+    )
 
 
 class Settings(BaseSettings):
@@ -47,6 +68,7 @@ class Settings(BaseSettings):
     auth_cache_ttl_seconds: float = Field(default=5.0, ge=0)
     failed_auth_limit: int = Field(default=10, ge=1)
     failed_auth_window_seconds: int = Field(default=60, ge=1)
+    auth_bcrypt_concurrency: int = Field(default=2, ge=1)
     redis_timeout_seconds: float = Field(default=0.05, gt=0)
     redis_retry_seconds: float = Field(default=5.0, gt=0)
 
@@ -61,6 +83,20 @@ class Settings(BaseSettings):
     consumer_prefetch: int = Field(default=20, ge=1)
     queue_type: Literal["classic", "quorum"] = "classic"
     quorum_delivery_limit: int = Field(default=5, ge=1)
+
+    trusted_proxy_ips: str = ""
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = Field(default=8000, ge=1, le=65535)
+    gateway_upstreams: str = "http://127.0.0.1:8001,http://127.0.0.1:8002"
+    gateway_internal_port: int | None = Field(default=None, ge=1, le=65535)
+    gateway_dashboard_port: int | None = Field(default=None, ge=1, le=65535)
+    gateway_rate_limit_per_minute: int = Field(default=100, ge=1)
+    gateway_rate_limit_burst: int = Field(default=50, ge=1)
+    gateway_health_interval_seconds: float = Field(default=5.0, gt=0)
+    gateway_health_timeout_seconds: float = Field(default=2.0, gt=0)
+    gateway_upstream_timeout_seconds: float = Field(default=30.0, gt=0)
+    gateway_access_log: bool = False
+    gateway_traefik_binary: str | None = None
 
     event_partition_span_days: int = Field(default=7, ge=1, le=366)
     event_retention_days: int | None = Field(default=None, ge=1)
@@ -83,6 +119,11 @@ class Settings(BaseSettings):
                 "FINTEGRATE_RELAY_LEASE_TTL_SECONDS, or leases lapse between renewals"
             )
         return self
+
+    @field_validator("database_url")
+    @classmethod
+    def _on_shipped_driver(cls, value: str) -> str:
+        return shipped_driver_url(value)
 
     @model_validator(mode="after")
     def _refuse_placeholder_secrets(self) -> Settings:

@@ -16,7 +16,7 @@ import psycopg2.extensions
 from sqlalchemy import Connection, Engine, create_engine
 from sqlalchemy.engine import make_url
 
-from service.config import Settings
+from service.config import Settings, shipped_driver_url
 
 CONNECT_TIMEOUT_SECONDS = 3
 SILENCE_MARGIN_SECONDS = 1.0
@@ -25,10 +25,14 @@ CONNECT_TIMEOUT_IN_DSN = re.compile(r"\bconnect_timeout=(\d+)")
 
 
 def create_db_engine(settings: Settings, *, pool_size: int | None = None) -> Engine:
-    """An engine with a fixed-size pool, pre-ping and a server-side statement timeout."""
+    """An engine with a fixed-size pool, pre-ping and a server-side statement timeout.
+
+    The URL is mapped to the shipped driver here too: ``model_copy(update=...)`` skips the
+    settings' validator.
+    """
     size = pool_size or settings.db_pool_size
     return create_engine(
-        settings.database_url,
+        shipped_driver_url(settings.database_url),
         pool_size=size,
         max_overflow=size,
         pool_pre_ping=True,
@@ -42,8 +46,8 @@ def create_db_engine(settings: Settings, *, pool_size: int | None = None) -> Eng
 
 
 def libpq_dsn(database_url: str) -> str:
-    """The settings' SQLAlchemy URL (``postgresql+psycopg2://…``) as a libpq DSN."""
-    url = make_url(database_url).set(drivername="postgresql")
+    """A database URL of the settings (any accepted form) as a libpq DSN (``postgresql://``)."""
+    url = make_url(shipped_driver_url(database_url)).set(drivername="postgresql")
     return url.render_as_string(hide_password=False)
 
 

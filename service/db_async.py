@@ -39,6 +39,7 @@ IDLE_CONNECTION_SECONDS = 300.0
 # Postgres errors (class 08, shutdown, too many connections), a closed connection, a socket
 # error, and our own timeouts. Anything else (a constraint, a bug) is not a 503.
 UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.exceptions.InternalClientError,
     asyncpg.PostgresConnectionError,
     asyncpg.CannotConnectNowError,
     asyncpg.TooManyConnectionsError,
@@ -49,6 +50,39 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     TimeoutError,
 )
+
+
+# A backend terminated under an idle pooled connection (57P01 sent between statements)
+# leaves asyncpg's protocol in a state where the next statement fails with
+# InternalClientError; that connection is unusable and is terminated.
+BROKEN_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.exceptions.InternalClientError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.InterfaceError,
+)
+
+OUTAGE_CANDIDATES: tuple[type[BaseException], ...] = (*UNAVAILABLE_ERRORS, asyncpg.PostgresError)
+
+# SQLSTATEs of a database that refuses or drops connections: class 08 (connection
+# exception), too many connections, admin/crash shutdown, cannot connect now. 55000 is
+# generic ("object not in prerequisite state") and only an outage with this message.
+OUTAGE_SQLSTATES = frozenset({"53300", "57P01", "57P02", "57P03"})
+NOT_ACCEPTING_CONNECTIONS = "not currently accepting connections"
+
+
+def is_database_outage(exc: BaseException) -> bool:
+    """True for errors that mean "the database is unreachable or refusing us", from asyncpg
+    or psycopg2 alike (its SQLSTATE is ``sqlstate`` or ``pgcode``), else False."""
+    if isinstance(exc, UNAVAILABLE_ERRORS):
+        return True
+    sqlstate = getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None)
+    if not isinstance(sqlstate, str):
+        return NOT_ACCEPTING_CONNECTIONS in str(exc)
+    if sqlstate == "55000":
+        return NOT_ACCEPTING_CONNECTIONS in str(exc)
+    return sqlstate.startswith("08") or sqlstate in OUTAGE_SQLSTATES
 
 
 if TYPE_CHECKING:
@@ -100,6 +134,12 @@ async def pooled_connection(pool: asyncpg.Pool) -> AsyncIterator[PooledConnectio
     """A connection of ``pool``; unreachable-database failures become DatabaseUnavailable."""
     try:
         async with pool.acquire(timeout=POOL_TIMEOUT_SECONDS) as connection:
-            yield connection
-    except UNAVAILABLE_ERRORS as exc:
+            try:
+                yield connection
+            except BROKEN_CONNECTION_ERRORS:
+                connection.terminate()  # the pool opens a fresh one for the next request
+                raise
+    except OUTAGE_CANDIDATES as exc:
+        if not is_database_outage(exc):
+            raise
         raise DatabaseUnavailable(f"{type(exc).__name__}: {exc}") from exc

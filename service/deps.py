@@ -7,6 +7,10 @@
 - ``RateLimited``: ``CurrentConsumer`` after taking a token from its rate-limit bucket.
 - ``AdminAccess``: ``X-Admin-Key`` checked in constant time; 403 when none is configured.
 - ``Caller``: the operator (``X-Admin-Key``) or a rate-limited tenant (``X-API-Key``).
+
+Fail closed: every credential a request carries must verify, whatever else it carries
+(a valid admin key beside a wrong ``X-API-Key`` is a 401). Refusals are counted and
+sample-logged (``service.auth.refusals``), never audited.
 - ``Origin``: the route and request id, recorded on every event row.
 """
 
@@ -23,7 +27,9 @@ from sqlalchemy import Connection, Engine
 from starlette.concurrency import run_in_threadpool
 
 from service.auth.keys import parse_key
+from service.auth.refusals import RefusalRecorder
 from service.auth.service import (
+    UNKNOWN_ADDRESS,
     AuthenticatedConsumer,
     AuthState,
     Principal,
@@ -31,11 +37,11 @@ from service.auth.service import (
     verify_and_cache,
 )
 from service.config import Settings
-from service.errors import Forbidden, Unauthorized
+from service.errors import FintegrateError, Forbidden, TooManyRequests, Unauthorized
 from service.events.schemas import EventOrigin
 from service.metrics import route_template
 from service.pagination import MAX_LIMIT
-from service.ratelimit import enforce_rate_limit
+from service.ratelimit import auth_scope, enforce_rate_limit
 
 __all__ = [
     "AdminAccess",
@@ -57,11 +63,14 @@ ADMIN_DISABLED = "Admin API disabled: FINTEGRATE_ADMIN_API_KEY is not configured
 ADMIN_REQUIRED = "This endpoint needs the operator key in X-Admin-Key; tenant keys are refused"
 ADMIN_MISSING = "Missing X-Admin-Key header; send the operator key (FINTEGRATE_ADMIN_API_KEY)"
 ADMIN_INVALID = "Invalid admin key in X-Admin-Key"
+ADMIN_THROTTLED = "Too many invalid admin keys from your address; retry in a minute"
+ADMIN_HEADER = "X-Admin-Key"
+ADMIN_SCOPE = "admin"
 KEY_MISSING = "Missing X-API-Key header; send a tenant API key (fk_<prefix>_<secret>)"
 KEY_MALFORMED = "Malformed API key in X-API-Key; expected fk_<prefix>_<secret>"
 
 tenant_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, scheme_name="TenantKey")
-admin_key_header = APIKeyHeader(name="X-Admin-Key", auto_error=False, scheme_name="AdminKey")
+admin_key_header = APIKeyHeader(name=ADMIN_HEADER, auto_error=False, scheme_name="AdminKey")
 
 
 def settings_of(request: Request) -> Settings:
@@ -93,23 +102,56 @@ def db_connection(request: Request) -> Iterator[Connection]:
         yield connection
 
 
-async def current_consumer(
-    request: Request, api_key: Annotated[str | None, Security(tenant_key_header)]
-) -> AuthenticatedConsumer:
-    """The tenant of ``X-API-Key``: served from cache when warm, bcrypt only on a miss."""
-    if api_key is None:
-        raise Unauthorized(KEY_MISSING)
+def client_address(request: Request) -> str:
+    """The peer address the throttles budget by (the gateway's forwarded address behind it)."""
+    return request.client.host if request.client else UNKNOWN_ADDRESS
+
+
+def refused(request: Request, reason: str, exc: FintegrateError) -> FintegrateError:
+    """Count and sample-log an authentication refusal; return ``exc`` to raise."""
+    recorder: RefusalRecorder = request.app.state.auth_refusals
+    recorder.record(reason, f"{request.method} {request.url.path}", client_address(request))
+    return exc
+
+
+def refusal_reason(exc: FintegrateError) -> str:
+    return {401: "invalid_key", 403: "disabled_consumer", 429: "throttled"}.get(
+        exc.status_code, "busy"
+    )
+
+
+async def tenant_of(request: Request, api_key: str) -> AuthenticatedConsumer:
+    """The tenant of an ``X-API-Key`` value: from cache when warm, bcrypt (in a thread) if not."""
     key = parse_key(api_key)
     if key is None:
-        raise Unauthorized(KEY_MALFORMED)
+        raise refused(request, "malformed_key", Unauthorized(KEY_MALFORMED))
     auth: AuthState = request.app.state.auth
     engine = engine_of(request)
     consumer = auth.cache.get(key)
     if consumer is None:
         throttle = request.app.state.auth_throttle
-        consumer = await run_in_threadpool(verify_and_cache, engine, key, throttle, auth)
+        address = client_address(request)
+        try:
+            consumer = await run_in_threadpool(
+                verify_and_cache, engine, key, throttle, auth, address
+            )
+        except FintegrateError as exc:
+            raise refused(request, refusal_reason(exc), exc) from None
     if auth.last_used.due(consumer.key_id):
         await run_in_threadpool(record_last_use, engine, consumer.key_id)
+    return consumer
+
+
+async def current_consumer(
+    request: Request, api_key: Annotated[str | None, Security(tenant_key_header)]
+) -> AuthenticatedConsumer:
+    """The tenant of ``X-API-Key``; an ``X-Admin-Key`` sent beside it must be valid too."""
+    if api_key is None:
+        raise refused(request, "missing_key", Unauthorized(KEY_MISSING))
+    consumer = await tenant_of(request, api_key)
+    extra_admin_key = request.headers.get(ADMIN_HEADER)
+    if extra_admin_key is not None:
+        await check_admin_key(request, extra_admin_key)
     request.state.actor = f"consumer:{consumer.name}"
     request.state.consumer_id = consumer.consumer_id
     return consumer
@@ -139,21 +181,48 @@ async def rate_limited_consumer(
 RateLimited = Annotated[AuthenticatedConsumer, Depends(rate_limited_consumer)]
 
 
+async def check_admin_key(request: Request, admin_key: str) -> None:
+    """Compare ``admin_key`` in constant time, throttled per client address.
+
+    An address past its failure budget is refused (429) for every admin key it sends, the
+    right one included: that is what stops guessing. Other addresses are not affected.
+    """
+    configured = settings_of(request).admin_api_key
+    if not configured:
+        raise refused(request, "admin_disabled", Forbidden(ADMIN_DISABLED))
+    throttle = request.app.state.auth_throttle
+    scope = auth_scope(ADMIN_SCOPE, client_address(request))
+    if await run_in_threadpool(throttle.is_blocked, scope):
+        raise refused(
+            request, "admin_throttled", TooManyRequests(ADMIN_THROTTLED, {"Retry-After": "60"})
+        )
+    if not hmac.compare_digest(admin_key.encode(), configured.encode()):
+        await run_in_threadpool(throttle.record_failure, scope)
+        raise refused(request, "admin_invalid", Unauthorized(ADMIN_INVALID))
+
+
 async def require_admin(
     request: Request,
     admin_key: Annotated[str | None, Security(admin_key_header)],
     api_key: Annotated[str | None, Security(tenant_key_header)],
 ) -> Principal:
-    """The operator, or 401/403; every admin attempt is audited."""
-    configured = settings_of(request).admin_api_key
-    request.state.admin_action = True
-    if not configured:
-        raise Forbidden(ADMIN_DISABLED)
+    """The operator, or 401/403 (429 when throttled).
+
+    Fails closed: an ``X-API-Key`` sent beside the admin key must verify too. Only a
+    verified operator's actions are audited; refusals write nothing.
+    """
+    if not settings_of(request).admin_api_key:
+        raise refused(request, "admin_disabled", Forbidden(ADMIN_DISABLED))
     if admin_key is None:
-        raise Forbidden(ADMIN_REQUIRED) if api_key else Unauthorized(ADMIN_MISSING)
-    if not hmac.compare_digest(admin_key.encode(), configured.encode()):
-        raise Unauthorized(ADMIN_INVALID)
+        if api_key is None:
+            raise refused(request, "admin_missing", Unauthorized(ADMIN_MISSING))
+        await tenant_of(request, api_key)
+        raise refused(request, "tenant_key_on_admin", Forbidden(ADMIN_REQUIRED))
+    await check_admin_key(request, admin_key)
+    if api_key is not None:
+        await tenant_of(request, api_key)
     request.state.actor = "admin"
+    request.state.admin_action = True
     return Principal(is_admin=True)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -13,7 +14,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from service.db_async import DatabaseUnavailable
+from service.db_async import DatabaseUnavailable, is_database_outage
 from service.envelope import error
 from service.errors import FintegrateError
 
@@ -91,12 +92,18 @@ def describe_http_error(
     return str(exc.detail)
 
 
+def is_outage(exc: Exception) -> bool:
+    """A database outage on either path (SQLAlchemy/psycopg2 or asyncpg), not a bug."""
+    if isinstance(exc, OperationalError | PoolTimeoutError | DatabaseUnavailable):
+        return True
+    if isinstance(exc, DBAPIError):
+        return exc.connection_invalidated or (exc.orig is not None and is_database_outage(exc.orig))
+    return is_database_outage(exc)
+
+
 async def database_error(request: Request, exc: Exception) -> JSONResponse:
     """Lost or unreachable database: 503, never a traceback to the client."""
-    lost_connection = isinstance(
-        exc, OperationalError | PoolTimeoutError | DatabaseUnavailable
-    ) or (isinstance(exc, DBAPIError) and exc.connection_invalidated)
-    if not lost_connection:
+    if not is_outage(exc):
         return await unhandled_error(request, exc)
     logger.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
     request.state.database_unavailable = True
@@ -127,4 +134,6 @@ def install_exception_handlers(app: FastAPI) -> None:
     app.add_exception_handler(PoolTimeoutError, database_error)
     app.add_exception_handler(DBAPIError, database_error)
     app.add_exception_handler(DatabaseUnavailable, database_error)
+    app.add_exception_handler(asyncpg.PostgresError, database_error)
+    app.add_exception_handler(asyncpg.InterfaceError, database_error)
     app.add_exception_handler(Exception, unhandled_error)

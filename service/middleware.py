@@ -1,4 +1,4 @@
-"""Pure ASGI middlewares: request id, body size limit, metrics timing and the audit trail.
+"""The edge middleware (pure ASGI): request id, audit trail, metrics timing, body size limit.
 
 Request state lives in ``scope["state"]`` (what ``request.state`` reads), so handlers,
 dependencies and these middlewares share it: ``request_id``, ``actor``, ``consumer_id``,
@@ -14,7 +14,6 @@ import uuid
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -25,6 +24,7 @@ from service.metrics import HttpMetrics, route_template
 logger = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "x-request-id"
+REQUEST_ID_BYTES = REQUEST_ID_HEADER.encode()
 SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
@@ -41,28 +41,15 @@ def accepted_request_id(raw: str | None) -> str:
     return uuid.uuid4().hex
 
 
-class RequestIdMiddleware:
-    """Accepts or generates the request id, stores it in the state and echoes it."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        request_id = accepted_request_id(Headers(scope=scope).get(REQUEST_ID_HEADER))
-        state_of(scope)["request_id"] = request_id
-        header = (REQUEST_ID_HEADER.encode(), request_id.encode())
-
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = message.get("headers", [])
-                if all(name.lower() != header[0] for name, _ in headers):
-                    message["headers"] = [*headers, header]
-            await send(message)
-
-        await self.app(scope, receive, send_with_id)
+def request_headers(scope: Scope) -> tuple[str | None, str | None]:
+    """The request's first ``Content-Length`` and ``X-Request-ID`` values (one pass)."""
+    declared = request_id = None
+    for name, value in scope["headers"]:
+        if name == b"content-length" and declared is None:
+            declared = value.decode("latin-1")
+        elif name == REQUEST_ID_BYTES and request_id is None:
+            request_id = value.decode("latin-1")
+    return declared, request_id
 
 
 class BodyTooLarge(HTTPException):
@@ -76,29 +63,70 @@ def too_large_description(limit: int) -> str:
     return f"Request body exceeds {limit} bytes; send less (limit FINTEGRATE_MAX_BODY_BYTES)"
 
 
-class BodySizeLimitMiddleware:
-    """413 for bodies over ``max_body_bytes``: by Content-Length, or while streaming."""
+class EdgeMiddleware:
+    """The request's edge as one pure ASGI layer, one ``send`` wrapper for all of it.
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    Outermost first (what four layers did, in the same order, with the same answers):
+    1. request id: the client's sane ``X-Request-ID`` or a fresh one, in the state and
+       echoed on the answer;
+    2. audit: after the answer, a row for every 5xx and every admin action;
+    3. metrics: every request timed and counted by route template and status (the audit
+       write is outside the timing);
+    4. body limit: 400 for a malformed Content-Length, 413 above ``max_body_bytes`` by
+       Content-Length or while the body streams in.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: HttpMetrics, max_body_bytes: int) -> None:
         self.app = app
+        self.metrics = metrics
         self.limit = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = Headers(scope=scope).get("content-length")
+        declared, raw_id = request_headers(scope)
+        state = state_of(scope)
+        state["request_id"] = request_id = accepted_request_id(raw_id)
+        id_header = (REQUEST_ID_BYTES, request_id.encode())
+        response = {"status": 500, "started": False}
+
+        async def edge_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                response["status"], response["started"] = message["status"], True
+                headers = message.get("headers", [])
+                if all(name.lower() != REQUEST_ID_BYTES for name, _ in headers):
+                    message["headers"] = [*headers, id_header]
+            await send(message)
+
+        began = time.perf_counter()
+        try:
+            try:
+                await self._limited(scope, receive, edge_send, declared, response)
+            finally:
+                self.metrics.observe(scope, response["status"], time.perf_counter() - began)
+        except Exception as exc:
+            state.setdefault("audit_detail", {"error": type(exc).__name__})
+            await audit(scope, 500)
+            raise
+        await audit(scope, response["status"])
+
+    async def _limited(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        declared: str | None,
+        response: dict[str, Any],
+    ) -> None:
+        """The app behind the body limit."""
         if declared is not None and not declared.isdigit():
             await error(400, "Content-Length must be a non-negative integer")(scope, receive, send)
             return
         if declared is not None and int(declared) > self.limit:
             await self._refuse(scope, receive, send)
             return
-        await self._stream(scope, receive, send)
-
-    async def _stream(self, scope: Scope, receive: Receive, send: Send) -> None:
         received = 0
-        started = False
 
         async def limited_receive() -> Message:
             nonlocal received
@@ -109,15 +137,10 @@ class BodySizeLimitMiddleware:
                     raise BodyTooLarge(self.limit)
             return message
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
         try:
-            await self.app(scope, limited_receive, tracking_send)
+            await self.app(scope, limited_receive, send)
         except BodyTooLarge:
-            if started:
+            if response["started"]:
                 raise
             await self._refuse(scope, receive, send)
 
@@ -126,67 +149,24 @@ class BodySizeLimitMiddleware:
         await response(scope, receive, send)
 
 
-class MetricsMiddleware:
-    """Times every request and counts it by route template and status."""
+async def audit(scope: Scope, status: int) -> None:
+    """An audit row for a 5xx or an admin action of a verified caller.
 
-    def __init__(self, app: ASGIApp, metrics: HttpMetrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-
-        async def send_with_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_status)
-        finally:
-            self.metrics.observe(scope, status, time.perf_counter() - started)
-
-
-class AuditMiddleware:
-    """After the answer: an audit row for every 5xx and every admin action."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        status = 500
-
-        async def send_with_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_status)
-        except Exception as exc:
-            state_of(scope).setdefault("audit_detail", {"error": type(exc).__name__})
-            await self._audit(scope, 500)
-            raise
-        await self._audit(scope, status)
-
-    async def _audit(self, scope: Scope, status: int) -> None:
-        state = state_of(scope)
-        if status < 500 and not (state.get("admin_action") or state.get("audited")):
-            return
-        entry = audit_entry(scope, status)
-        if state.get("database_unavailable"):
-            logger.error("audit row not written (database unavailable): %s", entry)
-            return
-        await run_in_threadpool(write_audit, _engine(scope), entry)
+    An unauthenticated request (no credential, or one that failed verification) writes no
+    row, whatever it caused: it is logged, and auth refusals are counted in Prometheus.
+    Logged instead when the database is gone.
+    """
+    state = state_of(scope)
+    if status < 500 and not (state.get("admin_action") or state.get("audited")):
+        return
+    if "actor" not in state:  # strangers write nothing (service.auth.refusals counts them)
+        logger.info("no audit row for an unauthenticated request: %s", audit_entry(scope, status))
+        return
+    entry = audit_entry(scope, status)
+    if state.get("database_unavailable"):
+        logger.error("audit row not written (database unavailable): %s", entry)
+        return
+    await run_in_threadpool(write_audit, _engine(scope), entry)
 
 
 def audit_entry(scope: Scope, status: int) -> AuditEntry:

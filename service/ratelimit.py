@@ -12,9 +12,12 @@ breaker of ``service.redis_store`` bounds what a dead Redis costs.
 
 from __future__ import annotations
 
+import hmac
 import math
 import threading
+import time
 import weakref
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -30,6 +33,9 @@ from service.redis_store import AsyncRedisStore, RedisStore
 T = TypeVar("T")
 RATE_KEY_PREFIX = "fintegrate:rl:"
 AUTH_FAIL_KEY_PREFIX = "fintegrate:authfail:"
+AUTH_GOOD_KEY_PREFIX = "fintegrate:authgood:"
+KNOWN_GOOD_SECONDS = 7 * 24 * 3600
+MAX_LOCAL_SCOPES = 100_000
 STATE_HEADERS = "rate_limit_headers"
 FAIL_OPEN_METRIC = "fintegrate_ratelimit_fail_open_total"
 
@@ -143,9 +149,44 @@ class RateLimiter(_Guarded):
         await self.store.close()
 
 
-class FailedAuthThrottle(_Guarded):
-    """Blocks a key prefix after ``failed_auth_limit`` failures per window (fixed window).
+class LocalWindowCounter:
+    """The in-process twin of ``AUTH_FAIL_SCRIPT``: fixed windows per scope, bounded in size.
 
+    It keeps counting while Redis is unusable, so failed verifications (and their bcrypt)
+    stay throttled per process instead of unlimited.
+    """
+
+    def __init__(self, window_seconds: float, max_scopes: int = MAX_LOCAL_SCOPES) -> None:
+        self.window = window_seconds
+        self.max_scopes = max_scopes
+        self._windows: OrderedDict[str, tuple[float, int]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def count(self, scope: str) -> int:
+        """Failures of ``scope`` in its current window."""
+        with self._lock:
+            entry = self._windows.get(scope)
+            return entry[1] if entry is not None and entry[0] > time.monotonic() else 0
+
+    def add(self, scope: str) -> None:
+        """Count one failure of ``scope``; the least recently failed scope goes when full."""
+        now = time.monotonic()
+        with self._lock:
+            ends, count = self._windows.get(scope, (0.0, 0))
+            self._windows[scope] = (ends, count + 1) if ends > now else (now + self.window, 1)
+            self._windows.move_to_end(scope)
+            while len(self._windows) > self.max_scopes:
+                self._windows.popitem(last=False)
+
+
+class FailedAuthThrottle(_Guarded):
+    """Blocks a scope after ``failed_auth_limit`` failures per window (fixed window).
+
+    A scope is a key prefix together with the client address (``auth_scope``), so a
+    stranger's bad secrets cost the key holder nothing elsewhere. Counts live in Redis
+    (shared by every instance) and in process (the fallback while Redis is unusable).
+    Keys that verified once are remembered by fingerprint (sha256 of the whole key, never
+    the key), so the holder of the correct secret passes even from a throttled address.
     Blocking calls: it runs where bcrypt runs, in a worker thread.
     """
 
@@ -155,21 +196,51 @@ class FailedAuthThrottle(_Guarded):
         super().__init__(settings, registry)
         self.store = RedisStore(settings)
         self.store.register(AUTH_FAIL_SCRIPT)
+        self.local = LocalWindowCounter(settings.failed_auth_window_seconds)
+        self._known_good: OrderedDict[str, str] = OrderedDict()
+        self._known_lock = threading.Lock()
 
-    def is_blocked(self, prefix: str) -> bool:
-        """True when ``prefix`` reached the failure limit in the current window."""
-        key = AUTH_FAIL_KEY_PREFIX + prefix
+    def is_blocked(self, scope: str) -> bool:
+        """True when ``scope`` reached the failure limit in the current window."""
+        key = AUTH_FAIL_KEY_PREFIX + scope
         count: Any = self._counted(self.store.call(lambda client: client.get(key) or b"0"))
-        return count is not None and int(count) >= self.settings.failed_auth_limit
+        if count is None:
+            count = self.local.count(scope)
+        return int(count) >= self.settings.failed_auth_limit
 
-    def record_failure(self, prefix: str) -> None:
-        """Count one failed authentication for ``prefix``."""
+    def record_failure(self, scope: str) -> None:
+        """Count one failed authentication for ``scope``."""
+        self.local.add(scope)
         window = self.settings.failed_auth_window_seconds
-        key = AUTH_FAIL_KEY_PREFIX + prefix
+        key = AUTH_FAIL_KEY_PREFIX + scope
         self._counted(self.store.run_script(AUTH_FAIL_SCRIPT, [key], [window]))
+
+    def remember_good(self, prefix: str, fingerprint: str) -> None:
+        """Record the fingerprint of the key that is valid for ``prefix``."""
+        with self._known_lock:
+            self._known_good[prefix] = fingerprint
+            self._known_good.move_to_end(prefix)
+            while len(self._known_good) > MAX_LOCAL_SCOPES:
+                self._known_good.popitem(last=False)
+        key = AUTH_GOOD_KEY_PREFIX + prefix
+        self.store.call(lambda client: client.set(key, fingerprint, ex=KNOWN_GOOD_SECONDS))
+
+    def is_known_good(self, prefix: str, fingerprint: str) -> bool:
+        """True when ``fingerprint`` is the one last verified or issued for ``prefix``."""
+        with self._known_lock:
+            if self._known_good.get(prefix) == fingerprint:
+                return True
+        key = AUTH_GOOD_KEY_PREFIX + prefix
+        stored: Any = self.store.call(lambda client: client.get(key))
+        return stored is not None and hmac.compare_digest(stored, fingerprint.encode())
 
     def close(self) -> None:
         self.store.close()
+
+
+def auth_scope(subject: str, client_address: str) -> str:
+    """The throttle scope of one subject (a key prefix, or ``admin``) from one address."""
+    return f"{subject}|{client_address}"
 
 
 def _ceil_seconds(microseconds: int) -> int:

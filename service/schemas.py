@@ -104,7 +104,7 @@ NO_NUL_PATTERN = r"^[^\x00]*$"
 # Whitespace spelled out as the union of ECMA-262 \s (what JSON Schema clients read) and
 # Unicode \s (what pydantic enforces), so a published pattern and validation agree exactly.
 SPACE_CHARS = r"\t\n\x0b\x0c\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
-Text = Annotated[str, StringConstraints(pattern=NO_NUL_PATTERN)]
+Text = Annotated[StrictStr, StringConstraints(pattern=NO_NUL_PATTERN)]
 UtcDatetime = Annotated[datetime, BeforeValidator(text_only), AfterValidator(as_utc)]
 # Free-form JSON that PostgreSQL can store, described exactly in the OpenAPI schema: no NUL
 # in any string or key, finite numbers only, nothing coerced (pydantic refuses nesting past
@@ -119,7 +119,25 @@ StorableJson = TypeAliasType(
 JsonObject = Annotated[dict[StorableText, StorableJson], ClosedObject()]
 
 
+def json_integer(value: Any) -> Any:
+    """Refuse what JSON Schema's ``integer`` refuses before pydantic could coerce it: booleans
+    and strings (``true`` and ``"5"`` are not integers). ``5.0`` is one (JSON has no other
+    spelling rule) and passes on to ``int``, which still refuses ``5.5``."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("expected a JSON integer (not a boolean or a string)")
+    return value
+
+
+# A JSON integer: ``5`` and ``5.0`` are accepted, ``true``, ``"5"`` and ``5.5`` are not.
+JsonInt = Annotated[int, BeforeValidator(json_integer)]
+
+
 class StrictInput(BaseModel):
-    """Base of request bodies: unknown fields are refused."""
+    """Base of request bodies: unknown fields are refused.
+
+    Fields use the strict types (``JsonInt``, ``StrictBool``, ``StrictStr``): JSON ``true``
+    is not a number and ``"5"`` is not an integer. tests/service/test_strict_bodies.py checks that
+    every request model keeps to it.
+    """
 
     model_config = ConfigDict(extra="forbid")

@@ -21,14 +21,16 @@ from sqlalchemy.engine import make_url
 
 from service import migrations
 from service.app import create_app
-from service.config import Settings, get_settings
+from service.config import Settings, get_settings, shipped_driver_url
 from service.db import create_db_engine
 from tests.support.live_server import LiveServer
 from tests.support.tcp_proxy import TcpProxy
 
-PG_ADMIN_URL = os.environ.get(
-    "FINTEGRATE_TEST_PG_URL",
-    "postgresql+psycopg2://fintegrate_user:fintegrate_pass@127.0.0.1:5432/postgres",
+PG_ADMIN_URL = shipped_driver_url(
+    os.environ.get(
+        "FINTEGRATE_TEST_PG_URL",
+        "postgresql://fintegrate_user:fintegrate_pass@127.0.0.1:5432/postgres",
+    )
 )
 RABBIT_HOST = os.environ.get("FINTEGRATE_TEST_RABBIT_HOST", "127.0.0.1")
 RABBIT_USER = os.environ.get("FINTEGRATE_TEST_RABBIT_USER", "fintegrate_user")
@@ -110,6 +112,15 @@ def rabbit_vhost() -> Iterator[str]:
         )
     yield f"amqp://{RABBIT_USER}:{RABBIT_PASS}@{RABBIT_HOST}:5672/{vhost}"
     httpx.delete(f"{RABBIT_MANAGEMENT}/api/vhosts/{vhost}", auth=auth, timeout=30)
+    delete_tenant_users(vhost, auth)
+
+
+def delete_tenant_users(vhost: str, auth: tuple[str, str]) -> None:
+    """Remove the broker users the session's consumers got (users are broker-wide)."""
+    users = httpx.get(f"{RABBIT_MANAGEMENT}/api/users", auth=auth, timeout=30).json()
+    for user in users:
+        if user["name"].endswith(f".{vhost}"):
+            httpx.delete(f"{RABBIT_MANAGEMENT}/api/users/{user['name']}", auth=auth, timeout=30)
 
 
 @pytest.fixture

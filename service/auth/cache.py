@@ -5,6 +5,10 @@
 or disabled key stops working on *other* API instances; the instance that performs the
 change evicts at once. An expired entry keeps the hash the key was verified against, so
 re-validation after the TTL is a row lookup, not another bcrypt (``verified_hash``).
+
+Revocation holds against a race: every eviction bumps ``generation``. A verification reads
+it before it reads the key row and hands it to ``put``; when an eviction happened in
+between (the row it read may be stale), the result is not cached.
 """
 
 from __future__ import annotations
@@ -30,6 +34,12 @@ class VerificationCache(Generic[V]):
         self.max_entries = max_entries
         self._entries: OrderedDict[tuple[str, str], tuple[float, UUID, V, str]] = OrderedDict()
         self._lock = threading.Lock()
+        self._generation = 0
+
+    @property
+    def generation(self) -> int:
+        """How many evictions happened so far; read it before reading a key row."""
+        return self._generation
 
     def get(self, key: ParsedKey) -> V | None:
         """The cached value of ``key`` while fresh, else None."""
@@ -45,12 +55,17 @@ class VerificationCache(Generic[V]):
             entry = self._entries.get((key.prefix, key.fingerprint))
             return entry[3] if entry is not None else None
 
-    def put(self, key: ParsedKey, consumer_id: UUID, value: V, key_hash: str) -> None:
-        """Remember a successful verification against ``key_hash``; the oldest goes when full.
+    def put(
+        self, key: ParsedKey, consumer_id: UUID, value: V, key_hash: str, generation: int
+    ) -> bool:
+        """Remember a verification against ``key_hash``, read at ``generation``; the oldest
+        entry goes when full. False (nothing cached) when an eviction happened since.
 
         With a TTL of 0 the entry is born expired: every request re-validates the row.
         """
         with self._lock:
+            if generation != self._generation:
+                return False
             self._entries[(key.prefix, key.fingerprint)] = (
                 time.monotonic() + self.ttl,
                 consumer_id,
@@ -60,10 +75,12 @@ class VerificationCache(Generic[V]):
             self._entries.move_to_end((key.prefix, key.fingerprint))
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
+            return True
 
     def evict_consumer(self, consumer_id: UUID) -> None:
         """Forget every key of ``consumer_id`` (after rotation, revocation or disabling)."""
         with self._lock:
+            self._generation += 1
             stale = [slot for slot, entry in self._entries.items() if entry[1] == consumer_id]
             for slot in stale:
                 del self._entries[slot]

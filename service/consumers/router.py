@@ -11,11 +11,14 @@ from uuid import UUID
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from service.auth.keys import ParsedKey
 from service.auth.service import AuthState
 from service.consumers import service
 from service.consumers.schemas import (
+    BrokerCredentialsOut,
     ConsumerCreate,
     ConsumerCreated,
+    ConsumerMe,
     ConsumerOut,
     ConsumerUpdate,
     KeyIssued,
@@ -31,14 +34,23 @@ from service.deps import (
     Origin,
     PageCursor,
     PageLimit,
+    RateLimited,
 )
 from service.envelope import success
 from service.pagination import DEFAULT_LIMIT
+from service.ratelimit import FailedAuthThrottle
 from service.schemas import Envelope, ListPage, error_responses
 
 router = APIRouter(prefix="/consumer/data", tags=["consumers"])
+me_router = APIRouter(prefix="/consumer", tags=["consumers"])
 ADMIN_ERRORS = (401, 403, 422, 503)
 ONE = error_responses(404, *ADMIN_ERRORS)
+
+
+def remember_issued_key(request: Request, key: ParsedKey) -> None:
+    """Let the failed-auth throttle recognise the new key, so strangers cannot lock it out."""
+    throttle: FailedAuthThrottle = request.app.state.auth_throttle
+    throttle.remember_good(key.prefix, key.fingerprint)
 
 
 def evict_cached_keys(request: Request, consumer_id: UUID) -> None:
@@ -55,6 +67,7 @@ def evict_cached_keys(request: Request, consumer_id: UUID) -> None:
 )
 def create_consumer(
     body: ConsumerCreate,
+    request: Request,
     _: AdminAccess,
     engine: DbEngine,
     settings: AppSettings,
@@ -64,7 +77,12 @@ def create_consumer(
     issued = service.new_key(settings.bcrypt_rounds)
     with transaction(engine) as connection:
         created = service.create_consumer(connection, body, issued, origin)
+    remember_issued_key(request, issued[0])
     created.queue_provisioned = service.provision_queues(settings, created.name)
+    broker = service.issue_broker_credentials(settings, created.name)
+    if broker is not None:
+        created.broker = BrokerCredentialsOut(**vars(broker))
+        created.broker_provisioned = True
     return success(created, 201)
 
 
@@ -95,13 +113,45 @@ def show_consumer(consumer_id: UUID, _: AdminAccess, connection: DbSession) -> J
     responses=error_responses(400, 404, 413, *ADMIN_ERRORS),
 )
 def update_consumer(
-    consumer_id: UUID, body: ConsumerUpdate, request: Request, _: AdminAccess, engine: DbEngine
+    consumer_id: UUID,
+    body: ConsumerUpdate,
+    request: Request,
+    _: AdminAccess,
+    engine: DbEngine,
+    settings: AppSettings,
 ) -> JSONResponse:
-    """Enable or disable a consumer, or change its description or rate limits."""
+    """Enable or disable a consumer (its API key and broker login with it), or change its
+    description or rate limits."""
     with transaction(engine) as connection:
         updated = service.update_consumer(connection, consumer_id, body)
+        service.sync_broker_access(settings, updated, body)
     evict_cached_keys(request, consumer_id)
     return success(updated)
+
+
+@router.post(
+    "/{consumer_id}/broker-credentials/rotate",
+    status_code=201,
+    response_model=Envelope[BrokerCredentialsOut],
+    responses=ONE,
+)
+def rotate_broker_credentials(
+    consumer_id: UUID, _: AdminAccess, connection: DbSession, settings: AppSettings
+) -> JSONResponse:
+    """Issue a new broker password (shown once; creates the user if missing); the old
+    password's connections are closed. A disabled consumer's user stays without access."""
+    credentials = service.rotate_broker_credentials(connection, settings, consumer_id)
+    return success(BrokerCredentialsOut(**vars(credentials)), 201)
+
+
+@me_router.get(
+    "/me", response_model=Envelope[ConsumerMe], responses=error_responses(401, 403, 429, 503)
+)
+def show_own_consumer(
+    consumer: RateLimited, connection: DbSession, settings: AppSettings
+) -> JSONResponse:
+    """The consumer this API key belongs to (name, status, queue names, broker user)."""
+    return success(service.whoami(connection, settings, consumer.consumer_id))
 
 
 @router.post(
@@ -123,6 +173,7 @@ def rotate_consumer_key(
     with transaction(engine) as connection:
         key = service.rotate_key(connection, principal, consumer_id, issued)
     evict_cached_keys(request, consumer_id)
+    remember_issued_key(request, issued[0])
     return success(key, 201)
 
 

@@ -6,17 +6,25 @@ from datetime import datetime
 from typing import Annotated, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictStr,
+    StringConstraints,
+    model_validator,
+)
 from pydantic.json_schema import SkipJsonSchema
 
-from service.schemas import StrictInput, Text
+from service.schemas import StrictInput, Text, json_integer
 
 ConsumerStatus = Literal["active", "disabled"]
 ConsumerName = Annotated[
-    str, StringConstraints(min_length=1, max_length=64, pattern=r"^[a-z0-9_]+$")
+    StrictStr, StringConstraints(min_length=1, max_length=64, pattern=r"^[a-z0-9_]+$")
 ]
 Description = Annotated[Text, StringConstraints(max_length=500)]
-RateLimitValue = Annotated[int, Field(ge=1, le=1_000_000)]
+RateLimitValue = Annotated[int, Field(ge=1, le=1_000_000), BeforeValidator(json_integer)]
 
 
 class ConsumerCreate(StrictInput):
@@ -77,10 +85,33 @@ class KeyIssued(KeyOut):
     api_key: str
 
 
+class BrokerCredentialsOut(BaseModel):
+    """The tenant's own RabbitMQ login (read-only on its queue and DLQ); shown once."""
+
+    username: str
+    password: str
+    vhost: str
+
+
 class ConsumerCreated(ConsumerOut):
-    """A new consumer with its first key (shown once) and the queue provisioning outcome."""
+    """A new consumer with its first key and broker login (both shown once) and the queue
+    provisioning outcome. ``broker`` is null (``broker_provisioned`` false) when the
+    management API was unavailable: rotate the broker credentials to create the user."""
 
     api_key: str
     key_id: UUID
     key_prefix: str
     queue_provisioned: bool = False
+    broker: BrokerCredentialsOut | None = None
+    broker_provisioned: bool = False
+
+
+class ConsumerMe(BaseModel):
+    """The consumer an API key belongs to, as the worker checks it."""
+
+    consumer_id: UUID
+    name: str
+    status: ConsumerStatus
+    queue_name: str
+    dlq_name: str
+    broker_username: str

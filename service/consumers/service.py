@@ -17,17 +17,20 @@ from service.auth.keys import ParsedKey, generate_key, hash_key
 from service.auth.service import Principal
 from service.config import Settings
 from service.consumers import repository
+from service.consumers.broker import BrokerAccounts, BrokerCredentials
 from service.consumers.schemas import (
     ConsumerCreate,
     ConsumerCreated,
+    ConsumerMe,
     ConsumerOut,
     ConsumerUpdate,
     KeyIssued,
     KeyOut,
 )
-from service.errors import Conflict, NotFound
+from service.errors import Conflict, NotFound, ServiceUnavailable
 from service.events.repository import insert_event
 from service.events.schemas import EventOrigin
+from service.messaging.management import ManagementUnavailable
 from service.messaging.provisioning import provision_consumer_queues
 from service.messaging.topology import dlq_name, queue_name
 from service.pagination import build_page, cursor_params, decode_cursor
@@ -35,6 +38,10 @@ from service.pagination import build_page, cursor_params, decode_cursor
 logger = logging.getLogger(__name__)
 
 CONSUMER_NOT_FOUND = "Consumer not found"
+BROKER_UNAVAILABLE = (
+    "RabbitMQ management API unavailable; nothing was changed, retry shortly "
+    "(FINTEGRATE_RABBITMQ_MANAGEMENT_URL)"
+)
 KEY_NOT_FOUND = "API key not found"
 
 
@@ -89,6 +96,59 @@ def provision_queues(settings: Settings, consumer_name: str) -> bool:
         )
         return False
     return True
+
+
+def issue_broker_credentials(settings: Settings, consumer_name: str) -> BrokerCredentials | None:
+    """A new tenant's broker user; None (logged) when the management API is unavailable."""
+    accounts = BrokerAccounts(settings)
+    if not accounts.configured:
+        return None
+    try:
+        return accounts.issue(consumer_name)
+    except ManagementUnavailable:
+        logger.warning(
+            "broker user of consumer %s not created; run "
+            "`fintegrate consumer rotate-broker-credentials %s`",
+            consumer_name,
+            consumer_name,
+            exc_info=True,
+        )
+        return None
+
+
+def rotate_broker_credentials(
+    connection: Connection, settings: Settings, consumer_id: UUID
+) -> BrokerCredentials:
+    """A new broker password (the user is created if missing); 503 when the API is away."""
+    consumer = get_consumer(connection, consumer_id)
+    try:
+        return BrokerAccounts(settings).issue(consumer.name, active=consumer.status == "active")
+    except ManagementUnavailable as exc:
+        raise ServiceUnavailable(BROKER_UNAVAILABLE, {"Retry-After": "5"}) from exc
+
+
+def sync_broker_access(settings: Settings, consumer: ConsumerOut, changes: ConsumerUpdate) -> None:
+    """Suspend or restore the tenant's broker user after a status change; 503 on failure
+    (raised inside the caller's transaction, so the status change is rolled back)."""
+    if "status" not in changes.model_fields_set:
+        return
+    accounts = BrokerAccounts(settings)
+    try:
+        if consumer.status == "disabled":
+            accounts.suspend(consumer.name)
+        else:
+            accounts.restore(consumer.name)
+    except ManagementUnavailable as exc:
+        raise ServiceUnavailable(BROKER_UNAVAILABLE, {"Retry-After": "5"}) from exc
+
+
+def whoami(connection: Connection, settings: Settings, consumer_id: UUID) -> ConsumerMe:
+    """The calling tenant's consumer: name, status, queue names and broker user."""
+    consumer = get_consumer(connection, consumer_id)
+    return ConsumerMe(
+        **consumer.model_dump(include={"consumer_id", "name", "status", "queue_name", "dlq_name"}),
+        broker_username=BrokerAccounts(settings).username(consumer.name),
+    )
 
 
 def list_consumers(

@@ -26,17 +26,17 @@ EMAIL_PART = rf"[^@{SPACE_CHARS}\x00]+"
 
 # At least one visible character, no NUL (PostgreSQL cannot store it).
 CustomerName = Annotated[
-    str,
+    StrictStr,
     StringConstraints(
         min_length=1, max_length=200, pattern=rf"^[^\x00]*[^{SPACE_CHARS}\x00][^\x00]*$"
     ),
 ]
 Email = Annotated[
-    str,
+    StrictStr,
     StringConstraints(max_length=320, pattern=rf"^{EMAIL_PART}@{EMAIL_PART}\.{EMAIL_PART}$"),
 ]
 TagKey = Annotated[
-    str, StringConstraints(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")
+    StrictStr, StringConstraints(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")
 ]
 TagValue = (
     Annotated[StrictStr, StringConstraints(max_length=500, pattern=NO_NUL_PATTERN)]

@@ -4,33 +4,33 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field, StrictBool, StrictStr
 
 from service.events.schemas import EventType
 from service.messaging.topology import CONSUMER_NAME_MAX_LENGTH
-from service.schemas import StrictInput, Text
+from service.schemas import JsonInt, StrictInput, Text, json_integer
 
 DEFAULT_PERIOD_DAYS = 7
 DEFAULT_CHUNK = 1000
 MAX_CHUNK = 5000
 MAX_DRY_RUN_IDS = 1000
 
+# constraints before the validator, so the OpenAPI schema keeps minimum/maximum in the union
+TryCount = Annotated[int, Field(ge=1, le=1000), BeforeValidator(json_integer)]
 ReceiptStatus = Literal["received", "processed", "failed"]
 
 
 class RepublishRequest(StrictInput):
     """Which events to republish. Tenants act on their own events; admins on all or one."""
 
-    period_in_days: int = Field(
+    period_in_days: JsonInt = Field(
         DEFAULT_PERIOD_DAYS, ge=1, le=3650, description="Only events created this recently"
     )
-    max_try_count: int | None = Field(
+    max_try_count: TryCount | None = Field(
         None,
-        ge=1,
-        le=1000,
         description="Only events tried fewer than this many times (publish_try_count); "
         "default: no limit, so the events the relay already retried many times (the stuck "
         "ones) are selected",
@@ -38,21 +38,21 @@ class RepublishRequest(StrictInput):
     event_types: list[EventType] = Field(
         default_factory=list, max_length=4, description="Only these types (empty: all)"
     )
-    dry_run: bool = Field(False, description="Count and list matches; change nothing")
-    consumer_name: str | None = Field(
+    dry_run: StrictBool = Field(False, description="Count and list matches; change nothing")
+    consumer_name: StrictStr | None = Field(
         None,
         pattern=r"^[a-z0-9_]+$",
         max_length=CONSUMER_NAME_MAX_LENGTH,
         description="Admin only: restrict to one consumer",
     )
-    limit: int = Field(
+    limit: JsonInt = Field(
         DEFAULT_CHUNK,
         ge=1,
         le=MAX_CHUNK,
         description="Republish at most this many per call (a tenant at most "
         "FINTEGRATE_REPUBLISH_TENANT_MAX_PER_CALL)",
     )
-    cursor: str | None = Field(
+    cursor: StrictStr | None = Field(
         None, max_length=512, description="next_cursor of the previous call, to continue"
     )
 

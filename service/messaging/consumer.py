@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,7 +25,8 @@ from typing import Any
 from service.config import Settings
 from service.messaging import topology
 from service.messaging.connection import BROKER_ERRORS, Backoff, BrokerUnavailable, open_blocking
-from service.messaging.messages import EventMessage, InvalidMessage, parse_message
+from service.messaging.messages import EventMessage, InvalidMessage
+from service.messaging.poison import call_handler, decode_message, describe_failure
 from service.messaging.receipts import DeliveryConfirmer, Receipt, WorkerUnauthorized
 
 log = logging.getLogger(__name__)
@@ -32,6 +34,7 @@ log = logging.getLogger(__name__)
 Handler = Callable[[EventMessage], Any]
 INACTIVITY_SECONDS = 0.5
 SETTLE_POLL_SECONDS = 0.1
+SHUTDOWN_GRACE_SECONDS = 10.0
 MAX_CONFIRM_THREADS = 16
 MAX_RECONNECT_DELAY_SECONDS = 10.0
 RECONNECT_ERRORS: tuple[type[BaseException], ...] = (BrokerUnavailable, *BROKER_ERRORS)
@@ -153,7 +156,7 @@ class EventConsumer:
     ) -> None:
         """Parse and handle one message, then confirm it in the background."""
         try:
-            message = parse_message(body)
+            message = decode_message(body)
         except InvalidMessage as exc:
             log.error("poison message %s: %s; moved to the DLQ", properties.message_id, exc)
             channel.basic_reject(method.delivery_tag, requeue=False)
@@ -176,6 +179,13 @@ class EventConsumer:
             self._fatal = exc
             self.stop.set()
             return
+        except Exception as exc:  # a receipt that cannot be sent: dead-letter, do not loop
+            log.error(
+                "receipt of delivery %d failed: %s; moved to the DLQ", tag, describe_failure(exc)
+            )
+            channel.basic_reject(tag, requeue=False)
+            self.stats.failed += 1
+            return
         if receipt is Receipt.ABANDONED:
             log.warning("stopping before delivery %d was confirmed; it stays unacked", tag)
             return
@@ -190,17 +200,14 @@ class EventConsumer:
             self.stats.failed += 1
 
     def _finish_in_flight(self, connection: Any) -> None:
-        """Let pending receipts settle (they give up quickly once ``stop`` is set)."""
-        while self._in_flight and connection.is_open:
+        """Let pending receipts settle (they give up quickly once ``stop`` is set), for at
+        most ``SHUTDOWN_GRACE_SECONDS``; what is still unsettled then is redelivered."""
+        deadline = time.monotonic() + SHUTDOWN_GRACE_SECONDS
+        while self._in_flight and connection.is_open and time.monotonic() < deadline:
             connection.process_data_events(time_limit=SETTLE_POLL_SECONDS)
 
     def _run_handler(self, message: EventMessage) -> tuple[str, str | None]:
-        try:
-            self.handler(message)
-        except Exception as exc:
-            log.exception("handler failed for %s", message.event_id)
-            return "failed", f"{type(exc).__name__}: {exc}"[:2000]
-        return "processed", None
+        return call_handler(self.handler, message)
 
 
 def _call_soon(connection: Any, callback: Callable[[], None]) -> None:

@@ -14,8 +14,10 @@ relay publishes only the partitions it leases:
 - Fencing: the relay publishes a partition only while its local deadline holds (the
   renewal's start on the monotonic clock + TTL - a safety margin, so it ends before
   PostgreSQL can hand the lease on), and it records outcomes only through ``fence``,
-  which share-locks the lease rows still held with the round's tokens: a relay whose
-  lease was taken over can neither publish nor mark after the new owner started.
+  which key-share-locks the lease rows still held with the round's tokens: a takeover
+  (``SELECT … FOR UPDATE SKIP LOCKED``) skips them until that record commits, while the
+  keeper's renewals (plain ``UPDATE`` of non-key columns) do not wait for it. A relay
+  whose lease was taken over can neither publish nor mark after the new owner started.
 
 Renewals run on a keeper thread so a long round (a slow broker) keeps its leases; taking
 and giving back partitions happens in the relay's own thread, between rounds.
@@ -117,7 +119,7 @@ FENCE = text(
     JOIN unnest(CAST(:partitions AS integer[]), CAST(:tokens AS bigint[])) AS t(no, token)
       ON p.partition_no = t.no AND p.fencing_token = t.token
     WHERE p.owner_id = :relay_id
-    FOR SHARE OF p
+    FOR KEY SHARE OF p
     """
 )
 
@@ -230,7 +232,7 @@ class PartitionLeases:
     def fence(self, connection: Connection, tenure: Tenure) -> set[int]:
         """In the caller's transaction: the partitions of ``tenure`` still ours in PostgreSQL.
 
-        The lease rows are share-locked, so no relay can take them over before the
+        The lease rows are key-share-locked, so no relay can take them over before the
         caller's transaction (which records this round's outcomes) has committed.
         """
         if not tenure.tokens:

@@ -1,9 +1,13 @@
-"""A small client for the RabbitMQ management HTTP API (queues, their arguments, bindings)."""
+"""A small client for the RabbitMQ management HTTP API.
+
+Reads queue state (arguments, bindings, depth) and manages the tenants' own broker users:
+users, their permissions on the client's vhost, and their open connections.
+"""
 
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import httpx
 
@@ -21,7 +25,13 @@ class ManagementClient:
 
     def __init__(self, base_url: str, vhost: str, timeout: float = TIMEOUT_SECONDS):
         self.vhost = vhost
-        self._http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout)
+        url = httpx.URL(base_url.rstrip("/"))
+        # credentials go in the auth header only: httpx logs request URLs (INFO), and the
+        # operator's password must never reach a log line
+        auth = (unquote(url.username), unquote(url.password)) if url.username else None
+        self._http = httpx.Client(
+            base_url=url.copy_with(username=None, password=None), auth=auth, timeout=timeout
+        )
 
     def close(self) -> None:
         self._http.close()
@@ -46,19 +56,71 @@ class ManagementClient:
         bindings = self._get(path) or []
         return sorted(b["routing_key"] for b in bindings if b.get("source") == exchange)
 
+    def user(self, username: str) -> dict[str, Any] | None:
+        """The broker user's description, or None when it does not exist."""
+        return self._get(f"/api/users/{quote(username, safe='')}")
+
+    def put_user(self, username: str, password: str) -> None:
+        """Create the user, or set a new password (no tags: it cannot use this API)."""
+        self._send(
+            "PUT", f"/api/users/{quote(username, safe='')}", {"password": password, "tags": ""}
+        )
+
+    def set_permissions(self, username: str, configure: str, write: str, read: str) -> None:
+        """The user's permissions on this vhost (regular expressions over resource names)."""
+        body = {"configure": configure, "write": write, "read": read}
+        self._send("PUT", self._permissions_path(username), body)
+
+    def clear_permissions(self, username: str) -> None:
+        """Remove the user's access to this vhost: its next login here is refused."""
+        self._send("DELETE", self._permissions_path(username))
+
+    def close_connections(self, username: str, reason: str) -> int:
+        """Close every connection the user holds; how many it held.
+
+        The per-user endpoints read connection tracking, so they see a connection at once
+        (``/api/connections`` waits for the next statistics interval).
+        """
+        path = f"/api/connections/username/{quote(username, safe='')}"
+        held = len(self._get(path) or [])
+        if held:
+            self._send("DELETE", path, headers={"X-Reason": reason})
+        return held
+
+    def _permissions_path(self, username: str) -> str:
+        return f"/api/permissions/{self._vhost_path}/{quote(username, safe='')}"
+
     @property
     def _vhost_path(self) -> str:
         return quote(self.vhost, safe="")
 
     def _get(self, path: str) -> Any:
+        response = self._request("GET", path)
+        return None if response.status_code == 404 else response.json()
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        """A write; a 404 (already gone) is not an error."""
+        self._request(method, path, body, headers)
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> httpx.Response:
         try:
-            response = self._http.get(path)
+            response = self._http.request(method, path, json=body, headers=headers)
         except httpx.HTTPError as exc:
             raise ManagementUnavailable(f"management API unreachable: {exc!r}") from exc
-        if response.status_code == 404:
-            return None
-        if response.is_error:
+        if response.is_error and response.status_code != 404:
             raise ManagementUnavailable(
-                f"management API answered {response.status_code} for {path}"
+                f"management API answered {response.status_code} for {method} {path}"
             )
-        return response.json()
+        return response

@@ -108,3 +108,18 @@ def tenant_topology(
         bindings=tuple(queue_bindings(consumer_name)),
         dlq_binding=dlq_routing_key(consumer_name),
     )
+
+
+# Tenants' own broker users (SPEC 4.3, second wave): read their queue and DLQ, nothing else.
+NO_RESOURCE = "^$"
+
+
+def broker_username(consumer_name: str, vhost: str) -> str:
+    """The tenant's RabbitMQ user, ``{consumer_name}.{vhost}``: users are broker-wide, so the
+    vhost keeps two environments sharing one broker apart (names never contain a dot)."""
+    return f"{consumer_name}.{vhost}"
+
+
+def broker_read_permission(consumer_name: str) -> str:
+    """The ``read`` permission of the tenant's user: exactly its queue and its DLQ."""
+    return f"^({re.escape(queue_name(consumer_name))}|{re.escape(dlq_name(consumer_name))})$"

@@ -1,8 +1,18 @@
-"""Dependency checks behind ``/ready``: each bounded in time, none raises."""
+"""Dependency checks behind ``/ready``: each bounded in time, none raises, shared for a while.
+
+``ReadinessCache`` keeps the last result ``READY_CACHE_SECONDS``: a stranger calling
+``/ready`` in a loop costs a dictionary lookup, not a database round trip, an AMQP
+handshake (a new broker connection) and a Redis connection per call. One caller refreshes
+at a time; the others wait for its answer.
+"""
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import pika
 import redis
@@ -12,6 +22,8 @@ from service.config import Settings
 from service.messaging.connection import connection_parameters
 
 CHECK_TIMEOUT_SECONDS = 1.0
+READY_CACHE_SECONDS = 2.0
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -62,3 +74,23 @@ def check_redis(settings: Settings) -> CheckResult:
     finally:
         client.close()
     return CheckResult(True, False, "ok")
+
+
+class ReadinessCache:
+    """The last readiness result, reused for ``ttl`` seconds; one refresh at a time."""
+
+    def __init__(self, ttl: float = READY_CACHE_SECONDS) -> None:
+        self.ttl = ttl
+        self.refreshes = 0
+        self._lock = threading.Lock()
+        self._value: object = None
+        self._expires = 0.0
+
+    def get(self, compute: Callable[[], T]) -> T:
+        """The cached result while fresh, else ``compute()`` (cached in turn)."""
+        with self._lock:
+            if self._value is None or time.monotonic() >= self._expires:
+                self._value = compute()
+                self._expires = time.monotonic() + self.ttl
+                self.refreshes += 1
+            return self._value  # type: ignore[return-value]

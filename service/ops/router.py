@@ -4,13 +4,21 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from sqlalchemy import Engine
 
+from service.config import Settings
 from service.deps import AppSettings, DbEngine
 from service.envelope import error, success
-from service.ops.checks import CheckResult, check_broker, check_database, check_redis
+from service.ops.checks import (
+    CheckResult,
+    ReadinessCache,
+    check_broker,
+    check_database,
+    check_redis,
+)
 from service.schemas import Envelope, error_responses
 
 router = APIRouter(tags=["operations"])
@@ -40,16 +48,25 @@ async def health() -> JSONResponse:
 
 
 @router.get("/ready", response_model=Envelope[Readiness], responses=error_responses(503))
-def ready(engine: DbEngine, settings: AppSettings) -> JSONResponse:
-    """Database, broker and Redis each checked; 503 when a required one (the database) is down."""
-    checks = {
+def ready(request: Request, engine: DbEngine, settings: AppSettings) -> JSONResponse:
+    """Database, broker and Redis each checked; 503 when a required one (the database) is down.
+
+    The result is shared for a couple of seconds (``READY_CACHE_SECONDS``).
+    """
+    cache: ReadinessCache = request.app.state.readiness
+    checks = cache.get(lambda: run_checks(engine, settings))
+    if any(result.required and not result.ok for result in checks.values()):
+        return error(503, "Not ready: " + summary(checks), {"Retry-After": "5"})
+    return success({"ready": True, **{name: asdict(result) for name, result in checks.items()}})
+
+
+def run_checks(engine: Engine, settings: Settings) -> dict[str, CheckResult]:
+    """Each dependency checked once, now."""
+    return {
         "database": check_database(engine),
         "broker": check_broker(settings),
         "redis": check_redis(settings),
     }
-    if any(result.required and not result.ok for result in checks.values()):
-        return error(503, "Not ready: " + summary(checks), {"Retry-After": "5"})
-    return success({"ready": True, **{name: asdict(result) for name, result in checks.items()}})
 
 
 def summary(checks: dict[str, CheckResult]) -> str:

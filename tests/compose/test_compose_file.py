@@ -25,7 +25,7 @@ DOCKERFILE = ROOT / "Dockerfile"
 INFRA = ("postgres", "rabbitmq", "redis")
 CUSTOMER_SERVICES = ("customer-service-1", "customer-service-2")
 APP_SERVICES = ("migrate", *CUSTOMER_SERVICES, "relay", "event-consumer")
-SPEC_SERVICES = (*INFRA, "traefik", *APP_SERVICES)
+SPEC_SERVICES = (*INFRA, "traefik", "gateway-pages", *APP_SERVICES)
 ROUTED_PREFIXES = ("/customer", "/consumer", "/events", "/health", "/ready")
 KNOWN_VARIABLES = {f"FINTEGRATE_{name.upper()}" for name in Settings.model_fields}
 VARIABLE = re.compile(r"\bFINTEGRATE_[A-Z0-9_]+")
@@ -260,19 +260,29 @@ def test_every_referenced_middleware_service_and_entrypoint_is_defined(
     for name, router in dynamic["routers"].items():
         for middleware in router.get("middlewares", []):
             assert middleware in dynamic["middlewares"], f"router {name}: {middleware}"
-        assert router["service"] in dynamic["services"], f"router {name}"
+        service = router["service"]
+        assert service in dynamic["services"] or service.endswith("@internal"), f"router {name}"
         for entry_point in router["entryPoints"]:
             assert entry_point in static["entryPoints"], f"router {name}: {entry_point}"
 
 
-def test_public_routers_cover_the_api_and_are_ip_rate_limited(dynamic: dict[str, Any]):
+def test_public_routers_cover_the_api_and_share_one_ip_budget(
+    dynamic: dict[str, Any], static: dict[str, Any]
+):
     public = [r for r in dynamic["routers"].values() if "web" in r["entryPoints"]]
     rules = " ".join(router["rule"] for router in public)
     for prefix in ROUTED_PREFIXES:
         assert f"(`{prefix}`)" in rules, f"no public router for {prefix}"
-    limited = {name for name, m in dynamic["middlewares"].items() if "rateLimit" in m}
     for router in public:
-        assert limited & set(router["middlewares"]), f"{router['rule']} is not rate limited"
+        assert "ip-budget" in router["middlewares"], f"{router['rule']} is not rate limited"
+        assert "ip-rate-limit" not in router["middlewares"], "a router-level bucket"
+    check = urlsplit(dynamic["middlewares"]["ip-budget"]["forwardAuth"]["address"])
+    budget_entry = static["entryPoints"]["edge-budget"]["address"]
+    assert (check.hostname, str(check.port)) == tuple(budget_entry.split(":"))
+    limited = [
+        r for r in dynamic["routers"].values() if "ip-rate-limit" in r.get("middlewares", [])
+    ]
+    assert [r["entryPoints"] for r in limited] == [["edge-budget"]], "exactly one bucket"
 
 
 def test_ip_rate_limit_is_100_requests_per_minute(dynamic: dict[str, Any]):
@@ -285,7 +295,7 @@ def test_ip_rate_limit_is_100_requests_per_minute(dynamic: dict[str, Any]):
 def test_both_customer_services_are_load_balanced_with_health_checks(
     dynamic: dict[str, Any], services: dict[str, dict[str, Any]]
 ):
-    balancer = dynamic["services"]["customer-service"]["loadBalancer"]
+    balancer = dynamic["services"]["api-instances"]["loadBalancer"]
     urls = {urlsplit(server["url"]) for server in balancer["servers"]}
     assert {(url.hostname, url.port) for url in urls} == {(n, 8000) for n in CUSTOMER_SERVICES}
     assert balancer["healthCheck"]["path"] == "/health"
@@ -318,5 +328,6 @@ def test_image_is_slim_and_installs_the_package_with_its_migrations():
     assert bases and all(base.startswith("python:3.11-slim") for base in bases)
     runs = " ".join(args for name, args in instructions if name == "RUN")
     copies = [args for name, args in instructions if name == "COPY"]
-    assert "pip install ." in runs
+    assert "pip install --require-hashes -r requirements-runtime.lock" in runs
+    assert "pip install --no-deps ." in runs
     assert any(args.startswith("migrations ") for args in copies)

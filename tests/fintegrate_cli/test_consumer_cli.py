@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import pika
+import pika.exceptions
 import pytest
 
 from service.app import create_app
@@ -121,3 +125,35 @@ def test_create_with_the_broker_down_says_to_provision_later(
     created = json_of(result)
     assert created["queue_provisioned"] is False
     assert f"fintegrate queues provision {name}" in result.stderr
+
+
+def broker_login_works(url: str) -> bool:
+    parameters = pika.URLParameters(url)
+    parameters.connection_attempts = 1
+    try:
+        pika.BlockingConnection(parameters).close()
+    except pika.exceptions.AMQPConnectionError:
+        return False
+    return True
+
+
+def test_create_prints_the_tenants_own_broker_url_once(run_cli: RunCli, api_env: Settings) -> None:
+    result = run_cli("consumer", "create", unique_name("cli"))
+    assert result.exit_code == 0, result.stderr
+    [line] = [x for x in result.stdout.splitlines() if x.startswith("FINTEGRATE_RABBITMQ_URL=")]
+    url = line.removeprefix("FINTEGRATE_RABBITMQ_URL=")
+    assert "fintegrate_pass" not in url and broker_login_works(url)
+    assert "broker password" in result.stderr
+
+
+def test_rotate_broker_credentials_replaces_the_login(
+    run_cli: RunCli, tenant: dict[str, Any]
+) -> None:
+    old = tenant["broker"]
+    rotated = json_of(run_cli("consumer", "rotate-broker-credentials", tenant["name"], "--json"))
+    assert rotated["username"] == old["username"] and rotated["password"] != old["password"]
+    base = f"amqp://{{}}:{{}}@127.0.0.1:5672/{old['vhost']}"
+    assert not broker_login_works(base.format(old["username"], old["password"]))
+    assert broker_login_works(base.format(rotated["username"], rotated["password"]))
+    unknown = run_cli("consumer", "rotate-broker-credentials", unique_name("nobody"))
+    assert unknown.exit_code == 1 and "no consumer" in one_error_line(unknown)

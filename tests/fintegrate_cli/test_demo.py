@@ -20,8 +20,10 @@ def relay(api_env: Settings) -> Iterator[None]:
     """An outbox relay publishing this worker's database in a thread, like `fintegrate relay`."""
     engine = create_db_engine(api_env, pool_size=2)
     stop = threading.Event()
-    thread = threading.Thread(target=OutboxRelay(api_env, engine, stop).run, daemon=True)
+    outbox_relay = OutboxRelay(api_env, engine, stop)
+    thread = threading.Thread(target=outbox_relay.run, daemon=True)
     thread.start()
+    assert outbox_relay.idle.wait(30)  # joined, holds its partitions, caught up
     yield
     stop.set()
     thread.join(30)

@@ -138,7 +138,7 @@ def test_healthy_setup_exits_0(
         name: "ok"
         for name in (
             "database", "migrations", "outbox", "relays", "rabbitmq", "topology",
-            "dead letters", "redis", "api",
+            "dead letters", "redis", "api", "gateway",
         )
     }  # fmt: skip
     assert code == 0

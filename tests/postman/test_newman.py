@@ -1,4 +1,5 @@
-"""The Postman collection, run by newman against a live API on real Postgres/RabbitMQ/Redis.
+"""The Postman collection, run by newman through the gateway (the real Traefik) in front of a
+live API on real Postgres/RabbitMQ/Redis, as users run it (docs/gateway.md).
 
 newman comes from the project's ``package.json`` (``scripts/bootstrap.sh`` runs ``npm install``).
 A missing newman or node fails these tests; they never skip.
@@ -9,7 +10,9 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import socket
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,7 @@ from typing import Any
 import pytest
 
 from service.config import Settings
+from service.gateway.runner import Gateway, GatewayOptions
 
 REPO = Path(__file__).resolve().parents[2]
 NEWMAN = REPO / "node_modules" / ".bin" / "newman"
@@ -112,6 +116,26 @@ def failure_lines(run: dict[str, Any]) -> str:
     )
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def gateway_url(live_server: str, settings: Settings) -> Iterator[str]:
+    """`fintegrate gateway`'s Traefik in front of the live API.
+
+    The burst is raised from 50 so that the collection may grow past one default burst.
+    """
+    options = GatewayOptions("127.0.0.1", free_port(), (live_server,))
+    gateway = Gateway(settings.model_copy(update={"gateway_rate_limit_burst": 500}), options)
+    gateway.start()
+    yield gateway.url
+    gateway.stop()
+
+
 def test_collection_is_v21_and_every_request_asserts_its_status() -> None:
     collection = load_collection()
     assert collection["info"]["schema"] == SCHEMA_V21
@@ -130,11 +154,11 @@ def test_environment_declares_every_variable_the_collection_uses() -> None:
     assert used == declared
 
 
-def test_collection_passes_against_the_live_api(
-    live_server: str, settings: Settings, tmp_path: Path
+def test_collection_passes_through_the_gateway(
+    gateway_url: str, settings: Settings, tmp_path: Path
 ) -> None:
     assert settings.admin_api_key
-    result = run_newman(live_server, settings.admin_api_key, tmp_path / "report.json")
+    result = run_newman(gateway_url, settings.admin_api_key, tmp_path / "report.json")
     requests, assertions = expected_counts()
     stats = result.run["stats"]
     assert result.returncode == 0, result.output[-6000:]

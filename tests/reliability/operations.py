@@ -62,6 +62,7 @@ OPERATIONS = [
         "POST", "/events/confirm-delivery", TENANT, {"event_id": "{event_id}", "status": "received"}
     ),
     Operation("DELETE", "/customer/data/{customer_id}", TENANT),
+    Operation("GET", "/consumer/me", TENANT),
     Operation("POST", "/customer/data/{customer_id}/erase", TENANT),
     Operation("GET", "/consumer/data", EITHER),
     Operation("POST", "/events/resend", EITHER, {"dry_run": True}),
@@ -70,6 +71,7 @@ OPERATIONS = [
     Operation("GET", "/consumer/data/{consumer_id}", ADMIN),
     Operation("PATCH", "/consumer/data/{consumer_id}", ADMIN, {"description": "audited"}),
     Operation("GET", "/consumer/data/{consumer_id}/keys", ADMIN),
+    Operation("POST", "/consumer/data/{consumer_id}/broker-credentials/rotate", ADMIN),
     Operation("POST", "/consumer/data/{consumer_id}/keys/{key_id}/revoke", ADMIN),
     Operation("POST", "/consumer/data/{consumer_id}/keys/rotate", EITHER),
 ]

@@ -33,13 +33,16 @@ OK = "2xx"
 # credential -> expected answer per audience (tenant-only, tenant-or-admin, admin-only)
 EXPECTED: dict[str, dict[str, int | str]] = {
     "no credentials": {TENANT: 401, EITHER: 401, ADMIN: 401},
-    "malformed tenant key": {TENANT: 401, EITHER: 401, ADMIN: 403},
-    "revoked tenant key": {TENANT: 401, EITHER: 401, ADMIN: 403},
-    "rotated-out tenant key": {TENANT: 401, EITHER: 401, ADMIN: 403},
+    "malformed tenant key": {TENANT: 401, EITHER: 401, ADMIN: 401},
+    "revoked tenant key": {TENANT: 401, EITHER: 401, ADMIN: 401},
+    "rotated-out tenant key": {TENANT: 401, EITHER: 401, ADMIN: 401},
     "disabled tenant's key": {TENANT: 403, EITHER: 403, ADMIN: 403},
-    "admin key sent as X-API-Key": {TENANT: 401, EITHER: 401, ADMIN: 403},
+    "admin key sent as X-API-Key": {TENANT: 401, EITHER: 401, ADMIN: 401},
     "tenant key sent as X-Admin-Key": {TENANT: 401, EITHER: 401, ADMIN: 401},
     "wrong admin key": {TENANT: 401, EITHER: 401, ADMIN: 401},
+    # fail closed: one credential that fails verification refuses the request
+    "admin key beside a wrong tenant key": {TENANT: 401, EITHER: 401, ADMIN: 401},
+    "tenant key beside a wrong admin key": {TENANT: 401, EITHER: 401, ADMIN: 401},
     "admin key": {TENANT: 401, EITHER: OK, ADMIN: OK},
     "tenant key": {TENANT: OK, EITHER: OK, ADMIN: 403},
 }
@@ -69,6 +72,8 @@ def credential_headers(
         "admin key sent as X-API-Key": {"X-API-Key": admin_key},
         "tenant key sent as X-Admin-Key": {"X-Admin-Key": key},
         "wrong admin key": {"X-Admin-Key": admin_key[::-1]},
+        "admin key beside a wrong tenant key": {**admin, "X-API-Key": key[:-4] + "AAAA"},
+        "tenant key beside a wrong admin key": {"X-API-Key": key, "X-Admin-Key": admin_key[::-1]},
         "admin key": admin,
     }.get(credential, {"X-API-Key": key})
 

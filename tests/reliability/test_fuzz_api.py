@@ -1,8 +1,10 @@
 """Schemathesis against /openapi.json of a live API: every check, over 1,000 generated cases.
 
-Two runs against one server on a database of its own: first every operation a tenant may
+Three runs against one server on a database of its own: first every operation a tenant may
 call, with a real tenant key (a huge per-consumer rate limit, so no 429 hides anything);
-then every operation the operator may call, with the admin key. The order matters: the
+then the operations either may call with both keys configured (schemathesis sends both, and
+its ignored_auth check replaces them with invalid ones: fail closed must refuse); then
+every operation the operator may call, with the admin key. The order matters: the
 admin run may disable or rotate the fuzz tenant (schemathesis finds its id in listings
 and follows inferred links), which would otherwise turn the tenant run into 401s. The only
 tenant operation left to the admin run is rotating a key (a tenant rotating its own key
@@ -44,6 +46,7 @@ ADMIN_ONLY = (
     "PATCH /consumer/data/{consumer_id}",
     "GET /consumer/data/{consumer_id}/keys",
     "POST /consumer/data/{consumer_id}/keys/{key_id}/revoke",
+    "POST /consumer/data/{consumer_id}/broker-credentials/rotate",
 )
 EITHER = (
     "GET /consumer/data",
@@ -91,9 +94,11 @@ def operation_names(url: str) -> set[str]:
     return {f"{method.upper()} {path}" for path, ops in schema["paths"].items() for method in ops}
 
 
-def config_text(scheme: str, key: str, disabled: list[str]) -> str:
-    """A schemathesis.toml: one API key scheme, operations left out, the cursor exception."""
-    lines = [f"[auth.openapi.{scheme}]", f"api_key = {json.dumps(key)}"]
+def config_text(keys: dict[str, str], disabled: list[str]) -> str:
+    """A schemathesis.toml: API key schemes, operations left out, the cursor exception."""
+    lines = []
+    for scheme, key in keys.items():
+        lines += [f"[auth.openapi.{scheme}]", f"api_key = {json.dumps(key)}"]
     if disabled:
         lines += ["[[operations]]", f"include-name = {json.dumps(disabled)}", "enabled = false"]
     lines += [
@@ -141,19 +146,26 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(
     every = operation_names(fuzz_server)
     tenant_disabled = sorted({*ADMIN_ONLY, ROTATE})
     admin_disabled = sorted(every - {*ADMIN_ONLY, *EITHER})
+    both_disabled = sorted(every - set(EITHER) | {ROTATE})
     assert {*ADMIN_ONLY, *EITHER} <= every  # the lists above name real operations
 
+    admin_key = isolated_settings.admin_api_key
     tenant = run_schemathesis(
-        fuzz_server, config_text("TenantKey", fuzz_tenant_key, tenant_disabled), tmp_path / "t"
+        fuzz_server, config_text({"TenantKey": fuzz_tenant_key}, tenant_disabled), tmp_path / "t"
+    )
+    both = run_schemathesis(
+        fuzz_server,
+        config_text({"TenantKey": fuzz_tenant_key, "AdminKey": admin_key}, both_disabled),
+        tmp_path / "b",
     )
     admin = run_schemathesis(
-        fuzz_server,
-        config_text("AdminKey", isolated_settings.admin_api_key, admin_disabled),
-        tmp_path / "a",
+        fuzz_server, config_text({"AdminKey": admin_key}, admin_disabled), tmp_path / "a"
     )
 
     assert_clean(tenant)
+    assert_clean(both)  # ignored_auth: a wrong key beside a valid one is refused (fail closed)
     assert_clean(admin)
+    assert both["operations"]["tested"] == len(EITHER) - 1
     tested = tenant["operations"]["tested"] + admin["operations"]["tested"]
     assert tested == len(every) + len(EITHER) - 1  # every operation, both ways where allowed
     cases = tenant["test_cases"]["generated"] + admin["test_cases"]["generated"]
@@ -163,6 +175,7 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(
         operations=len(every),
         cases_tenant=tenant["test_cases"]["generated"],
         cases_admin=admin["test_cases"]["generated"],
+        cases_both_keys=both["test_cases"]["generated"],
         seconds=round(tenant["running_time"] + admin["running_time"], 1),
         seed=SEED,
         failures=0,

@@ -8,6 +8,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import asyncpg
 import pytest
 
 from service.config import Settings
@@ -16,6 +17,7 @@ from service.db_async import (
     DatabaseUnavailable,
     close_pool,
     create_pool,
+    is_database_outage,
     pooled_connection,
 )
 
@@ -110,3 +112,26 @@ def test_a_released_connection_never_carries_an_open_transaction(settings: Setti
             return bool(connection.is_in_transaction())
 
     assert with_pool(one_connection, leave_transaction_open) is False
+
+
+@pytest.mark.parametrize(
+    ("error", "outage"),
+    [
+        (
+            asyncpg.ObjectNotInPrerequisiteStateError(
+                'database "x" is not currently accepting connections'
+            ),
+            True,
+        ),
+        (asyncpg.ObjectNotInPrerequisiteStateError("cannot refresh materialized view"), False),
+        (asyncpg.TooManyConnectionsError("too many connections for database"), True),
+        (asyncpg.AdminShutdownError("terminating connection"), True),
+        (asyncpg.CannotConnectNowError("the database system is starting up"), True),
+        (asyncpg.ConnectionFailureError("connection failure"), True),
+        (asyncpg.UniqueViolationError("duplicate key"), False),
+        (asyncpg.DataError("invalid input"), False),
+        (ConnectionRefusedError(111, "refused"), True),
+    ],
+)
+def test_outages_are_told_apart_from_other_database_errors(error: Exception, outage: bool):
+    assert is_database_outage(error) is outage

@@ -332,17 +332,22 @@ def test_failed_auth_window_expires(make_throttle: Callable[..., FailedAuthThrot
     assert wait_for(lambda: not throttle.is_blocked("abc123"))
 
 
-def test_failed_auth_fails_open_without_redis(make_throttle: Callable[..., FailedAuthThrottle]):
+def test_failed_auth_falls_back_to_an_in_process_count_without_redis(
+    make_throttle: Callable[..., FailedAuthThrottle],
+):
     registry = CollectorRegistry()
     throttle = make_throttle(
-        registry, redis_url=f"redis://127.0.0.1:{closed_port()}/0", failed_auth_limit=1
+        registry, redis_url=f"redis://127.0.0.1:{closed_port()}/0", failed_auth_limit=2
     )
 
     throttle.record_failure("abc123")
-
     assert not throttle.is_blocked("abc123")
-    assert throttle.fail_open_total == 2
-    assert fail_open_metric(registry, "failed_auth") == 2
+    throttle.record_failure("abc123")
+
+    assert throttle.is_blocked("abc123"), "no Redis: the in-process window still blocks"
+    assert not throttle.is_blocked("other1")
+    assert throttle.fail_open_total == 5
+    assert fail_open_metric(registry, "failed_auth") == 5
 
 
 def test_limiter_and_throttle_share_one_metric(limiter_settings: Settings):

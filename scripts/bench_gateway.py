@@ -1,0 +1,164 @@
+#!/usr/bin/env python3
+"""The gateway's cost: GET /health and POST /customer/data through Traefik against direct.
+
+    .venv/bin/python scripts/bench_gateway.py --connections 16 --duration 10 --rounds 2
+
+Creates a fresh migrated database with one tenant (limits that never refuse), starts one
+API instance (``fintegrate serve``) and, in front of it, the gateway exactly as
+``fintegrate gateway`` runs it (same generated configuration: forwardAuth IP budget,
+errors, retry, failover, health check), except that the IP budget is raised to
+``--ip-budget`` requests per minute and burst so that it never refuses: the benchmark
+measures the proxy, not the limit. Each round drives the instance directly and then through
+the gateway (the order alternates) with the load generator of ``scripts/bench_api.py``.
+Prints req/s, p50, p99 and CPU per phase and the throughput lost through the gateway.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench_api import free_port, fresh_database, running_server, seed_tenant, server_command
+from bench_loadgen import Result, Target, drive, machine_cpu, process_tree_cpu, run_loop
+
+from service.config import Settings
+from service.gateway.runner import Gateway, GatewayOptions
+
+NEVER_LIMITED = 10_000_000
+BODY = b'{"name": "Bench Customer", "email": "bench@example.com"}'
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--connections", type=int, default=16, choices=range(1, 65))
+    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds, <= 60")
+    parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds, <= 10")
+    parser.add_argument("--rounds", type=int, default=2, choices=range(1, 6))
+    parser.add_argument("--workers", type=int, default=1, choices=range(1, 5))
+    parser.add_argument("--bcrypt-rounds", type=int, default=4, help="cost of the seeded key")
+    parser.add_argument("--ip-budget", type=int, default=NEVER_LIMITED, help="per minute")
+    parser.add_argument("--redis-url", default=Settings().redis_url)
+    args = parser.parse_args(argv)
+    if not 1 <= args.duration <= 60 or not 0 <= args.warmup <= 10:
+        parser.error("--duration must be within 1..60 and --warmup within 0..10 seconds")
+    return args
+
+
+def targets_for(port: int, api_key: str, label: str) -> list[Target]:
+    """The two requests measured, against ``port``."""
+    host = f"Host: 127.0.0.1:{port}\r\n"
+    health = f"GET /health HTTP/1.1\r\n{host}\r\n".encode()
+    create = (
+        f"POST /customer/data HTTP/1.1\r\n{host}X-API-Key: {api_key}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(BODY)}\r\n\r\n"
+    ).encode()
+    return [
+        Target(f"GET /health {label}", port, health, b""),
+        Target(f"POST /customer/data {label}", port, create, BODY),
+    ]
+
+
+@contextmanager
+def gateway_in_front(upstream_port: int, args: argparse.Namespace) -> Iterator[Gateway]:
+    settings = Settings(
+        gateway_rate_limit_per_minute=args.ip_budget, gateway_rate_limit_burst=args.ip_budget
+    )
+    options = GatewayOptions("127.0.0.1", free_port(), (f"http://127.0.0.1:{upstream_port}",))
+    gateway = Gateway(settings, options).start()
+    try:
+        yield gateway
+    finally:
+        gateway.stop()
+
+
+def measure(target: Target, pids: list[int], args: argparse.Namespace) -> Result:
+    """One phase, with the CPU of the servers involved (API, and Traefik when proxied)."""
+    cpu_before = sum(process_tree_cpu(pid) for pid in pids)
+    machine_before = machine_cpu()
+    generator_before = time.process_time()
+    result = run_loop(drive(target, args.connections, args.warmup, args.duration))
+    spent = args.duration + args.warmup
+    machine_after = machine_cpu()
+    return replace(
+        result,
+        generator_cpu=(time.process_time() - generator_before) / spent,
+        server_cpu=(sum(process_tree_cpu(pid) for pid in pids) - cpu_before) / spent,
+        machine_busy=(machine_after[0] - machine_before[0])
+        / (machine_after[1] - machine_before[1]),
+    )
+
+
+def report(result: Result) -> str:
+    unexpected = {code: n for code, n in result.statuses.items() if code not in (200, 201)}
+    return (
+        f"{result.name:<30} {result.rate:7.0f} req/s  p50 {result.percentile(0.5) * 1000:6.1f} ms"
+        f"  p99 {result.percentile(0.99) * 1000:6.1f} ms  n {len(result.latencies):6d}"
+        f"  other statuses {unexpected or 0}  cpu: servers {result.server_cpu:4.0%}"
+        f" generator {result.generator_cpu:4.0%} machine {result.machine_busy:4.0%}"
+    )
+
+
+def run_rounds(phases: list[tuple[Target, list[int]]], args: argparse.Namespace) -> dict:
+    results: dict[str, list[Result]] = {target.name: [] for target, _ in phases}
+    for round_index in range(args.rounds):
+        ordered = phases if round_index % 2 == 0 else phases[::-1]
+        for target, pids in ordered:
+            result = measure(target, pids, args)
+            results[target.name].append(result)
+            print(report(result), flush=True)
+    return results
+
+
+def summary(results: dict[str, list[Result]]) -> list[str]:
+    lines = []
+    for request in ("GET /health", "POST /customer/data"):
+        direct = results[f"{request} direct"]
+        proxied = results[f"{request} gateway"]
+        rate_d = statistics.mean(r.rate for r in direct)
+        rate_g = statistics.mean(r.rate for r in proxied)
+        p99_d = statistics.mean(r.percentile(0.99) for r in direct) * 1000
+        p99_g = statistics.mean(r.percentile(0.99) for r in proxied) * 1000
+        lines.append(
+            f"{request:<20} direct {rate_d:6.0f} req/s p99 {p99_d:5.1f} ms | gateway "
+            f"{rate_g:6.0f} req/s p99 {p99_g:5.1f} ms | throughput lost {1 - rate_g / rate_d:5.1%}"
+        )
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    with ExitStack() as stack:
+        database = stack.enter_context(fresh_database(False))
+        _, api_key = seed_tenant(database, args.bcrypt_rounds)
+        port = free_port()
+        env = {"FINTEGRATE_DATABASE_URL": database, "FINTEGRATE_REDIS_URL": args.redis_url or ""}
+        command = server_command("api", port, args.workers)
+        api_pid = stack.enter_context(running_server(command, port, env))
+        gateway = stack.enter_context(gateway_in_front(port, args))
+        assert gateway.process is not None
+        traefik_pid = gateway.process.pid
+        print(
+            f"{args.connections} connections, {args.workers} API worker(s), "
+            f"{args.warmup:g} s warm-up + {args.duration:g} s, {args.rounds} round(s); "
+            f"gateway IP budget {args.ip_budget}/min (never refuses)",
+            flush=True,
+        )
+        direct = targets_for(port, api_key, "direct")
+        proxied = targets_for(gateway.options.port, api_key, "gateway")
+        phases = [(direct[0], [api_pid]), (proxied[0], [api_pid, traefik_pid])]
+        phases += [(direct[1], [api_pid]), (proxied[1], [api_pid, traefik_pid])]
+        results = run_rounds(phases, args)
+    print("\n".join(summary(results)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The gateway: Traefik's generated configuration, its error pages and its process."""

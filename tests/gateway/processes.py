@@ -1,0 +1,84 @@
+"""Real processes for the gateway tests: API instances (`fintegrate serve`) and clients."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from fintegrate_cli.server import settings_environment
+from service.config import Settings
+
+FINTEGRATE = str(Path(sys.executable).parent / "fintegrate")
+START_TIMEOUT_SECONDS = 60.0
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def cli_environment(settings: Settings) -> dict[str, str]:
+    """This process's environment with every FINTEGRATE_* replaced by ``settings``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FINTEGRATE_")}
+    return env | settings_environment(settings)
+
+
+class ApiInstance:
+    """One `fintegrate serve` process on a free loopback port; its log in ``log_path``."""
+
+    def __init__(self, settings: Settings, log_path: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self.settings = settings
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> ApiInstance:
+        command = [FINTEGRATE, "serve", "--port", str(self.port), "--log-level", "info"]
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                command, env=cli_environment(self.settings), stdout=log, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        while time.monotonic() < deadline and self.process.poll() is None:
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1.0).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"API instance on {self.url} did not start:\n{self.log()[-3000:]}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL: the instance dies without closing anything."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def client_from(source: str, base_url: str) -> httpx.Client:
+    """An HTTP client whose connections leave from loopback address ``source`` (127.0.0.x)."""
+    transport = httpx.HTTPTransport(local_address=source)
+    return httpx.Client(base_url=base_url, transport=transport, timeout=30.0)

@@ -1,0 +1,65 @@
+"""The compose stack's Traefik files are exactly what the CLI's configuration renders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from service.gateway.compose import COMPOSE_FILES, compose_files
+from service.gateway.config import (
+    GatewayPlan,
+    compose_plan,
+    dynamic_config,
+    static_config,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_compose_traefik_files_equal_the_generated_configuration() -> None:
+    for name, text in compose_files().items():
+        committed = (ROOT / COMPOSE_FILES[name]).read_text()
+        assert committed == text, (
+            f"{COMPOSE_FILES[name]} drifted from service/gateway/config.py: "
+            "run scripts/gen_gateway_config.py"
+        )
+
+
+def cli_like_plan() -> GatewayPlan:
+    return GatewayPlan(
+        web_address="127.0.0.1:18000",
+        budget_port=18090,
+        pages_url="http://127.0.0.1:18082",
+        upstreams=("http://127.0.0.1:18001", "http://127.0.0.1:18002"),
+        dynamic_path="/tmp/dynamic.yml",
+        internal_address="127.0.0.1:18081",
+        dashboard_address="127.0.0.1:18080",
+    )
+
+
+def shape(config: dict) -> dict:
+    """Routers and middlewares with addresses left out: what must match across the two."""
+    http = config["http"]
+    return {
+        "routers": http["routers"],
+        "middlewares": {
+            name: sorted(middleware) for name, middleware in http["middlewares"].items()
+        },
+        "services": sorted(http["services"]),
+    }
+
+
+def test_the_cli_and_compose_run_the_same_routers_and_middlewares() -> None:
+    cli, compose = dynamic_config(cli_like_plan()), dynamic_config(compose_plan())
+    assert shape(cli) == shape(compose)
+    cli_static, compose_static = static_config(cli_like_plan()), static_config(compose_plan())
+    assert sorted(cli_static["entryPoints"]) == sorted(compose_static["entryPoints"])
+    assert yaml.safe_load(compose_files()["dynamic"]) == compose
+
+
+def test_the_public_entry_point_trusts_no_forwarded_headers() -> None:
+    web = static_config(compose_plan())["entryPoints"]["web"]
+    assert web["forwardedHeaders"] == {"insecure": False}  # no trustedIPs: client XFF dropped
+    budget = dynamic_config(compose_plan())["http"]["middlewares"]["ip-budget"]["forwardAuth"]
+    assert budget["trustForwardHeader"] is False
