@@ -14,6 +14,9 @@ wait for a relay. A crash between the broker's confirm and the record republishe
 events later (duplicates, never reordered first arrivals): delivery is at least once and
 the worker skips stale duplicates by their sequence.
 
+The relay that holds partition 0 also runs the history maintenance every five minutes
+(partitions created ahead, event counts folded, the optional retention archive).
+
 The relay sleeps on LISTEN fintegrate_customer_events (sent by an insert trigger) with a
 poll fallback, and stops between rounds when ``stop`` is set.
 """
@@ -34,6 +37,7 @@ from sqlalchemy.exc import DBAPIError
 
 from service.config import Settings
 from service.db import APPLICATION_NAME, CONNECT_TIMEOUT_SECONDS, libpq_dsn
+from service.events.maintenance import run_history_maintenance
 from service.messaging.connection import Backoff, BrokerUnavailable
 from service.messaging.leases import PartitionLeases, Tenure
 from service.messaging.ordered import PublishReport, publish_runs, record_outcomes
@@ -44,6 +48,8 @@ log = logging.getLogger(__name__)
 
 NOTIFY_CHANNEL = "fintegrate_customer_events"
 REPORT_EVERY_SECONDS = 10.0
+MAINTENANCE_EVERY_SECONDS = 300.0
+MAINTENANCE_PARTITION = 0  # the relay holding it runs history maintenance (one at a time)
 MAX_ERROR_BACKOFF_SECONDS = 10.0
 
 
@@ -195,6 +201,7 @@ class OutboxRelay:
         self._errors = Backoff(initial=0.2, maximum=MAX_ERROR_BACKOFF_SECONDS)
         self._notifications = PendingNotifications(settings.database_url)
         self._reported_at = time.monotonic()
+        self._maintained_at = -MAINTENANCE_EVERY_SECONDS
 
     def run(self) -> BatchOutcome:
         """Publish until stopped; the batch in hand is always finished first."""
@@ -224,6 +231,7 @@ class OutboxRelay:
         """One round; None (after a bounded backoff pause) when a dependency is down."""
         try:
             self._hold_partitions()
+            self._maintain_history()
             outcome = publish_pending_batch(
                 self.engine,
                 self.publisher,
@@ -278,6 +286,18 @@ class OutboxRelay:
             self.leases.join()
         else:
             self.leases.rebalance_if_due()
+
+    def _maintain_history(self) -> None:
+        """Partitions ahead, counts folded, optional retention: every 5 minutes, one relay."""
+        now = time.monotonic()
+        if now - self._maintained_at < MAINTENANCE_EVERY_SECONDS:
+            return
+        if MAINTENANCE_PARTITION not in self.leases.tenure().tokens:
+            return
+        self._maintained_at = now
+        done = run_history_maintenance(self.engine, self.settings)
+        if done.partitions_created or done.archived_events or done.dropped_partitions:
+            log.info("history maintenance: %s", done)
 
     def _wait_for_work(self) -> None:
         try:

@@ -7,7 +7,7 @@ from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from service.config import Settings
 from service.messaging.provisioning import ProvisionResult
@@ -165,3 +165,30 @@ def test_relay_wakes_on_notify_and_stops_gracefully(
         thread.join(30)
     assert woke  # well before the 60 s poll fallback
     assert not thread.is_alive()
+
+
+def test_the_relay_holding_partition_0_runs_the_history_maintenance(
+    outbox_settings: Settings, outbox_engine: Engine, tenant: Tenant
+) -> None:
+    _, consumer_id, _ = tenant
+    insert_events(outbox_engine, consumer_id, 5)
+    insert_events(outbox_engine, consumer_id, 5)
+
+    def count_rows() -> int:
+        with outbox_engine.connect() as connection:
+            rows = connection.execute(
+                text(
+                    "SELECT count(*) FROM customer_event_counts "
+                    "WHERE consumer_id = :c AND publish_status = 'pending'"
+                ),
+                {"c": consumer_id},
+            )
+            return int(rows.scalar_one())
+
+    assert count_rows() == 2  # one delta row per writing statement: +5, +5
+    relay = OutboxRelay(outbox_settings, outbox_engine, threading.Event(), batch_size=50)
+    relay.drain()
+    relay.close()
+    # folded (+10) by the maintenance pass before the first round, then the round's one
+    # marking statement adds -10: two rows, where three (+5, +5, -10) means no maintenance
+    assert count_rows() == 2
