@@ -57,3 +57,16 @@ class EventOut(BaseModel):
         description="Position in its aggregate (the customer, or the consumer for "
         "consumer-level events): 1, 2, 3, … in commit order, no gaps"
     )
+
+
+class LastDelivered(BaseModel):
+    """The last event of one aggregate whose delivery a receipt confirmed."""
+
+    aggregate_id: UUID = Field(
+        description="The customer asked for, or the tenant's consumer_id for consumer-level events"
+    )
+    sequence: int = Field(
+        description="Highest sequence of the aggregate with deliver_status 'delivered'; 0 "
+        "when none (also for a customer that is unknown or another tenant's)"
+    )
+    event_id: UUID | None = Field(description="That event, or null when sequence is 0")

@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
+import asyncpg
 from sqlalchemy import Connection
 
+from service.db_async import pooled_connection
 from service.errors import NotFound
 from service.events import repository
-from service.events.schemas import EventFilters, EventOut
+from service.events.schemas import EventFilters, EventOut, LastDelivered
 from service.pagination import build_page, cursor_params, decode_cursor
 
 EVENT_NOT_FOUND = "Event not found"
@@ -35,3 +37,16 @@ def get_event(connection: Connection, consumer_id: UUID, event_id: UUID) -> Even
     if row is None:
         raise NotFound(EVENT_NOT_FOUND)
     return EventOut.model_validate(row._mapping)
+
+
+async def last_delivered(
+    pool: asyncpg.Pool, consumer_id: UUID, customer_id: UUID | None
+) -> LastDelivered:
+    """The aggregate's last delivered event; sequence 0 when none or not the tenant's."""
+    async with pooled_connection(pool) as connection:
+        row = await repository.last_delivered(connection, consumer_id, customer_id)
+    return LastDelivered(
+        aggregate_id=customer_id or consumer_id,
+        sequence=int(row["sequence"]) if row else 0,
+        event_id=row["event_id"] if row else None,
+    )
