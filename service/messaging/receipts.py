@@ -1,19 +1,30 @@
-"""Delivery receipts from the worker: ``POST /events/confirm-delivery`` with patient retries."""
+"""Delivery receipts from the worker, through the API, with patient retries.
+
+``POST /events/confirm-delivery`` records a receipt; ``GET /events/last-delivered`` tells
+the highest delivered sequence of an aggregate, which ``DeliveredSequences`` caches so the
+worker can recognise a stale duplicate (an event at or below it) without a handler call.
+"""
 
 from __future__ import annotations
 
 import enum
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
+from typing import TypeVar
 
 import httpx
 
 from service.messaging.connection import Backoff
+from service.messaging.messages import EventMessage
 
 log = logging.getLogger(__name__)
 
 CONFIRM_PATH = "/events/confirm-delivery"
+LAST_DELIVERED_PATH = "/events/last-delivered"
+CACHED_AGGREGATES = 10_000
+T = TypeVar("T")
 HTTP_TIMEOUT_SECONDS = 5.0
 MAX_RETRY_DELAY_SECONDS = 10.0
 
@@ -56,16 +67,49 @@ class DeliveryConfirmer:
     def confirm(self, event_id: str, status: str, detail: str | None = None) -> Receipt:
         """Record the receipt; blocks with bounded backoff while the API is unavailable."""
         body = {"event_id": event_id, "status": status, "detail": detail}
+        return self._patiently(lambda: self._attempt(body)) or Receipt.ABANDONED
+
+    def last_delivered(self, customer_id: str | None) -> int | None:
+        """The aggregate's highest delivered sequence (0: none); None when stopping first.
+
+        ``customer_id`` None asks for the tenant's consumer-level aggregate.
+        """
+        params = {"customer_id": customer_id} if customer_id else {}
+        return self._patiently(lambda: self._look_up(params))
+
+    def _patiently(self, attempt: Callable[[], T | None]) -> T | None:
+        """``attempt`` until it answers; None when ``stop`` is set first."""
         backoff = Backoff(initial=0.2, maximum=MAX_RETRY_DELAY_SECONDS)
         while True:
-            outcome = self._attempt(body)
+            outcome = attempt()
             if outcome is not None:
                 return outcome
             if self.stop.is_set():
-                return Receipt.ABANDONED
+                return None
             self._sleep(backoff.next_delay())
             if self.stop.is_set():
-                return Receipt.ABANDONED
+                return None
+
+    def _look_up(self, params: dict[str, str]) -> int | None:
+        """One GET: the sequence, or None when it is worth retrying."""
+        try:
+            response = self._http.get(LAST_DELIVERED_PATH, params=params)
+        except httpx.HTTPError as exc:
+            log.warning("last-delivered look-up failed: %r; retrying", exc)
+            return None
+        if response.status_code == 200:
+            return int(response.json()["data"]["sequence"])
+        _refuse_credentials(response)
+        if response.status_code == 429 or response.status_code >= 500:
+            log.warning("last-delivered answered %s; retrying", response.status_code)
+            return None
+        log.warning(  # e.g. a customer_id that is no UUID: its receipt will be refused too
+            "last-delivered refused %s (%s): %s; handling without the stale check",
+            params,
+            response.status_code,
+            _description(response),
+        )
+        return 0
 
     def _attempt(self, body: dict[str, str | None]) -> Receipt | None:
         """One POST: the outcome, or None when it is worth retrying."""
@@ -76,11 +120,7 @@ class DeliveryConfirmer:
             return None
         if response.status_code == 200:
             return Receipt.RECORDED
-        if response.status_code in (401, 403):
-            raise WorkerUnauthorized(
-                f"API refused the worker's key ({response.status_code}): "
-                f"{_description(response)}; set FINTEGRATE_API_KEY to this tenant's active key"
-            )
+        _refuse_credentials(response)
         if response.status_code == 429 or response.status_code >= 500:
             log.warning("confirm-delivery answered %s; retrying", response.status_code)
             return None
@@ -91,6 +131,57 @@ class DeliveryConfirmer:
             _description(response),
         )
         return Receipt.REFUSED
+
+
+class DeliveredSequences:
+    """Last delivered sequence per aggregate: a bounded LRU, filled from the API on a miss.
+
+    The worker updates it with its own confirmations; an evicted aggregate is asked again.
+    Thread-safe; one aggregate is only ever used by one lane at a time.
+    """
+
+    def __init__(
+        self, look_up: Callable[[str | None], int | None], capacity: int = CACHED_AGGREGATES
+    ):
+        self._look_up = look_up
+        self._capacity = capacity
+        self._lock = threading.Lock()
+        self._known: OrderedDict[str, int] = OrderedDict()
+
+    def last_delivered(self, message: EventMessage) -> int | None:
+        """The sequence to compare with (0 for a message without one); None when stopping."""
+        if message.sequence is None:
+            return 0
+        key = message.aggregate_key
+        with self._lock:
+            if key in self._known:
+                self._known.move_to_end(key)
+                return self._known[key]
+        found = self._look_up(message.customer_id)
+        if found is not None:
+            self._remember(key, found)
+        return found
+
+    def confirmed(self, message: EventMessage) -> None:
+        """``message`` is delivered now: its sequence is the aggregate's last, if higher."""
+        if message.sequence is not None:
+            self._remember(message.aggregate_key, message.sequence)
+
+    def _remember(self, key: str, sequence: int) -> None:
+        with self._lock:
+            self._known[key] = max(sequence, self._known.get(key, 0))
+            self._known.move_to_end(key)
+            while len(self._known) > self._capacity:
+                self._known.popitem(last=False)
+
+
+def _refuse_credentials(response: httpx.Response) -> None:
+    """Raise WorkerUnauthorized on 401/403."""
+    if response.status_code in (401, 403):
+        raise WorkerUnauthorized(
+            f"API refused the worker's key ({response.status_code}): "
+            f"{_description(response)}; set FINTEGRATE_API_KEY to this tenant's active key"
+        )
 
 
 def _description(response: httpx.Response) -> str:
