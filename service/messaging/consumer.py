@@ -302,14 +302,10 @@ class EventConsumer:
             log.warning("stopping before delivery %d was confirmed; it stays unacked", delivery.tag)
             return
         acked = outcome.receipt is Receipt.RECORDED and outcome.status != "failed"
-        try:
-            if acked:
-                delivery.channel.basic_ack(delivery.tag)
-            else:
-                delivery.channel.basic_reject(delivery.tag, requeue=False)
-        except BROKER_ERRORS as exc:  # the channel is gone: the broker redelivers it
-            log.warning("cannot settle delivery %d: %r", delivery.tag, exc)
-            return
+        if acked:  # a lost channel raises here: reconnect, the broker redelivers it
+            delivery.channel.basic_ack(delivery.tag)
+        else:
+            delivery.channel.basic_reject(delivery.tag, requeue=False)
         self._count(outcome, acked)
 
     def _count(self, outcome: Outcome, acked: bool) -> None:

@@ -101,14 +101,21 @@ def publish_all(settings: Settings, engine: Engine) -> None:
 class WorkerThread:
     """An EventConsumer in a thread, recording the events its handler saw."""
 
-    def __init__(self, settings: Settings, tenant: Tenant, api_url: str, handler: Any = None):
+    def __init__(
+        self,
+        settings: Settings,
+        tenant: Tenant,
+        api_url: str,
+        handler: Any = None,
+        **options: Any,
+    ):
         self.seen: list[str] = []
         self.stop = threading.Event()
         worker_settings = settings.model_copy(
             update={"api_url": api_url, "api_key": tenant["api_key"]}
         )
         self.consumer = EventConsumer(
-            worker_settings, tenant["name"], self.stop, handler or self.record
+            worker_settings, tenant["name"], self.stop, handler or self.record, **options
         )
         self.thread = threading.Thread(target=self.consumer.run, daemon=True)
 
