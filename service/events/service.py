@@ -50,3 +50,21 @@ async def last_delivered(
         sequence=int(row["sequence"]) if row else 0,
         event_id=row["event_id"] if row else None,
     )
+
+
+LOOKUP_CHUNK = 1000
+
+
+def last_delivered_sequences(
+    connection: Connection, consumer_id: str, customer_ids: list[str]
+) -> dict[str | None, int]:
+    """customer_id (None: the consumer-level aggregate) -> its highest delivered sequence.
+
+    For DLQ replay; aggregates with nothing delivered are absent.
+    """
+    found: dict[str | None, int] = {}
+    for start in range(0, max(len(customer_ids), 1), LOOKUP_CHUNK):
+        chunk = [UUID(value) for value in customer_ids[start : start + LOOKUP_CHUNK]]
+        rows = repository.last_delivered_sequences(connection, UUID(consumer_id), chunk)
+        found.update({str(key) if key else None: value for key, value in rows.items()})
+    return found
