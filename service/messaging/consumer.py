@@ -33,6 +33,7 @@ import pika.exceptions
 from service.config import Settings
 from service.messaging import topology
 from service.messaging.connection import BROKER_ERRORS, Backoff, BrokerUnavailable, open_blocking
+from service.messaging.deliveries import Delivery, Outcome, Unsettled
 from service.messaging.lanes import KeyedLanes
 from service.messaging.messages import EventMessage, InvalidMessage, parse_message
 from service.messaging.receipts import (
@@ -97,26 +98,6 @@ class ConsumerStats:
     poison: int = 0
     refused: int = 0
     stale: int = 0
-
-
-@dataclass(frozen=True)
-class Delivery:
-    """One parsed message and the channel (``epoch``) it arrived on."""
-
-    message: EventMessage
-    tag: int
-    connection: Any
-    channel: Any
-    epoch: int
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What became of a delivery before its ack: the receipt sent and the API's answer."""
-
-    status: str
-    receipt: Receipt
-    stale: bool = False
 
 
 class EventConsumer:
@@ -328,34 +309,6 @@ class EventConsumer:
         """Let started deliveries settle (their API calls give up quickly once stopping)."""
         while self._unsettled.count and connection.is_open:
             connection.process_data_events(time_limit=SETTLE_POLL_SECONDS)
-
-
-class Unsettled:
-    """Deliveries of the current channel whose ack or reject is not decided (thread-safe).
-
-    Each new channel starts a new epoch; work of an older epoch no longer counts.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.epoch = 0
-        self.count = 0
-
-    def new_channel(self) -> int:
-        with self._lock:
-            self.epoch += 1
-            self.count = 0
-            return self.epoch
-
-    def add(self, epoch: int) -> None:
-        with self._lock:
-            if epoch == self.epoch:
-                self.count += 1
-
-    def done(self, epoch: int, count: int = 1) -> None:
-        with self._lock:
-            if epoch == self.epoch:
-                self.count = max(0, self.count - count)
 
 
 def _exclusively_consumed(exc: BaseException) -> bool:

@@ -24,7 +24,7 @@ from service.messaging.messages import EventMessage, event_from_row
 from service.messaging.publisher import ConfirmingPublisher, outgoing_event
 from tests.service.messaging.test_consumer import WorkerThread, change_status, create_customers
 from tests.support.api import create_tenant_over_http
-from tests.support.outbox import queue_depth, wait_until
+from tests.support.outbox import amqp_channel, queue_depth, wait_until
 from tests.support.tcp_proxy import TcpProxy
 
 Tenant = dict[str, Any]
@@ -127,6 +127,12 @@ def receipts(engine: Engine, tenant: Tenant) -> list[tuple[str, str, str | None]
             {"id": tenant["consumer_id"]},
         )
         return [(str(row.event_id), row.status, row.detail) for row in rows]
+
+
+def consumer_count(settings: Settings, tenant: Tenant) -> int:
+    with amqp_channel(settings.rabbitmq_url) as channel:
+        declared = channel.queue_declare(tenant["queue_name"], passive=True)
+        return int(declared.method.consumer_count)
 
 
 def processed(engine: Engine, tenant: Tenant) -> set[str]:
@@ -257,13 +263,12 @@ def test_a_second_worker_stands_by_until_the_first_stops(
     first_handler, second_handler = Recorder(), Recorder()
     first = WorkerThread(settings, tenant, live_server, first_handler).__enter__()
     try:
-        assert wait_until(lambda: first.consumer.stats.processed == 0 and first.thread.is_alive())
-        time.sleep(1.0)  # the first worker holds the queue
+        assert wait_until(lambda: consumer_count(settings, tenant) == 1)  # the first holds it
         with WorkerThread(settings, tenant, live_server, second_handler) as second:
             customers_with_events(api, tenant, customers=3, events=2)
             publish(settings, interleaved_rows(engine, tenant))
             assert wait_until(lambda: first_handler.count() == 6)
-            assert second_handler.count() == 0
+            assert second_handler.count() == 0 and consumer_count(settings, tenant) == 1
             first.__exit__(None, None, None)
             customer_id = create_customers(api, tenant, 1)[0]
             [row] = [
