@@ -71,6 +71,14 @@ LAST_DELIVERED_OF_CONSUMER = """
     ORDER BY sequence DESC LIMIT 1
     """
 
+# The same for many customers of one tenant (the worker's batched look-up): $1 consumer_id,
+# $2 customer_ids.
+LAST_DELIVERED_OF_CUSTOMERS_ASYNC = """
+    SELECT DISTINCT ON (customer_id) customer_id, event_id, sequence FROM customer_events
+    WHERE consumer_id = $1 AND customer_id = ANY($2::uuid[]) AND deliver_status = 'delivered'
+    ORDER BY customer_id, sequence DESC
+    """
+
 # The same for many customers of one tenant at once (DLQ replay).
 LAST_DELIVERED_OF_CUSTOMERS = text(
     """
@@ -147,6 +155,13 @@ async def last_delivered(
     if customer_id is None:
         return await connection.fetchrow(LAST_DELIVERED_OF_CONSUMER, consumer_id)
     return await connection.fetchrow(LAST_DELIVERED_OF_CUSTOMER, consumer_id, customer_id)
+
+
+async def last_delivered_of_customers(
+    connection: PooledConnection, consumer_id: UUID, customer_ids: Sequence[UUID]
+) -> list[asyncpg.Record]:
+    """``customer_id, event_id, sequence`` of each customer's last delivered event (if any)."""
+    return await connection.fetch(LAST_DELIVERED_OF_CUSTOMERS_ASYNC, consumer_id, customer_ids)
 
 
 def last_delivered_sequences(

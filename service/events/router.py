@@ -17,6 +17,8 @@ from service.events.schemas import (
     EventOut,
     EventType,
     LastDelivered,
+    LastDeliveredList,
+    LastDeliveredQuery,
     PublishStatus,
 )
 from service.pagination import DEFAULT_LIMIT
@@ -75,3 +77,15 @@ async def last_delivered(
     Not rate limited, like confirm-delivery: it is the worker's path.
     """
     return success(await service.last_delivered(pool, consumer.consumer_id, customer_id))
+
+
+@router.post(
+    "/last-delivered",
+    response_model=Envelope[LastDeliveredList],
+    responses=error_responses(401, 403, 413, 422, 503),
+)
+async def last_delivered_many(
+    body: LastDeliveredQuery, consumer: CurrentConsumer, pool: DbPool
+) -> JSONResponse:
+    """``GET /events/last-delivered`` for up to 100 customers (and the consumer) at once."""
+    return success(await service.last_delivered_many(pool, consumer.consumer_id, body))

@@ -7,7 +7,9 @@ from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_LOOKUP_CUSTOMERS = 100
 
 EventType = Literal[
     "customer_creation", "customer_deletion", "customer_status_change", "consumer_created"
@@ -70,3 +72,20 @@ class LastDelivered(BaseModel):
         "when none (also for a customer that is unknown or another tenant's)"
     )
     event_id: UUID | None = Field(description="That event, or null when sequence is 0")
+
+
+class LastDeliveredQuery(BaseModel):
+    """Several aggregates at once: customers, and optionally the consumer-level one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    customer_ids: list[UUID] = Field(default_factory=list, max_length=MAX_LOOKUP_CUSTOMERS)
+    include_consumer: bool = Field(
+        default=False, description="Also answer for the tenant's consumer-level aggregate"
+    )
+
+
+class LastDeliveredList(BaseModel):
+    """One answer per aggregate asked, customers in the order asked, the consumer last."""
+
+    items: list[LastDelivered]

@@ -11,7 +11,13 @@ from sqlalchemy import Connection
 from service.db_async import pooled_connection
 from service.errors import NotFound
 from service.events import repository
-from service.events.schemas import EventFilters, EventOut, LastDelivered
+from service.events.schemas import (
+    EventFilters,
+    EventOut,
+    LastDelivered,
+    LastDeliveredList,
+    LastDeliveredQuery,
+)
 from service.pagination import build_page, cursor_params, decode_cursor
 
 EVENT_NOT_FOUND = "Event not found"
@@ -45,8 +51,30 @@ async def last_delivered(
     """The aggregate's last delivered event; sequence 0 when none or not the tenant's."""
     async with pooled_connection(pool) as connection:
         row = await repository.last_delivered(connection, consumer_id, customer_id)
+    return _last_delivered(customer_id or consumer_id, row)
+
+
+async def last_delivered_many(
+    pool: asyncpg.Pool, consumer_id: UUID, query: LastDeliveredQuery
+) -> LastDeliveredList:
+    """``last_delivered`` for several aggregates in two statements."""
+    async with pooled_connection(pool) as connection:
+        rows = await repository.last_delivered_of_customers(
+            connection, consumer_id, query.customer_ids
+        )
+        own = await repository.last_delivered(connection, consumer_id, None)
+    found = {row["customer_id"]: row for row in rows}
+    items = [
+        _last_delivered(customer_id, found.get(customer_id)) for customer_id in query.customer_ids
+    ]
+    if query.include_consumer:
+        items.append(_last_delivered(consumer_id, own))
+    return LastDeliveredList(items=items)
+
+
+def _last_delivered(aggregate_id: UUID, row: Any) -> LastDelivered:
     return LastDelivered(
-        aggregate_id=customer_id or consumer_id,
+        aggregate_id=aggregate_id,
         sequence=int(row["sequence"]) if row else 0,
         event_id=row["event_id"] if row else None,
     )

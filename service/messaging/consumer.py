@@ -214,6 +214,7 @@ class EventConsumer:
         if message is None:
             return
         delivery = Delivery(message, method.delivery_tag, connection, channel, epoch)
+        self.sequences.expect(message)
         self._unsettled.add(epoch)
         self._lanes.submit(message.aggregate_key, partial(self._process, delivery))
 

@@ -105,3 +105,40 @@ def test_bad_customer_id_and_missing_key_are_enveloped_errors(
     )
     assert_envelope(bad, 422)
     assert_envelope(client.get("/events/last-delivered"), 401)
+
+
+def test_many_aggregates_at_once_in_the_order_asked(
+    client: TestClient, create_consumer: Callable[..., Consumer], create_customer: Callable
+) -> None:
+    tenant, stranger = create_consumer(), create_consumer()
+    first, first_events = changed_customer(client, tenant, create_customer, 2)
+    second, second_events = changed_customer(client, tenant, create_customer, 0)
+    foreign, foreign_events = changed_customer(client, stranger, create_customer, 0)
+    confirm(client, tenant, first_events[1]["event_id"], "processed")
+    confirm(client, tenant, second_events[0]["event_id"], "received")
+    confirm(client, stranger, foreign_events[0]["event_id"], "processed")
+    unknown = str(uuid.uuid4())
+    body = {"customer_ids": [second, unknown, foreign, first], "include_consumer": True}
+    response = client.post("/events/last-delivered", json=body, headers=tenant["headers"])
+    items = assert_envelope(response, 200)["items"]
+    assert items == [
+        {"aggregate_id": second, "sequence": 1, "event_id": second_events[0]["event_id"]},
+        {"aggregate_id": unknown, "sequence": 0, "event_id": None},
+        {"aggregate_id": foreign, "sequence": 0, "event_id": None},  # like an unknown one
+        {"aggregate_id": first, "sequence": 2, "event_id": first_events[1]["event_id"]},
+        {"aggregate_id": tenant["consumer_id"], "sequence": 0, "event_id": None},
+    ]
+
+
+def test_many_refuses_bad_ids_too_many_and_unknown_fields(
+    client: TestClient, create_consumer: Callable[..., Consumer]
+) -> None:
+    tenant = create_consumer()
+    for body in (
+        {"customer_ids": ["nope"]},
+        {"customer_ids": [str(uuid.uuid4()) for _ in range(101)]},
+        {"customer_ids": [], "extra": 1},
+    ):
+        response = client.post("/events/last-delivered", json=body, headers=tenant["headers"])
+        assert_envelope(response, 422)
+    assert_envelope(client.post("/events/last-delivered", json={"customer_ids": []}), 401)
