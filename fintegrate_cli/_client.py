@@ -18,10 +18,11 @@ TENANT_KEY_HINT = "pass --api-key or set FINTEGRATE_API_KEY"
 class ApiError(CliError):
     """The API answered with an error envelope."""
 
-    def __init__(self, status_code: int, description: str):
+    def __init__(self, status_code: int, description: str, retry_after: float | None = None):
         super().__init__(f"API error {status_code}: {description}")
         self.status_code = status_code
         self.description = description
+        self.retry_after = retry_after
 
 
 class ApiClient:
@@ -118,7 +119,15 @@ def unwrap(response: httpx.Response) -> Any:
         return body.get("data", {})
     detail = body.get("detail") or {}
     description = detail.get("status_description") if isinstance(detail, dict) else str(detail)
-    raise ApiError(response.status_code, str(description))
+    raise ApiError(response.status_code, str(description), _retry_after(response))
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    """Seconds from a numeric ``Retry-After`` header, if there is one."""
+    try:
+        return float(response.headers["Retry-After"])
+    except (KeyError, ValueError):
+        return None
 
 
 def require_keys(settings: Settings, need: KeyNeed, command: str) -> None:

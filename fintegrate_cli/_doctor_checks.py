@@ -18,7 +18,7 @@ from fintegrate_cli._errors import CliError
 from service import migrations
 from service.config import Settings
 from service.delivery import repository as delivery_repository
-from service.messaging import inspection, outbox, topology
+from service.messaging import inspection, leases, outbox, topology
 from service.messaging.connection import open_blocking
 
 CONNECT_TIMEOUT_SECONDS = 3.0
@@ -96,6 +96,20 @@ def check_outbox(engine: Engine) -> Check:
     if age > BACKLOG_WARN_SECONDS:
         return Check("outbox", WARN, detail, "is `fintegrate relay` running? see its log")
     return Check("outbox", OK, detail)
+
+
+def check_relays(engine: Engine, settings: Settings) -> Check:
+    """Relays alive and partitions leased: a partition without a lease is not being published."""
+    with engine.connect() as connection:
+        summary = leases.lease_summary(connection, settings.relay_lease_ttl_seconds)
+    detail = (
+        f"{summary.live} live relay(s), {summary.leased}/{summary.partitions} partitions leased"
+    )
+    if not summary.live:
+        return Check("relays", WARN, "no live relay", "start `fintegrate relay` (several may run)")
+    if summary.leased < summary.partitions:
+        return Check("relays", WARN, detail, "a relay died recently? leases move within the TTL")
+    return Check("relays", OK, detail)
 
 
 def consumer_names(engine: Engine) -> list[str]:

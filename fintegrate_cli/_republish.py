@@ -5,13 +5,14 @@ The functions take an explicit ApiClient so tests and other commands can call th
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from fintegrate_cli._client import ApiClient, KeyNeed, api_client
+from fintegrate_cli._client import ApiClient, ApiError, KeyNeed, api_client
 from fintegrate_cli._context import state
 from fintegrate_cli._errors import EXIT_PARTIAL, CliError
 from fintegrate_cli._output import (
@@ -26,18 +27,18 @@ from fintegrate_cli._output import (
 
 EVENTS_PATH = "/events"
 GROUP_COLUMNS = ("consumer_name", "event_type", "count")
+TOTAL_KEYS = ("matched", "republished", "failed", "held_back")
+MAX_BUDGET_WAITS = 30
 VERB = {"resend": "resend (publish pending events now)", "redeliver": "redeliver (publish again)"}
 
 
 def republish_filters(
-    period_in_days: int, max_try_count: int, event_types: list[str], consumer: str | None
+    period_in_days: int, max_try_count: int | None, event_types: list[str], consumer: str | None
 ) -> dict[str, Any]:
     """The request body filters shared by the preview and every chunk."""
-    body: dict[str, Any] = {
-        "period_in_days": period_in_days,
-        "max_try_count": max_try_count,
-        "event_types": event_types,
-    }
+    body: dict[str, Any] = {"period_in_days": period_in_days, "event_types": event_types}
+    if max_try_count is not None:
+        body["max_try_count"] = max_try_count
     if consumer:
         body["consumer_name"] = consumer
     return body
@@ -54,13 +55,26 @@ def republish_all(
     filters: dict[str, Any],
     chunk: int,
     advance: Callable[[int], None] = lambda _n: None,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> dict[str, int]:
-    """Republish chunk by chunk (following ``next_cursor``); totals of every chunk."""
-    totals = {"matched": 0, "republished": 0, "failed": 0}
+    """Republish chunk by chunk (following ``next_cursor``); totals of every chunk.
+
+    A tenant's per-minute budget answers 429: wait its Retry-After and go on (bounded).
+    """
+    totals = dict.fromkeys(TOTAL_KEYS, 0)
     cursor = None
+    waits = 0
     while True:
         body = {**filters, "dry_run": False, "limit": chunk, "cursor": cursor}
-        data = client.post(f"{EVENTS_PATH}/{kind}", json=body)
+        try:
+            data = client.post(f"{EVENTS_PATH}/{kind}", json=body)
+        except ApiError as exc:
+            if exc.status_code != 429 or waits >= MAX_BUDGET_WAITS:
+                raise
+            waits += 1
+            err_console.print(f"{kind}: {exc.description}; waiting")
+            sleep(exc.retry_after or 1.0)
+            continue
         for key in totals:
             totals[key] += int(data.get(key, 0))
         advance(int(data.get("matched", 0)))
@@ -124,3 +138,9 @@ def report_totals(kind: str, totals: dict[str, int], as_json: bool) -> None:
         )
     if totals["failed"]:
         raise CliError(f"{kind}: every event failed to publish; check RabbitMQ and the queues")
+    if totals["held_back"]:
+        info(
+            f"{kind}: {totals['held_back']} event(s) held back behind an earlier pending event "
+            "of their customer (they keep their order; the relay sends them)",
+            False,
+        )

@@ -157,7 +157,12 @@ PeriodOption = Annotated[
     int, typer.Option("--period-days", min=1, max=3650, help="Events created in the last N days.")
 ]
 TriesOption = Annotated[
-    int, typer.Option("--max-try-count", min=1, help="Only events published fewer than N times.")
+    int | None,
+    typer.Option(
+        "--max-try-count",
+        min=1,
+        help="Only events tried fewer than N times (default: any, so stuck events are included).",
+    ),
 ]
 TypesOption = Annotated[
     list[EventType] | None, typer.Option("--event-type", help="Only these types (repeatable).")
@@ -176,7 +181,7 @@ ChunkOption = Annotated[
 def resend_command(
     ctx: typer.Context,
     period_days: PeriodOption = 7,
-    max_try_count: TriesOption = 5,
+    max_try_count: TriesOption = None,
     event_types: TypesOption = None,
     consumer: ConsumerOption = None,
     dry_run: DryRunOption = False,
@@ -195,7 +200,7 @@ def resend_command(
 def redeliver_command(
     ctx: typer.Context,
     period_days: PeriodOption = 7,
-    max_try_count: TriesOption = 5,
+    max_try_count: TriesOption = None,
     event_types: TypesOption = None,
     consumer: ConsumerOption = None,
     dry_run: DryRunOption = False,

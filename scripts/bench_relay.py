@@ -3,9 +3,12 @@
 
     .venv/bin/python scripts/bench_relay.py --events 50000 --rate 200 --duration 30
 
-1. Drain: seeds ``--events`` pending events in a fresh database, publishes the same messages
-   with raw pika (BlockingChannel, one confirm per message, mandatory), purges, then lets
-   ``OutboxRelay`` drain the backlog. Prints both rates (events/s) and the ratio.
+1. Drain: seeds ``--events`` pending events over ``--customers`` customers (interleaved, as
+   concurrent customers write them) in a fresh database, then, on the same backlog:
+   raw pika (BlockingChannel, one confirm per message, mandatory); the previous unordered
+   relay's algorithm (claim FOR UPDATE SKIP LOCKED, one confirmed batch, mark; kept here as
+   the baseline); ``OutboxRelay`` (ordered, leased) in this process; and 1 then 2
+   ``fintegrate relay`` processes. Prints each rate (events/s) and the ratios.
 2. Latency: runs ``fintegrate serve``, ``fintegrate relay`` and ``fintegrate consume`` as
    subprocesses, creates customers at a steady ``--rate`` for ``--duration`` seconds and
    measures API 201 received -> handler called (p50/p99).
@@ -16,8 +19,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import json
 import os
+import pstats
 import signal
 import socket
 import subprocess
@@ -43,8 +48,9 @@ from service.config import Settings  # noqa: E402
 from service.db import create_db_engine  # noqa: E402
 from service.messaging import topology  # noqa: E402
 from service.messaging.messages import event_from_row  # noqa: E402
+from service.messaging.outbox import mark_published  # noqa: E402
 from service.messaging.provisioning import provision_consumer_queues  # noqa: E402
-from service.messaging.publisher import outgoing_event  # noqa: E402
+from service.messaging.publisher import ConfirmingPublisher, outgoing_event  # noqa: E402
 from service.messaging.relay import OutboxRelay  # noqa: E402
 
 PG_ADMIN = "postgresql+psycopg2://fintegrate_user:fintegrate_pass@127.0.0.1:5432/postgres"
@@ -56,11 +62,32 @@ SEED = text(
     """
     INSERT INTO customer_events (customer_id, consumer_id, event_type, source_service,
                                  payload_json, metadata_json)
-    SELECT gen_random_uuid(), :consumer_id, 'customer_creation', 'POST /customer/data',
+    SELECT md5(:salt || (n % :customers)::text)::uuid, :consumer_id, 'customer_creation',
+           'POST /customer/data',
            jsonb_build_object('name', 'Customer ' || n, 'email', 'c' || n || '@example.com',
                               'status', 'active'),
            jsonb_build_object('request_id', md5(n::text))
     FROM generate_series(1, :count) AS n
+    """
+)
+RESET = text(
+    """
+    UPDATE customer_events SET publish_status = 'pending', published_at = NULL,
+        publish_try_count = 0, next_attempt_at = created_at
+    """
+)
+PENDING = text("SELECT count(*) FROM customer_events WHERE publish_status = 'pending'")
+# The relay before per-aggregate ordering (kept as the drain baseline): no order at all.
+UNORDERED_CLAIM = text(
+    """
+    SELECT e.event_id, e.customer_id, e.consumer_id, e.event_type, e.payload_json,
+           e.metadata_json, e.created_at, e.publish_try_count, e.sequence,
+           c.name AS consumer_name
+    FROM customer_events e LEFT JOIN consumers c ON c.consumer_id = e.consumer_id
+    WHERE e.publish_status = 'pending' AND e.next_attempt_at <= now()
+    ORDER BY e.next_attempt_at, e.created_at
+    LIMIT :limit
+    FOR UPDATE OF e SKIP LOCKED
     """
 )
 ROWS = text(
@@ -132,17 +159,100 @@ def bench_vhost() -> Any:
 # -- part 1: drain rate ----------------------------------------------------------------------
 
 
-def seed_backlog(settings: Settings, count: int) -> str:
-    """One provisioned consumer with ``count`` pending events; returns its queue."""
+def seed_backlog(settings: Settings, count: int, customers: int) -> str:
+    """One provisioned consumer with ``count`` pending events of ``customers``; its queue."""
     name = f"bench_{uuid.uuid4().hex[:8]}"
     engine = create_db_engine(settings, pool_size=1)
     with engine.begin() as connection:
         consumer_id = connection.execute(
             text("INSERT INTO consumers (name) VALUES (:n) RETURNING consumer_id"), {"n": name}
         ).scalar_one()
-        connection.execute(SEED, {"consumer_id": consumer_id, "count": count})
+        params = {"consumer_id": consumer_id, "count": count, "customers": customers}
+        connection.execute(SEED, {**params, "salt": name})
+    with engine.connect() as connection:
+        connection.execute(text("ANALYZE customer_events"))
     engine.dispose()
     return provision_consumer_queues(settings, name).queue
+
+
+def reset_backlog(settings: Settings, queue: str) -> None:
+    """Every event pending again and the queue empty: the next drain starts equal."""
+    engine = create_db_engine(settings, pool_size=1)
+    with engine.begin() as connection:
+        connection.execute(RESET)
+    with engine.connect() as connection:
+        connection.execution_options(isolation_level="AUTOCOMMIT").execute(
+            text("VACUUM ANALYZE customer_events")
+        )
+    engine.dispose()
+    connection = pika.BlockingConnection(pika.URLParameters(settings.rabbitmq_url))
+    connection.channel().queue_purge(queue)
+    connection.close()
+
+
+def unordered_rate(settings: Settings, queue: str, count: int, batch_size: int) -> float:
+    """The previous relay's cycle: claim with row locks, one confirmed batch, mark, commit."""
+    engine = create_db_engine(settings, pool_size=1)
+    published = 0
+    started = time.perf_counter()
+    with ConfirmingPublisher(settings.rabbitmq_url) as publisher:
+        while True:
+            with engine.begin() as connection:
+                connection.execute(text("SET LOCAL enable_sort = off"))
+                rows = connection.execute(UNORDERED_CLAIM, {"limit": batch_size}).all()
+                if not rows:
+                    break
+                results = publisher.publish_batch(
+                    [outgoing_event(event_from_row(row)) for row in rows]
+                )
+                done = [str(r.event_id) for r, res in zip(rows, results, strict=True) if res.ok]
+                mark_published(connection, done)
+                published += len(done)
+    elapsed = time.perf_counter() - started
+    engine.dispose()
+    assert published == count, published
+    reset_backlog(settings, queue)
+    return count / elapsed
+
+
+def print_profile(profiler: cProfile.Profile, elapsed: float) -> None:
+    """Where the relay's wall time goes: the biggest cumulative entries, grouped by role."""
+    stats = pstats.Stats(profiler)
+    roles = {
+        "database reads (heads, runs)": ("due_heads", "aggregate_runs"),
+        "publishing + waiting for confirms": ("publish_batch",),
+        "building messages (JSON, properties)": ("outgoing_event",),
+        "recording outcomes (fenced)": ("_record",),
+        "lease upkeep (join, rebalance)": ("_hold_partitions",),
+    }
+    entries = stats.stats  # type: ignore[attr-defined]
+    print(f"  profile of the ordered drain ({elapsed:.2f}s wall):")
+    for role, names in roles.items():
+        seconds = sum(
+            cumulative
+            for (_, _, function), (_, _, _, cumulative, _) in entries.items()
+            if function in names
+        )
+        print(f"    {role:40s} {seconds:6.2f}s  {100 * seconds / elapsed:5.1f}%")
+
+
+def process_rate(settings: Settings, queue: str, count: int, relays: int) -> float:
+    """``relays`` ``fintegrate relay`` processes from start until nothing is pending."""
+    cli = str(Path(sys.executable).parent / "fintegrate")
+    engine = create_db_engine(settings, pool_size=1)
+    with ExitStack() as stack:
+        started = time.perf_counter()
+        for _ in range(relays):
+            start(stack, [cli, "-q", "relay"], environment(settings))
+        while True:
+            with engine.connect() as connection:
+                if connection.execute(PENDING).scalar_one() == 0:
+                    break
+            time.sleep(0.05)
+        elapsed = time.perf_counter() - started
+    engine.dispose()
+    reset_backlog(settings, queue)
+    return count / elapsed
 
 
 def raw_pika_rate(settings: Settings, queue: str) -> float:
@@ -166,20 +276,28 @@ def raw_pika_rate(settings: Settings, queue: str) -> float:
     return len(messages) / elapsed
 
 
-def relay_rate(settings: Settings, queue: str, count: int, batch_size: int) -> float:
+def relay_rate(
+    settings: Settings, queue: str, count: int, batch_size: int, profile: bool = False
+) -> float:
     engine = create_db_engine(settings, pool_size=2)
     relay = OutboxRelay(settings, engine, threading.Event(), batch_size=batch_size)
+    profiler = cProfile.Profile() if profile else None
     started = time.perf_counter()
+    if profiler is not None:
+        profiler.enable()
     drained = relay.drain()
     elapsed = time.perf_counter() - started
+    if profiler is not None:
+        profiler.disable()
+        print_profile(profiler, elapsed)
     relay.close()
     engine.dispose()
     assert drained.published == count, drained
     connection = pika.BlockingConnection(pika.URLParameters(settings.rabbitmq_url))
     channel = connection.channel()
     assert channel.queue_declare(queue, passive=True).method.message_count == count
-    channel.queue_purge(queue)
     connection.close()
+    reset_backlog(settings, queue)
     return count / elapsed
 
 
@@ -374,13 +492,29 @@ def outbox_lag(settings: Settings, customer_ids: list[str]) -> tuple[float, floa
     return float(row.p50 or 0), float(row.p99 or 0)
 
 
-def drain_figures(settings: Settings, events: int, batch_size: int) -> None:
-    queue = seed_backlog(settings, events)
+def drain_figures(
+    settings: Settings, events: int, customers: int, batch_size: int, profile: bool
+) -> None:
+    queue = seed_backlog(settings, events, customers)
+    print(f"backlog: {events} events over {customers} customers, batch {batch_size}")
     raw = raw_pika_rate(settings, queue)
-    print(f"raw pika, confirm per message: {raw:,.0f} events/s ({events} messages)")
+    print(f"raw pika, confirm per message: {raw:,.0f} events/s")
+    unordered = unordered_rate(settings, queue, events, batch_size)
+    print(f"unordered relay (previous algorithm, baseline): {unordered:,.0f} events/s")
     relay = relay_rate(settings, queue, events, batch_size)
-    print(f"relay drain (batch {batch_size}): {relay:,.0f} events/s")
-    print(f"ratio relay/raw: {relay / raw:.2f}x (target >= 2.5x)")
+    print(f"ordered relay, in process: {relay:,.0f} events/s")
+    if profile:
+        relay_rate(settings, queue, events, batch_size, profile=True)
+    print(
+        f"  ratio ordered/unordered: {relay / unordered:.2f}x (target >= 0.9x); "
+        f"ordered/raw pika: {relay / raw:.2f}x (target >= 3.5x)"
+    )
+    one = process_rate(settings, queue, events, 1)
+    two = process_rate(settings, queue, events, 2)
+    print(
+        f"fintegrate relay processes: 1 -> {one:,.0f} events/s, 2 -> {two:,.0f} events/s "
+        f"(2/1 = {two / one:.2f}x; start-up included)"
+    )
 
 
 def main() -> None:
@@ -388,12 +522,16 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--events", type=int, default=50_000)
+    parser.add_argument("--customers", type=int, default=1_000)
     parser.add_argument("--batch-size", type=int, default=Settings().relay_batch_size)
     parser.add_argument("--rate", type=float, default=200.0)
     parser.add_argument("--duration", type=float, default=30.0)
     parser.add_argument("--api-workers", type=int, default=2)
     parser.add_argument("--prefetch", type=int, default=Settings().consumer_prefetch)
     parser.add_argument("--skip-drain", action="store_true")
+    parser.add_argument(
+        "--profile", action="store_true", help="also profile one ordered drain (cProfile)"
+    )
     parser.add_argument("--skip-latency", action="store_true")
     args = parser.parse_args()
     with bench_database() as database_url, bench_vhost() as amqp_url:
@@ -409,7 +547,7 @@ def main() -> None:
             consumer_prefetch=args.prefetch,
         )
         if not args.skip_drain:
-            drain_figures(settings, args.events, args.batch_size)
+            drain_figures(settings, args.events, args.customers, args.batch_size, args.profile)
         if args.skip_latency:
             return
         with tempfile.TemporaryDirectory(prefix="bench_relay_") as directory:

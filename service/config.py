@@ -56,6 +56,8 @@ class Settings(BaseSettings):
     relay_partitions: int = Field(default=16, ge=1, le=4096)
     relay_lease_ttl_seconds: float = Field(default=8.0, ge=1.0, le=300.0)
     relay_heartbeat_seconds: float = Field(default=1.0, gt=0, le=60.0)
+    republish_tenant_max_per_call: int = Field(default=1000, ge=1, le=5000)
+    republish_tenant_per_minute: int = Field(default=5000, ge=1)
     consumer_prefetch: int = Field(default=20, ge=1)
     queue_type: Literal["classic", "quorum"] = "classic"
     quorum_delivery_limit: int = Field(default=5, ge=1)

@@ -49,6 +49,26 @@ def decode_cursor(cursor: str | None) -> Cursor | None:
     return decoded
 
 
+def encode_aggregate_cursor(aggregate_id: UUID, sequence: int) -> str:
+    """An opaque cursor for the position ``(aggregate_id, sequence)`` (republish chunks)."""
+    raw = json.dumps(["a", str(aggregate_id), int(sequence)]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_aggregate_cursor(cursor: str | None) -> dict[str, Any]:
+    """Bound parameters ``after_aggregate`` / ``after_sequence``; BadRequest when foreign."""
+    if cursor is None:
+        return {"after_aggregate": None, "after_sequence": None}
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        tag, aggregate_id, sequence = json.loads(raw)
+        if tag != "a" or isinstance(sequence, bool) or not isinstance(sequence, int):
+            raise ValueError("not an aggregate cursor")
+        return {"after_aggregate": UUID(aggregate_id), "after_sequence": sequence}
+    except (binascii.Error, ValueError, TypeError, AttributeError) as exc:
+        raise BadRequest(INVALID_CURSOR) from exc
+
+
 def cursor_params(cursor: Cursor | None) -> dict[str, Any]:
     """Bound parameters ``after_at`` / ``after_id`` for a keyset ``WHERE`` clause."""
     if cursor is None:

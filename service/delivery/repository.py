@@ -12,17 +12,24 @@ from sqlalchemy import Connection, Row, text
 from service.db_async import PooledConnection
 from service.delivery.schemas import Selection
 
+AGGREGATE = "coalesce({a}.customer_id, {a}.consumer_id)"
 # resend: events still waiting to be published; redeliver: published, not yet delivered.
 KIND_CONDITION = {
-    "resend": "e.publish_status = 'pending'",
-    "redeliver": "e.publish_status = 'published' AND e.deliver_status <> 'delivered'",
+    "resend": "{a}.publish_status = 'pending'",
+    "redeliver": "{a}.publish_status = 'published' AND {a}.deliver_status <> 'delivered'",
 }
 
 FILTERS = """
-    AND e.created_at >= now() - make_interval(days => :period_in_days)
-    AND e.publish_try_count < :max_try_count
-    AND (CAST(:event_types AS text[]) IS NULL OR e.event_type = ANY(CAST(:event_types AS text[])))
-    AND (CAST(:consumer_id AS uuid) IS NULL OR e.consumer_id = CAST(:consumer_id AS uuid))
+    AND {a}.created_at >= now() - make_interval(days => :period_in_days)
+    AND (CAST(:max_try_count AS integer) IS NULL OR {a}.publish_try_count < :max_try_count)
+    AND (CAST(:event_types AS text[]) IS NULL
+         OR {a}.event_type = ANY(CAST(:event_types AS text[])))
+    AND (CAST(:consumer_id AS uuid) IS NULL OR {a}.consumer_id = CAST(:consumer_id AS uuid))
+"""
+AFTER_CURSOR = """
+    AND (CAST(:after_aggregate AS uuid) IS NULL
+         OR ({aggregate}, {a}.sequence)
+            > (CAST(:after_aggregate AS uuid), CAST(:after_sequence AS bigint)))
 """
 
 COUNT_GROUPS = """
@@ -36,22 +43,48 @@ COUNT_GROUPS = """
 SELECT_IDS = """
     SELECT e.event_id FROM customer_events e
     WHERE {kind} {filters}
-    ORDER BY e.created_at, e.event_id
+    ORDER BY {aggregate}, e.sequence
     LIMIT :limit
 """
 
-CLAIM = """
+# The next chunk in aggregate order, without row locks. For resend an event is "blocked"
+# when an earlier pending event of its aggregate is outside this selection (filtered out,
+# or before the cursor and still pending): publishing it would overtake that event.
+SELECT_RUNS = """
     SELECT e.event_id, e.customer_id, e.consumer_id, e.event_type, e.payload_json,
-           e.metadata_json, e.created_at, e.publish_try_count, c.name AS consumer_name
+           e.metadata_json, e.created_at, e.publish_try_count, e.sequence,
+           {aggregate} AS aggregate_id, c.name AS consumer_name, {blocked} AS blocked
     FROM customer_events e LEFT JOIN consumers c ON c.consumer_id = e.consumer_id
-    WHERE {kind} {filters}
-      AND (CAST(:after_at AS timestamptz) IS NULL
-           OR (e.created_at, e.event_id)
-              > (CAST(:after_at AS timestamptz), CAST(:after_id AS uuid)))
-    ORDER BY e.created_at, e.event_id
+    WHERE {kind} {filters} {after}
+    ORDER BY {aggregate}, e.sequence
     LIMIT :limit
-    FOR UPDATE OF e SKIP LOCKED
 """
+BLOCKED = {
+    "resend": """EXISTS (
+        SELECT 1 FROM customer_events b
+        WHERE b.publish_status = 'pending'
+          AND coalesce(b.customer_id, b.consumer_id) = coalesce(e.customer_id, e.consumer_id)
+          AND b.sequence < e.sequence
+          AND NOT (TRUE {filters_b} {after_b}))""",
+    "redeliver": "false",
+}
+
+# A tenant's republish allowance: a token bucket per consumer in PostgreSQL (shared by
+# every API instance, no Redis needed). Refilled at :per_second up to :capacity.
+REFILL_BUDGET = text(
+    """
+    INSERT INTO republish_budgets AS b (consumer_id, tokens, refilled_at)
+    VALUES (:consumer_id, :capacity, now())
+    ON CONFLICT (consumer_id) DO UPDATE
+    SET tokens = LEAST(CAST(:capacity AS float8),
+                       b.tokens + extract(epoch FROM now() - b.refilled_at) * :per_second),
+        refilled_at = now()
+    RETURNING tokens
+    """
+)
+SPEND_BUDGET = text(
+    "UPDATE republish_budgets SET tokens = tokens - :spent WHERE consumer_id = :consumer_id"
+)
 
 CONSUMER_BY_NAME = text("SELECT consumer_id FROM consumers WHERE name = :name")
 CONSUMER_NAMES = text("SELECT name FROM consumers ORDER BY name")
@@ -106,7 +139,20 @@ EVENT_COUNTS = text(
 
 
 def _sql(template: str, kind: str) -> Any:
-    return text(template.format(kind=KIND_CONDITION[kind], filters=FILTERS))
+    aggregate_e, aggregate_b = AGGREGATE.format(a="e"), AGGREGATE.format(a="b")
+    blocked = BLOCKED[kind].format(
+        filters_b=FILTERS.format(a="b"),
+        after_b=AFTER_CURSOR.format(a="b", aggregate=aggregate_b),
+    )
+    return text(
+        template.format(
+            kind=KIND_CONDITION[kind].format(a="e"),
+            filters=FILTERS.format(a="e"),
+            after=AFTER_CURSOR.format(a="e", aggregate=aggregate_e),
+            aggregate=aggregate_e,
+            blocked=blocked,
+        )
+    )
 
 
 def _params(selection: Selection) -> dict[str, Any]:
@@ -124,17 +170,28 @@ def count_groups(connection: Connection, kind: str, selection: Selection) -> Seq
 
 
 def first_ids(connection: Connection, kind: str, selection: Selection, limit: int) -> list[UUID]:
-    """The ids of the first ``limit`` matching events, oldest first."""
+    """The ids of the first ``limit`` matching events, in aggregate order."""
     params = {**_params(selection), "limit": limit}
     return list(connection.execute(_sql(SELECT_IDS, kind), params).scalars())
 
 
-def claim(
+def select_runs(
     connection: Connection, kind: str, selection: Selection, after: dict[str, Any], limit: int
 ) -> Sequence[Row[Any]]:
-    """Lock up to ``limit`` matching events after the cursor (rows held by a relay skipped)."""
+    """Up to ``limit`` matching events after the cursor, by aggregate then sequence."""
     params = {**_params(selection), **after, "limit": limit}
-    return connection.execute(_sql(CLAIM, kind), params).all()
+    return connection.execute(_sql(SELECT_RUNS, kind), params).all()
+
+
+def take_budget(connection: Connection, consumer_id: UUID, capacity: int, per_minute: int) -> float:
+    """Refill the tenant's republish allowance and return it (locked until commit)."""
+    params = {"consumer_id": consumer_id, "capacity": capacity, "per_second": per_minute / 60}
+    return float(connection.execute(REFILL_BUDGET, params).scalar_one())
+
+
+def spend_budget(connection: Connection, consumer_id: UUID, spent: int) -> None:
+    if spent:
+        connection.execute(SPEND_BUDGET, {"consumer_id": consumer_id, "spent": spent})
 
 
 def consumer_names(connection: Connection) -> list[str]:

@@ -41,9 +41,8 @@ def resend_events(
     publishers: Publishers,
     settings: AppSettings,
 ) -> JSONResponse:
-    """Publish events still ``pending`` now (manual publish retry); ``dry_run`` previews."""
-    backoff = settings.relay_max_backoff_seconds
-    return success(service.republish(connection, "resend", body, principal, publishers, backoff))
+    """Publish events still ``pending`` now, in aggregate order; ``dry_run`` previews."""
+    return success(service.republish(connection, "resend", body, principal, publishers, settings))
 
 
 @router.post("/redeliver", response_model=Envelope[RepublishOutcome], responses=REPUBLISH_ERRORS)
@@ -54,9 +53,10 @@ def redeliver_events(
     publishers: Publishers,
     settings: AppSettings,
 ) -> JSONResponse:
-    """Publish again events ``published`` but not ``delivered``; ``dry_run`` previews."""
-    backoff = settings.relay_max_backoff_seconds
-    return success(service.republish(connection, "redeliver", body, principal, publishers, backoff))
+    """Publish again events ``published`` but not ``delivered``, in aggregate order."""
+    return success(
+        service.republish(connection, "redeliver", body, principal, publishers, settings)
+    )
 
 
 @router.post(

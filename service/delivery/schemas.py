@@ -14,7 +14,6 @@ from service.messaging.topology import CONSUMER_NAME_MAX_LENGTH
 from service.schemas import StrictInput, Text
 
 DEFAULT_PERIOD_DAYS = 7
-DEFAULT_MAX_TRY_COUNT = 5
 DEFAULT_CHUNK = 1000
 MAX_CHUNK = 5000
 MAX_DRY_RUN_IDS = 1000
@@ -28,11 +27,13 @@ class RepublishRequest(StrictInput):
     period_in_days: int = Field(
         DEFAULT_PERIOD_DAYS, ge=1, le=3650, description="Only events created this recently"
     )
-    max_try_count: int = Field(
-        DEFAULT_MAX_TRY_COUNT,
+    max_try_count: int | None = Field(
+        None,
         ge=1,
         le=1000,
-        description="Only events published fewer than this many times (publish_try_count)",
+        description="Only events tried fewer than this many times (publish_try_count); "
+        "default: no limit, so the events the relay already retried many times (the stuck "
+        "ones) are selected",
     )
     event_types: list[EventType] = Field(
         default_factory=list, max_length=4, description="Only these types (empty: all)"
@@ -45,7 +46,11 @@ class RepublishRequest(StrictInput):
         description="Admin only: restrict to one consumer",
     )
     limit: int = Field(
-        DEFAULT_CHUNK, ge=1, le=MAX_CHUNK, description="Republish at most this many per call"
+        DEFAULT_CHUNK,
+        ge=1,
+        le=MAX_CHUNK,
+        description="Republish at most this many per call (a tenant at most "
+        "FINTEGRATE_REPUBLISH_TENANT_MAX_PER_CALL)",
     )
     cursor: str | None = Field(
         None, max_length=512, description="next_cursor of the previous call, to continue"
@@ -57,7 +62,7 @@ class Selection:
     """The resolved filters of a republish request."""
 
     period_in_days: int
-    max_try_count: int
+    max_try_count: int | None
     event_types: tuple[str, ...]
     consumer_id: UUID | None
 
@@ -75,13 +80,17 @@ class RepublishOutcome(BaseModel):
 
     On ``dry_run`` ``matched`` counts every matching event (also per consumer and type in
     ``groups``) and ``event_ids`` lists the first ones. Otherwise ``matched`` is the events
-    this call acted on (at most ``limit``); pass ``next_cursor`` back to continue.
+    this call acted on (at most ``limit``), in aggregate order; ``held_back`` the ones it
+    did not send because an earlier event of their customer is still pending (outside the
+    selection, or failed just now): they keep their order and the relay sends them. Pass
+    ``next_cursor`` back to continue.
     """
 
     dry_run: bool
     matched: int
     republished: int
     failed: int
+    held_back: int = 0
     event_ids: list[UUID] | None = None
     groups: list[RepublishGroup] = Field(default_factory=list)
     next_cursor: str | None = None

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 from uuid import UUID
 
 import asyncpg
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Row
 
 from service.auth.service import Principal
+from service.config import Settings
 from service.db_async import pooled_connection
 from service.delivery import repository
 from service.delivery.schemas import (
@@ -21,12 +23,12 @@ from service.delivery.schemas import (
     RepublishRequest,
     Selection,
 )
-from service.errors import Forbidden, NotFound, ServiceUnavailable
+from service.errors import Forbidden, NotFound, ServiceUnavailable, TooManyRequests
 from service.events.service import EVENT_NOT_FOUND
 from service.messaging.connection import BrokerUnavailable
-from service.messaging.outbox import mark_failed, mark_published, outbound_events
-from service.messaging.publisher import ConfirmingPublisher, PublishResult, outgoing_event
-from service.pagination import cursor_params, decode_cursor, encode_cursor
+from service.messaging.ordered import PublishReport, publish_runs, record_outcomes
+from service.messaging.publisher import ConfirmingPublisher
+from service.pagination import decode_aggregate_cursor, encode_aggregate_cursor
 
 Kind = Literal["resend", "redeliver"]
 PublisherFactory = Callable[[], ConfirmingPublisher]
@@ -46,19 +48,68 @@ def republish(
     request: RepublishRequest,
     principal: Principal,
     open_publisher: PublisherFactory,
-    max_backoff_seconds: float,
+    settings: Settings,
 ) -> RepublishOutcome:
-    """Preview (dry run) or republish one chunk of the events the request selects."""
+    """Preview (dry run) or republish, in aggregate order, one chunk of the selection."""
     selection = resolve_selection(connection, request, principal)
     if request.dry_run:
         return preview(connection, kind, selection, min(request.limit, MAX_DRY_RUN_IDS))
-    rows = repository.claim(
-        connection, kind, selection, cursor_params(decode_cursor(request.cursor)), request.limit
+    limit = request.limit
+    if not principal.is_admin:
+        limit = _tenant_allowance(connection, selection, limit, settings)
+    after = decode_aggregate_cursor(request.cursor)
+    rows = repository.select_runs(connection, kind, selection, after, limit)
+    runs, blocked = ordered_runs(rows)
+    report = _publish(runs, kind, open_publisher)
+    record_outcomes(connection, report, settings.relay_max_backoff_seconds)
+    if not principal.is_admin and selection.consumer_id is not None:
+        spent = len(report.published) + len(report.failed)
+        repository.spend_budget(connection, selection.consumer_id, spent)
+    outcome = RepublishOutcome(
+        dry_run=False,
+        matched=len(rows),
+        republished=len(report.published),
+        failed=len(report.failed),
+        held_back=report.held + blocked,
     )
-    outcome = publish_rows(connection, rows, kind, open_publisher, max_backoff_seconds)
-    if len(rows) == request.limit:
-        outcome.next_cursor = encode_cursor(rows[-1].created_at, rows[-1].event_id)
+    if len(rows) == limit:
+        outcome.next_cursor = encode_aggregate_cursor(rows[-1].aggregate_id, rows[-1].sequence)
     return outcome
+
+
+def ordered_runs(rows: Sequence[Row[Any]]) -> tuple[list[list[Row[Any]]], int]:
+    """The rows as one run per aggregate (they come sorted), each cut at its first blocked row.
+
+    Returns the runs and how many rows were cut off.
+    """
+    runs: dict[Any, list[Row[Any]]] = {}
+    stopped: set[Any] = set()
+    cut = 0
+    for row in rows:
+        if row.aggregate_id in stopped or row.blocked:
+            stopped.add(row.aggregate_id)
+            cut += 1
+            continue
+        runs.setdefault(row.aggregate_id, []).append(row)
+    return list(runs.values()), cut
+
+
+def _tenant_allowance(
+    connection: Connection, selection: Selection, limit: int, settings: Settings
+) -> int:
+    """How many events this tenant may republish now; 429 when its minute budget is spent."""
+    assert selection.consumer_id is not None
+    per_minute = settings.republish_tenant_per_minute
+    tokens = repository.take_budget(connection, selection.consumer_id, per_minute, per_minute)
+    allowed = min(limit, settings.republish_tenant_max_per_call, int(tokens))
+    if allowed < 1:
+        wait = max(1, math.ceil((1 - tokens) * 60 / per_minute))
+        raise TooManyRequests(
+            f"Republish budget spent ({per_minute} events per minute per tenant); "
+            f"retry after {wait} s",
+            headers={"Retry-After": str(wait)},
+        )
+    return allowed
 
 
 def resolve_selection(
@@ -98,43 +149,15 @@ def preview(
     )
 
 
-def publish_rows(
-    connection: Connection,
-    rows: Any,
-    kind: Kind,
-    open_publisher: PublisherFactory,
-    max_backoff_seconds: float,
-) -> RepublishOutcome:
-    """Publish the locked rows synchronously and record each outcome on its row."""
-    if not rows:
-        return RepublishOutcome(dry_run=False, matched=0, republished=0, failed=0)
-    events, orphans = outbound_events(rows)
-    results = _publish(events, kind, open_publisher)
-    published = [event.event_id for event, result in zip(events, results, strict=True) if result.ok]
-    failures = [
-        (event.event_id, result.reason or "not confirmed")
-        for event, result in zip(events, results, strict=True)
-        if not result.ok
-    ]
-    failures += [
-        (str(row.event_id), f"consumer {row.consumer_id} does not exist") for row in orphans
-    ]
-    mark_published(connection, published)
-    mark_failed(connection, failures, max_backoff_seconds)
-    return RepublishOutcome(
-        dry_run=False, matched=len(rows), republished=len(published), failed=len(failures)
-    )
-
-
 def _publish(
-    events: list[Any], kind: Kind, open_publisher: PublisherFactory
-) -> list[PublishResult]:
-    if not events:
-        return []
-    headers = {REPUBLISHED_HEADER: kind}
+    runs: list[list[Row[Any]]], kind: Kind, open_publisher: PublisherFactory
+) -> PublishReport:
+    """Publish the runs in aggregate order on one connection; 503 when the broker is down."""
+    if not runs:
+        return PublishReport()
     try:
         with open_publisher() as publisher:
-            return publisher.publish_batch([outgoing_event(event, headers) for event in events])
+            return publish_runs(publisher, runs, headers={REPUBLISHED_HEADER: kind})
     except BrokerUnavailable as exc:
         raise ServiceUnavailable(BROKER_DOWN) from exc
 

@@ -32,8 +32,9 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine, Row, text
 from sqlalchemy.exc import DBAPIError
 
 log = logging.getLogger(__name__)
@@ -100,6 +101,15 @@ RELEASE = text(
     """
 )
 LEAVE = text("DELETE FROM relay_members WHERE relay_id = :relay_id")
+SUMMARY = text(
+    """
+    SELECT (SELECT count(*) FROM relay_members
+            WHERE heartbeat_at > now() - make_interval(secs => CAST(:ttl AS float8))) AS live,
+           count(*) AS partitions,
+           count(*) FILTER (WHERE owner_id IS NOT NULL AND lease_expires_at > now()) AS leased
+    FROM relay_partitions
+    """
+)
 FENCE = text(
     """
     SELECT p.partition_no
@@ -110,6 +120,11 @@ FENCE = text(
     FOR SHARE OF p
     """
 )
+
+
+def lease_summary(connection: Connection, ttl_seconds: float) -> Row[Any]:
+    """Live relays, partitions known and partitions under a valid lease (for `doctor`)."""
+    return connection.execute(SUMMARY, {"ttl": ttl_seconds}).one()
 
 
 @dataclass(frozen=True)
@@ -156,13 +171,15 @@ class PartitionLeases:
 
     # -- membership ----------------------------------------------------------------------
 
-    def join(self) -> None:
-        """Register this relay, take its share, and start renewing in the background."""
+    def join(self, renew_in_background: bool = True) -> None:
+        """Register this relay, take its share, and (by default) start renewing on a thread."""
         with self.engine.begin() as connection:
             connection.execute(ENSURE_PARTITIONS, {"partitions": self.partition_count})
             self._heartbeat_member(connection)
         self._joined = True
         self.rebalance()
+        if not renew_in_background:
+            return
         self._keeper_stop.clear()
         self._keeper = threading.Thread(target=self._keep, name="relay-leases", daemon=True)
         self._keeper.start()

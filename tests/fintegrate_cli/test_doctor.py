@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 
 import pika
 import pytest
@@ -11,8 +12,10 @@ from sqlalchemy import create_engine, text
 
 from service import migrations
 from service.config import Settings
+from service.db import create_db_engine
 from service.messaging import topology
 from service.messaging.provisioning import provision_consumer_queues
+from service.messaging.relay import OutboxRelay
 from tests.conftest import unique_name
 from tests.fintegrate_cli.conftest import RunCli, closed_port, one_error_line
 from tests.support.tcp_proxy import TcpProxy
@@ -109,7 +112,24 @@ def test_table_for_people(run_cli: RunCli, service_env: Settings) -> None:
     assert "api" in one_error_line(result)
 
 
-def test_healthy_setup_exits_0(run_cli: RunCli, fresh_db: str, api_env: Settings) -> None:
+@pytest.fixture
+def running_relay(fresh_db: str, api_env: Settings) -> Iterator[OutboxRelay]:
+    settings = api_env.model_copy(update={"database_url": fresh_db})
+    engine = create_db_engine(settings, pool_size=2)
+    stop = threading.Event()
+    relay = OutboxRelay(settings, engine, stop)
+    thread = threading.Thread(target=relay.run, daemon=True)
+    thread.start()
+    assert relay.idle.wait(20)
+    yield relay
+    stop.set()
+    thread.join(30)
+    engine.dispose()
+
+
+def test_healthy_setup_exits_0(
+    run_cli: RunCli, fresh_db: str, api_env: Settings, running_relay: OutboxRelay
+) -> None:
     name = unique_name("doc")
     provision_consumer_queues(api_env, name)  # also declares the exchange
     add_consumer(fresh_db, name)
@@ -117,11 +137,12 @@ def test_healthy_setup_exits_0(run_cli: RunCli, fresh_db: str, api_env: Settings
     assert {n: c["status"] for n, c in checks.items()} == {
         name: "ok"
         for name in (
-            "database", "migrations", "outbox", "rabbitmq", "topology", "dead letters", "redis",
-            "api",
+            "database", "migrations", "outbox", "relays", "rabbitmq", "topology",
+            "dead letters", "redis", "api",
         )
     }  # fmt: skip
     assert code == 0
+    assert "1 live relay(s), 16/16 partitions leased" in str(checks["relays"]["detail"])
     assert "1 consumer(s) match" in str(checks["topology"]["detail"])
 
 
@@ -153,8 +174,10 @@ def test_dead_letters_and_old_backlog_are_warnings_exit_3(
     assert checks["outbox"]["status"] == "warn"
     assert "1 pending" in str(checks["outbox"]["detail"])
     assert "relay" in str(checks["outbox"]["hint"])
+    assert checks["relays"]["status"] == "warn"  # and nothing publishes them
+    assert "fintegrate relay" in str(checks["relays"]["hint"])
     assert code == 3
-    assert error.startswith("Error: doctor: 2 warning(s)")
+    assert error.startswith("Error: doctor: 3 warning(s)")
 
 
 def test_silent_database_and_broker_do_not_hang_doctor(

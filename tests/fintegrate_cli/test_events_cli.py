@@ -59,7 +59,7 @@ def test_resend_yes_publishes_with_a_summary(
         "--json",
     )
     summary = json_of(result)
-    assert summary == {"matched": 7, "republished": 7, "failed": 0}
+    assert summary == {"matched": 7, "republished": 7, "failed": 0, "held_back": 0}
     assert {row.publish_status for row in event_rows(engine, ids).values()} == {"published"}
     published = {
         p.message_id for _, p, _ in drain_queue(api_env.rabbitmq_url, tenant["queue_name"])
@@ -111,7 +111,7 @@ def test_redeliver_tenant_key_and_stats(
             (ids,),
         )
     summary = json_of(run_cli("--json", "events", "redeliver", "--yes"))
-    assert summary == {"matched": 2, "republished": 2, "failed": 0}
+    assert summary == {"matched": 2, "republished": 2, "failed": 0, "held_back": 0}
     listed = json_of(run_cli("events", "list", "--publish-status", "published", "--json"))
     assert set(ids) <= {event["event_id"] for event in listed}
     shown = json_of(run_cli("events", "show", ids[0], "--json"))

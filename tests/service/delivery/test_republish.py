@@ -91,7 +91,10 @@ def test_resend_republishes_exactly_the_selection(
     assert snapshot(engine, untouched) == before
     messages = drain_queue(settings.rabbitmq_url, tenant["queue_name"])
     assert [properties.message_id for _, properties, _ in messages] == ids["match"]
-    assert messages[0][1].headers == {"x-fintegrate-republished": "resend"}
+    assert messages[0][1].headers == {
+        "x-fintegrate-republished": "resend",
+        "x-fintegrate-sequence": 1,
+    }
 
 
 def test_redeliver_selects_published_but_undelivered(
