@@ -81,7 +81,9 @@ class LastDeliveredQuery(BaseModel):
 
     customer_ids: list[UUID] = Field(default_factory=list, max_length=MAX_LOOKUP_CUSTOMERS)
     include_consumer: bool = Field(
-        default=False, description="Also answer for the tenant's consumer-level aggregate"
+        default=False,
+        strict=True,
+        description="Also answer for the tenant's consumer-level aggregate",
     )
 
 

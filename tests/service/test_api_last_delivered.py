@@ -138,6 +138,7 @@ def test_many_refuses_bad_ids_too_many_and_unknown_fields(
         {"customer_ids": ["nope"]},
         {"customer_ids": [str(uuid.uuid4()) for _ in range(101)]},
         {"customer_ids": [], "extra": 1},
+        {"customer_ids": [], "include_consumer": 0},
     ):
         response = client.post("/events/last-delivered", json=body, headers=tenant["headers"])
         assert_envelope(response, 422)
