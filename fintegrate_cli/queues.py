@@ -6,6 +6,8 @@ from typing import Annotated, Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError
 
 from fintegrate_cli._context import state
 from fintegrate_cli._errors import EXIT_PARTIAL, EXIT_USAGE, CliError
@@ -21,9 +23,10 @@ from fintegrate_cli._output import (
 from service.config import Settings
 from service.db import create_db_engine
 from service.delivery.repository import consumer_names
+from service.events.service import last_delivered_sequences
 from service.messaging import topology
 from service.messaging.connection import open_blocking
-from service.messaging.dlq import replay_dead_letters
+from service.messaging.dlq import DeliveredLookup, ReplayOutcome, replay_dead_letters
 from service.messaging.inspection import inspect_tenant
 from service.messaging.provisioning import TopologyMismatch, provision_many
 from service.messaging.publisher import ConfirmingPublisher
@@ -154,11 +157,19 @@ def replay_dlq_command(
     ctx: typer.Context,
     consumer: ConsumerArgument,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="Move at most N.")] = None,
+    include_stale: Annotated[
+        bool,
+        typer.Option(
+            "--include-stale",
+            help="Also replay dead letters older than their customer's last delivered event "
+            "(fintegrate consume skips them); default: leave them in the DLQ and list them.",
+        ),
+    ] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Count only; move nothing.")] = False,
     yes: YesOption = False,
     json_output: JsonOption = False,
 ) -> None:
-    """Move dead letters back to the tenant queue with their original routing key."""
+    """Move dead letters back to the tenant queue in per-customer order, original routing key."""
     cli = state(ctx)
     settings = cli.settings()
     name = checked_name(consumer)
@@ -175,12 +186,15 @@ def replay_dlq_command(
         )
         return
     confirm(f"Move {planned} dead letter(s) back to {topology.queue_name(name)}?", yes)
-    outcome = replay_with_progress(settings, name, planned, cli.quiet)
-    emit_record(
-        {"replayed": outcome.replayed, "failed": outcome.failed, "reasons": outcome.reasons},
-        as_json,
-        "Replay",
-    )
+    outcome = replay_with_progress(settings, name, planned, cli.quiet, include_stale)
+    emit_record(replay_record(outcome, include_stale), as_json, "Replay")
+    if outcome.stale:
+        info(
+            f"{outcome.stale} stale dead letter(s) left in the DLQ: each is at or below its "
+            "customer's last delivered sequence, so the worker would skip it; "
+            "--include-stale replays them anyway",
+            cli.quiet,
+        )
     if outcome.failed:
         raise CliError(
             f"replay stopped: {outcome.failed} dead letter(s) stayed in the DLQ",
@@ -188,8 +202,33 @@ def replay_dlq_command(
         )
 
 
-def replay_with_progress(settings: Settings, name: str, planned: int, quiet: bool) -> Any:
+def replay_record(outcome: ReplayOutcome, include_stale: bool) -> dict[str, Any]:
+    """What a replay run did, for the table or ``--json``."""
+    return {
+        "replayed": outcome.replayed,
+        "failed": outcome.failed,
+        "stale_checked": not include_stale,
+        "stale_left_in_dlq": outcome.stale,
+        "stale_event_ids": outcome.stale_event_ids,
+        "reasons": outcome.reasons,
+    }
+
+
+def delivered_lookup(engine: Engine) -> DeliveredLookup:
+    """Last delivered sequences read from PostgreSQL, for the stale check of a replay."""
+
+    def look_up(consumer_id: str, customer_ids: list[str]) -> dict[str | None, int]:
+        with engine.connect() as connection:
+            return last_delivered_sequences(connection, consumer_id, customer_ids)
+
+    return look_up
+
+
+def replay_with_progress(
+    settings: Settings, name: str, planned: int, quiet: bool, include_stale: bool = False
+) -> ReplayOutcome:
     columns = (TextColumn("replaying"), BarColumn(), MofNCompleteColumn())
+    engine = None if include_stale else create_db_engine(settings, pool_size=1)
     connection = open_blocking(settings.rabbitmq_url)
     try:
         with (
@@ -198,8 +237,20 @@ def replay_with_progress(settings: Settings, name: str, planned: int, quiet: boo
         ):
             task = progress.add_task("replay", total=planned)
             return replay_dead_letters(
-                connection.channel(), publisher, name, planned, lambda n: progress.advance(task, n)
+                connection.channel(),
+                publisher,
+                name,
+                planned,
+                lambda n: progress.advance(task, n),
+                None if engine is None else delivered_lookup(engine),
             )
+    except OperationalError as exc:
+        raise CliError(
+            f"cannot read the last delivered sequences from PostgreSQL ({exc.orig}); nothing "
+            "was replayed; start PostgreSQL or pass --include-stale to skip the check"
+        ) from exc
     finally:
         if connection.is_open:
             connection.close()
+        if engine is not None:
+            engine.dispose()

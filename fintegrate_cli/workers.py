@@ -82,8 +82,25 @@ def consume(
             "--prefetch", min=1, help="Unacked messages in flight (FINTEGRATE_CONSUMER_PREFETCH)."
         ),
     ] = None,
+    concurrency: Annotated[
+        int | None,
+        typer.Option(
+            "--concurrency",
+            min=1,
+            help="Handler threads, one aggregate each (default: prefetch, at most 16); "
+            "1 calls the handler one event at a time.",
+        ),
+    ] = None,
+    exclusive: Annotated[
+        bool,
+        typer.Option(
+            "--exclusive/--shared",
+            help="Consume exclusively (a second worker stands by until this one stops) or "
+            "share the queue (per-customer order is then lost across workers).",
+        ),
+    ] = True,
 ) -> None:
-    """Consume a tenant's queue, confirm each event through the API, ack after the receipt."""
+    """Consume a tenant's queue in per-customer order; ack each event after its receipt."""
     cli = state(ctx)
     settings = cli.settings()
     if not CONSUMER_NAME_PATTERN.match(consumer):
@@ -104,14 +121,17 @@ def consume(
     stop = threading.Event()
     restore = install_stop_handlers(stop)
     try:
-        stats = EventConsumer(settings, consumer, stop, chosen, prefetch).run()
+        worker = EventConsumer(
+            settings, consumer, stop, chosen, prefetch, concurrency=concurrency, exclusive=exclusive
+        )
+        stats = worker.run()
     except WorkerUnauthorized as exc:
         raise CliError(str(exc)) from exc
     finally:
         restore()
     info(
         f"consumer stopped: {stats.processed} processed, {stats.failed} failed, "
-        f"{stats.poison} poison, {stats.refused} refused",
+        f"{stats.poison} poison, {stats.refused} refused, {stats.stale} stale duplicates skipped",
         cli.quiet,
     )
 

@@ -7,8 +7,10 @@ from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
+import asyncpg
 from sqlalchemy import Connection, Row, text
 
+from service.db_async import PooledConnection
 from service.events.schemas import EventFilters, EventOrigin
 
 INSERT_EVENT = text(
@@ -52,6 +54,44 @@ LIST_EVENTS = text(
               > (CAST(:after_at AS timestamptz), CAST(:after_id AS uuid)))
     ORDER BY created_at, event_id
     LIMIT :limit
+    """
+)
+
+# The highest delivered sequence of one aggregate of a tenant. asyncpg placeholders:
+# $1 consumer_id, $2 customer_id (NULL: the consumer-level aggregate). Two statements so
+# each uses its index (ix_customer_events_customer_id, ix_customer_events_consumer_level).
+LAST_DELIVERED_OF_CUSTOMER = """
+    SELECT event_id, sequence FROM customer_events
+    WHERE consumer_id = $1 AND customer_id = $2 AND deliver_status = 'delivered'
+    ORDER BY sequence DESC LIMIT 1
+    """
+LAST_DELIVERED_OF_CONSUMER = """
+    SELECT event_id, sequence FROM customer_events
+    WHERE consumer_id = $1 AND customer_id IS NULL AND deliver_status = 'delivered'
+    ORDER BY sequence DESC LIMIT 1
+    """
+
+# The same for many customers of one tenant (the worker's batched look-up): $1 consumer_id,
+# $2 customer_ids.
+LAST_DELIVERED_OF_CUSTOMERS_ASYNC = """
+    SELECT DISTINCT ON (customer_id) customer_id, event_id, sequence FROM customer_events
+    WHERE consumer_id = $1 AND customer_id = ANY($2::uuid[]) AND deliver_status = 'delivered'
+    ORDER BY customer_id, sequence DESC
+    """
+
+# The same for many customers of one tenant at once (DLQ replay).
+LAST_DELIVERED_OF_CUSTOMERS = text(
+    """
+    SELECT customer_id, max(sequence) AS sequence FROM customer_events
+    WHERE consumer_id = :consumer_id AND customer_id = ANY(CAST(:customer_ids AS uuid[]))
+      AND deliver_status = 'delivered'
+    GROUP BY customer_id
+    """
+)
+LAST_DELIVERED_OF_CONSUMER_SYNC = text(
+    """
+    SELECT max(sequence) FROM customer_events
+    WHERE consumer_id = :consumer_id AND customer_id IS NULL AND deliver_status = 'delivered'
     """
 )
 
@@ -106,3 +146,39 @@ def list_events(
         **after,
     }
     return connection.execute(LIST_EVENTS, params).all()
+
+
+async def last_delivered(
+    connection: PooledConnection, consumer_id: UUID, customer_id: UUID | None
+) -> asyncpg.Record | None:
+    """``event_id, sequence`` of the aggregate's last delivered event, or None."""
+    if customer_id is None:
+        return await connection.fetchrow(LAST_DELIVERED_OF_CONSUMER, consumer_id)
+    return await connection.fetchrow(LAST_DELIVERED_OF_CUSTOMER, consumer_id, customer_id)
+
+
+async def last_delivered_of_customers(
+    connection: PooledConnection, consumer_id: UUID, customer_ids: Sequence[UUID]
+) -> list[asyncpg.Record]:
+    """``customer_id, event_id, sequence`` of each customer's last delivered event (if any)."""
+    return await connection.fetch(LAST_DELIVERED_OF_CUSTOMERS_ASYNC, consumer_id, customer_ids)
+
+
+def last_delivered_sequences(
+    connection: Connection, consumer_id: UUID, customer_ids: Sequence[UUID]
+) -> dict[UUID | None, int]:
+    """customer_id (None: the consumer-level aggregate) -> highest delivered sequence.
+
+    Aggregates with nothing delivered are absent.
+    """
+    rows = connection.execute(
+        LAST_DELIVERED_OF_CUSTOMERS,
+        {"consumer_id": consumer_id, "customer_ids": [str(c) for c in customer_ids]},
+    ).all()
+    found: dict[UUID | None, int] = {row.customer_id: int(row.sequence) for row in rows}
+    own = connection.execute(
+        LAST_DELIVERED_OF_CONSUMER_SYNC, {"consumer_id": consumer_id}
+    ).scalar_one_or_none()
+    if own is not None:
+        found[None] = int(own)
+    return found

@@ -1,4 +1,4 @@
-"""Events read API: ``GET /events`` and ``GET /events/{event_id}`` (tenant-scoped)."""
+"""Events read API: ``GET /events``, ``/events/{event_id}``, ``/events/last-delivered``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from uuid import UUID
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 
-from service.deps import DbSession, PageCursor, PageLimit, RateLimited
+from service.deps import CurrentConsumer, DbPool, DbSession, PageCursor, PageLimit, RateLimited
 from service.envelope import success
 from service.events import service
 from service.events.schemas import (
@@ -16,6 +16,9 @@ from service.events.schemas import (
     EventFilters,
     EventOut,
     EventType,
+    LastDelivered,
+    LastDeliveredList,
+    LastDeliveredQuery,
     PublishStatus,
 )
 from service.pagination import DEFAULT_LIMIT
@@ -55,3 +58,34 @@ def list_events(
 def show_event(event_id: UUID, consumer: RateLimited, connection: DbSession) -> JSONResponse:
     """One of the tenant's events with its publish and delivery state."""
     return success(service.get_event(connection, consumer.consumer_id, event_id))
+
+
+@router.get(
+    "/last-delivered",
+    response_model=Envelope[LastDelivered],
+    responses=error_responses(401, 403, 422, 503),
+)
+async def last_delivered(
+    consumer: CurrentConsumer,
+    pool: DbPool,
+    customer_id: Annotated[
+        UUID | None, Query(description="The customer; omitted: consumer-level events")
+    ] = None,
+) -> JSONResponse:
+    """Highest delivered sequence of one aggregate (the worker's stale-duplicate check).
+
+    Not rate limited, like confirm-delivery: it is the worker's path.
+    """
+    return success(await service.last_delivered(pool, consumer.consumer_id, customer_id))
+
+
+@router.post(
+    "/last-delivered",
+    response_model=Envelope[LastDeliveredList],
+    responses=error_responses(401, 403, 413, 422, 503),
+)
+async def last_delivered_many(
+    body: LastDeliveredQuery, consumer: CurrentConsumer, pool: DbPool
+) -> JSONResponse:
+    """``GET /events/last-delivered`` for up to 100 customers (and the consumer) at once."""
+    return success(await service.last_delivered_many(pool, consumer.consumer_id, body))

@@ -7,7 +7,9 @@ from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_LOOKUP_CUSTOMERS = 100
 
 EventType = Literal[
     "customer_creation",
@@ -61,3 +63,35 @@ class EventOut(BaseModel):
         description="Position in its aggregate (the customer, or the consumer for "
         "consumer-level events): 1, 2, 3, … in commit order, no gaps"
     )
+
+
+class LastDelivered(BaseModel):
+    """The last event of one aggregate whose delivery a receipt confirmed."""
+
+    aggregate_id: UUID = Field(
+        description="The customer asked for, or the tenant's consumer_id for consumer-level events"
+    )
+    sequence: int = Field(
+        description="Highest sequence of the aggregate with deliver_status 'delivered'; 0 "
+        "when none (also for a customer that is unknown or another tenant's)"
+    )
+    event_id: UUID | None = Field(description="That event, or null when sequence is 0")
+
+
+class LastDeliveredQuery(BaseModel):
+    """Several aggregates at once: customers, and optionally the consumer-level one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    customer_ids: list[UUID] = Field(default_factory=list, max_length=MAX_LOOKUP_CUSTOMERS)
+    include_consumer: bool = Field(
+        default=False,
+        strict=True,
+        description="Also answer for the tenant's consumer-level aggregate",
+    )
+
+
+class LastDeliveredList(BaseModel):
+    """One answer per aggregate asked, customers in the order asked, the consumer last."""
+
+    items: list[LastDelivered]

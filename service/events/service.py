@@ -5,11 +5,19 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
+import asyncpg
 from sqlalchemy import Connection
 
+from service.db_async import pooled_connection
 from service.errors import NotFound
 from service.events import repository
-from service.events.schemas import EventFilters, EventOut
+from service.events.schemas import (
+    EventFilters,
+    EventOut,
+    LastDelivered,
+    LastDeliveredList,
+    LastDeliveredQuery,
+)
 from service.pagination import build_page, cursor_params, decode_cursor
 
 EVENT_NOT_FOUND = "Event not found"
@@ -35,3 +43,56 @@ def get_event(connection: Connection, consumer_id: UUID, event_id: UUID) -> Even
     if row is None:
         raise NotFound(EVENT_NOT_FOUND)
     return EventOut.model_validate(row._mapping)
+
+
+async def last_delivered(
+    pool: asyncpg.Pool, consumer_id: UUID, customer_id: UUID | None
+) -> LastDelivered:
+    """The aggregate's last delivered event; sequence 0 when none or not the tenant's."""
+    async with pooled_connection(pool) as connection:
+        row = await repository.last_delivered(connection, consumer_id, customer_id)
+    return _last_delivered(customer_id or consumer_id, row)
+
+
+async def last_delivered_many(
+    pool: asyncpg.Pool, consumer_id: UUID, query: LastDeliveredQuery
+) -> LastDeliveredList:
+    """``last_delivered`` for several aggregates in two statements."""
+    async with pooled_connection(pool) as connection:
+        rows = await repository.last_delivered_of_customers(
+            connection, consumer_id, query.customer_ids
+        )
+        own = await repository.last_delivered(connection, consumer_id, None)
+    found = {row["customer_id"]: row for row in rows}
+    items = [
+        _last_delivered(customer_id, found.get(customer_id)) for customer_id in query.customer_ids
+    ]
+    if query.include_consumer:
+        items.append(_last_delivered(consumer_id, own))
+    return LastDeliveredList(items=items)
+
+
+def _last_delivered(aggregate_id: UUID, row: Any) -> LastDelivered:
+    return LastDelivered(
+        aggregate_id=aggregate_id,
+        sequence=int(row["sequence"]) if row else 0,
+        event_id=row["event_id"] if row else None,
+    )
+
+
+LOOKUP_CHUNK = 1000
+
+
+def last_delivered_sequences(
+    connection: Connection, consumer_id: str, customer_ids: list[str]
+) -> dict[str | None, int]:
+    """customer_id (None: the consumer-level aggregate) -> its highest delivered sequence.
+
+    For DLQ replay; aggregates with nothing delivered are absent.
+    """
+    found: dict[str | None, int] = {}
+    for start in range(0, max(len(customer_ids), 1), LOOKUP_CHUNK):
+        chunk = [UUID(value) for value in customer_ids[start : start + LOOKUP_CHUNK]]
+        rows = repository.last_delivered_sequences(connection, UUID(consumer_id), chunk)
+        found.update({str(key) if key else None: value for key, value in rows.items()})
+    return found

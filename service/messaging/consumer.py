@@ -1,13 +1,21 @@
 """The event consumer worker: one tenant queue in, handler, receipt through the API, ack.
 
-For each message: parse (unparseable → DLQ, no API call), call the handler, record the
-receipt (``processed``, or ``failed`` when the handler raised), then ack — or reject to
-the DLQ after a ``failed`` receipt. Nothing is acked before its receipt is recorded: while
-the API is unavailable the worker retries with bounded backoff; when asked to stop then,
-it leaves the message unacked and RabbitMQ redelivers it. A lost broker connection is
-reopened with bounded backoff (unacked messages go back to the queue by themselves).
-Delivery is at least once; receipts are idempotent per event_id, so duplicates are harmless.
-Handlers run in delivery order; receipts are posted concurrently (up to ``prefetch``).
+For each message: parse it (unparseable → DLQ, no API call), then in its aggregate's lane
+(``lanes.KeyedLanes``: in sequence order within an aggregate, in parallel across
+aggregates) either skip it as a *stale duplicate* — its sequence is at or below the last
+one delivered for its aggregate (``receipts.DeliveredSequences``, asked from the API on a
+cache miss) — with a ``received`` receipt and no handler call, or call the handler; record
+the receipt (``processed``, or ``failed`` when the handler raised); then ack on the
+connection's thread — or reject to the DLQ after a ``failed`` receipt. The next event of an
+aggregate starts only once the previous one's receipt is recorded, and nothing is acked
+before its receipt is. While the API is unavailable the worker retries with bounded
+backoff; when asked to stop then, it leaves the message unacked and RabbitMQ redelivers it.
+A lost broker connection is reopened with bounded backoff: events of the old channel not
+started yet are dropped (unacked, the broker redelivers them in order).
+
+The worker consumes exclusively by default: a second worker on the same queue stands by,
+retrying, until the first one's connection is gone (ordering across competing consumers is
+impossible). Delivery is at least once; receipts are idempotent per event_id.
 """
 
 from __future__ import annotations
@@ -17,17 +25,25 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+import pika.exceptions
+
 from service.config import Settings
 from service.messaging import topology
 from service.messaging.connection import BROKER_ERRORS, Backoff, BrokerUnavailable, open_blocking
+from service.messaging.deliveries import Delivery, Outcome, Unsettled
+from service.messaging.lanes import KeyedLanes
 from service.messaging.messages import EventMessage, InvalidMessage
 from service.messaging.poison import call_handler, decode_message, describe_failure
-from service.messaging.receipts import DeliveryConfirmer, Receipt, WorkerUnauthorized
+from service.messaging.receipts import (
+    DeliveredSequences,
+    DeliveryConfirmer,
+    Receipt,
+    WorkerUnauthorized,
+)
 
 log = logging.getLogger(__name__)
 
@@ -35,18 +51,21 @@ Handler = Callable[[EventMessage], Any]
 INACTIVITY_SECONDS = 0.5
 SETTLE_POLL_SECONDS = 0.1
 SHUTDOWN_GRACE_SECONDS = 10.0
-MAX_CONFIRM_THREADS = 16
+MAX_HANDLER_THREADS = 16
 MAX_RECONNECT_DELAY_SECONDS = 10.0
+STANDBY_RETRY_SECONDS = 2.0
 RECONNECT_ERRORS: tuple[type[BaseException], ...] = (BrokerUnavailable, *BROKER_ERRORS)
+ACCESS_REFUSED = 403
 
 
 def log_event(message: EventMessage) -> None:
     """The default handler: log the event."""
     log.info(
-        "event %s %s customer=%s payload=%s",
+        "event %s %s customer=%s sequence=%s payload=%s",
         message.event_type,
         message.event_id,
         message.customer_id,
+        message.sequence,
         message.payload,
     )
 
@@ -65,6 +84,14 @@ def load_handler(spec: str) -> Handler:
     return handler
 
 
+def stale_detail(sequence: int, last_delivered: int) -> str:
+    """The receipt detail of a skipped stale duplicate."""
+    return (
+        f"stale duplicate: sequence {sequence} <= last delivered {last_delivered}; "
+        "handler not called"
+    )
+
+
 @dataclass
 class ConsumerStats:
     """What the worker did."""
@@ -73,14 +100,16 @@ class ConsumerStats:
     failed: int = 0
     poison: int = 0
     refused: int = 0
+    stale: int = 0
 
 
 class EventConsumer:
     """Consumes ``customer_notification_{name}`` until ``stop`` is set.
 
-    Handlers run one at a time, in delivery order, on the connection's thread. Receipts are
-    posted by a small thread pool, so up to ``prefetch`` confirmations are in flight; each
-    ack or reject is handed back to the connection's thread once its receipt is recorded.
+    Handlers run on up to ``concurrency`` threads (default ``min(prefetch, 16)``), one
+    aggregate at a time per lane, so a handler must be thread-safe when concurrency > 1.
+    Each ack or reject is handed back to the connection's thread once the receipt is
+    recorded. ``exclusive`` makes a second worker on the queue stand by.
     """
 
     def __init__(
@@ -91,6 +120,8 @@ class EventConsumer:
         handler: Handler = log_event,
         prefetch: int | None = None,
         confirmer: DeliveryConfirmer | None = None,
+        concurrency: int | None = None,
+        exclusive: bool = True,
     ):
         if confirmer is None and not settings.api_key:
             raise ValueError(
@@ -101,118 +132,207 @@ class EventConsumer:
         self.stop = stop
         self.handler = handler
         self.prefetch = prefetch or settings.consumer_prefetch
+        self.concurrency = concurrency or min(self.prefetch, MAX_HANDLER_THREADS)
+        self.exclusive = exclusive
         self.stats = ConsumerStats()
         self.confirmer = confirmer or DeliveryConfirmer(
             settings.api_url, settings.api_key or "", stop
         )
-        self._pool = ThreadPoolExecutor(
-            max_workers=min(self.prefetch, MAX_CONFIRM_THREADS), thread_name_prefix="confirm"
-        )
-        self._in_flight: set[int] = set()
+        self.sequences = DeliveredSequences(self.confirmer.last_delivered)
+        self._lanes = KeyedLanes(self.concurrency, self._fail, thread_name_prefix="handler")
+        self._unsettled = Unsettled()
         self._fatal: BaseException | None = None
+        self._standing_by = False
 
     def run(self) -> ConsumerStats:
         """Consume, reconnecting with bounded backoff, until stopped."""
         backoff = Backoff(initial=0.2, maximum=MAX_RECONNECT_DELAY_SECONDS)
-        log.info("consuming %s (prefetch %d)", self.queue, self.prefetch)
+        log.info(
+            "consuming %s (prefetch %d, concurrency %d%s)",
+            self.queue,
+            self.prefetch,
+            self.concurrency,
+            ", exclusive" if self.exclusive else "",
+        )
         try:
             while not self.stop.is_set():
                 try:
                     self._consume_once(backoff)
                 except RECONNECT_ERRORS as exc:
-                    delay = backoff.next_delay()
-                    log.warning("broker connection lost (%r); reconnecting in %.1fs", exc, delay)
-                    self.stop.wait(delay)
+                    self.stop.wait(self._retry_delay(exc, backoff))
         finally:
-            self._pool.shutdown(wait=True)
+            self._lanes.drop_queued()
+            self._lanes.shutdown()
             self.confirmer.close()
         if self._fatal is not None:
             raise self._fatal
         log.info("consumer stopped: %s", self.stats)
         return self.stats
 
+    def _retry_delay(self, exc: BaseException, backoff: Backoff) -> float:
+        if _exclusively_consumed(exc):
+            if not self._standing_by:
+                log.info("another worker consumes %s; standing by until it stops", self.queue)
+            self._standing_by = True
+            return STANDBY_RETRY_SECONDS
+        delay = backoff.next_delay()
+        log.warning("broker connection lost (%r); reconnecting in %.1fs", exc, delay)
+        return delay
+
     def _consume_once(self, backoff: Backoff) -> None:
         connection = open_blocking(self.settings.rabbitmq_url)
-        self._in_flight.clear()
+        epoch = self._unsettled.new_channel()
         try:
             channel = connection.channel()
             channel.basic_qos(prefetch_count=self.prefetch)
-            backoff.reset()
-            for method, properties, body in channel.consume(
-                self.queue, inactivity_timeout=INACTIVITY_SECONDS
-            ):
+            messages = channel.consume(
+                self.queue, exclusive=self.exclusive, inactivity_timeout=INACTIVITY_SECONDS
+            )
+            for method, properties, body in messages:
+                backoff.reset()
+                self._standing_by = False
                 if method is not None:
-                    self.handle_delivery(connection, channel, method, properties, body)
+                    self.handle_delivery(connection, channel, method, properties, body, epoch)
                 if self.stop.is_set():
                     break
+            self._unsettled.done(epoch, self._lanes.drop_queued())
             self._finish_in_flight(connection)
             channel.cancel()  # requeues what was prefetched but not handled
         finally:
+            self._unsettled.done(epoch, self._lanes.drop_queued())
             if connection.is_open:
                 connection.close()
 
     def handle_delivery(
-        self, connection: Any, channel: Any, method: Any, properties: Any, body: bytes
+        self,
+        connection: Any,
+        channel: Any,
+        method: Any,
+        properties: Any,
+        body: bytes,
+        epoch: int,
     ) -> None:
-        """Parse and handle one message, then confirm it in the background."""
+        """Parse one message and queue it in its aggregate's lane."""
+        message = self._parse(channel, method, properties, body)
+        if message is None:
+            return
+        delivery = Delivery(message, method.delivery_tag, connection, channel, epoch)
+        self.sequences.expect(message)
+        self._unsettled.add(epoch)
+        self._lanes.submit(message.aggregate_key, partial(self._process, delivery))
+
+    def _parse(
+        self, channel: Any, method: Any, properties: Any, body: bytes
+    ) -> EventMessage | None:
+        """The event, or None after rejecting a poison message to the DLQ."""
         try:
-            message = decode_message(body)
+            return decode_message(body)
         except InvalidMessage as exc:
             log.error("poison message %s: %s; moved to the DLQ", properties.message_id, exc)
             channel.basic_reject(method.delivery_tag, requeue=False)
             self.stats.poison += 1
-            return
-        status, detail = self._run_handler(message)
-        tag = method.delivery_tag
-        self._in_flight.add(tag)
-        future = self._pool.submit(self.confirmer.confirm, message.event_id, status, detail)
-        future.add_done_callback(
-            lambda done: _call_soon(connection, partial(self._settle, channel, tag, status, done))
-        )
+            return None
 
-    def _settle(self, channel: Any, tag: int, status: str, done: Future[Receipt]) -> None:
-        """On the connection's thread: ack or reject once the receipt is known."""
-        self._in_flight.discard(tag)
+    def _process(self, delivery: Delivery) -> None:
+        """In the aggregate's lane: skip or handle, record the receipt, then hand back the ack."""
+        if self.stop.is_set() or delivery.epoch != self._unsettled.epoch:
+            self._unsettled.done(delivery.epoch)  # not started: unacked, redelivered in order
+            return
         try:
-            receipt = done.result()
+            outcome = self._handle_or_skip(delivery.message)
         except WorkerUnauthorized as exc:
-            self._fatal = exc
-            self.stop.set()
-            return
-        except Exception as exc:  # a receipt that cannot be sent: dead-letter, do not loop
+            outcome = None
+            self._fail(exc)
+        except Exception as exc:  # a receipt that cannot be sent: dead-letter, never loop
             log.error(
-                "receipt of delivery %d failed: %s; moved to the DLQ", tag, describe_failure(exc)
+                "receipt of %s failed: %s; moved to the DLQ",
+                delivery.message.event_id,
+                describe_failure(exc),
             )
-            channel.basic_reject(tag, requeue=False)
-            self.stats.failed += 1
+            outcome = Outcome("failed", Receipt.REFUSED)
+        except BaseException:
+            self._unsettled.done(delivery.epoch)
+            raise
+        if outcome is None:
+            self._unsettled.done(delivery.epoch)  # stopping first: unacked, redelivered
             return
-        if receipt is Receipt.ABANDONED:
-            log.warning("stopping before delivery %d was confirmed; it stays unacked", tag)
+        if outcome.receipt is Receipt.RECORDED and outcome.status != "failed":
+            self.sequences.confirmed(delivery.message)
+        settle = partial(self._settle, delivery, outcome)
+        if not _call_soon(delivery.connection, settle):
+            self._unsettled.done(delivery.epoch)
+
+    def _handle_or_skip(self, message: EventMessage) -> Outcome | None:
+        """Skip a stale duplicate or call the handler, then confirm; None when stopping."""
+        last = self.sequences.last_delivered(message)
+        if last is None:
+            return None
+        if message.sequence is not None and message.sequence <= last:
+            skipped = stale_detail(message.sequence, last)
+            log.info("event %s: %s", message.event_id, skipped)
+            return Outcome("received", self._confirm(message, "received", skipped), stale=True)
+        status, detail = self._run_handler(message)
+        return Outcome(status, self._confirm(message, status, detail))
+
+    def _confirm(self, message: EventMessage, status: str, detail: str | None) -> Receipt:
+        """Record the receipt through the API (the one place that confirms)."""
+        return self.confirmer.confirm(message.event_id, status, detail)
+
+    def _run_handler(self, message: EventMessage) -> tuple[str, str | None]:
+        """Call the handler (the one place that does): the receipt status and detail."""
+        return call_handler(self.handler, message)
+
+    def _settle(self, delivery: Delivery, outcome: Outcome) -> None:
+        """On the connection's thread: ack or reject once the receipt is known."""
+        self._unsettled.done(delivery.epoch)
+        if outcome.receipt is Receipt.ABANDONED:
+            log.warning("stopping before delivery %d was confirmed; it stays unacked", delivery.tag)
             return
-        if receipt is Receipt.RECORDED and status == "processed":
-            channel.basic_ack(tag)
+        acked = outcome.receipt is Receipt.RECORDED and outcome.status != "failed"
+        if acked:  # a lost channel raises here: reconnect, the broker redelivers it
+            delivery.channel.basic_ack(delivery.tag)
+        else:
+            delivery.channel.basic_reject(delivery.tag, requeue=False)
+        self._count(outcome, acked)
+
+    def _count(self, outcome: Outcome, acked: bool) -> None:
+        if acked and outcome.stale:
+            self.stats.stale += 1
+        elif acked:
             self.stats.processed += 1
-            return
-        channel.basic_reject(tag, requeue=False)
-        if receipt is Receipt.REFUSED:
+        elif outcome.receipt is Receipt.REFUSED:
             self.stats.refused += 1
         else:
             self.stats.failed += 1
 
+    def _fail(self, exc: BaseException) -> None:
+        """A lane item raised (bad credentials, a bug): stop; its message stays unacked."""
+        if self._fatal is None:
+            self._fatal = exc
+        self.stop.set()
+
     def _finish_in_flight(self, connection: Any) -> None:
-        """Let pending receipts settle (they give up quickly once ``stop`` is set), for at
-        most ``SHUTDOWN_GRACE_SECONDS``; what is still unsettled then is redelivered."""
+        """Let started deliveries settle (their API calls give up quickly once stopping), for
+        at most ``SHUTDOWN_GRACE_SECONDS``; what is still unsettled then is redelivered."""
         deadline = time.monotonic() + SHUTDOWN_GRACE_SECONDS
-        while self._in_flight and connection.is_open and time.monotonic() < deadline:
+        while self._unsettled.count and connection.is_open and time.monotonic() < deadline:
             connection.process_data_events(time_limit=SETTLE_POLL_SECONDS)
 
-    def _run_handler(self, message: EventMessage) -> tuple[str, str | None]:
-        return call_handler(self.handler, message)
+
+def _exclusively_consumed(exc: BaseException) -> bool:
+    """Whether the broker refused the consume because another consumer holds it exclusively."""
+    return (
+        isinstance(exc, pika.exceptions.ChannelClosedByBroker)
+        and exc.reply_code == ACCESS_REFUSED
+        and "exclusive" in str(exc.reply_text)
+    )
 
 
-def _call_soon(connection: Any, callback: Callable[[], None]) -> None:
-    """Run ``callback`` on the connection's thread; a closed connection means redelivery."""
+def _call_soon(connection: Any, callback: Callable[[], None]) -> bool:
+    """Run ``callback`` on the connection's thread; False when the connection is gone."""
     try:
         connection.add_callback_threadsafe(callback)
     except Exception as exc:  # connection gone: the broker redelivers the message
         log.debug("cannot settle on a closed connection: %r", exc)
+        return False
+    return True

@@ -1,38 +1,72 @@
-"""Dead-letter replay: move a tenant's DLQ messages back to its queue, safely.
+"""Dead-letter replay: move a tenant's DLQ messages back to its queue, safely and in order.
 
 Each message is republished through the exchange with its ORIGINAL routing key (the first
 ``x-death`` entry; else derived from the message type), marked ``x-fintegrate-replayed``
 and counted in ``x-fintegrate-replay-count``. A dead letter is acked from the DLQ only
 after its republish was confirmed and routed; otherwise it is put back.
+
+Order: the fetched dead letters are grouped by aggregate (the customer, else the consumer)
+and sorted by ``sequence``; they go out in *waves* like ``ordered.publish_runs``: the next
+dead letter of an aggregate only after the previous one was confirmed, and a failure holds
+back only the rest of its own aggregate. Staleness: a dead letter whose sequence is at or
+below the last delivered one of its aggregate would be skipped by the worker as a stale
+duplicate; with a ``DeliveredLookup`` such letters stay in the DLQ and are reported.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import pika
 
 from service.messaging import topology
+from service.messaging.messages import EventMessage, InvalidMessage, parse_message
 from service.messaging.publisher import ConfirmingPublisher, OutgoingMessage
 
 log = logging.getLogger(__name__)
 
 REPLAYED_HEADER = "x-fintegrate-replayed"
 REPLAY_COUNT_HEADER = "x-fintegrate-replay-count"
-REPLAY_BATCH = 100
+LISTED_STALE_IDS = 50
+HELD_BEHIND_FAILURE = "held back: an earlier dead letter of its customer was not replayed"
+
+# (consumer_id, customer_ids) -> {customer_id or None (consumer-level): last delivered}
+DeliveredLookup = Callable[[str, list[str]], dict[str | None, int]]
 
 
 @dataclass
 class ReplayOutcome:
-    """Counts of one replay run."""
+    """Counts of one replay run; ``stale`` dead letters were left in the DLQ."""
 
     requested: int
     replayed: int = 0
     failed: int = 0
-    reasons: list[str] | None = None
+    stale: int = 0
+    stale_event_ids: list[str] = field(default_factory=list)  # the first LISTED_STALE_IDS
+    reasons: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """One fetched dead letter; ``event`` is None when its body is not a valid event."""
+
+    method: Any
+    properties: Any
+    body: bytes
+    routing_key: str | None
+    event: EventMessage | None
+
+    @property
+    def aggregate(self) -> tuple[str, str] | None:
+        """The aggregate it orders within, when it carries a sequence."""
+        if self.event is None or self.event.sequence is None:
+            return None
+        return (self.event.consumer_id or "", self.event.aggregate_key)
 
 
 def original_routing_key(consumer_name: str, method: Any, properties: Any) -> str | None:
@@ -70,22 +104,83 @@ def replay_dead_letters(
     consumer_name: str,
     limit: int,
     on_progress: Callable[[int], None] = lambda _count: None,
+    last_delivered: DeliveredLookup | None = None,
 ) -> ReplayOutcome:
-    """Move up to ``limit`` dead letters back; stops at the first batch with a failure."""
-    outcome = ReplayOutcome(requested=limit, reasons=[])
-    dlq = topology.dlq_name(consumer_name)
-    while outcome.replayed + outcome.failed < limit:
-        fetched = _fetch(channel, dlq, min(REPLAY_BATCH, limit - outcome.replayed - outcome.failed))
-        if not fetched:
-            break
-        _replay_batch(channel, publisher, consumer_name, fetched, outcome)
-        on_progress(len(fetched))
-        if outcome.failed:
-            break
+    """Move up to ``limit`` dead letters back in aggregate order.
+
+    With ``last_delivered``, stale dead letters stay in the DLQ (counted, ids listed);
+    without it every letter is replayed. Nothing is published before the look-up answered.
+    """
+    outcome = ReplayOutcome(requested=limit)
+    letters = [
+        _dead_letter(consumer_name, *item)
+        for item in _fetch(channel, topology.dlq_name(consumer_name), limit)
+    ]
+    for letter in letters:
+        if letter.routing_key is None:
+            reason = f"message {letter.properties.message_id}: original routing key unknown"
+            _put_back(channel, letter, outcome, reason)
+    sendable = [letter for letter in letters if letter.routing_key is not None]
+    if last_delivered is not None:
+        stale = _stale(sendable, last_delivered)
+        for letter in stale:
+            channel.basic_nack(letter.method.delivery_tag, requeue=True)
+            _note_stale(outcome, letter)
+        left = {id(letter) for letter in stale}
+        sendable = [letter for letter in sendable if id(letter) not in left]
+    on_progress(len(letters) - len(sendable))
+    _replay_in_waves(channel, publisher, aggregate_runs(sendable), outcome, on_progress)
     return outcome
 
 
+def aggregate_runs(letters: Sequence[DeadLetter]) -> list[list[DeadLetter]]:
+    """One run per aggregate in sequence order; a letter without a sequence runs alone."""
+    runs: dict[tuple[str, str], list[DeadLetter]] = defaultdict(list)
+    alone: list[list[DeadLetter]] = []
+    for letter in letters:
+        key = letter.aggregate
+        if key is None:
+            alone.append([letter])
+        else:
+            runs[key].append(letter)
+    ordered = [sorted(run, key=_sequence) for run in runs.values()]
+    return ordered + alone
+
+
+def _replay_in_waves(
+    channel: Any,
+    publisher: ConfirmingPublisher,
+    runs: list[list[DeadLetter]],
+    outcome: ReplayOutcome,
+    on_progress: Callable[[int], None],
+) -> None:
+    """Wave ``i`` carries the ``i``-th letter of every run still going; failures end runs."""
+    active, position = runs, 0
+    while active:
+        wave = [run[position] for run in active]
+        results = publisher.publish_batch(
+            [
+                replay_message(str(letter.routing_key), letter.properties, letter.body)
+                for letter in wave
+            ]
+        )
+        going = []
+        for run, letter, result in zip(active, wave, results, strict=True):
+            if result.ok:
+                channel.basic_ack(letter.method.delivery_tag)
+                outcome.replayed += 1
+                if position + 1 < len(run):
+                    going.append(run)
+                continue
+            _put_back(channel, letter, outcome, result.reason or "not confirmed")
+            for held in run[position + 1 :]:
+                _put_back(channel, held, outcome, HELD_BEHIND_FAILURE)
+        on_progress(len(wave))
+        active, position = going, position + 1
+
+
 def _fetch(channel: Any, dlq: str, count: int) -> list[tuple[Any, Any, bytes]]:
+    """Up to ``count`` dead letters, unacked: all of them, so they can be put in order."""
     fetched = []
     for _ in range(count):
         method, properties, body = channel.basic_get(dlq, auto_ack=False)
@@ -95,34 +190,67 @@ def _fetch(channel: Any, dlq: str, count: int) -> list[tuple[Any, Any, bytes]]:
     return fetched
 
 
-def _replay_batch(
-    channel: Any,
-    publisher: ConfirmingPublisher,
-    consumer_name: str,
-    fetched: list[tuple[Any, Any, bytes]],
-    outcome: ReplayOutcome,
-) -> None:
-    keys = [original_routing_key(consumer_name, m, p) for m, p, _ in fetched]
-    sendable = [(item, key) for item, key in zip(fetched, keys, strict=True) if key is not None]
-    results = publisher.publish_batch(
-        [replay_message(key, properties, body) for (_, properties, body), key in sendable]
+def _dead_letter(consumer_name: str, method: Any, properties: Any, body: bytes) -> DeadLetter:
+    try:
+        event: EventMessage | None = parse_message(body)
+    except InvalidMessage:
+        event = None  # a poison message: replayed as it is, ordered with nothing
+    key = original_routing_key(consumer_name, method, properties)
+    return DeadLetter(method, properties, body, key, event)
+
+
+def _stale(letters: list[DeadLetter], last_delivered: DeliveredLookup) -> list[DeadLetter]:
+    """The letters at or below their aggregate's last delivered sequence."""
+    by_consumer: dict[str, list[DeadLetter]] = defaultdict(list)
+    for letter in letters:
+        if _checkable(letter.event):
+            by_consumer[str(_event(letter).consumer_id)].append(letter)
+    stale = []
+    for consumer_id, candidates in by_consumer.items():
+        customers = sorted(
+            {str(_event(c).customer_id) for c in candidates if _event(c).customer_id}
+        )
+        known = last_delivered(consumer_id, customers)
+        stale += [c for c in candidates if _sequence(c) <= known.get(_event(c).customer_id, 0)]
+    return stale
+
+
+def _event(letter: DeadLetter) -> EventMessage:
+    assert letter.event is not None
+    return letter.event
+
+
+def _sequence(letter: DeadLetter) -> int:
+    return _event(letter).sequence or 0
+
+
+def _checkable(event: EventMessage | None) -> bool:
+    """Whether the event names its aggregate well enough to be looked up."""
+    return (
+        event is not None
+        and event.sequence is not None
+        and _is_uuid(event.consumer_id)
+        and (event.customer_id is None or _is_uuid(event.customer_id))
     )
-    for ((method, _, _), _), result in zip(sendable, results, strict=True):
-        if result.ok:
-            channel.basic_ack(method.delivery_tag)
-            outcome.replayed += 1
-        else:
-            channel.basic_nack(method.delivery_tag, requeue=True)
-            outcome.failed += 1
-            _note(outcome, result.reason or "not confirmed")
-    for (method, properties, _), key in zip(fetched, keys, strict=True):
-        if key is None:
-            channel.basic_nack(method.delivery_tag, requeue=True)
-            outcome.failed += 1
-            _note(outcome, f"message {properties.message_id}: original routing key unknown")
 
 
-def _note(outcome: ReplayOutcome, reason: str) -> None:
-    assert outcome.reasons is not None
+def _is_uuid(value: str | None) -> bool:
+    try:
+        uuid.UUID(str(value))
+    except ValueError:
+        return False
+    return value is not None
+
+
+def _put_back(channel: Any, letter: DeadLetter, outcome: ReplayOutcome, reason: str) -> None:
+    """Back into the DLQ, counted as failed with its reason (each reason listed once)."""
+    channel.basic_nack(letter.method.delivery_tag, requeue=True)
+    outcome.failed += 1
     if reason not in outcome.reasons:
         outcome.reasons.append(reason)
+
+
+def _note_stale(outcome: ReplayOutcome, letter: DeadLetter) -> None:
+    outcome.stale += 1
+    if len(outcome.stale_event_ids) < LISTED_STALE_IDS and letter.event is not None:
+        outcome.stale_event_ids.append(letter.event.event_id)

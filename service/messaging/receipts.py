@@ -1,19 +1,32 @@
-"""Delivery receipts from the worker: ``POST /events/confirm-delivery`` with patient retries."""
+"""Delivery receipts from the worker, through the API, with patient retries.
+
+``POST /events/confirm-delivery`` records a receipt; ``GET /events/last-delivered`` tells
+the highest delivered sequence of an aggregate, which ``DeliveredSequences`` caches so the
+worker can recognise a stale duplicate (an event at or below it) without a handler call.
+"""
 
 from __future__ import annotations
 
 import enum
 import logging
 import threading
+import uuid
+from collections import OrderedDict
 from collections.abc import Callable
+from typing import Any, TypeVar
 
 import httpx
 
 from service.messaging.connection import Backoff
+from service.messaging.messages import EventMessage
 
 log = logging.getLogger(__name__)
 
 CONFIRM_PATH = "/events/confirm-delivery"
+LAST_DELIVERED_PATH = "/events/last-delivered"
+CACHED_AGGREGATES = 10_000
+LOOKUP_BATCH = 100  # the API's limit per look-up
+T = TypeVar("T")
 HTTP_TIMEOUT_SECONDS = 5.0
 MAX_RETRY_DELAY_SECONDS = 10.0
 
@@ -56,16 +69,57 @@ class DeliveryConfirmer:
     def confirm(self, event_id: str, status: str, detail: str | None = None) -> Receipt:
         """Record the receipt; blocks with bounded backoff while the API is unavailable."""
         body = {"event_id": event_id, "status": status, "detail": detail}
+        return self._patiently(lambda: self._attempt(body)) or Receipt.ABANDONED
+
+    def last_delivered(self, customer_ids: list[str | None]) -> dict[str | None, int] | None:
+        """Highest delivered sequence (0: none) per customer; None when stopping first.
+
+        ``None`` in ``customer_ids`` stands for the tenant's consumer-level aggregate; a
+        customer_id that is no UUID answers 0 unasked (its receipt will be refused anyway).
+        """
+        valid = [c for c in customer_ids if c is not None and _is_uuid(c)]
+        body = {"customer_ids": valid, "include_consumer": None in customer_ids}
+        found = self._patiently(lambda: self._look_up(body))
+        if found is None:
+            return None
+        return {c: found.get(c, 0) for c in customer_ids}
+
+    def _patiently(self, attempt: Callable[[], T | None]) -> T | None:
+        """``attempt`` until it answers; None when ``stop`` is set first."""
         backoff = Backoff(initial=0.2, maximum=MAX_RETRY_DELAY_SECONDS)
         while True:
-            outcome = self._attempt(body)
+            outcome = attempt()
             if outcome is not None:
                 return outcome
             if self.stop.is_set():
-                return Receipt.ABANDONED
+                return None
             self._sleep(backoff.next_delay())
             if self.stop.is_set():
-                return Receipt.ABANDONED
+                return None
+
+    def _look_up(self, body: dict[str, Any]) -> dict[str | None, int] | None:
+        """One POST: customer_id (None: consumer level) -> sequence, or None to retry."""
+        try:
+            response = self._http.post(LAST_DELIVERED_PATH, json=body)
+        except httpx.HTTPError as exc:
+            log.warning("last-delivered look-up failed: %r; retrying", exc)
+            return None
+        if response.status_code == 200:
+            items = response.json()["data"]["items"]
+            found = {item["aggregate_id"]: int(item["sequence"]) for item in items}
+            if body["include_consumer"]:
+                found[None] = int(items[-1]["sequence"])
+            return found
+        _refuse_credentials(response)
+        if response.status_code == 429 or response.status_code >= 500:
+            log.warning("last-delivered answered %s; retrying", response.status_code)
+            return None
+        log.warning(
+            "last-delivered refused the look-up (%s): %s; handling without the stale check",
+            response.status_code,
+            _description(response),
+        )
+        return {}
 
     def _attempt(self, body: dict[str, str | None]) -> Receipt | None:
         """One POST: the outcome, or None when it is worth retrying."""
@@ -76,11 +130,7 @@ class DeliveryConfirmer:
             return None
         if response.status_code == 200:
             return Receipt.RECORDED
-        if response.status_code in (401, 403):
-            raise WorkerUnauthorized(
-                f"API refused the worker's key ({response.status_code}): "
-                f"{_description(response)}; set FINTEGRATE_API_KEY to this tenant's active key"
-            )
+        _refuse_credentials(response)
         if response.status_code == 429 or response.status_code >= 500:
             log.warning("confirm-delivery answered %s; retrying", response.status_code)
             return None
@@ -93,8 +143,109 @@ class DeliveryConfirmer:
         return Receipt.REFUSED
 
 
+class DeliveredSequences:
+    """Last delivered sequence per aggregate: a bounded LRU, filled from the API on a miss.
+
+    ``expect`` (on arrival) notes aggregates that will be needed; a miss then asks for up to
+    ``LOOKUP_BATCH`` of them in one call, and lanes missing an aggregate that is being
+    looked up wait for that answer. The worker updates the cache with its own confirmations;
+    an evicted aggregate is asked again. Thread-safe.
+    """
+
+    def __init__(
+        self,
+        look_up: Callable[[list[str | None]], dict[str | None, int] | None],
+        capacity: int = CACHED_AGGREGATES,
+    ):
+        self._look_up = look_up
+        self._capacity = capacity
+        self._changed = threading.Condition()
+        self._known: OrderedDict[str, int] = OrderedDict()
+        self._wanted: dict[str, str | None] = {}  # aggregate key -> customer_id, not asked yet
+        self._asking: set[str] = set()
+
+    def expect(self, message: EventMessage) -> None:
+        """``message`` will be checked soon: include its aggregate in the next look-up."""
+        if message.sequence is None:
+            return
+        key = message.aggregate_key
+        with self._changed:
+            if key not in self._known and key not in self._asking:
+                self._wanted[key] = message.customer_id
+
+    def last_delivered(self, message: EventMessage) -> int | None:
+        """The sequence to compare with (0 for a message without one); None when stopping."""
+        if message.sequence is None:
+            return 0
+        key = message.aggregate_key
+        with self._changed:
+            while key in self._asking:
+                self._changed.wait()
+            if key in self._known:
+                self._known.move_to_end(key)
+                return self._known[key]
+            batch = self._take_batch(key, message.customer_id)
+        found = None
+        try:
+            found = self._look_up(list(batch.values()))
+        finally:
+            self._settle_batch(batch, found)
+        return None if found is None else found.get(message.customer_id, 0)
+
+    def confirmed(self, message: EventMessage) -> None:
+        """``message`` is delivered now: its sequence is the aggregate's last, if higher."""
+        if message.sequence is not None:
+            with self._changed:
+                self._remember(message.aggregate_key, message.sequence)
+
+    def _take_batch(self, key: str, customer_id: str | None) -> dict[str, str | None]:
+        """``key`` and up to LOOKUP_BATCH - 1 other wanted aggregates, marked as asked."""
+        self._wanted.pop(key, None)
+        batch = {key: customer_id}
+        while self._wanted and len(batch) < LOOKUP_BATCH:
+            other, other_customer = self._wanted.popitem()
+            if other not in self._known and other not in self._asking:
+                batch[other] = other_customer
+        self._asking.update(batch)
+        return batch
+
+    def _settle_batch(
+        self, batch: dict[str, str | None], found: dict[str | None, int] | None
+    ) -> None:
+        with self._changed:
+            self._asking.difference_update(batch)
+            if found is not None:
+                for key, customer_id in batch.items():
+                    self._remember(key, found.get(customer_id, 0))
+            self._changed.notify_all()
+
+    def _remember(self, key: str, sequence: int) -> None:
+        """Under the lock: store ``sequence`` if higher, evicting the least recent."""
+        self._known[key] = max(sequence, self._known.get(key, 0))
+        self._known.move_to_end(key)
+        while len(self._known) > self._capacity:
+            self._known.popitem(last=False)
+
+
+def _refuse_credentials(response: httpx.Response) -> None:
+    """Raise WorkerUnauthorized on 401/403."""
+    if response.status_code in (401, 403):
+        raise WorkerUnauthorized(
+            f"API refused the worker's key ({response.status_code}): "
+            f"{_description(response)}; set FINTEGRATE_API_KEY to this tenant's active key"
+        )
+
+
 def _description(response: httpx.Response) -> str:
     try:
         return str(response.json()["detail"]["status_description"])
     except (ValueError, KeyError, TypeError):
         return response.reason_phrase
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import Engine, text
 
@@ -134,3 +135,53 @@ def test_status_without_the_management_api_uses_passive_declares(
     )
     every = json_of(run_cli("queues", "status", "--json"))  # names from the database
     assert isinstance(every, list)
+
+
+def test_replay_dlq_leaves_stale_dead_letters_unless_asked(
+    run_cli: RunCli, api_env: Settings, engine: Engine, tenant: dict[str, Any], live_server: str
+) -> None:
+    settings = api_env.model_copy(update={"api_url": live_server})
+    OutboxRelay(settings, engine, threading.Event()).drain()  # the tenant's consumer_created
+    dlq = topology.dlq_name(tenant["name"])
+
+    def broken(message: EventMessage) -> None:
+        raise RuntimeError("not today")
+
+    run_worker(settings, tenant, broken, lambda: queue_depth(settings.rabbitmq_url, dlq) == 1)
+    with engine.connect() as connection:
+        event_id = str(
+            connection.execute(
+                text("SELECT event_id FROM customer_events WHERE consumer_id = :id"),
+                {"id": tenant["consumer_id"]},
+            ).scalar_one()
+        )
+    delivered = httpx.post(  # delivered after all (say, by hand): the dead letter is stale
+        f"{live_server}/events/confirm-delivery",
+        json={"event_id": event_id, "status": "processed"},
+        headers={"X-API-Key": tenant["api_key"]},
+    )
+    assert delivered.status_code == 200, delivered.text
+
+    left = run_cli("queues", "replay-dlq", tenant["name"], "--yes", "--json")
+    assert json_of(left) == {
+        "replayed": 0,
+        "failed": 0,
+        "stale_checked": True,
+        "stale_left_in_dlq": 1,
+        "stale_event_ids": [event_id],
+        "reasons": [],
+    }
+    assert "1 stale dead letter(s) left in the DLQ" in left.stderr
+    assert queue_depth(settings.rabbitmq_url, dlq) == 1
+    table = run_cli("queues", "replay-dlq", tenant["name"], "--yes")
+    assert table.exit_code == 0 and "stale_left_in_dlq" in table.stdout
+    anyway = json_of(
+        run_cli("queues", "replay-dlq", tenant["name"], "--yes", "--include-stale", "--json")
+    )
+    assert (anyway["replayed"], anyway["stale_checked"], anyway["stale_left_in_dlq"]) == (
+        1,
+        False,
+        0,
+    )
+    assert queue_depth(settings.rabbitmq_url, dlq) == 0
+    assert wait_until(lambda: queue_depth(settings.rabbitmq_url, tenant["queue_name"]) == 1)

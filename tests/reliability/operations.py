@@ -61,6 +61,10 @@ OPERATIONS = [
     Operation(
         "POST", "/events/confirm-delivery", TENANT, {"event_id": "{event_id}", "status": "received"}
     ),
+    Operation("GET", "/events/last-delivered", TENANT),
+    Operation(
+        "POST", "/events/last-delivered", TENANT, {"customer_ids": [], "include_consumer": True}
+    ),
     Operation("DELETE", "/customer/data/{customer_id}", TENANT),
     Operation("GET", "/consumer/me", TENANT),
     Operation("POST", "/customer/data/{customer_id}/erase", TENANT),

@@ -105,6 +105,7 @@ def test_every_tenant_operation_taking_an_id_has_an_isolation_test() -> None:
         for method, path, _ in TENANT_ENDPOINTS
     }
     covered.add("POST /events/confirm-delivery")  # tests/service/delivery: foreign = unknown
+    covered.add("POST /events/last-delivered")  # test_api_last_delivered: foreign = unknown
     with_ids = {
         operation.name
         for operation in GUARDED

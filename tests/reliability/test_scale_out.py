@@ -2,8 +2,10 @@
 
 300 customers are created round-robin through two ``fintegrate serve`` processes; two
 ``fintegrate relay`` processes publish concurrently and two ``fintegrate consume`` workers
-compete for the tenant's queue. In this normal path (no crash) every event must be
-published exactly once (``publish_try_count`` 1, one handler call per event) and delivered.
+are started on the tenant's queue: they consume exclusively (per-customer order cannot hold
+across competing consumers), so one handles everything and the other stands by. In this
+normal path (no crash) every event must be published exactly once (``publish_try_count``
+1, one handler call per event) and delivered.
 """
 
 from __future__ import annotations
@@ -118,6 +120,7 @@ def test_two_of_everything_publish_once_and_deliver_everything(
     assert len(handled) == events and set(handled.values()) == {1}  # no event seen twice
     assert set(receipts(scale_engine, tenant["consumer_id"]).values()) == {1}
     assert deliver_states(scale_engine, tenant["consumer_id"]) == {"delivered": events}
+    assert sorted(totals(processes[2:], WORKER_TOTAL)) == [0, events]  # one stood by
     report_figures(
         "scale_out_2x2x2",
         customers=CUSTOMERS,

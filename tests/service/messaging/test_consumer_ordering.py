@@ -1,0 +1,281 @@
+"""The worker keeps per-customer order with prefetch > 1 and skips stale duplicates.
+
+Customers and their events are created through the live API (each call after the previous
+one answered, so sequence = commit order). Their messages are published straight to the
+tenant queue, customers' events interleaved in small groups so that several events of one
+customer are in flight together, the situation lanes exist for.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import Engine, text
+
+from service.config import Settings
+from service.messaging.messages import EventMessage, event_from_row
+from service.messaging.publisher import ConfirmingPublisher, outgoing_event
+from tests.service.messaging.test_consumer import WorkerThread, change_status, create_customers
+from tests.support.api import create_tenant_over_http
+from tests.support.outbox import amqp_channel, queue_depth, wait_until
+from tests.support.tcp_proxy import TcpProxy
+
+Tenant = dict[str, Any]
+STATUSES = ("suspended", "active")
+CUSTOMER_ROWS = text(
+    """
+    SELECT e.event_id, e.event_type, e.consumer_id, c.name AS consumer_name, e.customer_id,
+           e.created_at, e.sequence, e.payload_json, e.metadata_json
+    FROM customer_events e JOIN consumers c ON c.consumer_id = e.consumer_id
+    WHERE e.consumer_id = :consumer_id AND e.customer_id IS NOT NULL
+    """
+)
+
+
+@pytest.fixture
+def api(live_server: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=live_server, timeout=10) as client:
+        yield client
+
+
+@pytest.fixture
+def tenant(live_server: str, settings: Settings) -> Tenant:
+    return create_tenant_over_http(live_server, settings.admin_api_key, "order")
+
+
+class Recorder:
+    """A handler of random duration recording each call; notices overlaps within a customer."""
+
+    def __init__(self, max_seconds: float = 0.02, seed: int = 20261202):
+        self.calls: list[tuple[str, int, str]] = []  # (customer_id, sequence, event_id)
+        self.overlaps = 0
+        self.max_parallel = 0
+        self._running: set[str] = set()
+        self._lock = threading.Lock()
+        self._random = random.Random(seed)
+        self._max_seconds = max_seconds
+
+    def __call__(self, message: EventMessage) -> None:
+        key = message.aggregate_key
+        with self._lock:
+            self.overlaps += key in self._running
+            self._running.add(key)
+            self.max_parallel = max(self.max_parallel, len(self._running))
+            pause = self._random.uniform(0, self._max_seconds)
+        time.sleep(pause)
+        with self._lock:
+            self._running.discard(key)
+            self.calls.append(
+                (str(message.customer_id), int(message.sequence or 0), message.event_id)
+            )
+
+    def sequences(self) -> dict[str, list[int]]:
+        """Per customer, the sequences in the order the handler was called."""
+        seen: dict[str, list[int]] = defaultdict(list)
+        with self._lock:
+            for customer_id, sequence, _ in self.calls:
+                seen[customer_id].append(sequence)
+        return seen
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self.calls)
+
+
+def customers_with_events(
+    api: httpx.Client, tenant: Tenant, customers: int, events: int
+) -> list[str]:
+    """``customers`` new customers with ``events`` events each (creation + status changes)."""
+    created = create_customers(api, tenant, customers)
+    for change in range(events - 1):
+        for customer_id in created:
+            change_status(api, tenant, customer_id, STATUSES[change % 2])
+    return created
+
+
+def interleaved_rows(engine: Engine, tenant: Tenant, group: int = 8) -> list[Any]:
+    """The tenant's customer events: groups of ``group`` customers, round-robin by sequence."""
+    with engine.connect() as connection:
+        rows = connection.execute(CUSTOMER_ROWS, {"consumer_id": tenant["consumer_id"]}).all()
+    order = {customer: n for n, customer in enumerate(sorted({row.customer_id for row in rows}))}
+    return sorted(
+        rows, key=lambda r: (order[r.customer_id] // group, r.sequence, order[r.customer_id])
+    )
+
+
+def publish(settings: Settings, rows: list[Any], copies: int = 1) -> None:
+    """Publish each row's message ``copies`` times, back to back, with confirms."""
+    messages = [outgoing_event(event_from_row(row)) for row in rows for _ in range(copies)]
+    with ConfirmingPublisher(settings.rabbitmq_url) as publisher:
+        assert all(result.ok for result in publisher.publish_batch(messages))
+
+
+def receipts(engine: Engine, tenant: Tenant) -> list[tuple[str, str, str | None]]:
+    with engine.connect() as connection:
+        rows = connection.execute(
+            text(
+                "SELECT event_id, status, detail FROM consumer_event_receipts"
+                " WHERE consumer_id = :id"
+            ),
+            {"id": tenant["consumer_id"]},
+        )
+        return [(str(row.event_id), row.status, row.detail) for row in rows]
+
+
+def consumer_count(settings: Settings, tenant: Tenant) -> int:
+    with amqp_channel(settings.rabbitmq_url) as channel:
+        declared = channel.queue_declare(tenant["queue_name"], passive=True)
+        return int(declared.method.consumer_count)
+
+
+def processed(engine: Engine, tenant: Tenant) -> set[str]:
+    return {event for event, status, _ in receipts(engine, tenant) if status == "processed"}
+
+
+def expected_orders(rows: list[Any]) -> dict[str, list[int]]:
+    orders: dict[str, list[int]] = defaultdict(list)
+    for row in sorted(rows, key=lambda r: r.sequence):
+        orders[str(row.customer_id)].append(int(row.sequence))
+    return orders
+
+
+def test_prefetch_20_keeps_each_customers_order_and_runs_customers_in_parallel(
+    settings: Settings, engine: Engine, api: httpx.Client, tenant: Tenant, live_server: str
+) -> None:
+    customers_with_events(api, tenant, customers=50, events=5)
+    rows = interleaved_rows(engine, tenant)
+    assert len(rows) == 250
+    publish(settings, rows)
+    handler = Recorder()
+    with WorkerThread(settings, tenant, live_server, handler, prefetch=20) as worker:
+        assert wait_until(lambda: len(receipts(engine, tenant)) == 250, timeout=120)
+    assert handler.sequences() == expected_orders(rows)
+    assert handler.count() == 250 and handler.overlaps == 0
+    assert handler.max_parallel > 1  # customers were handled side by side
+    assert {status for _, status, _ in receipts(engine, tenant)} == {"processed"}
+    assert worker.consumer.stats.processed == 250
+    assert queue_depth(settings.rabbitmq_url, tenant["queue_name"]) == 0
+
+
+def test_a_duplicate_is_skipped_with_a_receipt_and_the_handler_called_once(
+    settings: Settings, engine: Engine, api: httpx.Client, tenant: Tenant, live_server: str
+) -> None:
+    customers_with_events(api, tenant, customers=10, events=3)
+    rows = interleaved_rows(engine, tenant)
+    publish(settings, rows, copies=2)
+    handler = Recorder()
+    with WorkerThread(settings, tenant, live_server, handler, prefetch=20) as worker:
+        assert wait_until(lambda: len(receipts(engine, tenant)) == 60, timeout=60)
+        assert wait_until(lambda: worker.consumer.stats.stale == 30)
+    assert sorted(event for _, _, event in handler.calls) == sorted(str(r.event_id) for r in rows)
+    assert handler.sequences() == expected_orders(rows)
+    recorded = receipts(engine, tenant)
+    assert sorted((event, status) for event, status, _ in recorded) == sorted(
+        (str(row.event_id), status) for row in rows for status in ("processed", "received")
+    )
+    for _, status, detail in recorded:
+        assert status == "processed" or (detail or "").startswith("stale duplicate: sequence")
+    assert worker.consumer.stats.processed == 30
+    assert queue_depth(settings.rabbitmq_url, tenant["queue_name"]) == 0
+
+
+def test_a_restarted_worker_skips_stale_duplicates_it_never_saw(
+    settings: Settings, engine: Engine, api: httpx.Client, tenant: Tenant, live_server: str
+) -> None:
+    customers = customers_with_events(api, tenant, customers=10, events=3)
+    first_rows = interleaved_rows(engine, tenant)
+    publish(settings, first_rows)
+    with WorkerThread(settings, tenant, live_server, Recorder(), prefetch=20):
+        assert wait_until(lambda: len(receipts(engine, tenant)) == 30, timeout=60)
+    for customer_id in customers:
+        change_status(api, tenant, customer_id, "suspended")  # sequence 4 of each
+    known = {row.event_id for row in first_rows}
+    fresh = [row for row in interleaved_rows(engine, tenant) if row.event_id not in known]
+    publish(settings, first_rows + fresh)  # every old event again, then the new ones
+
+    handler = Recorder()
+    with WorkerThread(settings, tenant, live_server, handler, prefetch=20) as restarted:
+        assert wait_until(lambda: handler.count() == 10, timeout=60)
+        assert wait_until(lambda: restarted.consumer.stats.stale == 30)
+    assert handler.sequences() == {customer_id: [4] for customer_id in customers}
+    stale = [detail for _, status, detail in receipts(engine, tenant) if status == "received"]
+    assert len(stale) == 30
+    assert all(detail and "<= last delivered 3; handler not called" in detail for detail in stale)
+    assert queue_depth(settings.rabbitmq_url, tenant["queue_name"]) == 0
+
+
+def test_other_customers_keep_flowing_while_one_customers_handler_is_slow(
+    settings: Settings, engine: Engine, api: httpx.Client, tenant: Tenant, live_server: str
+) -> None:
+    customers = customers_with_events(api, tenant, customers=20, events=3)
+    slow, release = customers[0], threading.Event()
+    record = Recorder(max_seconds=0.005)
+
+    def handler(message: EventMessage) -> None:
+        if message.customer_id == slow and message.sequence == 1:
+            assert release.wait(60)
+        record(message)
+
+    publish(settings, interleaved_rows(engine, tenant))
+    with WorkerThread(settings, tenant, live_server, handler, prefetch=20):
+        assert wait_until(lambda: record.count() == 57, timeout=60)  # all but the slow one's
+        assert slow not in record.sequences()
+        release.set()
+        assert wait_until(lambda: record.count() == 60, timeout=60)
+    assert record.sequences()[slow] == [1, 2, 3]
+
+
+def test_a_lost_broker_connection_keeps_order_and_calls_each_handler_once(
+    settings: Settings,
+    engine: Engine,
+    api: httpx.Client,
+    tenant: Tenant,
+    live_server: str,
+    tcp_proxy_factory: Callable[[str, int], TcpProxy],
+) -> None:
+    customers_with_events(api, tenant, customers=12, events=5)
+    rows = interleaved_rows(engine, tenant, group=4)
+    publish(settings, rows)
+    proxy = tcp_proxy_factory("127.0.0.1", 5672)
+    proxied = settings.model_copy(update={"rabbitmq_url": proxy.url_for(settings.rabbitmq_url)})
+    handler = Recorder(max_seconds=0.05)
+    with WorkerThread(proxied, tenant, live_server, handler, prefetch=20):
+        for cut_after in (10, 25, 40):
+            assert wait_until(lambda n=cut_after: handler.count() >= n, timeout=60)
+            proxy.close_all()  # in-flight lanes finish; their acks are lost, queued ones dropped
+        assert wait_until(lambda: len(processed(engine, tenant)) == 60, timeout=90)
+        assert wait_until(lambda: queue_depth(settings.rabbitmq_url, tenant["queue_name"]) == 0)
+    assert handler.sequences() == expected_orders(rows)
+    assert handler.count() == 60  # redelivered ones already recorded were skipped as stale
+    assert {status for _, status, _ in receipts(engine, tenant)} <= {"processed", "received"}
+
+
+def test_a_second_worker_stands_by_until_the_first_stops(
+    settings: Settings, engine: Engine, api: httpx.Client, tenant: Tenant, live_server: str
+) -> None:
+    first_handler, second_handler = Recorder(), Recorder()
+    first = WorkerThread(settings, tenant, live_server, first_handler).__enter__()
+    try:
+        assert wait_until(lambda: consumer_count(settings, tenant) == 1)  # the first holds it
+        with WorkerThread(settings, tenant, live_server, second_handler) as second:
+            customers_with_events(api, tenant, customers=3, events=2)
+            publish(settings, interleaved_rows(engine, tenant))
+            assert wait_until(lambda: first_handler.count() == 6)
+            assert second_handler.count() == 0 and consumer_count(settings, tenant) == 1
+            first.__exit__(None, None, None)
+            customer_id = create_customers(api, tenant, 1)[0]
+            [row] = [
+                r for r in interleaved_rows(engine, tenant) if str(r.customer_id) == customer_id
+            ]
+            publish(settings, [row])
+            assert wait_until(lambda: second.consumer.stats.processed == 1, timeout=30)
+            assert second_handler.count() == 1
+    finally:
+        first.stop.set()

@@ -1,0 +1,130 @@
+"""DLQ replay puts each customer's dead letters back in sequence order, and leaves stale ones.
+
+Dead letters are published straight to the tenant's DLQ in reverse sequence order (the
+order a DLQ can end up in after retries), customers interleaved.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import Engine
+
+from service.config import Settings
+from service.events.service import last_delivered_sequences
+from service.messaging import topology
+from service.messaging.connection import open_blocking
+from service.messaging.dlq import DeliveredLookup, replay_dead_letters
+from service.messaging.messages import event_from_row, message_body, message_properties
+from service.messaging.publisher import ConfirmingPublisher, OutgoingMessage
+from tests.service.messaging.test_consumer_ordering import customers_with_events, interleaved_rows
+from tests.support.api import assert_envelope, create_tenant_over_http
+from tests.support.outbox import drain_queue, queue_depth
+
+Tenant = dict[str, Any]
+
+
+@pytest.fixture
+def api(live_server: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=live_server, timeout=10) as client:
+        yield client
+
+
+@pytest.fixture
+def tenant(live_server: str, settings: Settings) -> Tenant:
+    return create_tenant_over_http(live_server, settings.admin_api_key, "dlq")
+
+
+def dead_letter_everything(settings: Settings, tenant: Tenant, rows: list[Any]) -> None:
+    """Each row's message into the DLQ, newest sequence first."""
+    messages = [
+        OutgoingMessage(
+            topology.dlq_routing_key(tenant["name"]),
+            message_body(event_from_row(row)),
+            message_properties(event_from_row(row)),
+        )
+        for row in sorted(rows, key=lambda r: -r.sequence)
+    ]
+    with ConfirmingPublisher(settings.rabbitmq_url) as publisher:
+        assert all(result.ok for result in publisher.publish_batch(messages))
+
+
+def lookup(engine: Engine) -> DeliveredLookup:
+    def look_up(consumer_id: str, customer_ids: list[str]) -> dict[str | None, int]:
+        with engine.connect() as connection:
+            return last_delivered_sequences(connection, consumer_id, customer_ids)
+
+    return look_up
+
+
+def replay(settings: Settings, tenant: Tenant, last_delivered: DeliveredLookup | None) -> Any:
+    connection = open_blocking(settings.rabbitmq_url)
+    try:
+        with ConfirmingPublisher(settings.rabbitmq_url) as publisher:
+            return replay_dead_letters(
+                connection.channel(), publisher, tenant["name"], 1000, last_delivered=last_delivered
+            )
+    finally:
+        connection.close()
+
+
+def queued_orders(settings: Settings, tenant: Tenant) -> tuple[dict[str, list[int]], list[Any]]:
+    """Per customer, the sequences in queue order; and the messages' properties."""
+    orders: dict[str, list[int]] = defaultdict(list)
+    drained = drain_queue(settings.rabbitmq_url, tenant["queue_name"])
+    for _, _, body in drained:
+        document = json.loads(body)
+        orders[document["customer_id"]].append(document["sequence"])
+    return orders, [properties for _, properties, _ in drained]
+
+
+def confirm(api: httpx.Client, tenant: Tenant, event_id: str) -> None:
+    response = api.post(
+        "/events/confirm-delivery",
+        json={"event_id": event_id, "status": "processed"},
+        headers={"X-API-Key": tenant["api_key"]},
+    )
+    assert_envelope(response, 200)
+
+
+def test_replay_sorts_each_customers_dead_letters_by_sequence(
+    settings: Settings, engine: Engine, api: httpx.Client, tenant: Tenant
+) -> None:
+    customers = customers_with_events(api, tenant, customers=6, events=4)
+    rows = interleaved_rows(engine, tenant)
+    dead_letter_everything(settings, tenant, rows)
+    outcome = replay(settings, tenant, lookup(engine))
+    assert (outcome.replayed, outcome.failed, outcome.stale) == (24, 0, 0)
+    orders, properties = queued_orders(settings, tenant)
+    assert orders == {customer_id: [1, 2, 3, 4] for customer_id in customers}
+    assert {p.headers["x-fintegrate-replayed"] for p in properties} == {True}
+    assert queue_depth(settings.rabbitmq_url, topology.dlq_name(tenant["name"])) == 0
+
+
+def test_stale_dead_letters_stay_in_the_dlq_and_are_listed(
+    settings: Settings, engine: Engine, api: httpx.Client, tenant: Tenant
+) -> None:
+    delivered, untouched = customers_with_events(api, tenant, customers=2, events=4)
+    rows = interleaved_rows(engine, tenant)
+    by_sequence = {(str(r.customer_id), r.sequence): str(r.event_id) for r in rows}
+    confirm(api, tenant, by_sequence[(delivered, 2)])  # 1 and 2 of this customer are stale
+    dead_letter_everything(settings, tenant, rows)
+
+    outcome = replay(settings, tenant, lookup(engine))
+    assert (outcome.replayed, outcome.failed, outcome.stale) == (6, 0, 2)
+    assert sorted(outcome.stale_event_ids) == sorted(
+        [by_sequence[(delivered, 1)], by_sequence[(delivered, 2)]]
+    )
+    orders, _ = queued_orders(settings, tenant)
+    assert orders == {delivered: [3, 4], untouched: [1, 2, 3, 4]}
+    assert queue_depth(settings.rabbitmq_url, topology.dlq_name(tenant["name"])) == 2
+
+    anyway = replay(settings, tenant, None)  # --include-stale: no check
+    assert (anyway.replayed, anyway.stale) == (2, 0)
+    orders, _ = queued_orders(settings, tenant)
+    assert orders == {delivered: [1, 2]}
