@@ -35,8 +35,7 @@ EVENT_COLUMNS = """
 
 # One round trip, this transaction only (see due_heads).
 PLANNER_HINTS = text(
-    "SET LOCAL enable_sort = off; SET LOCAL enable_seqscan = off; "
-    "SET LOCAL enable_material = off"
+    "SET LOCAL enable_sort = off; SET LOCAL enable_seqscan = off; SET LOCAL enable_material = off"
 )
 
 DUE_HEADS = text(
