@@ -62,7 +62,9 @@ async def last_delivered_many(
         rows = await repository.last_delivered_of_customers(
             connection, consumer_id, query.customer_ids
         )
-        own = await repository.last_delivered(connection, consumer_id, None)
+        own = None
+        if query.include_consumer:
+            own = await repository.last_delivered(connection, consumer_id, None)
     found = {row["customer_id"]: row for row in rows}
     items = [
         _last_delivered(customer_id, found.get(customer_id)) for customer_id in query.customer_ids
