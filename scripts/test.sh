@@ -16,7 +16,7 @@ echo "[test] pytest (parallel)" >&2
 pytest -m "not disruptive" -n "${FINTEGRATE_TEST_WORKERS:-2}" "$@"
 echo "[test] pytest (disruptive, serial)" >&2
 status=0
-pytest -m disruptive "$@" || status=$?
+FINTEGRATE_TEST_DISRUPTIVE=1 pytest -m disruptive "$@" || status=$?
 # 5 = no test selected: nothing disruptive to run is not a failure.
 if [ "$status" -ne 0 ] && [ "$status" -ne 5 ]; then exit "$status"; fi
 ./scripts/prepare_services.sh >/dev/null 2>&1 || true

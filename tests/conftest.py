@@ -40,6 +40,30 @@ REDIS_BASE_URL = os.environ.get("FINTEGRATE_TEST_REDIS_URL", "redis://127.0.0.1:
 HELP = "run scripts/prepare_services.sh first"
 
 
+DISRUPTIVE_ENV = "FINTEGRATE_TEST_DISRUPTIVE"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests that stop shared services run only when asked (scripts/test.sh asks).
+
+    Pointing pytest at a folder would otherwise stop RabbitMQ or PostgreSQL under every
+    other test run on the machine. Deselected loudly, never skipped silently.
+    """
+    if os.environ.get(DISRUPTIVE_ENV) == "1":
+        return
+    disruptive = [item for item in items if item.get_closest_marker("disruptive")]
+    if not disruptive:
+        return
+    items[:] = [item for item in items if not item.get_closest_marker("disruptive")]
+    config.hook.pytest_deselected(items=disruptive)
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(
+            f"{len(disruptive)} disruptive test(s) deselected: they stop shared services; "
+            f"set {DISRUPTIVE_ENV}=1 (scripts/test.sh does) to run them"
+        )
+
+
 def unique_name(prefix: str = "t") -> str:
     """A consumer-name-safe unique identifier: ``prefix_<10 hex>``."""
     return f"{prefix}_{uuid.uuid4().hex[:10]}"
