@@ -127,16 +127,6 @@ CONFIRM_DELIVERY = """
     WHERE e.event_id = $1 AND e.consumer_id = $2
     """
 
-EVENT_COUNTS = text(
-    """
-    SELECT event_type, publish_status, deliver_status, count(*) AS count
-    FROM customer_events
-    WHERE (CAST(:consumer_id AS uuid) IS NULL OR consumer_id = CAST(:consumer_id AS uuid))
-    GROUP BY event_type, publish_status, deliver_status
-    ORDER BY event_type, publish_status, deliver_status
-    """
-)
-
 
 def _sql(template: str, kind: str) -> Any:
     aggregate_e, aggregate_b = AGGREGATE.format(a="e"), AGGREGATE.format(a="b")
@@ -216,8 +206,3 @@ async def confirm_delivery(
     the event does not exist or belongs to another consumer.
     """
     return await connection.fetchrow(CONFIRM_DELIVERY, event_id, consumer_id, status, detail)
-
-
-def event_counts(connection: Connection, consumer_id: UUID | None) -> Sequence[Row[Any]]:
-    """Events counted per type, publish status and delivery status (all or one consumer)."""
-    return connection.execute(EVENT_COUNTS, {"consumer_id": consumer_id}).all()

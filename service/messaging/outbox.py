@@ -16,12 +16,10 @@ on those aggregates); each round:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Connection, Row, text
-
-from service.messaging.messages import OutboundEvent, event_from_row
 
 BACKOFF_BASE_SECONDS = 1.0
 
@@ -130,17 +128,6 @@ def aggregate_runs(
     for row in connection.execute(AGGREGATE_RUNS, params):
         runs.setdefault(str(row.aggregate_id), []).append(row)
     return list(runs.values())
-
-
-def outbound_events(rows: Iterable[Row[Any]]) -> tuple[list[OutboundEvent], list[Row[Any]]]:
-    """Publishable events, and the rows whose consumer no longer exists."""
-    events, orphans = [], []
-    for row in rows:
-        if row.consumer_name is None:
-            orphans.append(row)
-        else:
-            events.append(event_from_row(row))
-    return events, orphans
 
 
 def mark_published(connection: Connection, event_ids: Sequence[str]) -> None:
