@@ -195,8 +195,7 @@ class PartitionLeases:
         if not self._joined:
             return
         self._joined = False
-        with self._lock:
-            held, self._held = sorted(self._held), {}
+        held = self._drop_all()
         try:
             with self.engine.begin() as connection:
                 self._release(connection, held)

@@ -74,17 +74,17 @@ def publish_runs(
             return report
         going = []
         for run, row in zip(active, wave, strict=True):
-            reason = results.get(str(row.event_id), "no longer held by this relay")
-            if reason is None:
-                report.published.append(row)
-                if position + 1 < len(run):
-                    going.append(run)
-                continue
-            if str(row.event_id) in results:
-                report.failed.append((row, reason))
+            behind = len(run) - position - 1  # the run's events after this one
+            key = str(row.event_id)
+            if key not in results:  # dropped by the wave filter: it and its run wait
+                report.held += 1 + behind
+            elif results[key] is not None:
+                report.failed.append((row, str(results[key])))
+                report.held += behind
             else:
-                report.held += 1
-            report.held += len(run) - position - 1
+                report.published.append(row)
+                if behind:
+                    going.append(run)
         active = going
         position += 1
     return report
