@@ -87,17 +87,23 @@ def run_worker(settings: Settings, tenant: dict[str, Any], handler: Any, until: 
         thread.join(30)
 
 
-def test_replay_dlq_moves_dead_letters_back_and_they_are_consumed(
-    run_cli: RunCli, api_env: Settings, engine: Engine, tenant: dict[str, Any], live_server: str
-) -> None:
-    settings = api_env.model_copy(update={"api_url": live_server})
-    OutboxRelay(settings, engine, threading.Event()).drain()  # the tenant's consumer_created
+def dead_letter_consumer_created(settings: Settings, engine: Engine, tenant: dict[str, Any]) -> str:
+    """Publish the tenant's consumer_created event and let a failing handler dead-letter it."""
+    OutboxRelay(settings, engine, threading.Event()).drain()
     dlq = topology.dlq_name(tenant["name"])
 
     def broken(message: EventMessage) -> None:
         raise RuntimeError("not today")
 
     run_worker(settings, tenant, broken, lambda: queue_depth(settings.rabbitmq_url, dlq) == 1)
+    return dlq
+
+
+def test_replay_dlq_moves_dead_letters_back_and_they_are_consumed(
+    run_cli: RunCli, api_env: Settings, engine: Engine, tenant: dict[str, Any], live_server: str
+) -> None:
+    settings = api_env.model_copy(update={"api_url": live_server})
+    dlq = dead_letter_consumer_created(settings, engine, tenant)
     plan = json_of(run_cli("queues", "replay-dlq", tenant["name"], "--dry-run", "--json"))
     assert plan == {"dlq": dlq, "dead_letters": 1, "would_replay": 1}
     refused = run_cli("queues", "replay-dlq", tenant["name"])
@@ -141,13 +147,7 @@ def test_replay_dlq_leaves_stale_dead_letters_unless_asked(
     run_cli: RunCli, api_env: Settings, engine: Engine, tenant: dict[str, Any], live_server: str
 ) -> None:
     settings = api_env.model_copy(update={"api_url": live_server})
-    OutboxRelay(settings, engine, threading.Event()).drain()  # the tenant's consumer_created
-    dlq = topology.dlq_name(tenant["name"])
-
-    def broken(message: EventMessage) -> None:
-        raise RuntimeError("not today")
-
-    run_worker(settings, tenant, broken, lambda: queue_depth(settings.rabbitmq_url, dlq) == 1)
+    dlq = dead_letter_consumer_created(settings, engine, tenant)
     with engine.connect() as connection:
         event_id = str(
             connection.execute(
