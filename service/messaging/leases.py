@@ -63,7 +63,7 @@ RENEW = text(
     """
     UPDATE relay_partitions
     SET lease_expires_at = now() + make_interval(secs => CAST(:ttl AS float8))
-    WHERE owner_id = :relay_id
+    WHERE owner_id = :relay_id AND partition_no = ANY(CAST(:partitions AS integer[]))
     RETURNING partition_no, fencing_token
     """
 )
@@ -280,17 +280,29 @@ class PartitionLeases:
                 self._acquire(connection, wanted)
 
     def renew(self) -> None:
-        """Extend every lease still ours; forget the ones another relay took over."""
+        """Extend the leases held when the renewal starts; forget the ones taken over.
+
+        Only those partitions are renewed and judged: one taken by a concurrent rebalance
+        meanwhile is left alone (it was not in the answer only because it was not ours yet),
+        and a row this relay owns but no longer counts as held is not kept alive: it
+        expires and another relay takes it.
+        """
         started = self._clock()
+        with self._lock:
+            snapshot = {no: lease.token for no, lease in self._held.items()}
+        params = {"relay_id": self.relay_id, "ttl": self.ttl, "partitions": sorted(snapshot)}
         with self.engine.begin() as connection:
             self._heartbeat_member(connection)
-            rows = connection.execute(RENEW, {"relay_id": self.relay_id, "ttl": self.ttl}).all()
+            rows = connection.execute(RENEW, params).all()
         renewed = {row.partition_no: row.fencing_token for row in rows}
         valid_until = started + self.ttl - self._safety
         with self._lock:
-            for no in list(self._held):
-                if renewed.get(no) == self._held[no].token:
-                    self._held[no].valid_until = valid_until
+            for no, token in snapshot.items():
+                lease = self._held.get(no)
+                if lease is None or lease.token != token:
+                    continue  # given back or taken again since the snapshot
+                if renewed.get(no) == token:
+                    lease.valid_until = max(lease.valid_until, valid_until)
                 else:
                     log.warning("lease on partition %d was lost", no)
                     del self._held[no]
