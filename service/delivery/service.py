@@ -26,13 +26,13 @@ from service.delivery.schemas import (
 from service.errors import Forbidden, NotFound, ServiceUnavailable, TooManyRequests
 from service.events.service import EVENT_NOT_FOUND
 from service.messaging.connection import BrokerUnavailable
+from service.messaging.messages import REPUBLISHED_HEADER
 from service.messaging.ordered import PublishReport, publish_runs, record_outcomes
 from service.messaging.publisher import ConfirmingPublisher
 from service.pagination import decode_aggregate_cursor, encode_aggregate_cursor
 
 Kind = Literal["resend", "redeliver"]
 PublisherFactory = Callable[[], ConfirmingPublisher]
-REPUBLISHED_HEADER = "x-fintegrate-republished"
 TENANT_CONSUMER_NAME = (
     "consumer_name is for operators (X-Admin-Key); a tenant always acts on its own events"
 )
@@ -157,7 +157,7 @@ def _publish(
         return PublishReport()
     try:
         with open_publisher() as publisher:
-            return publish_runs(publisher, runs, headers={REPUBLISHED_HEADER: kind})
+            return publish_runs(publisher, runs, headers=lambda _row: {REPUBLISHED_HEADER: kind})
     except BrokerUnavailable as exc:
         raise ServiceUnavailable(BROKER_DOWN) from exc
 

@@ -3,8 +3,10 @@
 For each message: parse it (unparseable → DLQ, no API call), then in its aggregate's lane
 (``lanes.KeyedLanes``: in sequence order within an aggregate, in parallel across
 aggregates) either skip it as a *stale duplicate* — its sequence is at or below the last
-one delivered for its aggregate (``receipts.DeliveredSequences``, asked from the API on a
-cache miss) — with a ``received`` receipt and no handler call, or call the handler; record
+one delivered for its aggregate (``receipts.DeliveredSequences``; asked from the API on a
+cache miss, and only for a delivery that may be a copy: redelivered by the broker, or
+marked republished, replayed or possible-duplicate) — with a ``received`` receipt and no
+handler call, or call the handler; record
 the receipt (``processed``, or ``failed`` when the handler raised); then ack on the
 connection's thread — or reject to the DLQ after a ``failed`` receipt. The next event of an
 aggregate starts only once the previous one's receipt is recorded, and nothing is acked
@@ -36,7 +38,7 @@ from service.messaging import topology
 from service.messaging.connection import BROKER_ERRORS, Backoff, BrokerUnavailable, open_blocking
 from service.messaging.deliveries import Delivery, Outcome, Unsettled
 from service.messaging.lanes import KeyedLanes
-from service.messaging.messages import EventMessage, InvalidMessage
+from service.messaging.messages import EventMessage, InvalidMessage, may_be_duplicate
 from service.messaging.poison import call_handler, decode_message, describe_failure
 from service.messaging.receipts import (
     DeliveredSequences,
@@ -216,8 +218,10 @@ class EventConsumer:
         message = self._parse(channel, method, properties, body)
         if message is None:
             return
-        delivery = Delivery(message, method.delivery_tag, connection, channel, epoch)
-        self.sequences.expect(message)
+        copy = may_be_duplicate(bool(method.redelivered), properties.headers)
+        delivery = Delivery(message, method.delivery_tag, connection, channel, epoch, copy)
+        if copy:
+            self.sequences.expect(message)
         self._unsettled.add(epoch)
         self._lanes.submit(message.aggregate_key, partial(self._process, delivery))
 
@@ -239,7 +243,7 @@ class EventConsumer:
             self._unsettled.done(delivery.epoch)  # not started: unacked, redelivered in order
             return
         try:
-            outcome = self._handle_or_skip(delivery.message)
+            outcome = self._handle_or_skip(delivery.message, delivery.may_be_duplicate)
         except WorkerUnauthorized as exc:
             outcome = None
             self._fail(exc)
@@ -262,9 +266,15 @@ class EventConsumer:
         if not _call_soon(delivery.connection, settle):
             self._unsettled.done(delivery.epoch)
 
-    def _handle_or_skip(self, message: EventMessage) -> Outcome | None:
-        """Skip a stale duplicate or call the handler, then confirm; None when stopping."""
-        last = self.sequences.last_delivered(message)
+    def _handle_or_skip(self, message: EventMessage, may_be_copy: bool) -> Outcome | None:
+        """Skip a stale duplicate or call the handler, then confirm; None when stopping.
+
+        Only a possible copy costs a look-up of its aggregate's last delivered sequence.
+        """
+        if may_be_copy:
+            last = self.sequences.last_delivered(message)
+        else:
+            last = self.sequences.known(message)
         if last is None:
             return None
         if message.sequence is not None and message.sequence <= last:

@@ -17,13 +17,17 @@ from service.messaging.receipts import Receipt
 
 @dataclass(frozen=True)
 class Delivery:
-    """One parsed message and the channel (``epoch``) it arrived on."""
+    """One parsed message and the channel (``epoch``) it arrived on.
+
+    ``may_be_duplicate``: redelivered or marked as a possible copy (see ``messages``).
+    """
 
     message: EventMessage
     tag: int
     connection: Any
     channel: Any
     epoch: int
+    may_be_duplicate: bool = True
 
 
 @dataclass(frozen=True)

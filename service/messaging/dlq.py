@@ -25,12 +25,16 @@ from typing import Any
 import pika
 
 from service.messaging import topology
-from service.messaging.messages import EventMessage, InvalidMessage, parse_message
+from service.messaging.messages import (
+    REPLAYED_HEADER,
+    EventMessage,
+    InvalidMessage,
+    parse_message,
+)
 from service.messaging.publisher import ConfirmingPublisher, OutgoingMessage
 
 log = logging.getLogger(__name__)
 
-REPLAYED_HEADER = "x-fintegrate-replayed"
 REPLAY_COUNT_HEADER = "x-fintegrate-replay-count"
 LISTED_STALE_IDS = 50
 HELD_BEHIND_FAILURE = "held back: an earlier dead letter of its customer was not replayed"

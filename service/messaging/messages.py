@@ -16,6 +16,11 @@ CONTENT_TYPE = "application/json"
 PERSISTENT = 2
 APP_ID = "fintegrate"
 SEQUENCE_HEADER = "x-fintegrate-sequence"
+# A message that may already have reached the queue carries one of these (SPEC 5 copies):
+POSSIBLE_DUPLICATE_HEADER = "x-fintegrate-possible-duplicate"  # the relay: outcome unrecorded
+REPUBLISHED_HEADER = "x-fintegrate-republished"  # resend / redeliver ("resend" | "redeliver")
+REPLAYED_HEADER = "x-fintegrate-replayed"  # DLQ replay
+COPY_HEADERS = (POSSIBLE_DUPLICATE_HEADER, REPUBLISHED_HEADER, REPLAYED_HEADER)
 
 
 class InvalidMessage(ValueError):
@@ -114,6 +119,16 @@ def message_properties(
         app_id=APP_ID,
         headers={SEQUENCE_HEADER: event.sequence, **(headers or {})},
     )
+
+
+def may_be_duplicate(redelivered: bool, headers: dict[str, Any] | None) -> bool:
+    """True when a delivery may be a second copy: the broker redelivers it, or a header says
+    it was republished, replayed, or published again after an unrecorded outcome.
+
+    Every other delivery is the first copy of its event, so the worker need not ask the API
+    for its aggregate's last delivered sequence.
+    """
+    return redelivered or any((headers or {}).get(name) for name in COPY_HEADERS)
 
 
 def parse_message(body: bytes) -> EventMessage:

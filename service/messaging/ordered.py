@@ -25,6 +25,7 @@ from service.messaging.publisher import ConfirmingPublisher, outgoing_event
 
 Run = Sequence[Row[Any]]
 WaveFilter = Callable[[list[Row[Any]]], list[Row[Any]]]
+HeaderSource = Callable[[Row[Any]], dict[str, Any] | None]  # extra AMQP headers of a row
 
 
 @dataclass
@@ -49,10 +50,13 @@ class PublishReport:
 def publish_runs(
     publisher: ConfirmingPublisher,
     runs: Sequence[Run],
-    headers: dict[str, Any] | None = None,
+    headers: HeaderSource | None = None,
     wave_filter: WaveFilter | None = None,
 ) -> PublishReport:
     """Publish ``runs`` wave by wave; a run stops at its first failure.
+
+    ``headers`` gives each row's extra AMQP headers (resend marks every copy, the relay
+    only those that may be duplicates).
 
     ``wave_filter`` may drop rows from a wave just before it is sent (the relay drops rows
     whose partition lease is no longer valid); a dropped row ends its run. Raises
@@ -99,7 +103,7 @@ def record_outcomes(connection: Connection, report: PublishReport, max_backoff: 
 
 
 def _publish_wave(
-    publisher: ConfirmingPublisher, rows: list[Row[Any]], headers: dict[str, Any] | None
+    publisher: ConfirmingPublisher, rows: list[Row[Any]], headers: HeaderSource | None
 ) -> dict[str, str | None]:
     """event_id -> None when confirmed and routed, else the reason it was not."""
     outcome: dict[str, str | None] = {}
@@ -109,7 +113,9 @@ def _publish_wave(
             outcome[str(row.event_id)] = f"consumer {row.consumer_id} does not exist"
         else:
             sendable.append(row)
-    messages = [outgoing_event(event_from_row(row), headers) for row in sendable]
+    messages = [
+        outgoing_event(event_from_row(row), headers(row) if headers else None) for row in sendable
+    ]
     for row, result in zip(sendable, publisher.publish_batch(messages), strict=True):
         outcome[str(row.event_id)] = None if result.ok else (result.reason or "not confirmed")
     return outcome

@@ -17,6 +17,7 @@ on those aggregates); each round:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Row, text
@@ -151,6 +152,11 @@ def mark_failed(
             "base": BACKOFF_BASE_SECONDS,
         },
     )
+
+
+def transaction_time(connection: Connection) -> datetime:
+    """PostgreSQL's ``now()``: when this transaction began, on the server's clock."""
+    return connection.execute(text("SELECT now()")).scalar_one()
 
 
 def pending_summary(connection: Connection) -> Row[Any]:

@@ -3,6 +3,8 @@
 ``POST /events/confirm-delivery`` records a receipt; ``GET /events/last-delivered`` tells
 the highest delivered sequence of an aggregate, which ``DeliveredSequences`` caches so the
 worker can recognise a stale duplicate (an event at or below it) without a handler call.
+Only a delivery that may be a copy (``messages.may_be_duplicate``) is looked up; a first
+copy is checked against the cache alone.
 """
 
 from __future__ import annotations
@@ -163,6 +165,7 @@ class DeliveredSequences:
         self._known: OrderedDict[str, int] = OrderedDict()
         self._wanted: dict[str, str | None] = {}  # aggregate key -> customer_id, not asked yet
         self._asking: set[str] = set()
+        self.look_ups = 0  # calls made to the API (each for up to LOOKUP_BATCH aggregates)
 
     def expect(self, message: EventMessage) -> None:
         """``message`` will be checked soon: include its aggregate in the next look-up."""
@@ -185,12 +188,27 @@ class DeliveredSequences:
                 self._known.move_to_end(key)
                 return self._known[key]
             batch = self._take_batch(key, message.customer_id)
+            self.look_ups += 1
         found = None
         try:
             found = self._look_up(list(batch.values()))
         finally:
             self._settle_batch(batch, found)
         return None if found is None else found.get(message.customer_id, 0)
+
+    def known(self, message: EventMessage) -> int:
+        """The cached sequence to compare with, without asking the API (0 when unknown).
+
+        For a first copy (``messages.may_be_duplicate`` is False): it cannot be stale, but
+        the cache still catches a copy that came unmarked (a relay racing a resend).
+        """
+        if message.sequence is None:
+            return 0
+        key = message.aggregate_key
+        with self._changed:
+            while key in self._asking:
+                self._changed.wait()
+            return self._known.get(key, 0)
 
     def confirmed(self, message: EventMessage) -> None:
         """``message`` is delivered now: its sequence is the aggregate's last, if higher."""

@@ -12,7 +12,9 @@ time (``service.messaging.leases``). One round, for the partitions held:
 No lock is held while the broker is waited on: confirm-delivery, resend and redeliver never
 wait for a relay. A crash between the broker's confirm and the record republishes those
 events later (duplicates, never reordered first arrivals): delivery is at least once and
-the worker skips stale duplicates by their sequence.
+the worker skips stale duplicates by their sequence. Those republished events are marked
+``x-fintegrate-possible-duplicate`` (``PossibleDuplicates``), so the worker asks the API
+for the last delivered sequence only for them, not for every first copy.
 
 The relay that holds partition 0 also runs the history maintenance every five minutes
 (partitions created ahead, event counts folded, the optional retention archive).
@@ -28,6 +30,7 @@ import select
 import threading
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import psycopg2
@@ -40,8 +43,9 @@ from service.db import APPLICATION_NAME, CONNECT_TIMEOUT_SECONDS, libpq_dsn
 from service.events.maintenance import run_history_maintenance
 from service.messaging.connection import Backoff, BrokerUnavailable
 from service.messaging.leases import PartitionLeases, Tenure
+from service.messaging.messages import POSSIBLE_DUPLICATE_HEADER
 from service.messaging.ordered import PublishReport, publish_runs, record_outcomes
-from service.messaging.outbox import aggregate_runs, due_heads
+from service.messaging.outbox import aggregate_runs, due_heads, transaction_time
 from service.messaging.publisher import ConfirmingPublisher
 
 log = logging.getLogger(__name__)
@@ -69,21 +73,74 @@ class BatchOutcome:
         self.fenced += other.fenced
 
 
+class PossibleDuplicates:
+    """Which events a relay publishes that may already be in the queue (marked for the worker).
+
+    A pending event may have reached the queue already when a publish was not recorded: the
+    partition's previous owner died or lost its lease between the broker's confirm and the
+    record, this relay lost the broker or the database mid-round, or a recorded failure (a
+    confirm that timed out) was in fact delivered. Per partition this keeps the lease token
+    it was first seen with and a watermark: an event created at or before the watermark, or
+    with a failed attempt, is marked ``x-fintegrate-possible-duplicate``.
+
+    A newly held partition's watermark is the first round's transaction time: the previous
+    owner stopped publishing before its lease expired, so it can only have sent events
+    committed (hence created) before then. A round whose outcomes were not all recorded
+    raises the watermark of its partitions to its newest event.
+    """
+
+    def __init__(self) -> None:
+        self._marks: dict[int, tuple[int, datetime]] = {}  # partition -> (token, watermark)
+
+    def unseen(self, tenure: Tenure) -> bool:
+        """True when ``tenure`` holds a partition (or a token) not seen before."""
+        return any(self._token(p) != token for p, token in tenure.tokens.items())
+
+    def taken(self, tenure: Tenure, now: datetime) -> None:
+        """Newly held partitions: everything created up to ``now`` is suspect."""
+        for partition, token in tenure.tokens.items():
+            if self._token(partition) != token:
+                self._marks[partition] = (token, now)
+
+    def unrecorded(self, runs: list[list[Row[Any]]]) -> None:
+        """The outcomes of ``runs`` may not be recorded: their events become suspect."""
+        for row in (row for run in runs for row in run):
+            token, mark = self._marks[row.partition_no]
+            self._marks[row.partition_no] = (token, max(mark, row.created_at))
+
+    def headers(self, row: Row[Any]) -> dict[str, Any] | None:
+        """The row's extra headers: the mark when it may be a duplicate."""
+        mark = self._marks.get(row.partition_no)
+        if row.publish_try_count > 0 or mark is None or row.created_at <= mark[1]:
+            return {POSSIBLE_DUPLICATE_HEADER: True}
+        return None
+
+    def _token(self, partition: int) -> int | None:
+        mark = self._marks.get(partition)
+        return None if mark is None else mark[0]
+
+
 def publish_pending_batch(
     engine: Engine,
     publisher: ConfirmingPublisher,
     leases: PartitionLeases,
     batch_size: int,
     max_backoff: float,
+    duplicates: PossibleDuplicates | None = None,
 ) -> BatchOutcome:
     """One round over the partitions held: read, publish in aggregate order, record.
 
     Raises BrokerUnavailable (nothing changed) when the broker cannot be reached.
+    ``duplicates`` is the relay's memory of what may have been sent before (a fresh one
+    marks everything pending now).
     """
+    duplicates = duplicates or PossibleDuplicates()
     tenure = leases.tenure()
     if not tenure.tokens:
         return BatchOutcome()
     with engine.begin() as connection:
+        if duplicates.unseen(tenure):
+            duplicates.taken(tenure, transaction_time(connection))
         heads = due_heads(connection, tenure.partitions, leases.partition_count, batch_size)
         if not heads:
             return BatchOutcome()
@@ -94,8 +151,15 @@ def publish_pending_batch(
         held = leases.still_held(tenure)
         return [row for row in wave if row.partition_no in held]
 
-    report = publish_runs(publisher, runs, wave_filter=still_ours)
-    return _record(engine, leases, tenure, report, max_backoff, claimed=sum(map(len, runs)))
+    try:
+        report = publish_runs(publisher, runs, duplicates.headers, still_ours)
+        outcome = _record(engine, leases, tenure, report, max_backoff, sum(map(len, runs)))
+    except BaseException:
+        duplicates.unrecorded(runs)
+        raise
+    if report.broker_error:
+        duplicates.unrecorded(runs)
+    return outcome
 
 
 def _record(
@@ -199,6 +263,7 @@ class OutboxRelay:
             settings.relay_heartbeat_seconds,
         )
         self._errors = Backoff(initial=0.2, maximum=MAX_ERROR_BACKOFF_SECONDS)
+        self._duplicates = PossibleDuplicates()
         self._notifications = PendingNotifications(settings.database_url)
         self._reported_at = time.monotonic()
         self._maintained_at = -MAINTENANCE_EVERY_SECONDS
@@ -238,6 +303,7 @@ class OutboxRelay:
                 self.leases,
                 self.batch_size,
                 self.settings.relay_max_backoff_seconds,
+                self._duplicates,
             )
         except (BrokerUnavailable, DBAPIError) as exc:
             self._pause(_first_line(exc))

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from sqlalchemy import Engine, text
 
 from service.config import Settings
-from service.messaging.provisioning import ProvisionResult
-from service.messaging.publisher import ConfirmingPublisher
-from service.messaging.relay import OutboxRelay, publish_pending_batch
+from service.messaging.connection import BrokerUnavailable
+from service.messaging.messages import POSSIBLE_DUPLICATE_HEADER
+from service.messaging.provisioning import ProvisionResult, provision_consumer_queues
+from service.messaging.publisher import ConfirmingPublisher, OutgoingMessage, PublishResult
+from service.messaging.relay import OutboxRelay, PossibleDuplicates, publish_pending_batch
 from tests.support.outbox import (
     drain_queue,
     event_rows,
@@ -192,3 +195,84 @@ def test_the_relay_holding_partition_0_runs_the_history_maintenance(
     # folded (+10) by the maintenance pass before the first round, then the round's one
     # marking statement adds -10: two rows, where three (+5, +5, -10) means no maintenance
     assert count_rows() == 2
+
+
+class CrashAfterSending(ConfirmingPublisher):
+    """Really publishes, then loses the broker before the relay can record: a crash's effect."""
+
+    def publish_batch(self, messages: Sequence[OutgoingMessage]) -> list[PublishResult]:
+        super().publish_batch(messages)
+        raise BrokerUnavailable("connection lost after the broker confirmed")
+
+
+def duplicate_marks(url: str, queue: str) -> list[tuple[str, bool]]:
+    """(event_id, carries x-fintegrate-possible-duplicate) of each message, in queue order."""
+    return [
+        (properties.message_id, bool((properties.headers or {}).get(POSSIBLE_DUPLICATE_HEADER)))
+        for _, properties, _ in drain_queue(url, queue)
+    ]
+
+
+def test_only_events_that_may_have_been_sent_before_are_marked_possible_duplicates(
+    outbox_settings: Settings, outbox_engine: Engine, tenant: Tenant
+) -> None:
+    _, consumer_id, queues = tenant
+    backlog = insert_events(outbox_engine, consumer_id, 3)  # pending when the partition is taken
+    duplicates = PossibleDuplicates()
+    with (
+        joined_leases(outbox_engine, outbox_settings) as leases,
+        ConfirmingPublisher(outbox_settings.rabbitmq_url) as publisher,
+    ):
+        publish_pending_batch(outbox_engine, publisher, leases, 10, 2.0, duplicates)
+        fresh = insert_events(outbox_engine, consumer_id, 3)
+        publish_pending_batch(outbox_engine, publisher, leases, 10, 2.0, duplicates)
+    marks = duplicate_marks(outbox_settings.rabbitmq_url, queues.queue)
+    assert marks == [(event_id, True) for event_id in backlog] + [(e, False) for e in fresh]
+
+
+def test_events_whose_publish_was_not_recorded_go_again_marked(
+    outbox_settings: Settings, outbox_engine: Engine, tenant: Tenant
+) -> None:
+    _, consumer_id, queues = tenant
+    duplicates = PossibleDuplicates()
+    with (
+        joined_leases(outbox_engine, outbox_settings) as leases,
+        ConfirmingPublisher(outbox_settings.rabbitmq_url) as publisher,
+        CrashAfterSending(outbox_settings.rabbitmq_url) as crashing,
+    ):
+        publish_pending_batch(outbox_engine, publisher, leases, 10, 2.0, duplicates)  # takes it
+        ids = insert_events(outbox_engine, consumer_id, 2)
+        with pytest.raises(BrokerUnavailable):
+            publish_pending_batch(outbox_engine, crashing, leases, 10, 2.0, duplicates)
+        assert {row.publish_status for row in event_rows(outbox_engine, ids).values()} == {
+            "pending"
+        }
+        publish_pending_batch(outbox_engine, publisher, leases, 10, 2.0, duplicates)
+        later = insert_events(outbox_engine, consumer_id, 1)
+        publish_pending_batch(outbox_engine, publisher, leases, 10, 2.0, duplicates)
+    marks = duplicate_marks(outbox_settings.rabbitmq_url, queues.queue)
+    sent_before_the_crash = [(event_id, False) for event_id in ids]  # two customers: one wave
+    assert marks == sent_before_the_crash + [(e, True) for e in ids] + [(later[0], False)]
+
+
+def test_an_event_with_a_failed_attempt_is_marked(
+    outbox_settings: Settings, outbox_engine: Engine
+) -> None:
+    name = new_consumer_name("late")
+    consumer_id = insert_consumer(outbox_engine, name)
+    duplicates = PossibleDuplicates()
+    with (
+        joined_leases(outbox_engine, outbox_settings) as leases,
+        ConfirmingPublisher(outbox_settings.rabbitmq_url) as publisher,
+    ):
+        publish_pending_batch(outbox_engine, publisher, leases, 10, 2.0, duplicates)  # takes it
+        [event_id] = insert_events(outbox_engine, consumer_id, 1)
+        publish_pending_batch(outbox_engine, publisher, leases, 10, 2.0, duplicates)  # unroutable
+        queues = provision_consumer_queues(outbox_settings, name)
+        with outbox_engine.begin() as connection:
+            connection.execute(
+                text("UPDATE customer_events SET next_attempt_at = now() WHERE event_id = :id"),
+                {"id": event_id},
+            )
+        publish_pending_batch(outbox_engine, publisher, leases, 10, 2.0, duplicates)
+    assert duplicate_marks(outbox_settings.rabbitmq_url, queues.queue) == [(event_id, True)]
