@@ -10,8 +10,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from fintegrate_cli._context import state
 from fintegrate_cli._errors import CliError
 from fintegrate_cli._output import confirm, err_console, info, print_json, print_table, wants_json
-from service.db import create_db_engine
 from service.events import archive
+from service.kit.db import create_db_engine
 
 PLAN_COLUMNS = ("partition", "range_start", "range_end", "events", "not_final")
 

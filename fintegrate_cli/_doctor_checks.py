@@ -16,13 +16,13 @@ from sqlalchemy import Engine, text
 
 from fintegrate_cli._client import ApiClient
 from fintegrate_cli._errors import CliError
-from service import migrations
 from service.config import Settings
 from service.delivery import repository as delivery_repository
 from service.gateway.config import INSTANCES_SERVICE
 from service.gateway.pages import EDGE_HEADER
 from service.messaging import inspection, leases, outbox, topology
 from service.messaging.connection import open_blocking
+from service.migrations import runner as migrations
 
 CONNECT_TIMEOUT_SECONDS = 3.0
 BACKLOG_WARN_SECONDS = 60.0

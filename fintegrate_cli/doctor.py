@@ -12,7 +12,7 @@ from fintegrate_cli._doctor_checks import FAIL, OK, WARN, Check, timed
 from fintegrate_cli._errors import CheckFailed, CliError
 from fintegrate_cli._output import JsonOption, console, print_json, wants_json
 from service.config import Settings
-from service.db import create_db_engine
+from service.kit.db import create_db_engine
 
 STATUS_STYLE = {OK: "green", WARN: "yellow", FAIL: "bold red"}
 

@@ -22,9 +22,9 @@ from fintegrate_cli._output import (
     wants_json,
 )
 from fintegrate_cli._republish import EVENTS_PATH, republish_filters, run_republish
-from service.db import create_db_engine
 from service.delivery import repository as delivery_repository
 from service.events import stats as event_stats_repository
+from service.kit.db import create_db_engine
 from service.messaging import outbox
 
 app = typer.Typer(

@@ -13,8 +13,8 @@ from sqlalchemy import Engine
 from fintegrate_cli._context import state
 from fintegrate_cli._errors import CheckFailed, CliError
 from fintegrate_cli._output import JsonOption, emit_rows, info, print_json, wants_json
-from service import migrations
-from service.db import create_db_engine
+from service.kit.db import create_db_engine
+from service.migrations import runner as migrations
 
 app = typer.Typer(
     help="Apply, inspect, verify and create database migrations.", no_args_is_help=True

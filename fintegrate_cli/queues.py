@@ -21,9 +21,9 @@ from fintegrate_cli._output import (
     wants_json,
 )
 from service.config import Settings
-from service.db import create_db_engine
 from service.delivery.repository import consumer_names
 from service.events.service import last_delivered_sequences
+from service.kit.db import create_db_engine
 from service.messaging import topology
 from service.messaging.connection import open_blocking
 from service.messaging.dlq import DeliveredLookup, ReplayOutcome, replay_dead_letters

@@ -13,7 +13,7 @@ from fintegrate_cli._client import ApiClient, api_client
 from fintegrate_cli._context import state
 from fintegrate_cli._errors import EXIT_USAGE, CliError
 from fintegrate_cli._output import info
-from service.db import bound_database_waits, create_db_engine
+from service.kit.db import bound_database_waits, create_db_engine
 from service.messaging.consumer import EventConsumer, load_handler, log_event
 from service.messaging.receipts import WorkerUnauthorized
 from service.messaging.relay import OutboxRelay

@@ -3,7 +3,7 @@
 
     .venv/bin/python scripts/bench_api.py --rounds 3 --wrk-rounds 2
 
-Creates one fresh database per server (migrated with ``service.migrations.apply``), seeds
+Creates one fresh database per server (migrated with ``service.migrations.runner.apply``), seeds
 one tenant in each (its key hashed at ``--bcrypt-rounds``, rate limits high enough never
 to refuse), starts the real API (``fintegrate serve``) and the baselines of
 ``scripts/bench_baseline_app.py`` (``sqlalchemy``: a ``def`` endpoint on a SQLAlchemy
@@ -50,12 +50,12 @@ from bench_loadgen import (
     run_loop,
 )
 
-from service import migrations
 from service.config import Settings, shipped_driver_url
 from service.consumers import service as consumers
 from service.consumers.schemas import ConsumerCreate
-from service.db import transaction
 from service.events.schemas import EventOrigin
+from service.kit.db import transaction
+from service.migrations import runner as migrations
 
 ROOT = Path(__file__).resolve().parents[1]
 PG_ADMIN_URL = shipped_driver_url(

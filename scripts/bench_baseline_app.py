@@ -39,7 +39,7 @@ from sqlalchemy import Engine, create_engine, text
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from service.config import Settings
-from service.db_async import create_pool
+from service.kit.db_async import create_pool
 
 INSERT_CUSTOMER = text(
     "INSERT INTO customers (consumer_id, name, email, status)"

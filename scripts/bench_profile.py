@@ -21,7 +21,7 @@ APP = ("fastapi/applications.py", "starlette/applications.py")
 LAYERS: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = [
     ("uvicorn HTTP protocol outside the app (parse, write)", ("uvicorn/protocols/http",), APP),
     ("the ASGI app (everything below)", APP, ()),
-    ("  our ASGI middlewares and what they call", ("service/middleware.py",), ()),
+    ("  our ASGI middlewares and what they call", ("service/http/middleware.py",), ()),
     (
         "  framework middlewares (errors, telemetry, body limit, exceptions)",
         (
@@ -44,8 +44,8 @@ LAYERS: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = [
     ("      of which redis-py", ("redis/asyncio",), ()),
     ("    endpoint: service + asyncpg statement", ("service/customers/",), ()),
     ("      of which asyncpg", ("asyncpg/",), ()),
-    ("    envelope: model dump + JSON encoding", ("service/envelope.py",), ()),
-    ("  metrics observe (prometheus-client)", ("service/metrics.py",), ()),
+    ("    envelope: model dump + JSON encoding", ("service/http/envelope.py",), ()),
+    ("  metrics observe (prometheus-client)", ("service/http/metrics.py",), ()),
     ("event loop and other (no uvicorn/app frame)", (), ()),
 ]
 

@@ -22,7 +22,7 @@ import redis
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from service.config import Settings
-from service.ratelimit import RateLimiter
+from service.ratelimit.limiter import RateLimiter
 from tests.support.tcp_proxy import TcpProxy
 
 

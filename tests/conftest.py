@@ -19,10 +19,10 @@ import redis
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
-from service import migrations
 from service.app import create_app
 from service.config import Settings, get_settings, shipped_driver_url
-from service.db import create_db_engine
+from service.kit.db import create_db_engine
+from service.migrations import runner as migrations
 from tests.support.live_server import LiveServer
 from tests.support.tcp_proxy import TcpProxy
 

@@ -13,8 +13,8 @@ from sqlalchemy import Engine
 from service.auth import repository
 from service.auth.cache import LastUsedTracker, VerificationCache
 from service.auth.keys import ParsedKey, check_key
-from service.errors import Forbidden, ServiceUnavailable, TooManyRequests, Unauthorized
-from service.ratelimit import auth_scope
+from service.kit.errors import Forbidden, ServiceUnavailable, TooManyRequests, Unauthorized
+from service.ratelimit.limiter import auth_scope
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class Principal:
 
 
 class FailureThrottle(Protocol):
-    """Counts failed verifications per scope (``service.ratelimit.FailedAuthThrottle``)."""
+    """Counts failed verifications per scope (``service.ratelimit.limiter.FailedAuthThrottle``)."""
 
     def is_blocked(self, scope: str) -> bool: ...
 

@@ -24,8 +24,7 @@ from service.consumers.schemas import (
     KeyIssued,
     KeyOut,
 )
-from service.db import transaction
-from service.deps import (
+from service.http.deps import (
     AdminAccess,
     AppSettings,
     Caller,
@@ -36,10 +35,11 @@ from service.deps import (
     PageLimit,
     RateLimited,
 )
-from service.envelope import success
-from service.pagination import DEFAULT_LIMIT
-from service.ratelimit import FailedAuthThrottle
-from service.schemas import Envelope, ListPage, error_responses
+from service.http.envelope import success
+from service.http.schemas import Envelope, ListPage, error_responses
+from service.kit.db import transaction
+from service.kit.pagination import DEFAULT_LIMIT
+from service.ratelimit.limiter import FailedAuthThrottle
 
 router = APIRouter(prefix="/consumer/data", tags=["consumers"])
 me_router = APIRouter(prefix="/consumer", tags=["consumers"])

@@ -17,7 +17,7 @@ from pydantic import (
 )
 from pydantic.json_schema import SkipJsonSchema
 
-from service.schemas import StrictInput, Text, json_integer
+from service.http.schemas import StrictInput, Text, json_integer
 
 ConsumerStatus = Literal["active", "disabled"]
 ConsumerName = Annotated[

@@ -27,13 +27,13 @@ from service.consumers.schemas import (
     KeyIssued,
     KeyOut,
 )
-from service.errors import Conflict, NotFound, ServiceUnavailable
 from service.events.repository import insert_event
 from service.events.schemas import EventOrigin
+from service.kit.errors import Conflict, NotFound, ServiceUnavailable
+from service.kit.pagination import build_page, cursor_params, decode_cursor
 from service.messaging.management import ManagementUnavailable
 from service.messaging.provisioning import provision_consumer_queues
 from service.messaging.topology import dlq_name, queue_name
-from service.pagination import build_page, cursor_params, decode_cursor
 
 logger = logging.getLogger(__name__)
 

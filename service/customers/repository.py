@@ -12,7 +12,7 @@ from uuid import UUID
 import asyncpg
 from sqlalchemy import Connection, Row, text
 
-from service.db_async import PooledConnection
+from service.kit.db_async import PooledConnection
 
 # The customer and its customer_creation event in one statement (one round trip, one
 # transaction): the hottest write of the API, and the event can never miss its change.

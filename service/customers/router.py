@@ -22,10 +22,10 @@ from service.customers.schemas import (
     TagsIn,
     TagsOut,
 )
-from service.deps import DbPool, DbSession, Origin, PageCursor, PageLimit, RateLimited
-from service.envelope import success
-from service.pagination import DEFAULT_LIMIT
-from service.schemas import Envelope, ListPage, UtcDatetime, error_responses
+from service.http.deps import DbPool, DbSession, Origin, PageCursor, PageLimit, RateLimited
+from service.http.envelope import success
+from service.http.schemas import Envelope, ListPage, UtcDatetime, error_responses
+from service.kit.pagination import DEFAULT_LIMIT
 
 router = APIRouter(prefix="/customer/data", tags=["customers"])
 TENANT_ERRORS = (401, 403, 422, 429, 503)

@@ -17,7 +17,7 @@ from pydantic import (
     StringConstraints,
 )
 
-from service.schemas import NO_NUL_PATTERN, SPACE_CHARS, JsonObject, StrictInput, UtcDatetime
+from service.http.schemas import NO_NUL_PATTERN, SPACE_CHARS, JsonObject, StrictInput, UtcDatetime
 
 CustomerStatus = Literal["active", "inactive", "suspended"]
 MAX_TAGS = 50

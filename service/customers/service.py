@@ -16,7 +16,6 @@ from uuid import UUID
 import asyncpg
 from sqlalchemy import Connection, Row
 
-from service.audit import AuditEntry, write_audit_in
 from service.customers import repository
 from service.customers.schemas import (
     MAX_TAGS,
@@ -28,11 +27,12 @@ from service.customers.schemas import (
     CustomerOut,
     TagsOut,
 )
-from service.db_async import PooledConnection, pooled_connection
-from service.errors import Conflict, NotFound, Unprocessable
 from service.events.repository import insert_event
 from service.events.schemas import EventOrigin
-from service.pagination import build_page, cursor_params, decode_cursor
+from service.http.audit import AuditEntry, write_audit_in
+from service.kit.db_async import PooledConnection, pooled_connection
+from service.kit.errors import Conflict, NotFound, Unprocessable
+from service.kit.pagination import build_page, cursor_params, decode_cursor
 
 CUSTOMER_NOT_FOUND = "Customer not found"
 IDEMPOTENCY_HOURS = 24

@@ -9,8 +9,8 @@ from uuid import UUID
 import asyncpg
 from sqlalchemy import Connection, Row, text
 
-from service.db_async import PooledConnection
 from service.delivery.schemas import Selection
+from service.kit.db_async import PooledConnection
 
 AGGREGATE = "coalesce({a}.customer_id, {a}.consumer_id)"
 # resend: events still waiting to be published; redeliver: published, not yet delivered.

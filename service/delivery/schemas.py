@@ -10,8 +10,8 @@ from uuid import UUID
 from pydantic import BaseModel, BeforeValidator, Field, StrictBool, StrictStr
 
 from service.events.schemas import EventType
+from service.http.schemas import JsonInt, StrictInput, Text, json_integer
 from service.messaging.topology import CONSUMER_NAME_MAX_LENGTH
-from service.schemas import JsonInt, StrictInput, Text, json_integer
 
 DEFAULT_PERIOD_DAYS = 7
 DEFAULT_CHUNK = 1000

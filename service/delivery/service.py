@@ -12,7 +12,6 @@ from sqlalchemy import Connection, Row
 
 from service.auth.service import Principal
 from service.config import Settings
-from service.db_async import pooled_connection
 from service.delivery import repository
 from service.delivery.schemas import (
     MAX_DRY_RUN_IDS,
@@ -23,13 +22,14 @@ from service.delivery.schemas import (
     RepublishRequest,
     Selection,
 )
-from service.errors import Forbidden, NotFound, ServiceUnavailable, TooManyRequests
 from service.events.service import EVENT_NOT_FOUND
+from service.kit.db_async import pooled_connection
+from service.kit.errors import Forbidden, NotFound, ServiceUnavailable, TooManyRequests
+from service.kit.pagination import decode_aggregate_cursor, encode_aggregate_cursor
 from service.messaging.connection import BrokerUnavailable
 from service.messaging.messages import REPUBLISHED_HEADER
 from service.messaging.ordered import PublishReport, publish_runs, record_outcomes
 from service.messaging.publisher import ConfirmingPublisher
-from service.pagination import decode_aggregate_cursor, encode_aggregate_cursor
 
 Kind = Literal["resend", "redeliver"]
 PublisherFactory = Callable[[], ConfirmingPublisher]

@@ -42,7 +42,7 @@ PARTITION_COUNTS = """
     FROM {table} GROUP BY 1, 2, 3, 4
 """
 # A server-side cursor, not COPY: COPY cannot run under the psycopg2 wait callback the
-# service installs (service.db.bound_database_waits), and the relay runs the retention.
+# service installs (service.kit.db.bound_database_waits), and the relay runs the retention.
 ROWS_AS_JSON = "SELECT row_to_json(e)::text FROM {table} e"
 FETCH_ROWS = 20_000
 

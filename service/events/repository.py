@@ -10,8 +10,8 @@ from uuid import UUID
 import asyncpg
 from sqlalchemy import Connection, Row, text
 
-from service.db_async import PooledConnection
 from service.events.schemas import EventFilters, EventOrigin
+from service.kit.db_async import PooledConnection
 
 INSERT_EVENT = text(
     """

@@ -8,8 +8,6 @@ from uuid import UUID
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 
-from service.deps import CurrentConsumer, DbPool, DbSession, PageCursor, PageLimit, RateLimited
-from service.envelope import success
 from service.events import service
 from service.events.schemas import (
     DeliverStatus,
@@ -21,8 +19,10 @@ from service.events.schemas import (
     LastDeliveredQuery,
     PublishStatus,
 )
-from service.pagination import DEFAULT_LIMIT
-from service.schemas import Envelope, ListPage, UtcDatetime, error_responses
+from service.http.deps import CurrentConsumer, DbPool, DbSession, PageCursor, PageLimit, RateLimited
+from service.http.envelope import success
+from service.http.schemas import Envelope, ListPage, UtcDatetime, error_responses
+from service.kit.pagination import DEFAULT_LIMIT
 
 router = APIRouter(prefix="/events", tags=["events"])
 TENANT_ERRORS = (401, 403, 422, 429, 503)

@@ -8,8 +8,6 @@ from uuid import UUID
 import asyncpg
 from sqlalchemy import Connection
 
-from service.db_async import pooled_connection
-from service.errors import NotFound
 from service.events import repository
 from service.events.schemas import (
     EventFilters,
@@ -18,7 +16,9 @@ from service.events.schemas import (
     LastDeliveredList,
     LastDeliveredQuery,
 )
-from service.pagination import build_page, cursor_params, decode_cursor
+from service.kit.db_async import pooled_connection
+from service.kit.errors import NotFound
+from service.kit.pagination import build_page, cursor_params, decode_cursor
 
 EVENT_NOT_FOUND = "Event not found"
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from service.config import Settings
-from service.envelope import SUCCESS, envelope_body
+from service.http.envelope import SUCCESS, envelope_body
 
 EDGE_HEADER = "X-Fintegrate-Edge"
 EDGE_VALUE = "gateway"

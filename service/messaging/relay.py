@@ -39,8 +39,8 @@ from sqlalchemy import Engine, Row
 from sqlalchemy.exc import DBAPIError
 
 from service.config import Settings
-from service.db import APPLICATION_NAME, CONNECT_TIMEOUT_SECONDS, libpq_dsn
 from service.events.maintenance import run_history_maintenance
+from service.kit.db import APPLICATION_NAME, CONNECT_TIMEOUT_SECONDS, libpq_dsn
 from service.messaging.connection import Backoff, BrokerUnavailable
 from service.messaging.leases import PartitionLeases, Tenure
 from service.messaging.messages import POSSIBLE_DUPLICATE_HEADER

@@ -10,8 +10,9 @@ from pydantic import BaseModel
 from sqlalchemy import Engine
 
 from service.config import Settings
-from service.deps import AppSettings, DbEngine
-from service.envelope import error, success
+from service.http.deps import AppSettings, DbEngine
+from service.http.envelope import error, success
+from service.http.schemas import Envelope, error_responses
 from service.ops.checks import (
     CheckResult,
     ReadinessCache,
@@ -19,7 +20,6 @@ from service.ops.checks import (
     check_database,
     check_redis,
 )
-from service.schemas import Envelope, error_responses
 
 router = APIRouter(tags=["operations"])
 

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import Result
 
 from service.config import Settings
-from service.db import create_db_engine
+from service.kit.db import create_db_engine
 from service.messaging.relay import OutboxRelay
 from tests.fintegrate_cli.conftest import RunCli, closed_port, one_error_line
 

@@ -13,7 +13,7 @@ from sqlalchemy import Engine
 from typer.testing import CliRunner, Result
 
 from fintegrate_cli.main import app
-from service import migrations
+from service.migrations import runner as migrations
 from tests.fintegrate_cli.conftest import one_error_line
 from tests.support.tcp_proxy import TcpProxy
 

@@ -13,8 +13,8 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, create_engine, text
 
-from service import migrations
 from service.config import Settings
+from service.migrations import runner as migrations
 from tests.conftest import unique_name
 from tests.service import conftest as api_fixtures
 from tests.support.api import assert_envelope

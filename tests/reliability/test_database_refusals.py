@@ -18,9 +18,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
-from service import migrations
 from service.app import create_app
 from service.config import Settings
+from service.migrations import runner as migrations
 from tests.conftest import unique_name
 from tests.support.api import assert_envelope
 from tests.support.outbox import wait_until

@@ -26,7 +26,7 @@ import pytest
 from sqlalchemy import Engine, text
 
 from service.config import Settings
-from service.db import create_db_engine
+from service.kit.db import create_db_engine
 from service.messaging import topology
 from tests.reliability.probes import publish_states, report_figures
 from tests.reliability.processes import FintegrateProcess, serve_api

@@ -22,7 +22,7 @@ from sqlalchemy import Engine
 
 from service.app import create_app
 from service.config import Settings
-from service.db import create_db_engine
+from service.kit.db import create_db_engine
 from tests.reliability.handlers import LOG_ENV, handler_lines
 from tests.reliability.load import CustomerLoad
 from tests.reliability.probes import publish_states, receipts, report_figures

@@ -19,7 +19,7 @@ from sqlalchemy import Engine
 
 from service.app import create_app
 from service.config import Settings
-from service.db import SILENCE_MARGIN_SECONDS, create_db_engine
+from service.kit.db import SILENCE_MARGIN_SECONDS, create_db_engine
 from tests.reliability.probes import publish_states, report_figures
 from tests.reliability.processes import FintegrateProcess
 from tests.support.api import create_tenant_over_http

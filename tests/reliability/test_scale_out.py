@@ -21,7 +21,7 @@ import pytest
 from sqlalchemy import Engine, text
 
 from service.config import Settings
-from service.db import create_db_engine
+from service.kit.db import create_db_engine
 from tests.reliability.handlers import LOG_ENV, handler_lines
 from tests.reliability.load import CustomerLoad
 from tests.reliability.probes import deliver_states, receipts, report_figures

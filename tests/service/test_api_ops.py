@@ -14,7 +14,7 @@ from sqlalchemy.engine import make_url
 
 from service.app import create_app
 from service.config import Settings
-from service.deps import AdminAccess
+from service.http.deps import AdminAccess
 from service.ops.checks import READY_CACHE_SECONDS, ReadinessCache
 from tests.support.api import assert_envelope, description
 from tests.support.tcp_proxy import TcpProxy

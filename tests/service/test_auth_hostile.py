@@ -20,7 +20,7 @@ from service.auth.keys import generate_key, hash_key, parse_key
 from service.auth.refusals import REFUSALS_METRIC
 from service.auth.service import BcryptGate
 from service.config import Settings
-from service.errors import ServiceUnavailable
+from service.kit.errors import ServiceUnavailable
 from tests.support.api import assert_envelope
 
 Consumer = dict[str, Any]

@@ -15,7 +15,7 @@ from service.auth.cache import VerificationCache
 from service.auth.keys import bcrypt_calls, parse_key
 from service.auth.service import AuthState, verify_and_cache
 from service.config import Settings
-from service.ratelimit import FailedAuthThrottle
+from service.ratelimit.limiter import FailedAuthThrottle
 from tests.support.api import assert_envelope
 
 Consumer = dict[str, Any]

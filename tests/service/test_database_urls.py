@@ -23,8 +23,8 @@ from typer.testing import CliRunner
 from fintegrate_cli.main import app as cli_app
 from service.app import create_app
 from service.config import Settings, shipped_driver_url
-from service.db import create_db_engine, libpq_dsn
-from service.db_async import close_pool, create_pool
+from service.kit.db import create_db_engine, libpq_dsn
+from service.kit.db_async import close_pool, create_pool
 from service.messaging.relay import NOTIFY_CHANNEL, PendingNotifications
 from tests.conftest import unique_name
 from tests.fintegrate_cli.conftest import one_error_line

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from service.config import Settings
-from service.db import APPLICATION_NAME, bound_database_waits
+from service.kit.db import APPLICATION_NAME, bound_database_waits
 from tests.support.tcp_proxy import TcpProxy
 
 

@@ -12,8 +12,8 @@ import asyncpg
 import pytest
 
 from service.config import Settings
-from service.db import APPLICATION_NAME, CONNECT_TIMEOUT_SECONDS, libpq_dsn
-from service.db_async import (
+from service.kit.db import APPLICATION_NAME, CONNECT_TIMEOUT_SECONDS, libpq_dsn
+from service.kit.db_async import (
     DatabaseUnavailable,
     close_pool,
     create_pool,

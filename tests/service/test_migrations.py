@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, create_engine, text
 
-from service import migrations
 from service.config import Settings
-from service.db import create_db_engine
-from service.sqlsplit import strip_comments
+from service.kit.db import create_db_engine
+from service.migrations import runner as migrations
+from service.migrations.sqlsplit import strip_comments
 from tests.support.tcp_proxy import TcpProxy
 
 BROKEN_SQL = """-- second statement fails

@@ -17,7 +17,12 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from service.config import Settings
-from service.ratelimit import FAIL_OPEN_METRIC, FailedAuthThrottle, RateDecision, RateLimiter
+from service.ratelimit.limiter import (
+    FAIL_OPEN_METRIC,
+    FailedAuthThrottle,
+    RateDecision,
+    RateLimiter,
+)
 from tests.support.tcp_proxy import TcpProxy
 
 POLL_SECONDS = 0.05

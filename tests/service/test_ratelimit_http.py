@@ -15,7 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.config import Settings
-from service.ratelimit import FAIL_OPEN_METRIC
+from service.ratelimit.limiter import FAIL_OPEN_METRIC
 from tests.support.tcp_proxy import TcpProxy
 
 BURST = 3

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from service import migrations
-from service.sqlsplit import split_statements, strip_comments
+from service.migrations import runner as migrations
+from service.migrations.sqlsplit import split_statements, strip_comments
 
 
 def test_plain_statements_split_on_semicolons() -> None:

@@ -12,7 +12,7 @@ from pydantic import BaseModel
 from sqlalchemy import Engine
 
 import service.app  # noqa: F401  (imports every router, hence every request model)
-from service.schemas import StrictInput, json_integer
+from service.http.schemas import StrictInput, json_integer
 from tests.conftest import unique_name
 from tests.support.api import assert_envelope, tenant_row_counts
 

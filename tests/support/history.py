@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, Engine, create_engine, text
 
-from service import migrations
+from service.migrations import runner as migrations
 
 OLD_FINAL = 6000
 CONSUMER = uuid.UUID("00000000-0000-0000-0000-0000000000c1")

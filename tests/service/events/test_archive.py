@@ -18,9 +18,9 @@ import pytest
 from sqlalchemy import Connection, Engine, text
 
 from service.config import Settings
-from service.db import bound_database_waits
 from service.events import archive, partitions, stats
 from service.events.archive_files import MANIFEST_NAME, ArchiveDirectoryError
+from service.kit.db import bound_database_waits
 from tests.support.history import OLD_FINAL, days_ago, load_history
 
 GROUP_BY = text(

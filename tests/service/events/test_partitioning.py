@@ -12,9 +12,9 @@ import pytest
 from sqlalchemy import Connection, Engine, create_engine, text
 from sqlalchemy.exc import DBAPIError
 
-from service import migrations
 from service.config import Settings
 from service.events import maintenance, partitions
+from service.migrations import runner as migrations
 from tests.support.history import CONSUMER, days_ago, db_now, load_events
 
 PARTITIONING = "20261202_0700"

@@ -7,10 +7,10 @@ from collections.abc import Callable, Iterator
 import pytest
 from sqlalchemy import Engine, create_engine
 
-from service import migrations
 from service.config import Settings
-from service.db import create_db_engine
+from service.kit.db import create_db_engine
 from service.messaging.provisioning import ProvisionResult, provision_consumer_queues
+from service.migrations import runner as migrations
 from tests.support.outbox import insert_consumer, new_consumer_name
 
 

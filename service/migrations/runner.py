@@ -19,9 +19,9 @@ from pathlib import Path
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from service.sqlsplit import split_statements, strip_comments
+from service.migrations.sqlsplit import split_statements, strip_comments
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 FILENAME_PATTERN = re.compile(r"^(?P<version>\d{8}_\d{4})_(?P<slug>[a-z0-9_]+)\.sql$")
 ADVISORY_LOCK_KEY = 0x46494E54  # "FINT"
 # The file's own transaction wrapper; the runner supplies the transaction instead.

@@ -1,29 +1,17 @@
-"""``Annotated`` dependency aliases used by every router.
-
-- ``DbSession``: a Connection inside one transaction, committed when the route returns
-  (before the answer is sent), rolled back on error. Services only execute.
-- ``DbPool``: the asyncpg pool, for ``async def`` routes (the hot write paths).
-- ``CurrentConsumer``: the tenant of ``X-API-Key`` (cached verification, no bcrypt warm).
-- ``RateLimited``: ``CurrentConsumer`` after taking a token from its rate-limit bucket.
-- ``AdminAccess``: ``X-Admin-Key`` checked in constant time; 403 when none is configured.
-- ``Caller``: the operator (``X-Admin-Key``) or a rate-limited tenant (``X-API-Key``).
+"""The credential dependencies: tenant key, operator key, and the rate-limited caller.
 
 Fail closed: every credential a request carries must verify, whatever else it carries
 (a valid admin key beside a wrong ``X-API-Key`` is a 401). Refusals are counted and
-sample-logged (``service.auth.refusals``), never audited.
-- ``Origin``: the route and request id, recorded on every event row.
+sample-logged (``service.auth.refusals``), never audited. ``service.http.deps`` names them.
 """
 
 from __future__ import annotations
 
 import hmac
-from collections.abc import Iterator
 from typing import Annotated
 
-import asyncpg
-from fastapi import Depends, Query, Request, Security
+from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
-from sqlalchemy import Connection, Engine
 from starlette.concurrency import run_in_threadpool
 
 from service.auth.keys import parse_key
@@ -36,28 +24,9 @@ from service.auth.service import (
     record_last_use,
     verify_and_cache,
 )
-from service.config import Settings
-from service.errors import FintegrateError, Forbidden, TooManyRequests, Unauthorized
-from service.events.schemas import EventOrigin
-from service.metrics import route_template
-from service.pagination import MAX_LIMIT
-from service.ratelimit import auth_scope, enforce_rate_limit
-
-__all__ = [
-    "AdminAccess",
-    "AppSettings",
-    "AuthenticatedConsumer",
-    "Caller",
-    "CurrentConsumer",
-    "DbEngine",
-    "DbPool",
-    "DbSession",
-    "Origin",
-    "PageCursor",
-    "PageLimit",
-    "Principal",
-    "RateLimited",
-]
+from service.http.request import engine_of, settings_of
+from service.kit.errors import FintegrateError, Forbidden, TooManyRequests, Unauthorized
+from service.ratelimit.limiter import auth_scope, enforce_rate_limit
 
 ADMIN_DISABLED = "Admin API disabled: FINTEGRATE_ADMIN_API_KEY is not configured on this server"
 ADMIN_REQUIRED = "This endpoint needs the operator key in X-Admin-Key; tenant keys are refused"
@@ -71,35 +40,6 @@ KEY_MALFORMED = "Malformed API key in X-API-Key; expected fk_<prefix>_<secret>"
 
 tenant_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, scheme_name="TenantKey")
 admin_key_header = APIKeyHeader(name=ADMIN_HEADER, auto_error=False, scheme_name="AdminKey")
-
-
-def settings_of(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
-
-
-def engine_of(request: Request) -> Engine:
-    engine: Engine = request.app.state.engine
-    return engine
-
-
-async def app_settings(request: Request) -> Settings:
-    return settings_of(request)
-
-
-async def app_engine(request: Request) -> Engine:
-    return engine_of(request)
-
-
-async def app_db_pool(request: Request) -> asyncpg.Pool:
-    pool: asyncpg.Pool = request.app.state.db_pool
-    return pool
-
-
-def db_connection(request: Request) -> Iterator[Connection]:
-    """One transaction per request: commit on success, rollback on error."""
-    with engine_of(request).begin() as connection:
-        yield connection
 
 
 def client_address(request: Request) -> str:
@@ -157,9 +97,6 @@ async def current_consumer(
     return consumer
 
 
-CurrentConsumer = Annotated[AuthenticatedConsumer, Depends(current_consumer)]
-
-
 async def apply_rate_limit(request: Request, consumer: AuthenticatedConsumer) -> None:
     """Take one token from the tenant's bucket (its own limits, else the defaults)."""
     settings = settings_of(request)
@@ -172,13 +109,11 @@ async def apply_rate_limit(request: Request, consumer: AuthenticatedConsumer) ->
 
 
 async def rate_limited_consumer(
-    request: Request, consumer: CurrentConsumer
+    request: Request,
+    consumer: Annotated[AuthenticatedConsumer, Depends(current_consumer)],
 ) -> AuthenticatedConsumer:
     await apply_rate_limit(request, consumer)
     return consumer
-
-
-RateLimited = Annotated[AuthenticatedConsumer, Depends(rate_limited_consumer)]
 
 
 async def check_admin_key(request: Request, admin_key: str) -> None:
@@ -226,9 +161,6 @@ async def require_admin(
     return Principal(is_admin=True)
 
 
-AdminAccess = Annotated[Principal, Depends(require_admin)]
-
-
 async def caller(
     request: Request,
     admin_key: Annotated[str | None, Security(admin_key_header)],
@@ -240,26 +172,3 @@ async def caller(
     consumer = await current_consumer(request, api_key)
     await apply_rate_limit(request, consumer)
     return Principal(is_admin=False, consumer=consumer)
-
-
-Caller = Annotated[Principal, Depends(caller)]
-DbSession = Annotated[Connection, Depends(db_connection, scope="function")]
-DbEngine = Annotated[Engine, Depends(app_engine)]
-DbPool = Annotated[asyncpg.Pool, Depends(app_db_pool)]
-AppSettings = Annotated[Settings, Depends(app_settings)]
-
-
-async def event_origin(request: Request) -> EventOrigin:
-    """``source_service`` (``"POST /customer/data"``) and request id for event rows."""
-    return EventOrigin(
-        source_service=f"{request.method} {route_template(request.scope)}",
-        request_id=getattr(request.state, "request_id", None),
-    )
-
-
-Origin = Annotated[EventOrigin, Depends(event_origin)]
-
-PageCursor = Annotated[
-    str | None, Query(max_length=512, description="next_cursor of the previous page")
-]
-PageLimit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Page size")]

@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 from uuid import UUID
 
-from service.errors import BadRequest
+from service.kit.errors import BadRequest
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200

@@ -17,9 +17,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.audit import AuditEntry, write_audit
-from service.envelope import error
-from service.metrics import HttpMetrics, route_template
+from service.http.audit import AuditEntry, write_audit
+from service.http.envelope import error
+from service.http.metrics import HttpMetrics, route_template
 
 logger = logging.getLogger(__name__)
 

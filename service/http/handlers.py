@@ -14,9 +14,9 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from service.db_async import DatabaseUnavailable, is_database_outage
-from service.envelope import error
-from service.errors import FintegrateError
+from service.http.envelope import error
+from service.kit.db_async import DatabaseUnavailable, is_database_outage
+from service.kit.errors import FintegrateError
 
 logger = logging.getLogger(__name__)
 

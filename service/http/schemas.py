@@ -22,7 +22,7 @@ from pydantic import (
 )
 from typing_extensions import TypeAliasType
 
-from service.envelope import reason_phrase
+from service.http.envelope import reason_phrase
 
 T = TypeVar("T")
 DATE_PREFIX = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]")

@@ -1,6 +1,6 @@
 """The asyncio database pool (asyncpg) of the API's hot write paths.
 
-Most routes are plain ``def`` on the SQLAlchemy engine of ``service.db``. The two hot
+Most routes are plain ``def`` on the SQLAlchemy engine of ``service.kit.db``. The two hot
 writes, ``POST /customer/data`` and the worker's ``POST /events/confirm-delivery``, run on
 the event loop instead: one asyncpg statement each, no thread-pool hand-off (see
 docs/benchmarks.md). Both pools use the same URL, size,
@@ -25,7 +25,7 @@ import asyncpg
 import asyncpg.pool
 
 from service.config import Settings
-from service.db import (
+from service.kit.db import (
     APPLICATION_NAME,
     CONNECT_TIMEOUT_SECONDS,
     SILENCE_MARGIN_SECONDS,

@@ -7,7 +7,7 @@ and one bucket. Refill rate is ``per_minute / 60`` tokens per second; the bucket
 
 Redis is optional: with no URL, or when it times out or refuses, decisions fail open
 (``None``), counted in ``fail_open_total`` and the Prometheus counter. The circuit
-breaker of ``service.redis_store`` bounds what a dead Redis costs.
+breaker of ``service.ratelimit.store`` bounds what a dead Redis costs.
 """
 
 from __future__ import annotations
@@ -21,14 +21,12 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from fastapi import FastAPI, Request
+from fastapi import Request
 from prometheus_client import CollectorRegistry, Counter
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.config import Settings
-from service.errors import TooManyRequests
-from service.middleware import state_of
-from service.redis_store import AsyncRedisStore, RedisStore
+from service.kit.errors import TooManyRequests
+from service.ratelimit.store import AsyncRedisStore, RedisStore
 
 T = TypeVar("T")
 RATE_KEY_PREFIX = "fintegrate:rl:"
@@ -273,42 +271,3 @@ async def enforce_rate_limit(request: Request, bucket: str, per_minute: int, bur
             ),
             headers={**headers, "Retry-After": str(retry_after)},
         )
-
-
-class RateLimitHeadersMiddleware:
-    """Pure ASGI: copies the request's X-RateLimit-* headers onto whatever response leaves."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        state = state_of(scope)
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start" and state.get(STATE_HEADERS):
-                message["headers"] = _merge_headers(
-                    message.get("headers", []), state[STATE_HEADERS]
-                )
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
-
-
-def _merge_headers(
-    raw: list[tuple[bytes, bytes]], extra: dict[str, str]
-) -> list[tuple[bytes, bytes]]:
-    present = {name.lower() for name, _ in raw}
-    added = [
-        (name.lower().encode("latin-1"), value.encode("latin-1"))
-        for name, value in extra.items()
-        if name.lower().encode("latin-1") not in present
-    ]
-    return [*raw, *added]
-
-
-def install_rate_limit_headers(app: FastAPI) -> None:
-    """Add the middleware that puts rate-limit headers on every response."""
-    app.add_middleware(RateLimitHeadersMiddleware)

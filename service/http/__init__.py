@@ -1,0 +1,1 @@
+"""The HTTP edge: dependency aliases, error handlers, middleware, envelope, metrics, audit."""

@@ -1,0 +1,50 @@
+"""What a request reaches through the app: settings, engine, pool, its transaction, origin."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import asyncpg
+from fastapi import Request
+from sqlalchemy import Connection, Engine
+
+from service.config import Settings
+from service.events.schemas import EventOrigin
+from service.http.metrics import route_template
+
+
+def settings_of(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def engine_of(request: Request) -> Engine:
+    engine: Engine = request.app.state.engine
+    return engine
+
+
+async def app_settings(request: Request) -> Settings:
+    return settings_of(request)
+
+
+async def app_engine(request: Request) -> Engine:
+    return engine_of(request)
+
+
+async def app_db_pool(request: Request) -> asyncpg.Pool:
+    pool: asyncpg.Pool = request.app.state.db_pool
+    return pool
+
+
+def db_connection(request: Request) -> Iterator[Connection]:
+    """One transaction per request: commit on success, rollback on error."""
+    with engine_of(request).begin() as connection:
+        yield connection
+
+
+async def event_origin(request: Request) -> EventOrigin:
+    """``source_service`` (``"POST /customer/data"``) and request id for event rows."""
+    return EventOrigin(
+        source_service=f"{request.method} {route_template(request.scope)}",
+        request_id=getattr(request.state, "request_id", None),
+    )

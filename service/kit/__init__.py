@@ -1,0 +1,1 @@
+"""Tools every domain uses and that know no domain: engines, pools, errors, pagination."""

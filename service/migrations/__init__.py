@@ -1,0 +1,1 @@
+"""The migration runner (plan / apply / status / verify) and its SQL splitter."""
