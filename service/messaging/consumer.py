@@ -271,10 +271,7 @@ class EventConsumer:
 
         Only a possible copy costs a look-up of its aggregate's last delivered sequence.
         """
-        if may_be_copy:
-            last = self.sequences.last_delivered(message)
-        else:
-            last = self.sequences.known(message)
+        last = self.sequences.last_delivered(message, ask=may_be_copy)
         if last is None:
             return None
         if message.sequence is not None and message.sequence <= last:

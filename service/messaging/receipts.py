@@ -176,8 +176,13 @@ class DeliveredSequences:
             if key not in self._known and key not in self._asking:
                 self._wanted[key] = message.customer_id
 
-    def last_delivered(self, message: EventMessage) -> int | None:
-        """The sequence to compare with (0 for a message without one); None when stopping."""
+    def last_delivered(self, message: EventMessage, ask: bool = True) -> int | None:
+        """The sequence to compare with (0 for a message without one); None when stopping.
+
+        ``ask=False`` (a first copy, ``messages.may_be_duplicate`` is False) answers from the
+        cache alone, 0 when unknown: such a message cannot be stale, but the cache still
+        catches a copy that came unmarked (a relay racing a resend).
+        """
         if message.sequence is None:
             return 0
         key = message.aggregate_key
@@ -187,6 +192,8 @@ class DeliveredSequences:
             if key in self._known:
                 self._known.move_to_end(key)
                 return self._known[key]
+            if not ask:
+                return 0
             batch = self._take_batch(key, message.customer_id)
             self.look_ups += 1
         found = None
@@ -195,20 +202,6 @@ class DeliveredSequences:
         finally:
             self._settle_batch(batch, found)
         return None if found is None else found.get(message.customer_id, 0)
-
-    def known(self, message: EventMessage) -> int:
-        """The cached sequence to compare with, without asking the API (0 when unknown).
-
-        For a first copy (``messages.may_be_duplicate`` is False): it cannot be stale, but
-        the cache still catches a copy that came unmarked (a relay racing a resend).
-        """
-        if message.sequence is None:
-            return 0
-        key = message.aggregate_key
-        with self._changed:
-            while key in self._asking:
-                self._changed.wait()
-            return self._known.get(key, 0)
 
     def confirmed(self, message: EventMessage) -> None:
         """``message`` is delivered now: its sequence is the aggregate's last, if higher."""
