@@ -7,9 +7,10 @@ on those aggregates); each round:
 
 1. ``DUE_HEADS``: the oldest due pending events of the leased partitions that have no
    earlier pending event in their aggregate (the aggregate's head), walking the partial
-   index ``ix_customer_events_pending (next_attempt_at, created_at)``; the per-row check
-   uses ``ix_customer_events_pending_aggregate``. A head waiting out a backoff holds back
-   its own aggregate only.
+   index ``ix_customer_events_pending (next_attempt_at, created_at, sequence)`` (events
+   written at the same instant come in sequence order, so heads come before the events
+   behind them); the per-row check uses ``ix_customer_events_pending_aggregate``. A head
+   waiting out a backoff holds back its own aggregate only.
 2. ``AGGREGATE_RUNS``: when few aggregates have work, the next pending events of each head's
    aggregate in sequence order, so a busy customer is not published one event per round.
 """
@@ -50,7 +51,7 @@ DUE_HEADS = text(
           WHERE b.publish_status = 'pending'
             AND coalesce(b.customer_id, b.consumer_id) = coalesce(e.customer_id, e.consumer_id)
             AND b.sequence < e.sequence)
-    ORDER BY e.next_attempt_at, e.created_at
+    ORDER BY e.next_attempt_at, e.created_at, e.sequence
     LIMIT :limit
     """
 )

@@ -6,11 +6,13 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, text
 
 from service.config import Settings
+from service.messaging import outbox
 from service.messaging.connection import BrokerUnavailable
 from service.messaging.messages import POSSIBLE_DUPLICATE_HEADER
 from service.messaging.provisioning import ProvisionResult, provision_consumer_queues
@@ -276,3 +278,45 @@ def test_an_event_with_a_failed_attempt_is_marked(
             )
         publish_pending_batch(outbox_engine, publisher, leases, 10, 2.0, duplicates)
     assert duplicate_marks(outbox_settings.rabbitmq_url, queues.queue) == [(event_id, True)]
+
+
+TIED_BACKLOG = text(
+    """
+    INSERT INTO customer_events (customer_id, consumer_id, event_type, source_service,
+                                 payload_json, metadata_json)
+    SELECT md5((n % 300)::text)::uuid, :consumer_id, 'customer_creation', 'test', '{}', '{}'
+    FROM generate_series(1, 3000) AS n
+    """
+)
+
+
+def walked_entries(plan: dict[str, Any]) -> int:
+    """Rows the plan read through the relay's pending walk (every partition's copy)."""
+    own = 0
+    if "_next_attempt_at_created_at_" in plan.get("Index Name", ""):
+        own = plan["Actual Rows"] * plan["Actual Loops"]
+    return own + sum(walked_entries(child) for child in plan.get("Plans", []))
+
+
+def test_the_walk_meets_aggregate_heads_first_when_events_tie_on_time(
+    outbox_settings: Settings, outbox_engine: Engine
+) -> None:
+    consumer_id = insert_consumer(outbox_engine, new_consumer_name("tied"))
+    partitions = outbox_settings.relay_partitions
+    with outbox_engine.begin() as connection:
+        connection.execute(TIED_BACKLOG, {"consumer_id": consumer_id})  # one created_at
+        # A publish-and-reset round shuffles the rows' heap order, which used to break ties.
+        connection.execute(
+            text("UPDATE customer_events SET next_attempt_at = created_at, publish_try_count = 0")
+        )
+    with outbox_engine.begin() as connection:
+        connection.execute(text("ANALYZE customer_events"))
+        connection.execute(outbox.PLANNER_HINTS)
+        params = {"partitions": list(range(partitions)), "partition_count": partitions}
+        [plan] = connection.execute(
+            text("EXPLAIN (ANALYZE, FORMAT JSON) " + outbox.DUE_HEADS.text),
+            {**params, "limit": 100},
+        ).scalar_one()
+        heads = outbox.due_heads(connection, list(range(partitions)), partitions, 100)
+    assert len(heads) == 100 and {head.sequence for head in heads} == {1}
+    assert walked_entries(plan["Plan"]) == 100  # heads only, none of the 2,700 behind them
