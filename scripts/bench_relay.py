@@ -47,7 +47,6 @@ from service.config import Settings  # noqa: E402
 from service.kit.db import create_db_engine  # noqa: E402
 from service.messaging import topology  # noqa: E402
 from service.messaging.messages import event_from_row  # noqa: E402
-from service.messaging.outbox import mark_published  # noqa: E402
 from service.messaging.provisioning import provision_consumer_queues  # noqa: E402
 from service.messaging.publisher import ConfirmingPublisher, outgoing_event  # noqa: E402
 from service.messaging.relay import OutboxRelay  # noqa: E402
@@ -88,6 +87,14 @@ UNORDERED_CLAIM = text(
     ORDER BY e.next_attempt_at, e.created_at
     LIMIT :limit
     FOR UPDATE OF e SKIP LOCKED
+    """
+)
+UNORDERED_MARK = text(
+    """
+    UPDATE customer_events
+    SET publish_status = 'published', published_at = now(),
+        publish_try_count = publish_try_count + 1
+    WHERE event_id = ANY(CAST(:event_ids AS uuid[]))
     """
 )
 ROWS = text(
@@ -206,7 +213,7 @@ def unordered_rate(settings: Settings, queue: str, count: int, batch_size: int) 
                     [outgoing_event(event_from_row(row)) for row in rows]
                 )
                 done = [str(r.event_id) for r, res in zip(rows, results, strict=True) if res.ok]
-                mark_published(connection, done)
+                connection.execute(UNORDERED_MARK, {"event_ids": done})
                 published += len(done)
     elapsed = time.perf_counter() - started
     engine.dispose()

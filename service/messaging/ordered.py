@@ -96,10 +96,8 @@ def publish_runs(
 
 def record_outcomes(connection: Connection, report: PublishReport, max_backoff: float) -> None:
     """Mark the confirmed rows published and the failed ones for a retry after backoff."""
-    mark_published(connection, [str(row.event_id) for row in report.published])
-    mark_failed(
-        connection, [(str(row.event_id), reason) for row, reason in report.failed], max_backoff
-    )
+    mark_published(connection, report.published)
+    mark_failed(connection, report.failed, max_backoff)
 
 
 def _publish_wave(

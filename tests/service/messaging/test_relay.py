@@ -320,3 +320,23 @@ def test_the_walk_meets_aggregate_heads_first_when_events_tie_on_time(
         heads = outbox.due_heads(connection, list(range(partitions)), partitions, 100)
     assert len(heads) == 100 and {head.sequence for head in heads} == {1}
     assert walked_entries(plan["Plan"]) == 100  # heads only, none of the 2,700 behind them
+
+
+def test_marking_touches_only_the_partitions_of_the_rows_it_marks(
+    outbox_engine: Engine, tenant: Tenant
+) -> None:
+    _, consumer_id, _ = tenant
+    old = insert_events(outbox_engine, consumer_id, 2, age_days=21)
+    new = insert_events(outbox_engine, consumer_id, 3)
+    with outbox_engine.begin() as connection:
+        rows = connection.execute(
+            text("SELECT * FROM customer_events WHERE event_id = ANY(CAST(:ids AS uuid[]))"),
+            {"ids": new},
+        ).all()
+        keys = outbox._row_keys(rows)
+        plan = connection.execute(text("EXPLAIN " + outbox.MARK_PUBLISHED.text), keys).scalars()
+        targets = {line.split()[2] for line in plan if line.strip().startswith("Update on")}
+        outbox.mark_published(connection, rows)
+    assert len(targets) == 2, targets  # the parent and the one partition holding the rows
+    states = {k: row.publish_status for k, row in event_rows(outbox_engine, old + new).items()}
+    assert states == {**dict.fromkeys(old, "pending"), **dict.fromkeys(new, "published")}
