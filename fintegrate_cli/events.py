@@ -25,7 +25,7 @@ from fintegrate_cli._republish import EVENTS_PATH, republish_filters, run_republ
 from service.delivery import repository as delivery_repository
 from service.events import stats as event_stats_repository
 from service.kit.db import create_db_engine
-from service.messaging import outbox
+from service.messaging.publish import outbox
 
 app = typer.Typer(
     help="List, show, resend, redeliver, archive events; delivery stats.", no_args_is_help=True

@@ -13,7 +13,7 @@ import pika.exceptions
 from service.config import Settings
 from service.messaging import topology
 from service.messaging.connection import BROKER_ERRORS, BrokerUnavailable, open_blocking
-from service.messaging.inspection import (
+from service.messaging.operate.inspection import (
     PRECONDITION_FAILED,
     TopologyReport,
     expected_topology,
