@@ -6,6 +6,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from service.config import Settings
+
 EXCHANGE = "customer_events"
 EXCHANGE_TYPE = "topic"
 QUEUE_PREFIX = "customer_notification_"
@@ -108,6 +110,11 @@ def tenant_topology(
         bindings=tuple(queue_bindings(consumer_name)),
         dlq_binding=dlq_routing_key(consumer_name),
     )
+
+
+def expected_topology(settings: Settings, consumer_name: str) -> TenantTopology:
+    """The tenant's topology with the queue type and delivery limit these settings ask for."""
+    return tenant_topology(consumer_name, settings.queue_type, settings.quorum_delivery_limit)
 
 
 # Tenants' own broker users (SPEC 4.3, second wave): read their queue and DLQ, nothing else.
