@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 from service.config import Settings
 
@@ -16,14 +16,17 @@ MESSAGE_TTL_MS = 86_400_000
 MAX_LENGTH = 100_000
 SCHEMA_VERSION = 1
 
-CUSTOMER_EVENT_TYPES = (
+# The event vocabulary, defined once: the API schemas use the Literal, the CLI builds its
+# choices from EVENT_TYPES, and tests/service/test_event_vocabulary.py holds the SQL CHECK
+# to it. Customer events first, then system events (no customer).
+EventType = Literal[
     "customer_creation",
     "customer_deletion",
     "customer_status_change",
     "customer_erasure",
-)
-SYSTEM_EVENT_TYPES = ("consumer_created",)
-EVENT_TYPES = CUSTOMER_EVENT_TYPES + SYSTEM_EVENT_TYPES
+    "consumer_created",
+]
+EVENT_TYPES: tuple[EventType, ...] = get_args(EventType)
 
 CONSUMER_NAME_PATTERN = re.compile(r"^[a-z0-9_]+$")
 CONSUMER_NAME_MAX_LENGTH = 64
