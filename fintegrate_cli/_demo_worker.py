@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 from service.config import Settings
-from service.messaging.consumer import EventConsumer
+from service.messaging.consume.consumer import EventConsumer
 from service.messaging.messages import EventMessage
 
 STOP_TIMEOUT_SECONDS = 10.0

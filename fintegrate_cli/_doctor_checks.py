@@ -20,8 +20,10 @@ from service.config import Settings
 from service.delivery import repository as delivery_repository
 from service.gateway.config import INSTANCES_SERVICE
 from service.gateway.pages import EDGE_HEADER
-from service.messaging import inspection, leases, outbox, topology
+from service.messaging import topology
 from service.messaging.connection import open_blocking
+from service.messaging.operate import inspection
+from service.messaging.publish import leases, outbox
 from service.migrations import runner as migrations
 
 CONNECT_TIMEOUT_SECONDS = 3.0

@@ -26,11 +26,11 @@ from service.events.service import last_delivered_sequences
 from service.kit.db import create_db_engine
 from service.messaging import topology
 from service.messaging.connection import open_blocking
-from service.messaging.dlq import DeliveredLookup, ReplayOutcome, replay_dead_letters
-from service.messaging.inspection import inspect_tenant
-from service.messaging.provisioning import TopologyMismatch, provision_many
-from service.messaging.publisher import ConfirmingPublisher
-from service.messaging.queue_ops import purge_queue, queue_status, ready_count
+from service.messaging.operate.dlq import DeliveredLookup, ReplayOutcome, replay_dead_letters
+from service.messaging.operate.inspection import inspect_tenant
+from service.messaging.operate.provisioning import TopologyMismatch, provision_many
+from service.messaging.operate.queue_ops import purge_queue, queue_status, ready_count
+from service.messaging.publish.publisher import ConfirmingPublisher
 
 app = typer.Typer(
     help="Provision tenant queues, show depth, purge, replay dead letters.", no_args_is_help=True

@@ -14,9 +14,9 @@ from fintegrate_cli._context import state
 from fintegrate_cli._errors import EXIT_USAGE, CliError
 from fintegrate_cli._output import info
 from service.kit.db import bound_database_waits, create_db_engine
-from service.messaging.consumer import EventConsumer, load_handler, log_event
-from service.messaging.receipts import WorkerUnauthorized
-from service.messaging.relay import OutboxRelay
+from service.messaging.consume.consumer import EventConsumer, load_handler, log_event
+from service.messaging.consume.receipts import WorkerUnauthorized
+from service.messaging.publish.relay import OutboxRelay
 from service.messaging.shutdown import install_stop_handlers
 from service.messaging.topology import CONSUMER_NAME_PATTERN
 

@@ -50,8 +50,8 @@ from bench_relay import bench_vhost  # noqa: E402
 from fintegrate_cli.events import event_stats  # noqa: E402
 from service.config import Settings  # noqa: E402
 from service.kit.db import create_db_engine  # noqa: E402
-from service.messaging.provisioning import provision_consumer_queues  # noqa: E402
-from service.messaging.relay import OutboxRelay  # noqa: E402
+from service.messaging.operate.provisioning import provision_consumer_queues  # noqa: E402
+from service.messaging.publish.relay import OutboxRelay  # noqa: E402
 
 CHUNK = 500_000
 CUSTOMERS = 100_000

@@ -47,9 +47,9 @@ from service.config import Settings  # noqa: E402
 from service.kit.db import create_db_engine  # noqa: E402
 from service.messaging import topology  # noqa: E402
 from service.messaging.messages import event_from_row  # noqa: E402
-from service.messaging.provisioning import provision_consumer_queues  # noqa: E402
-from service.messaging.publisher import ConfirmingPublisher, outgoing_event  # noqa: E402
-from service.messaging.relay import OutboxRelay  # noqa: E402
+from service.messaging.operate.provisioning import provision_consumer_queues  # noqa: E402
+from service.messaging.publish.publisher import ConfirmingPublisher, outgoing_event  # noqa: E402
+from service.messaging.publish.relay import OutboxRelay  # noqa: E402
 from service.migrations import runner as migrations  # noqa: E402
 
 PG_ADMIN = "postgresql+psycopg2://fintegrate_user:fintegrate_pass@127.0.0.1:5432/postgres"

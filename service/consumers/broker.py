@@ -18,7 +18,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 from service.config import Settings
 from service.messaging import topology
 from service.messaging.connection import vhost_of
-from service.messaging.management import ManagementClient, ManagementUnavailable
+from service.messaging.operate.management import ManagementClient, ManagementUnavailable
 
 logger = logging.getLogger(__name__)
 

@@ -31,8 +31,8 @@ from service.events.repository import insert_event
 from service.events.schemas import EventOrigin
 from service.kit.errors import Conflict, NotFound, ServiceUnavailable
 from service.kit.pagination import build_page, cursor_params, decode_cursor
-from service.messaging.management import ManagementUnavailable
-from service.messaging.provisioning import provision_consumer_queues
+from service.messaging.operate.management import ManagementUnavailable
+from service.messaging.operate.provisioning import provision_consumer_queues
 from service.messaging.topology import dlq_name, queue_name
 
 logger = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ from service.delivery.service import PublisherFactory
 from service.http.deps import AppSettings, Caller, CurrentConsumer, DbPool, DbSession
 from service.http.envelope import success
 from service.http.schemas import Envelope, error_responses
-from service.messaging.publisher import ConfirmingPublisher
+from service.messaging.publish.publisher import ConfirmingPublisher
 
 router = APIRouter(prefix="/events", tags=["delivery"])
 REPUBLISH_ERRORS = error_responses(400, 401, 403, 404, 413, 422, 429, 503)

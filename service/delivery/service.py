@@ -28,8 +28,8 @@ from service.kit.errors import Forbidden, NotFound, ServiceUnavailable, TooManyR
 from service.kit.pagination import decode_aggregate_cursor, encode_aggregate_cursor
 from service.messaging.connection import BrokerUnavailable
 from service.messaging.messages import REPUBLISHED_HEADER
-from service.messaging.ordered import PublishReport, publish_runs, record_outcomes
-from service.messaging.publisher import ConfirmingPublisher
+from service.messaging.publish.ordered import PublishReport, publish_runs, record_outcomes
+from service.messaging.publish.publisher import ConfirmingPublisher
 
 Kind = Literal["resend", "redeliver"]
 PublisherFactory = Callable[[], ConfirmingPublisher]

@@ -9,15 +9,10 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.messaging.topology import EventType
+
 MAX_LOOKUP_CUSTOMERS = 100
 
-EventType = Literal[
-    "customer_creation",
-    "customer_deletion",
-    "customer_status_change",
-    "customer_erasure",
-    "consumer_created",
-]
 PublishStatus = Literal["pending", "published", "failed"]
 DeliverStatus = Literal["pending", "delivered", "failed"]
 

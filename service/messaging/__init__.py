@@ -1,1 +1,2 @@
-"""Messaging: topology names, publisher, outbox relay, event consumer worker."""
+"""Messaging: the names (topology, messages, connection) and the publish, consume and
+operate wings."""

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
+
+from service.config import Settings
 
 EXCHANGE = "customer_events"
 EXCHANGE_TYPE = "topic"
@@ -14,14 +16,17 @@ MESSAGE_TTL_MS = 86_400_000
 MAX_LENGTH = 100_000
 SCHEMA_VERSION = 1
 
-CUSTOMER_EVENT_TYPES = (
+# The event vocabulary, defined once: the API schemas use the Literal, the CLI builds its
+# choices from EVENT_TYPES, and tests/service/test_event_vocabulary.py holds the SQL CHECK
+# to it. Customer events first, then system events (no customer).
+EventType = Literal[
     "customer_creation",
     "customer_deletion",
     "customer_status_change",
     "customer_erasure",
-)
-SYSTEM_EVENT_TYPES = ("consumer_created",)
-EVENT_TYPES = CUSTOMER_EVENT_TYPES + SYSTEM_EVENT_TYPES
+    "consumer_created",
+]
+EVENT_TYPES: tuple[EventType, ...] = get_args(EventType)
 
 CONSUMER_NAME_PATTERN = re.compile(r"^[a-z0-9_]+$")
 CONSUMER_NAME_MAX_LENGTH = 64
@@ -108,6 +113,11 @@ def tenant_topology(
         bindings=tuple(queue_bindings(consumer_name)),
         dlq_binding=dlq_routing_key(consumer_name),
     )
+
+
+def expected_topology(settings: Settings, consumer_name: str) -> TenantTopology:
+    """The tenant's topology with the queue type and delivery limit these settings ask for."""
+    return tenant_topology(consumer_name, settings.queue_type, settings.quorum_delivery_limit)
 
 
 # Tenants' own broker users (SPEC 4.3, second wave): read their queue and DLQ, nothing else.

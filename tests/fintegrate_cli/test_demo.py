@@ -11,7 +11,7 @@ from typer.testing import Result
 
 from service.config import Settings
 from service.kit.db import create_db_engine
-from service.messaging.relay import OutboxRelay
+from service.messaging.publish.relay import OutboxRelay
 from tests.fintegrate_cli.conftest import RunCli, closed_port, one_error_line
 
 

@@ -13,8 +13,8 @@ from sqlalchemy import create_engine, text
 from service.config import Settings
 from service.kit.db import create_db_engine
 from service.messaging import topology
-from service.messaging.provisioning import provision_consumer_queues
-from service.messaging.relay import OutboxRelay
+from service.messaging.operate.provisioning import provision_consumer_queues
+from service.messaging.publish.relay import OutboxRelay
 from service.migrations import runner as migrations
 from tests.conftest import unique_name
 from tests.fintegrate_cli.conftest import RunCli, closed_port, one_error_line

@@ -11,10 +11,10 @@ from sqlalchemy import Engine, text
 
 from service.config import Settings
 from service.messaging import topology
-from service.messaging.consumer import EventConsumer
+from service.messaging.consume.consumer import EventConsumer
 from service.messaging.messages import EventMessage
-from service.messaging.queue_ops import ready_count
-from service.messaging.relay import OutboxRelay
+from service.messaging.operate.queue_ops import ready_count
+from service.messaging.publish.relay import OutboxRelay
 from tests.conftest import unique_name
 from tests.fintegrate_cli.conftest import RunCli, json_of
 from tests.support.outbox import amqp_channel, queue_depth, wait_until

@@ -9,7 +9,7 @@ event must be published and confirmed by the worker exactly once in the receipts
 lost with a cut connection, a publish repeated) arrived after it was delivered and was
 skipped as a stale duplicate.
 (The variant that really stops RabbitMQ with ``rabbitmqctl stop_app`` is C's disruptive
-test in tests/service/messaging/test_broker_outage.py.)
+test in tests/service/messaging/publish/test_broker_outage.py.)
 """
 
 from __future__ import annotations

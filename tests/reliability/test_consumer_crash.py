@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import Engine
 
 from service.config import Settings
-from service.messaging.relay import OutboxRelay
+from service.messaging.publish.relay import OutboxRelay
 from tests.conftest import unique_name
 from tests.reliability.handlers import LOG_ENV, SLOW_ENV, handler_lines
 from tests.reliability.probes import deliver_states, event_ids, receipts, report_figures

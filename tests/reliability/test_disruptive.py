@@ -4,7 +4,7 @@ Marked ``disruptive``: every other test needs this server, so scripts/test.sh ru
 alone after the parallel phase, and the cluster is started again in ``finally``. The
 parallel-safe variants (refused, reset, blackholed, frozen links) are in
 test_database_faults.py; RabbitMQ's real stop/start is C's disruptive test in
-tests/service/messaging/test_broker_outage.py.
+tests/service/messaging/publish/test_broker_outage.py.
 """
 
 from __future__ import annotations

@@ -18,9 +18,9 @@ from service.app import create_app
 from service.config import Settings
 from service.messaging import topology
 from service.messaging.connection import vhost_of
-from service.messaging.inspection import inspect_tenant
-from service.messaging.management import ManagementClient
-from service.messaging.provisioning import provision_consumer_queues
+from service.messaging.operate.inspection import inspect_tenant
+from service.messaging.operate.management import ManagementClient
+from service.messaging.operate.provisioning import provision_consumer_queues
 from tests.conftest import unique_name
 from tests.support.outbox import amqp_channel, queue_depth
 

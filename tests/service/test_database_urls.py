@@ -25,7 +25,7 @@ from service.app import create_app
 from service.config import Settings, shipped_driver_url
 from service.kit.db import create_db_engine, libpq_dsn
 from service.kit.db_async import close_pool, create_pool
-from service.messaging.relay import NOTIFY_CHANNEL, PendingNotifications
+from service.messaging.publish.relay import NOTIFY_CHANNEL, PendingNotifications
 from tests.conftest import unique_name
 from tests.fintegrate_cli.conftest import one_error_line
 

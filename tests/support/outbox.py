@@ -15,7 +15,7 @@ from sqlalchemy import Engine, text
 from service.config import Settings
 from service.messaging import topology
 from service.messaging.connection import connection_parameters
-from service.messaging.leases import PartitionLeases
+from service.messaging.publish.leases import PartitionLeases
 
 INSERT_CONSUMER = text("INSERT INTO consumers (name) VALUES (:name) RETURNING consumer_id")
 INSERT_EVENTS = text(

@@ -9,7 +9,7 @@ from sqlalchemy import Engine, create_engine
 
 from service.config import Settings
 from service.kit.db import create_db_engine
-from service.messaging.provisioning import ProvisionResult, provision_consumer_queues
+from service.messaging.operate.provisioning import ProvisionResult, provision_consumer_queues
 from service.migrations import runner as migrations
 from tests.support.outbox import insert_consumer, new_consumer_name
 

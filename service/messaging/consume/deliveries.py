@@ -11,8 +11,8 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from service.messaging.consume.receipts import Receipt
 from service.messaging.messages import EventMessage
-from service.messaging.receipts import Receipt
 
 
 @dataclass(frozen=True)

@@ -11,10 +11,10 @@ import pytest
 from sqlalchemy import Engine, text
 
 from service.config import Settings
-from service.messaging.leases import PartitionLeases
-from service.messaging.provisioning import ProvisionResult
-from service.messaging.publisher import ConfirmingPublisher
-from service.messaging.relay import OutboxRelay, publish_pending_batch
+from service.messaging.operate.provisioning import ProvisionResult
+from service.messaging.publish.leases import PartitionLeases
+from service.messaging.publish.publisher import ConfirmingPublisher
+from service.messaging.publish.relay import OutboxRelay, publish_pending_batch
 from tests.reliability.processes import FintegrateProcess
 from tests.support.outbox import (
     event_rows,

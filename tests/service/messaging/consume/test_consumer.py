@@ -17,9 +17,9 @@ from sqlalchemy import Engine, text
 
 from service.config import Settings
 from service.messaging import topology
-from service.messaging.consumer import EventConsumer
+from service.messaging.consume.consumer import EventConsumer
 from service.messaging.messages import EventMessage
-from service.messaging.relay import OutboxRelay
+from service.messaging.publish.relay import OutboxRelay
 from tests.conftest import unique_name
 from tests.support.handlers import LOG_ENV
 from tests.support.outbox import (
@@ -254,7 +254,7 @@ def worker_environment(
     for name, value in values.model_dump(exclude_none=True).items():
         environment[f"FINTEGRATE_{name.upper()}"] = str(value)
     environment[LOG_ENV] = str(log)
-    environment["PYTHONPATH"] = str(Path(__file__).resolve().parents[3])
+    environment["PYTHONPATH"] = str(Path(__file__).resolve().parents[4])
     return environment
 
 

@@ -13,10 +13,9 @@ import pika.exceptions
 from service.config import Settings
 from service.messaging import topology
 from service.messaging.connection import BROKER_ERRORS, BrokerUnavailable, open_blocking
-from service.messaging.inspection import (
+from service.messaging.operate.inspection import (
     PRECONDITION_FAILED,
     TopologyReport,
-    expected_topology,
     inspect_tenant,
     probe_drift,
 )
@@ -62,7 +61,7 @@ def provision_consumer_queues(
     Raises BrokerUnavailable when RabbitMQ is down or too slow, TopologyMismatch when a
     live queue has other arguments (nothing is redeclared then).
     """
-    expected = expected_topology(settings, consumer_name)
+    expected = topology.expected_topology(settings, consumer_name)
 
     def declare() -> ProvisionResult:
         connection = open_blocking(
@@ -90,7 +89,7 @@ def provision_many(
         for name in names:
             try:
                 outcomes.append(
-                    declare_tenant(connection, expected_topology(settings, name), settings)
+                    declare_tenant(connection, topology.expected_topology(settings, name), settings)
                 )
             except TopologyMismatch as mismatch:
                 outcomes.append(mismatch)

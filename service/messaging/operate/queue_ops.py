@@ -12,7 +12,7 @@ import pika.exceptions
 from service.config import Settings
 from service.messaging import topology
 from service.messaging.connection import open_blocking, vhost_of
-from service.messaging.management import ManagementClient
+from service.messaging.operate.management import ManagementClient
 
 NOT_FOUND = 404
 

@@ -12,8 +12,8 @@ import pytest
 from service.config import Settings
 from service.messaging.connection import BrokerUnavailable
 from service.messaging.messages import OutboundEvent, parse_message
-from service.messaging.provisioning import provision_consumer_queues
-from service.messaging.publisher import ConfirmingPublisher, outgoing_event
+from service.messaging.operate.provisioning import provision_consumer_queues
+from service.messaging.publish.publisher import ConfirmingPublisher, outgoing_event
 from tests.support.outbox import drain_queue, new_consumer_name, queue_depth
 from tests.support.tcp_proxy import TcpProxy
 

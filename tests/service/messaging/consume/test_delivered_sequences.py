@@ -6,8 +6,8 @@ import threading
 import uuid
 from typing import Any
 
+from service.messaging.consume.receipts import DeliveredSequences
 from service.messaging.messages import EventMessage
-from service.messaging.receipts import DeliveredSequences
 
 
 def event(customer_id: str | None, sequence: int | None) -> EventMessage:

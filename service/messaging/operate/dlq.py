@@ -31,7 +31,7 @@ from service.messaging.messages import (
     InvalidMessage,
     parse_message,
 )
-from service.messaging.publisher import ConfirmingPublisher, OutgoingMessage
+from service.messaging.publish.publisher import ConfirmingPublisher, OutgoingMessage
 
 log = logging.getLogger(__name__)
 

@@ -36,16 +36,16 @@ import pika.exceptions
 from service.config import Settings
 from service.messaging import topology
 from service.messaging.connection import BROKER_ERRORS, Backoff, BrokerUnavailable, open_blocking
-from service.messaging.deliveries import Delivery, Outcome, Unsettled
-from service.messaging.lanes import KeyedLanes
-from service.messaging.messages import EventMessage, InvalidMessage, may_be_duplicate
-from service.messaging.poison import call_handler, decode_message, describe_failure
-from service.messaging.receipts import (
+from service.messaging.consume.deliveries import Delivery, Outcome, Unsettled
+from service.messaging.consume.lanes import KeyedLanes
+from service.messaging.consume.poison import call_handler, decode_message, describe_failure
+from service.messaging.consume.receipts import (
     DeliveredSequences,
     DeliveryConfirmer,
     Receipt,
     WorkerUnauthorized,
 )
+from service.messaging.messages import EventMessage, InvalidMessage, may_be_duplicate
 
 log = logging.getLogger(__name__)
 

@@ -14,10 +14,10 @@ from sqlalchemy import Engine
 
 from service.config import Settings
 from service.messaging import topology
+from service.messaging.consume.poison import MAX_DETAIL_CHARS, call_handler, decode_message
 from service.messaging.messages import EventMessage, InvalidMessage
-from service.messaging.poison import MAX_DETAIL_CHARS, call_handler, decode_message
 from tests.conftest import unique_name
-from tests.service.messaging.test_consumer import (
+from tests.service.messaging.consume.test_consumer import (
     Tenant,
     WorkerThread,
     create_customers,

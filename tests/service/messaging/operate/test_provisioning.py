@@ -10,9 +10,9 @@ import pytest
 from service.config import Settings
 from service.messaging import topology
 from service.messaging.connection import BrokerUnavailable, vhost_of
-from service.messaging.inspection import inspect_tenant
-from service.messaging.management import ManagementClient
-from service.messaging.provisioning import TopologyMismatch, provision_consumer_queues
+from service.messaging.operate.inspection import inspect_tenant
+from service.messaging.operate.management import ManagementClient
+from service.messaging.operate.provisioning import TopologyMismatch, provision_consumer_queues
 from tests.support.outbox import amqp_channel, new_consumer_name, queue_depth
 from tests.support.tcp_proxy import TcpProxy
 

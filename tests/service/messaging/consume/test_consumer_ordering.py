@@ -21,8 +21,12 @@ from sqlalchemy import Engine, text
 
 from service.config import Settings
 from service.messaging.messages import POSSIBLE_DUPLICATE_HEADER, EventMessage, event_from_row
-from service.messaging.publisher import ConfirmingPublisher, outgoing_event
-from tests.service.messaging.test_consumer import WorkerThread, change_status, create_customers
+from service.messaging.publish.publisher import ConfirmingPublisher, outgoing_event
+from tests.service.messaging.consume.test_consumer import (
+    WorkerThread,
+    change_status,
+    create_customers,
+)
 from tests.support.api import create_tenant_over_http
 from tests.support.outbox import amqp_channel, queue_depth, wait_until
 from tests.support.tcp_proxy import TcpProxy

@@ -12,12 +12,12 @@ import pytest
 from sqlalchemy import Engine, text
 
 from service.config import Settings
-from service.messaging import outbox
 from service.messaging.connection import BrokerUnavailable
 from service.messaging.messages import POSSIBLE_DUPLICATE_HEADER
-from service.messaging.provisioning import ProvisionResult, provision_consumer_queues
-from service.messaging.publisher import ConfirmingPublisher, OutgoingMessage, PublishResult
-from service.messaging.relay import OutboxRelay, PossibleDuplicates, publish_pending_batch
+from service.messaging.operate.provisioning import ProvisionResult, provision_consumer_queues
+from service.messaging.publish import outbox
+from service.messaging.publish.publisher import ConfirmingPublisher, OutgoingMessage, PublishResult
+from service.messaging.publish.relay import OutboxRelay, PossibleDuplicates, publish_pending_batch
 from tests.support.outbox import (
     drain_queue,
     event_rows,

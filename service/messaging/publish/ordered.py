@@ -20,8 +20,8 @@ from sqlalchemy import Connection, Row
 
 from service.messaging.connection import BrokerUnavailable
 from service.messaging.messages import event_from_row
-from service.messaging.outbox import mark_failed, mark_published
-from service.messaging.publisher import ConfirmingPublisher, outgoing_event
+from service.messaging.publish.outbox import mark_failed, mark_published
+from service.messaging.publish.publisher import ConfirmingPublisher, outgoing_event
 
 Run = Sequence[Row[Any]]
 WaveFilter = Callable[[list[Row[Any]]], list[Row[Any]]]

@@ -1,12 +1,12 @@
 """The outbox relay: publishes pending ``customer_events`` rows, continuously, in order.
 
 Relays share the outbox by partitions of the aggregate key, each leased to one relay at a
-time (``service.messaging.leases``). One round, for the partitions held:
+time (``service.messaging.publish.leases``). One round, for the partitions held:
 
 1. read (no row locks, short transaction) the due aggregate heads and, when few aggregates
-   have work, the pending events behind them (``service.messaging.outbox``);
+   have work, the pending events behind them (``service.messaging.publish.outbox``);
 2. publish each aggregate's run in sequence order, wave by wave with confirms
-   (``service.messaging.ordered``), only while the leases are valid;
+   (``service.messaging.publish.ordered``), only while the leases are valid;
 3. record the outcomes in one short transaction, fenced by the leases' tokens.
 
 No lock is held while the broker is waited on: confirm-delivery, resend and redeliver never
@@ -42,11 +42,11 @@ from service.config import Settings
 from service.events.maintenance import run_history_maintenance
 from service.kit.db import APPLICATION_NAME, CONNECT_TIMEOUT_SECONDS, libpq_dsn
 from service.messaging.connection import Backoff, BrokerUnavailable
-from service.messaging.leases import PartitionLeases, Tenure
 from service.messaging.messages import POSSIBLE_DUPLICATE_HEADER
-from service.messaging.ordered import PublishReport, publish_runs, record_outcomes
-from service.messaging.outbox import aggregate_runs, due_heads, transaction_time
-from service.messaging.publisher import ConfirmingPublisher
+from service.messaging.publish.leases import PartitionLeases, Tenure
+from service.messaging.publish.ordered import PublishReport, publish_runs, record_outcomes
+from service.messaging.publish.outbox import aggregate_runs, due_heads, transaction_time
+from service.messaging.publish.publisher import ConfirmingPublisher
 
 log = logging.getLogger(__name__)
 

@@ -19,10 +19,13 @@ from service.config import Settings
 from service.events.service import last_delivered_sequences
 from service.messaging import topology
 from service.messaging.connection import open_blocking
-from service.messaging.dlq import DeliveredLookup, replay_dead_letters
 from service.messaging.messages import event_from_row, message_body, message_properties
-from service.messaging.publisher import ConfirmingPublisher, OutgoingMessage
-from tests.service.messaging.test_consumer_ordering import customers_with_events, interleaved_rows
+from service.messaging.operate.dlq import DeliveredLookup, replay_dead_letters
+from service.messaging.publish.publisher import ConfirmingPublisher, OutgoingMessage
+from tests.service.messaging.consume.test_consumer_ordering import (
+    customers_with_events,
+    interleaved_rows,
+)
 from tests.support.api import assert_envelope, create_tenant_over_http
 from tests.support.outbox import drain_queue, queue_depth
 

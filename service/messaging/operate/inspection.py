@@ -18,7 +18,7 @@ import pika.exceptions
 from service.config import Settings
 from service.messaging import topology
 from service.messaging.connection import open_blocking, vhost_of
-from service.messaging.management import ManagementClient
+from service.messaging.operate.management import ManagementClient
 
 PRECONDITION_FAILED = 406
 INEQUIVALENT = re.compile(
@@ -108,7 +108,7 @@ def advice_for(report: TopologyReport) -> list[str]:
 
 def inspect_tenant(settings: Settings, consumer_name: str) -> TopologyReport:
     """The differences between the live and the expected topology of one tenant."""
-    expected = expected_topology(settings, consumer_name)
+    expected = topology.expected_topology(settings, consumer_name)
     if settings.rabbitmq_management_url:
         with ManagementClient(
             settings.rabbitmq_management_url, vhost_of(settings.rabbitmq_url)
@@ -119,12 +119,6 @@ def inspect_tenant(settings: Settings, consumer_name: str) -> TopologyReport:
         return inspect_with_declares(connection, expected)
     finally:
         connection.close()
-
-
-def expected_topology(settings: Settings, consumer_name: str) -> topology.TenantTopology:
-    return topology.tenant_topology(
-        consumer_name, settings.queue_type, settings.quorum_delivery_limit
-    )
 
 
 def inspect_with_management(

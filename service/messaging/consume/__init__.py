@@ -1,0 +1,1 @@
+"""Consume: the event worker, its per-customer lanes, receipts and poison handling."""

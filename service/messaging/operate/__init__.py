@@ -1,0 +1,1 @@
+"""Operate: provisioning, inspection, queue operations, DLQ replay, management API."""

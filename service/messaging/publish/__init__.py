@@ -1,0 +1,1 @@
+"""Publish: the confirming publisher, the outbox relay and its partition leases."""
