@@ -9,8 +9,9 @@ on those aggregates); each round:
    earlier pending event in their aggregate (the aggregate's head), walking the partial
    index ``ix_customer_events_pending (next_attempt_at, created_at, sequence)`` (events
    written at the same instant come in sequence order, so heads come before the events
-   behind them); the per-row check uses ``ix_customer_events_pending_aggregate``. A head
-   waiting out a backoff holds back its own aggregate only.
+   behind them); the per-row check uses ``ix_customer_events_pending_aggregate`` (the walk
+   index's predicate keeps the check off it: migration 20261202_1610). A head waiting out
+   a backoff holds back its own aggregate only.
 2. ``AGGREGATE_RUNS``: when few aggregates have work, the next pending events of each head's
    aggregate in sequence order, so a busy customer is not published one event per round.
 """

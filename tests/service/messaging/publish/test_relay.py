@@ -290,12 +290,35 @@ TIED_BACKLOG = text(
 )
 
 
+WALK_INDEX = "_next_attempt_at_created_at_"  # every partition's copy of the walk index
+PROBE_INDEX = "_coalesce_sequence_next_attempt_at_idx"  # …of ix_customer_events_pending_aggregate
+
+
+def plan_nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    """The plan's nodes, depth first."""
+    return [plan, *(node for child in plan.get("Plans", []) for node in plan_nodes(child))]
+
+
 def walked_entries(plan: dict[str, Any]) -> int:
     """Rows the plan read through the relay's pending walk (every partition's copy)."""
-    own = 0
-    if "_next_attempt_at_created_at_" in plan.get("Index Name", ""):
-        own = plan["Actual Rows"] * plan["Actual Loops"]
-    return own + sum(walked_entries(child) for child in plan.get("Plans", []))
+    return sum(
+        node["Actual Rows"] * node["Actual Loops"]
+        for node in plan_nodes(plan)
+        if WALK_INDEX in node.get("Index Name", "")
+    )
+
+
+def explain_due_heads(engine: Engine, settings: Settings, limit: int) -> dict[str, Any]:
+    """EXPLAIN ANALYZE of the relay's DUE_HEADS over every partition, as the relay runs it."""
+    partitions = settings.relay_partitions
+    params = {"partitions": list(range(partitions)), "partition_count": partitions}
+    with engine.begin() as connection:
+        connection.execute(outbox.PLANNER_HINTS)
+        [plan] = connection.execute(
+            text("EXPLAIN (ANALYZE, FORMAT JSON) " + outbox.DUE_HEADS.text),
+            {**params, "limit": limit},
+        ).scalar_one()
+    return plan["Plan"]
 
 
 def test_the_walk_meets_aggregate_heads_first_when_events_tie_on_time(
@@ -311,15 +334,37 @@ def test_the_walk_meets_aggregate_heads_first_when_events_tie_on_time(
         )
     with outbox_engine.begin() as connection:
         connection.execute(text("ANALYZE customer_events"))
-        connection.execute(outbox.PLANNER_HINTS)
-        params = {"partitions": list(range(partitions)), "partition_count": partitions}
-        [plan] = connection.execute(
-            text("EXPLAIN (ANALYZE, FORMAT JSON) " + outbox.DUE_HEADS.text),
-            {**params, "limit": 100},
-        ).scalar_one()
+    plan = explain_due_heads(outbox_engine, outbox_settings, 100)
+    with outbox_engine.begin() as connection:
         heads = outbox.due_heads(connection, list(range(partitions)), partitions, 100)
     assert len(heads) == 100 and {head.sequence for head in heads} == {1}
-    assert walked_entries(plan["Plan"]) == 100  # heads only, none of the 2,700 behind them
+    assert walked_entries(plan) == 100  # heads only, none of the 2,700 behind them
+
+
+def test_the_head_probe_stays_on_the_aggregate_index_after_a_sudden_backlog(
+    outbox_settings: Settings, outbox_engine: Engine, tenant: Tenant
+) -> None:
+    _, consumer_id, _ = tenant
+    published = insert_events(outbox_engine, consumer_id, 2000)
+    with outbox_engine.begin() as connection:
+        connection.execute(
+            text(
+                "UPDATE customer_events SET publish_status = 'published'"
+                " WHERE event_id = ANY(CAST(:ids AS uuid[]))"
+            ),
+            {"ids": published},
+        )
+    with outbox_engine.connect() as connection:  # statistics that saw no pending row
+        connection.execution_options(isolation_level="AUTOCOMMIT").execute(
+            text("VACUUM ANALYZE customer_events")
+        )
+    insert_events(outbox_engine, consumer_id, 1000)  # one aggregate each: every one a head
+    plan = explain_due_heads(outbox_engine, outbox_settings, 200)
+    walks = [node for node in plan_nodes(plan) if WALK_INDEX in node.get("Index Name", "")]
+    probes = [node for node in plan_nodes(plan) if PROBE_INDEX in node.get("Index Name", "")]
+    assert plan["Actual Rows"] == 200
+    assert {node["Actual Loops"] for node in walks} == {1}, walks  # the walk, never a probe
+    assert probes and {node["Actual Loops"] for node in probes} == {200}, probes
 
 
 def test_marking_touches_only_the_partitions_of_the_rows_it_marks(
