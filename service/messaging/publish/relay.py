@@ -39,6 +39,7 @@ from sqlalchemy import Engine, Row
 from sqlalchemy.exc import DBAPIError
 
 from service.config import Settings
+from service.events import partitions
 from service.events.maintenance import run_history_maintenance
 from service.kit.db import APPLICATION_NAME, CONNECT_TIMEOUT_SECONDS, libpq_dsn
 from service.messaging.connection import Backoff, BrokerUnavailable
@@ -55,6 +56,7 @@ REPORT_EVERY_SECONDS = 10.0
 MAINTENANCE_EVERY_SECONDS = 300.0
 MAINTENANCE_PARTITION = 0  # the relay holding it runs history maintenance (one at a time)
 MAX_ERROR_BACKOFF_SECONDS = 10.0
+STATISTICS_CHECK_SECONDS = 10.0
 
 
 @dataclass
@@ -118,6 +120,39 @@ class PossibleDuplicates:
     def _token(self, partition: int) -> int | None:
         mark = self._marks.get(partition)
         return None if mark is None else mark[0]
+
+
+class BacklogStatistics:
+    """Fresh statistics for a partition a backlog sits in while PostgreSQL counts it empty.
+
+    A partial index VACUUMed or ANALYZEd while nothing was pending is recorded as empty, and
+    the planner keeps taking it for empty as it grows (``events.partitions``
+    UNCOUNTED_BACKLOG says what that did to the relay's reads). While rounds come back full,
+    at most every ``STATISTICS_CHECK_SECONDS``, the relay looks for such partitions and
+    ANALYZEs them (a sample of the partition; it blocks no reader or writer).
+    """
+
+    def __init__(self, engine: Engine, clock: Any = time.monotonic) -> None:
+        self._engine = engine
+        self._clock = clock
+        self._checked_at = -STATISTICS_CHECK_SECONDS
+
+    def after_round(self, full: bool) -> list[str]:
+        """Check (when due and the round was full); the partitions analysed."""
+        if not full or self._clock() - self._checked_at < STATISTICS_CHECK_SECONDS:
+            return []
+        self._checked_at = self._clock()
+        try:
+            with self._engine.begin() as connection:
+                stale = partitions.uncounted_backlog(connection)
+            for name in stale:
+                with self._engine.begin() as connection:
+                    partitions.analyze(connection, name)
+                log.info("statistics of %s refreshed: a backlog sat in it, counted empty", name)
+        except DBAPIError as exc:  # not the owner, a timeout: the next check tries again
+            log.warning("could not refresh outbox statistics: %s", _first_line(exc))
+            return []
+        return stale
 
 
 def publish_pending_batch(
@@ -264,6 +299,7 @@ class OutboxRelay:
         )
         self._errors = Backoff(initial=0.2, maximum=MAX_ERROR_BACKOFF_SECONDS)
         self._duplicates = PossibleDuplicates()
+        self._statistics = BacklogStatistics(engine)
         self._notifications = PendingNotifications(settings.database_url)
         self._reported_at = time.monotonic()
         self._maintained_at = -MAINTENANCE_EVERY_SECONDS
@@ -315,6 +351,7 @@ class OutboxRelay:
             return None
         self._errors.reset()
         self.totals.add(outcome)
+        self._statistics.after_round(outcome.claimed >= self.batch_size)
         self._report()
         return outcome
 

@@ -12,12 +12,18 @@ import pytest
 from sqlalchemy import Engine, text
 
 from service.config import Settings
+from service.events import partitions
 from service.messaging.connection import BrokerUnavailable
 from service.messaging.messages import POSSIBLE_DUPLICATE_HEADER
 from service.messaging.operate.provisioning import ProvisionResult, provision_consumer_queues
 from service.messaging.publish import outbox
 from service.messaging.publish.publisher import ConfirmingPublisher, OutgoingMessage, PublishResult
-from service.messaging.publish.relay import OutboxRelay, PossibleDuplicates, publish_pending_batch
+from service.messaging.publish.relay import (
+    BacklogStatistics,
+    OutboxRelay,
+    PossibleDuplicates,
+    publish_pending_batch,
+)
 from tests.support.outbox import (
     drain_queue,
     event_rows,
@@ -385,3 +391,36 @@ def test_marking_touches_only_the_partitions_of_the_rows_it_marks(
     assert len(targets) == 2, targets  # the parent and the one partition holding the rows
     states = {k: row.publish_status for k, row in event_rows(outbox_engine, old + new).items()}
     assert states == {**dict.fromkeys(old, "pending"), **dict.fromkeys(new, "published")}
+
+
+PENDING_INDEX_TUPLES = text(
+    """
+    SELECT ix.reltuples FROM pg_inherits h
+    JOIN pg_class ix ON ix.oid = h.inhrelid JOIN pg_index i ON i.indexrelid = ix.oid
+    WHERE h.inhparent = 'ix_customer_events_pending_aggregate'::regclass
+      AND i.indrelid = CAST(:partition AS regclass)
+    """
+)
+
+
+def test_a_backlog_in_a_partition_counted_empty_gets_fresh_statistics(
+    outbox_engine: Engine, tenant: Tenant
+) -> None:
+    _, consumer_id, _ = tenant
+    with outbox_engine.connect() as connection:  # nothing pending: the indexes counted empty
+        connection.execution_options(isolation_level="AUTOCOMMIT").execute(
+            text("VACUUM ANALYZE customer_events")
+        )
+    insert_events(outbox_engine, consumer_id, 3000)
+    with outbox_engine.connect() as connection:
+        [stale] = partitions.uncounted_backlog(connection)  # the current span's partition
+        counted = connection.execute(PENDING_INDEX_TUPLES, {"partition": stale}).scalar_one()
+    statistics = BacklogStatistics(outbox_engine)
+    assert counted == 0
+    assert statistics.after_round(full=False) == []  # rounds that are not full: no backlog
+    assert statistics.after_round(full=True) == [stale]
+    with outbox_engine.connect() as connection:
+        assert partitions.uncounted_backlog(connection) == []
+        counted = connection.execute(PENDING_INDEX_TUPLES, {"partition": stale}).scalar_one()
+    assert counted > 0
+    assert statistics.after_round(full=True) == []  # checked at most every 10 s
