@@ -49,6 +49,8 @@ UPDATE_CONSUMER = text(
               created_at, updated_at
     """
 )
+CONSUMER_ID_BY_NAME = text("SELECT consumer_id FROM consumers WHERE name = :name")
+CONSUMER_NAMES = text("SELECT name FROM consumers ORDER BY name")
 INSERT_KEY = text(
     """
     INSERT INTO consumer_api_keys (consumer_id, key_prefix, key_hash)
@@ -113,6 +115,15 @@ def update_consumer(
         "rate_limit_burst": changes.get("rate_limit_burst"),
     }
     return connection.execute(UPDATE_CONSUMER, params).first()
+
+
+def consumer_names(connection: Connection) -> list[str]:
+    """Every consumer's name, sorted."""
+    return list(connection.execute(CONSUMER_NAMES).scalars())
+
+
+def consumer_id_by_name(connection: Connection, name: str) -> UUID | None:
+    return connection.execute(CONSUMER_ID_BY_NAME, {"name": name}).scalar_one_or_none()
 
 
 def insert_key(

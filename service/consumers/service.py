@@ -184,6 +184,16 @@ def update_consumer(
     return consumer_out(row)
 
 
+def consumer_names(connection: Connection) -> list[str]:
+    """Every consumer's name, sorted (for operator commands over all tenants)."""
+    return repository.consumer_names(connection)
+
+
+def find_consumer_id(connection: Connection, name: str) -> UUID | None:
+    """The id of the consumer called ``name``, or None."""
+    return repository.consumer_id_by_name(connection, name)
+
+
 def rotate_key(
     connection: Connection,
     principal: Principal,

@@ -86,9 +86,6 @@ SPEND_BUDGET = text(
     "UPDATE republish_budgets SET tokens = tokens - :spent WHERE consumer_id = :consumer_id"
 )
 
-CONSUMER_BY_NAME = text("SELECT consumer_id FROM consumers WHERE name = :name")
-CONSUMER_NAMES = text("SELECT name FROM consumers ORDER BY name")
-
 # One statement: check ownership, insert the receipt once, and move the event only when the
 # receipt is new. delivered is final: a later 'failed' receipt never downgrades it.
 # asyncpg placeholders: $1 event_id, $2 consumer_id, $3 status, $4 detail. One statement:
@@ -182,15 +179,6 @@ def take_budget(connection: Connection, consumer_id: UUID, capacity: int, per_mi
 def spend_budget(connection: Connection, consumer_id: UUID, spent: int) -> None:
     if spent:
         connection.execute(SPEND_BUDGET, {"consumer_id": consumer_id, "spent": spent})
-
-
-def consumer_names(connection: Connection) -> list[str]:
-    """Every consumer's name, sorted (for operator commands over all tenants)."""
-    return list(connection.execute(CONSUMER_NAMES).scalars())
-
-
-def consumer_id_by_name(connection: Connection, name: str) -> UUID | None:
-    return connection.execute(CONSUMER_BY_NAME, {"name": name}).scalar_one_or_none()
 
 
 async def confirm_delivery(

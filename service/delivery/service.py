@@ -12,6 +12,7 @@ from sqlalchemy import Connection, Row
 
 from service.auth.service import Principal
 from service.config import Settings
+from service.consumers.service import find_consumer_id
 from service.delivery import repository
 from service.delivery.schemas import (
     MAX_DRY_RUN_IDS,
@@ -123,7 +124,7 @@ def resolve_selection(
         assert principal.consumer is not None
         consumer_id = principal.consumer.consumer_id
     elif request.consumer_name is not None:
-        consumer_id = repository.consumer_id_by_name(connection, request.consumer_name)
+        consumer_id = find_consumer_id(connection, request.consumer_name)
         if consumer_id is None:
             raise NotFound(f"Consumer {request.consumer_name!r} not found")
     return Selection(
