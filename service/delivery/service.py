@@ -23,6 +23,7 @@ from service.delivery.schemas import (
     RepublishRequest,
     Selection,
 )
+from service.events import repository as events_repository
 from service.events.service import EVENT_NOT_FOUND
 from service.kit.db_async import pooled_connection
 from service.kit.errors import Forbidden, NotFound, ServiceUnavailable, TooManyRequests
@@ -168,7 +169,7 @@ async def confirm_delivery(
 ) -> DeliveryReceipt:
     """Record the receipt once; only the first one of each status moves the event."""
     async with pooled_connection(pool) as connection:
-        state = await repository.confirm_delivery(
+        state = await events_repository.confirm_delivery(
             connection, request.event_id, consumer_id, request.status, request.detail
         )
     if state is None:
