@@ -12,19 +12,21 @@ from typing import Any
 import httpx
 import pika.exceptions
 import redis
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 
 from fintegrate_cli._client import ApiClient
 from fintegrate_cli._errors import CliError
 from service.config import Settings
-from service.delivery import repository as delivery_repository
+from service.consumers import service as consumers
+from service.events.service import outbox_backlog
 from service.gateway.config import INSTANCES_SERVICE
 from service.gateway.pages import EDGE_HEADER
 from service.messaging import topology
 from service.messaging.connection import open_blocking
 from service.messaging.operate import inspection
-from service.messaging.publish import leases, outbox
+from service.messaging.publish import leases
 from service.migrations import runner as migrations
+from service.ops.checks import database_version
 
 CONNECT_TIMEOUT_SECONDS = 3.0
 BACKLOG_WARN_SECONDS = 60.0
@@ -73,8 +75,7 @@ def first_line(exc: BaseException) -> str:
 
 
 def check_database(engine: Engine) -> Check:
-    with engine.connect() as connection:
-        version = connection.execute(text("SHOW server_version")).scalar()
+    version = database_version(engine)
     return Check("database", OK, f"PostgreSQL {version} at {engine.url.host}:{engine.url.port}")
 
 
@@ -96,7 +97,7 @@ def check_migrations(engine: Engine) -> Check:
 def check_outbox(engine: Engine) -> Check:
     """Pending events and the age of the oldest: an old one means the relay is not keeping up."""
     with engine.connect() as connection:
-        backlog = outbox.pending_summary(connection)
+        backlog = outbox_backlog(connection)
     if not backlog.pending:
         return Check("outbox", OK, "no event waiting to be published")
     age = (datetime.now(UTC) - backlog.oldest_created_at).total_seconds()
@@ -122,7 +123,7 @@ def check_relays(engine: Engine, settings: Settings) -> Check:
 
 def consumer_names(engine: Engine) -> list[str]:
     with engine.connect() as connection:
-        return delivery_repository.consumer_names(connection)
+        return consumers.consumer_names(connection)
 
 
 @contextmanager

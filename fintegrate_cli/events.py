@@ -22,11 +22,10 @@ from fintegrate_cli._output import (
     wants_json,
 )
 from fintegrate_cli._republish import EVENTS_PATH, republish_filters, run_republish
-from service.delivery import repository as delivery_repository
-from service.events import stats as event_stats_repository
+from service.consumers.service import find_consumer_id
+from service.events.service import event_counts, outbox_backlog
 from service.kit.db import create_db_engine
 from service.messaging import topology
-from service.messaging.publish import outbox
 
 app = typer.Typer(
     help="List, show, resend, redeliver, archive events; delivery stats.", no_args_is_help=True
@@ -70,21 +69,20 @@ def event_stats(settings: Any, consumer: str | None) -> dict[str, Any]:
         with engine.connect() as connection:
             consumer_id = None
             if consumer:
-                consumer_id = delivery_repository.consumer_id_by_name(connection, consumer)
+                consumer_id = find_consumer_id(connection, consumer)
                 if consumer_id is None:
                     raise CliError(
                         f"no consumer named {consumer!r}; see `fintegrate consumer list`"
                     )
-            event_stats_repository.compact_counts(connection)
-            counts = event_stats_repository.event_counts(connection, consumer_id)
+            counts = event_counts(connection, consumer_id)
             connection.commit()
-            backlog = outbox.pending_summary(connection)
+            backlog = outbox_backlog(connection)
     finally:
         engine.dispose()
     oldest = backlog.oldest_created_at
     age = (datetime.now(UTC) - oldest).total_seconds() if oldest else None
     return {
-        "counts": [dict(row._mapping) for row in counts],
+        "counts": counts,
         "outbox_pending": int(backlog.pending),
         "oldest_pending_created_at": oldest.isoformat() if oldest else None,
         "oldest_pending_age_seconds": round(age, 1) if age is not None else None,

@@ -21,7 +21,7 @@ from fintegrate_cli._output import (
     wants_json,
 )
 from service.config import Settings
-from service.delivery.repository import consumer_names
+from service.consumers.service import consumer_names
 from service.events.service import last_delivered_sequences
 from service.kit.db import create_db_engine
 from service.messaging import topology

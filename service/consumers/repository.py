@@ -1,4 +1,4 @@
-"""SQL of the consumers domain: tenants and their API keys."""
+"""SQL of the consumers table: tenants, looked up by id or name (keys: service/auth)."""
 
 from __future__ import annotations
 
@@ -49,37 +49,8 @@ UPDATE_CONSUMER = text(
               created_at, updated_at
     """
 )
-INSERT_KEY = text(
-    """
-    INSERT INTO consumer_api_keys (consumer_id, key_prefix, key_hash)
-    VALUES (:consumer_id, :key_prefix, :key_hash)
-    RETURNING key_id, consumer_id, key_prefix, is_active, created_at, last_used_at,
-              revoked_at, expires_at
-    """
-)
-DEACTIVATE_ACTIVE_KEYS = text(
-    """
-    UPDATE consumer_api_keys SET is_active = false, revoked_at = now()
-    WHERE consumer_id = :consumer_id AND is_active
-    """
-)
-LIST_KEYS = text(
-    """
-    SELECT key_id, consumer_id, key_prefix, is_active, created_at, last_used_at,
-           revoked_at, expires_at
-    FROM consumer_api_keys WHERE consumer_id = :consumer_id
-    ORDER BY created_at, key_id
-    """
-)
-REVOKE_KEY = text(
-    """
-    UPDATE consumer_api_keys
-    SET is_active = false, revoked_at = COALESCE(revoked_at, now())
-    WHERE consumer_id = :consumer_id AND key_id = :key_id
-    RETURNING key_id, consumer_id, key_prefix, is_active, created_at, last_used_at,
-              revoked_at, expires_at
-    """
-)
+CONSUMER_ID_BY_NAME = text("SELECT consumer_id FROM consumers WHERE name = :name")
+CONSUMER_NAMES = text("SELECT name FROM consumers ORDER BY name")
 
 
 def insert_consumer(connection: Connection, fields: dict[str, Any]) -> Row[Any] | None:
@@ -115,21 +86,10 @@ def update_consumer(
     return connection.execute(UPDATE_CONSUMER, params).first()
 
 
-def insert_key(
-    connection: Connection, consumer_id: UUID, key_prefix: str, key_hash: str
-) -> Row[Any]:
-    params = {"consumer_id": consumer_id, "key_prefix": key_prefix, "key_hash": key_hash}
-    return connection.execute(INSERT_KEY, params).one()
+def consumer_names(connection: Connection) -> list[str]:
+    """Every consumer's name, sorted."""
+    return list(connection.execute(CONSUMER_NAMES).scalars())
 
 
-def deactivate_active_keys(connection: Connection, consumer_id: UUID) -> None:
-    connection.execute(DEACTIVATE_ACTIVE_KEYS, {"consumer_id": consumer_id})
-
-
-def list_keys(connection: Connection, consumer_id: UUID) -> Sequence[Row[Any]]:
-    return connection.execute(LIST_KEYS, {"consumer_id": consumer_id}).all()
-
-
-def revoke_key(connection: Connection, consumer_id: UUID, key_id: UUID) -> Row[Any] | None:
-    params = {"consumer_id": consumer_id, "key_id": key_id}
-    return connection.execute(REVOKE_KEY, params).first()
+def consumer_id_by_name(connection: Connection, name: str) -> UUID | None:
+    return connection.execute(CONSUMER_ID_BY_NAME, {"name": name}).scalar_one_or_none()

@@ -13,6 +13,7 @@ from uuid import UUID
 
 from sqlalchemy import Connection, Row
 
+from service.auth import repository as keys_repository
 from service.auth.keys import ParsedKey, generate_key, hash_key
 from service.auth.service import Principal
 from service.config import Settings
@@ -67,7 +68,7 @@ def create_consumer(
     if row is None:
         raise Conflict(f"A consumer named {data.name!r} already exists; choose another name")
     key, key_hash = issued
-    key_row = repository.insert_key(connection, row.consumer_id, key.prefix, key_hash)
+    key_row = keys_repository.insert_key(connection, row.consumer_id, key.prefix, key_hash)
     insert_event(
         connection,
         consumer_id=row.consumer_id,
@@ -184,6 +185,16 @@ def update_consumer(
     return consumer_out(row)
 
 
+def consumer_names(connection: Connection) -> list[str]:
+    """Every consumer's name, sorted (for operator commands over all tenants)."""
+    return repository.consumer_names(connection)
+
+
+def find_consumer_id(connection: Connection, name: str) -> UUID | None:
+    """The id of the consumer called ``name``, or None."""
+    return repository.consumer_id_by_name(connection, name)
+
+
 def rotate_key(
     connection: Connection,
     principal: Principal,
@@ -197,21 +208,22 @@ def rotate_key(
     if repository.get_consumer(connection, consumer_id, lock=True) is None:
         raise NotFound(CONSUMER_NOT_FOUND)
     key, key_hash = issued
-    repository.deactivate_active_keys(connection, consumer_id)
-    row = repository.insert_key(connection, consumer_id, key.prefix, key_hash)
+    keys_repository.deactivate_active_keys(connection, consumer_id)
+    row = keys_repository.insert_key(connection, consumer_id, key.prefix, key_hash)
     return KeyIssued(**row._mapping, api_key=key.full)
 
 
 def list_keys(connection: Connection, consumer_id: UUID) -> list[KeyOut]:
     get_consumer(connection, consumer_id)
     return [
-        KeyOut.model_validate(row._mapping) for row in repository.list_keys(connection, consumer_id)
+        KeyOut.model_validate(row._mapping)
+        for row in keys_repository.list_keys(connection, consumer_id)
     ]
 
 
 def revoke_key(connection: Connection, consumer_id: UUID, key_id: UUID) -> KeyOut:
     """Deactivate one key of the consumer (idempotent); NotFound for a foreign key id."""
-    row = repository.revoke_key(connection, consumer_id, key_id)
+    row = keys_repository.revoke_key(connection, consumer_id, key_id)
     if row is None:
         raise NotFound(KEY_NOT_FOUND)
     return KeyOut.model_validate(row._mapping)

@@ -16,6 +16,8 @@ from service.kit.db_async import PooledConnection
 
 # The customer and its customer_creation event in one statement (one round trip, one
 # transaction): the hottest write of the API, and the event can never miss its change.
+# The one write of customer_events outside its owner (service/events/repository.py), kept
+# here for that reason; the columns it fills are those of events.repository.INSERT_EVENT.
 # asyncpg placeholders: $1 consumer_id, $2 name, $3 email, $4 status, $5 source_service,
 # $6 metadata (JSON text); with an idempotency key also $7 the key, $8 its fingerprint,
 # $9 the hours a key holds.
@@ -134,15 +136,6 @@ ERASE_ANALYTICS = text(
 # The stored answers of POST /customer/data replays carry the name and email.
 ERASE_IDEMPOTENCY_ANSWERS = text(
     "DELETE FROM idempotency_keys WHERE customer_id = :customer_id AND consumer_id = :consumer_id"
-)
-# The one content change the append-only rule allows (migration 20261202_0710); served by
-# ix_customer_events_customer_created.
-REDACT_EVENT_PAYLOADS = text(
-    """
-    UPDATE customer_events SET payload_json = fintegrate_erased_payload()
-    WHERE customer_id = :customer_id AND consumer_id = :consumer_id
-      AND payload_json <> fintegrate_erased_payload()
-    """
 )
 UPSERT_TAGS = text(
     """
@@ -338,11 +331,13 @@ class ErasureCounts:
     tags: int
     analytics: int
     idempotency_keys: int
-    events: int
 
 
 def erase_customer(connection: Connection, consumer_id: UUID, customer_id: UUID) -> ErasureCounts:
-    """Redact the customer's personal data everywhere it is stored, in the caller's transaction."""
+    """Redact the customer's row, tags, analytics and stored answers, in the caller's transaction.
+
+    Its events' payloads are redacted by ``service.events.repository.redact_customer_payloads``.
+    """
     params = {"consumer_id": consumer_id, "customer_id": customer_id}
     erased_at = connection.execute(
         ERASE_CUSTOMER, {**params, "erased_name": ERASED_NAME}
@@ -352,5 +347,4 @@ def erase_customer(connection: Connection, consumer_id: UUID, customer_id: UUID)
         tags=connection.execute(ERASE_TAGS, params).rowcount,
         analytics=connection.execute(ERASE_ANALYTICS, params).rowcount,
         idempotency_keys=connection.execute(ERASE_IDEMPOTENCY_ANSWERS, params).rowcount,
-        events=connection.execute(REDACT_EVENT_PAYLOADS, params).rowcount,
     )

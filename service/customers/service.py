@@ -27,7 +27,7 @@ from service.customers.schemas import (
     CustomerOut,
     TagsOut,
 )
-from service.events.repository import insert_event
+from service.events.repository import insert_event, redact_customer_payloads
 from service.events.schemas import EventOrigin
 from service.http.audit import AuditEntry, write_audit_in
 from service.kit.db_async import PooledConnection, pooled_connection
@@ -251,6 +251,7 @@ def erase_customer(
             event_id=None,
         )
     counts = repository.erase_customer(connection, consumer_id, customer_id)
+    redacted = redact_customer_payloads(connection, consumer_id, customer_id)
     event_id = insert_event(
         connection,
         consumer_id=consumer_id,
@@ -266,7 +267,7 @@ def erase_customer(
         tags_removed=counts.tags,
         analytics_removed=counts.analytics,
         idempotency_keys_removed=counts.idempotency_keys,
-        events_redacted=counts.events,
+        events_redacted=redacted,
         event_id=event_id,
     )
     write_audit_in(connection, erasure_audit(consumer_id, origin, erased))

@@ -1,4 +1,10 @@
-"""SQL of the delivery domain: republish selections and delivery receipts."""
+"""SQL of the delivery domain: the republish selection and the tenants' republish budgets.
+
+The republish_budgets table is owned here. The selection only reads customer_events (owner:
+service/events/repository.py, which holds every write of it, the delivery receipts too) and
+joins consumers for the names (owner: service/consumers/repository.py): one statement each,
+since the filters, the cursor and the "blocked" rule are delivery's and must run together.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +12,9 @@ from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
-import asyncpg
 from sqlalchemy import Connection, Row, text
 
 from service.delivery.schemas import Selection
-from service.kit.db_async import PooledConnection
 
 AGGREGATE = "coalesce({a}.customer_id, {a}.consumer_id)"
 # resend: events still waiting to be published; redeliver: published, not yet delivered.
@@ -86,47 +90,6 @@ SPEND_BUDGET = text(
     "UPDATE republish_budgets SET tokens = tokens - :spent WHERE consumer_id = :consumer_id"
 )
 
-CONSUMER_BY_NAME = text("SELECT consumer_id FROM consumers WHERE name = :name")
-CONSUMER_NAMES = text("SELECT name FROM consumers ORDER BY name")
-
-# One statement: check ownership, insert the receipt once, and move the event only when the
-# receipt is new. delivered is final: a later 'failed' receipt never downgrades it.
-# asyncpg placeholders: $1 event_id, $2 consumer_id, $3 status, $4 detail. One statement:
-# the receipt and the event's delivery state commit together, on the event loop.
-CONFIRM_DELIVERY = """
-    WITH target AS (
-        SELECT event_id FROM customer_events
-        WHERE event_id = $1 AND consumer_id = $2
-    ), receipt AS (
-        INSERT INTO consumer_event_receipts (event_id, consumer_id, status, detail)
-        SELECT event_id, $2, $3, $4 FROM target
-        ON CONFLICT ON CONSTRAINT consumer_event_receipts_unique DO NOTHING
-        RETURNING event_id
-    ), moved AS (
-        UPDATE customer_events e
-        SET deliver_try_count = e.deliver_try_count + 1,
-            deliver_status = CASE
-                WHEN e.deliver_status = 'delivered' THEN 'delivered'
-                WHEN $3 = 'failed' THEN 'failed'
-                ELSE 'delivered' END,
-            delivered_at = CASE
-                WHEN $3 <> 'failed' AND e.delivered_at IS NULL THEN now()
-                ELSE e.delivered_at END
-        FROM receipt WHERE e.event_id = receipt.event_id
-        RETURNING e.event_id, e.deliver_status, e.delivered_at, e.deliver_try_count
-    )
-    SELECT e.event_id,
-           m.event_id IS NOT NULL AS inserted,
-           CASE WHEN m.event_id IS NULL THEN e.deliver_status ELSE m.deliver_status END
-               AS deliver_status,
-           CASE WHEN m.event_id IS NULL THEN e.delivered_at ELSE m.delivered_at END
-               AS delivered_at,
-           CASE WHEN m.event_id IS NULL THEN e.deliver_try_count ELSE m.deliver_try_count END
-               AS deliver_try_count
-    FROM customer_events e LEFT JOIN moved m ON m.event_id = e.event_id
-    WHERE e.event_id = $1 AND e.consumer_id = $2
-    """
-
 
 def _sql(template: str, kind: str) -> Any:
     aggregate_e, aggregate_b = AGGREGATE.format(a="e"), AGGREGATE.format(a="b")
@@ -182,27 +145,3 @@ def take_budget(connection: Connection, consumer_id: UUID, capacity: int, per_mi
 def spend_budget(connection: Connection, consumer_id: UUID, spent: int) -> None:
     if spent:
         connection.execute(SPEND_BUDGET, {"consumer_id": consumer_id, "spent": spent})
-
-
-def consumer_names(connection: Connection) -> list[str]:
-    """Every consumer's name, sorted (for operator commands over all tenants)."""
-    return list(connection.execute(CONSUMER_NAMES).scalars())
-
-
-def consumer_id_by_name(connection: Connection, name: str) -> UUID | None:
-    return connection.execute(CONSUMER_BY_NAME, {"name": name}).scalar_one_or_none()
-
-
-async def confirm_delivery(
-    connection: PooledConnection,
-    event_id: UUID,
-    consumer_id: UUID,
-    status: str,
-    detail: str | None,
-) -> asyncpg.Record | None:
-    """Record a receipt and move the event (first receipt of a status only).
-
-    The row carries ``inserted`` (False for a duplicate) and the delivery state; None when
-    the event does not exist or belongs to another consumer.
-    """
-    return await connection.fetchrow(CONFIRM_DELIVERY, event_id, consumer_id, status, detail)

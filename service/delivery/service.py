@@ -12,6 +12,7 @@ from sqlalchemy import Connection, Row
 
 from service.auth.service import Principal
 from service.config import Settings
+from service.consumers.service import find_consumer_id
 from service.delivery import repository
 from service.delivery.schemas import (
     MAX_DRY_RUN_IDS,
@@ -22,6 +23,7 @@ from service.delivery.schemas import (
     RepublishRequest,
     Selection,
 )
+from service.events import repository as events_repository
 from service.events.service import EVENT_NOT_FOUND
 from service.kit.db_async import pooled_connection
 from service.kit.errors import Forbidden, NotFound, ServiceUnavailable, TooManyRequests
@@ -123,7 +125,7 @@ def resolve_selection(
         assert principal.consumer is not None
         consumer_id = principal.consumer.consumer_id
     elif request.consumer_name is not None:
-        consumer_id = repository.consumer_id_by_name(connection, request.consumer_name)
+        consumer_id = find_consumer_id(connection, request.consumer_name)
         if consumer_id is None:
             raise NotFound(f"Consumer {request.consumer_name!r} not found")
     return Selection(
@@ -167,7 +169,7 @@ async def confirm_delivery(
 ) -> DeliveryReceipt:
     """Record the receipt once; only the first one of each status moves the event."""
     async with pooled_connection(pool) as connection:
-        state = await repository.confirm_delivery(
+        state = await events_repository.confirm_delivery(
             connection, request.event_id, consumer_id, request.status, request.detail
         )
     if state is None:

@@ -1,4 +1,11 @@
-"""SQL of the events domain: the outbox insert and the tenant-scoped reads."""
+"""SQL of customer_events and consumer_event_receipts: the outbox insert, the delivery
+receipts, erasure's redaction and the tenant-scoped reads.
+
+Also written elsewhere, each one statement on purpose (see docs/ARCHITECTURE.md): the
+customer insert with its event (service/customers/repository.py), and the relay's outbox
+SQL (service/messaging/outbox.py: pending heads, published / failed marks, also used by
+resend / redeliver), which is still to move here.
+"""
 
 from __future__ import annotations
 
@@ -24,6 +31,54 @@ INSERT_EVENT = text(
     RETURNING event_id
     """
 )
+
+# The one content change the append-only rule allows (migration 20261202_0710); served by
+# ix_customer_events_customer_created.
+REDACT_EVENT_PAYLOADS = text(
+    """
+    UPDATE customer_events SET payload_json = fintegrate_erased_payload()
+    WHERE customer_id = :customer_id AND consumer_id = :consumer_id
+      AND payload_json <> fintegrate_erased_payload()
+    """
+)
+
+# One statement: check ownership, insert the receipt once, and move the event only when the
+# receipt is new. delivered is final: a later 'failed' receipt never downgrades it.
+# asyncpg placeholders: $1 event_id, $2 consumer_id, $3 status, $4 detail. One statement:
+# the receipt and the event's delivery state commit together, on the event loop.
+CONFIRM_DELIVERY = """
+    WITH target AS (
+        SELECT event_id FROM customer_events
+        WHERE event_id = $1 AND consumer_id = $2
+    ), receipt AS (
+        INSERT INTO consumer_event_receipts (event_id, consumer_id, status, detail)
+        SELECT event_id, $2, $3, $4 FROM target
+        ON CONFLICT ON CONSTRAINT consumer_event_receipts_unique DO NOTHING
+        RETURNING event_id
+    ), moved AS (
+        UPDATE customer_events e
+        SET deliver_try_count = e.deliver_try_count + 1,
+            deliver_status = CASE
+                WHEN e.deliver_status = 'delivered' THEN 'delivered'
+                WHEN $3 = 'failed' THEN 'failed'
+                ELSE 'delivered' END,
+            delivered_at = CASE
+                WHEN $3 <> 'failed' AND e.delivered_at IS NULL THEN now()
+                ELSE e.delivered_at END
+        FROM receipt WHERE e.event_id = receipt.event_id
+        RETURNING e.event_id, e.deliver_status, e.delivered_at, e.deliver_try_count
+    )
+    SELECT e.event_id,
+           m.event_id IS NOT NULL AS inserted,
+           CASE WHEN m.event_id IS NULL THEN e.deliver_status ELSE m.deliver_status END
+               AS deliver_status,
+           CASE WHEN m.event_id IS NULL THEN e.delivered_at ELSE m.delivered_at END
+               AS delivered_at,
+           CASE WHEN m.event_id IS NULL THEN e.deliver_try_count ELSE m.deliver_try_count END
+               AS deliver_try_count
+    FROM customer_events e LEFT JOIN moved m ON m.event_id = e.event_id
+    WHERE e.event_id = $1 AND e.consumer_id = $2
+    """
 
 SELECT_EVENT = text(
     """
@@ -120,6 +175,13 @@ def insert_event(
     return event_id
 
 
+def redact_customer_payloads(connection: Connection, consumer_id: UUID, customer_id: UUID) -> int:
+    """Replace the payloads of the customer's events with the erased marker; returns how many."""
+    params = {"consumer_id": consumer_id, "customer_id": customer_id}
+    redacted: int = connection.execute(REDACT_EVENT_PAYLOADS, params).rowcount
+    return redacted
+
+
 def get_event(connection: Connection, consumer_id: UUID, event_id: UUID) -> Row[Any] | None:
     """One of the tenant's events, or None."""
     return connection.execute(
@@ -182,3 +244,18 @@ def last_delivered_sequences(
     if own is not None:
         found[None] = int(own)
     return found
+
+
+async def confirm_delivery(
+    connection: PooledConnection,
+    event_id: UUID,
+    consumer_id: UUID,
+    status: str,
+    detail: str | None,
+) -> asyncpg.Record | None:
+    """Record a receipt and move the event (first receipt of a status only).
+
+    The row carries ``inserted`` (False for a duplicate) and the delivery state; None when
+    the event does not exist or belongs to another consumer.
+    """
+    return await connection.fetchrow(CONFIRM_DELIVERY, event_id, consumer_id, status, detail)

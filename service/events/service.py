@@ -1,4 +1,4 @@
-"""Rules of the events read API: tenant-scoped listing and lookup."""
+"""Rules of the events read API: tenant-scoped listing and lookup; counts and backlog."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Row
 
-from service.events import repository
+from service.events import repository, stats
 from service.events.schemas import (
     EventFilters,
     EventOut,
@@ -19,6 +19,7 @@ from service.events.schemas import (
 from service.kit.db_async import pooled_connection
 from service.kit.errors import NotFound
 from service.kit.pagination import build_page, cursor_params, decode_cursor
+from service.messaging.publish import outbox
 
 EVENT_NOT_FOUND = "Event not found"
 
@@ -98,3 +99,17 @@ def last_delivered_sequences(
         rows = repository.last_delivered_sequences(connection, UUID(consumer_id), chunk)
         found.update({str(key) if key else None: value for key, value in rows.items()})
     return found
+
+
+def event_counts(connection: Connection, consumer_id: UUID | None) -> list[dict[str, Any]]:
+    """Events per type, publish and delivery status (all consumers or one), from the counters.
+
+    Folds the pending deltas first; the caller commits to keep the fold.
+    """
+    stats.compact_counts(connection)
+    return [dict(row._mapping) for row in stats.event_counts(connection, consumer_id)]
+
+
+def outbox_backlog(connection: Connection) -> Row[Any]:
+    """The events waiting to be published: ``pending`` and ``oldest_created_at``."""
+    return outbox.pending_summary(connection)

@@ -45,6 +45,12 @@ def check_database(engine: Engine) -> CheckResult:
     return CheckResult(True, True, "ok")
 
 
+def database_version(engine: Engine) -> str:
+    """The server's version (``SHOW server_version``); raises when it is unreachable."""
+    with engine.connect() as connection:
+        return str(connection.execute(text("SHOW server_version")).scalar())
+
+
 def check_broker(settings: Settings) -> CheckResult:
     """An AMQP handshake with a 1 s timeout; the API still accepts writes without it."""
     parameters = connection_parameters(settings.rabbitmq_url, connect_timeout=CHECK_TIMEOUT_SECONDS)

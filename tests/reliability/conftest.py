@@ -2,22 +2,30 @@
 
 ``isolated_settings`` gives a test its own freshly migrated database (the shared per-worker
 one is left alone, since fault and fuzz runs write a lot and admin calls see every tenant).
+The stack on it: ``stack_settings`` (a module overrides it to change fields, e.g. a smaller
+relay batch or a broker behind a proxy), ``stack_engine``, ``api_url`` (a live API) and
+``tenant`` (a consumer created through it). ``db_proxy`` and ``db_proxied_settings`` put
+the worker's database behind a fault-injecting proxy.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, create_engine, text
 
+from service.app import create_app
 from service.config import Settings
+from service.kit.db import create_db_engine
 from service.migrations import runner as migrations
 from tests.conftest import unique_name
 from tests.service import conftest as api_fixtures
-from tests.support.api import assert_envelope
+from tests.support.api import assert_envelope, create_tenant_over_http
+from tests.support.live_server import LiveServer
+from tests.support.tcp_proxy import TcpProxy
 
 # The API fixtures of tests/service, shared: app, client, admin_headers, create_consumer.
 app = api_fixtures.app
@@ -35,6 +43,50 @@ def isolated_settings(settings: Settings, database_factory: Callable[[], str]) -
     migrations.apply(bootstrap)
     bootstrap.dispose()
     return settings.model_copy(update={"database_url": url})
+
+
+@pytest.fixture
+def stack_settings(isolated_settings: Settings) -> Settings:
+    """The settings of the test's API, relays and workers; override it in a module to change
+    fields (each override starts from ``isolated_settings``)."""
+    return isolated_settings
+
+
+@pytest.fixture
+def stack_engine(stack_settings: Settings) -> Iterator[Engine]:
+    """An engine on the stack's database, for probes and inserted backlogs."""
+    engine = create_db_engine(stack_settings, pool_size=2)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def api_url(stack_settings: Settings) -> Iterator[str]:
+    """The API on ``stack_settings``, served by uvicorn in this process; its base URL."""
+    server = LiveServer(create_app(stack_settings)).start()
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture
+def tenant(
+    api_url: str, stack_settings: Settings, request: pytest.FixtureRequest
+) -> dict[str, Any]:
+    """A consumer created through ``api_url`` (queues provisioned), named after the module."""
+    prefix = request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_")
+    return create_tenant_over_http(api_url, stack_settings.admin_api_key, prefix)
+
+
+@pytest.fixture
+def db_proxy(tcp_proxy_factory: Callable[[str, int], TcpProxy]) -> TcpProxy:
+    """A fault-injecting proxy in front of PostgreSQL."""
+    return tcp_proxy_factory("127.0.0.1", 5432)
+
+
+@pytest.fixture
+def db_proxied_settings(settings: Settings, db_proxy: TcpProxy) -> Settings:
+    """``settings`` with the database reached through ``db_proxy``."""
+    return settings.model_copy(update={"database_url": db_proxy.url_for(settings.database_url)})
 
 
 @pytest.fixture

@@ -15,16 +15,14 @@ test in tests/service/messaging/publish/test_broker_outage.py.)
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import Engine
 
-from service.app import create_app
 from service.config import Settings
-from service.kit.db import create_db_engine
 from tests.reliability.handlers import LOG_ENV, handler_lines
 from tests.reliability.load import CustomerLoad
 from tests.reliability.probes import (
@@ -34,8 +32,6 @@ from tests.reliability.probes import (
     report_figures,
 )
 from tests.reliability.processes import FintegrateProcess
-from tests.support.api import create_tenant_over_http
-from tests.support.live_server import LiveServer
 from tests.support.outbox import queue_depth, wait_until
 from tests.support.tcp_proxy import TcpProxy
 
@@ -60,28 +56,10 @@ def broker_proxy(tcp_proxy_factory: Callable[[str, int], TcpProxy]) -> TcpProxy:
 
 
 @pytest.fixture
-def proxied_settings(isolated_settings: Settings, broker_proxy: TcpProxy) -> Settings:
+def stack_settings(isolated_settings: Settings, broker_proxy: TcpProxy) -> Settings:
+    """The API, relay and worker reach the broker through ``broker_proxy``."""
     url = broker_proxy.url_for(isolated_settings.rabbitmq_url)
     return isolated_settings.model_copy(update={"rabbitmq_url": url})
-
-
-@pytest.fixture
-def fault_engine(isolated_settings: Settings) -> Iterator[Engine]:
-    engine = create_db_engine(isolated_settings, pool_size=2)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def api_url(proxied_settings: Settings) -> Iterator[str]:
-    server = LiveServer(create_app(proxied_settings)).start()
-    yield server.url
-    server.stop()
-
-
-@pytest.fixture
-def tenant(api_url: str, proxied_settings: Settings) -> dict[str, Any]:
-    return create_tenant_over_http(api_url, proxied_settings.admin_api_key, "mq")
 
 
 def cycle_faults(proxy: TcpProxy) -> None:
@@ -100,19 +78,19 @@ def processed(engine: Engine, consumer_id: str) -> set[str]:
 
 
 def test_broker_faults_during_steady_load_lose_nothing(
-    proxied_settings: Settings,
+    stack_settings: Settings,
     isolated_settings: Settings,
     broker_proxy: TcpProxy,
-    fault_engine: Engine,
+    stack_engine: Engine,
     api_url: str,
     tenant: dict[str, Any],
     tmp_path: Path,
 ) -> None:
     handler_log = tmp_path / "handled.log"
-    worker_settings = proxied_settings.model_copy(
+    worker_settings = stack_settings.model_copy(
         update={"api_url": api_url, "api_key": tenant["api_key"]}
     )
-    relay = FintegrateProcess("relay", ["relay"], proxied_settings, tmp_path).start()
+    relay = FintegrateProcess("relay", ["relay"], stack_settings, tmp_path).start()
     worker = FintegrateProcess(
         "worker",
         ["consume", "--consumer", tenant["name"], "--handler", "tests.reliability.handlers:record"],
@@ -127,7 +105,7 @@ def test_broker_faults_during_steady_load_lose_nothing(
         recovery_started = time.monotonic()
         events = load.created + 1  # + the tenant's consumer_created event
         assert wait_until(
-            lambda: len(processed(fault_engine, tenant["consumer_id"])) == events, timeout=120
+            lambda: len(processed(stack_engine, tenant["consumer_id"])) == events, timeout=120
         ), relay.log_text()[-1500:] + worker.log_text()[-1500:]
         settled_after = time.monotonic() - recovery_started
     finally:
@@ -136,9 +114,9 @@ def test_broker_faults_during_steady_load_lose_nothing(
     handled = handler_lines(handler_log)
     assert (relay_exit, worker_exit) == (0, 0)
     assert set(load.statuses) == {201}, load.summary()
-    assert publish_states(fault_engine, tenant["consumer_id"]) == {"published": events}
-    assert deliver_states(fault_engine, tenant["consumer_id"]) == {"delivered": events}
-    recorded = receipts(fault_engine, tenant["consumer_id"])
+    assert publish_states(stack_engine, tenant["consumer_id"]) == {"published": events}
+    assert deliver_states(stack_engine, tenant["consumer_id"]) == {"delivered": events}
+    recorded = receipts(stack_engine, tenant["consumer_id"])
     assert set(recorded.values()) == {1}  # one receipt per event and status
     assert {status for _, status in recorded} <= {"processed", "received"}
     assert len(set(handled)) == events

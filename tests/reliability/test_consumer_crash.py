@@ -17,10 +17,10 @@ from sqlalchemy import Engine
 
 from service.config import Settings
 from service.messaging.publish.relay import OutboxRelay
-from tests.conftest import unique_name
 from tests.reliability.handlers import LOG_ENV, SLOW_ENV, handler_lines
 from tests.reliability.probes import deliver_states, event_ids, receipts, report_figures
 from tests.reliability.processes import FintegrateProcess
+from tests.support.api import create_tenant_over_http
 from tests.support.outbox import queue_depth, wait_until
 
 CUSTOMERS = 3
@@ -31,15 +31,8 @@ WORKER_STARTED = "consuming customer_notification_"
 @pytest.fixture
 def tenant(live_server: str, settings: Settings) -> dict[str, Any]:
     """A tenant with ``CUSTOMERS`` customers whose events are all in its queue."""
-    assert settings.admin_api_key
+    data = create_tenant_over_http(live_server, settings.admin_api_key, "kill")
     with httpx.Client(base_url=live_server, timeout=10) as api:
-        created = api.post(
-            "/consumer/data",
-            json={"name": unique_name("kill")},
-            headers={"X-Admin-Key": settings.admin_api_key},
-        )
-        assert created.status_code == 201, created.text
-        data: dict[str, Any] = created.json()["data"]
         for index in range(CUSTOMERS):
             response = api.post(
                 "/customer/data", json={"name": f"k{index}"}, headers={"X-API-Key": data["api_key"]}

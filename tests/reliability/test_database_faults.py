@@ -20,10 +20,9 @@ from sqlalchemy import Engine, text
 
 from service.app import create_app
 from service.config import Settings
-from tests.conftest import unique_name
 from tests.reliability.load import REQUEST_TIMEOUT_SECONDS, CustomerLoad
 from tests.reliability.probes import report_figures
-from tests.support.api import assert_envelope
+from tests.support.api import assert_envelope, create_tenant_through
 from tests.support.live_server import LiveServer
 from tests.support.outbox import wait_until
 from tests.support.tcp_proxy import TcpProxy
@@ -33,15 +32,9 @@ LEAKS = ("Traceback", "psycopg2", "sqlalchemy", "SELECT", "INSERT", "fintegrate_
 
 
 @pytest.fixture
-def db_proxy(tcp_proxy_factory: Callable[[str, int], TcpProxy]) -> TcpProxy:
-    return tcp_proxy_factory("127.0.0.1", 5432)
-
-
-@pytest.fixture
-def api(settings: Settings, db_proxy: TcpProxy) -> Iterator[httpx.Client]:
+def api(db_proxied_settings: Settings, db_proxy: TcpProxy) -> Iterator[httpx.Client]:
     """A live API whose database link runs through ``db_proxy``."""
-    proxied = settings.model_copy(update={"database_url": db_proxy.url_for(settings.database_url)})
-    server = LiveServer(create_app(proxied)).start()
+    server = LiveServer(create_app(db_proxied_settings)).start()
     with httpx.Client(base_url=server.url, timeout=REQUEST_TIMEOUT_SECONDS) as client:
         yield client
     db_proxy.pass_through()  # let stalled requests finish before uvicorn stops
@@ -50,9 +43,7 @@ def api(settings: Settings, db_proxy: TcpProxy) -> Iterator[httpx.Client]:
 
 @pytest.fixture
 def tenant(api: httpx.Client, admin_headers: dict[str, str]) -> dict[str, Any]:
-    created = api.post("/consumer/data", json={"name": unique_name("pg")}, headers=admin_headers)
-    data: dict[str, Any] = assert_envelope(created, 201)
-    return {**data, "headers": {"X-API-Key": data["api_key"]}}
+    return create_tenant_through(api, admin_headers, "pg")
 
 
 def timed(call: Callable[[], httpx.Response]) -> tuple[httpx.Response, float]:

@@ -21,8 +21,7 @@ from sqlalchemy.engine import make_url
 from service.app import create_app
 from service.config import Settings
 from service.migrations import runner as migrations
-from tests.conftest import unique_name
-from tests.support.api import assert_envelope
+from tests.support.api import assert_envelope, create_tenant_through
 from tests.support.outbox import wait_until
 
 LEAKS = ("Traceback", "asyncpg", "psycopg2", "sqlalchemy", "SQLSTATE")
@@ -58,10 +57,7 @@ def api(settings: Settings, own_database: str, pg_admin_engine: Engine) -> Itera
 
 @pytest.fixture
 def tenant(api: TestClient, admin_headers: dict[str, str]) -> dict[str, str]:
-    created = api.post(
-        "/consumer/data", json={"name": unique_name("refuse")}, headers=admin_headers
-    )
-    headers = {"X-API-Key": assert_envelope(created, 201)["api_key"]}
+    headers: dict[str, str] = create_tenant_through(api, admin_headers, "refuse")["headers"]
     # warm: the key is cached, both pools hold a connection
     assert_envelope(api.post("/customer/data", json={"name": "warm"}, headers=headers), 201)
     assert_envelope(api.get("/customer/data", headers=headers), 200)

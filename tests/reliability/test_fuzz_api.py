@@ -21,17 +21,14 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from service.app import create_app
 from service.config import Settings
 from tests.reliability.probes import report_figures
-from tests.support.live_server import LiveServer
 
 pytestmark = pytest.mark.slow
 
@@ -67,19 +64,17 @@ POSITIVE_EXPECTED = ["2xx", "3xx", "401", "403", "404", "409", "429", "5xx"]
 
 
 @pytest.fixture
-def fuzz_server(isolated_settings: Settings) -> Iterator[str]:
-    """The API on its own database; failed-auth throttling off (ignored_auth sends bad keys)."""
-    app = create_app(isolated_settings.model_copy(update={"failed_auth_limit": 1_000_000}))
-    server = LiveServer(app).start()
-    yield server.url
-    server.stop()
+def stack_settings(isolated_settings: Settings) -> Settings:
+    """The API (``api_url``) on its own database; failed-auth throttling off (ignored_auth
+    sends bad keys)."""
+    return isolated_settings.model_copy(update={"failed_auth_limit": 1_000_000})
 
 
 @pytest.fixture
-def fuzz_tenant_key(fuzz_server: str, isolated_settings: Settings) -> str:
+def fuzz_tenant_key(api_url: str, isolated_settings: Settings) -> str:
     assert isolated_settings.admin_api_key
     response = httpx.post(
-        f"{fuzz_server}/consumer/data",
+        f"{api_url}/consumer/data",
         json={"name": "fuzz", "rate_limit_per_minute": 1_000_000, "rate_limit_burst": 1_000_000},
         headers={"X-Admin-Key": isolated_settings.admin_api_key},
         timeout=10,
@@ -145,10 +140,10 @@ def assert_clean(outcome: dict[str, Any]) -> None:
 
 
 def test_schemathesis_finds_no_server_error_and_no_schema_violation(
-    fuzz_server: str, fuzz_tenant_key: str, isolated_settings: Settings, tmp_path: Path
+    api_url: str, fuzz_tenant_key: str, isolated_settings: Settings, tmp_path: Path
 ) -> None:
     assert isolated_settings.admin_api_key
-    every = operation_names(fuzz_server)
+    every = operation_names(api_url)
     tenant_disabled = sorted({*ADMIN_ONLY, ROTATE})
     admin_disabled = sorted(every - {*ADMIN_ONLY, *EITHER})
     both_disabled = sorted(every - set(EITHER) | {ROTATE})
@@ -156,15 +151,15 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(
 
     admin_key = isolated_settings.admin_api_key
     tenant = run_schemathesis(
-        fuzz_server, config_text({"TenantKey": fuzz_tenant_key}, tenant_disabled), tmp_path / "t"
+        api_url, config_text({"TenantKey": fuzz_tenant_key}, tenant_disabled), tmp_path / "t"
     )
     both = run_schemathesis(
-        fuzz_server,
+        api_url,
         config_text({"TenantKey": fuzz_tenant_key, "AdminKey": admin_key}, both_disabled),
         tmp_path / "b",
     )
     admin = run_schemathesis(
-        fuzz_server, config_text({"AdminKey": admin_key}, admin_disabled), tmp_path / "a"
+        api_url, config_text({"AdminKey": admin_key}, admin_disabled), tmp_path / "a"
     )
 
     assert_clean(tenant)

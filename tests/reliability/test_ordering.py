@@ -15,7 +15,6 @@ import json
 import random
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,6 @@ import pytest
 from sqlalchemy import Engine, text
 
 from service.config import Settings
-from service.kit.db import create_db_engine
 from service.messaging import topology
 from tests.reliability.probes import publish_states, report_figures
 from tests.reliability.processes import FintegrateProcess, serve_api
@@ -45,7 +43,7 @@ RELAY = ["relay", "--poll-seconds", "0.2"]
 
 
 @pytest.fixture
-def chaos_settings(isolated_settings: Settings) -> Settings:
+def stack_settings(isolated_settings: Settings) -> Settings:
     return isolated_settings.model_copy(
         update={
             "relay_batch_size": 50,
@@ -56,13 +54,6 @@ def chaos_settings(isolated_settings: Settings) -> Settings:
             "rate_limit_api_key_burst": 100_000,
         }
     )
-
-
-@pytest.fixture
-def chaos_engine(chaos_settings: Settings) -> Iterator[Engine]:
-    engine = create_db_engine(chaos_settings, pool_size=2)
-    yield engine
-    engine.dispose()
 
 
 class Broker:
@@ -195,17 +186,17 @@ def commit_order(engine: Engine, consumer_id: str) -> dict[str, list[tuple[int, 
 
 @pytest.mark.parametrize("relay_count", [2, 4])
 def test_every_customer_arrives_in_commit_order_through_chaos(
-    relay_count: int, chaos_settings: Settings, chaos_engine: Engine, tmp_path: Path
+    relay_count: int, stack_settings: Settings, stack_engine: Engine, tmp_path: Path
 ) -> None:
-    api, api_url = serve_api(chaos_settings, tmp_path)
+    api, api_url = serve_api(stack_settings, tmp_path)
     relays = [
-        FintegrateProcess(f"relay{n}", RELAY, chaos_settings, tmp_path).start()
+        FintegrateProcess(f"relay{n}", RELAY, stack_settings, tmp_path).start()
         for n in range(relay_count)
     ]
     chaos = None
     try:
-        tenant = create_tenant_over_http(api_url, chaos_settings.admin_api_key, "ordered")
-        chaos = Chaos(relays, Broker(chaos_settings), tenant["name"])
+        tenant = create_tenant_over_http(api_url, stack_settings.admin_api_key, "ordered")
+        chaos = Chaos(relays, Broker(stack_settings), tenant["name"])
         chaos.thread.start()
         started = time.monotonic()
         customers = run_customers(api_url, tenant["api_key"])
@@ -215,9 +206,9 @@ def test_every_customer_arrives_in_commit_order_through_chaos(
         total = CUSTOMERS * EVENTS_PER_CUSTOMER + 1
         everything = {"published": total}
         assert wait_until(
-            lambda: publish_states(chaos_engine, tenant["consumer_id"]) == everything, 120
-        ), publish_states(chaos_engine, tenant["consumer_id"])
-        arrivals = first_arrivals(chaos_settings, tenant["queue_name"])
+            lambda: publish_states(stack_engine, tenant["consumer_id"]) == everything, 120
+        ), publish_states(stack_engine, tenant["consumer_id"])
+        arrivals = first_arrivals(stack_settings, tenant["queue_name"])
     finally:
         if chaos is not None:
             chaos.stop.set()
@@ -228,7 +219,7 @@ def test_every_customer_arrives_in_commit_order_through_chaos(
     expected_types = (
         ["customer_creation"] + ["customer_status_change"] * len(STATUSES) + ["customer_deletion"]
     )
-    history = commit_order(chaos_engine, tenant["consumer_id"])
+    history = commit_order(stack_engine, tenant["consumer_id"])
     assert sorted(history) == sorted(customers)
     for events in history.values():
         assert [sequence for sequence, _, _ in events] == list(range(1, EVENTS_PER_CUSTOMER + 1))

@@ -13,22 +13,17 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import Engine
 
-from service.app import create_app
 from service.config import Settings
-from service.kit.db import create_db_engine
 from tests.reliability.handlers import LOG_ENV, handler_lines
 from tests.reliability.load import CustomerLoad
 from tests.reliability.probes import publish_states, receipts, report_figures
 from tests.reliability.processes import FintegrateProcess
-from tests.support.api import create_tenant_over_http
-from tests.support.live_server import LiveServer
 from tests.support.outbox import insert_events, queue_depth, wait_until
 
 pytestmark = pytest.mark.slow
@@ -44,27 +39,8 @@ WORKER_STARTED = "consuming customer_notification_"
 
 
 @pytest.fixture
-def crash_settings(isolated_settings: Settings) -> Settings:
+def stack_settings(isolated_settings: Settings) -> Settings:
     return isolated_settings.model_copy(update={"relay_batch_size": BATCH})
-
-
-@pytest.fixture
-def crash_engine(crash_settings: Settings) -> Iterator[Engine]:
-    engine = create_db_engine(crash_settings, pool_size=2)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def api_url(crash_settings: Settings) -> Iterator[str]:
-    server = LiveServer(create_app(crash_settings)).start()
-    yield server.url
-    server.stop()
-
-
-@pytest.fixture
-def tenant(api_url: str, crash_settings: Settings) -> dict[str, Any]:
-    return create_tenant_over_http(api_url, crash_settings.admin_api_key, "crash")
 
 
 def published_count(engine: Engine, tenant: dict[str, Any]) -> int:
@@ -150,21 +126,21 @@ def consume_everything(
 
 
 def test_relay_killed_mid_batch_ten_times_loses_nothing(
-    crash_settings: Settings,
-    crash_engine: Engine,
+    stack_settings: Settings,
+    stack_engine: Engine,
     api_url: str,
     tenant: dict[str, Any],
     tmp_path: Path,
 ) -> None:
-    insert_events(crash_engine, tenant["consumer_id"], count=BACKLOG)
-    worker_settings = crash_settings.model_copy(update={"api_url": api_url})
+    insert_events(stack_engine, tenant["consumer_id"], count=BACKLOG)
+    worker_settings = stack_settings.model_copy(update={"api_url": api_url})
     with CustomerLoad([api_url], tenant["api_key"], LOAD_LIMIT, pause_seconds=0.01) as load:
-        duplicates_per_crash = kill_rounds(crash_settings, crash_engine, tenant, tmp_path)
-    drain_seconds = drain_with_relay(crash_settings, crash_engine, tenant, tmp_path)
-    events = sum(publish_states(crash_engine, tenant["consumer_id"]).values())
-    in_queue = queue_depth(crash_settings.rabbitmq_url, tenant["queue_name"])
-    handled = consume_everything(worker_settings, crash_engine, tenant, tmp_path, events)
-    receipt_counts = receipts(crash_engine, tenant["consumer_id"])
+        duplicates_per_crash = kill_rounds(stack_settings, stack_engine, tenant, tmp_path)
+    drain_seconds = drain_with_relay(stack_settings, stack_engine, tenant, tmp_path)
+    events = sum(publish_states(stack_engine, tenant["consumer_id"]).values())
+    in_queue = queue_depth(stack_settings.rabbitmq_url, tenant["queue_name"])
+    handled = consume_everything(worker_settings, stack_engine, tenant, tmp_path, events)
+    receipt_counts = receipts(stack_engine, tenant["consumer_id"])
 
     assert set(load.statuses) == {201}
     assert events == BACKLOG + 1 + load.created  # + the tenant's consumer_created event

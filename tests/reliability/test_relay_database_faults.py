@@ -10,20 +10,17 @@ existed it blocked in libpq for as long as the silence lasted.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import Engine
 
-from service.app import create_app
 from service.config import Settings
-from service.kit.db import SILENCE_MARGIN_SECONDS, create_db_engine
+from service.kit.db import SILENCE_MARGIN_SECONDS
 from tests.reliability.probes import publish_states, report_figures
 from tests.reliability.processes import FintegrateProcess
-from tests.support.api import create_tenant_over_http
-from tests.support.live_server import LiveServer
 from tests.support.outbox import insert_events, wait_until
 from tests.support.tcp_proxy import TcpProxy
 
@@ -32,25 +29,8 @@ GAVE_UP = "did not answer within"
 
 
 @pytest.fixture
-def relay_settings(isolated_settings: Settings) -> Settings:
+def stack_settings(isolated_settings: Settings) -> Settings:
     return isolated_settings.model_copy(update={"db_statement_timeout_ms": STATEMENT_TIMEOUT_MS})
-
-
-@pytest.fixture
-def direct_engine(relay_settings: Settings) -> Iterator[Engine]:
-    engine = create_db_engine(relay_settings, pool_size=1)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def tenant(relay_settings: Settings) -> Iterator[dict[str, Any]]:
-    """A consumer with its queues provisioned (created through a live API)."""
-    server = LiveServer(create_app(relay_settings)).start()
-    try:
-        yield create_tenant_over_http(server.url, relay_settings.admin_api_key, "frozen")
-    finally:
-        server.stop()
 
 
 def all_published(engine: Engine, tenant: dict[str, Any]) -> Callable[[], bool]:
@@ -58,32 +38,31 @@ def all_published(engine: Engine, tenant: dict[str, Any]) -> Callable[[], bool]:
 
 
 def test_relay_gives_up_on_a_frozen_database_within_a_bound_and_resumes(
-    relay_settings: Settings,
-    direct_engine: Engine,
+    stack_settings: Settings,
+    stack_engine: Engine,
     tenant: dict[str, Any],
-    tcp_proxy_factory: Callable[[str, int], TcpProxy],
+    db_proxy: TcpProxy,
     tmp_path: Path,
 ) -> None:
-    proxy = tcp_proxy_factory("127.0.0.1", 5432)
-    proxied = relay_settings.model_copy(
-        update={"database_url": proxy.url_for(relay_settings.database_url)}
+    proxied = stack_settings.model_copy(
+        update={"database_url": db_proxy.url_for(stack_settings.database_url)}
     )
     relay = FintegrateProcess("relay", ["relay", "--poll-seconds", "0.2"], proxied, tmp_path)
     relay.start()
     try:
         relay.wait_for_log("relay started")
-        assert wait_until(all_published(direct_engine, tenant), timeout=30)
+        assert wait_until(all_published(stack_engine, tenant), timeout=30)
 
-        proxy.blackhole()  # established connections go silent, new ones never answer
+        db_proxy.blackhole()  # established connections go silent, new ones never answer
         frozen_at = time.monotonic()
-        insert_events(direct_engine, tenant["consumer_id"], count=3)
+        insert_events(stack_engine, tenant["consumer_id"], count=3)
         bound = STATEMENT_TIMEOUT_MS / 1000 + SILENCE_MARGIN_SECONDS
         relay.wait_for_log(GAVE_UP, timeout=bound + 10)
         gave_up_after = time.monotonic() - frozen_at
 
-        proxy.pass_through()
+        db_proxy.pass_through()
         thawed_at = time.monotonic()
-        assert wait_until(all_published(direct_engine, tenant), timeout=60), relay.log_text()
+        assert wait_until(all_published(stack_engine, tenant), timeout=60), relay.log_text()
         resumed_after = time.monotonic() - thawed_at
     finally:
         assert relay.terminate() == 0, relay.log_text()[-2000:]

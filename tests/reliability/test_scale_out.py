@@ -21,12 +21,10 @@ import pytest
 from sqlalchemy import Engine, text
 
 from service.config import Settings
-from service.kit.db import create_db_engine
 from tests.reliability.handlers import LOG_ENV, handler_lines
 from tests.reliability.load import CustomerLoad
 from tests.reliability.probes import deliver_states, receipts, report_figures
 from tests.reliability.processes import FintegrateProcess, serve_api
-from tests.support.api import create_tenant_over_http
 from tests.support.outbox import queue_depth, wait_until
 
 pytestmark = pytest.mark.slow
@@ -34,13 +32,6 @@ pytestmark = pytest.mark.slow
 CUSTOMERS = 300
 RELAY_TOTAL = re.compile(r"relay stopped: (\d+) published")
 WORKER_TOTAL = re.compile(r"consumer stopped: (\d+) processed")
-
-
-@pytest.fixture
-def scale_engine(isolated_settings: Settings) -> Iterator[Engine]:
-    engine = create_db_engine(isolated_settings, pool_size=2)
-    yield engine
-    engine.dispose()
 
 
 @pytest.fixture
@@ -52,8 +43,9 @@ def apis(isolated_settings: Settings, tmp_path: Path) -> Iterator[list[str]]:
 
 
 @pytest.fixture
-def tenant(apis: list[str], isolated_settings: Settings) -> dict[str, Any]:
-    return create_tenant_over_http(apis[0], isolated_settings.admin_api_key, "scale")
+def api_url(apis: list[str]) -> str:
+    """The first API: ``tenant`` is created through it."""
+    return apis[0]
 
 
 def publish_tries(engine: Engine, consumer_id: str) -> Counter[tuple[str, int]]:
@@ -92,7 +84,7 @@ def totals(processes: list[FintegrateProcess], pattern: re.Pattern[str]) -> list
 
 def test_two_of_everything_publish_once_and_deliver_everything(
     isolated_settings: Settings,
-    scale_engine: Engine,
+    stack_engine: Engine,
     apis: list[str],
     tenant: dict[str, Any],
     tmp_path: Path,
@@ -104,7 +96,7 @@ def test_two_of_everything_publish_once_and_deliver_everything(
         with CustomerLoad(apis, tenant["api_key"], CUSTOMERS) as load:
             assert load.wait(120)
         assert wait_until(
-            lambda: len(receipts(scale_engine, tenant["consumer_id"])) == events, timeout=120
+            lambda: len(receipts(stack_engine, tenant["consumer_id"])) == events, timeout=120
         )
         elapsed = time.monotonic() - started
         assert wait_until(
@@ -116,10 +108,10 @@ def test_two_of_everything_publish_once_and_deliver_everything(
     handled = Counter(handler_lines(tmp_path / "handled.log"))
     assert exits == [0, 0, 0, 0]
     assert set(load.statuses) == {201}, load.summary()
-    assert publish_tries(scale_engine, tenant["consumer_id"]) == {("published", 1): events}
+    assert publish_tries(stack_engine, tenant["consumer_id"]) == {("published", 1): events}
     assert len(handled) == events and set(handled.values()) == {1}  # no event seen twice
-    assert set(receipts(scale_engine, tenant["consumer_id"]).values()) == {1}
-    assert deliver_states(scale_engine, tenant["consumer_id"]) == {"delivered": events}
+    assert set(receipts(stack_engine, tenant["consumer_id"]).values()) == {1}
+    assert deliver_states(stack_engine, tenant["consumer_id"]) == {"delivered": events}
     assert sorted(totals(processes[2:], WORKER_TOTAL)) == [0, events]  # one stood by
     report_figures(
         "scale_out_2x2x2",

@@ -12,7 +12,7 @@ one answer that issues it (consumer creation, rotation).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -89,14 +89,8 @@ def tenant_key_paths(client: TestClient, record: Recorder, admin: dict[str, str]
 
 
 @pytest.fixture
-def db_proxy(tcp_proxy_factory: Callable[[str, int], TcpProxy]) -> TcpProxy:
-    return tcp_proxy_factory("127.0.0.1", 5432)
-
-
-@pytest.fixture
-def proxied_client(settings: Settings, db_proxy: TcpProxy) -> Iterator[TestClient]:
-    proxied = settings.model_copy(update={"database_url": db_proxy.url_for(settings.database_url)})
-    with TestClient(create_app(proxied)) as client:
+def proxied_client(db_proxied_settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(db_proxied_settings)) as client:
         yield client
 
 

@@ -73,6 +73,18 @@ def events_of(engine: Engine, customer_id: str | UUID) -> list[Any]:
         )
 
 
+def create_tenant_through(
+    client: httpx.Client, admin_headers: dict[str, str], prefix: str
+) -> dict[str, Any]:
+    """A consumer created through ``client`` (a TestClient or an httpx client on a live API);
+    its data with the tenant's ``headers``."""
+    created = client.post(
+        "/consumer/data", json={"name": unique_name(prefix)}, headers=admin_headers
+    )
+    data: dict[str, Any] = assert_envelope(created, 201)
+    return {**data, "headers": {"X-API-Key": data["api_key"]}}
+
+
 def create_tenant_over_http(api_url: str, admin_key: str | None, prefix: str) -> dict[str, Any]:
     """Create a consumer through a live API with the admin key; returns the 201's data."""
     assert admin_key, "the settings have no admin key"
