@@ -1,10 +1,10 @@
 """SQL of customer_events and consumer_event_receipts: the outbox insert, the delivery
 receipts, erasure's redaction and the tenant-scoped reads.
 
-Also written elsewhere, each one statement on purpose (see docs/ARCHITECTURE.md): the
-customer insert with its event (service/customers/repository.py), and the relay's outbox
-SQL (service/messaging/outbox.py: pending heads, published / failed marks, also used by
-resend / redeliver), which is still to move here.
+The relay's outbox SQL (pending heads, published / failed marks, also used by resend and
+redeliver) is service/events/outbox.py. Also written elsewhere, one statement on purpose
+(see docs/ARCHITECTURE.md): the customer insert with its event
+(service/customers/repository.py).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ from uuid import UUID
 import asyncpg
 from sqlalchemy import Connection, Row
 
-from service.events import repository, stats
+from service.events import outbox, repository, stats
 from service.events.schemas import (
     EventFilters,
     EventOut,
@@ -19,7 +19,6 @@ from service.events.schemas import (
 from service.kit.db_async import pooled_connection
 from service.kit.errors import NotFound
 from service.kit.pagination import build_page, cursor_params, decode_cursor
-from service.messaging.publish import outbox
 
 EVENT_NOT_FOUND = "Event not found"
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 CLI = Path(__file__).resolve().parents[2] / "fintegrate_cli"
 # Modules holding SQL; the relay's own (messaging.leases) is listed in docs/ARCHITECTURE.md.
-SQL_MODULES = ("repository", "service.events.stats", "service.messaging.publish.outbox")
+SQL_MODULES = ("repository", "service.events.stats", "service.events.outbox")
 
 
 def imported(path: Path) -> set[str]:

@@ -22,15 +22,15 @@ OWNERS = {
     "consumers": {"service/consumers/repository.py"},
     "customer_analytics": {CUSTOMERS},
     "customer_event_counts": {"service/events/stats.py"},
-    "customer_events": {EVENTS, "service/events/partitions.py"},
+    "customer_events": {EVENTS, "service/events/outbox.py", "service/events/partitions.py"},
     "customer_events_default": {"service/events/partitions.py"},
     "customer_tags": {CUSTOMERS},
     "customers": {CUSTOMERS},
     "event_sequences": set(),  # written by the sequence trigger only (migration 20261202_0500)
     "idempotency_keys": {CUSTOMERS},
     "migration_history": {"service/migrations/runner.py"},
-    "relay_members": {"service/messaging/leases.py"},
-    "relay_partitions": {"service/messaging/leases.py"},
+    "relay_members": {"service/messaging/publish/leases.py"},
+    "relay_partitions": {"service/messaging/publish/leases.py"},
     "republish_budgets": {"service/delivery/repository.py"},
 }
 EXCEPTIONS = {
@@ -38,8 +38,7 @@ EXCEPTIONS = {
     ("service/delivery/repository.py", "customer_events"): "the republish selection (reads)",
     ("service/delivery/repository.py", "consumers"): "the republish selection joins names",
     ("service/auth/repository.py", "consumers"): "the key lookup joins its consumer's limits",
-    ("service/messaging/outbox.py", "customer_events"): "the relay's outbox SQL, still to move",
-    ("service/messaging/outbox.py", "consumers"): "the relay's pending heads join names",
+    ("service/events/outbox.py", "consumers"): "the relay's reads join the routing names",
 }
 
 

@@ -18,9 +18,9 @@ from typing import Any
 
 from sqlalchemy import Connection, Row
 
+from service.events.outbox import mark_failed, mark_published
 from service.messaging.connection import BrokerUnavailable
 from service.messaging.messages import event_from_row
-from service.messaging.publish.outbox import mark_failed, mark_published
 from service.messaging.publish.publisher import ConfirmingPublisher, outgoing_event
 
 Run = Sequence[Row[Any]]

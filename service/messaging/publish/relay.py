@@ -4,7 +4,7 @@ Relays share the outbox by partitions of the aggregate key, each leased to one r
 time (``service.messaging.publish.leases``). One round, for the partitions held:
 
 1. read (no row locks, short transaction) the due aggregate heads and, when few aggregates
-   have work, the pending events behind them (``service.messaging.publish.outbox``);
+   have work, the pending events behind them (``service.events.outbox``);
 2. publish each aggregate's run in sequence order, wave by wave with confirms
    (``service.messaging.publish.ordered``), only while the leases are valid;
 3. record the outcomes in one short transaction, fenced by the leases' tokens.
@@ -41,12 +41,12 @@ from sqlalchemy.exc import DBAPIError
 from service.config import Settings
 from service.events import partitions
 from service.events.maintenance import run_history_maintenance
+from service.events.outbox import aggregate_runs, due_heads, transaction_time
 from service.kit.db import APPLICATION_NAME, CONNECT_TIMEOUT_SECONDS, libpq_dsn
 from service.messaging.connection import Backoff, BrokerUnavailable
 from service.messaging.messages import POSSIBLE_DUPLICATE_HEADER
 from service.messaging.publish.leases import PartitionLeases, Tenure
 from service.messaging.publish.ordered import PublishReport, publish_runs, record_outcomes
-from service.messaging.publish.outbox import aggregate_runs, due_heads, transaction_time
 from service.messaging.publish.publisher import ConfirmingPublisher
 
 log = logging.getLogger(__name__)

@@ -12,11 +12,10 @@ import pytest
 from sqlalchemy import Engine, text
 
 from service.config import Settings
-from service.events import partitions
+from service.events import outbox, partitions
 from service.messaging.connection import BrokerUnavailable
 from service.messaging.messages import POSSIBLE_DUPLICATE_HEADER
 from service.messaging.operate.provisioning import ProvisionResult, provision_consumer_queues
-from service.messaging.publish import outbox
 from service.messaging.publish.publisher import ConfirmingPublisher, OutgoingMessage, PublishResult
 from service.messaging.publish.relay import (
     BacklogStatistics,
