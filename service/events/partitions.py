@@ -42,7 +42,7 @@ LIST = text(
 # events have landed since, and every plan of the relay's DUE_HEADS looks free: right after
 # a backlog landed it once planned the per-head probe as a full scan of the pending index
 # (369 ms a round, 16x slower, at 10,000,000 events of history) until autovacuum's next
-# ANALYZE, which on a partition of millions of rows waits for 10% of them to change.
+# ANALYZE, which on a partition of millions of rows waits for 2% of them to change.
 COUNTED_EMPTY = text(
     """
     SELECT DISTINCT t.relname AS name
