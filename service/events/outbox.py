@@ -94,6 +94,7 @@ MARK_FAILED = text(
     """
 )
 
+PLAIN_INDEX_SCAN = text("SET LOCAL enable_bitmapscan = off; SET LOCAL enable_seqscan = off")
 PENDING_SUMMARY = text(
     """
     SELECT count(*) AS pending, min(created_at) AS oldest_created_at
@@ -179,5 +180,12 @@ def transaction_time(connection: Connection) -> datetime:
 
 
 def pending_summary(connection: Connection) -> Row[Any]:
-    """The outbox backlog: pending count and oldest pending creation time."""
+    """The outbox backlog: pending count and oldest pending creation time.
+
+    Read by a plain scan of the pending partial indexes (this transaction only): a bitmap
+    scan, which the planner picks when statistics still count a drained backlog, visits
+    the heap page of every dead entry each time (8 ms for 12,000 entries over 10,000 pages
+    at 10M events of history), where an index scan marks them dead on its first pass.
+    """
+    connection.execute(PLAIN_INDEX_SCAN)
     return connection.execute(PENDING_SUMMARY).one()

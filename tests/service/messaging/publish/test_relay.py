@@ -423,3 +423,31 @@ def test_a_backlog_in_a_partition_counted_empty_gets_fresh_statistics(
         counted = connection.execute(PENDING_INDEX_TUPLES, {"partition": stale}).scalar_one()
     assert counted > 0
     assert statistics.after_round(full=True) == []  # checked at most every 10 s
+
+
+def test_the_backlog_summary_reads_the_pending_indexes_with_a_plain_scan(
+    outbox_engine: Engine, tenant: Tenant
+) -> None:
+    _, consumer_id, _ = tenant
+    ids = insert_events(outbox_engine, consumer_id, 500)
+    with outbox_engine.connect() as connection:  # statistics that count a backlog
+        connection.execution_options(isolation_level="AUTOCOMMIT").execute(
+            text("ANALYZE customer_events")
+        )
+    with outbox_engine.begin() as connection:
+        connection.execute(
+            text(
+                "UPDATE customer_events SET publish_status = 'published'"
+                " WHERE event_id = ANY(CAST(:ids AS uuid[]))"
+            ),
+            {"ids": ids[:490]},
+        )
+    with outbox_engine.begin() as connection:
+        summary = outbox.pending_summary(connection)  # sets the plain scan for this transaction
+        [explained] = connection.execute(
+            text("EXPLAIN (ANALYZE, FORMAT JSON) " + outbox.PENDING_SUMMARY.text)
+        ).scalar_one()
+        plan = explained["Plan"]
+    scans = {node["Node Type"] for node in plan_nodes(plan)}
+    assert summary.pending == 10
+    assert "Bitmap Heap Scan" not in scans and "Seq Scan" not in scans, scans
