@@ -86,17 +86,22 @@ def list_partitions(connection: Connection) -> list[Partition]:
     return [Partition(**row._mapping) for row in rows]
 
 
-def uncounted_backlog(connection: Connection) -> list[str]:
-    """Partitions holding pending events while their pending indexes are counted empty."""
+def uncounted_backlog(connection: Connection, at_least: int) -> list[str]:
+    """Partitions holding ``at_least`` pending events while their pending indexes are
+    counted empty (fewer would not mislead the planner much, and a sample would miss them).
+    """
     counted_empty = connection.execute(COUNTED_EMPTY).scalars().all()
     connection.execute(NO_SEQUENTIAL_SCAN)
-    return [name for name in counted_empty if _holds_pending(connection, name)]
+    return [name for name in counted_empty if _pending_at_least(connection, name, at_least)]
 
 
-def _holds_pending(connection: Connection, name: str) -> bool:
+def _pending_at_least(connection: Connection, name: str, count: int) -> bool:
     table = _table(name)
-    query = f"SELECT EXISTS (SELECT 1 FROM ONLY {table} WHERE publish_status = 'pending')"  # noqa: S608
-    return bool(connection.execute(text(query)).scalar_one())
+    query = (
+        f"SELECT count(*) FROM (SELECT 1 FROM ONLY {table}"  # noqa: S608 - checked name
+        " WHERE publish_status = 'pending' LIMIT :count) AS pending"
+    )
+    return int(connection.execute(text(query), {"count": count}).scalar_one()) >= count
 
 
 def analyze(connection: Connection, name: str) -> None:

@@ -56,7 +56,8 @@ REPORT_EVERY_SECONDS = 10.0
 MAINTENANCE_EVERY_SECONDS = 300.0
 MAINTENANCE_PARTITION = 0  # the relay holding it runs history maintenance (one at a time)
 MAX_ERROR_BACKOFF_SECONDS = 10.0
-STATISTICS_CHECK_SECONDS = 10.0
+STATISTICS_CHECK_SECONDS = 1.0
+STATISTICS_REFRESH_SECONDS = 60.0
 
 
 @dataclass
@@ -127,32 +128,43 @@ class BacklogStatistics:
 
     A partial index VACUUMed or ANALYZEd while nothing was pending is recorded as empty, and
     the planner keeps taking it for empty as it grows (``events.partitions``
-    UNCOUNTED_BACKLOG says what that did to the relay's reads). While rounds come back full,
-    at most every ``STATISTICS_CHECK_SECONDS``, the relay looks for such partitions and
-    ANALYZEs them (a sample of the partition; it blocks no reader or writer).
+    COUNTED_EMPTY says what that did to the relay's reads). Before a round, at most every
+    ``STATISTICS_CHECK_SECONDS``, the relay looks for partitions holding at least a batch
+    of pending events while counted empty, and ANALYZEs them (a sample of the partition; it
+    blocks no reader or writer), each at most every ``STATISTICS_REFRESH_SECONDS``.
     """
 
-    def __init__(self, engine: Engine, clock: Any = time.monotonic) -> None:
+    def __init__(self, engine: Engine, batch_size: int, clock: Any = time.monotonic) -> None:
         self._engine = engine
+        self._batch_size = batch_size
         self._clock = clock
         self._checked_at = -STATISTICS_CHECK_SECONDS
+        self._refreshed: dict[str, float] = {}
 
-    def after_round(self, full: bool) -> list[str]:
-        """Check (when due and the round was full); the partitions analysed."""
-        if not full or self._clock() - self._checked_at < STATISTICS_CHECK_SECONDS:
+    def before_round(self) -> list[str]:
+        """Check when due; the partitions analysed."""
+        now = self._clock()
+        if now - self._checked_at < STATISTICS_CHECK_SECONDS:
             return []
-        self._checked_at = self._clock()
+        self._checked_at = now
         try:
             with self._engine.begin() as connection:
-                stale = partitions.uncounted_backlog(connection)
-            for name in stale:
+                stale = partitions.uncounted_backlog(connection, self._batch_size)
+            refreshed = [name for name in stale if self._due(name, now)]
+            for name in refreshed:
                 with self._engine.begin() as connection:
                     partitions.analyze(connection, name)
+                self._refreshed[name] = now
                 log.info("statistics of %s refreshed: a backlog sat in it, counted empty", name)
         except DBAPIError as exc:  # not the owner, a timeout: the next check tries again
             log.warning("could not refresh outbox statistics: %s", _first_line(exc))
             return []
-        return stale
+        return refreshed
+
+    def _due(self, name: str, now: float) -> bool:
+        return now - self._refreshed.get(name, -STATISTICS_REFRESH_SECONDS) >= (
+            STATISTICS_REFRESH_SECONDS
+        )
 
 
 def publish_pending_batch(
@@ -299,7 +311,7 @@ class OutboxRelay:
         )
         self._errors = Backoff(initial=0.2, maximum=MAX_ERROR_BACKOFF_SECONDS)
         self._duplicates = PossibleDuplicates()
-        self._statistics = BacklogStatistics(engine)
+        self._statistics = BacklogStatistics(engine, self.batch_size)
         self._notifications = PendingNotifications(settings.database_url)
         self._reported_at = time.monotonic()
         self._maintained_at = -MAINTENANCE_EVERY_SECONDS
@@ -333,6 +345,7 @@ class OutboxRelay:
         try:
             self._hold_partitions()
             self._maintain_history()
+            self._statistics.before_round()
             outcome = publish_pending_batch(
                 self.engine,
                 self.publisher,
@@ -351,7 +364,6 @@ class OutboxRelay:
             return None
         self._errors.reset()
         self.totals.add(outcome)
-        self._statistics.after_round(outcome.claimed >= self.batch_size)
         self._report()
         return outcome
 
