@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, text
+from sqlalchemy import Connection, Engine, text
 
 from service.config import Settings
 from service.events import outbox, partitions
@@ -313,17 +313,40 @@ def walked_entries(plan: dict[str, Any]) -> int:
     )
 
 
+def explain(connection: Connection, statement: Any, params: dict[str, Any]) -> dict[str, Any]:
+    """EXPLAIN ANALYZE of ``statement`` in the caller's transaction (its settings apply)."""
+    [plan] = connection.execute(
+        text("EXPLAIN (ANALYZE, FORMAT JSON) " + statement.text), params
+    ).scalar_one()
+    return plan["Plan"]
+
+
 def explain_due_heads(engine: Engine, settings: Settings, limit: int) -> dict[str, Any]:
     """EXPLAIN ANALYZE of the relay's DUE_HEADS over every partition, as the relay runs it."""
     partitions = settings.relay_partitions
     params = {"partitions": list(range(partitions)), "partition_count": partitions}
     with engine.begin() as connection:
         connection.execute(outbox.PLANNER_HINTS)
-        [plan] = connection.execute(
-            text("EXPLAIN (ANALYZE, FORMAT JSON) " + outbox.DUE_HEADS.text),
-            {**params, "limit": limit},
-        ).scalar_one()
-    return plan["Plan"]
+        return explain(connection, outbox.DUE_HEADS, {**params, "limit": limit})
+
+
+def refresh_statistics(engine: Engine, command: str = "VACUUM ANALYZE") -> None:
+    """``command`` on customer_events, outside a transaction (VACUUM cannot run in one)."""
+    with engine.connect() as connection:
+        connection.execution_options(isolation_level="AUTOCOMMIT").execute(
+            text(f"{command} customer_events")
+        )
+
+
+def mark_published_by_hand(engine: Engine, event_ids: list[str]) -> None:
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "UPDATE customer_events SET publish_status = 'published'"
+                " WHERE event_id = ANY(CAST(:ids AS uuid[]))"
+            ),
+            {"ids": event_ids},
+        )
 
 
 def test_the_walk_meets_aggregate_heads_first_when_events_tie_on_time(
@@ -337,8 +360,7 @@ def test_the_walk_meets_aggregate_heads_first_when_events_tie_on_time(
         connection.execute(
             text("UPDATE customer_events SET next_attempt_at = created_at, publish_try_count = 0")
         )
-    with outbox_engine.begin() as connection:
-        connection.execute(text("ANALYZE customer_events"))
+    refresh_statistics(outbox_engine, "ANALYZE")
     plan = explain_due_heads(outbox_engine, outbox_settings, 100)
     with outbox_engine.begin() as connection:
         heads = outbox.due_heads(connection, list(range(partitions)), partitions, 100)
@@ -350,19 +372,8 @@ def test_the_head_probe_stays_on_the_aggregate_index_after_a_sudden_backlog(
     outbox_settings: Settings, outbox_engine: Engine, tenant: Tenant
 ) -> None:
     _, consumer_id, _ = tenant
-    published = insert_events(outbox_engine, consumer_id, 2000)
-    with outbox_engine.begin() as connection:
-        connection.execute(
-            text(
-                "UPDATE customer_events SET publish_status = 'published'"
-                " WHERE event_id = ANY(CAST(:ids AS uuid[]))"
-            ),
-            {"ids": published},
-        )
-    with outbox_engine.connect() as connection:  # statistics that saw no pending row
-        connection.execution_options(isolation_level="AUTOCOMMIT").execute(
-            text("VACUUM ANALYZE customer_events")
-        )
+    mark_published_by_hand(outbox_engine, insert_events(outbox_engine, consumer_id, 2000))
+    refresh_statistics(outbox_engine)  # statistics that saw no pending row
     insert_events(outbox_engine, consumer_id, 1000)  # one aggregate each: every one a head
     plan = explain_due_heads(outbox_engine, outbox_settings, 200)
     walks = [node for node in plan_nodes(plan) if WALK_INDEX in node.get("Index Name", "")]
@@ -406,10 +417,7 @@ def test_a_backlog_in_a_partition_counted_empty_gets_fresh_statistics(
     outbox_engine: Engine, tenant: Tenant
 ) -> None:
     _, consumer_id, _ = tenant
-    with outbox_engine.connect() as connection:  # nothing pending: the indexes counted empty
-        connection.execution_options(isolation_level="AUTOCOMMIT").execute(
-            text("VACUUM ANALYZE customer_events")
-        )
+    refresh_statistics(outbox_engine)  # nothing pending: the indexes counted empty
     insert_events(outbox_engine, consumer_id, 3000)
     with outbox_engine.connect() as connection:
         [stale] = partitions.uncounted_backlog(connection, 1000)  # the current span's
@@ -433,24 +441,11 @@ def test_the_backlog_summary_reads_the_pending_indexes_with_a_plain_scan(
 ) -> None:
     _, consumer_id, _ = tenant
     ids = insert_events(outbox_engine, consumer_id, 500)
-    with outbox_engine.connect() as connection:  # statistics that count a backlog
-        connection.execution_options(isolation_level="AUTOCOMMIT").execute(
-            text("ANALYZE customer_events")
-        )
-    with outbox_engine.begin() as connection:
-        connection.execute(
-            text(
-                "UPDATE customer_events SET publish_status = 'published'"
-                " WHERE event_id = ANY(CAST(:ids AS uuid[]))"
-            ),
-            {"ids": ids[:490]},
-        )
+    refresh_statistics(outbox_engine, "ANALYZE")  # statistics that count a backlog
+    mark_published_by_hand(outbox_engine, ids[:490])
     with outbox_engine.begin() as connection:
         summary = outbox.pending_summary(connection)  # sets the plain scan for this transaction
-        [explained] = connection.execute(
-            text("EXPLAIN (ANALYZE, FORMAT JSON) " + outbox.PENDING_SUMMARY.text)
-        ).scalar_one()
-        plan = explained["Plan"]
+        plan = explain(connection, outbox.PENDING_SUMMARY, {})
     scans = {node["Node Type"] for node in plan_nodes(plan)}
     assert summary.pending == 10
     assert "Bitmap Heap Scan" not in scans and "Seq Scan" not in scans, scans
