@@ -109,10 +109,12 @@ def due_heads(
     """Up to ``limit`` due aggregate heads of ``partitions``, oldest due first.
 
     The planner hints (this transaction only) keep it on the ordered walk of the partial
-    index and on index probes per head even when statistics are stale after a sudden
-    backlog, above all on a fresh weekly partition that ANALYZE has not seen: otherwise it
-    may sort every pending row (55 ms instead of 0.5 ms at 50,000 rows), or scan or
-    materialise a partition for each head's probe (265 ms instead of 1 ms per batch).
+    index and on index probes per head when statistics are stale after a sudden backlog,
+    above all on a fresh weekly partition that ANALYZE has not seen: otherwise it may sort
+    every pending row (55 ms instead of 0.5 ms at 50,000 rows), or scan or materialise a
+    partition for each head's probe (265 ms instead of 1 ms per batch). They do not help
+    when the pending indexes were counted empty: every plan then looks free, and the relay
+    refreshes those statistics instead (``relay.BacklogStatistics``).
     """
     connection.execute(PLANNER_HINTS)
     params = {"partitions": list(partitions), "partition_count": partition_count, "limit": limit}
