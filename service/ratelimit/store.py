@@ -3,21 +3,25 @@
 Short connect/read timeouts and no client retries bound the cost of one failure; after
 it, the breaker skips Redis for ``redis_retry_seconds``, then lets one caller probe.
 ``RedisStore`` is the blocking client (failed-auth throttle, in worker threads);
-``AsyncRedisStore`` the asyncio one (the per-request rate limit, on the event loop).
+``AsyncRedisStore`` the asyncio one (the per-request rate limit, on the event loop). The
+asyncio store sends the scripts that callers start in the same loop iteration as one
+pipeline: one write and one read for all of them instead of one round trip each.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import redis
 import redis.asyncio
 import redis.asyncio.retry
 from redis.backoff import NoBackoff
+from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
 from service.config import Settings
@@ -131,12 +135,23 @@ class RedisStore(_GuardedClient):
             self.client.close()
 
 
+class _Script(NamedTuple):
+    """One caller's script run, waiting for the pipeline that carries it."""
+
+    source: str
+    keys: list[str]
+    args: list[Any]
+    answer: asyncio.Future[Any]
+
+
 class AsyncRedisStore(_GuardedClient):
     """The asyncio twin of ``RedisStore``: same timeouts, same kind of breaker."""
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
         self.client: redis.asyncio.Redis | None = None
+        self._waiting: list[_Script] = []
+        self._flushes: set[asyncio.Task[None]] = set()
         if settings.redis_url:
             self.client = redis.asyncio.Redis.from_url(
                 settings.redis_url,
@@ -145,10 +160,72 @@ class AsyncRedisStore(_GuardedClient):
             )
 
     async def run_script(self, source: str, keys: list[str], args: list[Any]) -> Any | None:
-        """Run a registered script; None when Redis is absent, failing or skipped."""
-        return await self.call(
-            lambda client: self._scripts[source](keys=keys, args=args, client=client)
-        )
+        """Run a registered script; None when Redis is absent, failing or skipped.
+
+        The run joins the pipeline of this loop iteration; the first caller starts it.
+        """
+        if self.client is None or not self.breaker.may_try():
+            return None
+        loop = asyncio.get_running_loop()
+        script = _Script(source, keys, args, loop.create_future())
+        self._waiting.append(script)
+        if len(self._waiting) == 1:
+            flush = loop.create_task(self._flush())
+            self._flushes.add(flush)
+            flush.add_done_callback(self._flushes.discard)
+        return await script.answer
+
+    async def _flush(self) -> None:
+        """Send every waiting run as one pipeline; all of them fail open together."""
+        batch, self._waiting = self._waiting, []
+        results: list[Any] = [None] * len(batch)
+        try:
+            results = await self._pipeline(batch)
+        except (redis.RedisError, OSError, TimeoutError) as exc:
+            self.breaker.trip(exc)
+        else:
+            self.breaker.reset()
+        finally:
+            for script, result in zip(batch, results, strict=True):
+                if not script.answer.done():
+                    script.answer.set_result(result)
+
+    async def _pipeline(self, batch: list[_Script]) -> list[Any]:
+        """EVALSHA each run in one round trip; scripts Redis lost are loaded and rerun."""
+        results = await self._evalsha(batch)
+        lost = [index for index, result in enumerate(results) if isinstance(result, NoScriptError)]
+        if lost:
+            assert self.client is not None
+            for source in {batch[index].source for index in lost}:
+                await self.client.script_load(source)
+            rerun = await self._evalsha([batch[index] for index in lost])
+            for index, result in zip(lost, rerun, strict=True):
+                results[index] = result
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+        return results
+
+    async def _evalsha(self, batch: list[_Script]) -> list[Any]:
+        """The replies of ``batch`` in order, errors in place; a single run skips the pipeline."""
+        assert self.client is not None
+        if len(batch) == 1:
+            return [await self._evalsha_one(batch[0])]
+        pipe = self.client.pipeline(transaction=False)
+        for script in batch:
+            sha = self._scripts[script.source].sha
+            pipe.execute_command("EVALSHA", sha, len(script.keys), *script.keys, *script.args)
+        return list(await pipe.execute(raise_on_error=False))
+
+    async def _evalsha_one(self, script: _Script) -> Any:
+        assert self.client is not None
+        sha = self._scripts[script.source].sha
+        try:
+            return await self.client.execute_command(
+                "EVALSHA", sha, len(script.keys), *script.keys, *script.args
+            )
+        except NoScriptError as exc:
+            return exc
 
     async def call(self, operation: Callable[[redis.asyncio.Redis], Awaitable[T]]) -> T | None:
         """Await ``operation`` on the client; None when Redis is absent, failing or skipped."""

@@ -119,17 +119,16 @@ def take(
 
 
 def count_script_calls(limiter: LimiterDriver, monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Count EVALSHA calls that reach the Redis client (the network), one list item each."""
-    client = limiter.store.client
-    assert client is not None
+    """Count script runs sent to Redis (the network): one list item per round trip, its size."""
+    store = limiter.store
     calls: list[int] = []
-    real_evalsha = client.evalsha
+    real_evalsha = store._evalsha
 
-    def counting_evalsha(*args: Any) -> Any:
-        calls.append(1)
-        return real_evalsha(*args)
+    async def counting_evalsha(batch: list[Any]) -> list[Any]:
+        calls.append(len(batch))
+        return await real_evalsha(batch)
 
-    monkeypatch.setattr(client, "evalsha", counting_evalsha)
+    monkeypatch.setattr(store, "_evalsha", counting_evalsha)
     return calls
 
 
@@ -179,6 +178,36 @@ def test_parallel_clients_never_exceed_the_allowance(make_limiter: Callable[...,
 
     assert len(allowed) == 160
     assert sum(allowed) == 25
+
+
+def test_concurrent_checks_share_one_round_trip(
+    make_limiter: Callable[..., LimiterDriver], monkeypatch: pytest.MonkeyPatch
+):
+    limiter = make_limiter()
+    calls = count_script_calls(limiter, monkeypatch)
+
+    decisions = limiter.gather(*(limiter.limiter.check(f"b{n % 3}", 60, 5) for n in range(9)))
+
+    assert calls == [9]
+    assert [d.remaining for d in decisions if d is not None] == [4, 4, 4, 3, 3, 3, 2, 2, 2]
+
+
+def test_scripts_redis_lost_are_loaded_again(
+    make_limiter: Callable[..., LimiterDriver], monkeypatch: pytest.MonkeyPatch
+):
+    limiter = make_limiter()
+    assert limiter.check("b", 60, 5) is not None
+    client = limiter.store.client
+    assert client is not None
+    limiter.run(client.script_flush())
+
+    single = limiter.check("b", 60, 5)
+    limiter.run(client.script_flush())
+    together = limiter.gather(*(limiter.limiter.check("b", 60, 5) for _ in range(3)))
+
+    assert single is not None and single.remaining == 3
+    assert [d.remaining for d in together if d is not None] == [2, 1, 0]
+    assert limiter.fail_open_total == 0
 
 
 def test_one_bucket_never_limits_another(make_limiter: Callable[..., LimiterDriver]):
