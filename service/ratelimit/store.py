@@ -213,19 +213,19 @@ class AsyncRedisStore(_GuardedClient):
             return [await self._evalsha_one(batch[0])]
         pipe = self.client.pipeline(transaction=False)
         for script in batch:
-            sha = self._scripts[script.source].sha
-            pipe.execute_command("EVALSHA", sha, len(script.keys), *script.keys, *script.args)
+            pipe.execute_command(*self._evalsha_command(script))
         return list(await pipe.execute(raise_on_error=False))
 
     async def _evalsha_one(self, script: _Script) -> Any:
         assert self.client is not None
-        sha = self._scripts[script.source].sha
         try:
-            return await self.client.execute_command(
-                "EVALSHA", sha, len(script.keys), *script.keys, *script.args
-            )
+            return await self.client.execute_command(*self._evalsha_command(script))
         except NoScriptError as exc:
             return exc
+
+    def _evalsha_command(self, script: _Script) -> list[Any]:
+        sha = self._scripts[script.source].sha
+        return ["EVALSHA", sha, len(script.keys), *script.keys, *script.args]
 
     async def call(self, operation: Callable[[redis.asyncio.Redis], Awaitable[T]]) -> T | None:
         """Await ``operation`` on the client; None when Redis is absent, failing or skipped."""

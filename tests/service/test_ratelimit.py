@@ -192,9 +192,7 @@ def test_concurrent_checks_share_one_round_trip(
     assert [d.remaining for d in decisions if d is not None] == [4, 4, 4, 3, 3, 3, 2, 2, 2]
 
 
-def test_scripts_redis_lost_are_loaded_again(
-    make_limiter: Callable[..., LimiterDriver], monkeypatch: pytest.MonkeyPatch
-):
+def test_scripts_redis_lost_are_loaded_again(make_limiter: Callable[..., LimiterDriver]):
     limiter = make_limiter()
     assert limiter.check("b", 60, 5) is not None
     client = limiter.store.client
