@@ -3,28 +3,28 @@
 Short connect/read timeouts and no client retries bound the cost of one failure; after
 it, the breaker skips Redis for ``redis_retry_seconds``, then lets one caller probe.
 ``RedisStore`` is the blocking client (failed-auth throttle, in worker threads);
-``AsyncRedisStore`` the asyncio one (the per-request rate limit, on the event loop). The
-asyncio store sends the scripts that callers start in the same loop iteration as one
-pipeline: one write and one read for all of them instead of one round trip each.
+``AsyncRedisStore`` the asyncio one (the per-request rate limit, on the event loop), on
+one pipelined connection of its own (``service.ratelimit.resp``): the scripts that
+callers start in the same loop iteration go out as one write and come back as one read.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, NamedTuple, TypeVar
 
 import redis
-import redis.asyncio
-import redis.asyncio.retry
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
 from service.config import Settings
+from service.ratelimit.resp import Command, RespConnection
 
 logger = logging.getLogger(__name__)
 
@@ -84,14 +84,17 @@ def client_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-class _GuardedClient:
-    """What both stores share: the breaker and the registered scripts."""
-
-    client: Any
+class RedisStore:
+    """A blocking Redis client behind a breaker; ``call`` answers None instead of failing."""
 
     def __init__(self, settings: Settings) -> None:
         self.breaker = CircuitBreaker(settings.redis_retry_seconds)
         self._scripts: dict[str, Any] = {}
+        self.client: redis.Redis | None = None
+        if settings.redis_url:
+            self.client = redis.Redis.from_url(
+                settings.redis_url, retry=Retry(NoBackoff(), 0), **client_options(settings)
+            )
 
     def register(self, source: str) -> None:
         """Prepare a Lua script for ``run_script`` (EVALSHA, loading it on NOSCRIPT)."""
@@ -101,18 +104,6 @@ class _GuardedClient:
     @property
     def breaker_open(self) -> bool:
         return self.breaker.is_open
-
-
-class RedisStore(_GuardedClient):
-    """A blocking Redis client behind a breaker; ``call`` answers None instead of failing."""
-
-    def __init__(self, settings: Settings) -> None:
-        super().__init__(settings)
-        self.client: redis.Redis | None = None
-        if settings.redis_url:
-            self.client = redis.Redis.from_url(
-                settings.redis_url, retry=Retry(NoBackoff(), 0), **client_options(settings)
-            )
 
     def run_script(self, source: str, keys: list[str], args: list[Any]) -> Any | None:
         """Run a registered script; None when Redis is absent, failing or skipped."""
@@ -144,27 +135,37 @@ class _Script(NamedTuple):
     answer: asyncio.Future[Any]
 
 
-class AsyncRedisStore(_GuardedClient):
-    """The asyncio twin of ``RedisStore``: same timeouts, same kind of breaker."""
+class AsyncRedisStore:
+    """The asyncio twin of ``RedisStore`` for scripts: same timeouts, same kind of breaker.
+
+    Scripts go over one pipelined ``RespConnection`` (``service.ratelimit.resp``), opened
+    on first use and again after any failure.
+    """
 
     def __init__(self, settings: Settings) -> None:
-        super().__init__(settings)
-        self.client: redis.asyncio.Redis | None = None
+        self.breaker = CircuitBreaker(settings.redis_retry_seconds)
+        self.url = settings.redis_url or None
+        self.timeout = settings.redis_timeout_seconds
+        self._shas: dict[str, str] = {}
         self._waiting: list[_Script] = []
         self._flushes: set[asyncio.Task[None]] = set()
-        if settings.redis_url:
-            self.client = redis.asyncio.Redis.from_url(
-                settings.redis_url,
-                retry=redis.asyncio.retry.Retry(NoBackoff(), 0),
-                **client_options(settings),
-            )
+        self._connection: RespConnection | None = None
+        self._connecting = asyncio.Lock()
+
+    def register(self, source: str) -> None:
+        """Prepare a Lua script for ``run_script`` (EVALSHA, loading it on NOSCRIPT)."""
+        self._shas[source] = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
+
+    @property
+    def breaker_open(self) -> bool:
+        return self.breaker.is_open
 
     async def run_script(self, source: str, keys: list[str], args: list[Any]) -> Any | None:
         """Run a registered script; None when Redis is absent, failing or skipped.
 
         The run joins the pipeline of this loop iteration; the first caller starts it.
         """
-        if self.client is None or not self.breaker.may_try():
+        if self.url is None or not self.breaker.may_try():
             return None
         loop = asyncio.get_running_loop()
         script = _Script(source, keys, args, loop.create_future())
@@ -182,6 +183,7 @@ class AsyncRedisStore(_GuardedClient):
         try:
             results = await self._pipeline(batch)
         except (redis.RedisError, OSError, TimeoutError) as exc:
+            self._drop_connection()
             self.breaker.trip(exc)
         else:
             self.breaker.reset()
@@ -195,9 +197,8 @@ class AsyncRedisStore(_GuardedClient):
         results = await self._evalsha(batch)
         lost = [index for index, result in enumerate(results) if isinstance(result, NoScriptError)]
         if lost:
-            assert self.client is not None
-            for source in {batch[index].source for index in lost}:
-                await self.client.script_load(source)
+            sources = sorted({batch[index].source for index in lost})
+            await self._execute([("SCRIPT", "LOAD", source) for source in sources])
             rerun = await self._evalsha([batch[index] for index in lost])
             for index, result in zip(lost, rerun, strict=True):
                 results[index] = result
@@ -207,38 +208,35 @@ class AsyncRedisStore(_GuardedClient):
         return results
 
     async def _evalsha(self, batch: list[_Script]) -> list[Any]:
-        """The replies of ``batch`` in order, errors in place; a single run skips the pipeline."""
-        assert self.client is not None
-        if len(batch) == 1:
-            return [await self._evalsha_one(batch[0])]
-        pipe = self.client.pipeline(transaction=False)
-        for script in batch:
-            pipe.execute_command(*self._evalsha_command(script))
-        return list(await pipe.execute(raise_on_error=False))
+        """The replies of ``batch`` in order, error replies in place."""
+        return await self._execute(
+            [
+                ("EVALSHA", self._shas[script.source], len(script.keys), *script.keys, *script.args)
+                for script in batch
+            ]
+        )
 
-    async def _evalsha_one(self, script: _Script) -> Any:
-        assert self.client is not None
-        try:
-            return await self.client.execute_command(*self._evalsha_command(script))
-        except NoScriptError as exc:
-            return exc
+    async def _execute(self, commands: list[Command]) -> list[Any]:
+        """Send ``commands`` at once; their replies within one ``redis_timeout_seconds``."""
+        connection = await self._open_connection()
+        async with asyncio.timeout(self.timeout):
+            return await connection.replies(connection.send(commands))
 
-    def _evalsha_command(self, script: _Script) -> list[Any]:
-        sha = self._scripts[script.source].sha
-        return ["EVALSHA", sha, len(script.keys), *script.keys, *script.args]
+    async def _open_connection(self) -> RespConnection:
+        connection = self._connection
+        if connection is not None and connection.is_open:
+            return connection
+        assert self.url is not None
+        async with self._connecting:
+            if self._connection is None or not self._connection.is_open:
+                self._connection = await RespConnection.open(self.url, self.timeout)
+            return self._connection
 
-    async def call(self, operation: Callable[[redis.asyncio.Redis], Awaitable[T]]) -> T | None:
-        """Await ``operation`` on the client; None when Redis is absent, failing or skipped."""
-        if self.client is None or not self.breaker.may_try():
-            return None
-        try:
-            result = await operation(self.client)
-        except (redis.RedisError, OSError, TimeoutError) as exc:
-            self.breaker.trip(exc)
-            return None
-        self.breaker.reset()
-        return result
+    def _drop_connection(self) -> None:
+        """After a failure or timeout: replies still owed must never answer later commands."""
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
 
     async def close(self) -> None:
-        if self.client is not None:
-            await self.client.aclose()
+        self._drop_connection()

@@ -16,17 +16,24 @@ from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 import pytest
+import redis
+import uvloop
 from prometheus_client import CollectorRegistry
 
 from service.config import Settings
 from service.ratelimit.limiter import (
     FAIL_OPEN_METRIC,
+    RATE_KEY_PREFIX,
     FailedAuthThrottle,
     RateDecision,
     RateLimiter,
 )
 from tests.support.tcp_proxy import TcpProxy
 
+LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+    "asyncio": asyncio.new_event_loop,
+    "uvloop": uvloop.new_event_loop,
+}
 POLL_SECONDS = 0.05
 WAIT_BOUND_SECONDS = 10.0
 
@@ -40,10 +47,10 @@ def limiter_settings(redis_url: str) -> Settings:
 class LimiterDriver:
     """A RateLimiter on an event loop of its own: blocking ``check`` and concurrent ``gather``."""
 
-    def __init__(self, limiter: RateLimiter) -> None:
+    def __init__(self, limiter: RateLimiter, loop: str = "uvloop") -> None:
         self.limiter = limiter
         self.store = limiter.store
-        self._runner = asyncio.Runner()
+        self._runner = asyncio.Runner(loop_factory=LOOPS[loop])
 
     @property
     def fail_open_total(self) -> int:
@@ -68,14 +75,17 @@ class LimiterDriver:
         self._runner.close()
 
 
-@pytest.fixture
-def make_limiter(limiter_settings: Settings) -> Iterator[Callable[..., LimiterDriver]]:
-    """Builds limiters (settings overrides as keywords) and closes them afterwards."""
+@pytest.fixture(params=sorted(LOOPS))
+def make_limiter(
+    limiter_settings: Settings, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., LimiterDriver]]:
+    """Builds limiters (settings overrides as keywords) and closes them afterwards; every
+    test runs on uvloop (what uvicorn picks) and on asyncio's own loop."""
     made: list[LimiterDriver] = []
 
     def make(registry: CollectorRegistry | None = None, **overrides: Any) -> LimiterDriver:
         settings = limiter_settings.model_copy(update=overrides)
-        driver = LimiterDriver(RateLimiter(settings, registry=registry))
+        driver = LimiterDriver(RateLimiter(settings, registry=registry), request.param)
         made.append(driver)
         return driver
 
@@ -102,19 +112,24 @@ def closed_port() -> int:
 
 
 @pytest.fixture
-def private_redis_url() -> Iterator[str]:
-    """A redis-server of this test's own: for commands that are server-wide (SCRIPT FLUSH)."""
+def private_redis() -> Iterator[Callable[..., str]]:
+    """redis-server processes of this test's own (for server-wide commands such as SCRIPT
+    FLUSH or CLIENT KILL, or a password): ``private_redis(*options)`` answers its URL."""
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.fail("redis-server is required on PATH for this test", pytrace=False)
-    port = closed_port()
-    command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
-    server = subprocess.Popen([*command, "--appendonly", "no"], stdout=subprocess.DEVNULL)
-    try:
+    servers: list[subprocess.Popen[bytes]] = []
+
+    def start(*options: str) -> str:
+        port = closed_port()
+        command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", *options]
+        servers.append(subprocess.Popen(command, stdout=subprocess.DEVNULL))
         if not wait_for(lambda: port_accepts(port)):
             pytest.fail(f"a private redis-server did not start on port {port}", pytrace=False)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
+        return f"redis://127.0.0.1:{port}/0"
+
+    yield start
+    for server in servers:
         server.terminate()
         server.wait(timeout=WAIT_BOUND_SECONDS)
 
@@ -219,21 +234,77 @@ def test_concurrent_checks_share_one_round_trip(
 
 
 def test_scripts_redis_lost_are_loaded_again(
-    make_limiter: Callable[..., LimiterDriver], private_redis_url: str
+    make_limiter: Callable[..., LimiterDriver], private_redis: Callable[..., str]
 ):
-    limiter = make_limiter(redis_url=private_redis_url)
+    url = private_redis()
+    limiter = make_limiter(redis_url=url)
     assert limiter.check("b", 60, 5) is not None
-    client = limiter.store.client
-    assert client is not None
-    limiter.run(client.script_flush())
-
-    single = limiter.check("b", 60, 5)
-    limiter.run(client.script_flush())
-    together = limiter.gather(*(limiter.limiter.check("b", 60, 5) for _ in range(3)))
+    with redis.Redis.from_url(url) as server:
+        server.script_flush()
+        single = limiter.check("b", 60, 5)
+        server.script_flush()
+        together = limiter.gather(*(limiter.limiter.check("b", 60, 5) for _ in range(3)))
 
     assert single is not None and single.remaining == 3
     assert [d.remaining for d in together if d is not None] == [2, 1, 0]
     assert limiter.fail_open_total == 0
+
+
+def test_the_urls_password_and_database_are_used(
+    make_limiter: Callable[..., LimiterDriver], private_redis: Callable[..., str]
+):
+    url = private_redis("--requirepass", "s3cret").replace("//", "//:s3cret@").replace("/0", "/3")
+    limiter = make_limiter(redis_url=url)
+
+    decision = limiter.check("b", 60, 5)
+
+    assert decision is not None and decision.remaining == 4
+    with redis.Redis.from_url(url) as db3, redis.Redis.from_url(url.replace("/3", "/0")) as db0:
+        assert db3.exists(RATE_KEY_PREFIX + "b")
+        assert db0.dbsize() == 0
+
+
+def test_a_wrong_password_fails_open(
+    make_limiter: Callable[..., LimiterDriver], private_redis: Callable[..., str]
+):
+    url = private_redis("--requirepass", "s3cret").replace("//", "//:wrong@")
+    limiter = make_limiter(redis_url=url)
+
+    assert limiter.check("b", 60, 5) is None
+    assert limiter.fail_open_total == 1
+    assert limiter.store.breaker_open
+
+
+def test_a_connection_redis_closes_is_opened_again(
+    make_limiter: Callable[..., LimiterDriver], private_redis: Callable[..., str]
+):
+    url = private_redis()
+    limiter = make_limiter(redis_url=url)
+    assert limiter.check("b", 60, 5) is not None
+    with redis.Redis.from_url(url) as server:
+        assert server.client_kill_filter(_type="normal", skipme=True) == 1
+
+    assert wait_for(lambda: limiter.check("b", 60, 5) is not None)
+    later = limiter.check("b", 60, 5)
+    assert later is not None and later.remaining <= 2
+    assert limiter.fail_open_total <= 1
+
+
+def test_a_late_reply_never_answers_a_later_check(
+    make_limiter: Callable[..., LimiterDriver],
+    tcp_proxy_factory: Callable[[str, int], TcpProxy],
+    redis_url: str,
+):
+    proxy = tcp_proxy_factory("127.0.0.1", 6379)
+    limiter = make_limiter(redis_url=proxy.url_for(redis_url))
+    proxy.delay(0.3)
+    assert limiter.check("slow", 60, 50) is None, "the reply is later than the timeout"
+
+    proxy.pass_through()
+    assert wait_for(lambda: limiter.check("warm", 60, 5) is not None)
+    decision = limiter.check("fast", 60, 5)
+
+    assert decision is not None and decision.remaining == 4, "slow's reply said 49"
 
 
 def test_one_bucket_never_limits_another(make_limiter: Callable[..., LimiterDriver]):
