@@ -10,7 +10,7 @@ from __future__ import annotations
 import hmac
 from typing import Annotated
 
-from fastapi import Depends, Request, Security
+from fastapi import Request, Security
 from fastapi.security import APIKeyHeader
 from starlette.concurrency import run_in_threadpool
 
@@ -85,7 +85,10 @@ async def tenant_of(request: Request, api_key: str) -> AuthenticatedConsumer:
 async def current_consumer(
     request: Request, api_key: Annotated[str | None, Security(tenant_key_header)]
 ) -> AuthenticatedConsumer:
-    """The tenant of ``X-API-Key``; an ``X-Admin-Key`` sent beside it must be valid too."""
+    """The tenant of ``X-API-Key``; an ``X-Admin-Key`` sent beside it must be valid too.
+
+    A plain coroutine as well as a dependency: ``rate_limited_consumer`` and ``caller``
+    call it directly, one dependency fewer for FastAPI to solve on every request."""
     if api_key is None:
         raise refused(request, "missing_key", Unauthorized(KEY_MISSING))
     consumer = await tenant_of(request, api_key)
@@ -109,9 +112,10 @@ async def apply_rate_limit(request: Request, consumer: AuthenticatedConsumer) ->
 
 
 async def rate_limited_consumer(
-    request: Request,
-    consumer: Annotated[AuthenticatedConsumer, Depends(current_consumer)],
+    request: Request, api_key: Annotated[str | None, Security(tenant_key_header)]
 ) -> AuthenticatedConsumer:
+    """``current_consumer`` after taking a token from its bucket."""
+    consumer = await current_consumer(request, api_key)
     await apply_rate_limit(request, consumer)
     return consumer
 
