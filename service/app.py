@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
+from fastapi.telemetry import TelemetryConfig
 
 from service.auth.cache import VerificationCache
 from service.auth.refusals import RefusalRecorder
@@ -44,6 +45,8 @@ ROUTERS: list[APIRouter] = [
     consumer_me_router,
     events_router,
 ]
+# FastAPI's native OpenTelemetry, unless FINTEGRATE_OPENTELEMETRY is set (.env.example).
+NO_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
 TAGS = [
     {"name": "operations", "description": "Health, readiness and Prometheus metrics"},
     {"name": "consumers", "description": "Tenants and their API keys (operator)"},
@@ -91,14 +94,16 @@ def freeze_startup_objects() -> None:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """A new application for ``settings`` (default: the process settings)."""
+    settings = settings or get_settings()
     app = FastAPI(
         title="Fintegrate customer service",
         version="0.1.0",
         lifespan=lifespan,
         generate_unique_id_function=operation_id,
         openapi_tags=TAGS,
+        telemetry=None if settings.opentelemetry else NO_TELEMETRY,
     )
-    app.state.settings = settings or get_settings()
+    app.state.settings = settings
     app.state.metrics = HttpMetrics()
     app.state.auth = AuthState(
         VerificationCache(app.state.settings.auth_cache_ttl_seconds),

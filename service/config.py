@@ -48,6 +48,7 @@ class Settings(BaseSettings):
     )
 
     environment: Literal["development", "test", "production"] = "development"
+    opentelemetry: bool = False
     database_url: str = (
         "postgresql+psycopg2://fintegrate_user:fintegrate_pass@127.0.0.1:5432/fintegrate_db"
     )
