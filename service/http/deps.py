@@ -21,7 +21,7 @@ import asyncpg
 from fastapi import Depends, Query
 from sqlalchemy import Connection, Engine
 
-from service.auth.dependencies import caller, current_consumer, rate_limited_consumer, require_admin
+from service.auth.dependencies import caller, rate_limited_tenant, require_admin, tenant
 from service.auth.service import AuthenticatedConsumer, Principal
 from service.config import Settings
 from service.events.schemas import EventOrigin
@@ -50,8 +50,8 @@ __all__ = [
     "RateLimited",
 ]
 
-CurrentConsumer = Annotated[AuthenticatedConsumer, Depends(current_consumer)]
-RateLimited = Annotated[AuthenticatedConsumer, Depends(rate_limited_consumer)]
+CurrentConsumer = Annotated[AuthenticatedConsumer, Depends(tenant)]
+RateLimited = Annotated[AuthenticatedConsumer, Depends(rate_limited_tenant)]
 AdminAccess = Annotated[Principal, Depends(require_admin)]
 Caller = Annotated[Principal, Depends(caller)]
 DbSession = Annotated[Connection, Depends(db_connection, scope="function")]
