@@ -1,17 +1,23 @@
 #!/usr/bin/env python3
-"""History benchmark: the API, relay and operator reads on an empty outbox, then on a big one.
+"""History benchmark: the API, relay and operator reads on an empty outbox and on a big one.
 
     .venv/bin/python scripts/bench_history.py --events 10000000 --days 30
 
-In one run, in its own database and vhost (dropped at the end):
-1. empty table (but for 2,000 failed deliveries of the last 6 days, which the redeliver
-   dry-run selects in both phases): POST /customer/data p99, relay drain of a fresh
-   backlog, GET /events first page, tenant redeliver dry-run, `events stats`;
-2. bulk-loads ``--events`` events over ``--days`` days for the tenant (INSERT ... SELECT
-   generate_series straight into PostgreSQL, chunk by chunk, every trigger on), VACUUM ANALYZE;
-3. the same figures again, each against its empty-table value (target: within 1.2x);
-4. `fintegrate events archive --older-than DAYS/2` as a subprocess: events/s (target:
-   >= 50,000) and its peak RSS (target: <= 200 MB), plus table size before and after.
+In one run, two setups side by side, each in its own database with its own tenant and API
+server (one vhost; all dropped at the end):
+1. both get the same partitions and 2,000 failed deliveries of the last 6 days (which the
+   redeliver dry-run selects in both); the ``loaded`` one also gets ``--events`` events
+   over ``--days`` days for its tenant (INSERT ... SELECT generate_series straight into
+   PostgreSQL, chunk by chunk, every trigger on), VACUUM ANALYZE, then the write-back;
+2. ``--rounds`` rounds, the order alternating (empty first, then loaded first, ...): each
+   round measures on each setup POST /customer/data p99, relay drain of a fresh backlog,
+   GET /events first page, tenant redeliver dry-run, `events stats`; a figure is the
+   median of its rounds, and its ratio loaded/empty has the target 1.2x. Alternating
+   rounds put both setups under the same machine: this VM's speed moves by 20-30 %
+   between minutes, which a before/after pair minutes apart measured as a ratio;
+3. `fintegrate events archive --older-than DAYS/2` on the loaded setup as a subprocess:
+   events/s (target: >= 50,000) and its peak RSS (target: <= 200 MB), plus table size
+   before and after.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -148,7 +155,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--events", type=int, default=10_000_000, help="history to load")
     parser.add_argument("--days", type=int, default=30, help="days the history spans")
     parser.add_argument("--requests", type=int, default=1500, help="POSTs per p99 round")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds per figure (median)")
+    parser.add_argument("--rounds", type=int, default=4, help="alternating rounds (median)")
     parser.add_argument("--backlog", type=int, default=20_000, help="relay drain backlog")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/9")
     parser.add_argument("--keep-database", action="store_true", help="to inspect it after")
@@ -206,24 +213,37 @@ def drain_rate(settings: Settings, consumer_id: str, count: int) -> float:
     return count / elapsed
 
 
-def measure(
-    settings: Settings, base: str, consumer_id: str, api_key: str, args: argparse.Namespace
-) -> dict[str, float]:
+@dataclass(frozen=True)
+class Setup:
+    """One database with one tenant and an API server in front of it."""
+
+    name: str
+    settings: Settings
+    base: str
+    consumer_id: str
+    api_key: str
+    engine: Engine
+
+
+def measure(setup: Setup, args: argparse.Namespace) -> dict[str, float]:
     """Every figure once, from the same starting point: statistics fresh, no dead rows."""
+    settings, base = setup.settings, setup.base
     vacuum_analyze(settings.database_url)
-    headers = {"X-API-Key": api_key}
-    with httpx.Client(base_url=base, headers=headers, timeout=60) as client:
-        first_page = timed(lambda: client.get("/events", params={"limit": 50}), 30 * args.rounds)
+    with httpx.Client(base_url=base, headers={"X-API-Key": setup.api_key}, timeout=60) as client:
+        first_page = timed(lambda: client.get("/events", params={"limit": 50}), 30)
         body = {"period_in_days": 7, "max_try_count": 5, "dry_run": True}  # the CLI default
-        redeliver = timed(lambda: client.post("/events/redeliver", json=body), 5 * args.rounds)
-    post = statistics.median(post_p99(base, api_key, args.requests) for _ in range(args.rounds))
+        redeliver = timed(lambda: client.post("/events/redeliver", json=body), 5)
     return {
-        "post_customer_p99_ms": post,
-        "relay_drain_events_per_s": drain_rate(settings, consumer_id, args.backlog),
+        "post_customer_p99_ms": post_p99(base, setup.api_key, args.requests),
+        "relay_drain_events_per_s": drain_rate(settings, setup.consumer_id, args.backlog),
         "get_events_first_page_ms": first_page,
         "redeliver_dry_run_ms": redeliver,
-        "events_stats_ms": timed(lambda: event_stats(settings, None), 3 * args.rounds),
+        "events_stats_ms": timed(lambda: event_stats(settings, None), 3),
     }
+
+
+def medians(rounds: list[dict[str, float]]) -> dict[str, float]:
+    return {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
 
 
 def bulk_load(engine: Engine, consumer_id: str, events: int, days: int) -> float:
@@ -368,59 +388,74 @@ def report(empty: dict[str, float], full: dict[str, float], extra: dict[str, Any
     return "\n".join(lines)
 
 
+def prepare(stack: ExitStack, args: argparse.Namespace, amqp_url: str, name: str) -> Setup:
+    """A fresh database with one provisioned tenant, its partitions, recent failures and an
+    API server."""
+    database_url = stack.enter_context(fresh_database(keep=args.keep_database))
+    consumer_id, api_key = seed_tenant(database_url, 4)
+    settings = Settings(
+        environment="test",
+        database_url=database_url,
+        rabbitmq_url=amqp_url,
+        redis_url=args.redis_url,
+        bcrypt_rounds=4,
+    )
+    engine = create_engine(database_url)
+    stack.callback(engine.dispose)
+    with engine.connect() as connection:
+        tenant = connection.execute(
+            text("SELECT name FROM consumers WHERE consumer_id = :c"), {"c": consumer_id}
+        ).scalar_one()
+    provision_consumer_queues(settings, tenant)
+    with engine.begin() as connection:  # the same partitions, empty or loaded
+        connection.execute(PAST_PARTITIONS, {"weeks": args.days // 7 + 2})
+        connection.execute(RECENT_FAILURES, {"consumer": consumer_id})
+    port = free_port()
+    env = {
+        "FINTEGRATE_DATABASE_URL": database_url,
+        "FINTEGRATE_RABBITMQ_URL": amqp_url,
+        "FINTEGRATE_REDIS_URL": args.redis_url,
+        "FINTEGRATE_ENVIRONMENT": "test",
+    }
+    stack.enter_context(running_server(server_command("api", port, 1), port, env))
+    return Setup(name, settings, f"http://127.0.0.1:{port}", consumer_id, api_key, engine)
+
+
+def alternating_rounds(setups: list[Setup], args: argparse.Namespace) -> list[dict[str, float]]:
+    """The median figures of each setup over ``--rounds`` rounds, the order alternating."""
+    figures: dict[str, list[dict[str, float]]] = {setup.name: [] for setup in setups}
+    for number in range(args.rounds):
+        for setup in setups if number % 2 == 0 else setups[::-1]:
+            figures[setup.name].append(measure(setup, args))
+            print(
+                f"round {number + 1} {setup.name}: {json.dumps(figures[setup.name][-1])}",
+                file=sys.stderr,
+                flush=True,
+            )
+    return [medians(figures[setup.name]) for setup in setups]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     with ExitStack() as stack:
-        database_url = stack.enter_context(fresh_database(keep=args.keep_database))
         amqp_url = stack.enter_context(bench_vhost())
-        consumer_id, api_key = seed_tenant(database_url, 4)
-        settings = Settings(
-            environment="test",
-            database_url=database_url,
-            rabbitmq_url=amqp_url,
-            redis_url=args.redis_url,
-            bcrypt_rounds=4,
-        )
-        engine = create_engine(database_url)
-        with engine.connect() as connection:
-            name = connection.execute(
-                text("SELECT name FROM consumers WHERE consumer_id = :c"), {"c": consumer_id}
-            ).scalar_one()
-        provision_consumer_queues(settings, name)
-        with engine.begin() as connection:  # the same partitions, empty or loaded
-            connection.execute(PAST_PARTITIONS, {"weeks": args.days // 7 + 2})
-        port = free_port()
-        env = {
-            "FINTEGRATE_DATABASE_URL": database_url,
-            "FINTEGRATE_RABBITMQ_URL": amqp_url,
-            "FINTEGRATE_REDIS_URL": args.redis_url,
-            "FINTEGRATE_ENVIRONMENT": "test",
-        }
-        stack.enter_context(running_server(server_command("api", port, 1), port, env))
-        base = f"http://127.0.0.1:{port}"
-        with engine.begin() as connection:
-            connection.execute(RECENT_FAILURES, {"consumer": consumer_id})
-        print("measuring on the empty table (and 2,000 recent failed deliveries)", file=sys.stderr)
-        empty = measure(settings, base, consumer_id, api_key, args)
-        print(f"empty table: {json.dumps(empty)}", file=sys.stderr, flush=True)
+        empty_setup = prepare(stack, args, amqp_url, "empty")
+        loaded_setup = prepare(stack, args, amqp_url, "loaded")
         print(f"loading {args.events:,} events over {args.days} days", file=sys.stderr)
-        load_rate = bulk_load(engine, consumer_id, args.events, args.days)
-        loaded_bytes = table_bytes(engine)
+        load_rate = bulk_load(loaded_setup.engine, loaded_setup.consumer_id, args.events, args.days)
+        loaded_bytes = table_bytes(loaded_setup.engine)
         settle_write_back()
-        print("measuring on the loaded table", file=sys.stderr)
-        full = measure(settings, base, consumer_id, api_key, args)
-        print(f"loaded table: {json.dumps(full)}", file=sys.stderr, flush=True)
+        empty, full = alternating_rounds([empty_setup, loaded_setup], args)
         print("archiving", file=sys.stderr)
-        extra = run_archive(settings, args.days // 2)
+        extra = run_archive(loaded_setup.settings, args.days // 2)
         extra.update(
             events_loaded=args.events,
             load_events_per_s=load_rate,
             table_bytes_loaded=loaded_bytes,
             bytes_per_event=loaded_bytes / args.events,
             archive_bytes_per_event=extra["archive_bytes"] / max(extra["archived_events"], 1),
-            table_bytes_after_archive=table_bytes(engine),
+            table_bytes_after_archive=table_bytes(loaded_setup.engine),
         )
-        engine.dispose()
     if args.json:
         print(json.dumps({"empty": empty, "loaded": full, **extra}, indent=2))
     else:
