@@ -192,23 +192,27 @@ def server_command(kind: str, port: int, workers: int) -> list[str]:
 
 
 @contextmanager
-def running_server(command: list[str], port: int, env: dict[str, str]) -> Iterator[int]:
+def running_server(
+    command: list[str], port: int, env: dict[str, str], timeout: float = START_TIMEOUT_SECONDS
+) -> Iterator[int]:
     """Starts the server, waits for ``/health``, yields its pid, stops it (SIGTERM)."""
     process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **env})
     try:
-        wait_healthy(port, process)
+        wait_healthy(port, process, timeout)
         yield process.pid
     finally:
         process.send_signal(signal.SIGTERM)
         try:
-            process.wait(15)
+            process.wait(timeout)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(5)
 
 
-def wait_healthy(port: int, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_SECONDS
+def wait_healthy(
+    port: int, process: subprocess.Popen[bytes], timeout: float = START_TIMEOUT_SECONDS
+) -> None:
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and process.poll() is None:
         try:
             if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:

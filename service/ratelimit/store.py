@@ -63,7 +63,7 @@ class CircuitBreaker:
         if was_closed:
             logger.warning(
                 "Redis unavailable (%s); rate limits fail open, retrying in %.1f s",
-                exc,
+                str(exc) or type(exc).__name__,
                 self.retry_seconds,
             )
 
