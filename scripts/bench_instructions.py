@@ -11,10 +11,11 @@ instrumentation off, builds its ASGI app (the real ``create_app`` or the
 tenant, warms it with one pass, then switches instrumentation on (``callgrind_control``)
 for one pass of ``--connections`` concurrent tasks sending ``--requests`` requests each
 straight to the app (no HTTP, no sockets between client and app; PostgreSQL and Redis are
-real), and off again. Instructions are counted in user space of the child only: the
-HTTP parsing and writing of uvicorn and kernel time, which both targets pay alike, are
-not in the figure, so the ratio of the counts is lower than the req/s ratio under load.
-Repeats agree within about 1 %. Needs valgrind (on every machine of this kind).
+real), and off again. Instructions are counted in user space of the child only: neither
+uvicorn's HTTP layer nor kernel time is in the figure (the baseline's four PostgreSQL round
+trips cost more kernel time than the API's one statement and one Redis round trip), so the
+ratio of the counts is lower than the req/s ratio under load. On an idle machine repeats
+agree within 0.1 %. Needs valgrind (on every machine of this kind).
 
 With ``--http`` the servers run as ``bench_api.py`` runs them (``fintegrate serve`` and
 uvicorn on the baseline, one worker each) under callgrind, and the same number of
