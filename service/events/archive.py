@@ -18,7 +18,8 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -230,6 +231,21 @@ def _unfreeze_quietly(engine: Engine, name: str) -> None:
         _unfreeze(engine, name)
 
 
+def _prefetched(fetch: Callable[[], list[Any]]) -> Iterator[list[Any]]:
+    """The batches of ``fetch`` until an empty one, the next fetched while one is used.
+
+    PostgreSQL renders the next batch's JSON (and psycopg2 waits for it, without the GIL)
+    while this thread compresses the current one: on two cores about 1.3x the events/s of
+    fetching and compressing in turn (docs/capacity.md). One batch ahead keeps the memory
+    bound: at most two batches are held.
+    """
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="archive-fetch") as fetcher:
+        upcoming = fetcher.submit(fetch)
+        while rows := upcoming.result():
+            upcoming = fetcher.submit(fetch)
+            yield rows
+
+
 def _write_partition(
     engine: Engine, part: PartitionPlan, directory: Path, progress: Progress | None
 ) -> dict[str, Any]:
@@ -243,7 +259,7 @@ def _write_partition(
         cursor: Any = raw.cursor(name=f"archive_{part.name}")
         cursor.itersize = FETCH_ROWS
         cursor.execute(ROWS_AS_JSON.format(table=_checked(part.name)))
-        while rows := cursor.fetchmany(FETCH_ROWS):
+        for rows in _prefetched(lambda: cursor.fetchmany(FETCH_ROWS)):
             archive.write("\n".join(row[0] for row in rows) + "\n")
         cursor.close()
         raw.rollback()
