@@ -20,6 +20,7 @@ from typing import Any, NamedTuple, TypeVar
 
 import redis
 from redis.backoff import NoBackoff
+from redis.connection import parse_url
 from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
@@ -145,6 +146,8 @@ class AsyncRedisStore:
     def __init__(self, settings: Settings) -> None:
         self.breaker = CircuitBreaker(settings.redis_retry_seconds)
         self.url = settings.redis_url or None
+        if self.url is not None:
+            parse_url(self.url)  # a malformed URL fails at start-up, not on every request
         self.timeout = settings.redis_timeout_seconds
         self._shas: dict[str, str] = {}
         self._waiting: list[_Script] = []

@@ -250,6 +250,12 @@ def test_scripts_redis_lost_are_loaded_again(
     assert limiter.fail_open_total == 0
 
 
+@pytest.mark.parametrize("url", ["http://127.0.0.1:6379/0", "redis://127.0.0.1:port/0"])
+def test_a_malformed_url_fails_at_start_up(limiter_settings: Settings, url: str):
+    with pytest.raises(ValueError):
+        RateLimiter(limiter_settings.model_copy(update={"redis_url": url}))
+
+
 def test_the_urls_password_and_database_are_used(
     make_limiter: Callable[..., LimiterDriver], private_redis: Callable[..., str]
 ):
