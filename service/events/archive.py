@@ -189,27 +189,26 @@ def run_archive(
     manifest.reconcile(_existing_partitions(engine))
     written: list[PartitionPlan] = []
     parts = list(plan.archive)
-    workers = ThreadPoolExecutor(ARCHIVE_WORKERS, thread_name_prefix="archive")
-    try:
-        runs = [
-            workers.submit(_archive_one, engine, part, plan.directory, progress) for part in parts
-        ]
-        for part, run in zip(parts, runs, strict=True):
-            frozen, entry = run.result()
-            if entry is None:
-                plan.archive.remove(part)
-                plan.keep.append(frozen)
-                continue
-            manifest.record(entry)
-            result.files.append(entry)
-            written.append(frozen)
-    except BaseException:
-        workers.shutdown(wait=True, cancel_futures=True)
-        for part in parts:
-            _unfreeze_quietly(engine, part.name)
-        raise
-    finally:
-        workers.shutdown(wait=True)
+    with ThreadPoolExecutor(ARCHIVE_WORKERS, thread_name_prefix="archive") as workers:
+        try:
+            runs = [
+                workers.submit(_archive_one, engine, part, plan.directory, progress)
+                for part in parts
+            ]
+            for part, run in zip(parts, runs, strict=True):
+                frozen, entry = run.result()
+                if entry is None:
+                    plan.archive.remove(part)
+                    plan.keep.append(frozen)
+                    continue
+                manifest.record(entry)
+                result.files.append(entry)
+                written.append(frozen)
+        except BaseException:
+            workers.shutdown(wait=True, cancel_futures=True)
+            for part in parts:
+                _unfreeze_quietly(engine, part.name)
+            raise
     for part in written:
         _drop_partition(engine, part)
         manifest.mark_dropped(part.name)

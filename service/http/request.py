@@ -3,7 +3,7 @@
 The ``*_of`` functions read them off a ``Request``; the ``async`` ones are the same as
 dependencies (``service.http.deps``). The two hot routes call the ``*_of`` functions
 instead: each dependency FastAPI solves costs about 70,000 instructions per request
-(docs/benchmarks.md), as much as the rate-limit check's Redis round trip.
+(docs/benchmarks.md).
 """
 
 from __future__ import annotations

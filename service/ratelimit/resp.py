@@ -9,8 +9,8 @@ batches can be in flight. Timeouts and the breaker stay with the caller
 (``AsyncRedisStore``); a connection that failed or timed out is closed, never reused,
 so a late reply can never answer the wrong command.
 
-URLs as redis-py reads them: ``redis://``, ``rediss://`` (TLS, verified) and
-``unix://``, with user, password and database.
+URLs as redis-py reads them (``parse_url``): ``redis://``, ``rediss://`` (TLS, verified)
+and ``unix://``, with user, password and database.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 import hiredis
-from redis.connection import SSLConnection, parse_url
+from redis.connection import SSLConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 
@@ -79,9 +79,9 @@ class RespConnection:
         self._protocol = protocol
 
     @classmethod
-    async def open(cls, url: str, timeout: float) -> RespConnection:
-        """Connect, authenticate and select the URL's database, all within ``timeout``."""
-        options = parse_url(url)
+    async def open(cls, options: dict[str, Any], timeout: float) -> RespConnection:
+        """Connect, authenticate and select the database of ``options`` (a URL as
+        ``redis.connection.parse_url`` reads it), all within ``timeout``."""
         async with asyncio.timeout(timeout):
             protocol = await _connect(options)
             connection = cls(protocol)
@@ -101,7 +101,7 @@ class RespConnection:
     def send(self, commands: Sequence[Command]) -> list[asyncio.Future[Any]]:
         """Write ``commands`` in one write; one future per reply, in order."""
         transport = self._protocol.transport
-        if transport is None or transport.is_closing():
+        if transport is None or not self.is_open:
             raise RedisConnectionError("the Redis connection is closed")
         loop = asyncio.get_running_loop()
         answers = [loop.create_future() for _ in commands]

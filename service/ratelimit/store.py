@@ -85,11 +85,22 @@ def client_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-class RedisStore:
-    """A blocking Redis client behind a breaker; ``call`` answers None instead of failing."""
+class _Guarded:
+    """What both stores share: the breaker in front of Redis."""
 
     def __init__(self, settings: Settings) -> None:
         self.breaker = CircuitBreaker(settings.redis_retry_seconds)
+
+    @property
+    def breaker_open(self) -> bool:
+        return self.breaker.is_open
+
+
+class RedisStore(_Guarded):
+    """A blocking Redis client behind a breaker; ``call`` answers None instead of failing."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
         self._scripts: dict[str, Any] = {}
         self.client: redis.Redis | None = None
         if settings.redis_url:
@@ -101,10 +112,6 @@ class RedisStore:
         """Prepare a Lua script for ``run_script`` (EVALSHA, loading it on NOSCRIPT)."""
         if self.client is not None:
             self._scripts[source] = self.client.register_script(source)
-
-    @property
-    def breaker_open(self) -> bool:
-        return self.breaker.is_open
 
     def run_script(self, source: str, keys: list[str], args: list[Any]) -> Any | None:
         """Run a registered script; None when Redis is absent, failing or skipped."""
@@ -136,7 +143,7 @@ class _Script(NamedTuple):
     answer: asyncio.Future[Any]
 
 
-class AsyncRedisStore:
+class AsyncRedisStore(_Guarded):
     """The asyncio twin of ``RedisStore`` for scripts: same timeouts, same kind of breaker.
 
     Scripts go over one pipelined ``RespConnection`` (``service.ratelimit.resp``), opened
@@ -144,10 +151,9 @@ class AsyncRedisStore:
     """
 
     def __init__(self, settings: Settings) -> None:
-        self.breaker = CircuitBreaker(settings.redis_retry_seconds)
-        self.url = settings.redis_url or None
-        if self.url is not None:
-            parse_url(self.url)  # a malformed URL fails at start-up, not on every request
+        super().__init__(settings)
+        # Parsed here: a malformed URL fails at start-up, not on every request.
+        self._url_options = parse_url(settings.redis_url) if settings.redis_url else None
         self.timeout = settings.redis_timeout_seconds
         self._shas: dict[str, str] = {}
         self._waiting: list[_Script] = []
@@ -159,16 +165,12 @@ class AsyncRedisStore:
         """Prepare a Lua script for ``run_script`` (EVALSHA, loading it on NOSCRIPT)."""
         self._shas[source] = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
 
-    @property
-    def breaker_open(self) -> bool:
-        return self.breaker.is_open
-
     async def run_script(self, source: str, keys: list[str], args: list[Any]) -> Any | None:
         """Run a registered script; None when Redis is absent, failing or skipped.
 
         The run joins the pipeline of this loop iteration; the first caller starts it.
         """
-        if self.url is None or not self.breaker.may_try():
+        if self._url_options is None or not self.breaker.may_try():
             return None
         loop = asyncio.get_running_loop()
         script = _Script(source, keys, args, loop.create_future())
@@ -229,10 +231,10 @@ class AsyncRedisStore:
         connection = self._connection
         if connection is not None and connection.is_open:
             return connection
-        assert self.url is not None
+        assert self._url_options is not None
         async with self._connecting:
             if self._connection is None or not self._connection.is_open:
-                self._connection = await RespConnection.open(self.url, self.timeout)
+                self._connection = await RespConnection.open(self._url_options, self.timeout)
             return self._connection
 
     def _drop_connection(self) -> None:
