@@ -98,6 +98,7 @@ class Settings(BaseSettings):
     gateway_upstream_timeout_seconds: float = Field(default=30.0, gt=0)
     gateway_access_log: bool = False
     gateway_traefik_binary: str | None = None
+    gateway_max_procs: int | None = Field(default=None, ge=1)
 
     event_partition_span_days: int = Field(default=7, ge=1, le=366)
     event_retention_days: int | None = Field(default=None, ge=1)

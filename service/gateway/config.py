@@ -3,10 +3,10 @@
 `fintegrate gateway` and `compose/traefik/*.yml` render the same two functions; only the
 addresses differ (`GatewayPlan`). The design, in short (docs/gateway.md has the why):
 
-- every public router calls the `ip-budget` forwardAuth middleware, which asks the loopback
-  `edge-budget` entry point; its single router holds the one `rateLimit`, so a client has
-  one budget across every route, and the `errors` middleware there sees only the gateway's
-  own 429 (never the API's per-key 429, which passes through untouched);
+- every public router carries `ip-budget`, the local plugin in `plugins-local/` (Go, run by
+  Traefik's interpreter): its instances share one token bucket per client IP, so a client
+  has one budget across every route, and it answers its own 429 with the envelope rendered
+  here; no `errors` middleware sees a 429, so the API's per-key 429 passes through untouched;
 - `edge-errors` maps 502/504, statuses the API never sends; when no instance passes its
   health check the `failover` service answers from the error pages (503), so the API's own
   503 is never rewritten either; unknown paths go to the error pages (404);
@@ -16,11 +16,13 @@ addresses differ (`GatewayPlan`). The design, in short (docs/gateway.md has the 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import yaml
 
 from service.config import Settings
+from service.gateway.pages import EDGE_HEADER, EdgeLimits, edge_body, too_many
 
 PUBLIC_PATHS = (
     "PathPrefix(`/customer`)",
@@ -36,8 +38,10 @@ EDGE_PREFIX = "/_edge"
 API_SERVICE = "fintegrate-api"
 INSTANCES_SERVICE = "api-instances"
 PAGES_SERVICE = "edge-pages"
-LOOPBACK_TRUSTED = ["127.0.0.1/32", "::1/128"]
-RATE_PERIOD = "1m"
+PLUGINS_DIR = Path(__file__).resolve().parent / "plugins-local"
+PLUGIN_NAME = "ipbudget"
+PLUGIN_MODULE = "github.com/fintegrate/ipbudget"
+MAX_CLIENTS = 100_000  # client IPs the budget remembers at once (docs/gateway.md)
 
 
 @dataclass(frozen=True)
@@ -45,7 +49,7 @@ class GatewayPlan:
     """Where everything listens and the limits; the rest of the configuration is fixed."""
 
     web_address: str
-    budget_port: int
+    edge_port: int
     pages_url: str
     upstreams: tuple[str, ...]
     dynamic_path: str
@@ -63,6 +67,16 @@ class GatewayPlan:
     def retry_attempts(self) -> int:
         """Tries of a read: one per instance, at least two."""
         return max(2, len(self.upstreams))
+
+    @property
+    def limits(self) -> EdgeLimits:
+        """The figures the gateway's own answers quote."""
+        return EdgeLimits(
+            self.rate_per_minute,
+            self.rate_burst,
+            self.health_interval_seconds,
+            self.upstream_timeout_seconds,
+        )
 
 
 def plan_limits(settings: Settings) -> dict[str, Any]:
@@ -82,7 +96,7 @@ def compose_plan() -> GatewayPlan:
         web_address=":80",
         internal_address=":8081",
         dashboard_address=":8080",
-        budget_port=8090,
+        edge_port=8090,
         pages_url="http://gateway-pages:8082",
         upstreams=("http://customer-service-1:8000", "http://customer-service-2:8000"),
         dynamic_path="/etc/traefik/dynamic.yml",
@@ -99,14 +113,12 @@ def seconds(value: float) -> str:
 
 
 def static_config(plan: GatewayPlan) -> dict[str, Any]:
-    """Traefik's static configuration (entry points, ping, file provider, logs)."""
+    """Traefik's static configuration (entry points, ping, file provider, plugin, logs)."""
     entry_points: dict[str, Any] = {
         # No trusted IPs: a client's own X-Forwarded-* headers are dropped at the door.
         "web": entry_point(plan.web_address, {"insecure": False}),
-        # forwardAuth's check, on loopback: trusts the X-Forwarded-For it sets itself.
-        "edge-budget": entry_point(
-            f"127.0.0.1:{plan.budget_port}", {"trustedIPs": LOOPBACK_TRUSTED}
-        ),
+        # Loopback only: Traefik's ping and the readiness route of `fintegrate gateway`.
+        "edge": entry_point(f"127.0.0.1:{plan.edge_port}", {"insecure": False}),
     }
     if plan.internal_address:
         entry_points["internal"] = entry_point(plan.internal_address, {"insecure": False})
@@ -115,8 +127,10 @@ def static_config(plan: GatewayPlan) -> dict[str, Any]:
     config: dict[str, Any] = {
         "global": {"checkNewVersion": False, "sendAnonymousUsage": False},
         "entryPoints": entry_points,
-        "ping": {"entryPoint": "edge-budget"},
+        "ping": {"entryPoint": "edge"},
         "providers": {"file": {"filename": plan.dynamic_path, "watch": False}},
+        # Read from ./plugins-local/src/<moduleName> of Traefik's working directory.
+        "experimental": {"localPlugins": {PLUGIN_NAME: {"moduleName": PLUGIN_MODULE}}},
         "log": {"level": plan.log_level, "noColor": True},
     }
     if plan.dashboard_address:
@@ -145,7 +159,7 @@ def reads_rule(paths: str) -> str:
 
 
 def routers(plan: GatewayPlan) -> dict[str, Any]:
-    """Public routers (budget on each, one shared bucket), internal ones, the budget check."""
+    """Public routers (budget on each, one shared bucket per client), internal ones, ready."""
     public = path_rule()
     found: dict[str, Any] = {
         "api-reads": router(
@@ -153,15 +167,10 @@ def routers(plan: GatewayPlan) -> dict[str, Any]:
         ),
         "api-writes": router(["web"], public, 20, ["edge-errors", "ip-budget"]),
         "unknown-path": router(["web"], "PathPrefix(`/`)", 1, ["ip-budget", "unknown-path"]),
-        "ip-budget": {
-            "entryPoints": ["edge-budget"],
-            "rule": "PathPrefix(`/`)",
-            "middlewares": ["ip-budget-exceeded", "ip-rate-limit"],
-            "service": "ping@internal",
-            "tls": {},  # HTTP/2: every check shares one connection
-        },
         "gateway-ready": {
-            "entryPoints": ["edge-budget"],
+            "entryPoints": ["edge"],
+            # Ready means the plugin loaded too: a router whose middleware failed never routes.
+            "middlewares": ["plugin-loaded"],
             "rule": f"Path(`{EDGE_PREFIX}/ready`)",
             "priority": 100,
             "service": PAGES_SERVICE,
@@ -188,34 +197,29 @@ def router(entry_points: list[str], rule: str, priority: int, middlewares: list[
 
 
 def middlewares(plan: GatewayPlan) -> dict[str, Any]:
-    """The budget (forwardAuth + rateLimit), error mapping, retry and unknown-path rewrite."""
+    """The budget (the plugin), error mapping, retry and unknown-path rewrite."""
     return {
-        "ip-budget": {
-            "forwardAuth": {
-                "address": f"https://127.0.0.1:{plan.budget_port}/",
-                # Over plain HTTP Go keeps 2 idle connections per host, so most checks
-                # would open a new TCP connection; TLS brings HTTP/2 and one shared
-                # connection. Traefik's own default certificate, on loopback: not verified.
-                "tls": {"insecureSkipVerify": True},
-                # X-Forwarded-For = the connection's address, whatever the client sent.
-                "trustForwardHeader": False,
-                "authRequestHeaders": ["Accept"],
-                "maxResponseBodySize": 65536,
-            }
-        },
-        "ip-rate-limit": {
-            "rateLimit": {
-                "average": plan.rate_per_minute,
-                "period": RATE_PERIOD,
-                "burst": plan.rate_burst,
-                # The address forwardAuth puts in X-Forwarded-For: the client's connection.
-                "sourceCriterion": {"ipStrategy": {"depth": 1}},
-            }
-        },
-        "ip-budget-exceeded": error_pages(["429"]),
+        "ip-budget": {"plugin": {PLUGIN_NAME: ip_budget(plan)}},
+        # Its own buckets (instances share them by middleware name): probes spend no budget.
+        "plugin-loaded": {"plugin": {PLUGIN_NAME: {**ip_budget(plan), "average": 60_000}}},
         "edge-errors": error_pages(["502", "504"]),
+        # Traefik retries no POST, PUT, PATCH or DELETE (retryNonIdempotentMethod: false).
         "retry-reads": {"retry": {"attempts": plan.retry_attempts, "initialInterval": "50ms"}},
         "unknown-path": {"addPrefix": {"prefix": f"{EDGE_PREFIX}/404"}},
+    }
+
+
+def ip_budget(plan: GatewayPlan) -> dict[str, Any]:
+    """The plugin's settings: the bucket, and its 429 answer rendered from the error pages."""
+    limits = plan.limits
+    wait = limits.token_seconds
+    return {
+        "average": plan.rate_per_minute,
+        "burst": plan.rate_burst,
+        "body": edge_body(429, too_many(limits, wait)).decode(),
+        "retryAfter": str(wait),
+        "header": EDGE_HEADER,
+        "maxClients": MAX_CLIENTS,
     }
 
 

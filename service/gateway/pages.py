@@ -3,6 +3,8 @@
 A tiny threaded HTTP server that needs none of the API instances (nor a database): Traefik's
 `errors` middleware asks it for ``/_edge/{status}``, unknown paths reach it as
 ``/_edge/404/<path>`` and the failover sends every request to it when no instance is up.
+The 429 is answered by the IP budget plugin itself, with the body rendered here
+(``edge_body``, ``too_many``) into its configuration.
 Run it alone (the compose stack does) with ``python -m service.gateway.pages``.
 """
 
@@ -56,15 +58,17 @@ def edge_answer(path: str, limits: EdgeLimits) -> tuple[int, str, dict[str, str]
     if path.startswith("/_edge/404"):
         asked = path.removeprefix("/_edge/404") or "/"
         return 404, unknown_path(asked[:MAX_ECHOED_PATH]), {}
-    if path.startswith("/_edge/429"):
-        wait = limits.token_seconds
-        return 429, too_many(limits, wait), {"Retry-After": str(wait)}
     if path.startswith("/_edge/502"):
         return 502, BAD_GATEWAY, {}
     if path.startswith("/_edge/504"):
         return 504, timed_out(limits), {}
     wait = max(1, math.ceil(limits.health_interval_seconds))
     return 503, NO_INSTANCE, {"Retry-After": str(wait)}
+
+
+def edge_body(status: int, description: str) -> bytes:
+    """The envelope of one of the gateway's answers, as sent."""
+    return json.dumps(envelope_body({}, status, description)).encode()
 
 
 def unknown_path(path: str) -> str:
@@ -110,7 +114,7 @@ def handler_for(limits: EdgeLimits) -> type[BaseHTTPRequestHandler]:
         def answer(self) -> None:
             self.drain_body()
             status, description, headers = edge_answer(self.path, limits)
-            body = json.dumps(envelope_body({}, status, description)).encode()
+            body = edge_body(status, description)
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))

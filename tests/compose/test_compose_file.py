@@ -6,6 +6,7 @@ check it against SPEC section 7 and the Settings class.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -275,21 +276,29 @@ def test_public_routers_cover_the_api_and_share_one_ip_budget(
         assert f"(`{prefix}`)" in rules, f"no public router for {prefix}"
     for router in public:
         assert "ip-budget" in router["middlewares"], f"{router['rule']} is not rate limited"
-        assert "ip-rate-limit" not in router["middlewares"], "a router-level bucket"
-    check = urlsplit(dynamic["middlewares"]["ip-budget"]["forwardAuth"]["address"])
-    budget_entry = static["entryPoints"]["edge-budget"]["address"]
-    assert (check.hostname, str(check.port)) == tuple(budget_entry.split(":"))
-    limited = [
-        r for r in dynamic["routers"].values() if "ip-rate-limit" in r.get("middlewares", [])
-    ]
-    assert [r["entryPoints"] for r in limited] == [["edge-budget"]], "exactly one bucket"
+    plugins = {name: m["plugin"] for name, m in dynamic["middlewares"].items() if "plugin" in m}
+    budget = [n for n, p in plugins.items() if n in {m for r in public for m in r["middlewares"]}]
+    assert budget == ["ip-budget"], "every public router shares the one budget middleware"
+    assert not any("rateLimit" in m for m in dynamic["middlewares"].values()), "per-router"
+    assert static["experimental"]["localPlugins"]["ipbudget"]["moduleName"] == (
+        "github.com/fintegrate/ipbudget"
+    )
 
 
-def test_ip_rate_limit_is_100_requests_per_minute(dynamic: dict[str, Any]):
-    limit = dynamic["middlewares"]["ip-rate-limit"]["rateLimit"]
-    assert (limit["average"], limit["period"]) == (100, "1m")
-    assert limit["burst"] >= 1
-    assert "ipStrategy" in limit["sourceCriterion"]
+def test_ip_budget_is_100_requests_per_minute(dynamic: dict[str, Any]):
+    budget = dynamic["middlewares"]["ip-budget"]["plugin"]["ipbudget"]
+    assert budget["average"] == 100  # per minute
+    assert budget["burst"] >= 1
+    assert json.loads(budget["body"])["detail"]["status_code"] == "429"
+
+
+def test_traefik_gets_the_plugin_source(services: dict[str, dict[str, Any]]):
+    traefik = services["traefik"]
+    mount = "../service/gateway/plugins-local:/plugins-local:ro"
+    assert mount in traefik["volumes"]
+    assert traefik["working_dir"] == "/"
+    source = COMPOSE_DIR / mount.split(":")[0] / "src/github.com/fintegrate/ipbudget"
+    assert (source / "ipbudget.go").is_file() and (source / ".traefik.yml").is_file()
 
 
 def test_both_customer_services_are_load_balanced_with_health_checks(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
 from pathlib import Path
 
 import yaml
@@ -29,7 +31,7 @@ def test_compose_traefik_files_equal_the_generated_configuration() -> None:
 def cli_like_plan() -> GatewayPlan:
     return GatewayPlan(
         web_address="127.0.0.1:18000",
-        budget_port=18090,
+        edge_port=18090,
         pages_url="http://127.0.0.1:18082",
         upstreams=("http://127.0.0.1:18001", "http://127.0.0.1:18002"),
         dynamic_path="/tmp/dynamic.yml",
@@ -61,5 +63,15 @@ def test_the_cli_and_compose_run_the_same_routers_and_middlewares() -> None:
 def test_the_public_entry_point_trusts_no_forwarded_headers() -> None:
     web = static_config(compose_plan())["entryPoints"]["web"]
     assert web["forwardedHeaders"] == {"insecure": False}  # no trustedIPs: client XFF dropped
-    budget = dynamic_config(compose_plan())["http"]["middlewares"]["ip-budget"]["forwardAuth"]
-    assert budget["trustForwardHeader"] is False
+
+
+def test_the_429_the_plugin_sends_is_the_error_pages_envelope() -> None:
+    plan = replace(cli_like_plan(), rate_per_minute=20, rate_burst=7)
+    budget = dynamic_config(plan)["http"]["middlewares"]["ip-budget"]["plugin"]["ipbudget"]
+    body = json.loads(budget["body"])
+    assert body["data"] == {}
+    assert body["detail"]["status_code"] == "429"
+    assert "20 requests per minute" in body["detail"]["status_description"]
+    assert "bursts of 7" in body["detail"]["status_description"]
+    assert budget["retryAfter"] == "3"  # a token every 60 / 20 s
+    assert (budget["average"], budget["burst"]) == (20, 7)

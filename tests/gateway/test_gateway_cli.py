@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -9,8 +11,11 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from service.config import Settings
+from service.gateway import runner
+from service.gateway.runner import Gateway, GatewayError, GatewayOptions
 from tests.gateway.processes import FINTEGRATE, ApiInstance, cli_environment, free_port
 
 READY_TIMEOUT_SECONDS = 30.0
@@ -146,3 +151,37 @@ def test_a_bad_upstream_is_refused_before_anything_starts(stack_settings: Settin
     )
     assert done.returncode == 1
     assert "is not an http(s) URL" in one_line(done.stderr)
+
+
+def test_a_plugin_that_fails_to_load_stops_the_start_with_a_clear_line(
+    stack_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broken = tmp_path / "plugins-local"
+    shutil.copytree(runner.PLUGINS_DIR, broken)
+    source = broken / "src/github.com/fintegrate/ipbudget/ipbudget.go"
+    source.write_text(source.read_text().replace("func New(", "func New((", 1))
+    monkeypatch.setattr(runner, "PLUGINS_DIR", broken)
+    gateway = Gateway(stack_settings, nowhere())
+    started = time.monotonic()
+    with pytest.raises(GatewayError, match=r"routers did not load.*IP budget plugin"):
+        gateway.start()
+    assert time.monotonic() - started < runner.START_TIMEOUT_SECONDS
+    assert gateway.process is not None and gateway.process.poll() is not None, "traefik left"
+
+
+def test_traefik_runs_on_the_cores_the_settings_give_it(stack_settings: Settings) -> None:
+    for procs, expected in ((3, "3"), (None, str(max(1, (os.cpu_count() or 2) // 2)))):
+        settings = stack_settings.model_copy(update={"gateway_max_procs": procs})
+        gateway = Gateway(settings, nowhere()).start()
+        try:
+            assert gateway.process is not None
+            environ = Path(f"/proc/{gateway.process.pid}/environ").read_bytes().split(b"\0")
+            assert f"GOMAXPROCS={expected}".encode() in environ
+            assert b"GOGC=400" in environ
+        finally:
+            gateway.stop()
+
+
+def nowhere() -> GatewayOptions:
+    """A gateway on a free port in front of an instance that is never up."""
+    return GatewayOptions("127.0.0.1", free_port(), ("http://127.0.0.1:9",))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 
 import httpx
 
@@ -99,3 +100,23 @@ def test_by_default_the_api_believes_no_forwarded_header(
         response = client.get(f"/health?{marker}", headers={"X-Forwarded-For": FORGED})
         assert response.status_code == 200
     assert client_addresses([instance], marker) == {"127.0.0.1"}
+
+
+def test_the_budget_refills_at_its_rate(
+    gateway_factory: GatewayFactory, instances: list[ApiInstance]
+) -> None:
+    gateway = gateway_factory(
+        [instance.url for instance in instances],
+        gateway_rate_limit_per_minute=120,  # a token every 0.5 s
+        gateway_rate_limit_burst=2,
+    )
+    with client_from("127.0.0.6", gateway.url) as client:
+        assert [client.get("/health").status_code for _ in range(2)] == [200, 200]
+        refused = client.get("/health")
+        assert_envelope(refused, 429)
+        assert refused.headers["retry-after"] == "1"
+        head = client.head("/health")
+        assert head.status_code == 429 and head.content == b""
+        time.sleep(0.6)
+        assert client.get("/health").status_code == 200
+        assert client.get("/health").status_code == 429

@@ -1,0 +1,3 @@
+module github.com/fintegrate/ipbudget
+
+go 1.22
