@@ -52,11 +52,27 @@ def lua_string(value: str) -> str:
 
 
 def run(
-    name: str, port: int, headers: dict[str, str], *, threads: int, connections: int, seconds: float
+    name: str,
+    port: int,
+    headers: dict[str, str],
+    *,
+    threads: int,
+    connections: int,
+    seconds: float,
+    path: str = "/customer/data",
 ) -> WrkResult:
-    """One ``wrk`` run of ``seconds`` against 127.0.0.1:``port``; its parsed report."""
+    """One ``wrk`` run of ``seconds`` against 127.0.0.1:``port``; its parsed report.
+
+    ``POST``s the benchmark's body to ``/customer/data``; any other ``path`` is a ``GET``.
+    """
+    if path == "/customer/data":
+        text = lua_script({"Content-Type": "application/json", **headers})
+    else:
+        text = "".join(
+            f"wrk.headers[{lua_string(k)}] = {lua_string(v)}\n" for k, v in headers.items()
+        )
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        script.write(lua_script({"Content-Type": "application/json", **headers}))
+        script.write(text)
     try:
         command = [
             "wrk",
@@ -66,7 +82,7 @@ def run(
             "--latency",
             "-s",
             script.name,
-            f"http://127.0.0.1:{port}/customer/data",
+            f"http://127.0.0.1:{port}{path}",
         ]
         output = subprocess.run(
             command, capture_output=True, text=True, check=True, timeout=seconds + 30
