@@ -88,7 +88,7 @@ def test_the_gateway_keeps_its_connections_to_an_instance_alive(
     assert asyncio.run(drive()) == [200] * total
     closed = closed_connections(instance.port) - closed_before
     # Measured: 1-2 with the pool kept; 26 with Go's default of 2 idle connections per host.
-    assert closed <= in_flight // 2, f"{closed} connections to the instance closed in {total} requests"
+    assert closed <= in_flight // 2, f"{closed} connections closed in {total} requests"
 
 
 def closed_connections(port: int) -> int:
