@@ -145,9 +145,9 @@ def measure(target: Target, pids: list[int], args: argparse.Namespace, generator
 
 def measure_wrk(target: Target, pids: list[int], args: argparse.Namespace) -> Sample:
     """One wrk phase after an unmeasured wrk warm-up, with the servers' CPU."""
-    path = target.name.split()[1]
-    headers = {"X-API-Key": args.api_key} if path == "/customer/data" else {}
-    options = {"threads": 2, "connections": args.connections, "path": path}
+    post, path = bool(target.body), target.headers.split()[1].decode()
+    headers = {"X-API-Key": args.api_key} if post else {}
+    options = {"threads": 2, "connections": args.connections, "path": path, "post": post}
     if args.warmup:
         bench_wrk.run(target.name, target.port, headers, seconds=args.warmup, **options)
     cpu_before, started = sum(process_tree_cpu(pid) for pid in pids), time.monotonic()

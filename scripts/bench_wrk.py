@@ -60,12 +60,13 @@ def run(
     connections: int,
     seconds: float,
     path: str = "/customer/data",
+    post: bool = True,
 ) -> WrkResult:
     """One ``wrk`` run of ``seconds`` against 127.0.0.1:``port``; its parsed report.
 
-    ``POST``s the benchmark's body to ``/customer/data``; any other ``path`` is a ``GET``.
+    ``POST``s the benchmark's body to ``path``, or ``GET``s it when ``post`` is false.
     """
-    if path == "/customer/data":
+    if post:
         text = lua_script({"Content-Type": "application/json", **headers})
     else:
         text = "".join(

@@ -199,10 +199,11 @@ def router(entry_points: list[str], rule: str, priority: int, middlewares: list[
 
 def middlewares(plan: GatewayPlan) -> dict[str, Any]:
     """The budget (the plugin), error mapping, retry and unknown-path rewrite."""
+    budget = ip_budget(plan)
     return {
-        "ip-budget": {"plugin": {PLUGIN_NAME: ip_budget(plan)}},
+        "ip-budget": {"plugin": {PLUGIN_NAME: budget}},
         # Its own buckets (instances share them by middleware name): probes spend no budget.
-        "plugin-loaded": {"plugin": {PLUGIN_NAME: {**ip_budget(plan), "average": 60_000}}},
+        "plugin-loaded": {"plugin": {PLUGIN_NAME: {**budget, "average": 60_000}}},
         "edge-errors": error_pages(["502", "504"]),
         # Traefik retries no POST, PUT, PATCH or DELETE (retryNonIdempotentMethod: false).
         "retry-reads": {"retry": {"attempts": plan.retry_attempts, "initialInterval": "50ms"}},
