@@ -13,6 +13,7 @@ from typer._click.core import Context as ClickContext
 
 from fintegrate_cli._errors import EXIT_ERROR, CliError
 from fintegrate_cli._output import err_console
+from service.kit.errors import first_line
 
 
 def describe(exc: BaseException) -> tuple[str, int]:
@@ -20,14 +21,14 @@ def describe(exc: BaseException) -> tuple[str, int]:
     if isinstance(exc, CliError):
         return exc.message, exc.exit_code
     if isinstance(exc, OperationalError):
-        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else "connection failed"
+        reason = first_line(exc.orig) if exc.orig else "connection failed"
         return (
             f"database unreachable: {reason}; start PostgreSQL (scripts/prepare_services.sh) "
             "or check FINTEGRATE_DATABASE_URL",
             EXIT_ERROR,
         )
     if isinstance(exc, ProgrammingError):
-        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        reason = first_line(exc.orig) if exc.orig else str(exc)
         return f"database error: {reason}; run `fintegrate migrate apply`", EXIT_ERROR
     if isinstance(exc, ValidationError):
         problems = "; ".join(

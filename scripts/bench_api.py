@@ -53,8 +53,8 @@ from bench_loadgen import (
 from service.config import Settings, shipped_driver_url
 from service.consumers import service as consumers
 from service.consumers.schemas import ConsumerCreate
-from service.events.schemas import EventOrigin
 from service.kit.db import transaction
+from service.kit.request import EventOrigin
 from service.migrations import runner as migrations
 
 ROOT = Path(__file__).resolve().parents[1]

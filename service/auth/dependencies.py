@@ -24,8 +24,8 @@ from service.auth.service import (
     record_last_use,
     verify_and_cache,
 )
-from service.http.request import engine_of, settings_of
 from service.kit.errors import FintegrateError, Forbidden, TooManyRequests, Unauthorized
+from service.kit.request import engine_of, settings_of
 from service.ratelimit.limiter import auth_scope, enforce_rate_limit
 
 ADMIN_DISABLED = "Admin API disabled: FINTEGRATE_ADMIN_API_KEY is not configured on this server"

@@ -29,9 +29,9 @@ from service.consumers.schemas import (
     KeyOut,
 )
 from service.events.repository import insert_event
-from service.events.schemas import EventOrigin
 from service.kit.errors import Conflict, NotFound, ServiceUnavailable
 from service.kit.pagination import build_page, cursor_params, decode_cursor
+from service.kit.request import EventOrigin
 from service.messaging.operate.management import ManagementUnavailable
 from service.messaging.operate.provisioning import provision_consumer_queues
 from service.messaging.topology import dlq_name, queue_name

@@ -24,9 +24,9 @@ from service.customers.schemas import (
 )
 from service.http.deps import DbSession, Origin, PageCursor, PageLimit, RateLimited
 from service.http.envelope import success
-from service.http.request import db_pool_of, origin_of
 from service.http.schemas import Envelope, ListPage, UtcDatetime, error_responses
 from service.kit.pagination import DEFAULT_LIMIT
+from service.kit.request import db_pool_of, origin_of
 
 router = APIRouter(prefix="/customer/data", tags=["customers"])
 TENANT_ERRORS = (401, 403, 422, 429, 503)

@@ -28,11 +28,11 @@ from service.customers.schemas import (
     TagsOut,
 )
 from service.events.repository import insert_event, redact_customer_payloads
-from service.events.schemas import EventOrigin
 from service.http.audit import AuditEntry, write_audit_in
 from service.kit.db_async import PooledConnection, pooled_connection
 from service.kit.errors import Conflict, NotFound, Unprocessable
 from service.kit.pagination import build_page, cursor_params, decode_cursor
+from service.kit.request import EventOrigin
 
 CUSTOMER_NOT_FOUND = "Customer not found"
 IDEMPOTENCY_HOURS = 24

@@ -18,8 +18,8 @@ from service.delivery.schemas import (
 from service.delivery.service import PublisherFactory
 from service.http.deps import AppSettings, Caller, CurrentConsumer, DbSession
 from service.http.envelope import success
-from service.http.request import db_pool_of
 from service.http.schemas import Envelope, error_responses
+from service.kit.request import db_pool_of
 from service.messaging.publish.publisher import ConfirmingPublisher
 
 router = APIRouter(prefix="/events", tags=["delivery"])

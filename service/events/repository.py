@@ -17,8 +17,9 @@ from uuid import UUID
 import asyncpg
 from sqlalchemy import Connection, Row, text
 
-from service.events.schemas import EventFilters, EventOrigin
+from service.events.schemas import EventFilters
 from service.kit.db_async import PooledConnection
+from service.kit.request import EventOrigin
 
 INSERT_EVENT = text(
     """

@@ -18,14 +18,6 @@ DeliverStatus = Literal["pending", "delivered", "failed"]
 
 
 @dataclass(frozen=True)
-class EventOrigin:
-    """Where a change came from: ``source_service`` and the request id for ``metadata_json``."""
-
-    source_service: str
-    request_id: str | None = None
-
-
-@dataclass(frozen=True)
 class EventFilters:
     """Optional filters of ``GET /events``."""
 

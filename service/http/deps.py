@@ -10,7 +10,7 @@
 - ``Origin``: the route and request id, recorded on every event row.
 
 Credentials fail closed (``service.auth.dependencies``); the app state, the request's
-transaction and the event origin come from ``service.http.request``.
+transaction and the event origin come from ``service.kit.request``.
 """
 
 from __future__ import annotations
@@ -24,15 +24,15 @@ from sqlalchemy import Connection, Engine
 from service.auth.dependencies import caller, rate_limited_tenant, require_admin, tenant
 from service.auth.service import AuthenticatedConsumer, Principal
 from service.config import Settings
-from service.events.schemas import EventOrigin
-from service.http.request import (
+from service.kit.pagination import MAX_LIMIT
+from service.kit.request import (
+    EventOrigin,
     app_db_pool,
     app_engine,
     app_settings,
     db_connection,
     event_origin,
 )
-from service.kit.pagination import MAX_LIMIT
 
 __all__ = [
     "AdminAccess",

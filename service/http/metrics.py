@@ -7,7 +7,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.exposition import generate_latest
 from starlette.types import Scope
 
-UNMATCHED_ROUTE = "unmatched"
+from service.kit.request import route_template
+
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -36,13 +37,6 @@ class HttpMetrics:
         labels = (scope.get("method", ""), route_template(scope), str(status))
         self.requests.labels(*labels).inc()
         self.latency.labels(*labels).observe(seconds)
-
-
-def route_template(scope: Scope) -> str:
-    """The matched route's path template (``/customer/data/{customer_id}``), never the raw path."""
-    route = scope.get("route")
-    path = getattr(route, "path_format", None)
-    return path if isinstance(path, str) else UNMATCHED_ROUTE
 
 
 router = APIRouter(tags=["operations"])

@@ -19,19 +19,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.http.audit import AuditEntry, write_audit
 from service.http.envelope import error
-from service.http.metrics import HttpMetrics, route_template
+from service.http.metrics import HttpMetrics
+from service.kit.request import route_template, state_of
 
 logger = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "x-request-id"
 REQUEST_ID_BYTES = REQUEST_ID_HEADER.encode()
 SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-
-
-def state_of(scope: Scope) -> dict[str, Any]:
-    """The per-request state dict (the one behind ``request.state``)."""
-    state: dict[str, Any] = scope.setdefault("state", {})
-    return state
 
 
 def accepted_request_id(raw: str | None) -> str:

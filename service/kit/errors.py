@@ -40,11 +40,6 @@ class Conflict(FintegrateError):
     default_description = "The resource already exists"
 
 
-class PayloadTooLarge(FintegrateError):
-    status_code = 413
-    default_description = "Request body too large"
-
-
 class Unprocessable(FintegrateError):
     status_code = 422
     default_description = "The request body failed validation"
@@ -58,3 +53,9 @@ class TooManyRequests(FintegrateError):
 class ServiceUnavailable(FintegrateError):
     status_code = 503
     default_description = "A required dependency is unavailable; retry shortly"
+
+
+def first_line(exc: BaseException | None) -> str:
+    """The first line of ``exc``'s message (one-line errors and logs), else its type's name."""
+    message = str(exc if exc is not None else "").strip()
+    return message.splitlines()[0] if message else type(exc).__name__

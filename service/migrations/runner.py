@@ -19,6 +19,7 @@ from pathlib import Path
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+from service.kit.errors import first_line
 from service.migrations.sqlsplit import split_statements, strip_comments
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
@@ -317,11 +318,6 @@ BEGIN;
 
 COMMIT;
 """
-
-
-def first_line(exc: BaseException | None) -> str:
-    message = str(exc or "").strip()
-    return message.splitlines()[0] if message else type(exc).__name__
 
 
 def summarise(statement: str, limit: int = 120) -> str:

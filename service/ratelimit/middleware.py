@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.http.middleware import state_of
+from service.kit.request import state_of
 from service.ratelimit.limiter import STATE_HEADERS
 
 

@@ -2,21 +2,46 @@
 
 The ``*_of`` functions read them off a ``Request``; the ``async`` ones are the same as
 dependencies (``service.http.deps``). The two hot routes call the ``*_of`` functions
-instead: each dependency FastAPI solves costs about 70,000 instructions per request
-(docs/benchmarks.md).
+instead of dependencies, which FastAPI solves at a cost per request (docs/benchmarks.md).
+At the bottom of the layers (docs/ARCHITECTURE.md) so that auth, rate limiting, the edge
+and the domains all read request state the same way.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 from fastapi import Request
 from sqlalchemy import Connection, Engine
+from starlette.types import Scope
 
 from service.config import Settings
-from service.events.schemas import EventOrigin
-from service.http.metrics import route_template
+
+UNMATCHED_ROUTE = "unmatched"
+
+
+@dataclass(frozen=True)
+class EventOrigin:
+    """Where a change came from: ``source_service`` and the request id for ``metadata_json``."""
+
+    source_service: str
+    request_id: str | None = None
+
+
+def state_of(scope: Scope) -> dict[str, Any]:
+    """The per-request state dict (the one behind ``request.state``)."""
+    state: dict[str, Any] = scope.setdefault("state", {})
+    return state
+
+
+def route_template(scope: Scope) -> str:
+    """The matched route's path template (``/customer/data/{customer_id}``), never the raw path."""
+    route = scope.get("route")
+    path = getattr(route, "path_format", None)
+    return path if isinstance(path, str) else UNMATCHED_ROUTE
 
 
 def settings_of(request: Request) -> Settings:
