@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from fintegrate_cli import (
+    bench,
     config_cmd,
     consumer,
     customers,
@@ -92,6 +93,7 @@ app.add_typer(customers.app, name="customers")
 app.add_typer(events.app, name="events")
 app.add_typer(queues.app, name="queues")
 app.add_typer(config_cmd.app, name="config")
+app.add_typer(bench.app, name="bench")
 runtime.register(app)
 
 

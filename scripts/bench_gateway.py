@@ -9,7 +9,7 @@ API instance (``fintegrate serve``) and, in front of it, the gateway exactly as
 budget plugin, errors, retry, failover, health check), except that the IP budget is raised
 to ``--ip-budget`` requests per minute and burst so that it never refuses: the benchmark
 measures the proxy, not the limit. Each round drives the instance directly and then through
-the gateway (the order alternates), with the load generator of ``scripts/bench_api.py``
+the gateway (the order alternates), with the built-in load generator of ``fintegrate bench``
 (``--rounds``) and then with ``wrk -t2`` (``--wrk-rounds``, from ``apt-get install wrk``).
 Prints req/s, p50, p99 and CPU per phase and, per load generator, the throughput lost
 through the gateway.
@@ -24,14 +24,23 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import bench_wrk
-from bench_api import free_port, fresh_database, running_server, seed_tenant, server_command
-from bench_loadgen import Result, Target, drive, machine_cpu, process_tree_cpu, run_loop
-
+from service.bench import wrk as bench_wrk
+from service.bench.loadgen import (
+    Result,
+    Target,
+    drive,
+    machine_cpu,
+    process_tree_cpu,
+    run_loop,
+)
+from service.bench.servers import (
+    api_command,
+    free_port,
+    fresh_database,
+    running_server,
+    seed_tenant,
+)
 from service.config import Settings
 from service.gateway.runner import Gateway, GatewayOptions
 
@@ -192,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         args.api_key = api_key
         port = free_port()
         env = {"FINTEGRATE_DATABASE_URL": database, "FINTEGRATE_REDIS_URL": args.redis_url or ""}
-        command = server_command("api", port, args.workers)
+        command = api_command(port, args.workers)
         api_pid = stack.enter_context(running_server(command, port, env))
         gateway = stack.enter_context(gateway_in_front(port, args))
         assert gateway.process is not None

@@ -46,16 +46,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from bench_api import (  # noqa: E402
+from bench_relay import bench_vhost  # noqa: E402
+
+from fintegrate_cli.events import event_stats  # noqa: E402
+from service.bench.servers import (  # noqa: E402
+    api_command,
     free_port,
     fresh_database,
     running_server,
     seed_tenant,
-    server_command,
 )
-from bench_relay import bench_vhost  # noqa: E402
-
-from fintegrate_cli.events import event_stats  # noqa: E402
 from service.config import Settings  # noqa: E402
 from service.kit.db import create_db_engine  # noqa: E402
 from service.messaging.operate.provisioning import provision_consumer_queues  # noqa: E402
@@ -417,7 +417,7 @@ def prepare(stack: ExitStack, args: argparse.Namespace, amqp_url: str, name: str
         "FINTEGRATE_REDIS_URL": args.redis_url,
         "FINTEGRATE_ENVIRONMENT": "test",
     }
-    stack.enter_context(running_server(server_command("api", port, 1), port, env))
+    stack.enter_context(running_server(api_command(port, 1), port, env))
     return Setup(name, settings, f"http://127.0.0.1:{port}", consumer_id, api_key, engine)
 
 

@@ -4,10 +4,10 @@
     .venv/bin/python scripts/bench_instructions.py [--requests 10] [--targets asyncpg,api]
 
 Requests per second on this VM swing by 3x between hours (docs/benchmarks.md), so code
-changes of a few percent cannot be seen in ``bench_api.py`` alone. This counts them:
+changes of a few percent cannot be seen in ``fintegrate bench api`` alone. This counts them:
 each target runs in a child process under ``valgrind --tool=callgrind`` with
 instrumentation off, builds its ASGI app (the real ``create_app`` or the
-``create_async_app`` baseline of ``bench_baseline_app.py``) on a fresh database with one
+``create_async_app`` baseline of ``service/bench/baseline_app.py``) on a fresh database with one
 tenant, warms it with one pass, then switches instrumentation on (``callgrind_control``)
 for one pass of ``--connections`` concurrent tasks sending ``--requests`` requests each
 straight to the app (no HTTP, no sockets between client and app; PostgreSQL and Redis are
@@ -17,7 +17,7 @@ trips cost more kernel time than the API's one statement and one Redis round tri
 ratio of the counts is lower than the req/s ratio under load. On an idle machine repeats
 agree within 0.1 %. Needs valgrind (on every machine of this kind).
 
-With ``--http`` the servers run as ``bench_api.py`` runs them (``fintegrate serve`` and
+With ``--http`` the servers run as ``fintegrate bench api`` runs them (``fintegrate serve`` and
 uvicorn on the baseline, one worker each) under callgrind, and the same number of
 requests reaches them over keep-alive HTTP connections: the count then includes uvicorn's
 HTTP parsing and writing, everything of the server's CPU but the kernel's.
@@ -39,9 +39,6 @@ from collections.abc import Awaitable, Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 TARGETS = ("asyncpg", "api")
 COLLECTED = re.compile(r"Collected : (\d+)")
@@ -139,13 +136,13 @@ def build_app(target: str, database_url: str, consumer_id: str, redis_url: str) 
         )
         return create_app(settings)
     os.environ.update(BENCH_CONSUMER_ID=consumer_id, FINTEGRATE_DATABASE_URL=database_url)
-    import bench_baseline_app
+    from service.bench import baseline_app
 
-    return bench_baseline_app.create_async_app()
+    return baseline_app.create_async_app()
 
 
 async def measure_child(args: argparse.Namespace, database_url: str) -> None:
-    from bench_api import seed_tenant
+    from service.bench.servers import seed_tenant
 
     consumer_id, api_key = seed_tenant(database_url, 4)
     app = build_app(args.child, database_url, consumer_id, args.redis_url)
@@ -161,7 +158,8 @@ async def measure_child(args: argparse.Namespace, database_url: str) -> None:
 
 def run_child(args: argparse.Namespace) -> None:
     import uvloop
-    from bench_api import fresh_database
+
+    from service.bench.servers import fresh_database
 
     with fresh_database(keep=False) as url:
         uvloop.run(measure_child(args, url))
@@ -187,7 +185,7 @@ def count(target: str, args: argparse.Namespace) -> float:
 
 async def http_pass(port: int, request: bytes, connections: int, requests: int) -> None:
     """``requests`` POSTs on each of ``connections`` keep-alive connections, back to back."""
-    from bench_loadgen import content_length
+    from service.bench.loadgen import content_length
 
     async def connection() -> list[int]:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -205,13 +203,14 @@ async def http_pass(port: int, request: bytes, connections: int, requests: int) 
 
 def count_http(target: str, args: argparse.Namespace) -> float:
     """Millions of instructions per request of ``target`` served over HTTP under callgrind."""
-    import bench_api
-    from bench_loadgen import BODY, request_head, run_loop
+    from service.bench import servers
+    from service.bench.api import FAIL_OPEN_SERIES
+    from service.bench.loadgen import BODY, request_head, run_loop
 
     with tempfile.TemporaryDirectory() as directory, ExitStack() as stack:
         log = Path(directory) / "callgrind.log"
-        database = stack.enter_context(bench_api.fresh_database(keep=False))
-        consumer_id, api_key = bench_api.seed_tenant(database, 4)
+        database = stack.enter_context(servers.fresh_database(keep=False))
+        consumer_id, api_key = servers.seed_tenant(database, 4)
         env = {"FINTEGRATE_DATABASE_URL": database, "BENCH_CONSUMER_ID": consumer_id}
         extra = ""
         if target == "api":
@@ -220,16 +219,20 @@ def count_http(target: str, args: argparse.Namespace) -> float:
                 FINTEGRATE_REDIS_TIMEOUT_SECONDS=str(SLOW_REDIS_TIMEOUT),
             )
             extra = f"X-API-Key: {api_key}\r\n"
-        port = bench_api.free_port()
+        port = servers.free_port()
         command = [*callgrind_command(log), sys.executable]
-        command += bench_api.server_command(target if target == "api" else "asyncpg", port, 1)
-        with bench_api.running_server(command, port, env, timeout=SERVER_TIMEOUT) as pid:
+        command += (
+            servers.api_command(port, 1)
+            if target == "api"
+            else servers.baseline_command("create_async_app", port, 1)
+        )
+        with servers.running_server(command, port, env, timeout=SERVER_TIMEOUT) as pid:
             request = request_head(port, extra) + BODY
             run_loop(http_pass(port, request, args.connections, args.requests))
             toggle(pid, "on")
             run_loop(http_pass(port, request, args.connections, args.requests))
             toggle(pid, "off")
-            if target == "api" and bench_api.fail_open_total(port):
+            if target == "api" and fail_open_count(port, FAIL_OPEN_SERIES):
                 raise SystemExit("rate-limit checks failed open: the count would be too low")
         return per_request(log.read_text(), target, args)
 
@@ -268,3 +271,11 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def fail_open_count(port: int, series: str) -> float:
+    """Rate-limit checks that skipped Redis so far, read off the server's /metrics."""
+    import httpx
+
+    lines = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text.splitlines()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(series))

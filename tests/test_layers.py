@@ -37,7 +37,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "service.gateway",
     ),
     ("service.delivery", "service.messaging.publish", "service.messaging.consume"),
-    ("service.app", "service$", "fintegrate_cli"),
+    ("service.app", "service.bench", "service$", "fintegrate_cli"),
 )
 
 

@@ -1,4 +1,4 @@
-"""``wrk`` as a second, external load generator for ``scripts/bench_api.py``.
+"""``wrk`` as an external load generator for ``fintegrate bench api`` and the gateway bench.
 
 ``wrk -t2 -c16 --latency`` runs ``POST /customer/data`` with a generated Lua script (method,
 body, headers) against one server; its text report is parsed into req/s, p50, p99 and the
@@ -14,7 +14,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench_loadgen import BODY
+from service.bench.loadgen import BODY
 
 UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
 LATENCY_LINE = re.compile(r"^\s*(50|99)(?:\.0+)?%\s+([\d.]+)(us|ms|s|m)\s*$", re.MULTILINE)

@@ -10,24 +10,17 @@ tables, with no auth, no rate limit, no middleware and no envelope:
   asyncpg pool built by the API's own ``create_pool`` (same driver, pool and timeouts as the
   API's hot path), the two inserts in an explicit transaction.
 
-The API's targets against them are in ``scripts/bench_api.py`` (``TARGETS``).
-
-``scripts/bench_api.py`` runs them with
-
-    uvicorn --app-dir scripts bench_baseline_app:create_app --factory
-
-and the environment ``FINTEGRATE_DATABASE_URL`` plus ``BENCH_CONSUMER_ID`` (the tenant the
-rows belong to).
+The API's targets against them are in ``service/bench/api.py`` (``TARGETS``), which runs
+them with ``uvicorn service.bench.baseline_app:create_app --factory`` and the environment
+``FINTEGRATE_DATABASE_URL`` plus ``BENCH_CONSUMER_ID`` (the tenant the rows belong to).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -35,8 +28,6 @@ import asyncpg
 from fastapi import FastAPI
 from pydantic import BaseModel
 from sqlalchemy import Engine, create_engine, text
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from service.config import Settings
 from service.kit.db_async import create_pool

@@ -1,9 +1,9 @@
-"""The load generator of ``scripts/bench_api.py``: keep-alive HTTP/1.1 on asyncio, and CPU meters.
+"""The built-in load generator: keep-alive HTTP/1.1 on asyncio, and CPU meters.
 
 Each connection sends ``POST /customer/data`` back to back and reads the answer by its
 Content-Length; latencies of requests sent and answered inside the measured window count.
 It runs on uvloop and uses a few percent of one core at the rates this machine reaches
-(``bench_api.py`` prints its share), so it is not the bottleneck.
+(``fintegrate bench api`` prints its share).
 """
 
 from __future__ import annotations

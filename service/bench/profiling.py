@@ -1,6 +1,6 @@
 """Where the API's time goes under load: py-spy samples of the server, summed by layer.
 
-``scripts/bench_api.py --profile FILE`` records the API server with ``py-spy record``
+``fintegrate bench api --profile FILE`` records the API server with ``py-spy record``
 (collapsed stacks, non-blocking, active samples only) during one extra built-in-generator
 phase and prints, per layer of the request path, the share of samples whose stack passes
 through it (inclusive, so nested layers overlap: the middleware share contains everything

@@ -1,0 +1,290 @@
+"""``fintegrate bench api``: POST /customer/data, the real API against two plain baselines.
+
+The baselines (``service.bench.baseline_app``) do the same two inserts in one transaction
+with no auth, rate limit, middleware or envelope: ``sqlalchemy`` (a ``def`` endpoint on a
+SQLAlchemy engine) and ``asyncpg`` (an ``async def`` endpoint on an asyncpg pool). Each
+server gets a fresh migrated database and the same number of workers. Every round drives
+each server in turn for ``warmup`` + ``duration`` seconds with ``connections`` keep-alive
+connections (wrk ``-t2`` when installed, else the built-in generator), the order reversed
+every other round so neither side always runs first on a warmer machine. The verdicts use
+the median of the per-round ratios api/baseline (its range printed beside it) and the
+API's p99 of every round. A phase with a non-2xx answer or a rate-limit check that
+skipped Redis makes the run invalid: its figures would flatter the API.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import httpx
+
+from service.bench import loadgen, profiling, wrk
+from service.bench.servers import (
+    alternating,
+    api_command,
+    baseline_command,
+    free_port,
+    fresh_database,
+    running_server,
+    seed_tenant,
+)
+
+BASELINE_FACTORIES = {"sqlalchemy": "create_app", "asyncpg": "create_async_app"}
+TARGETS = {"sqlalchemy": 1.3, "asyncpg": 0.85}  # minimum api/baseline, median of rounds
+P99_TARGET_MS = 30.0  # the API's p99 in every round
+WRK_THREADS = 2
+FAIL_OPEN_SERIES = 'fintegrate_ratelimit_fail_open_total{check="rate_limit"}'
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ApiBenchOptions:
+    """How to run the benchmark; the defaults are the published method."""
+
+    connections: int = 16
+    duration: float = 5.0
+    warmup: float = 1.0
+    rounds: int = 5
+    workers: int = 1
+    generator: str = "wrk"  # or "builtin"
+    baselines: tuple[str, ...] = ("sqlalchemy", "asyncpg")
+    bcrypt_rounds: int = 12
+    redis_url: str | None = None
+    api_env: dict[str, str] = field(default_factory=dict)
+    keep_databases: bool = False
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One server driven once: its rate, latencies and what it cost."""
+
+    server: str
+    rate: float
+    p50_ms: float
+    p99_ms: float
+    non_2xx: int
+    server_cpu_ms_per_request: float
+    rate_limit_fail_open: int | None = None
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """api/baseline over the rounds: the median decides, the range is shown."""
+
+    baseline: str
+    median: float
+    low: float
+    high: float
+    target: float
+
+    @property
+    def met(self) -> bool:
+        return self.median >= self.target
+
+
+@dataclass
+class ApiBenchReport:
+    """Everything the run measured, with the verdicts."""
+
+    generator: str
+    connections: int
+    duration: float
+    workers: int
+    rounds: list[dict[str, Phase]] = field(default_factory=list)
+
+    def ratios(self) -> list[Ratio]:
+        names = [name for name in self.rounds[0] if name != "api"] if self.rounds else []
+        found = []
+        for name in names:
+            per_round = [r["api"].rate / max(r[name].rate, 1e-9) for r in self.rounds]
+            found.append(
+                Ratio(
+                    name,
+                    statistics.median(per_round),
+                    min(per_round),
+                    max(per_round),
+                    TARGETS[name],
+                )
+            )
+        return found
+
+    def api_p99s(self) -> list[float]:
+        return [r["api"].p99_ms for r in self.rounds]
+
+    def invalid_phases(self) -> list[str]:
+        """Phases whose figures cannot be trusted (errors, or the rate limit skipped)."""
+        return [
+            f"round {index + 1} {phase.server}"
+            for index, phases in enumerate(self.rounds)
+            for phase in phases.values()
+            if phase.non_2xx or phase.rate_limit_fail_open
+        ]
+
+    @property
+    def met(self) -> bool:
+        p99_met = bool(self.rounds) and max(self.api_p99s()) <= P99_TARGET_MS
+        ratios_met = all(ratio.met for ratio in self.ratios())
+        return p99_met and ratios_met and not self.invalid_phases()
+
+    def as_dict(self) -> dict[str, object]:
+        p99s = self.api_p99s()
+        return {
+            "request": "POST /customer/data",
+            "generator": self.generator,
+            "connections": self.connections,
+            "duration_seconds": self.duration,
+            "workers": self.workers,
+            "rounds": [{name: asdict(p) for name, p in phases.items()} for phases in self.rounds],
+            "ratios": [{**asdict(r), "met": r.met} for r in self.ratios()],
+            "api_p99_ms": {
+                "low": min(p99s, default=0.0),
+                "high": max(p99s, default=0.0),
+                "target": P99_TARGET_MS,
+                "met": bool(p99s) and max(p99s) <= P99_TARGET_MS,
+            },
+            "invalid_phases": self.invalid_phases(),
+            "met": self.met,
+        }
+
+
+@dataclass(frozen=True)
+class Server:
+    """A running server under test."""
+
+    name: str
+    port: int
+    pid: int
+    headers: dict[str, str]
+
+
+def run_api_bench(
+    options: ApiBenchOptions, progress: Progress = print, profile: Path | None = None
+) -> ApiBenchReport:
+    """Start the servers, run the rounds, return the report (servers and databases gone)."""
+    report = ApiBenchReport(
+        options.generator, options.connections, options.duration, options.workers
+    )
+    with ExitStack() as stack:
+        servers = start_servers(options, stack)
+        for number, order in enumerate(alternating(len(servers), options.rounds), start=1):
+            phases = {}
+            for index in order:
+                phase = measure(servers[index], options)
+                phases[phase.server] = phase
+                progress(f"round {number}/{options.rounds} {describe(phase)}")
+            report.rounds.append({name: phases[name] for name in (s.name for s in servers)})
+        if profile is not None:
+            api = servers[-1]
+            with profiling.recording(api.pid, profile, options.warmup + options.duration):
+                progress(f"profiled {describe(measure(api, options))}")
+            for line in profiling.summary(profile):
+                progress(line)
+    return report
+
+
+def start_servers(options: ApiBenchOptions, stack: ExitStack) -> list[Server]:
+    """Fresh databases, a seeded tenant in each, the baselines then the API on loopback."""
+    servers = []
+    for name in [*options.baselines, "api"]:
+        database = stack.enter_context(fresh_database(options.keep_databases))
+        consumer_id, api_key = seed_tenant(database, options.bcrypt_rounds)
+        port = free_port()
+        if name == "api":
+            env = {
+                "FINTEGRATE_DATABASE_URL": database,
+                "FINTEGRATE_REDIS_URL": options.redis_url or "",
+                **options.api_env,
+            }
+            command, headers = api_command(port, options.workers), {"X-API-Key": api_key}
+        else:
+            env = {"FINTEGRATE_DATABASE_URL": database, "BENCH_CONSUMER_ID": consumer_id}
+            command = baseline_command(BASELINE_FACTORIES[name], port, options.workers)
+            headers = {}
+        pid = stack.enter_context(running_server(command, port, env))
+        servers.append(Server(name, port, pid, headers))
+    return servers
+
+
+def measure(server: Server, options: ApiBenchOptions) -> Phase:
+    """One phase: warm-up unmeasured, then the measured window, with the server's CPU."""
+    fail_open_before = fail_open_total(server)
+    if options.generator == "wrk":
+        rate, p50, p99, non_2xx, cpu = drive_wrk(server, options)
+    else:
+        rate, p50, p99, non_2xx, cpu = drive_builtin(server, options)
+    fail_open_after = fail_open_total(server)
+    fail_open = (
+        None
+        if fail_open_before is None or fail_open_after is None
+        else fail_open_after - fail_open_before
+    )
+    return Phase(
+        server.name, rate, p50 * 1000, p99 * 1000, non_2xx, cpu / max(rate, 1e-9) * 1000, fail_open
+    )
+
+
+def drive_builtin(
+    server: Server, options: ApiBenchOptions
+) -> tuple[float, float, float, int, float]:
+    extra = "".join(f"{name}: {value}\r\n" for name, value in server.headers.items())
+    target = loadgen.Target(server.name, server.port, loadgen.request_head(server.port, extra))
+    before = loadgen.process_tree_cpu(server.pid)
+    result = loadgen.run_loop(
+        loadgen.drive(target, options.connections, options.warmup, options.duration)
+    )
+    cpu = (loadgen.process_tree_cpu(server.pid) - before) / (options.warmup + options.duration)
+    non_2xx = sum(n for code, n in result.statuses.items() if not 200 <= code < 300)
+    return result.rate, result.percentile(0.5), result.percentile(0.99), non_2xx, cpu
+
+
+def drive_wrk(server: Server, options: ApiBenchOptions) -> tuple[float, float, float, int, float]:
+    def run(seconds: float) -> wrk.WrkResult:
+        return wrk.run(
+            server.name,
+            server.port,
+            server.headers,
+            threads=WRK_THREADS,
+            connections=options.connections,
+            seconds=seconds,
+        )
+
+    if options.warmup >= 1:
+        run(options.warmup)
+    before = loadgen.process_tree_cpu(server.pid)
+    started = time.monotonic()
+    result = run(options.duration)
+    cpu = (loadgen.process_tree_cpu(server.pid) - before) / (time.monotonic() - started)
+    return result.rate, result.p50, result.p99, result.non_2xx, cpu
+
+
+def fail_open_total(server: Server) -> int | None:
+    """The API's rate-limit checks that skipped Redis so far; None for a baseline."""
+    if server.name != "api":
+        return None
+    response = httpx.get(f"http://127.0.0.1:{server.port}/metrics", timeout=5)
+    lines = response.text.splitlines() if response.status_code == 200 else []
+    counts = [line.rsplit(" ", 1)[1] for line in lines if line.startswith(FAIL_OPEN_SERIES)]
+    return int(sum(float(count) for count in counts))
+
+
+def describe(phase: Phase) -> str:
+    """One line for people."""
+    return (
+        f"{phase.server:<10} {phase.rate:8.0f} req/s  p50 {phase.p50_ms:6.1f} ms"
+        f"  p99 {phase.p99_ms:6.1f} ms  non-2xx {phase.non_2xx}"
+        f"  server {phase.server_cpu_ms_per_request:.2f} ms cpu/req"
+        + (
+            ""
+            if phase.rate_limit_fail_open is None
+            else f"  fail-open {phase.rate_limit_fail_open}"
+        )
+    )
+
+
+def fail_open_note(count: int | None) -> str:
+    return "" if count is None else f"  fail-open {count}"
