@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""Write compose/traefik/traefik.yml and dynamic.yml from service/gateway/config.py.
+"""Write compose/traefik/*.yml and deploy/kubernetes/gateway.yaml from service/gateway/.
 
-`fintegrate gateway` renders the same functions at startup; tests/gateway/test_config.py
-fails when the committed files differ from what this script writes.
+`fintegrate gateway` renders the same functions at startup; tests/gateway/test_config.py and
+tests/deploy/test_kubernetes.py fail when the committed files differ from what this writes.
 
     .venv/bin/python scripts/gen_gateway_config.py
 """
@@ -12,17 +12,17 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from service.gateway.compose import COMPOSE_FILES, compose_files
+from service.gateway.kubernetes import KUBERNETES_FILE, kubernetes_file
 
-from service.gateway.compose import COMPOSE_FILES, compose_files  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> int:
-    for name, text in compose_files().items():
-        path = ROOT / COMPOSE_FILES[name]
-        path.write_text(text)
-        print(f"wrote {path.relative_to(ROOT)}")
+    texts = {COMPOSE_FILES[name]: text for name, text in compose_files().items()}
+    for relative, text in {**texts, KUBERNETES_FILE: kubernetes_file()}.items():
+        (ROOT / relative).write_text(text)
+        print(f"wrote {relative}")
     return 0
 
 
