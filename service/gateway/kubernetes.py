@@ -23,8 +23,9 @@ from service.gateway.config import (
 
 KUBERNETES_FILE = "deploy/kubernetes/gateway.yaml"
 TRAEFIK_API = "traefik.io/v1alpha1"
-API = {"name": "fintegrate-api", "port": 8000}
-PAGES = {"name": "fintegrate-edge-pages", "port": 8082}
+PAGES_NAME, PAGES_PORT = "fintegrate-edge-pages", 8082
+API: dict[str, Any] = {"name": "fintegrate-api", "port": 8000}
+PAGES: dict[str, Any] = {"name": PAGES_NAME, "port": PAGES_PORT}
 PAGES_LABELS = {"app.kubernetes.io/name": "fintegrate-edge-pages"}
 
 
@@ -66,12 +67,12 @@ def ingress_route(plan: GatewayPlan) -> dict[str, Any]:
 def pages_resources() -> list[dict[str, Any]]:
     """The gateway's own answers (404, 429, 502, 503, 504) as envelopes; no database."""
     command = ["python", "-m", "service.gateway.pages", "--host", "0.0.0.0", "--port", "8082"]
-    probe = {"httpGet": {"path": f"{EDGE_PREFIX}/ready", "port": PAGES["port"]}}
+    probe = {"httpGet": {"path": f"{EDGE_PREFIX}/ready", "port": PAGES_PORT}}
     container = {
         "name": "pages",
         "image": "fintegrate",
         "command": command,
-        "ports": [{"name": "http", "containerPort": PAGES["port"]}],
+        "ports": [{"name": "http", "containerPort": PAGES_PORT}],
         "readinessProbe": probe,
         "livenessProbe": probe,
         "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}},
@@ -88,11 +89,11 @@ def pages_resources() -> list[dict[str, Any]]:
     }
     service = {
         "selector": PAGES_LABELS,
-        "ports": [{"name": "http", "port": PAGES["port"], "targetPort": "http"}],
+        "ports": [{"name": "http", "port": PAGES_PORT, "targetPort": "http"}],
     }
     return [
-        resource("Deployment", PAGES["name"], deployment, "apps/v1"),
-        resource("Service", PAGES["name"], service, "v1"),
+        resource("Deployment", PAGES_NAME, deployment, "apps/v1"),
+        resource("Service", PAGES_NAME, service, "v1"),
     ]
 
 
