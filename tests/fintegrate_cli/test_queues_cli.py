@@ -55,7 +55,7 @@ def test_provision_reports_differing_arguments_with_exit_3(
     result = run_cli("queues", "provision", drifted, fine)
     assert result.exit_code == 3
     assert "x-max-length is 10, expected 100000" in result.stderr
-    assert "queues purge" in result.stderr
+    assert f"queues provision {drifted} --migrate" in result.stderr
     assert queue_depth(service_env.rabbitmq_url, topology.dlq_name(fine)) == 0  # fine was done
 
 
@@ -185,3 +185,48 @@ def test_replay_dlq_leaves_stale_dead_letters_unless_asked(
     )
     assert queue_depth(settings.rabbitmq_url, dlq) == 0
     assert wait_until(lambda: queue_depth(settings.rabbitmq_url, tenant["queue_name"]) == 1)
+
+
+def test_provision_migrate_moves_a_seed_queue_keeping_its_messages(
+    run_cli: RunCli, service_env: Settings
+) -> None:
+    name = unique_name("q")
+    queue = topology.queue_name(name)
+    seed = {**topology.queue_arguments(name)}
+    del seed["x-overflow"]  # the seed declared no overflow behaviour
+    with amqp_channel(service_env.rabbitmq_url) as channel:
+        channel.exchange_declare(topology.EXCHANGE, topology.EXCHANGE_TYPE, durable=True)
+        channel.queue_declare(queue, durable=True, arguments=seed)
+        channel.queue_bind(
+            queue, topology.EXCHANGE, topology.routing_key("customer_creation", name)
+        )
+        channel.confirm_delivery()
+        for number in range(5):
+            key = topology.routing_key("customer_creation", name)
+            channel.basic_publish(topology.EXCHANGE, key, b"%d" % number)
+
+    reported = run_cli("queues", "provision", name)
+    assert reported.exit_code == 3
+    assert "x-overflow is None, expected 'reject-publish'" in reported.stderr
+
+    plan = json_of(
+        run_cli("queues", "provision", "--consumer", name, "--migrate", "--dry-run", "--json")
+    )
+    main = next(row for row in plan if row["queue"] == queue)
+    assert main["result"] == "would migrate" and main["ready"] == 5
+    assert main["drift"] == [
+        {"queue": queue, "argument": "x-overflow", "live": None, "expected": "reject-publish"}
+    ]
+    assert queue_depth(service_env.rabbitmq_url, queue) == 5  # the dry run moved nothing
+
+    refused = run_cli("queues", "provision", name, "--migrate")
+    assert refused.exit_code == 2 and "--yes" in refused.stderr
+
+    done = json_of(run_cli("queues", "provision", name, "--migrate", "--yes", "--json"))
+    main = next(row for row in done if row["queue"] == queue)
+    assert (main["result"], main["moved"]) == ("migrated", 10)  # out to the stash and back
+    again = json_of(run_cli("queues", "provision", name, "--dry-run", "--json"))
+    assert again[0]["ok"] is True
+    with amqp_channel(service_env.rabbitmq_url) as channel:
+        bodies = [channel.basic_get(queue, auto_ack=True)[2] for _ in range(5)]
+    assert bodies == [b"0", b"1", b"2", b"3", b"4"]

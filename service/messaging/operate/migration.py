@@ -1,0 +1,334 @@
+"""Move a live tenant queue to its expected arguments or type, keeping every message in order.
+
+RabbitMQ cannot change a queue's arguments (or classic → quorum) in place. For each queue
+whose live arguments differ — the DLQ first, then the main queue — with Q the queue, its
+inbox ``Q_MIGRATION_INBOX`` and its stash ``Q_MIGRATION_STASH``:
+
+1. *reroute*: declare the inbox with the expected arguments and move Q's routing keys to
+   it, so messages published from now on wait there;
+2. *stash*: move Q's messages, in order, to the stash (a plain durable queue) while holding
+   Q with an exclusive consumer, then delete Q (only if empty and unused);
+3. *redeclare* Q with the expected arguments and move the stash back into it, in order;
+4. *drain*: move the routing keys back to Q and the inbox's messages after the stash's.
+
+Every move consumes, republishes through the default exchange with publisher confirms and
+``mandatory``, and acks the source only after the confirm. The main queue's keys move
+unbind-first: a publish in between is unroutable, and the relay retries it later (holding
+back that customer's later events), so nothing is copied or overtaken. The DLQ's key moves
+bind-first, because dead-lettering is not retried: a dead letter in between may land in
+both queues, never in neither. Each step starts from what the broker holds (Q's live
+arguments, whether the stash and inbox exist), so a run that stopped anywhere is continued
+by running it again; a stop between a confirm and its ack leaves at most one copy per
+moved batch, which the worker skips as a stale duplicate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import pika
+import pika.exceptions
+
+from service.config import Settings
+from service.messaging import topology
+from service.messaging.connection import open_blocking
+from service.messaging.operate.inspection import ArgumentDrift, inspect_tenant
+from service.messaging.operate.queue_ops import passive_declare
+from service.messaging.publish.publisher import ConfirmingPublisher, OutgoingMessage
+
+MOVE_BATCH = 200
+IDLE_SECONDS = 0.5
+ACCESS_REFUSED = 403
+
+# (queue, messages moved so far by this step)
+Progress = Callable[[str, int], None]
+
+
+class MigrationBlocked(Exception):
+    """The queue cannot be migrated now (a consumer holds it); nothing was moved."""
+
+
+class MigrationStopped(Exception):
+    """A step failed part way; running the migration again continues it."""
+
+
+@dataclass(frozen=True)
+class MigrationTarget:
+    """One queue and what it must become."""
+
+    queue: str
+    arguments: dict[str, Any]
+    bindings: tuple[str, ...]
+    keep_order: bool  # a main queue: reroute unbind-first (see the module docstring)
+
+    @property
+    def stash(self) -> str:
+        return topology.migration_stash_name(self.queue)
+
+    @property
+    def inbox(self) -> str:
+        return topology.migration_inbox_name(self.queue)
+
+
+@dataclass
+class QueueMigration:
+    """The plan for one queue, read from the broker, and what a run did."""
+
+    consumer_name: str
+    target: MigrationTarget
+    exists: bool
+    drift: list[ArgumentDrift]
+    ready: int = 0
+    consumers: int = 0
+    stashed: int | None = None  # None: no stash queue
+    inbox: int | None = None  # None: no inbox queue
+    moved: int = 0
+    result: str = ""
+
+    @property
+    def needed(self) -> bool:
+        """Whether the queue differs or a previous run left temporary queues."""
+        return bool(self.drift) or self.stashed is not None or self.inbox is not None
+
+    def steps(self) -> list[str]:
+        """What a run would do, in operator words."""
+        queue, target = self.target.queue, self.target
+        steps = []
+        if self.exists and self.drift:
+            steps += [
+                f"route new messages of {queue} to {target.inbox}",
+                f"move {self.ready} message(s) from {queue} to {target.stash}, in order",
+                f"delete {queue}",
+            ]
+        if not self.exists or self.drift:
+            steps.append(f"declare {queue} with the expected arguments")
+        if self.stashed is not None or (self.exists and self.drift):
+            stashed = (self.stashed or 0) + (self.ready if self.drift else 0)
+            steps.append(f"move {stashed} message(s) from {target.stash} back to {queue}")
+        if self.inbox is not None or (self.exists and self.drift):
+            steps.append(f"route new messages to {queue} again after those {target.inbox} got")
+        return steps
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "consumer_name": self.consumer_name,
+            "queue": self.target.queue,
+            "exists": self.exists,
+            "drift": [vars(item) for item in self.drift],
+            "ready": self.ready,
+            "consumers": self.consumers,
+            "stash": self.stashed,
+            "inbox": self.inbox,
+            "steps": self.steps() if self.needed else [],
+            "moved": self.moved,
+            "result": self.result or ("would migrate" if self.needed else "up to date"),
+        }
+
+
+def migration_targets(expected: topology.TenantTopology) -> list[MigrationTarget]:
+    """The tenant's DLQ, then its main queue (dead letters always find a home first)."""
+    return [
+        MigrationTarget(expected.dlq, expected.dlq_arguments, (expected.dlq_binding,), False),
+        MigrationTarget(expected.queue, expected.queue_arguments, expected.bindings, True),
+    ]
+
+
+def plan_migration(settings: Settings, consumer_name: str) -> list[QueueMigration]:
+    """What migrating the tenant's queues would do; reads only, changes nothing."""
+    expected = topology.expected_topology(settings, consumer_name)
+    report = inspect_tenant(settings, consumer_name)
+    connection = open_blocking(settings.rabbitmq_url)
+    try:
+        return [
+            _plan_queue(connection, consumer_name, target, report.drift)
+            for target in migration_targets(expected)
+        ]
+    finally:
+        connection.close()
+
+
+def _plan_queue(
+    connection: pika.BlockingConnection,
+    consumer_name: str,
+    target: MigrationTarget,
+    drift: list[ArgumentDrift],
+) -> QueueMigration:
+    live = passive_declare(connection, target.queue)
+    stash = passive_declare(connection, target.stash)
+    inbox = passive_declare(connection, target.inbox)
+    return QueueMigration(
+        consumer_name=consumer_name,
+        target=target,
+        exists=live is not None,
+        drift=[item for item in drift if item.queue == target.queue],
+        ready=live.message_count if live else 0,
+        consumers=live.consumer_count if live else 0,
+        stashed=None if stash is None else stash.message_count,
+        inbox=None if inbox is None else inbox.message_count,
+    )
+
+
+def migrate_tenant(
+    settings: Settings, consumer_name: str, on_progress: Progress = lambda _q, _n: None
+) -> list[QueueMigration]:
+    """Migrate every queue of the tenant that needs it; returns the plans with their results.
+
+    Raises MigrationBlocked (a consumer holds a queue that must move; nothing of that queue
+    was changed) or MigrationStopped (run again to continue).
+    """
+    plans = plan_migration(settings, consumer_name)
+    for plan in plans:
+        if plan.needed and plan.exists and plan.drift and plan.consumers:
+            raise MigrationBlocked(
+                f"{plan.target.queue} has {plan.consumers} consumer(s): stop the tenant's "
+                "worker (`fintegrate consume`) and run again; nothing was changed"
+            )
+    with QueueMover(settings.rabbitmq_url) as mover:
+        for plan in plans:
+            if plan.needed:
+                plan.moved = mover.migrate(plan, partial(on_progress, plan.target.queue))
+                plan.result = "migrated"
+            else:
+                plan.result = "up to date"
+    return plans
+
+
+class QueueMover:
+    """One connection for declares and consumes, one confirming publisher for the moves."""
+
+    def __init__(self, url: str):
+        self.connection = open_blocking(url)
+        self.channel = self.connection.channel()
+        self.channel.exchange_declare(topology.EXCHANGE, topology.EXCHANGE_TYPE, durable=True)
+        self.publisher = ConfirmingPublisher(url, exchange="")
+
+    def __enter__(self) -> QueueMover:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.publisher.close()
+        if self.connection.is_open:
+            self.connection.close()
+
+    def migrate(self, plan: QueueMigration, on_moved: Callable[[int], None]) -> int:
+        """Steps 1-4 of the module docstring for one queue, from wherever it stands."""
+        target, moved = plan.target, 0
+        if plan.exists and plan.drift:
+            self.declare(target.inbox, target.arguments)
+            self.reroute(target, source=target.queue, destination=target.inbox)
+            self.declare(target.stash, {})
+            moved += self.move(target.queue, target.stash, lambda n: on_moved(moved + n))
+            self.delete(target.queue)
+        self.declare(target.queue, target.arguments)
+        if self.exists(target.stash):
+            moved += self.move(target.stash, target.queue, lambda n: on_moved(moved + n))
+            self.delete(target.stash)
+        if not self.exists(target.inbox):
+            self.bind(target.queue, target.bindings)
+            return moved
+        if target.keep_order:  # publishes bounce until the inbox's messages are in Q
+            self.unbind(target.inbox, target.bindings)
+            moved += self.move(target.inbox, target.queue, lambda n: on_moved(moved + n))
+            self.bind(target.queue, target.bindings)
+        else:
+            self.reroute(target, source=target.inbox, destination=target.queue)
+            moved += self.move(target.inbox, target.queue, lambda n: on_moved(moved + n))
+        self.delete(target.inbox)
+        return moved
+
+    def reroute(self, target: MigrationTarget, source: str, destination: str) -> None:
+        """Move the routing keys from ``source`` to ``destination`` (order: see docstring)."""
+        for key in target.bindings:
+            if target.keep_order:
+                self.channel.queue_unbind(source, topology.EXCHANGE, key)
+                self.channel.queue_bind(destination, topology.EXCHANGE, key)
+            else:
+                self.channel.queue_bind(destination, topology.EXCHANGE, key)
+                self.channel.queue_unbind(source, topology.EXCHANGE, key)
+
+    def move(self, source: str, destination: str, on_moved: Callable[[int], None]) -> int:
+        """Every message of ``source`` to ``destination``, in order; how many moved."""
+        channel = self.connection.channel()
+        channel.basic_qos(prefetch_count=MOVE_BATCH)
+        moved = 0
+        try:
+            for batch in self._batches(channel, source):
+                self._forward(channel, batch, source, destination)
+                moved += len(batch)
+                on_moved(moved)
+        finally:
+            if channel.is_open:
+                channel.close()  # anything unacked goes back to ``source``, in place
+        return moved
+
+    def _batches(self, channel: Any, source: str) -> Iterator[list[tuple[Any, Any, bytes]]]:
+        """Batches of deliveries from an exclusive consumer, until ``source`` is empty."""
+        try:
+            deliveries = channel.consume(source, exclusive=True, inactivity_timeout=IDLE_SECONDS)
+            batch: list[tuple[Any, Any, bytes]] = []
+            for method, properties, body in deliveries:
+                if method is not None:
+                    batch.append((method, properties, body))
+                    if len(batch) < MOVE_BATCH:
+                        continue
+                if batch:
+                    yield batch
+                    batch = []
+                elif passive_declare(self.connection, source).message_count == 0:
+                    return
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code != ACCESS_REFUSED:
+                raise
+            raise MigrationBlocked(
+                f"another consumer holds {source} ({exc.reply_text}): stop the tenant's "
+                "worker and run again to continue"
+            ) from exc
+
+    def _forward(self, channel: Any, batch: list[Any], source: str, destination: str) -> None:
+        """Publish the batch to ``destination``; ack what was confirmed, in order."""
+        results = self.publisher.publish_batch(
+            [OutgoingMessage(destination, body, properties) for _, properties, body in batch]
+        )
+        failed = next((i for i, result in enumerate(results) if not result.ok), None)
+        if failed is None:
+            channel.basic_ack(batch[-1][0].delivery_tag, multiple=True)
+            return
+        if failed:
+            channel.basic_ack(batch[failed - 1][0].delivery_tag, multiple=True)
+        channel.basic_nack(batch[-1][0].delivery_tag, multiple=True, requeue=True)
+        copies = sum(result.ok for result in results[failed:])
+        raise MigrationStopped(
+            f"{destination} refused a message from {source}: {results[failed].reason}; "
+            f"{failed} moved in this batch, the rest stays in {source}"
+            + (f" ({copies} of them also reached {destination} as copies)" if copies else "")
+        )
+
+    def declare(self, queue: str, arguments: dict[str, Any]) -> None:
+        self.channel.queue_declare(queue, durable=True, arguments=arguments)
+
+    def bind(self, queue: str, keys: tuple[str, ...]) -> None:
+        for key in keys:
+            self.channel.queue_bind(queue, topology.EXCHANGE, key)
+
+    def unbind(self, queue: str, keys: tuple[str, ...]) -> None:
+        for key in keys:
+            self.channel.queue_unbind(queue, topology.EXCHANGE, key)
+
+    def exists(self, queue: str) -> bool:
+        return passive_declare(self.connection, queue) is not None
+
+    def delete(self, queue: str) -> None:
+        """Delete ``queue`` once it is empty and unused (quorum queues refuse ``if-empty`` and
+        ``if-unused``, so this checks first; nothing routes to it any more by then)."""
+        declared = passive_declare(self.connection, queue)
+        if declared is None:
+            return
+        if declared.message_count or declared.consumer_count:
+            raise MigrationStopped(
+                f"{queue} was not deleted: it holds {declared.message_count} message(s) and "
+                f"{declared.consumer_count} consumer(s); stop them and run the migration again"
+            )
+        self.channel.queue_delete(queue)
