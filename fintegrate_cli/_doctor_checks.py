@@ -201,6 +201,7 @@ def problems(report: inspection.TopologyReport) -> list[str]:
         if not exists
     ]
     found += [f"{d.queue} {d.argument}={d.live!r} (want {d.expected!r})" for d in report.drift]
+    found += [f"unfinished migration: {queue} exists" for queue in report.migration_queues]
     found += [f"binding {key} missing" for key in report.missing_bindings]
     found += [f"extra binding {key}" for key in report.extra_bindings]
     return found

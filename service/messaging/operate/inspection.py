@@ -51,6 +51,7 @@ class TopologyReport:
     missing_bindings: list[str] = field(default_factory=list)
     extra_bindings: list[str] = field(default_factory=list)
     bindings_checked: bool = False
+    migration_queues: list[str] = field(default_factory=list)  # a stopped migration's
 
     @property
     def ok(self) -> bool:
@@ -60,6 +61,7 @@ class TopologyReport:
             and not self.drift
             and not self.missing_bindings
             and not self.extra_bindings
+            and not self.migration_queues
         )
 
     def advice(self) -> list[str]:
@@ -78,12 +80,19 @@ class TopologyReport:
             "missing_bindings": self.missing_bindings,
             "extra_bindings": self.extra_bindings,
             "bindings_checked": self.bindings_checked,
+            "migration_queues": self.migration_queues,
             "advice": self.advice(),
         }
 
 
 def advice_for(report: TopologyReport) -> list[str]:
     name = report.consumer_name
+    if report.migration_queues:
+        return [
+            f"a migration of {name}'s queues stopped half way (left "
+            f"{', '.join(report.migration_queues)}; new events wait there): run "
+            f"`fintegrate queues provision {name} --migrate` to finish it"
+        ]
     lines = []
     if not report.queue_exists or not report.dlq_exists or report.missing_bindings:
         lines.append(f"run `fintegrate queues provision {name}` to declare what is missing")
@@ -126,6 +135,9 @@ def inspect_with_management(
 ) -> TopologyReport:
     """Full comparison: every argument, durability and every binding."""
     report = _empty_report(expected)
+    report.migration_queues = [
+        queue for queue in migration_queue_names(expected) if client.queue(queue) is not None
+    ]
     for name, arguments in _queues(expected):
         live = client.queue(name)
         if live is None:
@@ -156,6 +168,7 @@ def inspect_with_declares(
 ) -> TopologyReport:
     """Existence by passive declare; a differing argument by the broker's 406 text."""
     report = _empty_report(expected)
+    report.migration_queues = migration_leftovers(connection, expected)
     for name, arguments in _queues(expected):
         if not _exists(connection, name):
             continue
@@ -221,6 +234,22 @@ def _typed(text: str) -> Any:
     if text in ("", "none"):
         return None
     return int(text) if text.lstrip("-").isdigit() else text
+
+
+def migration_queue_names(expected: topology.TenantTopology) -> list[str]:
+    """The temporary queues a migration of the tenant's queues uses."""
+    return [
+        name
+        for queue in (expected.dlq, expected.queue)
+        for name in (topology.migration_stash_name(queue), topology.migration_inbox_name(queue))
+    ]
+
+
+def migration_leftovers(
+    connection: pika.BlockingConnection, expected: topology.TenantTopology
+) -> list[str]:
+    """The temporary queues of a migration that stopped half way (passive declares)."""
+    return [name for name in migration_queue_names(expected) if _exists(connection, name)]
 
 
 def _exists(connection: pika.BlockingConnection, queue: str) -> bool:

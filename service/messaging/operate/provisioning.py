@@ -17,7 +17,8 @@ from service.messaging.operate.inspection import (
     PRECONDITION_FAILED,
     TopologyReport,
     inspect_tenant,
-    probe_drift,
+    inspect_with_declares,
+    migration_leftovers,
 )
 
 PROVISION_TIMEOUT_SECONDS = 3.0
@@ -101,7 +102,11 @@ def provision_many(
 def declare_tenant(
     connection: pika.BlockingConnection, expected: topology.TenantTopology, settings: Settings
 ) -> ProvisionResult:
-    """Exchange, DLQ, main queue and bindings; TopologyMismatch on differing arguments."""
+    """Exchange, DLQ, main queue and bindings; TopologyMismatch on differing arguments, or
+    while a migration of the tenant's queues is unfinished (binding the queue then would
+    let new events overtake the ones still moving)."""
+    if migration_leftovers(connection, expected):
+        raise TopologyMismatch(_mismatch_report(connection, expected, settings))
     channel = connection.channel()
     channel.exchange_declare(topology.EXCHANGE, topology.EXCHANGE_TYPE, durable=True)
     for queue, arguments in (
@@ -132,14 +137,10 @@ def declare_tenant(
 def _mismatch_report(
     connection: pika.BlockingConnection, expected: topology.TenantTopology, settings: Settings
 ) -> TopologyReport:
-    """The full report (management API) or what the broker's 406 said about each queue."""
+    """The full report (management API) or what passive declares and 406s tell."""
     if settings.rabbitmq_management_url:
         return inspect_tenant(settings, expected.consumer_name)
-    report = TopologyReport(expected.consumer_name, expected.queue, expected.dlq)
-    report.queue_exists = report.dlq_exists = True
-    report.drift.extend(probe_drift(connection, expected.dlq, expected.dlq_arguments))
-    report.drift.extend(probe_drift(connection, expected.queue, expected.queue_arguments))
-    return report
+    return inspect_with_declares(connection, expected)
 
 
 def call_with_deadline(call: Callable[[], T], timeout: float) -> T:

@@ -22,6 +22,11 @@ from service.messaging.operate.migration import (
     migrate_tenant,
     plan_migration,
 )
+from service.messaging.operate.provisioning import (
+    TopologyMismatch,
+    provision_consumer_queues,
+    provision_many,
+)
 from tests.support.outbox import amqp_channel, drain_queue, new_consumer_name, queue_depth
 
 CUSTOMERS = ("cust_a", "cust_b", "cust_c")
@@ -155,8 +160,6 @@ def test_migration_to_quorum_queues_keeps_every_message(settings: Settings) -> N
 
 def test_an_up_to_date_tenant_is_left_alone(settings: Settings) -> None:
     name = new_consumer_name()
-    from service.messaging.operate.provisioning import provision_consumer_queues
-
     provision_consumer_queues(settings, name)
     sent = publish_events(settings, name, 0, 5)
 
@@ -219,7 +222,13 @@ def test_a_stopped_migration_is_continued_by_running_it_again(
 
     with pytest.raises(Interrupted):
         migrate_tenant(settings, name, interrupt_after(stop_at))
-    assert temporary_queues(settings, name)  # left half way
+    left = temporary_queues(settings, name)
+    assert left  # half way
+    # provisioning now would let new events overtake the moving ones: it refuses and says so
+    [refused] = provision_many(settings, [name])
+    assert isinstance(refused, TopologyMismatch)
+    assert sorted(refused.report.migration_queues) == sorted(left)
+    assert f"queues provision {name} --migrate` to finish it" in str(refused)
     later = publish_events(settings, name, 100, 5)  # arrives while it is stopped
     plans = migrate_tenant(settings, name)
 
