@@ -83,15 +83,20 @@ def provision_consumer_queues(
 def provision_many(
     settings: Settings, names: Iterable[str]
 ) -> list[ProvisionResult | TopologyMismatch]:
-    """Provision several tenants over one connection; a mismatch is reported, not raised."""
+    """Provision several tenants over one connection; a mismatch is reported, not raised.
+
+    A tenant whose queue migration is unfinished is reported too, and left alone: binding
+    its queue now would let new events overtake the ones still being moved.
+    """
     connection = open_blocking(settings.rabbitmq_url)
     outcomes: list[ProvisionResult | TopologyMismatch] = []
     try:
         for name in names:
+            expected = topology.expected_topology(settings, name)
             try:
-                outcomes.append(
-                    declare_tenant(connection, topology.expected_topology(settings, name), settings)
-                )
+                if migration_leftovers(connection, expected):
+                    raise TopologyMismatch(_mismatch_report(connection, expected, settings))
+                outcomes.append(declare_tenant(connection, expected, settings))
             except TopologyMismatch as mismatch:
                 outcomes.append(mismatch)
     finally:
@@ -102,11 +107,7 @@ def provision_many(
 def declare_tenant(
     connection: pika.BlockingConnection, expected: topology.TenantTopology, settings: Settings
 ) -> ProvisionResult:
-    """Exchange, DLQ, main queue and bindings; TopologyMismatch on differing arguments, or
-    while a migration of the tenant's queues is unfinished (binding the queue then would
-    let new events overtake the ones still moving)."""
-    if migration_leftovers(connection, expected):
-        raise TopologyMismatch(_mismatch_report(connection, expected, settings))
+    """Exchange, DLQ, main queue and bindings; TopologyMismatch on differing arguments."""
     channel = connection.channel()
     channel.exchange_declare(topology.EXCHANGE, topology.EXCHANGE_TYPE, durable=True)
     for queue, arguments in (

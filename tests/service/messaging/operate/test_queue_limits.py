@@ -4,10 +4,13 @@ bounded and keeps the newest dead letters, and an old queue is reported, not cra
 
 from __future__ import annotations
 
+import json
+import threading
 import time
 
 import pika
 import pytest
+from sqlalchemy import Engine
 
 from service.config import Settings
 from service.messaging import topology
@@ -19,7 +22,17 @@ from service.messaging.operate.provisioning import (
     provision_many,
 )
 from service.messaging.publish.publisher import ConfirmingPublisher, OutgoingMessage
-from tests.support.outbox import amqp_channel, drain_queue, new_consumer_name, queue_depth
+from service.messaging.publish.relay import OutboxRelay
+from tests.support.outbox import (
+    amqp_channel,
+    drain_queue,
+    event_rows,
+    insert_consumer,
+    insert_events,
+    new_consumer_name,
+    queue_depth,
+    wait_until,
+)
 
 # the seed's arguments: what every queue declared before issue 23 carries
 SEED_QUEUE_ARGUMENTS = {
@@ -134,3 +147,34 @@ def test_a_queue_with_the_seed_arguments_is_reported_argument_by_argument(
     # the live queues are untouched
     if with_management:
         assert "x-overflow" not in live_arguments(settings, topology.queue_name(name))
+
+
+def test_a_full_queue_keeps_events_in_the_outbox_until_there_is_room(
+    outbox_settings: Settings, outbox_engine: Engine
+) -> None:
+    settings = outbox_settings.model_copy(update={"queue_max_length": 3})
+    name = new_consumer_name()
+    consumer_id = insert_consumer(outbox_engine, name)
+    provision_consumer_queues(settings, name)
+    queue = topology.queue_name(name)
+    ids = insert_events(outbox_engine, consumer_id, 6)
+
+    OutboxRelay(settings, outbox_engine, threading.Event()).drain()
+    rows = event_rows(outbox_engine, ids).values()
+    assert sorted(row.publish_status for row in rows) == ["pending"] * 3 + ["published"] * 3
+    # refused by the full queue (the broker's nack), so left pending with a reason
+    assert all(r.publish_failure_reason for r in rows if r.publish_status == "pending")
+    handled = [
+        json.loads(body)["event_id"] for _, _, body in drain_queue(settings.rabbitmq_url, queue)
+    ]
+
+    def relay_publishes_the_rest() -> bool:
+        OutboxRelay(settings, outbox_engine, threading.Event()).drain()
+        handled.extend(
+            json.loads(body)["event_id"] for _, _, body in drain_queue(settings.rabbitmq_url, queue)
+        )
+        return len(handled) >= len(ids)
+
+    assert wait_until(relay_publishes_the_rest, timeout=60, interval=0.5)
+    assert sorted(handled) == sorted(ids)  # every event once: none lost to the max length
+    assert queue_depth(settings.rabbitmq_url, topology.dlq_name(name)) == 0
