@@ -160,6 +160,26 @@ def test_missing_queues_fail_with_the_provision_hint(
     assert "topology" in error
 
 
+def test_a_queue_with_old_arguments_or_half_migrated_fails_with_the_migrate_hint(
+    run_cli: RunCli, fresh_db: str, api_env: Settings
+) -> None:
+    name = unique_name("doc")
+    queue = topology.queue_name(name)
+    add_consumer(fresh_db, name)
+    provision_consumer_queues(api_env.model_copy(update={"queue_max_length": 50}), name)
+    code, checks, _ = doctor_json(run_cli)
+    assert code == 1 and checks["topology"]["status"] == "fail"
+    assert f"{queue} x-max-length=50 (want 100000)" in str(checks["topology"]["detail"])
+    assert f"fintegrate queues provision {name} --migrate" in str(checks["topology"]["hint"])
+
+    connection = pika.BlockingConnection(pika.URLParameters(api_env.rabbitmq_url))
+    connection.channel().queue_declare(topology.migration_inbox_name(queue), durable=True)
+    connection.close()
+    code, checks, _ = doctor_json(run_cli)
+    assert "unfinished migration" in str(checks["topology"]["detail"])
+    assert "to finish it" in str(checks["topology"]["hint"])
+
+
 def test_dead_letters_and_old_backlog_are_warnings_exit_3(
     run_cli: RunCli, fresh_db: str, api_env: Settings
 ) -> None:
