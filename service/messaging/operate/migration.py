@@ -18,12 +18,14 @@ back that customer's later events), so nothing is copied or overtaken. The DLQ's
 bind-first, because dead-lettering is not retried: a dead letter in between may land in
 both queues, never in neither. Each step starts from what the broker holds (Q's live
 arguments, whether the stash and inbox exist), so a run that stopped anywhere is continued
-by running it again; a stop between a confirm and its ack leaves at most one copy per
-moved batch, which the worker skips as a stale duplicate.
+by running it again. A stop between a batch's confirm and its ack leaves that batch in
+both queues; the second time its messages arrive redelivered, and are moved marked
+``x-fintegrate-possible-duplicate``, so the worker checks them and skips the copies.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -35,6 +37,7 @@ import pika.exceptions
 from service.config import Settings
 from service.messaging import topology
 from service.messaging.connection import open_blocking
+from service.messaging.messages import POSSIBLE_DUPLICATE_HEADER
 from service.messaging.operate.inspection import ArgumentDrift, inspect_tenant
 from service.messaging.operate.queue_ops import passive_declare
 from service.messaging.publish.publisher import ConfirmingPublisher, OutgoingMessage
@@ -290,7 +293,7 @@ class QueueMover:
     def _forward(self, channel: Any, batch: list[Any], source: str, destination: str) -> None:
         """Publish the batch to ``destination``; ack what was confirmed, in order."""
         results = self.publisher.publish_batch(
-            [OutgoingMessage(destination, body, properties) for _, properties, body in batch]
+            [OutgoingMessage(destination, body, _moved(*delivery)) for *delivery, body in batch]
         )
         failed = next((i for i, result in enumerate(results) if not result.ok), None)
         if failed is None:
@@ -332,3 +335,13 @@ class QueueMover:
                 f"{declared.consumer_count} consumer(s); stop them and run the migration again"
             )
         self.channel.queue_delete(queue)
+
+
+def _moved(method: Any, properties: Any) -> Any:
+    """The properties a message is moved with: a redelivered one may be a copy (of a batch
+    confirmed before an interrupted run could ack it), and says so to the worker."""
+    if not method.redelivered:
+        return properties
+    moved = copy.copy(properties)
+    moved.headers = {**(properties.headers or {}), POSSIBLE_DUPLICATE_HEADER: True}
+    return moved

@@ -141,6 +141,20 @@ def test_moved_messages_keep_their_properties(settings: Settings) -> None:
     assert properties.headers["x-fintegrate-sequence"] == 1
 
 
+def test_a_redelivered_message_is_moved_marked_as_a_possible_copy(settings: Settings) -> None:
+    name = new_consumer_name()
+    declare_seed_queues(settings, name)
+    publish_events(settings, name, 0, 2)
+    with amqp_channel(settings.rabbitmq_url) as channel:
+        assert channel.basic_get(topology.queue_name(name))[0] is not None  # unacked: requeued
+
+    migrate_tenant(settings, name)
+
+    first, second = drain_queue(settings.rabbitmq_url, topology.queue_name(name))
+    assert first[1].headers["x-fintegrate-possible-duplicate"] is True
+    assert "x-fintegrate-possible-duplicate" not in second[1].headers
+
+
 def test_migration_to_quorum_queues_keeps_every_message(settings: Settings) -> None:
     name = new_consumer_name()
     declare_seed_queues(settings, name)
