@@ -217,28 +217,33 @@ class QueueMover:
             self.connection.close()
 
     def migrate(self, plan: QueueMigration, on_moved: Callable[[int], None]) -> int:
-        """Steps 1-4 of the module docstring for one queue, from wherever it stands."""
+        """Steps 1-4 of the module docstring for one queue, from wherever it stands; how many
+        message moves it made (an old message moves twice: out and back)."""
         target, moved = plan.target, 0
-        if plan.exists and plan.drift:
+        if plan.exists and plan.drift:  # steps 1 and 2: the old queue is still there
             self.declare(target.inbox, target.arguments)
             self.reroute(target, source=target.queue, destination=target.inbox)
             self.declare(target.stash, {})
-            moved += self.move(target.queue, target.stash, lambda n: on_moved(moved + n))
+            moved += self.move(target.queue, target.stash, on_moved)
             self.delete(target.queue)
-        self.declare(target.queue, target.arguments)
+        self.declare(target.queue, target.arguments)  # step 3
         if self.exists(target.stash):
             moved += self.move(target.stash, target.queue, lambda n: on_moved(moved + n))
             self.delete(target.stash)
+        return moved + self.drain_inbox(target, lambda n: on_moved(moved + n))
+
+    def drain_inbox(self, target: MigrationTarget, on_moved: Callable[[int], None]) -> int:
+        """Step 4: the routing keys back to the queue, the inbox's messages after the rest."""
         if not self.exists(target.inbox):
             self.bind(target.queue, target.bindings)
-            return moved
-        if target.keep_order:  # publishes bounce until the inbox's messages are in Q
+            return 0
+        if target.keep_order:  # publishes bounce until the inbox's messages are in the queue
             self.unbind(target.inbox, target.bindings)
-            moved += self.move(target.inbox, target.queue, lambda n: on_moved(moved + n))
+            moved = self.move(target.inbox, target.queue, on_moved)
             self.bind(target.queue, target.bindings)
         else:
             self.reroute(target, source=target.inbox, destination=target.queue)
-            moved += self.move(target.inbox, target.queue, lambda n: on_moved(moved + n))
+            moved = self.move(target.inbox, target.queue, on_moved)
         self.delete(target.inbox)
         return moved
 
@@ -280,7 +285,7 @@ class QueueMover:
                 if batch:
                     yield batch
                     batch = []
-                elif passive_declare(self.connection, source).message_count == 0:
+                elif _is_empty(passive_declare(self.connection, source)):
                     return
         except pika.exceptions.ChannelClosedByBroker as exc:
             if exc.reply_code != ACCESS_REFUSED:
@@ -335,6 +340,11 @@ class QueueMover:
                 f"{declared.consumer_count} consumer(s); stop them and run the migration again"
             )
         self.channel.queue_delete(queue)
+
+
+def _is_empty(declared: Any) -> bool:
+    """Whether a passive declare's answer says no message is ready (or the queue is gone)."""
+    return declared is None or declared.message_count == 0
 
 
 def _moved(method: Any, properties: Any) -> Any:
