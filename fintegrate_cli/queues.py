@@ -111,7 +111,7 @@ def provision_command(
     if migrate:
         migrate_queues(settings, names, dry_run, yes, as_json, cli.quiet)
         if not dry_run:
-            provision_and_report(settings, names, as_json=False, quiet=True)
+            provision_and_report(settings, names, as_json, show_rows=False)
         return
     if dry_run:
         reports = [inspect_tenant(settings, name).as_dict() for name in names]
@@ -123,13 +123,16 @@ def provision_command(
             for line in report["advice"]:
                 info(f"{report['consumer_name']}: {line}", cli.quiet)
         return
-    provision_and_report(settings, names, as_json, cli.quiet)
+    provision_and_report(settings, names, as_json)
 
 
-def provision_and_report(settings: Settings, names: list[str], as_json: bool, quiet: bool) -> None:
-    """Provision, print the rows (unless ``quiet``) and the advice; exit 3 on a difference."""
+def provision_and_report(
+    settings: Settings, names: list[str], as_json: bool, show_rows: bool = True
+) -> None:
+    """Provision, print the rows (a migration printed its own) and the advice; exit 3 on a
+    difference."""
     rows, advice = provision_rows(settings, names)
-    if not quiet:
+    if show_rows:
         emit_rows(rows, PROVISION_COLUMNS, as_json, "Provisioned queues")
     for line in advice:
         err_console.print(line, markup=False, highlight=False, soft_wrap=True)
