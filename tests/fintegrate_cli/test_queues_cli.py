@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any
 
@@ -13,6 +14,8 @@ from service.config import Settings
 from service.messaging import topology
 from service.messaging.consume.consumer import EventConsumer
 from service.messaging.messages import EventMessage
+from service.messaging.operate.inspection import inspect_tenant
+from service.messaging.operate.migration import migrate_tenant
 from service.messaging.operate.queue_ops import ready_count
 from service.messaging.publish.relay import OutboxRelay
 from tests.conftest import unique_name
@@ -230,3 +233,41 @@ def test_provision_migrate_moves_a_seed_queue_keeping_its_messages(
     with amqp_channel(service_env.rabbitmq_url) as channel:
         bodies = [channel.basic_get(queue, auto_ack=True)[2] for _ in range(5)]
     assert bodies == [b"0", b"1", b"2", b"3", b"4"]
+
+
+def test_a_worker_started_during_a_migration_stands_by_then_consumes_the_new_queue(
+    api_env: Settings,
+    engine: Engine,
+    tenant: dict[str, Any],
+    live_server: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings = api_env.model_copy(update={"api_url": live_server})
+    OutboxRelay(settings, engine, threading.Event()).drain()  # its consumer_created event
+    assert wait_until(lambda: queue_depth(settings.rabbitmq_url, tenant["queue_name"]) == 1)
+    tuned = settings.model_copy(update={"queue_max_length": 99_999})  # the queue now differs
+    caplog.set_level(logging.INFO, logger="service.messaging.consume.consumer")
+    seen: list[str] = []
+    stop = threading.Event()
+    worker = EventConsumer(
+        tuned.model_copy(update={"api_key": tenant["api_key"]}),
+        tenant["name"],
+        stop,
+        lambda message: seen.append(message.event_id),
+    )
+    thread = threading.Thread(target=worker.run, daemon=True)
+
+    def start_worker_while_the_old_queue_is_held(queue: str, _moved: int) -> None:
+        if queue == tenant["queue_name"] and not thread.is_alive():
+            thread.start()
+            assert wait_until(lambda: "standing by" in caplog.text, timeout=30)
+
+    try:
+        plans = migrate_tenant(tuned, tenant["name"], start_worker_while_the_old_queue_is_held)
+        assert thread.is_alive()
+        assert wait_until(lambda: len(seen) == 1, timeout=60)  # from the new queue
+    finally:
+        stop.set()
+        thread.join(30)
+    assert plans[1].result == "migrated" and seen[0]
+    assert inspect_tenant(tuned, tenant["name"]).ok
