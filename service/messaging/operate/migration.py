@@ -66,6 +66,7 @@ class MigrationTarget:
     arguments: dict[str, Any]
     bindings: tuple[str, ...]
     keep_order: bool  # a main queue: reroute unbind-first (see the module docstring)
+    limit_setting: str  # the setting its x-max-length comes from
 
     @property
     def stash(self) -> str:
@@ -96,9 +97,29 @@ class QueueMigration:
         """Whether the queue differs or a previous run left temporary queues."""
         return bool(self.drift) or self.stashed is not None or self.inbox is not None
 
+    @property
+    def held(self) -> int:
+        """Messages the queue and its temporary queues hold now."""
+        return self.ready + (self.stashed or 0) + (self.inbox or 0)
+
+    def refusal(self) -> str | None:
+        """Why a run must not start: more messages than the new ``x-max-length`` would
+        take (a full queue refuses them, a full DLQ would drop its oldest)."""
+        limit = self.target.arguments.get("x-max-length")
+        if not self.needed or limit is None or self.held <= limit:
+            return None
+        return (
+            f"{self.target.queue} holds {self.held} message(s), more than its new "
+            f"x-max-length {limit}: let them be consumed (or replayed) first, or raise "
+            f"{self.target.limit_setting}; nothing was changed"
+        )
+
     def steps(self) -> list[str]:
         """What a run would do, in operator words."""
         queue, target = self.target.queue, self.target
+        refusal = self.refusal()
+        if refusal:
+            return [f"refused: {refusal}"]
         steps = []
         if self.exists and self.drift:
             steps += [
@@ -133,10 +154,21 @@ class QueueMigration:
 
 def migration_targets(expected: topology.TenantTopology) -> list[MigrationTarget]:
     """The tenant's DLQ, then its main queue (dead letters always find a home first)."""
-    return [
-        MigrationTarget(expected.dlq, expected.dlq_arguments, (expected.dlq_binding,), False),
-        MigrationTarget(expected.queue, expected.queue_arguments, expected.bindings, True),
-    ]
+    dlq = MigrationTarget(
+        expected.dlq,
+        expected.dlq_arguments,
+        (expected.dlq_binding,),
+        keep_order=False,
+        limit_setting="FINTEGRATE_DLQ_MAX_LENGTH",
+    )
+    queue = MigrationTarget(
+        expected.queue,
+        expected.queue_arguments,
+        expected.bindings,
+        keep_order=True,
+        limit_setting="FINTEGRATE_QUEUE_MAX_LENGTH",
+    )
+    return [dlq, queue]
 
 
 def plan_migration(settings: Settings, consumer_name: str) -> list[QueueMigration]:
@@ -184,6 +216,9 @@ def migrate_tenant(
     """
     plans = plan_migration(settings, consumer_name)
     for plan in plans:
+        refusal = plan.refusal()
+        if refusal:
+            raise MigrationBlocked(refusal)
         if plan.needed and plan.exists and plan.drift and plan.consumers:
             raise MigrationBlocked(
                 f"{plan.target.queue} has {plan.consumers} consumer(s): stop the tenant's "

@@ -305,3 +305,19 @@ def test_a_consumer_on_the_queue_blocks_the_migration(settings: Settings) -> Non
             migrate_tenant(settings, name)
     assert temporary_queues(settings, name) == []
     assert bodies_of(settings, topology.queue_name(name)) == sent
+
+
+def test_more_messages_than_the_new_max_length_refuse_the_migration(settings: Settings) -> None:
+    name = new_consumer_name()
+    declare_seed_queues(settings, name)
+    dead = dead_letter(settings, name, 3)
+    sent = publish_events(settings, name, 0, 4)
+    tight = settings.model_copy(update={"queue_max_length": 10, "dlq_max_length": 2})
+
+    with pytest.raises(MigrationBlocked, match="FINTEGRATE_DLQ_MAX_LENGTH"):
+        migrate_tenant(tight, name)  # the DLQ would drop its oldest dead letter
+    assert plan_migration(tight, name)[0].steps()[0].startswith("refused: ")
+
+    assert temporary_queues(settings, name) == []
+    assert bodies_of(settings, topology.dlq_name(name)) == dead
+    assert bodies_of(settings, topology.queue_name(name)) == sent
