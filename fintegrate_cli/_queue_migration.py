@@ -9,13 +9,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from fintegrate_cli._errors import EXIT_PARTIAL, CliError
 from fintegrate_cli._output import confirm, emit_rows, err_console, info
 from service.config import Settings
-from service.messaging.operate.migration import (
-    MigrationBlocked,
-    MigrationStopped,
-    QueueMigration,
-    migrate_tenant,
-    plan_migration,
-)
+from service.messaging.operate.migration import MigrationBlocked, MigrationStopped, migrate_tenant
+from service.messaging.operate.migration_plan import QueueMigration, plan_migration
 
 MIGRATION_COLUMNS = ("consumer_name", "queue", "result", "differs", "moved")
 

@@ -20,11 +20,8 @@ from service.messaging.connection import vhost_of
 from service.messaging.operate import migration
 from service.messaging.operate.inspection import inspect_tenant
 from service.messaging.operate.management import ManagementClient
-from service.messaging.operate.migration import (
-    MigrationBlocked,
-    migrate_tenant,
-    plan_migration,
-)
+from service.messaging.operate.migration import MigrationBlocked, migrate_tenant
+from service.messaging.operate.migration_plan import plan_migration
 from service.messaging.operate.provisioning import (
     TopologyMismatch,
     provision_consumer_queues,
