@@ -15,6 +15,7 @@ from sqlalchemy import Engine
 from service.config import Settings
 from service.messaging import topology
 from service.messaging.connection import vhost_of
+from service.messaging.operate.dlq import replay_dead_letters
 from service.messaging.operate.management import ManagementClient
 from service.messaging.operate.provisioning import (
     TopologyMismatch,
@@ -178,3 +179,20 @@ def test_a_full_queue_keeps_events_in_the_outbox_until_there_is_room(
     assert wait_until(relay_publishes_the_rest, timeout=60, interval=0.5)
     assert sorted(handled) == sorted(ids)  # every event once: none lost to the max length
     assert queue_depth(settings.rabbitmq_url, topology.dlq_name(name)) == 0
+
+
+def test_a_replay_into_a_full_queue_leaves_the_dead_letters_and_says_why(small: Settings) -> None:
+    name = new_consumer_name()
+    provision_consumer_queues(small, name)
+    with ConfirmingPublisher(small.rabbitmq_url) as publisher:
+        assert all(r.ok for r in publisher.publish_batch([message(name, n) for n in range(3)]))
+        dead = pika.BasicProperties(message_id="dead", type="customer_creation")
+        letter = OutgoingMessage(topology.dlq_routing_key(name), b"dead", dead)
+        assert publisher.publish(letter).ok
+        with amqp_channel(small.rabbitmq_url) as channel:
+            outcome = replay_dead_letters(channel, publisher, name, 1)
+
+    assert (outcome.replayed, outcome.failed) == (0, 1)
+    assert "the tenant queue is full" in outcome.reasons[0]
+    assert queue_depth(small.rabbitmq_url, topology.dlq_name(name)) == 1
+    assert queue_depth(small.rabbitmq_url, topology.queue_name(name)) == 3
