@@ -200,6 +200,21 @@ def test_dead_letters_and_old_backlog_are_warnings_exit_3(
     assert error.startswith("Error: doctor: 3 warning(s)")
 
 
+def test_a_dlq_at_its_bound_is_named_full(
+    run_cli: RunCli, fresh_db: str, api_env: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FINTEGRATE_DLQ_MAX_LENGTH", "2")
+    name = unique_name("doc")
+    provision_consumer_queues(api_env.model_copy(update={"dlq_max_length": 2}), name)
+    add_consumer(fresh_db, name)
+    for _ in range(3):
+        dead_letter(api_env, name)
+    _, checks, _ = doctor_json(run_cli)
+    assert checks["topology"]["status"] == "ok"  # the DLQ is declared with the bound
+    detail = str(checks["dead letters"]["detail"])
+    assert f"{name}: 2 (full: its oldest are being dropped)" in detail
+
+
 def test_silent_database_and_broker_do_not_hang_doctor(
     run_cli: RunCli, service_env: Settings, tcp_proxy_factory: Callable[[str, int], TcpProxy]
 ) -> None:
