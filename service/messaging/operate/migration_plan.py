@@ -22,7 +22,7 @@ class MigrationTarget:
     queue: str
     arguments: dict[str, Any]
     bindings: tuple[str, ...]
-    keep_order: bool  # a main queue: reroute unbind-first (see the module docstring)
+    keep_order: bool  # a main queue: reroute unbind-first (migration.py says why)
     limit_setting: str  # the setting its x-max-length comes from
 
     @property
