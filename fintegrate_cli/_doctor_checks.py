@@ -173,7 +173,10 @@ def check_queues(
         depth = queue_depth(open_channel, report.dlq) if report.dlq_exists else None
         if depth:
             dead[report.consumer_name] = depth
-    return [topology_check(reports, len(names) - len(reports)), dlq_check(names, dead)]
+    return [
+        topology_check(reports, len(names) - len(reports)),
+        dlq_check(names, dead, settings.dlq_max_length),
+    ]
 
 
 def topology_check(reports: list[inspection.TopologyReport], unchecked: int) -> Check:
@@ -201,15 +204,20 @@ def problems(report: inspection.TopologyReport) -> list[str]:
         if not exists
     ]
     found += [f"{d.queue} {d.argument}={d.live!r} (want {d.expected!r})" for d in report.drift]
+    found += [f"unfinished migration: {queue} exists" for queue in report.migration_queues]
     found += [f"binding {key} missing" for key in report.missing_bindings]
     found += [f"extra binding {key}" for key in report.extra_bindings]
     return found
 
 
-def dlq_check(names: list[str], dead: dict[str, int]) -> Check:
+def dlq_check(names: list[str], dead: dict[str, int], bound: int) -> Check:
+    """Dead letters waiting; a DLQ at its bound drops its oldest, which doctor says."""
     if not dead:
         return Check("dead letters", OK, f"{len(names)} DLQ(s) empty")
-    detail = ", ".join(f"{name}: {depth}" for name, depth in sorted(dead.items()))
+    detail = ", ".join(
+        f"{name}: {depth}" + (" (full: its oldest are being dropped)" if depth >= bound else "")
+        for name, depth in sorted(dead.items())
+    )
     return Check("dead letters", WARN, detail, "inspect, then `fintegrate queues replay-dlq`")
 
 

@@ -20,6 +20,7 @@ from fintegrate_cli._output import (
     info,
     wants_json,
 )
+from fintegrate_cli._queue_migration import migrate_queues
 from service.config import Settings
 from service.consumers.service import consumer_names
 from service.events.service import last_delivered_sequences
@@ -76,23 +77,42 @@ def provision_rows(settings: Settings, names: list[str]) -> tuple[list[dict[str,
 def provision_command(
     ctx: typer.Context,
     consumers: Annotated[list[str] | None, typer.Argument(help="Consumer names.")] = None,
+    consumer_option: Annotated[
+        list[str] | None,
+        typer.Option("--consumer", "-c", help="A consumer name (repeatable), like naming it."),
+    ] = None,
     all_consumers: Annotated[
         bool, typer.Option("--all", help="Every consumer in the database.")
+    ] = False,
+    migrate: Annotated[
+        bool,
+        typer.Option(
+            "--migrate",
+            help="Move queues whose arguments or type differ (or a stopped migration's) to "
+            "the expected ones, keeping every message in order; stop the workers first. "
+            "Without names: every consumer in the database.",
+        ),
     ] = False,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Compare with the broker; change nothing.")
     ] = False,
+    yes: YesOption = False,
     json_output: JsonOption = False,
 ) -> None:
     """Declare exchange, queue, DLQ and bindings per tenant (idempotent); report differences."""
     cli = state(ctx)
     settings = cli.settings()
-    names = [checked_name(name) for name in consumers or []]
-    if all_consumers:
+    names = [checked_name(name) for name in [*(consumers or []), *(consumer_option or [])]]
+    if all_consumers or (migrate and not names):
         names = sorted(set(names) | set(names_from_database(settings)))
     if not names:
         raise CliError("name one or more consumers, or pass --all", EXIT_USAGE)
     as_json = wants_json(ctx, json_output)
+    if migrate:
+        migrate_queues(settings, names, dry_run, yes, as_json, cli.quiet)
+        if not dry_run:
+            provision_and_report(settings, names, as_json, show_rows=False)
+        return
     if dry_run:
         reports = [inspect_tenant(settings, name).as_dict() for name in names]
         rows = [{**r, "result": "ok" if r["ok"] else "would change"} for r in reports]
@@ -103,8 +123,17 @@ def provision_command(
             for line in report["advice"]:
                 info(f"{report['consumer_name']}: {line}", cli.quiet)
         return
+    provision_and_report(settings, names, as_json)
+
+
+def provision_and_report(
+    settings: Settings, names: list[str], as_json: bool, show_rows: bool = True
+) -> None:
+    """Provision, print the rows (a migration printed its own) and the advice; exit 3 on a
+    difference."""
     rows, advice = provision_rows(settings, names)
-    emit_rows(rows, PROVISION_COLUMNS, as_json, "Provisioned queues")
+    if show_rows:
+        emit_rows(rows, PROVISION_COLUMNS, as_json, "Provisioned queues")
     for line in advice:
         err_console.print(line, markup=False, highlight=False, soft_wrap=True)
     if advice:

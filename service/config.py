@@ -84,6 +84,11 @@ class Settings(BaseSettings):
     consumer_prefetch: int = Field(default=20, ge=1)
     queue_type: Literal["classic", "quorum"] = "classic"
     quorum_delivery_limit: int = Field(default=5, ge=1)
+    # Tenant queue and DLQ limits (issue 23: the outbox is the buffer; docs/events.md)
+    queue_message_ttl_ms: int = 86_400_000
+    queue_max_length: int = 100_000
+    dlq_max_length: int = Field(default=100_000, ge=1)
+    dlq_max_length_bytes: int | None = Field(default=None, ge=1)
 
     trusted_proxy_ips: str = ""
     gateway_host: str = "127.0.0.1"

@@ -59,25 +59,76 @@ def dlq_routing_key(consumer_name: str) -> str:
     return f"customer.dlq.{consumer_name}"
 
 
-def queue_arguments(
-    consumer_name: str, queue_type: str = "classic", delivery_limit: int = 5
-) -> dict[str, Any]:
+MIGRATION_STASH_SUFFIX = "_MIGRATION_STASH"
+MIGRATION_INBOX_SUFFIX = "_MIGRATION_INBOX"
+# A full tenant queue refuses new publishes (the broker nacks them, the relay backs off and
+# the event waits in the outbox) instead of dropping its oldest message; a full DLQ drops
+# its oldest dead letter, so the newest handler failures are kept (docs/events.md).
+QUEUE_OVERFLOW = "reject-publish"
+DLQ_OVERFLOW = "drop-head"
+DLQ_MAX_LENGTH = 100_000
+
+
+@dataclass(frozen=True)
+class QueueShape:
+    """How tenant queues are declared: their type and limits (``queue_shape(settings)``)."""
+
+    queue_type: str = "classic"
+    delivery_limit: int = 5
+    message_ttl_ms: int = MESSAGE_TTL_MS
+    max_length: int = MAX_LENGTH
+    dlq_max_length: int = DLQ_MAX_LENGTH
+    dlq_max_length_bytes: int | None = None
+
+
+def queue_shape(settings: Settings) -> QueueShape:
+    """The queue type and limits these settings ask for."""
+    return QueueShape(
+        queue_type=settings.queue_type,
+        delivery_limit=settings.quorum_delivery_limit,
+        message_ttl_ms=settings.queue_message_ttl_ms,
+        max_length=settings.queue_max_length,
+        dlq_max_length=settings.dlq_max_length,
+        dlq_max_length_bytes=settings.dlq_max_length_bytes,
+    )
+
+
+DEFAULT_SHAPE = QueueShape()  # the seed's values: classic queues, SPEC 5 limits
+
+
+def queue_arguments(consumer_name: str, shape: QueueShape = DEFAULT_SHAPE) -> dict[str, Any]:
     """The exact x-arguments of the tenant's main queue."""
     arguments: dict[str, Any] = {
         "x-dead-letter-exchange": EXCHANGE,
         "x-dead-letter-routing-key": dlq_routing_key(consumer_name),
-        "x-message-ttl": MESSAGE_TTL_MS,
-        "x-max-length": MAX_LENGTH,
+        "x-message-ttl": shape.message_ttl_ms,
+        "x-max-length": shape.max_length,
+        "x-overflow": QUEUE_OVERFLOW,
     }
-    if queue_type == "quorum":
+    if shape.queue_type == "quorum":
         arguments["x-queue-type"] = "quorum"
-        arguments["x-delivery-limit"] = delivery_limit
+        arguments["x-delivery-limit"] = shape.delivery_limit
     return arguments
 
 
-def dlq_arguments(queue_type: str = "classic") -> dict[str, Any]:
-    """The x-arguments of the tenant's DLQ (none for classic queues)."""
-    return {"x-queue-type": "quorum"} if queue_type == "quorum" else {}
+def dlq_arguments(shape: QueueShape = DEFAULT_SHAPE) -> dict[str, Any]:
+    """The exact x-arguments of the tenant's DLQ: bounded, oldest dropped first."""
+    arguments: dict[str, Any] = {"x-max-length": shape.dlq_max_length, "x-overflow": DLQ_OVERFLOW}
+    if shape.dlq_max_length_bytes is not None:
+        arguments["x-max-length-bytes"] = shape.dlq_max_length_bytes
+    if shape.queue_type == "quorum":
+        arguments["x-queue-type"] = "quorum"
+    return arguments
+
+
+def migration_stash_name(queue: str) -> str:
+    """Where a queue's old messages wait while it is redeclared (uppercase: never a tenant)."""
+    return f"{queue}{MIGRATION_STASH_SUFFIX}"
+
+
+def migration_inbox_name(queue: str) -> str:
+    """Where a queue's new messages arrive while it is redeclared."""
+    return f"{queue}{MIGRATION_INBOX_SUFFIX}"
 
 
 def queue_bindings(consumer_name: str) -> list[str]:
@@ -98,9 +149,7 @@ class TenantTopology:
     dlq_binding: str = ""
 
 
-def tenant_topology(
-    consumer_name: str, queue_type: str = "classic", delivery_limit: int = 5
-) -> TenantTopology:
+def tenant_topology(consumer_name: str, shape: QueueShape = DEFAULT_SHAPE) -> TenantTopology:
     """The declared shape of one tenant's queues and bindings."""
     if not CONSUMER_NAME_PATTERN.match(consumer_name):
         raise ValueError(f"invalid consumer name {consumer_name!r}: must match ^[a-z0-9_]+$")
@@ -108,16 +157,16 @@ def tenant_topology(
         consumer_name=consumer_name,
         queue=queue_name(consumer_name),
         dlq=dlq_name(consumer_name),
-        queue_arguments=queue_arguments(consumer_name, queue_type, delivery_limit),
-        dlq_arguments=dlq_arguments(queue_type),
+        queue_arguments=queue_arguments(consumer_name, shape),
+        dlq_arguments=dlq_arguments(shape),
         bindings=tuple(queue_bindings(consumer_name)),
         dlq_binding=dlq_routing_key(consumer_name),
     )
 
 
 def expected_topology(settings: Settings, consumer_name: str) -> TenantTopology:
-    """The tenant's topology with the queue type and delivery limit these settings ask for."""
-    return tenant_topology(consumer_name, settings.queue_type, settings.quorum_delivery_limit)
+    """The tenant's topology with the queue type and limits these settings ask for."""
+    return tenant_topology(consumer_name, queue_shape(settings))
 
 
 # Tenants' own broker users (SPEC 4.3, second wave): read their queue and DLQ, nothing else.

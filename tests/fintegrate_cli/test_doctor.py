@@ -160,6 +160,26 @@ def test_missing_queues_fail_with_the_provision_hint(
     assert "topology" in error
 
 
+def test_a_queue_with_old_arguments_or_half_migrated_fails_with_the_migrate_hint(
+    run_cli: RunCli, fresh_db: str, api_env: Settings
+) -> None:
+    name = unique_name("doc")
+    queue = topology.queue_name(name)
+    add_consumer(fresh_db, name)
+    provision_consumer_queues(api_env.model_copy(update={"queue_max_length": 50}), name)
+    code, checks, _ = doctor_json(run_cli)
+    assert code == 1 and checks["topology"]["status"] == "fail"
+    assert f"{queue} x-max-length=50 (want 100000)" in str(checks["topology"]["detail"])
+    assert f"fintegrate queues provision {name} --migrate" in str(checks["topology"]["hint"])
+
+    connection = pika.BlockingConnection(pika.URLParameters(api_env.rabbitmq_url))
+    connection.channel().queue_declare(topology.migration_inbox_name(queue), durable=True)
+    connection.close()
+    code, checks, _ = doctor_json(run_cli)
+    assert "unfinished migration" in str(checks["topology"]["detail"])
+    assert "to finish it" in str(checks["topology"]["hint"])
+
+
 def test_dead_letters_and_old_backlog_are_warnings_exit_3(
     run_cli: RunCli, fresh_db: str, api_env: Settings
 ) -> None:
@@ -178,6 +198,21 @@ def test_dead_letters_and_old_backlog_are_warnings_exit_3(
     assert "fintegrate relay" in str(checks["relays"]["hint"])
     assert code == 3
     assert error.startswith("Error: doctor: 3 warning(s)")
+
+
+def test_a_dlq_at_its_bound_is_named_full(
+    run_cli: RunCli, fresh_db: str, api_env: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FINTEGRATE_DLQ_MAX_LENGTH", "2")
+    name = unique_name("doc")
+    provision_consumer_queues(api_env.model_copy(update={"dlq_max_length": 2}), name)
+    add_consumer(fresh_db, name)
+    for _ in range(3):
+        dead_letter(api_env, name)
+    _, checks, _ = doctor_json(run_cli)
+    assert checks["topology"]["status"] == "ok"  # the DLQ is declared with the bound
+    detail = str(checks["dead letters"]["detail"])
+    assert f"{name}: 2 (full: its oldest are being dropped)" in detail
 
 
 def test_silent_database_and_broker_do_not_hang_doctor(

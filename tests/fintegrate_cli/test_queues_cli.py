@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any
 
@@ -13,6 +14,8 @@ from service.config import Settings
 from service.messaging import topology
 from service.messaging.consume.consumer import EventConsumer
 from service.messaging.messages import EventMessage
+from service.messaging.operate.inspection import inspect_tenant
+from service.messaging.operate.migration import migrate_tenant
 from service.messaging.operate.queue_ops import ready_count
 from service.messaging.publish.relay import OutboxRelay
 from tests.conftest import unique_name
@@ -55,7 +58,7 @@ def test_provision_reports_differing_arguments_with_exit_3(
     result = run_cli("queues", "provision", drifted, fine)
     assert result.exit_code == 3
     assert "x-max-length is 10, expected 100000" in result.stderr
-    assert "queues purge" in result.stderr
+    assert f"queues provision {drifted} --migrate" in result.stderr
     assert queue_depth(service_env.rabbitmq_url, topology.dlq_name(fine)) == 0  # fine was done
 
 
@@ -185,3 +188,86 @@ def test_replay_dlq_leaves_stale_dead_letters_unless_asked(
     )
     assert queue_depth(settings.rabbitmq_url, dlq) == 0
     assert wait_until(lambda: queue_depth(settings.rabbitmq_url, tenant["queue_name"]) == 1)
+
+
+def test_provision_migrate_moves_a_seed_queue_keeping_its_messages(
+    run_cli: RunCli, service_env: Settings
+) -> None:
+    name = unique_name("q")
+    queue = topology.queue_name(name)
+    seed = {**topology.queue_arguments(name)}
+    del seed["x-overflow"]  # the seed declared no overflow behaviour
+    with amqp_channel(service_env.rabbitmq_url) as channel:
+        channel.exchange_declare(topology.EXCHANGE, topology.EXCHANGE_TYPE, durable=True)
+        channel.queue_declare(queue, durable=True, arguments=seed)
+        channel.queue_bind(
+            queue, topology.EXCHANGE, topology.routing_key("customer_creation", name)
+        )
+        channel.confirm_delivery()
+        for number in range(5):
+            key = topology.routing_key("customer_creation", name)
+            channel.basic_publish(topology.EXCHANGE, key, b"%d" % number)
+
+    reported = run_cli("queues", "provision", name)
+    assert reported.exit_code == 3
+    assert "x-overflow is None, expected 'reject-publish'" in reported.stderr
+
+    plan = json_of(
+        run_cli("queues", "provision", "--consumer", name, "--migrate", "--dry-run", "--json")
+    )
+    main = next(row for row in plan if row["queue"] == queue)
+    assert main["result"] == "would migrate" and main["ready"] == 5
+    assert main["drift"] == [
+        {"queue": queue, "argument": "x-overflow", "live": None, "expected": "reject-publish"}
+    ]
+    assert queue_depth(service_env.rabbitmq_url, queue) == 5  # the dry run moved nothing
+
+    refused = run_cli("queues", "provision", name, "--migrate")
+    assert refused.exit_code == 2 and "--yes" in refused.stderr
+
+    done = json_of(run_cli("queues", "provision", name, "--migrate", "--yes", "--json"))
+    main = next(row for row in done if row["queue"] == queue)
+    assert (main["result"], main["moved"]) == ("migrated", 10)  # out to the stash and back
+    again = json_of(run_cli("queues", "provision", name, "--dry-run", "--json"))
+    assert again[0]["ok"] is True
+    with amqp_channel(service_env.rabbitmq_url) as channel:
+        bodies = [channel.basic_get(queue, auto_ack=True)[2] for _ in range(5)]
+    assert bodies == [b"0", b"1", b"2", b"3", b"4"]
+
+
+def test_a_worker_started_during_a_migration_stands_by_then_consumes_the_new_queue(
+    api_env: Settings,
+    engine: Engine,
+    tenant: dict[str, Any],
+    live_server: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings = api_env.model_copy(update={"api_url": live_server})
+    OutboxRelay(settings, engine, threading.Event()).drain()  # its consumer_created event
+    assert wait_until(lambda: queue_depth(settings.rabbitmq_url, tenant["queue_name"]) == 1)
+    tuned = settings.model_copy(update={"queue_max_length": 99_999})  # the queue now differs
+    caplog.set_level(logging.INFO, logger="service.messaging.consume.consumer")
+    seen: list[str] = []
+    stop = threading.Event()
+    worker = EventConsumer(
+        tuned.model_copy(update={"api_key": tenant["api_key"]}),
+        tenant["name"],
+        stop,
+        lambda message: seen.append(message.event_id),
+    )
+    thread = threading.Thread(target=worker.run, daemon=True)
+
+    def start_worker_while_the_old_queue_is_held(queue: str, _moved: int) -> None:
+        if queue == tenant["queue_name"] and not thread.is_alive():
+            thread.start()
+            assert wait_until(lambda: "standing by" in caplog.text, timeout=30)
+
+    try:
+        plans = migrate_tenant(tuned, tenant["name"], start_worker_while_the_old_queue_is_held)
+        assert thread.is_alive()
+        assert wait_until(lambda: len(seen) == 1, timeout=60)  # from the new queue
+    finally:
+        stop.set()
+        thread.join(30)
+    assert plans[1].result == "migrated" and seen[0]
+    assert inspect_tenant(tuned, tenant["name"]).ok

@@ -59,6 +59,7 @@ def test_quorum_queue_and_dlq_are_declared_with_the_delivery_limit(
         "x-dead-letter-routing-key": topology.dlq_routing_key(name),
         "x-message-ttl": topology.MESSAGE_TTL_MS,
         "x-max-length": topology.MAX_LENGTH,
+        "x-overflow": "reject-publish",
         "x-queue-type": "quorum",
         "x-delivery-limit": DELIVERY_LIMIT,
     }

@@ -176,11 +176,21 @@ def _replay_in_waves(
                 if position + 1 < len(run):
                     going.append(run)
                 continue
-            _put_back(channel, letter, outcome, result.reason or "not confirmed")
+            _put_back(channel, letter, outcome, _refusal(result.reason))
             for held in run[position + 1 :]:
                 _put_back(channel, held, outcome, HELD_BEHIND_FAILURE)
         on_progress(len(wave))
         active, position = going, position + 1
+
+
+def _refusal(reason: str | None) -> str:
+    """Why a republish failed, in operator words: a nack means the tenant queue is full."""
+    if reason and "nack" in reason:
+        return (
+            f"{reason}: the tenant queue is full (x-overflow reject-publish at its "
+            "x-max-length); replay again once its worker has caught up"
+        )
+    return reason or "not confirmed"
 
 
 def _fetch(channel: Any, dlq: str, count: int) -> list[tuple[Any, Any, bytes]]:

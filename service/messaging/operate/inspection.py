@@ -21,6 +21,7 @@ from service.messaging.connection import open_blocking, vhost_of
 from service.messaging.operate.management import ManagementClient
 
 PRECONDITION_FAILED = 406
+MAX_UNEXPECTED_ARGUMENTS = 8  # live arguments the expected set lacks, probed at most
 INEQUIVALENT = re.compile(
     r"inequivalent arg '(?P<arg>[^']+)'.*?received (?:the value )?'?(?P<expected>[^' ]*)'?"
     r".*?current is (?:the value )?'?(?P<live>[^' ]*)'?"
@@ -50,6 +51,7 @@ class TopologyReport:
     missing_bindings: list[str] = field(default_factory=list)
     extra_bindings: list[str] = field(default_factory=list)
     bindings_checked: bool = False
+    migration_queues: list[str] = field(default_factory=list)  # a stopped migration's
 
     @property
     def ok(self) -> bool:
@@ -59,6 +61,7 @@ class TopologyReport:
             and not self.drift
             and not self.missing_bindings
             and not self.extra_bindings
+            and not self.migration_queues
         )
 
     def advice(self) -> list[str]:
@@ -77,12 +80,19 @@ class TopologyReport:
             "missing_bindings": self.missing_bindings,
             "extra_bindings": self.extra_bindings,
             "bindings_checked": self.bindings_checked,
+            "migration_queues": self.migration_queues,
             "advice": self.advice(),
         }
 
 
 def advice_for(report: TopologyReport) -> list[str]:
     name = report.consumer_name
+    if report.migration_queues:
+        return [
+            f"a migration of {name}'s queues stopped half way (left "
+            f"{', '.join(report.migration_queues)}; new events wait there): run "
+            f"`fintegrate queues provision {name} --migrate` to finish it"
+        ]
     lines = []
     if not report.queue_exists or not report.dlq_exists or report.missing_bindings:
         lines.append(f"run `fintegrate queues provision {name}` to declare what is missing")
@@ -90,11 +100,10 @@ def advice_for(report: TopologyReport) -> list[str]:
         lines.append(f"{item.queue}: {item.argument} is {item.live!r}, expected {item.expected!r}")
     if report.drift:
         lines.append(
-            "RabbitMQ cannot change queue arguments in place: if the messages may go, "
-            f"`fintegrate queues purge {name}`, delete the queue (management UI or "
-            f"`rabbitmqctl delete_queue <queue> -p <vhost>`), then `fintegrate queues "
-            f"provision {name}`; to keep them, move them with a shovel to a temporary "
-            "queue first and shovel them back after re-provisioning"
+            "RabbitMQ cannot change queue arguments in place: stop the tenant's worker, then "
+            f"`fintegrate queues provision {name} --migrate --dry-run` shows the steps and "
+            f"`fintegrate queues provision {name} --migrate` moves the queue, keeping every "
+            "message in order (docs/operators.md)"
         )
     for key in report.extra_bindings:
         lines.append(
@@ -126,6 +135,9 @@ def inspect_with_management(
 ) -> TopologyReport:
     """Full comparison: every argument, durability and every binding."""
     report = _empty_report(expected)
+    report.migration_queues = [
+        queue for queue in migration_queue_names(expected) if client.queue(queue) is not None
+    ]
     for name, arguments in _queues(expected):
         live = client.queue(name)
         if live is None:
@@ -156,6 +168,7 @@ def inspect_with_declares(
 ) -> TopologyReport:
     """Existence by passive declare; a differing argument by the broker's 406 text."""
     report = _empty_report(expected)
+    report.migration_queues = migration_leftovers(connection, expected)
     for name, arguments in _queues(expected):
         if not _exists(connection, name):
             continue
@@ -167,25 +180,76 @@ def inspect_with_declares(
 def probe_drift(
     connection: pika.BlockingConnection, queue: str, arguments: dict[str, Any]
 ) -> list[ArgumentDrift]:
-    """Declare ``queue`` as expected on a throwaway channel; parse a 406 into drift."""
-    channel = connection.channel()
-    try:
-        channel.queue_declare(queue, durable=True, arguments=arguments)
-    except pika.exceptions.ChannelClosedByBroker as exc:
-        if exc.reply_code != PRECONDITION_FAILED:
-            raise
-        return [drift_from_reply(queue, exc.reply_text)]
-    channel.close()
-    return []
+    """Every differing argument of an existing ``queue``, from the broker's 406 answers.
+
+    The broker names one difference per refused declare (on a throwaway channel), so each
+    found live value is put into the next probe until the declare is accepted: it then
+    matches the live queue exactly and changes nothing.
+    """
+    probe, found = dict(arguments), []
+    for _ in range(len(arguments) + MAX_UNEXPECTED_ARGUMENTS):
+        channel = connection.channel()
+        try:
+            channel.queue_declare(queue, durable=True, arguments=probe)
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code != PRECONDITION_FAILED:
+                raise
+            item = drift_from_reply(queue, exc.reply_text, arguments)
+            found.append(item)
+            if not item.argument.startswith("x-") or item.argument in probe_seen(found):
+                break  # durability, or an answer this loop cannot follow
+            _take_live_value(probe, item)
+            continue
+        channel.close()
+        break
+    return found
 
 
-def drift_from_reply(queue: str, reply_text: str) -> ArgumentDrift:
-    """Parse ``inequivalent arg 'x' ... received 'a' ... current is 'b'``."""
+def probe_seen(found: list[ArgumentDrift]) -> set[str]:
+    """Arguments reported before the last one (a repeat means the probe is not converging)."""
+    return {item.argument for item in found[:-1]}
+
+
+def _take_live_value(probe: dict[str, Any], item: ArgumentDrift) -> None:
+    if item.live is None:
+        probe.pop(item.argument, None)
+    else:
+        probe[item.argument] = item.live
+
+
+def drift_from_reply(
+    queue: str, reply_text: str, arguments: dict[str, Any] | None = None
+) -> ArgumentDrift:
+    """Parse ``inequivalent arg 'x' ... received 'a' ... current is 'b'`` (or ``none``)."""
     match = INEQUIVALENT.search(reply_text)
     if match is None:
         return ArgumentDrift(queue, "unknown", reply_text, "the SPEC arguments")
-    live = match["live"] or None
-    return ArgumentDrift(queue, match["arg"], live, match["expected"])
+    live = _typed(match["live"])
+    expected = (arguments or {}).get(match["arg"], _typed(match["expected"]))
+    return ArgumentDrift(queue, match["arg"], live, expected)
+
+
+def _typed(text: str) -> Any:
+    """A value from a 406 text: None for ``none``, an int for digits, else the string."""
+    if text in ("", "none"):
+        return None
+    return int(text) if text.lstrip("-").isdigit() else text
+
+
+def migration_queue_names(expected: topology.TenantTopology) -> list[str]:
+    """The temporary queues a migration of the tenant's queues uses."""
+    return [
+        name
+        for queue in (expected.dlq, expected.queue)
+        for name in (topology.migration_stash_name(queue), topology.migration_inbox_name(queue))
+    ]
+
+
+def migration_leftovers(
+    connection: pika.BlockingConnection, expected: topology.TenantTopology
+) -> list[str]:
+    """The temporary queues of a migration that stopped half way (passive declares)."""
+    return [name for name in migration_queue_names(expected) if _exists(connection, name)]
 
 
 def _exists(connection: pika.BlockingConnection, queue: str) -> bool:

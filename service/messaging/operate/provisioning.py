@@ -17,7 +17,8 @@ from service.messaging.operate.inspection import (
     PRECONDITION_FAILED,
     TopologyReport,
     inspect_tenant,
-    probe_drift,
+    inspect_with_declares,
+    migration_leftovers,
 )
 
 PROVISION_TIMEOUT_SECONDS = 3.0
@@ -82,15 +83,20 @@ def provision_consumer_queues(
 def provision_many(
     settings: Settings, names: Iterable[str]
 ) -> list[ProvisionResult | TopologyMismatch]:
-    """Provision several tenants over one connection; a mismatch is reported, not raised."""
+    """Provision several tenants over one connection; a mismatch is reported, not raised.
+
+    A tenant whose queue migration is unfinished is reported too, and left alone: binding
+    its queue now would let new events overtake the ones still being moved.
+    """
     connection = open_blocking(settings.rabbitmq_url)
     outcomes: list[ProvisionResult | TopologyMismatch] = []
     try:
         for name in names:
+            expected = topology.expected_topology(settings, name)
             try:
-                outcomes.append(
-                    declare_tenant(connection, topology.expected_topology(settings, name), settings)
-                )
+                if migration_leftovers(connection, expected):
+                    raise TopologyMismatch(_mismatch_report(connection, expected, settings))
+                outcomes.append(declare_tenant(connection, expected, settings))
             except TopologyMismatch as mismatch:
                 outcomes.append(mismatch)
     finally:
@@ -132,14 +138,10 @@ def declare_tenant(
 def _mismatch_report(
     connection: pika.BlockingConnection, expected: topology.TenantTopology, settings: Settings
 ) -> TopologyReport:
-    """The full report (management API) or what the broker's 406 said about each queue."""
+    """The full report (management API) or what passive declares and 406s tell."""
     if settings.rabbitmq_management_url:
         return inspect_tenant(settings, expected.consumer_name)
-    report = TopologyReport(expected.consumer_name, expected.queue, expected.dlq)
-    report.queue_exists = report.dlq_exists = True
-    report.drift.extend(probe_drift(connection, expected.dlq, expected.dlq_arguments))
-    report.drift.extend(probe_drift(connection, expected.queue, expected.queue_arguments))
-    return report
+    return inspect_with_declares(connection, expected)
 
 
 def call_with_deadline(call: Callable[[], T], timeout: float) -> T:

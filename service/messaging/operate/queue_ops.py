@@ -34,11 +34,13 @@ class QueueStatus:
 
 
 def tenant_names_from_queues(queue_names: Iterable[str]) -> list[str]:
-    """Consumer names of the tenant main queues among ``queue_names``."""
+    """Consumer names of the tenant main queues among ``queue_names`` (the DLQs and a
+    migration's temporary queues end in uppercase, which no consumer name has)."""
     return sorted(
         name.removeprefix(topology.QUEUE_PREFIX)
         for name in queue_names
-        if name.startswith(topology.QUEUE_PREFIX) and not name.endswith(topology.DLQ_SUFFIX)
+        if name.startswith(topology.QUEUE_PREFIX)
+        and topology.CONSUMER_NAME_PATTERN.match(name.removeprefix(topology.QUEUE_PREFIX))
     )
 
 

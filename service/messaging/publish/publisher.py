@@ -244,8 +244,11 @@ class ConfirmingPublisher:
         channel.add_on_return_callback(self._on_return)
         channel.confirm_delivery(self._on_confirm, callback=self._on_confirm_mode)
 
-    def _on_confirm_mode(self, _frame: Any) -> None:
+    def _on_confirm_mode(self, frame: Any) -> None:
         assert self._channel is not None
+        if not self.exchange:  # the default exchange (straight to a queue) always exists
+            self._on_ready(frame)
+            return
         self._channel.exchange_declare(
             self.exchange, topology.EXCHANGE_TYPE, durable=True, callback=self._on_ready
         )

@@ -1,4 +1,6 @@
+from service.config import Settings
 from service.messaging import topology
+from service.messaging.operate.queue_ops import tenant_names_from_queues
 
 
 def test_routing_key_drops_customer_prefix() -> None:
@@ -21,5 +23,38 @@ def test_queue_arguments_are_exactly_the_spec() -> None:
         "x-dead-letter-routing-key": "customer.dlq.acme",
         "x-message-ttl": 86400000,
         "x-max-length": 100000,
+        "x-overflow": "reject-publish",
     }
+    assert topology.dlq_arguments() == {"x-max-length": 100000, "x-overflow": "drop-head"}
     assert topology.dlq_name("acme") == "customer_notification_acme_DLQ"
+
+
+def test_limits_come_from_the_settings() -> None:
+    tuned = Settings(
+        queue_message_ttl_ms=4000,
+        queue_max_length=300,
+        dlq_max_length=50,
+        dlq_max_length_bytes=65536,
+        queue_type="quorum",
+    )
+    expected = topology.expected_topology(tuned, "acme")
+    assert expected.queue_arguments["x-message-ttl"] == 4000
+    assert expected.queue_arguments["x-max-length"] == 300
+    assert expected.queue_arguments["x-overflow"] == "reject-publish"
+    assert expected.dlq_arguments == {
+        "x-max-length": 50,
+        "x-max-length-bytes": 65536,
+        "x-overflow": "drop-head",
+        "x-queue-type": "quorum",
+    }
+
+
+def test_migration_queues_never_look_like_a_tenant() -> None:
+    queue = topology.queue_name("acme")
+    names = [
+        queue,
+        topology.dlq_name("acme"),
+        topology.migration_stash_name(queue),
+        topology.migration_inbox_name(topology.dlq_name("acme")),
+    ]
+    assert tenant_names_from_queues(names) == ["acme"]

@@ -20,6 +20,7 @@ EXPECTED_ARGUMENTS = {
     "x-dead-letter-exchange": "customer_events",
     "x-message-ttl": 86400000,
     "x-max-length": 100000,
+    "x-overflow": "reject-publish",
 }
 
 
@@ -56,6 +57,7 @@ def test_queue_has_exactly_the_spec_arguments_and_bindings(settings: Settings) -
             "customer.consumer_created.consumer_test001",
         ]
     )
+    assert dlq["arguments"] == {"x-max-length": 100000, "x-overflow": "drop-head"}
     assert dlq_bindings == ["customer.dlq.consumer_test001"]
 
 
@@ -120,10 +122,11 @@ def test_differing_live_arguments_are_reported_not_crashed(
     drift = {item.argument: (item.live, item.expected) for item in caught.value.report.drift}
     assert str(drift["x-message-ttl"][0]) == "1000"
     assert str(drift["x-message-ttl"][1]) == "86400000"
-    if with_management:
-        assert drift["x-max-length"] == (None, 100000)
-        assert drift["x-dead-letter-routing-key"] == (None, topology.dlq_routing_key(name))
-    assert "queues purge" in str(caught.value)
+    # every difference, with or without the management API (the 406s are followed)
+    assert drift["x-max-length"] == (None, 100000)
+    assert drift["x-overflow"] == (None, "reject-publish")
+    assert drift["x-dead-letter-routing-key"] == (None, topology.dlq_routing_key(name))
+    assert f"queues provision {name} --migrate" in str(caught.value)
     # the broker connection survived: the rest still works
     assert provision_consumer_queues(settings, new_consumer_name()).queue
 
