@@ -104,6 +104,12 @@ class Settings(BaseSettings):
     event_retention_days: int | None = Field(default=None, ge=1)
     event_archive_dir: str | None = None
 
+    # Tenant queue bounds and the worker's recovery of what the queue lost (issue 23, worker)
+    queue_message_ttl_ms: int = Field(default=86_400_000, ge=1)
+    queue_max_length: int = Field(default=100_000, ge=1)
+    worker_max_in_hand_per_customer: int = Field(default=4, ge=1)
+    worker_recovery_interval_seconds: float = Field(default=60.0, gt=0)
+
     @model_validator(mode="after")
     def _retention_needs_an_archive_dir(self) -> Settings:
         if self.event_retention_days is not None and not self.event_archive_dir:

@@ -12,8 +12,8 @@ EXCHANGE = "customer_events"
 EXCHANGE_TYPE = "topic"
 QUEUE_PREFIX = "customer_notification_"
 DLQ_SUFFIX = "_DLQ"
-MESSAGE_TTL_MS = 86_400_000
-MAX_LENGTH = 100_000
+MESSAGE_TTL_MS = 86_400_000  # the defaults of FINTEGRATE_QUEUE_MESSAGE_TTL_MS
+MAX_LENGTH = 100_000  # and FINTEGRATE_QUEUE_MAX_LENGTH
 SCHEMA_VERSION = 1
 
 # The event vocabulary, defined once: the API schemas use the Literal, the CLI builds its
@@ -60,14 +60,18 @@ def dlq_routing_key(consumer_name: str) -> str:
 
 
 def queue_arguments(
-    consumer_name: str, queue_type: str = "classic", delivery_limit: int = 5
+    consumer_name: str,
+    queue_type: str = "classic",
+    delivery_limit: int = 5,
+    message_ttl_ms: int = MESSAGE_TTL_MS,
+    max_length: int = MAX_LENGTH,
 ) -> dict[str, Any]:
     """The exact x-arguments of the tenant's main queue."""
     arguments: dict[str, Any] = {
         "x-dead-letter-exchange": EXCHANGE,
         "x-dead-letter-routing-key": dlq_routing_key(consumer_name),
-        "x-message-ttl": MESSAGE_TTL_MS,
-        "x-max-length": MAX_LENGTH,
+        "x-message-ttl": message_ttl_ms,
+        "x-max-length": max_length,
     }
     if queue_type == "quorum":
         arguments["x-queue-type"] = "quorum"
@@ -99,7 +103,11 @@ class TenantTopology:
 
 
 def tenant_topology(
-    consumer_name: str, queue_type: str = "classic", delivery_limit: int = 5
+    consumer_name: str,
+    queue_type: str = "classic",
+    delivery_limit: int = 5,
+    message_ttl_ms: int = MESSAGE_TTL_MS,
+    max_length: int = MAX_LENGTH,
 ) -> TenantTopology:
     """The declared shape of one tenant's queues and bindings."""
     if not CONSUMER_NAME_PATTERN.match(consumer_name):
@@ -108,7 +116,9 @@ def tenant_topology(
         consumer_name=consumer_name,
         queue=queue_name(consumer_name),
         dlq=dlq_name(consumer_name),
-        queue_arguments=queue_arguments(consumer_name, queue_type, delivery_limit),
+        queue_arguments=queue_arguments(
+            consumer_name, queue_type, delivery_limit, message_ttl_ms, max_length
+        ),
         dlq_arguments=dlq_arguments(queue_type),
         bindings=tuple(queue_bindings(consumer_name)),
         dlq_binding=dlq_routing_key(consumer_name),
@@ -116,8 +126,15 @@ def tenant_topology(
 
 
 def expected_topology(settings: Settings, consumer_name: str) -> TenantTopology:
-    """The tenant's topology with the queue type and delivery limit these settings ask for."""
-    return tenant_topology(consumer_name, settings.queue_type, settings.quorum_delivery_limit)
+    """The tenant's topology with the queue type, delivery limit, message TTL and max length
+    these settings ask for."""
+    return tenant_topology(
+        consumer_name,
+        settings.queue_type,
+        settings.quorum_delivery_limit,
+        settings.queue_message_ttl_ms,
+        settings.queue_max_length,
+    )
 
 
 # Tenants' own broker users (SPEC 4.3, second wave): read their queue and DLQ, nothing else.

@@ -1,3 +1,4 @@
+from service.config import Settings
 from service.messaging import topology
 
 
@@ -23,3 +24,12 @@ def test_queue_arguments_are_exactly_the_spec() -> None:
         "x-max-length": 100000,
     }
     assert topology.dlq_name("acme") == "customer_notification_acme_DLQ"
+
+
+def test_expected_topology_takes_ttl_and_max_length_from_the_settings() -> None:
+    settings = Settings(queue_message_ttl_ms=1500, queue_max_length=300)
+    arguments = topology.expected_topology(settings, "acme").queue_arguments
+    assert arguments["x-message-ttl"] == 1500
+    assert arguments["x-max-length"] == 300
+    defaults = topology.expected_topology(Settings(), "acme").queue_arguments
+    assert (defaults["x-message-ttl"], defaults["x-max-length"]) == (86_400_000, 100_000)
