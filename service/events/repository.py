@@ -121,6 +121,54 @@ LIST_EVENTS = text(
     """
 )
 
+# One aggregate's events after a sequence, in sequence order (the worker's recovery of what
+# its queue lost). A customer's events come through ix_customer_events_customer_created,
+# the consumer level's through ix_customer_events_consumer_level.
+EVENTS_OF_CUSTOMER_AFTER = text(
+    """
+    SELECT event_id, customer_id, consumer_id, event_type, source_service,
+           payload_json AS payload, metadata_json AS metadata,
+           publish_status, publish_try_count, publish_failure_reason, published_at,
+           deliver_status, deliver_try_count, delivered_at, created_at, sequence
+    FROM customer_events
+    WHERE customer_id = :customer_id AND consumer_id = :consumer_id
+      AND sequence > :after AND sequence <= :through
+    ORDER BY sequence LIMIT :limit
+    """
+)
+EVENTS_OF_CONSUMER_AFTER = text(
+    """
+    SELECT event_id, customer_id, consumer_id, event_type, source_service,
+           payload_json AS payload, metadata_json AS metadata,
+           publish_status, publish_try_count, publish_failure_reason, published_at,
+           deliver_status, deliver_try_count, delivered_at, created_at, sequence
+    FROM customer_events
+    WHERE consumer_id = :consumer_id AND customer_id IS NULL
+      AND sequence > :after AND sequence <= :through
+    ORDER BY sequence LIMIT :limit
+    """
+)
+
+# A tenant's events published longer ago than a queue holds a message and still without a
+# receipt: no longer in its queue. ix_customer_events_undelivered (published, not
+# delivered rows only); created_at bounds the walk since an event is created before it is
+# published.
+LOST_EVENTS = text(
+    """
+    SELECT event_id, customer_id, consumer_id, event_type, source_service,
+           payload_json AS payload, metadata_json AS metadata,
+           publish_status, publish_try_count, publish_failure_reason, published_at,
+           deliver_status, deliver_try_count, delivered_at, created_at, sequence
+    FROM customer_events
+    WHERE consumer_id = :consumer_id
+      AND publish_status = 'published' AND deliver_status = 'pending'
+      AND created_at < now() - make_interval(secs => CAST(:older_than_ms AS float8) / 1000)
+      AND published_at < now() - make_interval(secs => CAST(:older_than_ms AS float8) / 1000)
+    ORDER BY created_at LIMIT :limit
+    """
+)
+
+
 # The highest delivered sequence of a tenant's aggregates, from delivered_sequences (kept
 # by CONFIRM_DELIVERY; it survives archived partitions). asyncpg placeholders: $1
 # consumer_id, $2 aggregate_id (the customer_id, or the consumer_id for consumer-level
@@ -201,6 +249,28 @@ def list_events(
         **after,
     }
     return connection.execute(LIST_EVENTS, params).all()
+
+
+def events_after(
+    connection: Connection,
+    consumer_id: UUID,
+    customer_id: UUID | None,
+    after: int,
+    through: int,
+    limit: int,
+) -> Sequence[Row[Any]]:
+    """The aggregate's events with ``after < sequence <= through``, in sequence order."""
+    query = EVENTS_OF_CONSUMER_AFTER if customer_id is None else EVENTS_OF_CUSTOMER_AFTER
+    params = {"consumer_id": consumer_id, "customer_id": customer_id, "after": after}
+    return connection.execute(query, {**params, "through": through, "limit": limit}).all()
+
+
+def lost_events(
+    connection: Connection, consumer_id: UUID, older_than_ms: int, limit: int
+) -> Sequence[Row[Any]]:
+    """The tenant's published, undelivered events older than ``older_than_ms``, oldest first."""
+    params = {"consumer_id": consumer_id, "older_than_ms": older_than_ms, "limit": limit}
+    return connection.execute(LOST_EVENTS, params).all()
 
 
 async def last_delivered(

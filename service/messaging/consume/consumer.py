@@ -45,6 +45,12 @@ from service.messaging.consume.receipts import (
     Receipt,
     WorkerUnauthorized,
 )
+from service.messaging.consume.recovery import (
+    EventFetcher,
+    InHand,
+    Recovery,
+    sweep_lost_letters,
+)
 from service.messaging.messages import EventMessage, InvalidMessage, may_be_duplicate
 
 log = logging.getLogger(__name__)
@@ -103,6 +109,9 @@ class ConsumerStats:
     poison: int = 0
     refused: int = 0
     stale: int = 0
+    recovered: int = 0  # handled from the API: lost by the queue, or owed past the cap
+    owed: int = 0  # acked unhandled past a customer's in-hand cap, fetched later
+    lost_letters: int = 0  # expired / overflowed dead letters taken off the DLQ
 
 
 class EventConsumer:
@@ -130,7 +139,9 @@ class EventConsumer:
                 "FINTEGRATE_API_KEY (this tenant's key) is required to confirm delivery"
             )
         self.settings = settings
+        self.consumer_name = consumer_name
         self.queue = topology.queue_name(consumer_name)
+        self.dlq = topology.dlq_name(consumer_name)
         self.stop = stop
         self.handler = handler
         self.prefetch = prefetch or settings.consumer_prefetch
@@ -142,6 +153,18 @@ class EventConsumer:
         )
         self.sequences = DeliveredSequences(self.confirmer.last_delivered)
         self._lanes = KeyedLanes(self.concurrency, self._fail, thread_name_prefix="handler")
+        # Recovery needs one worker per queue: a shared worker cannot tell a gap from
+        # events another worker holds, so it keeps the plain path.
+        self.recovering = exclusive
+        self._in_hand = InHand(settings.worker_max_in_hand_per_customer)
+        self.recovery = Recovery(
+            EventFetcher(self.confirmer, consumer_name),
+            self.sequences,
+            self._handle_recovered,
+            self._lanes.submit,
+            settings.queue_message_ttl_ms,
+        )
+        self._next_sweep = 0.0
         self._unsettled = Unsettled()
         self._fatal: BaseException | None = None
         self._standing_by = False
@@ -184,6 +207,9 @@ class EventConsumer:
     def _consume_once(self, backoff: Backoff) -> None:
         connection = open_blocking(self.settings.rabbitmq_url)
         epoch = self._unsettled.new_channel()
+        self._in_hand.reset(epoch)
+        if self.recovering:
+            self.recovery.reschedule()
         try:
             channel = connection.channel()
             channel.basic_qos(prefetch_count=self.prefetch)
@@ -195,6 +221,7 @@ class EventConsumer:
                 self._standing_by = False
                 if method is not None:
                     self.handle_delivery(connection, channel, method, properties, body, epoch)
+                self._sweep_if_due(connection)
                 if self.stop.is_set():
                     break
             self._unsettled.done(epoch, self._lanes.drop_queued())
@@ -218,12 +245,47 @@ class EventConsumer:
         message = self._parse(channel, method, properties, body)
         if message is None:
             return
+        if self._owe_past_cap(message, epoch):
+            channel.basic_ack(method.delivery_tag)
+            self.stats.owed += 1
+            return
         copy = may_be_duplicate(bool(method.redelivered), properties.headers)
-        delivery = Delivery(message, method.delivery_tag, connection, channel, epoch, copy)
-        if copy:
-            self.sequences.expect(message)
+        counted = self.recovering and message.sequence is not None
+        delivery = Delivery(
+            message, method.delivery_tag, connection, channel, epoch, copy, in_hand=counted
+        )
+        self.sequences.expect(message)
         self._unsettled.add(epoch)
         self._lanes.submit(message.aggregate_key, partial(self._process, delivery))
+
+    def _owe_past_cap(self, message: EventMessage, epoch: int) -> bool:
+        """True when ``message`` is left to the API: its customer is at the in-hand cap, or
+        already owed (the message is then acked unhandled; the outbox still lists it)."""
+        if not self.recovering or message.sequence is None:
+            return False
+        key = message.aggregate_key
+        if not self.recovery.owed.owes(key) and self._in_hand.take(key, epoch):
+            return False
+        self.recovery.owe(key, message.customer_id, message.sequence)
+        return True
+
+    def _sweep_if_due(self, connection: Any) -> None:
+        """At start and every recovery interval: lost dead letters, then the lost tail."""
+        if not self.recovering or time.monotonic() < self._next_sweep:
+            return
+        self._next_sweep = time.monotonic() + self.settings.worker_recovery_interval_seconds
+        try:
+            self.stats.lost_letters += sweep_lost_letters(connection, self.dlq, self._owe_lost)
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            log.warning("cannot sweep %s for lost letters: %s", self.dlq, exc)
+        self.recovery.sweep_tail()
+
+    def _owe_lost(self, message: EventMessage) -> bool:
+        """A letter the queue expired or overflowed: its aggregate is owed through it."""
+        if message.sequence is None:
+            return False
+        self.recovery.owe(message.aggregate_key, message.customer_id, message.sequence)
+        return True
 
     def _parse(
         self, channel: Any, method: Any, properties: Any, body: bytes
@@ -239,6 +301,13 @@ class EventConsumer:
 
     def _process(self, delivery: Delivery) -> None:
         """In the aggregate's lane: skip or handle, record the receipt, then hand back the ack."""
+        try:
+            self._process_in_hand(delivery)
+        finally:
+            if delivery.in_hand:
+                self._in_hand.release(delivery.message.aggregate_key, delivery.epoch)
+
+    def _process_in_hand(self, delivery: Delivery) -> None:
         if self.stop.is_set() or delivery.epoch != self._unsettled.epoch:
             self._unsettled.done(delivery.epoch)  # not started: unacked, redelivered in order
             return
@@ -269,17 +338,44 @@ class EventConsumer:
     def _handle_or_skip(self, message: EventMessage, may_be_copy: bool) -> Outcome | None:
         """Skip a stale duplicate or call the handler, then confirm; None when stopping.
 
-        Only a possible copy costs a look-up of its aggregate's last delivered sequence.
+        An aggregate not seen yet costs a look-up of its last delivered sequence (batched);
+        events between it and ``message`` are fetched from the API and handled first.
         """
-        last = self.sequences.last_delivered(message, ask=may_be_copy)
+        last = self.sequences.last_delivered(message)
         if last is None:
             return None
+        if self.recovering and message.sequence is not None and message.sequence > last + 1:
+            if not self.recovery.fill_gap(message, last):
+                return None
+            last = self.sequences.last_delivered(message, ask=False) or last
         if message.sequence is not None and message.sequence <= last:
             skipped = stale_detail(message.sequence, last)
             log.info("event %s: %s", message.event_id, skipped)
             return Outcome("received", self._confirm(message, "received", skipped), stale=True)
         status, detail = self._run_handler(message)
         return Outcome(status, self._confirm(message, status, detail))
+
+    def _handle_recovered(self, message: EventMessage) -> bool:
+        """In its lane: an event fetched from the API, handled unless already delivered.
+
+        Nothing to ack: a failure is a ``failed`` receipt (``events redeliver`` retries it).
+        False when stopping.
+        """
+        last = self.sequences.last_delivered(message)
+        if last is None or self.stop.is_set():
+            return False
+        if message.sequence is not None and message.sequence <= last:
+            return True
+        status, detail = self._run_handler(message)
+        receipt = self._confirm(message, status, detail)
+        if receipt is Receipt.ABANDONED:
+            return False
+        if receipt is Receipt.RECORDED and status != "failed":
+            self.sequences.confirmed(message)
+            self.stats.recovered += 1
+        else:
+            self.stats.failed += 1
+        return True
 
     def _confirm(self, message: EventMessage, status: str, detail: str | None) -> Receipt:
         """Record the receipt through the API (the one place that confirms)."""
