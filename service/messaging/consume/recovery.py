@@ -154,7 +154,11 @@ class EventFetcher:
         return self._events(LOST_PATH, params)
 
     def _events(self, path: str, params: dict[str, Any]) -> list[Recovered] | None:
-        data = self._confirmer.read(path, params)
+        try:
+            data = self._confirmer.read(path, params)
+        except ValueError as exc:  # a message with a bogus customer or sequence: nothing to fetch
+            log.warning("cannot recover events: %s", exc)
+            return []
         if data is None:
             return None
         return [

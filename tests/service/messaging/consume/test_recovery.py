@@ -30,6 +30,7 @@ from tests.service.messaging.consume.test_consumer_ordering import (
     publish,
     receipts,
 )
+from tests.service.messaging.consume.test_poison import event_body
 from tests.support.api import create_tenant_over_http
 from tests.support.outbox import amqp_channel, queue_depth, wait_until
 
@@ -230,3 +231,23 @@ def test_a_slow_customer_holds_back_only_itself(
         assert handler.slow_done_when_fast_finished <= 3
         assert wait_until(lambda: delivered_all(engine, tenant, 36), timeout=120)
     handled_once_in_order(handler.recorder, rows)
+
+
+def test_a_bogus_customer_or_sequence_cannot_stop_the_recovery(
+    settings: Settings, engine: Engine, api: httpx.Client, tenant: Tenant, live_server: str
+) -> None:
+    key = topology.routing_key("customer_creation", tenant["name"])
+    with amqp_channel(settings.rabbitmq_url) as channel:
+        for changes in ({"customer_id": "not-a-uuid", "sequence": 7}, {"sequence": 2**63}):
+            channel.basic_publish(topology.EXCHANGE, key, event_body(**changes))
+    customers_with_events(api, tenant, customers=2, events=2)
+    rows = interleaved_rows(engine, tenant)
+    publish_as_relay(settings, engine, rows)
+    handler = Recorder()
+    with WorkerThread(bounded(settings), tenant, live_server, handler, prefetch=20) as worker:
+        assert wait_until(lambda: delivered_all(engine, tenant, 4), timeout=60)
+        assert wait_until(lambda: dlq_depth(settings, tenant) == 2)  # refused receipts
+        assert worker.thread.is_alive()
+    assert worker.consumer.stats.refused == 2
+    real = {c: s for c, s in handler.sequences().items() if c in expected_orders(rows)}
+    assert real == expected_orders(rows)
