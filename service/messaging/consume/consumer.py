@@ -3,10 +3,10 @@
 For each message: parse it (unparseable → DLQ, no API call), then in its aggregate's lane
 (``lanes.KeyedLanes``: in sequence order within an aggregate, in parallel across
 aggregates) either skip it as a *stale duplicate* — its sequence is at or below the last
-one delivered for its aggregate (``receipts.DeliveredSequences``; asked from the API on a
-cache miss, and only for a delivery that may be a copy: redelivered by the broker, or
-marked republished, replayed or possible-duplicate) — with a ``received`` receipt and no
-handler call, or call the handler; record
+one delivered for its aggregate (``receipts.DeliveredSequences``; asked from the API once
+per aggregate the worker has not seen, batched) — with a ``received`` receipt and no
+handler call, or call the handler (after the events of a gap, fetched from the API:
+``recovery``); record
 the receipt (``processed``, or ``failed`` when the handler raised); then ack on the
 connection's thread — or reject to the DLQ after a ``failed`` receipt. The next event of an
 aggregate starts only once the previous one's receipt is recorded, and nothing is acked
@@ -14,6 +14,12 @@ before its receipt is. While the API is unavailable the worker retries with boun
 backoff; when asked to stop then, it leaves the message unacked and RabbitMQ redelivers it.
 A lost broker connection is reopened with bounded backoff: events of the old channel not
 started yet are dropped (unacked, the broker redelivers them in order).
+
+What the queue lost (TTL, max length) and what the worker acks unhandled past a customer's
+in-hand cap (``FINTEGRATE_WORKER_MAX_IN_HAND_PER_CUSTOMER``) is fetched from the API in
+each aggregate's order (``recovery.Recovery``); the hooks here are ``_owe_past_cap`` (on
+arrival), ``_sweep_if_due`` (lost dead letters and the tail, on the connection's thread)
+and ``_handle_recovered`` (in the lane).
 
 The worker consumes exclusively by default: a second worker on the same queue stands by,
 retrying, until the first one's connection is gone (ordering across competing consumers is
