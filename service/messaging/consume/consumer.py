@@ -318,7 +318,7 @@ class EventConsumer:
             self._unsettled.done(delivery.epoch)  # not started: unacked, redelivered in order
             return
         try:
-            outcome = self._handle_or_skip(delivery.message, delivery.may_be_duplicate)
+            outcome = self._handle_or_skip(delivery.message)
         except WorkerUnauthorized as exc:
             outcome = None
             self._fail(exc)
@@ -341,7 +341,7 @@ class EventConsumer:
         if not _call_soon(delivery.connection, settle):
             self._unsettled.done(delivery.epoch)
 
-    def _handle_or_skip(self, message: EventMessage, may_be_copy: bool) -> Outcome | None:
+    def _handle_or_skip(self, message: EventMessage) -> Outcome | None:
         """Skip a stale duplicate or call the handler, then confirm; None when stopping.
 
         An aggregate not seen yet costs a look-up of its last delivered sequence (batched);
