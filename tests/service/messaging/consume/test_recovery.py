@@ -31,6 +31,7 @@ from tests.service.messaging.consume.test_consumer_ordering import (
     receipts,
 )
 from tests.service.messaging.consume.test_poison import event_body
+from tests.service.test_broker_credentials import tenant_url
 from tests.support.api import create_tenant_over_http
 from tests.support.outbox import amqp_channel, queue_depth, wait_until
 
@@ -104,6 +105,7 @@ def test_a_gap_is_filled_from_the_api_before_the_later_event(
 def test_a_worker_away_past_the_ttl_gets_every_event_once_in_order_and_the_dlq_empties(
     settings: Settings, engine: Engine, api: httpx.Client, tenant: Tenant, live_server: str
 ) -> None:
+    """The worker uses the tenant's own read-only broker login: the DLQ sweep needs no more."""
     small = bounded(settings, queue_message_ttl_ms=TTL_MS)
     reprovision(small, tenant)
     customers = customers_with_events(api, tenant, customers=10, events=3)
@@ -117,7 +119,8 @@ def test_a_worker_away_past_the_ttl_gets_every_event_once_in_order_and_the_dlq_e
     publish_as_relay(settings, engine, fresh)
 
     handler = Recorder()
-    with WorkerThread(small, tenant, live_server, handler, prefetch=20) as worker:
+    own_login = small.model_copy(update={"rabbitmq_url": tenant_url(tenant["broker"])})
+    with WorkerThread(own_login, tenant, live_server, handler, prefetch=20) as worker:
         assert wait_until(lambda: delivered_all(engine, tenant, 35), timeout=90)
         assert wait_until(lambda: dlq_depth(settings, tenant) == 0, timeout=30)
     handled_once_in_order(handler, expired + fresh)
