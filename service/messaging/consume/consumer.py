@@ -171,6 +171,7 @@ class EventConsumer:
             settings.queue_message_ttl_ms,
         )
         self._next_sweep = 0.0
+        self._stats_lock = threading.Lock()
         self._unsettled = Unsettled()
         self._fatal: BaseException | None = None
         self._standing_by = False
@@ -373,14 +374,23 @@ class EventConsumer:
         if message.sequence is not None and message.sequence <= last:
             return True
         status, detail = self._run_handler(message)
-        receipt = self._confirm(message, status, detail)
+        try:
+            receipt = self._confirm(message, status, detail)
+        except WorkerUnauthorized:
+            raise
+        except Exception as exc:  # as for a queue message: recorded nowhere, go on
+            log.error("receipt of %s failed: %s", message.event_id, describe_failure(exc))
+            receipt = Receipt.REFUSED
         if receipt is Receipt.ABANDONED:
             return False
-        if receipt is Receipt.RECORDED and status != "failed":
+        delivered = receipt is Receipt.RECORDED and status != "failed"
+        if delivered:
             self.sequences.confirmed(message)
-            self.stats.recovered += 1
-        else:
-            self.stats.failed += 1
+        with self._stats_lock:  # lanes count side by side
+            if delivered:
+                self.stats.recovered += 1
+            else:
+                self.stats.failed += 1
         return True
 
     def _confirm(self, message: EventMessage, status: str, detail: str | None) -> Receipt:
@@ -405,14 +415,15 @@ class EventConsumer:
         self._count(outcome, acked)
 
     def _count(self, outcome: Outcome, acked: bool) -> None:
-        if acked and outcome.stale:
-            self.stats.stale += 1
-        elif acked:
-            self.stats.processed += 1
-        elif outcome.receipt is Receipt.REFUSED:
-            self.stats.refused += 1
-        else:
-            self.stats.failed += 1
+        with self._stats_lock:
+            if acked and outcome.stale:
+                self.stats.stale += 1
+            elif acked:
+                self.stats.processed += 1
+            elif outcome.receipt is Receipt.REFUSED:
+                self.stats.refused += 1
+            else:
+                self.stats.failed += 1
 
     def _fail(self, exc: BaseException) -> None:
         """A lane item raised (bad credentials, a bug): stop; its message stays unacked."""
