@@ -251,9 +251,9 @@ class Recovery:
             if not page:
                 return True
             for message, deliver_status in page:
-                # a handler failure stays failed (its message went to the DLQ, or
-                # `events redeliver` retries it), as for a message from the queue
-                if deliver_status != "failed" and not self._handle(message):
+                # only events without a receipt: a handler failure stays failed (its message
+                # went to the DLQ, or `events redeliver` retries it), as from the queue
+                if deliver_status == "pending" and not self._handle(message):
                     return False
             after = page[-1][0].sequence or through
         return True
