@@ -84,9 +84,9 @@ class Settings(BaseSettings):
     consumer_prefetch: int = Field(default=20, ge=1)
     queue_type: Literal["classic", "quorum"] = "classic"
     quorum_delivery_limit: int = Field(default=5, ge=1)
-    # Tenant queue and DLQ limits (issue 23: the outbox is the buffer; docs/events.md)
-    queue_message_ttl_ms: int = 86_400_000
-    queue_max_length: int = 100_000
+    # Tenant queue and DLQ limits (the outbox is the buffer; docs/events.md)
+    queue_message_ttl_ms: int = Field(default=86_400_000, ge=1)
+    queue_max_length: int = Field(default=100_000, ge=1)
     dlq_max_length: int = Field(default=100_000, ge=1)
     dlq_max_length_bytes: int | None = Field(default=None, ge=1)
 
@@ -108,6 +108,10 @@ class Settings(BaseSettings):
     event_partition_span_days: int = Field(default=7, ge=1, le=366)
     event_retention_days: int | None = Field(default=None, ge=1)
     event_archive_dir: str | None = None
+
+    # The worker's recovery of what the queue lost, and its per-customer cap (docs/events.md)
+    worker_max_in_hand_per_customer: int = Field(default=4, ge=1)
+    worker_recovery_interval_seconds: float = Field(default=60.0, gt=0)
 
     @model_validator(mode="after")
     def _retention_needs_an_archive_dir(self) -> Settings:

@@ -1,5 +1,5 @@
-"""SQL of customer_events and consumer_event_receipts: the outbox insert, the delivery
-receipts, erasure's redaction and the tenant-scoped reads.
+"""SQL of customer_events, consumer_event_receipts and delivered_sequences: the outbox
+insert, the delivery receipts, erasure's redaction and the tenant-scoped reads.
 
 The relay's outbox SQL (pending heads, published / failed marks, also used by resend and
 redeliver) is service/events/outbox.py. Also written elsewhere, one statement on purpose
@@ -46,11 +46,20 @@ REDACT_EVENT_PAYLOADS = text(
 # One statement: check ownership, insert the receipt once, and move the event only when the
 # receipt is new. delivered is final: a later 'failed' receipt never downgrades it.
 # asyncpg placeholders: $1 event_id, $2 consumer_id, $3 status, $4 detail. One statement:
-# the receipt and the event's delivery state commit together, on the event loop.
+# the receipt, the event's delivery state and its aggregate's last delivered sequence
+# (delivered_sequences, which outlives archived partitions) commit together, on the event
+# loop, in one round trip.
 CONFIRM_DELIVERY = """
     WITH target AS (
-        SELECT event_id FROM customer_events
+        SELECT event_id, customer_id, sequence FROM customer_events
         WHERE event_id = $1 AND consumer_id = $2
+    ), advanced AS (
+        INSERT INTO delivered_sequences AS d (consumer_id, aggregate_id, sequence, event_id)
+        SELECT $2, coalesce(customer_id, $2), sequence, event_id FROM target
+        WHERE $3 <> 'failed'
+        ON CONFLICT ON CONSTRAINT delivered_sequences_aggregate DO UPDATE
+            SET sequence = EXCLUDED.sequence, event_id = EXCLUDED.event_id, updated_at = now()
+            WHERE d.sequence < EXCLUDED.sequence
     ), receipt AS (
         INSERT INTO consumer_event_receipts (event_id, consumer_id, status, detail)
         SELECT event_id, $2, $3, $4 FROM target
@@ -113,41 +122,73 @@ LIST_EVENTS = text(
     """
 )
 
-# The highest delivered sequence of one aggregate of a tenant. asyncpg placeholders:
-# $1 consumer_id, $2 customer_id (NULL: the consumer-level aggregate). Two statements so
-# each uses its index (ix_customer_events_customer_id, ix_customer_events_consumer_level).
-LAST_DELIVERED_OF_CUSTOMER = """
-    SELECT event_id, sequence FROM customer_events
-    WHERE consumer_id = $1 AND customer_id = $2 AND deliver_status = 'delivered'
-    ORDER BY sequence DESC LIMIT 1
+# One aggregate's events after a sequence, in sequence order (the worker's recovery of what
+# its queue lost). A customer's events come through ix_customer_events_customer_created,
+# the consumer level's through ix_customer_events_consumer_level.
+EVENTS_OF_CUSTOMER_AFTER = text(
     """
-LAST_DELIVERED_OF_CONSUMER = """
-    SELECT event_id, sequence FROM customer_events
-    WHERE consumer_id = $1 AND customer_id IS NULL AND deliver_status = 'delivered'
-    ORDER BY sequence DESC LIMIT 1
-    """
-
-# The same for many customers of one tenant (the worker's batched look-up): $1 consumer_id,
-# $2 customer_ids.
-LAST_DELIVERED_OF_CUSTOMERS_ASYNC = """
-    SELECT DISTINCT ON (customer_id) customer_id, event_id, sequence FROM customer_events
-    WHERE consumer_id = $1 AND customer_id = ANY($2::uuid[]) AND deliver_status = 'delivered'
-    ORDER BY customer_id, sequence DESC
-    """
-
-# The same for many customers of one tenant at once (DLQ replay).
-LAST_DELIVERED_OF_CUSTOMERS = text(
-    """
-    SELECT customer_id, max(sequence) AS sequence FROM customer_events
-    WHERE consumer_id = :consumer_id AND customer_id = ANY(CAST(:customer_ids AS uuid[]))
-      AND deliver_status = 'delivered'
-    GROUP BY customer_id
+    SELECT event_id, customer_id, consumer_id, event_type, source_service,
+           payload_json AS payload, metadata_json AS metadata,
+           publish_status, publish_try_count, publish_failure_reason, published_at,
+           deliver_status, deliver_try_count, delivered_at, created_at, sequence
+    FROM customer_events
+    WHERE customer_id = :customer_id AND consumer_id = :consumer_id
+      AND sequence > :after AND sequence <= :through
+    ORDER BY sequence LIMIT :limit
     """
 )
-LAST_DELIVERED_OF_CONSUMER_SYNC = text(
+EVENTS_OF_CONSUMER_AFTER = text(
     """
-    SELECT max(sequence) FROM customer_events
-    WHERE consumer_id = :consumer_id AND customer_id IS NULL AND deliver_status = 'delivered'
+    SELECT event_id, customer_id, consumer_id, event_type, source_service,
+           payload_json AS payload, metadata_json AS metadata,
+           publish_status, publish_try_count, publish_failure_reason, published_at,
+           deliver_status, deliver_try_count, delivered_at, created_at, sequence
+    FROM customer_events
+    WHERE consumer_id = :consumer_id AND customer_id IS NULL
+      AND sequence > :after AND sequence <= :through
+    ORDER BY sequence LIMIT :limit
+    """
+)
+
+# A tenant's events published longer ago than a queue holds a message and still without a
+# receipt: no longer in its queue. ix_customer_events_undelivered (published, not
+# delivered rows only); created_at bounds the walk since an event is created before it is
+# published.
+LOST_EVENTS = text(
+    """
+    SELECT event_id, customer_id, consumer_id, event_type, source_service,
+           payload_json AS payload, metadata_json AS metadata,
+           publish_status, publish_try_count, publish_failure_reason, published_at,
+           deliver_status, deliver_try_count, delivered_at, created_at, sequence
+    FROM customer_events
+    WHERE consumer_id = :consumer_id
+      AND publish_status = 'published' AND deliver_status = 'pending'
+      AND created_at < now() - make_interval(secs => CAST(:older_than_ms AS float8) / 1000)
+      AND published_at < now() - make_interval(secs => CAST(:older_than_ms AS float8) / 1000)
+    ORDER BY created_at LIMIT :limit
+    """
+)
+
+
+# The highest delivered sequence of a tenant's aggregates, from delivered_sequences (kept
+# by CONFIRM_DELIVERY; it survives archived partitions). asyncpg placeholders: $1
+# consumer_id, $2 aggregate_id (the customer_id, or the consumer_id for consumer-level
+# events) or aggregate_ids.
+LAST_DELIVERED_OF_AGGREGATE = """
+    SELECT event_id, sequence FROM delivered_sequences
+    WHERE aggregate_id = $2 AND consumer_id = $1
+    """
+LAST_DELIVERED_OF_CUSTOMERS_ASYNC = """
+    SELECT aggregate_id AS customer_id, event_id, sequence FROM delivered_sequences
+    WHERE aggregate_id = ANY($2::uuid[]) AND consumer_id = $1
+    """
+
+# The same for many aggregates of one tenant at once (DLQ replay): the customers given and
+# the tenant's consumer-level aggregate.
+LAST_DELIVERED_OF_AGGREGATES = text(
+    """
+    SELECT aggregate_id, sequence FROM delivered_sequences
+    WHERE aggregate_id = ANY(CAST(:aggregate_ids AS uuid[])) AND consumer_id = :consumer_id
     """
 )
 
@@ -211,13 +252,34 @@ def list_events(
     return connection.execute(LIST_EVENTS, params).all()
 
 
+def events_after(
+    connection: Connection,
+    consumer_id: UUID,
+    customer_id: UUID | None,
+    after: int,
+    through: int,
+    limit: int,
+) -> Sequence[Row[Any]]:
+    """The aggregate's events with ``after < sequence <= through``, in sequence order."""
+    query = EVENTS_OF_CONSUMER_AFTER if customer_id is None else EVENTS_OF_CUSTOMER_AFTER
+    params = {"consumer_id": consumer_id, "customer_id": customer_id, "after": after}
+    return connection.execute(query, {**params, "through": through, "limit": limit}).all()
+
+
+def lost_events(
+    connection: Connection, consumer_id: UUID, older_than_ms: int, limit: int
+) -> Sequence[Row[Any]]:
+    """The tenant's published, undelivered events older than ``older_than_ms``, oldest first."""
+    params = {"consumer_id": consumer_id, "older_than_ms": older_than_ms, "limit": limit}
+    return connection.execute(LOST_EVENTS, params).all()
+
+
 async def last_delivered(
     connection: PooledConnection, consumer_id: UUID, customer_id: UUID | None
 ) -> asyncpg.Record | None:
     """``event_id, sequence`` of the aggregate's last delivered event, or None."""
-    if customer_id is None:
-        return await connection.fetchrow(LAST_DELIVERED_OF_CONSUMER, consumer_id)
-    return await connection.fetchrow(LAST_DELIVERED_OF_CUSTOMER, consumer_id, customer_id)
+    aggregate_id = consumer_id if customer_id is None else customer_id
+    return await connection.fetchrow(LAST_DELIVERED_OF_AGGREGATE, consumer_id, aggregate_id)
 
 
 async def last_delivered_of_customers(
@@ -234,17 +296,15 @@ def last_delivered_sequences(
 
     Aggregates with nothing delivered are absent.
     """
+    aggregate_ids = [str(c) for c in customer_ids] + [str(consumer_id)]
     rows = connection.execute(
-        LAST_DELIVERED_OF_CUSTOMERS,
-        {"consumer_id": consumer_id, "customer_ids": [str(c) for c in customer_ids]},
+        LAST_DELIVERED_OF_AGGREGATES,
+        {"consumer_id": consumer_id, "aggregate_ids": aggregate_ids},
     ).all()
-    found: dict[UUID | None, int] = {row.customer_id: int(row.sequence) for row in rows}
-    own = connection.execute(
-        LAST_DELIVERED_OF_CONSUMER_SYNC, {"consumer_id": consumer_id}
-    ).scalar_one_or_none()
-    if own is not None:
-        found[None] = int(own)
-    return found
+    return {
+        None if row.aggregate_id == consumer_id else row.aggregate_id: int(row.sequence)
+        for row in rows
+    }
 
 
 async def confirm_delivery(

@@ -1,4 +1,5 @@
-"""Events read API: ``GET /events``, ``/events/{event_id}``, ``/events/last-delivered``."""
+"""Events read API: ``GET /events``, ``/events/{event_id}``, ``/events/last-delivered``, and
+the worker's recovery reads ``/events/after-sequence`` and ``/events/lost``."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from fastapi.responses import JSONResponse
 
 from service.events import service
 from service.events.schemas import (
+    MAX_RECOVERY_EVENTS,
     DeliverStatus,
     EventFilters,
+    EventList,
     EventOut,
     EventType,
     LastDelivered,
@@ -89,3 +92,56 @@ async def last_delivered_many(
 ) -> JSONResponse:
     """``GET /events/last-delivered`` for up to 100 customers (and the consumer) at once."""
     return success(await service.last_delivered_many(pool, consumer.consumer_id, body))
+
+
+RecoveryLimit = Annotated[
+    int, Query(ge=1, le=MAX_RECOVERY_EVENTS, description="At most this many events")
+]
+
+
+@router.get(
+    "/after-sequence",
+    response_model=Envelope[EventList],
+    responses=error_responses(401, 403, 422, 503),
+)
+def events_after_sequence(
+    consumer: CurrentConsumer,
+    connection: DbSession,
+    after_sequence: Annotated[int, Query(ge=0, le=2**62, description="Events after this one")],
+    customer_id: Annotated[
+        UUID | None, Query(description="The customer; omitted: consumer-level events")
+    ] = None,
+    through_sequence: Annotated[
+        int | None, Query(ge=1, le=2**62, description="Up to and including this one")
+    ] = None,
+    limit: RecoveryLimit = 100,
+) -> JSONResponse:
+    """One aggregate's events after a sequence, in sequence order (the worker fills a gap).
+
+    Not rate limited, like confirm-delivery: it is the worker's path, bounded by ``limit``.
+    """
+    found = service.events_after(
+        connection, consumer.consumer_id, customer_id, after_sequence, through_sequence, limit
+    )
+    return success(found)
+
+
+@router.get(
+    "/lost",
+    response_model=Envelope[EventList],
+    responses=error_responses(401, 403, 422, 503),
+)
+def lost_events(
+    consumer: CurrentConsumer,
+    connection: DbSession,
+    older_than_ms: Annotated[
+        int, Query(ge=1, le=2**40, description="Published at least this long ago (ms)")
+    ],
+    limit: RecoveryLimit = 100,
+) -> JSONResponse:
+    """Published events still undelivered after ``older_than_ms``, oldest first.
+
+    With the queue's TTL as ``older_than_ms`` these can no longer be in the queue: the
+    worker recovers them. Not rate limited (the worker's path), bounded by ``limit``.
+    """
+    return success(service.lost_events(connection, consumer.consumer_id, older_than_ms, limit))

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from service.messaging.topology import EventType
 
 MAX_LOOKUP_CUSTOMERS = 100
+MAX_RECOVERY_EVENTS = 500
 
 PublishStatus = Literal["pending", "published", "failed"]
 DeliverStatus = Literal["pending", "delivered", "failed"]
@@ -82,3 +83,9 @@ class LastDeliveredList(BaseModel):
     """One answer per aggregate asked, customers in the order asked, the consumer last."""
 
     items: list[LastDelivered]
+
+
+class EventList(BaseModel):
+    """Events for the worker's recovery, in the order stated by the endpoint."""
+
+    items: list[EventOut]

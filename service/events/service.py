@@ -11,6 +11,7 @@ from sqlalchemy import Connection, Row
 from service.events import outbox, repository, stats
 from service.events.schemas import (
     EventFilters,
+    EventList,
     EventOut,
     LastDelivered,
     LastDeliveredList,
@@ -43,6 +44,31 @@ def get_event(connection: Connection, consumer_id: UUID, event_id: UUID) -> Even
     if row is None:
         raise NotFound(EVENT_NOT_FOUND)
     return EventOut.model_validate(row._mapping)
+
+
+def events_after(
+    connection: Connection,
+    consumer_id: UUID,
+    customer_id: UUID | None,
+    after: int,
+    through: int | None,
+    limit: int,
+) -> EventList:
+    """One aggregate's events after ``after`` (through ``through``), in sequence order.
+
+    A customer that is unknown or another tenant's has no events here, like an empty one.
+    """
+    upper = through if through is not None else 2**63 - 1
+    rows = repository.events_after(connection, consumer_id, customer_id, after, upper, limit)
+    return EventList(items=[EventOut.model_validate(row._mapping) for row in rows])
+
+
+def lost_events(
+    connection: Connection, consumer_id: UUID, older_than_ms: int, limit: int
+) -> EventList:
+    """The tenant's published events older than ``older_than_ms`` and still undelivered."""
+    rows = repository.lost_events(connection, consumer_id, older_than_ms, limit)
+    return EventList(items=[EventOut.model_validate(row._mapping) for row in rows])
 
 
 async def last_delivered(

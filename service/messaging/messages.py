@@ -160,6 +160,23 @@ def parse_message(body: bytes) -> EventMessage:
     )
 
 
+def message_from_event(event: dict[str, Any], consumer_name: str) -> EventMessage:
+    """The message the worker would have received for ``event`` (an event as the API lists
+    it): how events recovered from the API reach the handler in the same shape."""
+    document = {
+        "event_id": event.get("event_id"),
+        "event_type": event.get("event_type"),
+        "occurred_at": event.get("created_at"),
+        "consumer": {"consumer_id": event.get("consumer_id"), "name": consumer_name},
+        "customer_id": event.get("customer_id"),
+        "sequence": event.get("sequence"),
+        "payload": event.get("payload") or {},
+        "metadata": event.get("metadata") or {},
+        "schema_version": topology.SCHEMA_VERSION,
+    }
+    return parse_message(json.dumps(document).encode())
+
+
 def _valid_uuid(value: Any) -> str:
     try:
         return str(uuid.UUID(str(value)))

@@ -27,7 +27,7 @@ class Operation:
 
     @property
     def name(self) -> str:
-        return f"{self.method} {self.path}"
+        return f"{self.method} {self.path.partition('?')[0]}"  # a query string is not the path
 
     def call(self, client: TestClient, ids: dict[str, str], headers: dict[str, str]) -> Any:
         """Send the request with ``ids`` filled into the path and into the body's values."""
@@ -62,6 +62,8 @@ OPERATIONS = [
         "POST", "/events/confirm-delivery", TENANT, {"event_id": "{event_id}", "status": "received"}
     ),
     Operation("GET", "/events/last-delivered", TENANT),
+    Operation("GET", "/events/after-sequence?after_sequence=0", TENANT),
+    Operation("GET", "/events/lost?older_than_ms=86400000", TENANT),
     Operation(
         "POST", "/events/last-delivered", TENANT, {"customer_ids": [], "include_consumer": True}
     ),

@@ -137,3 +137,21 @@ def test_env_example_placeholder_admin_key_is_refused_in_production(
     monkeypatch.setenv("FINTEGRATE_ENVIRONMENT", "production")
     with pytest.raises(ValidationError, match="FINTEGRATE_ADMIN_API_KEY is a placeholder"):
         load_settings(str(ROOT / ".env.example"))
+
+
+def test_queue_bounds_and_worker_limits_default_to_the_seed_and_must_be_positive(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = Settings()
+    assert settings.queue_message_ttl_ms == 86_400_000
+    assert settings.queue_max_length == 100_000
+    for variable in (
+        "FINTEGRATE_QUEUE_MESSAGE_TTL_MS",
+        "FINTEGRATE_QUEUE_MAX_LENGTH",
+        "FINTEGRATE_WORKER_MAX_IN_HAND_PER_CUSTOMER",
+        "FINTEGRATE_WORKER_RECOVERY_INTERVAL_SECONDS",
+    ):
+        monkeypatch.setenv(variable, "0")
+        with pytest.raises(ValidationError, match=variable.removeprefix("FINTEGRATE_").lower()):
+            Settings()
+        monkeypatch.delenv(variable)

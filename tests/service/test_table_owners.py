@@ -26,6 +26,7 @@ OWNERS = {
     "customer_events_default": {"service/events/partitions.py"},
     "customer_tags": {CUSTOMERS},
     "customers": {CUSTOMERS},
+    "delivered_sequences": {EVENTS},
     "event_sequences": set(),  # written by the sequence trigger only (migration 20261202_0500)
     "idempotency_keys": {CUSTOMERS},
     "migration_history": {"service/migrations/runner.py"},

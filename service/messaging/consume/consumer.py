@@ -3,10 +3,10 @@
 For each message: parse it (unparseable → DLQ, no API call), then in its aggregate's lane
 (``lanes.KeyedLanes``: in sequence order within an aggregate, in parallel across
 aggregates) either skip it as a *stale duplicate* — its sequence is at or below the last
-one delivered for its aggregate (``receipts.DeliveredSequences``; asked from the API on a
-cache miss, and only for a delivery that may be a copy: redelivered by the broker, or
-marked republished, replayed or possible-duplicate) — with a ``received`` receipt and no
-handler call, or call the handler; record
+one delivered for its aggregate (``receipts.DeliveredSequences``; asked from the API once
+per aggregate the worker has not seen, batched) — with a ``received`` receipt and no
+handler call, or call the handler (after the events of a gap, fetched from the API:
+``recovery``); record
 the receipt (``processed``, or ``failed`` when the handler raised); then ack on the
 connection's thread — or reject to the DLQ after a ``failed`` receipt. The next event of an
 aggregate starts only once the previous one's receipt is recorded, and nothing is acked
@@ -14,6 +14,12 @@ before its receipt is. While the API is unavailable the worker retries with boun
 backoff; when asked to stop then, it leaves the message unacked and RabbitMQ redelivers it.
 A lost broker connection is reopened with bounded backoff: events of the old channel not
 started yet are dropped (unacked, the broker redelivers them in order).
+
+What the queue lost (TTL, max length) and what the worker acks unhandled past a customer's
+in-hand cap (``FINTEGRATE_WORKER_MAX_IN_HAND_PER_CUSTOMER``) is fetched from the API in
+each aggregate's order (``recovery.Recovery``); the hooks here are ``_owe_past_cap`` (on
+arrival), ``_sweep_if_due`` (lost dead letters and the tail, on the connection's thread)
+and ``_handle_recovered`` (in the lane).
 
 The worker consumes exclusively by default: a second worker on the same queue stands by,
 retrying, until the first one's connection is gone (ordering across competing consumers is
@@ -44,6 +50,12 @@ from service.messaging.consume.receipts import (
     DeliveryConfirmer,
     Receipt,
     WorkerUnauthorized,
+)
+from service.messaging.consume.recovery import (
+    EventFetcher,
+    InHand,
+    Recovery,
+    sweep_lost_letters,
 )
 from service.messaging.messages import EventMessage, InvalidMessage, may_be_duplicate
 
@@ -103,6 +115,9 @@ class ConsumerStats:
     poison: int = 0
     refused: int = 0
     stale: int = 0
+    recovered: int = 0  # handled from the API: lost by the queue, or owed past the cap
+    owed: int = 0  # acked unhandled past a customer's in-hand cap, fetched later
+    lost_letters: int = 0  # expired / overflowed dead letters taken off the DLQ
 
 
 class EventConsumer:
@@ -130,7 +145,9 @@ class EventConsumer:
                 "FINTEGRATE_API_KEY (this tenant's key) is required to confirm delivery"
             )
         self.settings = settings
+        self.consumer_name = consumer_name
         self.queue = topology.queue_name(consumer_name)
+        self.dlq = topology.dlq_name(consumer_name)
         self.stop = stop
         self.handler = handler
         self.prefetch = prefetch or settings.consumer_prefetch
@@ -142,6 +159,19 @@ class EventConsumer:
         )
         self.sequences = DeliveredSequences(self.confirmer.last_delivered)
         self._lanes = KeyedLanes(self.concurrency, self._fail, thread_name_prefix="handler")
+        # Recovery needs one worker per queue: a shared worker cannot tell a gap from
+        # events another worker holds, so it keeps the plain path.
+        self.recovering = exclusive
+        self._in_hand = InHand(settings.worker_max_in_hand_per_customer)
+        self.recovery = Recovery(
+            EventFetcher(self.confirmer, consumer_name),
+            self.sequences,
+            self._handle_recovered,
+            self._lanes.submit,
+            settings.queue_message_ttl_ms,
+        )
+        self._next_sweep = 0.0
+        self._stats_lock = threading.Lock()
         self._unsettled = Unsettled()
         self._fatal: BaseException | None = None
         self._standing_by = False
@@ -184,6 +214,9 @@ class EventConsumer:
     def _consume_once(self, backoff: Backoff) -> None:
         connection = open_blocking(self.settings.rabbitmq_url)
         epoch = self._unsettled.new_channel()
+        self._in_hand.reset(epoch)
+        if self.recovering:
+            self.recovery.reschedule()
         try:
             channel = connection.channel()
             channel.basic_qos(prefetch_count=self.prefetch)
@@ -195,6 +228,7 @@ class EventConsumer:
                 self._standing_by = False
                 if method is not None:
                     self.handle_delivery(connection, channel, method, properties, body, epoch)
+                self._sweep_if_due(connection)
                 if self.stop.is_set():
                     break
             self._unsettled.done(epoch, self._lanes.drop_queued())
@@ -218,12 +252,47 @@ class EventConsumer:
         message = self._parse(channel, method, properties, body)
         if message is None:
             return
+        if self._owe_past_cap(message, epoch):
+            channel.basic_ack(method.delivery_tag)
+            self.stats.owed += 1
+            return
         copy = may_be_duplicate(bool(method.redelivered), properties.headers)
-        delivery = Delivery(message, method.delivery_tag, connection, channel, epoch, copy)
-        if copy:
-            self.sequences.expect(message)
+        counted = self.recovering and message.sequence is not None
+        delivery = Delivery(
+            message, method.delivery_tag, connection, channel, epoch, copy, in_hand=counted
+        )
+        self.sequences.expect(message)
         self._unsettled.add(epoch)
         self._lanes.submit(message.aggregate_key, partial(self._process, delivery))
+
+    def _owe_past_cap(self, message: EventMessage, epoch: int) -> bool:
+        """True when ``message`` is left to the API: its customer is at the in-hand cap, or
+        already owed (the message is then acked unhandled; the outbox still lists it)."""
+        if not self.recovering or message.sequence is None:
+            return False
+        key = message.aggregate_key
+        if not self.recovery.owed.owes(key) and self._in_hand.take(key, epoch):
+            return False
+        self.recovery.owe(key, message.customer_id, message.sequence)
+        return True
+
+    def _sweep_if_due(self, connection: Any) -> None:
+        """At start and every recovery interval: lost dead letters, then the lost tail."""
+        if not self.recovering or time.monotonic() < self._next_sweep:
+            return
+        self._next_sweep = time.monotonic() + self.settings.worker_recovery_interval_seconds
+        try:
+            self.stats.lost_letters += sweep_lost_letters(connection, self.dlq, self._owe_lost)
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            log.warning("cannot sweep %s for lost letters: %s", self.dlq, exc)
+        self.recovery.sweep_tail()
+
+    def _owe_lost(self, message: EventMessage) -> bool:
+        """A letter the queue expired or overflowed: its aggregate is owed through it."""
+        if message.sequence is None:
+            return False
+        self.recovery.owe(message.aggregate_key, message.customer_id, message.sequence)
+        return True
 
     def _parse(
         self, channel: Any, method: Any, properties: Any, body: bytes
@@ -239,11 +308,18 @@ class EventConsumer:
 
     def _process(self, delivery: Delivery) -> None:
         """In the aggregate's lane: skip or handle, record the receipt, then hand back the ack."""
+        try:
+            self._process_in_hand(delivery)
+        finally:
+            if delivery.in_hand:
+                self._in_hand.release(delivery.message.aggregate_key, delivery.epoch)
+
+    def _process_in_hand(self, delivery: Delivery) -> None:
         if self.stop.is_set() or delivery.epoch != self._unsettled.epoch:
             self._unsettled.done(delivery.epoch)  # not started: unacked, redelivered in order
             return
         try:
-            outcome = self._handle_or_skip(delivery.message, delivery.may_be_duplicate)
+            outcome = self._handle_or_skip(delivery.message)
         except WorkerUnauthorized as exc:
             outcome = None
             self._fail(exc)
@@ -266,20 +342,56 @@ class EventConsumer:
         if not _call_soon(delivery.connection, settle):
             self._unsettled.done(delivery.epoch)
 
-    def _handle_or_skip(self, message: EventMessage, may_be_copy: bool) -> Outcome | None:
+    def _handle_or_skip(self, message: EventMessage) -> Outcome | None:
         """Skip a stale duplicate or call the handler, then confirm; None when stopping.
 
-        Only a possible copy costs a look-up of its aggregate's last delivered sequence.
+        An aggregate not seen yet costs a look-up of its last delivered sequence (batched);
+        events between it and ``message`` are fetched from the API and handled first.
         """
-        last = self.sequences.last_delivered(message, ask=may_be_copy)
+        last = self.sequences.last_delivered(message)
         if last is None:
             return None
+        if self.recovering and message.sequence is not None and message.sequence > last + 1:
+            if not self.recovery.fill_gap(message, last):
+                return None
+            last = self.sequences.last_delivered(message, ask=False) or last
         if message.sequence is not None and message.sequence <= last:
             skipped = stale_detail(message.sequence, last)
             log.info("event %s: %s", message.event_id, skipped)
             return Outcome("received", self._confirm(message, "received", skipped), stale=True)
         status, detail = self._run_handler(message)
         return Outcome(status, self._confirm(message, status, detail))
+
+    def _handle_recovered(self, message: EventMessage) -> bool:
+        """In its lane: an event fetched from the API, handled unless already delivered.
+
+        Nothing to ack: a failure is a ``failed`` receipt (``events redeliver`` retries it).
+        False when stopping.
+        """
+        last = self.sequences.last_delivered(message)
+        if last is None or self.stop.is_set():
+            return False
+        if message.sequence is not None and message.sequence <= last:
+            return True
+        status, detail = self._run_handler(message)
+        try:
+            receipt = self._confirm(message, status, detail)
+        except WorkerUnauthorized:
+            raise
+        except Exception as exc:  # as for a queue message: recorded nowhere, go on
+            log.error("receipt of %s failed: %s", message.event_id, describe_failure(exc))
+            receipt = Receipt.REFUSED
+        if receipt is Receipt.ABANDONED:
+            return False
+        delivered = receipt is Receipt.RECORDED and status != "failed"
+        if delivered:
+            self.sequences.confirmed(message)
+        with self._stats_lock:  # lanes count side by side
+            if delivered:
+                self.stats.recovered += 1
+            else:
+                self.stats.failed += 1
+        return True
 
     def _confirm(self, message: EventMessage, status: str, detail: str | None) -> Receipt:
         """Record the receipt through the API (the one place that confirms)."""
@@ -303,14 +415,15 @@ class EventConsumer:
         self._count(outcome, acked)
 
     def _count(self, outcome: Outcome, acked: bool) -> None:
-        if acked and outcome.stale:
-            self.stats.stale += 1
-        elif acked:
-            self.stats.processed += 1
-        elif outcome.receipt is Receipt.REFUSED:
-            self.stats.refused += 1
-        else:
-            self.stats.failed += 1
+        with self._stats_lock:
+            if acked and outcome.stale:
+                self.stats.stale += 1
+            elif acked:
+                self.stats.processed += 1
+            elif outcome.receipt is Receipt.REFUSED:
+                self.stats.refused += 1
+            else:
+                self.stats.failed += 1
 
     def _fail(self, exc: BaseException) -> None:
         """A lane item raised (bad credentials, a bug): stop; its message stays unacked."""

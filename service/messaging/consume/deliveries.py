@@ -19,7 +19,8 @@ from service.messaging.messages import EventMessage
 class Delivery:
     """One parsed message and the channel (``epoch``) it arrived on.
 
-    ``may_be_duplicate``: redelivered or marked as a possible copy (see ``messages``).
+    ``may_be_duplicate``: redelivered or marked as a possible copy (see ``messages``);
+    ``in_hand``: counted against its customer's in-hand cap until processed.
     """
 
     message: EventMessage
@@ -28,6 +29,7 @@ class Delivery:
     channel: Any
     epoch: int
     may_be_duplicate: bool = True
+    in_hand: bool = False
 
 
 @dataclass(frozen=True)

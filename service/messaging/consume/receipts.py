@@ -3,8 +3,9 @@
 ``POST /events/confirm-delivery`` records a receipt; ``GET /events/last-delivered`` tells
 the highest delivered sequence of an aggregate, which ``DeliveredSequences`` caches so the
 worker can recognise a stale duplicate (an event at or below it) without a handler call.
-Only a delivery that may be a copy (``messages.may_be_duplicate``) is looked up; a first
-copy is checked against the cache alone.
+Every aggregate the worker has not seen yet is looked up once (batched), copy or not: its
+last delivered sequence tells a stale copy and a gap (events the queue lost) apart from
+the next event.
 """
 
 from __future__ import annotations
@@ -85,6 +86,27 @@ class DeliveryConfirmer:
         if found is None:
             return None
         return {c: found.get(c, 0) for c in customer_ids}
+
+    def read(self, path: str, params: dict[str, Any]) -> Any | None:
+        """``data`` of a GET, retried while the API is unavailable; None when stopping first.
+
+        A 4xx other than 401/403 raises ValueError: the request itself is wrong.
+        """
+        return self._patiently(lambda: self._get(path, params))
+
+    def _get(self, path: str, params: dict[str, Any]) -> Any | None:
+        try:
+            response = self._http.get(path, params=params)
+        except httpx.HTTPError as exc:
+            log.warning("GET %s failed: %r; retrying", path, exc)
+            return None
+        if response.status_code == 200:
+            return response.json()["data"]
+        _refuse_credentials(response)
+        if response.status_code == 429 or response.status_code >= 500:
+            log.warning("GET %s answered %s; retrying", path, response.status_code)
+            return None
+        raise ValueError(f"GET {path} refused ({response.status_code}): {_description(response)}")
 
     def _patiently(self, attempt: Callable[[], T | None]) -> T | None:
         """``attempt`` until it answers; None when ``stop`` is set first."""
@@ -179,13 +201,14 @@ class DeliveredSequences:
     def last_delivered(self, message: EventMessage, ask: bool = True) -> int | None:
         """The sequence to compare with (0 for a message without one); None when stopping.
 
-        ``ask=False`` (a first copy, ``messages.may_be_duplicate`` is False) answers from the
-        cache alone, 0 when unknown: such a message cannot be stale, but the cache still
-        catches a copy that came unmarked (a relay racing a resend).
+        ``ask=False`` answers from the cache alone, 0 when unknown.
         """
         if message.sequence is None:
             return 0
-        key = message.aggregate_key
+        return self.last_of(message.aggregate_key, message.customer_id, ask)
+
+    def last_of(self, key: str, customer_id: str | None, ask: bool = True) -> int | None:
+        """The aggregate's last delivered sequence, cached or asked; None when stopping."""
         with self._changed:
             while key in self._asking:
                 self._changed.wait()
@@ -194,14 +217,14 @@ class DeliveredSequences:
                 return self._known[key]
             if not ask:
                 return 0
-            batch = self._take_batch(key, message.customer_id)
+            batch = self._take_batch(key, customer_id)
             self.look_ups += 1
         found = None
         try:
             found = self._look_up(list(batch.values()))
         finally:
             self._settle_batch(batch, found)
-        return None if found is None else found.get(message.customer_id, 0)
+        return None if found is None else found.get(customer_id, 0)
 
     def confirmed(self, message: EventMessage) -> None:
         """``message`` is delivered now: its sequence is the aggregate's last, if higher."""

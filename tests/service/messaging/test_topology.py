@@ -58,3 +58,12 @@ def test_migration_queues_never_look_like_a_tenant() -> None:
         topology.migration_inbox_name(topology.dlq_name("acme")),
     ]
     assert tenant_names_from_queues(names) == ["acme"]
+
+
+def test_expected_topology_takes_ttl_and_max_length_from_the_settings() -> None:
+    settings = Settings(queue_message_ttl_ms=1500, queue_max_length=300)
+    arguments = topology.expected_topology(settings, "acme").queue_arguments
+    assert arguments["x-message-ttl"] == 1500
+    assert arguments["x-max-length"] == 300
+    defaults = topology.expected_topology(Settings(), "acme").queue_arguments
+    assert (defaults["x-message-ttl"], defaults["x-max-length"]) == (86_400_000, 100_000)

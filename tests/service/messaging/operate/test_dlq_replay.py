@@ -6,28 +6,35 @@ order a DLQ can end up in after retries), customers interleaved.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from service.config import Settings
+from service.events import repository
+from service.events.archive import plan_archive, run_archive
 from service.events.service import last_delivered_sequences
+from service.kit.db_async import close_pool, create_pool, pooled_connection
 from service.messaging import topology
 from service.messaging.connection import open_blocking
 from service.messaging.messages import event_from_row, message_body, message_properties
 from service.messaging.operate.dlq import DeliveredLookup, replay_dead_letters
+from service.messaging.operate.provisioning import provision_consumer_queues
 from service.messaging.publish.publisher import ConfirmingPublisher, OutgoingMessage
 from tests.service.messaging.consume.test_consumer_ordering import (
     customers_with_events,
     interleaved_rows,
 )
+from tests.support import history
 from tests.support.api import assert_envelope, create_tenant_over_http
-from tests.support.outbox import drain_queue, queue_depth
+from tests.support.outbox import drain_queue, new_consumer_name, queue_depth
 
 Tenant = dict[str, Any]
 
@@ -131,3 +138,64 @@ def test_stale_dead_letters_stay_in_the_dlq_and_are_listed(
     assert (anyway.replayed, anyway.stale) == (2, 0)
     orders, _ = queued_orders(settings, tenant)
     assert orders == {delivered: [1, 2]}
+
+
+ARCHIVED_CUSTOMER = "00000000-0000-0000-0000-00000000a001"
+ADD_EVENT = text(
+    """
+    INSERT INTO customer_events
+        (consumer_id, customer_id, event_type, source_service, payload_json, created_at,
+         publish_status, published_at)
+    VALUES (CAST(:consumer AS uuid), CAST(:customer AS uuid), 'customer_status_change', 'test',
+            '{}', now() - make_interval(days => :days), 'published', now())
+    RETURNING *, CAST(:name AS text) AS consumer_name
+    """
+)
+
+
+async def confirm_processed(settings: Settings, event_ids: list[Any]) -> None:
+    """Through the receipt's own statement (what POST /events/confirm-delivery runs)."""
+    pool = await create_pool(settings)
+    try:
+        async with pooled_connection(pool) as connection:
+            for event_id in event_ids:
+                await repository.confirm_delivery(
+                    connection, event_id, history.CONSUMER, "processed", None
+                )
+    finally:
+        await close_pool(pool)
+
+
+def test_replay_after_the_events_partition_was_archived_still_leaves_stale_letters(
+    settings: Settings, database_factory: Callable[[], str], tmp_path: Path
+) -> None:
+    engine = history.history_database(database_factory)
+    name = new_consumer_name()
+    provision_consumer_queues(settings, name)
+    values = {"consumer": str(history.CONSUMER), "customer": ARCHIVED_CUSTOMER, "name": name}
+    with engine.begin() as connection:
+        old = [connection.execute(ADD_EVENT, {**values, "days": 20}).one() for _ in range(2)]
+        recent = connection.execute(ADD_EVENT, {**values, "days": 0}).one()
+    assert [row.sequence for row in [*old, recent]] == [1, 2, 3]
+    url = engine.url.render_as_string(hide_password=False)
+    asyncio.run(
+        confirm_processed(
+            settings.model_copy(update={"database_url": url}), [row.event_id for row in old]
+        )
+    )
+    result = run_archive(engine, plan_archive(engine, 7, tmp_path))
+    assert result.dropped
+    with engine.connect() as connection:
+        left = connection.execute(
+            text("SELECT count(*) FROM customer_events WHERE customer_id = :c"),
+            {"c": ARCHIVED_CUSTOMER},
+        ).scalar_one()
+    assert left == 1  # the two delivered events are gone with their partition
+
+    dead_letter_everything(settings, {"name": name}, [*old, recent])
+    outcome = replay(settings, {"name": name}, lookup(engine))
+    assert (outcome.replayed, outcome.failed, outcome.stale) == (1, 0, 2)
+    assert sorted(outcome.stale_event_ids) == sorted(str(row.event_id) for row in old)
+    orders, _ = queued_orders(settings, {"name": name, "queue_name": topology.queue_name(name)})
+    assert orders == {ARCHIVED_CUSTOMER: [3]}
+    engine.dispose()

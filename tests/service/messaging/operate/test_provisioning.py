@@ -131,6 +131,26 @@ def test_differing_live_arguments_are_reported_not_crashed(
     assert provision_consumer_queues(settings, new_consumer_name()).queue
 
 
+def test_ttl_and_max_length_come_from_the_settings_and_a_change_is_reported(
+    settings: Settings,
+) -> None:
+    name = new_consumer_name()
+    small = settings.model_copy(update={"queue_message_ttl_ms": 1500, "queue_max_length": 300})
+    provision_consumer_queues(small, name)
+    with management(small) as client:
+        queue = client.queue(topology.queue_name(name))
+    assert queue is not None
+    assert queue["arguments"]["x-message-ttl"] == 1500
+    assert queue["arguments"]["x-max-length"] == 300
+    assert inspect_tenant(small, name).ok
+    drift = {item.argument: item for item in inspect_tenant(settings, name).drift}
+    assert str(drift["x-message-ttl"].live) == "1500"
+    assert str(drift["x-message-ttl"].expected) == "86400000"
+    assert str(drift["x-max-length"].expected) == "100000"
+    with pytest.raises(TopologyMismatch):
+        provision_consumer_queues(settings, name)
+
+
 def test_extra_and_missing_bindings_are_reported(settings: Settings) -> None:
     name = new_consumer_name()
     result = provision_consumer_queues(settings, name)
