@@ -29,6 +29,7 @@ import logging
 import select
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -90,10 +91,17 @@ class PossibleDuplicates:
     owner stopped publishing before its lease expired, so it can only have sent events
     committed (hence created) before then. A round whose outcomes were not all recorded
     raises the watermark of its partitions to its newest event.
+
+    A partition taken over from an expired lease (not given back) marks *every* publish
+    while this relay holds it: its previous owner may still have messages on their way
+    (written before its deadline, delayed in a socket), which can reach the queue after
+    anything sent now; the worker judges each marked message against the last delivered
+    sequence instead of trusting its arrival order.
     """
 
     def __init__(self) -> None:
-        self._marks: dict[int, tuple[int, datetime]] = {}  # partition -> (token, watermark)
+        # partition -> (token, watermark, taken over)
+        self._marks: dict[int, tuple[int, datetime, bool]] = {}
 
     def unseen(self, tenure: Tenure) -> bool:
         """True when ``tenure`` holds a partition (or a token) not seen before."""
@@ -103,18 +111,18 @@ class PossibleDuplicates:
         """Newly held partitions: everything created up to ``now`` is suspect."""
         for partition, token in tenure.tokens.items():
             if self._token(partition) != token:
-                self._marks[partition] = (token, now)
+                self._marks[partition] = (token, now, partition in tenure.taken_over)
 
-    def unrecorded(self, runs: list[list[Row[Any]]]) -> None:
-        """The outcomes of ``runs`` may not be recorded: their events become suspect."""
-        for row in (row for run in runs for row in run):
-            token, mark = self._marks[row.partition_no]
-            self._marks[row.partition_no] = (token, max(mark, row.created_at))
+    def unrecorded(self, rows: Iterable[Row[Any]]) -> None:
+        """The outcomes of ``rows`` may not be recorded: their events become suspect."""
+        for row in rows:
+            token, mark, taken_over = self._marks[row.partition_no]
+            self._marks[row.partition_no] = (token, max(mark, row.created_at), taken_over)
 
     def headers(self, row: Row[Any]) -> dict[str, Any] | None:
         """The row's extra headers: the mark when it may be a duplicate."""
         mark = self._marks.get(row.partition_no)
-        if row.publish_try_count > 0 or mark is None or row.created_at <= mark[1]:
+        if row.publish_try_count > 0 or mark is None or mark[2] or row.created_at <= mark[1]:
             return {POSSIBLE_DUPLICATE_HEADER: True}
         return None
 
@@ -194,18 +202,17 @@ def publish_pending_batch(
         depth = max(1, batch_size // len(heads))
         runs = aggregate_runs(connection, heads, leases.partition_count, depth)
 
-    def still_ours(wave: list[Row[Any]]) -> list[Row[Any]]:
-        held = leases.still_held(tenure)
-        return [row for row in wave if row.partition_no in held]
+    def still_ours(row: Row[Any]) -> bool:
+        return leases.holds(row.partition_no, tenure.tokens[row.partition_no])
 
     try:
         report = publish_runs(publisher, runs, duplicates.headers, still_ours)
         outcome = _record(engine, leases, tenure, report, max_backoff, sum(map(len, runs)))
     except BaseException:
-        duplicates.unrecorded(runs)
+        duplicates.unrecorded(row for run in runs for row in run)
         raise
     if report.broker_error:
-        duplicates.unrecorded(runs)
+        duplicates.unrecorded(row for run in runs for row in run)
     return outcome
 
 

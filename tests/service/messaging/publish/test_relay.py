@@ -16,7 +16,12 @@ from service.events import outbox, partitions
 from service.messaging.connection import BrokerUnavailable
 from service.messaging.messages import POSSIBLE_DUPLICATE_HEADER
 from service.messaging.operate.provisioning import ProvisionResult, provision_consumer_queues
-from service.messaging.publish.publisher import ConfirmingPublisher, OutgoingMessage, PublishResult
+from service.messaging.publish.publisher import (
+    ConfirmingPublisher,
+    Gate,
+    OutgoingMessage,
+    PublishResult,
+)
 from service.messaging.publish.relay import (
     BacklogStatistics,
     OutboxRelay,
@@ -207,8 +212,10 @@ def test_the_relay_holding_partition_0_runs_the_history_maintenance(
 class CrashAfterSending(ConfirmingPublisher):
     """Really publishes, then loses the broker before the relay can record: a crash's effect."""
 
-    def publish_batch(self, messages: Sequence[OutgoingMessage]) -> list[PublishResult]:
-        super().publish_batch(messages)
+    def publish_batch(
+        self, messages: Sequence[OutgoingMessage], gate: Gate | None = None
+    ) -> list[PublishResult]:
+        super().publish_batch(messages, gate)
         raise BrokerUnavailable("connection lost after the broker confirmed")
 
 
