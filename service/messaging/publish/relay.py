@@ -49,6 +49,7 @@ from service.messaging.messages import POSSIBLE_DUPLICATE_HEADER
 from service.messaging.publish.leases import PartitionLeases, Tenure
 from service.messaging.publish.ordered import PublishReport, publish_runs, record_outcomes
 from service.messaging.publish.publisher import ConfirmingPublisher
+from service.messaging.publish.tenants import TenantTurns
 
 log = logging.getLogger(__name__)
 
@@ -69,12 +70,14 @@ class BatchOutcome:
     published: int = 0
     failed: int = 0
     fenced: int = 0  # confirmed or failed, but the lease was lost before recording
+    refused: int = 0  # nacked (the tenant's queue is full): left pending, not a failure
 
     def add(self, other: BatchOutcome) -> None:
         self.claimed += other.claimed
         self.published += other.published
         self.failed += other.failed
         self.fenced += other.fenced
+        self.refused += other.refused
 
 
 class PossibleDuplicates:
@@ -182,25 +185,22 @@ def publish_pending_batch(
     batch_size: int,
     max_backoff: float,
     duplicates: PossibleDuplicates | None = None,
+    turns: TenantTurns | None = None,
 ) -> BatchOutcome:
     """One round over the partitions held: read, publish in aggregate order, record.
 
     Raises BrokerUnavailable (nothing changed) when the broker cannot be reached.
     ``duplicates`` is the relay's memory of what may have been sent before (a fresh one
-    marks everything pending now).
+    marks everything pending now); ``turns`` its tenant rotation and queue-full holds.
     """
     duplicates = duplicates or PossibleDuplicates()
+    turns = turns or TenantTurns()
     tenure = leases.tenure()
     if not tenure.tokens:
         return BatchOutcome()
-    with engine.begin() as connection:
-        if duplicates.unseen(tenure):
-            duplicates.taken(tenure, transaction_time(connection))
-        heads = due_heads(connection, tenure.partitions, leases.partition_count, batch_size)
-        if not heads:
-            return BatchOutcome()
-        depth = max(1, batch_size // len(heads))
-        runs = aggregate_runs(connection, heads, leases.partition_count, depth)
+    runs = _read_runs(engine, leases, tenure, batch_size, duplicates, turns)
+    if not runs:
+        return BatchOutcome()
 
     def still_ours(row: Row[Any]) -> bool:
         return leases.holds(row.partition_no, tenure.tokens[row.partition_no])
@@ -213,7 +213,38 @@ def publish_pending_batch(
         raise
     if report.broker_error:
         duplicates.unrecorded(row for run in runs for row in run)
+    turns.holds.update(
+        (str(row.consumer_id) for row in report.published),
+        (str(row.consumer_id) for row, _ in report.failed if report.is_nacked(row)),
+    )
     return outcome
+
+
+def _read_runs(
+    engine: Engine,
+    leases: PartitionLeases,
+    tenure: Tenure,
+    batch_size: int,
+    duplicates: PossibleDuplicates,
+    turns: TenantTurns,
+) -> list[list[Row[Any]]]:
+    """The round's read: due heads shared fairly by tenant, and the runs behind them."""
+    with engine.begin() as connection:
+        if duplicates.unseen(tenure):
+            duplicates.taken(tenure, transaction_time(connection))
+        heads = due_heads(
+            connection,
+            tenure.partitions,
+            leases.partition_count,
+            batch_size,
+            held=turns.holds.held(),
+            after=turns.after,
+        )
+        turns.served(heads)
+        if not heads:
+            return []
+        depth = max(1, batch_size // len(heads))
+        return aggregate_runs(connection, heads, leases.partition_count, depth)
 
 
 def _record(
@@ -224,11 +255,17 @@ def _record(
     max_backoff: float,
     claimed: int,
 ) -> BatchOutcome:
-    """Record the round's outcomes for the partitions PostgreSQL still says are ours."""
+    """Record the round's outcomes for the partitions PostgreSQL still says are ours.
+
+    A nacked event (its tenant's queue is full) is not recorded at all: it stays pending
+    as it was, neither a failed attempt nor backed off (``tenants.QueueFullHolds``).
+    """
     with engine.begin() as connection:
         ours = leases.fence(connection, tenure)
         fenced = report.restricted(lambda row: row.partition_no in ours)
-        record_outcomes(connection, fenced, max_backoff)
+        record_outcomes(
+            connection, fenced.restricted(lambda row: not report.is_nacked(row)), max_backoff
+        )
     lost = len(report.published) + len(report.failed) - len(fenced.published) - len(fenced.failed)
     if lost:
         log.warning(
@@ -238,7 +275,8 @@ def _record(
         )
     if report.broker_error:
         log.warning("broker lost mid-round: %s", report.broker_error)
-    return BatchOutcome(claimed, len(fenced.published), len(fenced.failed), lost)
+    refused = len(fenced.nacked)
+    return BatchOutcome(claimed, len(fenced.published), len(fenced.failed) - refused, lost, refused)
 
 
 class PendingNotifications:
@@ -318,6 +356,7 @@ class OutboxRelay:
         )
         self._errors = Backoff(initial=0.2, maximum=MAX_ERROR_BACKOFF_SECONDS)
         self._duplicates = PossibleDuplicates()
+        self._turns = TenantTurns()
         self._statistics = BacklogStatistics(engine, self.batch_size)
         self._notifications = PendingNotifications(settings.database_url)
         self._reported_at = time.monotonic()
@@ -360,6 +399,7 @@ class OutboxRelay:
                 self.batch_size,
                 self.settings.relay_max_backoff_seconds,
                 self._duplicates,
+                self._turns,
             )
         except (BrokerUnavailable, DBAPIError) as exc:
             self._pause(_first_line(exc))
@@ -427,8 +467,14 @@ class OutboxRelay:
         except Exception as exc:  # a dead link is found and replaced on the next publish
             log.debug("keepalive failed: %s", exc)
         self.idle.set()
-        self._notifications.wait(self.settings.relay_poll_seconds)
+        self._notifications.wait(self._idle_timeout())
         self.idle.clear()
+
+    def _idle_timeout(self) -> float:
+        """The poll interval, or less when a held tenant may be tried again sooner."""
+        release = self._turns.holds.next_release_in()
+        poll = self.settings.relay_poll_seconds
+        return poll if release is None else min(poll, release)
 
     def _report(self) -> None:
         now = time.monotonic()
