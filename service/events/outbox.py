@@ -18,6 +18,7 @@ on those aggregates); each round:
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -46,7 +47,12 @@ PLANNER_HINTS = text(
 # One tenant's due heads in the old walk order (next_attempt_at, created_at, sequence): the
 # pending events of its leased partitions with no earlier pending event in their aggregate.
 TENANT_WALK = f"""
-    SELECT {EVENT_COLUMNS}
+    SELECT {EVENT_COLUMNS},
+        EXISTS (
+            SELECT 1 FROM customer_events n
+            WHERE n.publish_status = 'pending'
+              AND coalesce(n.customer_id, n.consumer_id) = coalesce(e.customer_id, e.consumer_id)
+              AND n.sequence > e.sequence) AS has_more
     FROM customer_events e
     LEFT JOIN consumers c ON c.consumer_id = e.consumer_id
     WHERE e.consumer_id = t.consumer_id
@@ -95,9 +101,12 @@ DUE_HEADS = text(
     """
 )
 
+# The hints and the read in one round trip (psycopg2 returns the last statement's rows).
+HINTED_DUE_HEADS = text(PLANNER_HINTS.text + "; " + DUE_HEADS.text)
+
 # More heads of the given tenants (those that filled their share while others had less).
 TENANT_HEADS = text(
-    "SELECT heads.*"  # noqa: S608 - constant fragments
+    "SELECT heads.*, t.heads AS tenant_share"  # noqa: S608 - constant fragments
     """
     FROM unnest(CAST(:tenants AS uuid[]), CAST(:limits AS integer[])) AS t(consumer_id, heads)
     CROSS JOIN LATERAL ("""
@@ -175,7 +184,6 @@ def due_heads(
     not help when the pending indexes were counted empty: every plan then looks free, and
     the relay refreshes those statistics instead (``relay.BacklogStatistics``).
     """
-    connection.execute(PLANNER_HINTS)
     params = {
         "partitions": list(partitions),
         "partition_count": partition_count,
@@ -183,7 +191,7 @@ def due_heads(
         "held": list(held),
         "after": after,
     }
-    heads = connection.execute(DUE_HEADS, params).all()
+    heads = connection.execute(HINTED_DUE_HEADS, params).all()
     return _fill(connection, heads, params)
 
 
@@ -217,18 +225,41 @@ def _fill(
 def aggregate_runs(
     connection: Connection, heads: Sequence[Row[Any]], partition_count: int, depth: int
 ) -> list[list[Row[Any]]]:
-    """Each head's aggregate: its first ``depth`` pending events in sequence order."""
-    if depth <= 1:
+    """Each head's aggregate: its first ``depth`` pending events in sequence order.
+
+    Only heads whose aggregate has more pending events (``has_more``) cost a read: on a
+    steady trickle, where each head is alone, there is none.
+    """
+    deeper = [head for head in heads if head.has_more] if depth > 1 else []
+    if not deeper:
         return [[head] for head in heads]
     params = {
-        "aggregates": [head.aggregate_id for head in heads],
+        "aggregates": [head.aggregate_id for head in deeper],
         "partition_count": partition_count,
         "depth": depth,
     }
-    runs: dict[str, list[Row[Any]]] = {}
+    runs: dict[str, list[Row[Any]]] = {str(head.aggregate_id): [head] for head in heads}
     for row in connection.execute(AGGREGATE_RUNS, params):
-        runs.setdefault(str(row.aggregate_id), []).append(row)
+        key = str(row.aggregate_id)
+        if row.sequence > runs[key][-1].sequence:
+            runs[key].append(row)
     return list(runs.values())
+
+
+def read_everything_due(
+    heads: Sequence[Row[Any]], runs: Sequence[Sequence[Row[Any]]], depth: int
+) -> bool:
+    """True when a round's read returned every due event of the tenants it read.
+
+    False when a tenant filled its share of heads (it may have more), or a run stopped at
+    ``depth`` with more pending events behind it: the relay then reads again at once
+    instead of waiting for a notification.
+    """
+    per_tenant = Counter(head.consumer_id for head in heads)
+    shares = {head.consumer_id: head.tenant_share for head in heads}
+    if any(count >= shares[tenant] for tenant, count in per_tenant.items()):
+        return False
+    return not any(run[0].has_more and (depth <= 1 or len(run) >= depth) for run in runs)
 
 
 def mark_published(connection: Connection, rows: Sequence[Row[Any]]) -> None:

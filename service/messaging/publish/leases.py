@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 SAFETY_FRACTION = 0.25
 MAX_SAFETY_SECONDS = 2.0
 STALE_MEMBER_TTLS = 10
+RECHECK_HEARTBEATS = 10  # a settled relay still rebalances this often (stale members, drift)
 
 ENSURE_PARTITIONS = text(
     """
@@ -181,6 +182,8 @@ class PartitionLeases:
         self._keeper: threading.Thread | None = None
         self._keeper_stop = threading.Event()
         self._rebalanced_at = -math.inf
+        self._membership_seen: Row[Any] | None = None  # the latest read, by either thread
+        self._membership_used: int | None = None  # live relays the last rebalance shared by
 
     # -- membership ----------------------------------------------------------------------
 
@@ -274,9 +277,27 @@ class PartitionLeases:
     # -- renewal and balance -------------------------------------------------------------
 
     def rebalance_if_due(self) -> None:
-        """Rebalance at most once per heartbeat (call between rounds)."""
-        if self._clock() - self._rebalanced_at >= self.heartbeat_seconds:
-            self.rebalance()
+        """Rebalance between rounds, at most once per heartbeat, when there is a reason.
+
+        The keeper reads the membership with every renewal, so the relay's own thread
+        (whose rounds carry the events' latency) goes to the database only when this relay
+        holds other than its share, the live relays changed, or every
+        ``RECHECK_HEARTBEATS`` heartbeats anyway.
+        """
+        since = self._clock() - self._rebalanced_at
+        if since < self.heartbeat_seconds:
+            return
+        if self._settled() and since < self.heartbeat_seconds * RECHECK_HEARTBEATS:
+            return
+        self.rebalance()
+
+    def _settled(self) -> bool:
+        """True when the keeper's last view matches the last rebalance's and the share is held."""
+        seen = self._membership_seen
+        if seen is None or seen.mismatch or seen.live != self._membership_used:
+            return False
+        with self._lock:
+            return len(self._held) == math.ceil(self.partition_count / max(1, seen.live))
 
     def rebalance(self) -> None:
         """Take up to this relay's fair share of free or expired partitions; give back extras.
@@ -289,9 +310,8 @@ class PartitionLeases:
         acquired: list[Row[Any]] = []
         with self.engine.begin() as connection:
             connection.execute(FORGET_STALE_MEMBERS, {"ttl": self.ttl, "ttls": STALE_MEMBER_TTLS})
-            membership = connection.execute(
-                MEMBERSHIP, {"partitions": self.partition_count, "ttl": self.ttl}
-            ).one()
+            membership = self._membership(connection)
+            self._membership_used = membership.live
             if membership.mismatch:
                 log.error(
                     "another live relay uses a different FINTEGRATE_RELAY_PARTITIONS; "
@@ -325,6 +345,7 @@ class PartitionLeases:
         with self.engine.begin() as connection:
             self._heartbeat_member(connection)
             rows = connection.execute(RENEW, params).all()
+            self._membership(connection)
         renewed = {row.partition_no: row.fencing_token for row in rows}
         valid_until = started + self.ttl - self._safety
         with self._lock:
@@ -348,6 +369,13 @@ class PartitionLeases:
                 log.exception("lease renewal failed unexpectedly")
 
     # -- SQL helpers ---------------------------------------------------------------------
+
+    def _membership(self, connection: Connection) -> Row[Any]:
+        """Live relays and whether one uses another partition count; remembered as seen."""
+        params = {"partitions": self.partition_count, "ttl": self.ttl}
+        membership = connection.execute(MEMBERSHIP, params).one()
+        self._membership_seen = membership
+        return membership
 
     def _heartbeat_member(self, connection: Connection) -> None:
         connection.execute(

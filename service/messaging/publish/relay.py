@@ -36,13 +36,18 @@ from typing import Any
 
 import psycopg2
 import psycopg2.extensions
-from sqlalchemy import Engine, Row
+from sqlalchemy import Connection, Engine, Row
 from sqlalchemy.exc import DBAPIError
 
 from service.config import Settings
 from service.events import partitions
 from service.events.maintenance import run_history_maintenance
-from service.events.outbox import aggregate_runs, due_heads, transaction_time
+from service.events.outbox import (
+    aggregate_runs,
+    due_heads,
+    read_everything_due,
+    transaction_time,
+)
 from service.kit.db import APPLICATION_NAME, CONNECT_TIMEOUT_SECONDS, libpq_dsn
 from service.messaging.connection import Backoff, BrokerUnavailable
 from service.messaging.messages import POSSIBLE_DUPLICATE_HEADER
@@ -71,6 +76,7 @@ class BatchOutcome:
     failed: int = 0
     fenced: int = 0  # confirmed or failed, but the lease was lost before recording
     refused: int = 0  # nacked (the tenant's queue is full): left pending, not a failure
+    complete: bool = False  # the read returned every due event it could see (not summed)
 
     def add(self, other: BatchOutcome) -> None:
         self.claimed += other.claimed
@@ -152,10 +158,15 @@ class BacklogStatistics:
         self._checked_at = -STATISTICS_CHECK_SECONDS
         self._refreshed: dict[str, float] = {}
 
-    def before_round(self) -> list[str]:
-        """Check when due; the partitions analysed."""
+    def before_round(self, backlog: bool = True) -> list[str]:
+        """Check when due and ``backlog`` (the last round was full); the partitions analysed.
+
+        A trickle never leaves a batch pending, so the relay skips the check (a catalogue
+        read and a count, in the hot path of every event's latency) unless its last round
+        was full.
+        """
         now = self._clock()
-        if now - self._checked_at < STATISTICS_CHECK_SECONDS:
+        if not backlog or now - self._checked_at < STATISTICS_CHECK_SECONDS:
             return []
         self._checked_at = now
         try:
@@ -198,16 +209,33 @@ def publish_pending_batch(
     tenure = leases.tenure()
     if not tenure.tokens:
         return BatchOutcome()
-    runs = _read_runs(engine, leases, tenure, batch_size, duplicates, turns)
+    with engine.connect() as connection:  # one checkout per round; no transaction spans it
+        return _publish_round(
+            connection, publisher, leases, tenure, batch_size, max_backoff, duplicates, turns
+        )
+
+
+def _publish_round(
+    connection: Connection,
+    publisher: ConfirmingPublisher,
+    leases: PartitionLeases,
+    tenure: Tenure,
+    batch_size: int,
+    max_backoff: float,
+    duplicates: PossibleDuplicates,
+    turns: TenantTurns,
+) -> BatchOutcome:
+    """Read, publish (gated per message by the leases' deadlines), record: one round."""
+    runs, complete = _read_runs(connection, leases, tenure, batch_size, duplicates, turns)
     if not runs:
-        return BatchOutcome()
+        return BatchOutcome(complete=True)
 
     def still_ours(row: Row[Any]) -> bool:
         return leases.holds(row.partition_no, tenure.tokens[row.partition_no])
 
     try:
         report = publish_runs(publisher, runs, duplicates.headers, still_ours)
-        outcome = _record(engine, leases, tenure, report, max_backoff, sum(map(len, runs)))
+        outcome = _record(connection, leases, tenure, report, max_backoff, sum(map(len, runs)))
     except BaseException:
         duplicates.unrecorded(row for run in runs for row in run)
         raise
@@ -217,19 +245,21 @@ def publish_pending_batch(
         (str(row.consumer_id) for row in report.published),
         (str(row.consumer_id) for row, _ in report.failed if report.is_nacked(row)),
     )
+    outcome.complete = complete and not report.broker_error
     return outcome
 
 
 def _read_runs(
-    engine: Engine,
+    connection: Connection,
     leases: PartitionLeases,
     tenure: Tenure,
     batch_size: int,
     duplicates: PossibleDuplicates,
     turns: TenantTurns,
-) -> list[list[Row[Any]]]:
-    """The round's read: due heads shared fairly by tenant, and the runs behind them."""
-    with engine.begin() as connection:
+) -> tuple[list[list[Row[Any]]], bool]:
+    """The round's read: due heads shared fairly by tenant, the runs behind them, and
+    whether that was everything due (``outbox.read_everything_due``)."""
+    with connection.begin():
         if duplicates.unseen(tenure):
             duplicates.taken(tenure, transaction_time(connection))
         heads = due_heads(
@@ -242,13 +272,14 @@ def _read_runs(
         )
         turns.served(heads)
         if not heads:
-            return []
+            return [], True
         depth = max(1, batch_size // len(heads))
-        return aggregate_runs(connection, heads, leases.partition_count, depth)
+        runs = aggregate_runs(connection, heads, leases.partition_count, depth)
+        return runs, read_everything_due(heads, runs, depth)
 
 
 def _record(
-    engine: Engine,
+    connection: Connection,
     leases: PartitionLeases,
     tenure: Tenure,
     report: PublishReport,
@@ -260,7 +291,7 @@ def _record(
     A nacked event (its tenant's queue is full) is not recorded at all: it stays pending
     as it was, neither a failed attempt nor backed off (``tenants.QueueFullHolds``).
     """
-    with engine.begin() as connection:
+    with connection.begin():
         ours = leases.fence(connection, tenure)
         fenced = report.restricted(lambda row: row.partition_no in ours)
         record_outcomes(
@@ -308,6 +339,22 @@ class PendingNotifications:
             self.close()
             time.sleep(timeout)
             return False
+
+    def clear(self) -> None:
+        """Forget the notifications received so far (the next read will see their events).
+
+        A commit after this sends a notification that ends the next ``wait`` at once, so
+        the relay can sleep right after a round that read everything due instead of
+        reading again for nothing.
+        """
+        connection = self._connection
+        if connection is None:
+            return
+        try:
+            connection.poll()
+            connection.notifies.clear()
+        except (psycopg2.Error, OSError):  # ``wait`` finds out and falls back to polling
+            return
 
     def close(self) -> None:
         if self._connection is not None:
@@ -358,6 +405,7 @@ class OutboxRelay:
         self._duplicates = PossibleDuplicates()
         self._turns = TenantTurns()
         self._statistics = BacklogStatistics(engine, self.batch_size)
+        self._last_claimed = self.batch_size  # a relay may start on a backlog: check first
         self._notifications = PendingNotifications(settings.database_url)
         self._reported_at = time.monotonic()
         self._maintained_at = -MAINTENANCE_EVERY_SECONDS
@@ -374,8 +422,9 @@ class OutboxRelay:
         self._notifications.listen()
         try:
             while not self.stop.is_set():
+                self._notifications.clear()  # what arrives from now on is news to this round
                 outcome = self.cycle()
-                if outcome is not None and outcome.claimed == 0:
+                if outcome is not None and (outcome.claimed == 0 or outcome.complete):
                     self._wait_for_work()
         finally:
             self.close()
@@ -391,7 +440,7 @@ class OutboxRelay:
         try:
             self._hold_partitions()
             self._maintain_history()
-            self._statistics.before_round()
+            self._statistics.before_round(self._last_claimed >= self.batch_size)
             outcome = publish_pending_batch(
                 self.engine,
                 self.publisher,
@@ -410,6 +459,7 @@ class OutboxRelay:
             self._pause("unexpected error")
             return None
         self._errors.reset()
+        self._last_claimed = outcome.claimed
         self.totals.add(outcome)
         self._report()
         return outcome

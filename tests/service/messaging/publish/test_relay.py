@@ -182,6 +182,36 @@ def test_relay_wakes_on_notify_and_stops_gracefully(
     assert not thread.is_alive()
 
 
+def test_a_backlog_larger_than_a_round_goes_out_without_waiting_for_the_poll(
+    outbox_settings: Settings, outbox_engine: Engine, tenant: Tenant
+) -> None:
+    _, consumer_id, queues = tenant
+    settings = outbox_settings.model_copy(update={"relay_poll_seconds": 60.0})
+    stop = threading.Event()
+    relay = OutboxRelay(settings, outbox_engine, stop, batch_size=10)
+    thread = threading.Thread(target=relay.run)
+    thread.start()
+    try:
+        assert relay.idle.wait(10)
+        with outbox_engine.begin() as connection:  # one statement: a single notification
+            connection.execute(
+                text(
+                    "INSERT INTO customer_events (customer_id, consumer_id, event_type,"
+                    " source_service, payload_json, metadata_json)"
+                    " SELECT md5((n % 3)::text)::uuid, :c, 'customer_status_change', 't',"
+                    " '{}', '{}' FROM generate_series(1, 60) AS n"
+                ),
+                {"c": consumer_id},
+            )
+        drained = wait_until(lambda: queue_depth(settings.rabbitmq_url, queues.queue) == 60, 30)
+    finally:
+        stop.set()
+        insert_events(outbox_engine, consumer_id, 1)  # a notification ends the idle wait
+        thread.join(30)
+    assert drained  # six rounds and more, each started at once, not after the 60 s poll
+    assert not thread.is_alive()
+
+
 def test_the_relay_holding_partition_0_runs_the_history_maintenance(
     outbox_settings: Settings, outbox_engine: Engine, tenant: Tenant
 ) -> None:
