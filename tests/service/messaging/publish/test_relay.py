@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine, event, text
 
 from service.config import Settings
 from service.events import outbox, partitions
@@ -210,6 +210,31 @@ def test_a_backlog_larger_than_a_round_goes_out_without_waiting_for_the_poll(
         thread.join(30)
     assert drained  # six rounds and more, each started at once, not after the 60 s poll
     assert not thread.is_alive()
+
+
+def test_a_trickle_round_reads_once_records_once_and_knows_it_read_everything(
+    outbox_settings: Settings, outbox_engine: Engine, tenant: Tenant
+) -> None:
+    _, consumer_id, _ = tenant
+    statements: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(statement)
+
+    duplicates = PossibleDuplicates()
+    with (
+        joined_leases(outbox_engine, outbox_settings) as leases,
+        ConfirmingPublisher(outbox_settings.rabbitmq_url) as publisher,
+    ):
+        publish_pending_batch(outbox_engine, publisher, leases, 200, 2.0, duplicates)  # takes
+        insert_events(outbox_engine, consumer_id, 1)
+        event.listen(outbox_engine, "before_cursor_execute", count)
+        try:
+            outcome = publish_pending_batch(outbox_engine, publisher, leases, 200, 2.0, duplicates)
+        finally:
+            event.remove(outbox_engine, "before_cursor_execute", count)
+    assert outcome.published == 1 and outcome.complete  # the relay may sleep now
+    assert len(statements) == 3, statements  # the read (hints included), the fence, the marking
 
 
 def test_the_relay_holding_partition_0_runs_the_history_maintenance(
