@@ -12,6 +12,12 @@
 2. Latency: runs ``fintegrate serve``, ``fintegrate relay`` and ``fintegrate consume`` as
    subprocesses, creates customers at a steady ``--rate`` for ``--duration`` seconds and
    measures API 201 received -> handler called (p50/p99).
+3. Fairness (``--fairness``, instead of 1 and 2): a loud tenant's backlog of
+   ``--fairness-events`` drains through an in-process relay while a quiet tenant writes
+   ``--quiet-rate`` events/s; prints the quiet tenant's latency (commit -> confirmed
+   publish recorded, p50/p99) next to the drain rate, once with the relay's per-tenant
+   selection and once with the previous oldest-first selection (its index built for that
+   run only), on fresh tenants in the same database.
 Everything uses its own database and vhost on loopback, dropped at the end.
 """
 
@@ -44,10 +50,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from service.config import Settings  # noqa: E402
+from service.events import outbox  # noqa: E402
 from service.kit.db import create_db_engine  # noqa: E402
 from service.messaging import topology  # noqa: E402
 from service.messaging.messages import event_from_row  # noqa: E402
 from service.messaging.operate.provisioning import provision_consumer_queues  # noqa: E402
+from service.messaging.publish import relay as relay_module  # noqa: E402
 from service.messaging.publish.publisher import ConfirmingPublisher, outgoing_event  # noqa: E402
 from service.messaging.publish.relay import OutboxRelay  # noqa: E402
 from service.migrations import runner as migrations  # noqa: E402
@@ -112,6 +120,54 @@ LAG = text(
           FROM customer_events
           WHERE customer_id = ANY(CAST(:customer_ids AS uuid[])) AND published_at IS NOT NULL
           ) AS t
+    """
+)
+
+# The selection before per-tenant fairness (oldest due head first across all tenants) and
+# the index it walked; the fairness run compares against it.
+PREVIOUS_WALK_INDEX = text(
+    """
+    CREATE INDEX IF NOT EXISTS ix_bench_previous_walk
+        ON customer_events (next_attempt_at, created_at, sequence)
+        WHERE publish_status = 'pending' AND next_attempt_at IS NOT NULL
+    """
+)
+DROP_PREVIOUS_WALK_INDEX = text("DROP INDEX IF EXISTS ix_bench_previous_walk")
+PREVIOUS_DUE_HEADS = text(
+    f"SELECT {outbox.EVENT_COLUMNS}"  # noqa: S608 - constant column list
+    """
+    FROM customer_events e
+    LEFT JOIN consumers c ON c.consumer_id = e.consumer_id
+    WHERE e.publish_status = 'pending' AND e.next_attempt_at <= now()
+      AND fintegrate_aggregate_partition(e.consumer_id, e.customer_id, :partition_count)
+          = ANY(CAST(:partitions AS integer[]))
+      AND NOT EXISTS (
+          SELECT 1 FROM customer_events b
+          WHERE b.publish_status = 'pending'
+            AND coalesce(b.customer_id, b.consumer_id) = coalesce(e.customer_id, e.consumer_id)
+            AND b.sequence < e.sequence)
+    ORDER BY e.next_attempt_at, e.created_at, e.sequence
+    LIMIT :limit
+    """
+)
+QUIET_EVENT = text(
+    """
+    INSERT INTO customer_events (customer_id, consumer_id, event_type, source_service,
+                                 payload_json, metadata_json)
+    VALUES (gen_random_uuid(), :consumer_id, 'customer_creation', 'bench', '{}', '{}')
+    RETURNING event_id
+    """
+)
+PENDING_OF = text(
+    "SELECT count(*) FROM customer_events WHERE consumer_id = :c AND publish_status = 'pending'"
+)
+QUIET_LAG = text(
+    """
+    SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY lag) AS p50,
+           percentile_cont(0.99) WITHIN GROUP (ORDER BY lag) AS p99, count(*) AS n
+    FROM (SELECT extract(epoch FROM published_at - created_at) * 1000 AS lag
+          FROM customer_events
+          WHERE event_id = ANY(CAST(:event_ids AS uuid[])) AND published_at IS NOT NULL) AS t
     """
 )
 
@@ -524,6 +580,140 @@ def drain_figures(
     )
 
 
+def previous_due_heads(
+    connection: Any,
+    partitions: Any,
+    partition_count: int,
+    limit: int,
+    held: Any = (),
+    after: Any = None,
+) -> list[Any]:
+    """The selection before fairness: the oldest due heads across all tenants."""
+    connection.execute(outbox.PLANNER_HINTS)
+    params = {"partitions": list(partitions), "partition_count": partition_count, "limit": limit}
+    return list(connection.execute(PREVIOUS_DUE_HEADS, params).all())
+
+
+@contextmanager
+def previous_selection(settings: Settings) -> Any:
+    """The relay reads with the previous oldest-first walk (and its index) meanwhile."""
+    engine = create_engine(settings.database_url)
+    with engine.begin() as connection:
+        connection.execute(PREVIOUS_WALK_INDEX)
+    fair = relay_module.due_heads
+    relay_module.due_heads = previous_due_heads
+    try:
+        yield
+    finally:
+        relay_module.due_heads = fair
+        with engine.begin() as connection:
+            connection.execute(DROP_PREVIOUS_WALK_INDEX)
+        engine.dispose()
+
+
+class QuietWriter:
+    """A quiet tenant: one event per commit at ``rate``/s on its own thread until stopped."""
+
+    def __init__(self, settings: Settings, consumer_id: str, rate: float) -> None:
+        self.ids: list[str] = []
+        self._settings, self._consumer_id, self._rate = settings, consumer_id, rate
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._write, name="quiet-writer")
+
+    def __enter__(self) -> QuietWriter:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def _write(self) -> None:
+        engine = create_db_engine(self._settings, pool_size=1)
+        started = time.monotonic()
+        params = {"consumer_id": self._consumer_id}
+        while not self._stop.wait(
+            max(0.0, started + len(self.ids) / self._rate - time.monotonic())
+        ):
+            with engine.begin() as connection:
+                self.ids.append(str(connection.execute(QUIET_EVENT, params).scalar_one()))
+        engine.dispose()
+
+
+def new_tenant(settings: Settings, engine: Any, prefix: str) -> str:
+    """A provisioned consumer; its id."""
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    with engine.begin() as connection:
+        consumer_id = connection.execute(
+            text("INSERT INTO consumers (name) VALUES (:n) RETURNING consumer_id"), {"n": name}
+        ).scalar_one()
+    provision_consumer_queues(settings, name)
+    return str(consumer_id)
+
+
+def fairness_run(
+    settings: Settings, events: int, customers: int, batch_size: int, quiet_rate: float
+) -> dict[str, float]:
+    """Drain a loud tenant's backlog beside a quiet writer; drain rate and quiet latency."""
+    engine = create_engine(settings.database_url)  # no statement timeout for the bulk seed
+    loud = new_tenant(settings, engine, "loud")
+    quiet = new_tenant(settings, engine, "quiet")
+    with engine.begin() as connection:
+        params = {"consumer_id": loud, "count": events, "customers": customers}
+        connection.execute(SEED, {**params, "salt": loud})
+    with engine.connect() as connection:
+        connection.execute(text("ANALYZE customer_events"))
+    stop = threading.Event()
+    relay_engine = create_db_engine(settings, pool_size=2)
+    relay = OutboxRelay(settings, relay_engine, stop, batch_size=batch_size)
+    relay_thread = threading.Thread(target=relay.run, name="relay")
+    with QuietWriter(settings, quiet, quiet_rate) as writer:
+        started = time.perf_counter()
+        relay_thread.start()
+        while _pending(engine, loud):
+            time.sleep(0.05)
+        drain_seconds = time.perf_counter() - started
+    deadline = time.monotonic() + 60
+    while _pending(engine, quiet) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stop.set()
+    relay_thread.join(60)
+    relay_engine.dispose()
+    with engine.connect() as connection:
+        lag = connection.execute(QUIET_LAG, {"event_ids": writer.ids}).one()
+    engine.dispose()
+    return {
+        "drain": events / drain_seconds,
+        "quiet_p50_ms": float(lag.p50 or 0),
+        "quiet_p99_ms": float(lag.p99 or 0),
+        "quiet_events": int(lag.n),
+    }
+
+
+def _pending(engine: Any, consumer_id: str) -> int:
+    with engine.connect() as connection:
+        return int(connection.execute(PENDING_OF, {"c": consumer_id}).scalar_one())
+
+
+def fairness_figures(
+    settings: Settings, events: int, customers: int, batch_size: int, quiet_rate: float
+) -> None:
+    print(
+        f"fairness: loud tenant {events:,} events over {customers:,} customers, quiet tenant "
+        f"{quiet_rate:.0f} events/s, batch {batch_size}, in-process relay"
+    )
+    fair = fairness_run(settings, events, customers, batch_size, quiet_rate)
+    with previous_selection(settings):
+        previous = fairness_run(settings, events, customers, batch_size, quiet_rate)
+    for label, figures in (("per-tenant selection", fair), ("previous, oldest first", previous)):
+        print(
+            f"  {label:24s} drain {figures['drain']:,.0f} events/s; quiet commit -> published "
+            f"p50 {figures['quiet_p50_ms']:,.1f} ms, p99 {figures['quiet_p99_ms']:,.1f} ms "
+            f"({figures['quiet_events']} events)"
+        )
+    print(f"  drain per-tenant/previous: {fair['drain'] / previous['drain']:.2f}x (target >= 0.9x)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -540,6 +730,11 @@ def main() -> None:
         "--profile", action="store_true", help="also profile one ordered drain (cProfile)"
     )
     parser.add_argument("--skip-latency", action="store_true")
+    parser.add_argument(
+        "--fairness", action="store_true", help="only the fairness run (loud and quiet tenant)"
+    )
+    parser.add_argument("--fairness-events", type=int, default=15_000)
+    parser.add_argument("--quiet-rate", type=float, default=20.0)
     args = parser.parse_args()
     with bench_database() as database_url, bench_vhost() as amqp_url:
         settings = Settings(
@@ -553,6 +748,11 @@ def main() -> None:
             relay_batch_size=args.batch_size,
             consumer_prefetch=args.prefetch,
         )
+        if args.fairness:
+            fairness_figures(
+                settings, args.fairness_events, args.customers, args.batch_size, args.quiet_rate
+            )
+            return
         if not args.skip_drain:
             drain_figures(settings, args.events, args.customers, args.batch_size, args.profile)
         if args.skip_latency:

@@ -18,6 +18,7 @@ on those aggregates); each round:
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -25,6 +26,7 @@ from typing import Any
 from sqlalchemy import Connection, Row, text
 
 BACKOFF_BASE_SECONDS = 1.0
+FILL_MIN_FRACTION = 10  # a fill read only when at least 1/10 of the batch is unused
 
 EVENT_COLUMNS = """
     e.event_id, e.customer_id, e.consumer_id, e.event_type, e.payload_json,
@@ -34,17 +36,27 @@ EVENT_COLUMNS = """
         AS partition_no
 """
 
-# One round trip, this transaction only (see due_heads).
+# One round trip, this transaction only (see due_heads). ``jit = off``: the disabled plan
+# types add a huge cost to the one sort left (the tenants' turn order, a handful of rows),
+# which crossed jit_above_cost and spent seconds compiling a millisecond's query.
 PLANNER_HINTS = text(
-    "SET LOCAL enable_sort = off; SET LOCAL enable_seqscan = off; SET LOCAL enable_material = off"
+    "SET LOCAL enable_sort = off; SET LOCAL enable_seqscan = off;"
+    " SET LOCAL enable_material = off; SET LOCAL jit = off"
 )
 
-DUE_HEADS = text(
-    f"SELECT {EVENT_COLUMNS}"  # noqa: S608 - constant column list
-    """
+# One tenant's due heads in the old walk order (next_attempt_at, created_at, sequence): the
+# pending events of its leased partitions with no earlier pending event in their aggregate.
+TENANT_WALK = f"""
+    SELECT {EVENT_COLUMNS},
+        EXISTS (
+            SELECT 1 FROM customer_events n
+            WHERE n.publish_status = 'pending'
+              AND coalesce(n.customer_id, n.consumer_id) = coalesce(e.customer_id, e.consumer_id)
+              AND n.sequence > e.sequence) AS has_more
     FROM customer_events e
     LEFT JOIN consumers c ON c.consumer_id = e.consumer_id
-    WHERE e.publish_status = 'pending' AND e.next_attempt_at <= now()
+    WHERE e.consumer_id = t.consumer_id
+      AND e.publish_status = 'pending' AND e.next_attempt_at <= now()
       AND fintegrate_aggregate_partition(e.consumer_id, e.customer_id, :partition_count)
           = ANY(CAST(:partitions AS integer[]))
       AND NOT EXISTS (
@@ -53,7 +65,53 @@ DUE_HEADS = text(
             AND coalesce(b.customer_id, b.consumer_id) = coalesce(e.customer_id, e.consumer_id)
             AND b.sequence < e.sequence)
     ORDER BY e.next_attempt_at, e.created_at, e.sequence
-    LIMIT :limit
+"""  # noqa: S608 - constant column list
+
+# The tenants with pending events (a skip scan of the walk index: one probe per tenant),
+# less the held ones, rotated to start after :after, at most :limit of them; each walks up
+# to an equal share of :limit heads.
+DUE_HEADS = text(
+    "WITH RECURSIVE tenants(consumer_id) AS ("  # noqa: S608 - constant fragments
+    """
+        (SELECT consumer_id FROM customer_events
+         WHERE publish_status = 'pending' AND next_attempt_at IS NOT NULL
+         ORDER BY consumer_id LIMIT 1)
+        UNION ALL
+        SELECT (SELECT e.consumer_id FROM customer_events e
+                WHERE e.publish_status = 'pending' AND e.next_attempt_at IS NOT NULL
+                  AND e.consumer_id > tenants.consumer_id
+                ORDER BY e.consumer_id LIMIT 1)
+        FROM tenants WHERE tenants.consumer_id IS NOT NULL
+    ),
+    eligible AS (
+        SELECT consumer_id FROM tenants
+        WHERE consumer_id IS NOT NULL
+          AND consumer_id <> ALL(CAST(:held AS uuid[]))
+        ORDER BY consumer_id <= CAST(:after AS uuid), consumer_id
+        LIMIT :limit
+    ),
+    share AS (
+        SELECT CAST(ceil(CAST(:limit AS float8) / greatest(count(*), 1)) AS integer) AS heads
+        FROM eligible
+    )
+    SELECT heads.*, share.heads AS tenant_share FROM eligible t CROSS JOIN share
+    CROSS JOIN LATERAL ("""
+    + TENANT_WALK
+    + """ LIMIT share.heads) AS heads
+    """
+)
+
+# The hints and the read in one round trip (psycopg2 returns the last statement's rows).
+HINTED_DUE_HEADS = text(PLANNER_HINTS.text + "; " + DUE_HEADS.text)
+
+# More heads of the given tenants (those that filled their share while others had less).
+TENANT_HEADS = text(
+    "SELECT heads.*, t.heads AS tenant_share"  # noqa: S608 - constant fragments
+    """
+    FROM unnest(CAST(:tenants AS uuid[]), CAST(:limits AS integer[])) AS t(consumer_id, heads)
+    CROSS JOIN LATERAL ("""
+    + TENANT_WALK
+    + """ LIMIT t.heads) AS heads
     """
 )
 
@@ -104,38 +162,104 @@ PENDING_SUMMARY = text(
 
 
 def due_heads(
-    connection: Connection, partitions: Sequence[int], partition_count: int, limit: int
-) -> Sequence[Row[Any]]:
-    """Up to ``limit`` due aggregate heads of ``partitions``, oldest due first.
+    connection: Connection,
+    partitions: Sequence[int],
+    partition_count: int,
+    limit: int,
+    held: Sequence[str] = (),
+    after: str | None = None,
+) -> list[Row[Any]]:
+    """Up to about ``limit`` due aggregate heads of ``partitions``, shared fairly by tenant.
+
+    Every tenant with pending events (but those in ``held``) gets an equal share of
+    ``limit``, its oldest due heads first; the share a tenant leaves unused goes to those
+    that filled theirs (``_fill``). When more than ``limit`` tenants have work, the
+    ``limit`` tenants after ``after`` (the last one served, in ``consumer_id`` order,
+    wrapping) get one head each.
 
     The planner hints (this transaction only) keep it on the ordered walk of the partial
     index and on index probes per head when statistics are stale after a sudden backlog,
     above all on a fresh weekly partition that ANALYZE has not seen: otherwise it may sort
-    every pending row (55 ms instead of 0.5 ms at 50,000 rows), or scan or materialise a
-    partition for each head's probe (265 ms instead of 1 ms per batch). They do not help
-    when the pending indexes were counted empty: every plan then looks free, and the relay
-    refreshes those statistics instead (``relay.BacklogStatistics``).
+    every pending row, or scan or materialise a partition for each head's probe. They do
+    not help when the pending indexes were counted empty: every plan then looks free, and
+    the relay refreshes those statistics instead (``relay.BacklogStatistics``).
     """
-    connection.execute(PLANNER_HINTS)
-    params = {"partitions": list(partitions), "partition_count": partition_count, "limit": limit}
-    return connection.execute(DUE_HEADS, params).all()
+    params = {
+        "partitions": list(partitions),
+        "partition_count": partition_count,
+        "limit": limit,
+        "held": list(held),
+        "after": after,
+    }
+    heads = connection.execute(HINTED_DUE_HEADS, params).all()
+    return _fill(connection, heads, params)
+
+
+def _fill(
+    connection: Connection, heads: Sequence[Row[Any]], params: dict[str, Any]
+) -> list[Row[Any]]:
+    """Hand the share that tenants with few due heads left unused to those that filled theirs.
+
+    One more read, only in a round where at least a tenth of the batch was left unused
+    while some tenant had more: a lone tenant, or tenants that all filled their share,
+    never pay it.
+    """
+    spare = params["limit"] - len(heads)
+    if not heads or spare < max(1, params["limit"] // FILL_MIN_FRACTION):
+        return list(heads)
+    by_tenant: dict[Any, list[Row[Any]]] = {}
+    for row in heads:
+        by_tenant.setdefault(row.consumer_id, []).append(row)
+    share = heads[0].tenant_share
+    full = [tenant for tenant, rows in by_tenant.items() if len(rows) >= share]
+    if not full:
+        return list(heads)
+    more = share + max(1, spare // len(full))
+    fill = {**params, "tenants": [str(t) for t in full], "limits": [more] * len(full)}
+    refilled: dict[Any, list[Row[Any]]] = {}
+    for row in connection.execute(TENANT_HEADS, fill):
+        refilled.setdefault(row.consumer_id, []).append(row)
+    return [row for tenant in by_tenant for row in refilled.get(tenant, by_tenant[tenant])]
 
 
 def aggregate_runs(
     connection: Connection, heads: Sequence[Row[Any]], partition_count: int, depth: int
 ) -> list[list[Row[Any]]]:
-    """Each head's aggregate: its first ``depth`` pending events in sequence order."""
-    if depth <= 1:
+    """Each head's aggregate: its first ``depth`` pending events in sequence order.
+
+    Only heads whose aggregate has more pending events (``has_more``) cost a read: on a
+    steady trickle, where each head is alone, there is none.
+    """
+    deeper = [head for head in heads if head.has_more] if depth > 1 else []
+    if not deeper:
         return [[head] for head in heads]
     params = {
-        "aggregates": [head.aggregate_id for head in heads],
+        "aggregates": [head.aggregate_id for head in deeper],
         "partition_count": partition_count,
         "depth": depth,
     }
-    runs: dict[str, list[Row[Any]]] = {}
+    runs: dict[str, list[Row[Any]]] = {str(head.aggregate_id): [head] for head in heads}
     for row in connection.execute(AGGREGATE_RUNS, params):
-        runs.setdefault(str(row.aggregate_id), []).append(row)
+        key = str(row.aggregate_id)
+        if row.sequence > runs[key][-1].sequence:
+            runs[key].append(row)
     return list(runs.values())
+
+
+def read_everything_due(
+    heads: Sequence[Row[Any]], runs: Sequence[Sequence[Row[Any]]], depth: int
+) -> bool:
+    """True when a round's read returned every due event of the tenants it read.
+
+    False when a tenant filled its share of heads (it may have more), or a run stopped at
+    ``depth`` with more pending events behind it: the relay then reads again at once
+    instead of waiting for a notification.
+    """
+    per_tenant = Counter(head.consumer_id for head in heads)
+    shares = {head.consumer_id: head.tenant_share for head in heads}
+    if any(count >= shares[tenant] for tenant, count in per_tenant.items()):
+        return False
+    return not any(run[0].has_more and (depth <= 1 or len(run) >= depth) for run in runs)
 
 
 def mark_published(connection: Connection, rows: Sequence[Row[Any]]) -> None:

@@ -12,8 +12,10 @@ relay publishes only the partitions it leases:
   partition is taken with ``UPDATE … FOR UPDATE SKIP LOCKED``; a dead relay's partitions
   expire and are taken over within the TTL plus one heartbeat.
 - Fencing: the relay publishes a partition only while its local deadline holds (the
-  renewal's start on the monotonic clock + TTL - a safety margin, so it ends before
-  PostgreSQL can hand the lease on), and it records outcomes only through ``fence``,
+  monotonic time before the acquiring or renewing transaction began + TTL - a safety
+  margin, so it ends before PostgreSQL can hand the lease on), checked by ``holds`` right
+  before every ``basic_publish`` (a slow ``connect()`` cannot outrun it); a lease is noted
+  held only after its transaction committed; and it records outcomes only through ``fence``,
   which key-share-locks the lease rows still held with the round's tokens: a takeover
   (``SELECT … FOR UPDATE SKIP LOCKED``) skips them until that record commits, while the
   keeper's renewals (plain ``UPDATE`` of non-key columns) do not wait for it. A relay
@@ -44,6 +46,7 @@ log = logging.getLogger(__name__)
 SAFETY_FRACTION = 0.25
 MAX_SAFETY_SECONDS = 2.0
 STALE_MEMBER_TTLS = 10
+RECHECK_HEARTBEATS = 10  # a settled relay still rebalances this often (stale members, drift)
 
 ENSURE_PARTITIONS = text(
     """
@@ -81,19 +84,22 @@ FORGET_STALE_MEMBERS = text(
     WHERE heartbeat_at < now() - make_interval(secs => CAST(:ttl AS float8) * :ttls)
     """
 )
+# ``previous_owner`` is set when the partition is taken from a relay whose lease expired
+# (a takeover), NULL when it was free (given back cleanly, or never held).
 ACQUIRE = text(
     """
     UPDATE relay_partitions p
     SET owner_id = :relay_id, fencing_token = p.fencing_token + 1, acquired_at = now(),
         lease_expires_at = now() + make_interval(secs => CAST(:ttl AS float8))
-    WHERE p.partition_no IN (
-        SELECT partition_no FROM relay_partitions
+    FROM (
+        SELECT partition_no, owner_id AS previous_owner FROM relay_partitions
         WHERE partition_no < :partitions
           AND (owner_id IS NULL OR lease_expires_at < now())
         ORDER BY partition_no
         LIMIT :wanted
-        FOR UPDATE SKIP LOCKED)
-    RETURNING p.partition_no, p.fencing_token
+        FOR UPDATE SKIP LOCKED) AS free
+    WHERE p.partition_no = free.partition_no
+    RETURNING p.partition_no, p.fencing_token, free.previous_owner
     """
 )
 RELEASE = text(
@@ -131,9 +137,14 @@ def lease_summary(connection: Connection, ttl_seconds: float) -> Row[Any]:
 
 @dataclass(frozen=True)
 class Tenure:
-    """The partitions held for one round, each with its fencing token."""
+    """The partitions held for one round, each with its fencing token.
+
+    ``taken_over``: those taken from a relay whose lease had expired rather than given
+    back; that relay may still have messages on their way to the broker.
+    """
 
     tokens: dict[int, int]
+    taken_over: frozenset[int] = frozenset()
 
     @property
     def partitions(self) -> list[int]:
@@ -144,6 +155,7 @@ class Tenure:
 class _Lease:
     token: int
     valid_until: float
+    taken_over: bool = False
 
 
 class PartitionLeases:
@@ -170,6 +182,8 @@ class PartitionLeases:
         self._keeper: threading.Thread | None = None
         self._keeper_stop = threading.Event()
         self._rebalanced_at = -math.inf
+        self._membership_seen: Row[Any] | None = None  # the latest read, by either thread
+        self._membership_used: int | None = None  # live relays the last rebalance shared by
 
     # -- membership ----------------------------------------------------------------------
 
@@ -213,8 +227,21 @@ class PartitionLeases:
         """The partitions this relay may publish now, with their tokens."""
         now = self._clock()
         with self._lock:
-            valid = {no: lease.token for no, lease in self._held.items() if lease.valid_until > now}
-        return Tenure(valid)
+            valid = {no: lease for no, lease in self._held.items() if lease.valid_until > now}
+        return Tenure(
+            {no: lease.token for no, lease in valid.items()},
+            frozenset(no for no, lease in valid.items() if lease.taken_over),
+        )
+
+    def holds(self, partition: int, token: int) -> bool:
+        """True while ``partition`` is held with ``token`` and its local deadline holds.
+
+        A lock and a clock read, no database: the relay asks it right before each publish.
+        """
+        now = self._clock()
+        with self._lock:
+            lease = self._held.get(partition)
+            return lease is not None and lease.token == token and lease.valid_until > now
 
     def still_held(self, tenure: Tenure) -> set[int]:
         """The partitions of ``tenure`` still held with the same token and not expired."""
@@ -250,18 +277,41 @@ class PartitionLeases:
     # -- renewal and balance -------------------------------------------------------------
 
     def rebalance_if_due(self) -> None:
-        """Rebalance at most once per heartbeat (call between rounds)."""
-        if self._clock() - self._rebalanced_at >= self.heartbeat_seconds:
-            self.rebalance()
+        """Rebalance between rounds, at most once per heartbeat, when there is a reason.
+
+        The keeper reads the membership with every renewal, so the relay's own thread
+        (whose rounds carry the events' latency) goes to the database only when this relay
+        holds other than its share, the live relays changed, or every
+        ``RECHECK_HEARTBEATS`` heartbeats anyway.
+        """
+        since = self._clock() - self._rebalanced_at
+        if since < self.heartbeat_seconds:
+            return
+        if self._settled() and since < self.heartbeat_seconds * RECHECK_HEARTBEATS:
+            return
+        self.rebalance()
+
+    def _settled(self) -> bool:
+        """True when the keeper's last view matches the last rebalance's and the share is held."""
+        seen = self._membership_seen
+        if seen is None or seen.mismatch or seen.live != self._membership_used:
+            return False
+        with self._lock:
+            return len(self._held) == math.ceil(self.partition_count / max(1, seen.live))
 
     def rebalance(self) -> None:
-        """Take up to this relay's fair share of free or expired partitions; give back extras."""
-        self._rebalanced_at = self._clock()
+        """Take up to this relay's fair share of free or expired partitions; give back extras.
+
+        The local deadline of a partition taken counts from before the transaction began
+        (PostgreSQL's ``now()`` in the lease is that transaction's start), and the lease is
+        noted as held only once the transaction has committed.
+        """
+        started = self._rebalanced_at = self._clock()
+        acquired: list[Row[Any]] = []
         with self.engine.begin() as connection:
             connection.execute(FORGET_STALE_MEMBERS, {"ttl": self.ttl, "ttls": STALE_MEMBER_TTLS})
-            membership = connection.execute(
-                MEMBERSHIP, {"partitions": self.partition_count, "ttl": self.ttl}
-            ).one()
+            membership = self._membership(connection)
+            self._membership_used = membership.live
             if membership.mismatch:
                 log.error(
                     "another live relay uses a different FINTEGRATE_RELAY_PARTITIONS; "
@@ -277,7 +327,8 @@ class PartitionLeases:
             if extra:
                 self._release(connection, extra)
             elif wanted > 0:
-                self._acquire(connection, wanted)
+                acquired = self._acquire(connection, wanted)
+        self._note_acquired(acquired, started + self.ttl - self._safety)
 
     def renew(self) -> None:
         """Extend the leases held when the renewal starts; forget the ones taken over.
@@ -294,6 +345,7 @@ class PartitionLeases:
         with self.engine.begin() as connection:
             self._heartbeat_member(connection)
             rows = connection.execute(RENEW, params).all()
+            self._membership(connection)
         renewed = {row.partition_no: row.fencing_token for row in rows}
         valid_until = started + self.ttl - self._safety
         with self._lock:
@@ -318,6 +370,13 @@ class PartitionLeases:
 
     # -- SQL helpers ---------------------------------------------------------------------
 
+    def _membership(self, connection: Connection) -> Row[Any]:
+        """Live relays and whether one uses another partition count; remembered as seen."""
+        params = {"partitions": self.partition_count, "ttl": self.ttl}
+        membership = connection.execute(MEMBERSHIP, params).one()
+        self._membership_seen = membership
+        return membership
+
     def _heartbeat_member(self, connection: Connection) -> None:
         connection.execute(
             UPSERT_MEMBER,
@@ -329,23 +388,29 @@ class PartitionLeases:
             },
         )
 
-    def _acquire(self, connection: Connection, wanted: int) -> None:
-        started = self._clock()
-        rows = connection.execute(
-            ACQUIRE,
-            {
-                "relay_id": self.relay_id,
-                "ttl": self.ttl,
-                "partitions": self.partition_count,
-                "wanted": wanted,
-            },
-        ).all()
-        valid_until = started + self.ttl - self._safety
+    def _acquire(self, connection: Connection, wanted: int) -> list[Row[Any]]:
+        """Take up to ``wanted`` free or expired partitions (noted held by the caller)."""
+        params = {
+            "relay_id": self.relay_id,
+            "ttl": self.ttl,
+            "partitions": self.partition_count,
+            "wanted": wanted,
+        }
+        return list(connection.execute(ACQUIRE, params).all())
+
+    def _note_acquired(self, rows: list[Row[Any]], valid_until: float) -> None:
+        """After the acquiring commit: the partitions taken are held until ``valid_until``."""
+        if not rows:
+            return
         with self._lock:
             for row in rows:
-                self._held[row.partition_no] = _Lease(row.fencing_token, valid_until)
-        if rows:
-            log.info("relay took partitions %s", sorted(row.partition_no for row in rows))
+                taken_over = row.previous_owner is not None
+                self._held[row.partition_no] = _Lease(row.fencing_token, valid_until, taken_over)
+        log.info(
+            "relay took partitions %s (taken over from an expired lease: %s)",
+            sorted(row.partition_no for row in rows),
+            sorted(row.partition_no for row in rows if row.previous_owner is not None) or "none",
+        )
 
     def _release(self, connection: Connection, partitions: Iterable[int]) -> None:
         released = sorted(partitions)

@@ -21,10 +21,14 @@ from sqlalchemy import Connection, Row
 from service.events.outbox import mark_failed, mark_published
 from service.messaging.connection import BrokerUnavailable
 from service.messaging.messages import event_from_row
-from service.messaging.publish.publisher import ConfirmingPublisher, outgoing_event
+from service.messaging.publish.publisher import (
+    ConfirmingPublisher,
+    PublishResult,
+    outgoing_event,
+)
 
 Run = Sequence[Row[Any]]
-WaveFilter = Callable[[list[Row[Any]]], list[Row[Any]]]
+RowGate = Callable[[Row[Any]], bool]  # may this row be published now (asked per publish)
 HeaderSource = Callable[[Row[Any]], dict[str, Any] | None]  # extra AMQP headers of a row
 
 
@@ -36,40 +40,45 @@ class PublishReport:
     failed: list[tuple[Row[Any], str]] = field(default_factory=list)
     held: int = 0  # not attempted: behind a failure in their run, or no longer ours
     broker_error: str | None = None
+    nacked: set[str] = field(default_factory=set)  # event ids of the failures the broker nacked
 
     def restricted(self, keep: Callable[[Row[Any]], bool]) -> PublishReport:
         """The same report with only the rows ``keep`` accepts."""
+        failed = [(row, reason) for row, reason in self.failed if keep(row)]
         return PublishReport(
             [row for row in self.published if keep(row)],
-            [(row, reason) for row, reason in self.failed if keep(row)],
+            failed,
             self.held,
             self.broker_error,
+            self.nacked & {str(row.event_id) for row, _ in failed},
         )
+
+    def is_nacked(self, row: Row[Any]) -> bool:
+        return str(row.event_id) in self.nacked
 
 
 def publish_runs(
     publisher: ConfirmingPublisher,
     runs: Sequence[Run],
     headers: HeaderSource | None = None,
-    wave_filter: WaveFilter | None = None,
+    gate: RowGate | None = None,
 ) -> PublishReport:
     """Publish ``runs`` wave by wave; a run stops at its first failure.
 
     ``headers`` gives each row's extra AMQP headers (resend marks every copy, the relay
     only those that may be duplicates).
 
-    ``wave_filter`` may drop rows from a wave just before it is sent (the relay drops rows
-    whose partition lease is no longer valid); a dropped row ends its run. Raises
-    BrokerUnavailable only when the broker cannot be reached before anything was sent.
+    ``gate`` is asked right before each row's ``basic_publish`` (the relay's lease
+    deadline); a row it refuses is not sent and ends its run. Raises BrokerUnavailable
+    only when the broker cannot be reached before anything was sent.
     """
     report = PublishReport()
     active = [run for run in runs if run]
     position = 0
     while active:
         wave = [run[position] for run in active]
-        allowed = wave if wave_filter is None else wave_filter(wave)
         try:
-            results = _publish_wave(publisher, allowed, headers)
+            results = _publish_wave(publisher, wave, headers, gate)
         except BrokerUnavailable as exc:
             if not report.published and not report.failed:
                 raise
@@ -79,11 +88,13 @@ def publish_runs(
         going = []
         for run, row in zip(active, wave, strict=True):
             behind = len(run) - position - 1  # the run's events after this one
-            key = str(row.event_id)
-            if key not in results:  # dropped by the wave filter: it and its run wait
+            result = results[str(row.event_id)]
+            if not result.sent:  # withheld by the gate: it and its run wait
                 report.held += 1 + behind
-            elif results[key] is not None:
-                report.failed.append((row, str(results[key])))
+            elif not result.ok:
+                report.failed.append((row, result.reason or "not confirmed"))
+                if result.nacked:
+                    report.nacked.add(str(row.event_id))
                 report.held += behind
             else:
                 report.published.append(row)
@@ -101,19 +112,25 @@ def record_outcomes(connection: Connection, report: PublishReport, max_backoff: 
 
 
 def _publish_wave(
-    publisher: ConfirmingPublisher, rows: list[Row[Any]], headers: HeaderSource | None
-) -> dict[str, str | None]:
-    """event_id -> None when confirmed and routed, else the reason it was not."""
-    outcome: dict[str, str | None] = {}
+    publisher: ConfirmingPublisher,
+    rows: list[Row[Any]],
+    headers: HeaderSource | None,
+    gate: RowGate | None,
+) -> dict[str, PublishResult]:
+    """event_id -> the broker's answer (or why it was not sent)."""
+    outcome: dict[str, PublishResult] = {}
     sendable = []
     for row in rows:
         if row.consumer_name is None:
-            outcome[str(row.event_id)] = f"consumer {row.consumer_id} does not exist"
+            reason = f"consumer {row.consumer_id} does not exist"
+            outcome[str(row.event_id)] = PublishResult(False, reason)
         else:
             sendable.append(row)
     messages = [
         outgoing_event(event_from_row(row), headers(row) if headers else None) for row in sendable
     ]
-    for row, result in zip(sendable, publisher.publish_batch(messages), strict=True):
-        outcome[str(row.event_id)] = None if result.ok else (result.reason or "not confirmed")
+    sendable_gate = None if gate is None else (lambda index: gate(sendable[index]))
+    results = publisher.publish_batch(messages, sendable_gate)
+    for row, result in zip(sendable, results, strict=True):
+        outcome[str(row.event_id)] = result
     return outcome

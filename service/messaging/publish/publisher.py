@@ -50,13 +50,23 @@ class OutgoingMessage:
 
 @dataclass(frozen=True)
 class PublishResult:
-    """The broker's answer for one message: confirmed and routed, or why not."""
+    """The broker's answer for one message: confirmed and routed, or why not.
+
+    ``sent`` is False when the message was withheld (its gate said no) and never written;
+    ``nacked`` when the broker refused it (``basic.nack``: a queue at its ``x-max-length``
+    with ``x-overflow: reject-publish``, or an internal error), so it is not in the queue.
+    """
 
     ok: bool
     reason: str | None = None
+    sent: bool = True
+    nacked: bool = False
 
 
 CONFIRMED = PublishResult(ok=True)
+WITHHELD = PublishResult(False, "withheld: its gate closed before the publish", sent=False)
+NACKED = PublishResult(False, "nacked by the broker (queue full?)", nacked=True)
+Gate = Callable[[int], bool]  # asked with a message's index right before its basic_publish
 
 
 def outgoing_event(event: OutboundEvent, headers: dict[str, Any] | None = None) -> OutgoingMessage:
@@ -125,14 +135,20 @@ class ConfirmingPublisher:
             self._discard()
             raise BrokerUnavailable(f"RabbitMQ at {describe_url(self.url)}: {reason}")
 
-    def publish_batch(self, messages: Sequence[OutgoingMessage]) -> list[PublishResult]:
-        """Publish every message, then wait for all confirms; one result per message."""
+    def publish_batch(
+        self, messages: Sequence[OutgoingMessage], gate: Gate | None = None
+    ) -> list[PublishResult]:
+        """Publish every message, then wait for all confirms; one result per message.
+
+        ``gate``, when given, is asked right before each ``basic_publish`` (after any
+        reconnect): a message it refuses is not written and comes back ``WITHHELD``.
+        """
         if not messages:
             return []
         self.connect()
         results: list[PublishResult | None] = [None] * len(messages)
         self._results = results
-        self._write_all(messages)
+        self._write_all(messages, gate)
         finished = self._run_until(
             lambda: not self._pending or not self._ready, self.confirm_timeout
         )
@@ -202,8 +218,11 @@ class ConfirmingPublisher:
         self._returned = Counter()
         self._results = []
 
-    def _write_all(self, messages: Sequence[OutgoingMessage]) -> None:
+    def _write_all(self, messages: Sequence[OutgoingMessage], gate: Gate | None) -> None:
         for index, message in enumerate(messages):
+            if gate is not None and not gate(index):
+                self._results[index] = WITHHELD
+                continue
             if not self._ready or self._channel is None:
                 self._results[index] = PublishResult(False, f"channel closed: {self._error}")
                 continue
@@ -294,4 +313,4 @@ class ConfirmingPublisher:
         elif acked:
             self._results[index] = CONFIRMED
         else:
-            self._results[index] = PublishResult(False, "nacked by the broker")
+            self._results[index] = NACKED

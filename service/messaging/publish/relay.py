@@ -29,25 +29,32 @@ import logging
 import select
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import psycopg2
 import psycopg2.extensions
-from sqlalchemy import Engine, Row
+from sqlalchemy import Connection, Engine, Row
 from sqlalchemy.exc import DBAPIError
 
 from service.config import Settings
 from service.events import partitions
 from service.events.maintenance import run_history_maintenance
-from service.events.outbox import aggregate_runs, due_heads, transaction_time
+from service.events.outbox import (
+    aggregate_runs,
+    due_heads,
+    read_everything_due,
+    transaction_time,
+)
 from service.kit.db import APPLICATION_NAME, CONNECT_TIMEOUT_SECONDS, libpq_dsn
 from service.messaging.connection import Backoff, BrokerUnavailable
 from service.messaging.messages import POSSIBLE_DUPLICATE_HEADER
 from service.messaging.publish.leases import PartitionLeases, Tenure
 from service.messaging.publish.ordered import PublishReport, publish_runs, record_outcomes
 from service.messaging.publish.publisher import ConfirmingPublisher
+from service.messaging.publish.tenants import TenantTurns
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +75,15 @@ class BatchOutcome:
     published: int = 0
     failed: int = 0
     fenced: int = 0  # confirmed or failed, but the lease was lost before recording
+    refused: int = 0  # nacked (the tenant's queue is full): left pending, not a failure
+    complete: bool = False  # the read returned every due event it could see (not summed)
 
     def add(self, other: BatchOutcome) -> None:
         self.claimed += other.claimed
         self.published += other.published
         self.failed += other.failed
         self.fenced += other.fenced
+        self.refused += other.refused
 
 
 class PossibleDuplicates:
@@ -90,10 +100,17 @@ class PossibleDuplicates:
     owner stopped publishing before its lease expired, so it can only have sent events
     committed (hence created) before then. A round whose outcomes were not all recorded
     raises the watermark of its partitions to its newest event.
+
+    A partition taken over from an expired lease (not given back) marks *every* publish
+    while this relay holds it: its previous owner may still have messages on their way
+    (written before its deadline, delayed in a socket), which can reach the queue after
+    anything sent now; the worker judges each marked message against the last delivered
+    sequence instead of trusting its arrival order.
     """
 
     def __init__(self) -> None:
-        self._marks: dict[int, tuple[int, datetime]] = {}  # partition -> (token, watermark)
+        # partition -> (token, watermark, taken over)
+        self._marks: dict[int, tuple[int, datetime, bool]] = {}
 
     def unseen(self, tenure: Tenure) -> bool:
         """True when ``tenure`` holds a partition (or a token) not seen before."""
@@ -103,18 +120,18 @@ class PossibleDuplicates:
         """Newly held partitions: everything created up to ``now`` is suspect."""
         for partition, token in tenure.tokens.items():
             if self._token(partition) != token:
-                self._marks[partition] = (token, now)
+                self._marks[partition] = (token, now, partition in tenure.taken_over)
 
-    def unrecorded(self, runs: list[list[Row[Any]]]) -> None:
-        """The outcomes of ``runs`` may not be recorded: their events become suspect."""
-        for row in (row for run in runs for row in run):
-            token, mark = self._marks[row.partition_no]
-            self._marks[row.partition_no] = (token, max(mark, row.created_at))
+    def unrecorded(self, rows: Iterable[Row[Any]]) -> None:
+        """The outcomes of ``rows`` may not be recorded: their events become suspect."""
+        for row in rows:
+            token, mark, taken_over = self._marks[row.partition_no]
+            self._marks[row.partition_no] = (token, max(mark, row.created_at), taken_over)
 
     def headers(self, row: Row[Any]) -> dict[str, Any] | None:
         """The row's extra headers: the mark when it may be a duplicate."""
         mark = self._marks.get(row.partition_no)
-        if row.publish_try_count > 0 or mark is None or row.created_at <= mark[1]:
+        if row.publish_try_count > 0 or mark is None or mark[2] or row.created_at <= mark[1]:
             return {POSSIBLE_DUPLICATE_HEADER: True}
         return None
 
@@ -141,10 +158,15 @@ class BacklogStatistics:
         self._checked_at = -STATISTICS_CHECK_SECONDS
         self._refreshed: dict[str, float] = {}
 
-    def before_round(self) -> list[str]:
-        """Check when due; the partitions analysed."""
+    def before_round(self, backlog: bool = True) -> list[str]:
+        """Check when due and ``backlog`` (the last round was full); the partitions analysed.
+
+        A trickle never leaves a batch pending, so the relay skips the check (a catalogue
+        read and a count, in the hot path of every event's latency) unless its last round
+        was full.
+        """
         now = self._clock()
-        if now - self._checked_at < STATISTICS_CHECK_SECONDS:
+        if not backlog or now - self._checked_at < STATISTICS_CHECK_SECONDS:
             return []
         self._checked_at = now
         try:
@@ -174,54 +196,107 @@ def publish_pending_batch(
     batch_size: int,
     max_backoff: float,
     duplicates: PossibleDuplicates | None = None,
+    turns: TenantTurns | None = None,
 ) -> BatchOutcome:
     """One round over the partitions held: read, publish in aggregate order, record.
 
     Raises BrokerUnavailable (nothing changed) when the broker cannot be reached.
     ``duplicates`` is the relay's memory of what may have been sent before (a fresh one
-    marks everything pending now).
+    marks everything pending now); ``turns`` its tenant rotation and queue-full holds.
     """
     duplicates = duplicates or PossibleDuplicates()
+    turns = turns or TenantTurns()
     tenure = leases.tenure()
     if not tenure.tokens:
         return BatchOutcome()
-    with engine.begin() as connection:
-        if duplicates.unseen(tenure):
-            duplicates.taken(tenure, transaction_time(connection))
-        heads = due_heads(connection, tenure.partitions, leases.partition_count, batch_size)
-        if not heads:
-            return BatchOutcome()
-        depth = max(1, batch_size // len(heads))
-        runs = aggregate_runs(connection, heads, leases.partition_count, depth)
+    with engine.connect() as connection:  # one checkout per round; no transaction spans it
+        return _publish_round(
+            connection, publisher, leases, tenure, batch_size, max_backoff, duplicates, turns
+        )
 
-    def still_ours(wave: list[Row[Any]]) -> list[Row[Any]]:
-        held = leases.still_held(tenure)
-        return [row for row in wave if row.partition_no in held]
+
+def _publish_round(
+    connection: Connection,
+    publisher: ConfirmingPublisher,
+    leases: PartitionLeases,
+    tenure: Tenure,
+    batch_size: int,
+    max_backoff: float,
+    duplicates: PossibleDuplicates,
+    turns: TenantTurns,
+) -> BatchOutcome:
+    """Read, publish (gated per message by the leases' deadlines), record: one round."""
+    runs, complete = _read_runs(connection, leases, tenure, batch_size, duplicates, turns)
+    if not runs:
+        return BatchOutcome(complete=True)
+
+    def still_ours(row: Row[Any]) -> bool:
+        return leases.holds(row.partition_no, tenure.tokens[row.partition_no])
 
     try:
         report = publish_runs(publisher, runs, duplicates.headers, still_ours)
-        outcome = _record(engine, leases, tenure, report, max_backoff, sum(map(len, runs)))
+        outcome = _record(connection, leases, tenure, report, max_backoff, sum(map(len, runs)))
     except BaseException:
-        duplicates.unrecorded(runs)
+        duplicates.unrecorded(row for run in runs for row in run)
         raise
     if report.broker_error:
-        duplicates.unrecorded(runs)
+        duplicates.unrecorded(row for run in runs for row in run)
+    turns.holds.update(
+        (str(row.consumer_id) for row in report.published),
+        (str(row.consumer_id) for row, _ in report.failed if report.is_nacked(row)),
+    )
+    outcome.complete = complete and not report.broker_error
     return outcome
 
 
+def _read_runs(
+    connection: Connection,
+    leases: PartitionLeases,
+    tenure: Tenure,
+    batch_size: int,
+    duplicates: PossibleDuplicates,
+    turns: TenantTurns,
+) -> tuple[list[list[Row[Any]]], bool]:
+    """The round's read: due heads shared fairly by tenant, the runs behind them, and
+    whether that was everything due (``outbox.read_everything_due``)."""
+    with connection.begin():
+        if duplicates.unseen(tenure):
+            duplicates.taken(tenure, transaction_time(connection))
+        heads = due_heads(
+            connection,
+            tenure.partitions,
+            leases.partition_count,
+            batch_size,
+            held=turns.holds.held(),
+            after=turns.after,
+        )
+        turns.served(heads)
+        if not heads:
+            return [], True
+        depth = max(1, batch_size // len(heads))
+        runs = aggregate_runs(connection, heads, leases.partition_count, depth)
+        return runs, read_everything_due(heads, runs, depth)
+
+
 def _record(
-    engine: Engine,
+    connection: Connection,
     leases: PartitionLeases,
     tenure: Tenure,
     report: PublishReport,
     max_backoff: float,
     claimed: int,
 ) -> BatchOutcome:
-    """Record the round's outcomes for the partitions PostgreSQL still says are ours."""
-    with engine.begin() as connection:
+    """Record the round's outcomes for the partitions PostgreSQL still says are ours.
+
+    A nacked event (its tenant's queue is full) is not recorded at all: it stays pending
+    as it was, neither a failed attempt nor backed off (``tenants.QueueFullHolds``).
+    """
+    with connection.begin():
         ours = leases.fence(connection, tenure)
         fenced = report.restricted(lambda row: row.partition_no in ours)
-        record_outcomes(connection, fenced, max_backoff)
+        record_outcomes(
+            connection, fenced.restricted(lambda row: not report.is_nacked(row)), max_backoff
+        )
     lost = len(report.published) + len(report.failed) - len(fenced.published) - len(fenced.failed)
     if lost:
         log.warning(
@@ -231,7 +306,8 @@ def _record(
         )
     if report.broker_error:
         log.warning("broker lost mid-round: %s", report.broker_error)
-    return BatchOutcome(claimed, len(fenced.published), len(fenced.failed), lost)
+    refused = len(fenced.nacked)
+    return BatchOutcome(claimed, len(fenced.published), len(fenced.failed) - refused, lost, refused)
 
 
 class PendingNotifications:
@@ -263,6 +339,22 @@ class PendingNotifications:
             self.close()
             time.sleep(timeout)
             return False
+
+    def clear(self) -> None:
+        """Forget the notifications received so far (the next read will see their events).
+
+        A commit after this sends a notification that ends the next ``wait`` at once, so
+        the relay can sleep right after a round that read everything due instead of
+        reading again for nothing.
+        """
+        connection = self._connection
+        if connection is None:
+            return
+        try:
+            connection.poll()
+            connection.notifies.clear()
+        except (psycopg2.Error, OSError):  # ``wait`` finds out and falls back to polling
+            return
 
     def close(self) -> None:
         if self._connection is not None:
@@ -311,7 +403,9 @@ class OutboxRelay:
         )
         self._errors = Backoff(initial=0.2, maximum=MAX_ERROR_BACKOFF_SECONDS)
         self._duplicates = PossibleDuplicates()
+        self._turns = TenantTurns()
         self._statistics = BacklogStatistics(engine, self.batch_size)
+        self._last_claimed = self.batch_size  # a relay may start on a backlog: check first
         self._notifications = PendingNotifications(settings.database_url)
         self._reported_at = time.monotonic()
         self._maintained_at = -MAINTENANCE_EVERY_SECONDS
@@ -328,8 +422,9 @@ class OutboxRelay:
         self._notifications.listen()
         try:
             while not self.stop.is_set():
+                self._notifications.clear()  # what arrives from now on is news to this round
                 outcome = self.cycle()
-                if outcome is not None and outcome.claimed == 0:
+                if outcome is not None and (outcome.claimed == 0 or outcome.complete):
                     self._wait_for_work()
         finally:
             self.close()
@@ -345,7 +440,7 @@ class OutboxRelay:
         try:
             self._hold_partitions()
             self._maintain_history()
-            self._statistics.before_round()
+            self._statistics.before_round(self._last_claimed >= self.batch_size)
             outcome = publish_pending_batch(
                 self.engine,
                 self.publisher,
@@ -353,6 +448,7 @@ class OutboxRelay:
                 self.batch_size,
                 self.settings.relay_max_backoff_seconds,
                 self._duplicates,
+                self._turns,
             )
         except (BrokerUnavailable, DBAPIError) as exc:
             self._pause(_first_line(exc))
@@ -363,6 +459,7 @@ class OutboxRelay:
             self._pause("unexpected error")
             return None
         self._errors.reset()
+        self._last_claimed = outcome.claimed
         self.totals.add(outcome)
         self._report()
         return outcome
@@ -420,8 +517,14 @@ class OutboxRelay:
         except Exception as exc:  # a dead link is found and replaced on the next publish
             log.debug("keepalive failed: %s", exc)
         self.idle.set()
-        self._notifications.wait(self.settings.relay_poll_seconds)
+        self._notifications.wait(self._idle_timeout())
         self.idle.clear()
+
+    def _idle_timeout(self) -> float:
+        """The poll interval, or less when a held tenant may be tried again sooner."""
+        release = self._turns.holds.next_release_in()
+        poll = self.settings.relay_poll_seconds
+        return poll if release is None else min(poll, release)
 
     def _report(self) -> None:
         now = time.monotonic()

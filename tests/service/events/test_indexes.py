@@ -16,7 +16,7 @@ from tests.support.history import CONSUMER, days_ago, db_now, load_events
 # Index names PostgreSQL gives each partition's copy of the parent's partial indexes.
 UNDELIVERED = re.compile(r"_consumer_id_created_at_idx\b")
 PENDING = re.compile(
-    r"_next_attempt_at_created_at_\w*idx\b|_coalesce_sequence_next_attempt_at_idx\b"
+    r"_consumer_id_next_attempt_at_\w*idx\b|_coalesce_sequence_next_attempt_at_idx\b"
 )
 
 

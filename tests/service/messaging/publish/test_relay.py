@@ -9,14 +9,19 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine, event, text
 
 from service.config import Settings
 from service.events import outbox, partitions
 from service.messaging.connection import BrokerUnavailable
 from service.messaging.messages import POSSIBLE_DUPLICATE_HEADER
 from service.messaging.operate.provisioning import ProvisionResult, provision_consumer_queues
-from service.messaging.publish.publisher import ConfirmingPublisher, OutgoingMessage, PublishResult
+from service.messaging.publish.publisher import (
+    ConfirmingPublisher,
+    Gate,
+    OutgoingMessage,
+    PublishResult,
+)
 from service.messaging.publish.relay import (
     BacklogStatistics,
     OutboxRelay,
@@ -177,6 +182,61 @@ def test_relay_wakes_on_notify_and_stops_gracefully(
     assert not thread.is_alive()
 
 
+def test_a_backlog_larger_than_a_round_goes_out_without_waiting_for_the_poll(
+    outbox_settings: Settings, outbox_engine: Engine, tenant: Tenant
+) -> None:
+    _, consumer_id, queues = tenant
+    settings = outbox_settings.model_copy(update={"relay_poll_seconds": 60.0})
+    stop = threading.Event()
+    relay = OutboxRelay(settings, outbox_engine, stop, batch_size=10)
+    thread = threading.Thread(target=relay.run)
+    thread.start()
+    try:
+        assert relay.idle.wait(10)
+        with outbox_engine.begin() as connection:  # one statement: a single notification
+            connection.execute(
+                text(
+                    "INSERT INTO customer_events (customer_id, consumer_id, event_type,"
+                    " source_service, payload_json, metadata_json)"
+                    " SELECT md5((n % 3)::text)::uuid, :c, 'customer_status_change', 't',"
+                    " '{}', '{}' FROM generate_series(1, 60) AS n"
+                ),
+                {"c": consumer_id},
+            )
+        drained = wait_until(lambda: queue_depth(settings.rabbitmq_url, queues.queue) == 60, 30)
+    finally:
+        stop.set()
+        insert_events(outbox_engine, consumer_id, 1)  # a notification ends the idle wait
+        thread.join(30)
+    assert drained  # six rounds and more, each started at once, not after the 60 s poll
+    assert not thread.is_alive()
+
+
+def test_a_trickle_round_reads_once_records_once_and_knows_it_read_everything(
+    outbox_settings: Settings, outbox_engine: Engine, tenant: Tenant
+) -> None:
+    _, consumer_id, _ = tenant
+    statements: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(statement)
+
+    duplicates = PossibleDuplicates()
+    with (
+        joined_leases(outbox_engine, outbox_settings) as leases,
+        ConfirmingPublisher(outbox_settings.rabbitmq_url) as publisher,
+    ):
+        publish_pending_batch(outbox_engine, publisher, leases, 200, 2.0, duplicates)  # takes
+        insert_events(outbox_engine, consumer_id, 1)
+        event.listen(outbox_engine, "before_cursor_execute", count)
+        try:
+            outcome = publish_pending_batch(outbox_engine, publisher, leases, 200, 2.0, duplicates)
+        finally:
+            event.remove(outbox_engine, "before_cursor_execute", count)
+    assert outcome.published == 1 and outcome.complete  # the relay may sleep now
+    assert len(statements) == 3, statements  # the read (hints included), the fence, the marking
+
+
 def test_the_relay_holding_partition_0_runs_the_history_maintenance(
     outbox_settings: Settings, outbox_engine: Engine, tenant: Tenant
 ) -> None:
@@ -207,8 +267,10 @@ def test_the_relay_holding_partition_0_runs_the_history_maintenance(
 class CrashAfterSending(ConfirmingPublisher):
     """Really publishes, then loses the broker before the relay can record: a crash's effect."""
 
-    def publish_batch(self, messages: Sequence[OutgoingMessage]) -> list[PublishResult]:
-        super().publish_batch(messages)
+    def publish_batch(
+        self, messages: Sequence[OutgoingMessage], gate: Gate | None = None
+    ) -> list[PublishResult]:
+        super().publish_batch(messages, gate)
         raise BrokerUnavailable("connection lost after the broker confirmed")
 
 
@@ -295,7 +357,7 @@ TIED_BACKLOG = text(
 )
 
 
-WALK_INDEX = "_next_attempt_at_created_at_"  # every partition's copy of the walk index
+WALK_INDEX = "_consumer_id_next_attempt_at_"  # every partition's copy of the walk index
 PROBE_INDEX = "_coalesce_sequence_next_attempt_at_idx"  # …of ix_customer_events_pending_aggregate
 
 
@@ -304,13 +366,18 @@ def plan_nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
     return [plan, *(node for child in plan.get("Plans", []) for node in plan_nodes(child))]
 
 
+def walks(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    """The plan's walks of a tenant's due heads (not the index-only skip scan over tenants)."""
+    return [
+        node
+        for node in plan_nodes(plan)
+        if WALK_INDEX in node.get("Index Name", "") and node["Node Type"] == "Index Scan"
+    ]
+
+
 def walked_entries(plan: dict[str, Any]) -> int:
     """Rows the plan read through the relay's pending walk (every partition's copy)."""
-    return sum(
-        node["Actual Rows"] * node["Actual Loops"]
-        for node in plan_nodes(plan)
-        if WALK_INDEX in node.get("Index Name", "")
-    )
+    return sum(node["Actual Rows"] * node["Actual Loops"] for node in walks(plan))
 
 
 def explain(connection: Connection, statement: Any, params: dict[str, Any]) -> dict[str, Any]:
@@ -324,7 +391,12 @@ def explain(connection: Connection, statement: Any, params: dict[str, Any]) -> d
 def explain_due_heads(engine: Engine, settings: Settings, limit: int) -> dict[str, Any]:
     """EXPLAIN ANALYZE of the relay's DUE_HEADS over every partition, as the relay runs it."""
     partitions = settings.relay_partitions
-    params = {"partitions": list(range(partitions)), "partition_count": partitions}
+    params = {
+        "partitions": list(range(partitions)),
+        "partition_count": partitions,
+        "held": [],
+        "after": None,
+    }
     with engine.begin() as connection:
         connection.execute(outbox.PLANNER_HINTS)
         return explain(connection, outbox.DUE_HEADS, {**params, "limit": limit})
@@ -376,10 +448,9 @@ def test_the_head_probe_stays_on_the_aggregate_index_after_a_sudden_backlog(
     refresh_statistics(outbox_engine)  # statistics that saw no pending row
     insert_events(outbox_engine, consumer_id, 1000)  # one aggregate each: every one a head
     plan = explain_due_heads(outbox_engine, outbox_settings, 200)
-    walks = [node for node in plan_nodes(plan) if WALK_INDEX in node.get("Index Name", "")]
     probes = [node for node in plan_nodes(plan) if PROBE_INDEX in node.get("Index Name", "")]
     assert plan["Actual Rows"] == 200
-    assert {node["Actual Loops"] for node in walks} == {1}, walks  # the walk, never a probe
+    assert {node["Actual Loops"] for node in walks(plan)} == {1}, walks  # one tenant's walk
     assert probes and {node["Actual Loops"] for node in probes} == {200}, probes
 
 

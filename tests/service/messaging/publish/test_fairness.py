@@ -1,0 +1,95 @@
+"""Fair across tenants: one tenant's backlog does not hold back another's new events."""
+
+from __future__ import annotations
+
+from sqlalchemy import Engine, text
+
+from service.config import Settings
+from service.messaging.operate.provisioning import ProvisionResult, provision_consumer_queues
+from service.messaging.publish.publisher import ConfirmingPublisher
+from service.messaging.publish.relay import PossibleDuplicates, publish_pending_batch
+from service.messaging.publish.tenants import TenantTurns
+from tests.support.outbox import (
+    event_rows,
+    insert_consumer,
+    insert_events,
+    joined_leases,
+    new_consumer_name,
+    queue_depth,
+)
+
+Tenant = tuple[str, str, ProvisionResult]
+
+BACKLOG = 3000
+BATCH = 100
+PENDING = text(
+    "SELECT count(*) FROM customer_events WHERE consumer_id = :c AND publish_status = 'pending'"
+)
+
+
+def provisioned_tenant(settings: Settings, engine: Engine, prefix: str) -> tuple[str, str]:
+    """(consumer_id, queue) of a new tenant with its queues provisioned."""
+    name = new_consumer_name(prefix)
+    consumer_id = insert_consumer(engine, name)
+    return consumer_id, provision_consumer_queues(settings, name).queue
+
+
+def pending_of(engine: Engine, consumer_id: str) -> int:
+    with engine.connect() as connection:
+        return int(connection.execute(PENDING, {"c": consumer_id}).scalar_one())
+
+
+def test_a_quiet_tenant_is_published_in_the_first_round_beside_a_large_backlog(
+    outbox_settings: Settings, outbox_engine: Engine, tenant: Tenant
+) -> None:
+    _, loud, loud_queues = tenant
+    loud_queue = loud_queues.queue
+    quiet, quiet_queue = provisioned_tenant(outbox_settings, outbox_engine, "quiet")
+    insert_events(outbox_engine, loud, BACKLOG)  # older than anything the quiet one writes
+    quiet_ids = insert_events(outbox_engine, quiet, 5)
+    turns, duplicates = TenantTurns(), PossibleDuplicates()
+    with (
+        joined_leases(outbox_engine, outbox_settings) as leases,
+        ConfirmingPublisher(outbox_settings.rabbitmq_url) as publisher,
+    ):
+        first = publish_pending_batch(
+            outbox_engine, publisher, leases, BATCH, 2.0, duplicates, turns
+        )
+        rows = event_rows(outbox_engine, quiet_ids)
+        assert {row.publish_status for row in rows.values()} == {"published"}
+        assert queue_depth(outbox_settings.rabbitmq_url, quiet_queue) == 5
+        # the share the quiet tenant left went to the loud one: a full batch all the same
+        assert first.published == BATCH
+        assert pending_of(outbox_engine, loud) == BACKLOG - (BATCH - 5)
+        later = insert_events(outbox_engine, quiet, 3)
+        publish_pending_batch(outbox_engine, publisher, leases, BATCH, 2.0, duplicates, turns)
+    rows = event_rows(outbox_engine, later)
+    assert {row.publish_status for row in rows.values()} == {"published"}
+    assert pending_of(outbox_engine, loud) > BACKLOG - 3 * BATCH  # still draining
+    assert queue_depth(outbox_settings.rabbitmq_url, loud_queue) == BACKLOG - pending_of(
+        outbox_engine, loud
+    )
+
+
+def test_more_tenants_than_the_batch_take_turns(
+    outbox_settings: Settings, outbox_engine: Engine
+) -> None:
+    tenants = [provisioned_tenant(outbox_settings, outbox_engine, "turn") for _ in range(3)]
+    for consumer_id, _ in tenants:
+        insert_events(outbox_engine, consumer_id, 4)
+    turns, duplicates = TenantTurns(), PossibleDuplicates()
+    served: list[set[str]] = []
+    with (
+        joined_leases(outbox_engine, outbox_settings) as leases,
+        ConfirmingPublisher(outbox_settings.rabbitmq_url) as publisher,
+    ):
+        for _ in range(3):
+            before = {c: pending_of(outbox_engine, c) for c, _ in tenants}
+            outcome = publish_pending_batch(
+                outbox_engine, publisher, leases, 2, 2.0, duplicates, turns
+            )
+            assert outcome.published == 2
+            served.append({c for c, _ in tenants if pending_of(outbox_engine, c) < before[c]})
+    assert all(len(round_served) == 2 for round_served in served)  # one head each, two tenants
+    assert served[0] | served[1] == {c for c, _ in tenants}  # nobody waits a third round
+    assert served[1] != served[0] and served[2] != served[1]
