@@ -2,25 +2,31 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from fintegrate_cli._context import state
-from fintegrate_cli._errors import CliError
+from fintegrate_cli._errors import EXIT_PARTIAL, CliError
 from fintegrate_cli._output import confirm, err_console, info, print_json, print_table, wants_json
 from service.events import archive
-from service.kit.db import create_db_engine
+from service.events.archive_lock import archive_lock
+from service.events.locks import LockPolicy, create_maintenance_engine
+from service.messaging.shutdown import install_stop_handlers
 
-PLAN_COLUMNS = ("partition", "range_start", "range_end", "events", "not_final")
+APPLICATION_NAME = "fintegrate-archive"
+
+PLAN_COLUMNS = ("partition", "range_start", "range_end", "events", "not_final", "to_expire")
 
 
 def plan(settings: Any, older_than_days: int, directory: str) -> archive.ArchivePlan:
     """The preview (library call; validates the input, changes nothing)."""
-    engine = create_db_engine(settings, pool_size=1)
+    engine = create_maintenance_engine(settings, APPLICATION_NAME)
     try:
-        return archive.plan_archive(engine, older_than_days, directory)
+        expiry_days = settings.event_delivery_expiry_days
+        return archive.plan_archive(engine, older_than_days, directory, expiry_days)
     except archive.ArchiveError as exc:
         raise CliError(str(exc)) from exc
     finally:
@@ -30,16 +36,29 @@ def plan(settings: Any, older_than_days: int, directory: str) -> archive.Archive
 def execute(
     settings: Any, chosen: archive.ArchivePlan, quiet: bool = True
 ) -> archive.ArchiveResult:
-    """Run a previewed plan with a progress bar on stderr (library call)."""
-    engine = create_db_engine(settings, pool_size=1)
+    """Run a previewed plan with a progress bar on stderr (library call), under the history
+    lock and the directory's lock; a stop signal ends it between partitions."""
+    engine = create_maintenance_engine(settings, APPLICATION_NAME)
     columns = (TextColumn("archive"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    stop = threading.Event()
+    restore = install_stop_handlers(stop)
     try:
-        with Progress(*columns, console=err_console, disable=quiet) as progress:
+        with (
+            archive_lock(settings, chosen.directory, "events archive"),
+            Progress(*columns, console=err_console, disable=quiet) as progress,
+        ):
             task = progress.add_task("archive", total=chosen.events)
-            return archive.run_archive(engine, chosen, lambda n: progress.advance(task, n))
+            return archive.run_archive(
+                engine,
+                chosen,
+                lambda n: progress.advance(task, n),
+                policy=LockPolicy.from_settings(settings),
+                stop=stop,
+            )
     except archive.ArchiveError as exc:
         raise CliError(str(exc)) from exc
     finally:
+        restore()
         engine.dispose()
 
 
@@ -59,19 +78,27 @@ def run_archive_command(
         return
     confirm(
         f"Archive {chosen.events} event(s) to {chosen.directory} and drop "
-        f"{len(chosen.archive)} partition(s)?",
+        f"{len(chosen.archive)} partition(s)"
+        f" ({sum(p.expirable for p in chosen.archive)} never confirmed expire first)?",
         yes,
     )
     result = execute(cli.settings(), chosen, quiet=cli.quiet or as_json)
     if as_json:
         print_json(result.as_dict())
-        return
-    print_table(result.files, ("file", "events", "bytes", "sha256"), "Archived")
-    info(
-        f"archived {sum(f['events'] for f in result.files)} event(s), dropped "
-        f"{len(result.dropped)} partition(s); manifest: {chosen.directory}/manifest.json",
-        cli.quiet,
-    )
+    else:
+        print_table(result.files, ("file", "events", "bytes", "sha256"), "Archived")
+        info(
+            f"archived {sum(f['events'] for f in result.files)} event(s), dropped "
+            f"{len(result.dropped)} partition(s), expired {result.expired_events} never "
+            f"confirmed; manifest: {chosen.directory}/manifest.json",
+            cli.quiet,
+        )
+    if result.skipped:
+        name, reason = next(iter(result.skipped.items()))
+        raise CliError(
+            f"{len(result.skipped)} partition(s) left as they were, first {name}: {reason}",
+            EXIT_PARTIAL,
+        )
 
 
 def show_plan(chosen: archive.ArchivePlan) -> None:
@@ -82,5 +109,7 @@ def show_plan(chosen: archive.ArchivePlan) -> None:
         print_table(kept, PLAN_COLUMNS, "Kept: events whose delivery is not final")
         info(
             f"{sum(p.not_final for p in chosen.keep)} event(s) not final stay in PostgreSQL "
-            "with their partition; `fintegrate events resend|redeliver` finishes them"
+            "with their partition (never published, or not yet past "
+            "FINTEGRATE_EVENT_DELIVERY_EXPIRY_DAYS); `fintegrate events resend|redeliver` "
+            "finishes them"
         )

@@ -42,6 +42,11 @@ EXPIRE_BATCH = text(
 )
 
 
+def database_now(connection: Connection) -> datetime:
+    now: datetime = connection.execute(text("SELECT now()")).scalar_one()
+    return now
+
+
 def expire_batch(
     connection: Connection,
     before: datetime,
