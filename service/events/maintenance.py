@@ -127,27 +127,9 @@ class HistoryMaintainer:
         return f"{created} partition(s) created ahead" if created else ""
 
     def _default_rows(self, _report: PassReport) -> str:
-        moved: list[str] = []
-        for _ in range(MAX_DEFAULT_RANGES):
-            if self.stop.is_set():
-                break
-            with self.engine.connect() as connection:
-                found = default_row_range(connection, self.settings.event_partition_span_days)
-            if found is None:
-                break
-            moved.append(self._create(*found))
-            metrics.DEFAULT_ROWS_MOVED.inc()
+        span = self.settings.event_partition_span_days
+        moved = move_default_rows(self.engine, span, self.policy, self.stop)
         return f"rows moved out of DEFAULT into {', '.join(moved)}" if moved else ""
-
-    def _create(self, start: datetime, end: datetime) -> str:
-        def attempt() -> str:
-            with self.engine.begin() as connection:
-                self.policy.set_local(connection)
-                return partitions.create_partition(connection, start, end)
-
-        return retry_locked(
-            f"creating the partition for {start:%Y-%m-%d}", attempt, self.policy, stop=self.stop
-        )
 
     def _expiry(self, _report: PassReport) -> str:
         days = self.settings.event_delivery_expiry_days
@@ -188,6 +170,39 @@ class HistoryMaintainer:
         metrics.PARTITIONS_ARCHIVED.inc(report.dropped_partitions)
         skipped = f"; left: {result.skipped}" if result.skipped else ""
         return f"archived {report.archived_events} event(s), dropped {result.dropped}{skipped}"
+
+
+def move_default_rows(
+    engine: Engine, span_days: int, policy: LockPolicy, stop: threading.Event | None = None
+) -> list[str]:
+    """Move every row waiting in DEFAULT into a partition of its own range (created for
+    it, past ones included), one range per transaction, oldest first; the partitions made."""
+    moved: list[str] = []
+    for _ in range(MAX_DEFAULT_RANGES):
+        if stop is not None and stop.is_set():
+            break
+        with engine.connect() as connection:
+            found = default_row_range(connection, span_days)
+        if found is None:
+            break
+        moved.append(_create_partition(engine, *found, policy, stop))
+        metrics.DEFAULT_ROWS_MOVED.inc()
+    return moved
+
+
+def _create_partition(
+    engine: Engine,
+    start: datetime,
+    end: datetime,
+    policy: LockPolicy,
+    stop: threading.Event | None,
+) -> str:
+    def attempt() -> str:
+        with engine.begin() as connection:
+            policy.set_local(connection)
+            return partitions.create_partition(connection, start, end)
+
+    return retry_locked(f"creating the partition for {start:%Y-%m-%d}", attempt, policy, stop=stop)
 
 
 def default_row_range(connection: Connection, span_days: int) -> tuple[datetime, datetime] | None:
