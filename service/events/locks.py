@@ -97,7 +97,9 @@ def create_maintenance_engine(settings: Settings, application_name: str) -> Engi
         pool_pre_ping=True,
         connect_args={
             "connect_timeout": CONNECT_TIMEOUT_SECONDS,
-            "options": "-c statement_timeout=0",
+            # a killed client's backend stops waiting for a lock within a second, instead
+            # of staying in the lock queue (with everyone behind it) until its timeout
+            "options": "-c statement_timeout=0 -c client_connection_check_interval=1000",
             "application_name": application_name,
             **KEEPALIVES,
         },
