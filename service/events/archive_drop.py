@@ -137,13 +137,11 @@ def _detach(
         if not concurrent:
             with engine.begin() as connection:
                 policy.set_local(connection)
-                connection.execute(
-                    text(f"ALTER TABLE customer_events DETACH PARTITION {_checked(name)}")
-                )
+                partitions.detach(connection, name)
             return
         with engine.connect() as plain:
             connection = plain.execution_options(isolation_level="AUTOCOMMIT")
-            pending = _detach_pending(connection, name)
+            pending = partitions.detach_pending(connection, name)
             if pending is None:
                 return  # already detached
             connection.execute(text(f"SET lock_timeout = {int(policy.timeout_ms)}"))
@@ -153,18 +151,6 @@ def _detach(
                 connection.execute(text("RESET lock_timeout"))
 
     retry_locked(f"detaching {name}", attempt, policy, lambda: describe_holders(engine, name), stop)
-
-
-def _detach_pending(connection: Any, name: str) -> bool | None:
-    """True when detach pending, False when attached, None when no longer a partition."""
-    pending: bool | None = connection.execute(
-        text(
-            "SELECT inhdetachpending FROM pg_inherits "
-            "WHERE inhrelid = to_regclass(:name) AND inhparent = 'customer_events'::regclass"
-        ),
-        {"name": name},
-    ).scalar_one_or_none()
-    return pending
 
 
 def _release(
@@ -178,7 +164,7 @@ def _release(
     for part in parts:
         result.skipped[part.name] = reason
         with engine.connect() as connection:
-            pending = _detach_pending(connection, part.name)
+            pending = partitions.detach_pending(connection, part.name)
         if pending is False:
             _unfreeze_or_log(engine, part.name, policy)
 
@@ -193,9 +179,3 @@ def _unfreeze_or_log(engine: Engine, name: str, policy: LockPolicy) -> None:
         retry_locked(f"unfreezing {name}", attempt, policy, lambda: describe_holders(engine, name))
     except LockBusy as exc:  # repaired by the next run
         log.error("%s", exc)
-
-
-def _checked(name: str) -> str:
-    if not partitions.PARTITION_NAME.match(name):
-        raise ValueError(f"not a customer_events partition name: {name!r}")
-    return name

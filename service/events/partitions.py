@@ -64,6 +64,10 @@ DEFAULT_ATTACHED = text(
 ).bindparams(name=DEFAULT_PARTITION)
 DEFAULT_HOLDS_ROWS = text("SELECT EXISTS (SELECT 1 FROM customer_events_default)")
 OLDEST_DEFAULT_ROW = text("SELECT min(created_at) FROM customer_events_default")
+DETACH_PENDING = text(
+    "SELECT inhdetachpending FROM pg_inherits "
+    "WHERE inhrelid = to_regclass(:name) AND inhparent = 'customer_events'::regclass"
+)
 CREATE = text("SELECT fintegrate_create_event_partition(:start, :end)")
 DETACHED_FROZEN = text(
     """
@@ -162,6 +166,17 @@ def detach_and_drop(connection: Connection, name: str) -> None:
     """Remove the partition and its rows at once (no DELETE: the append-only rule holds)."""
     connection.execute(text(f"ALTER TABLE customer_events DETACH PARTITION {_table(name)}"))
     connection.execute(text(f"DROP TABLE {_table(name)}"))
+
+
+def detach(connection: Connection, name: str) -> None:
+    """The plain DETACH: a brief ACCESS EXCLUSIVE lock on customer_events (caller's timeout)."""
+    connection.execute(text(f"ALTER TABLE customer_events DETACH PARTITION {_table(name)}"))
+
+
+def detach_pending(connection: Connection, name: str) -> bool | None:
+    """True when detach pending, False when attached, None when no longer a partition."""
+    pending: bool | None = connection.execute(DETACH_PENDING, {"name": name}).scalar_one_or_none()
+    return pending
 
 
 def detach_concurrently(connection: Connection, name: str, finalize: bool) -> None:
