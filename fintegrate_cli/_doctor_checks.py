@@ -18,6 +18,8 @@ from fintegrate_cli._client import ApiClient
 from fintegrate_cli._errors import CliError
 from service.config import Settings
 from service.consumers import service as consumers
+from service.events import repair
+from service.events.locks import MAINTAIN_PROCESS, advisory_holder
 from service.events.service import outbox_backlog
 from service.gateway.config import INSTANCES_SERVICE
 from service.gateway.pages import EDGE_HEADER
@@ -119,6 +121,23 @@ def check_relays(engine: Engine, settings: Settings) -> Check:
     if summary.leased < summary.partitions:
         return Check("relays", WARN, detail, "a relay died recently? leases move within the TTL")
     return Check("relays", OK, detail)
+
+
+def check_history(engine: Engine) -> Check:
+    """What an interrupted archive left (frozen or half-detached partitions, DEFAULT off),
+    and whether `fintegrate maintain` runs (it repairs them and keeps partitions ahead)."""
+    leftovers = repair.inspect_leftovers(engine)
+    with engine.connect() as connection:
+        holder = advisory_holder(connection, MAINTAIN_PROCESS)
+    running = f"maintain: {holder}" if holder else "no `fintegrate maintain` running"
+    if leftovers:
+        return Check(
+            "history",
+            WARN,
+            f"left by an interrupted archive: {', '.join(leftovers)}; {running}",
+            "`fintegrate maintain --once` (or the next `events archive`) repairs it",
+        )
+    return Check("history", OK, f"no leftover of an interrupted archive; {running}")
 
 
 def consumer_names(engine: Engine) -> list[str]:

@@ -166,6 +166,15 @@ def process_label(role: str) -> str:
     return f"fintegrate {role} pid {os.getpid()}@{socket.gethostname()}"[:63]
 
 
+def advisory_holder(connection: Connection, key: int) -> str | None:
+    """Who holds one of the history's advisory locks (``application_name``), or None."""
+    raw: Any = connection.connection.driver_connection
+    with raw.cursor() as cursor:
+        cursor.execute(ADVISORY_HOLDER, (LOCK_CLASS, key))
+        found = cursor.fetchone()
+    return None if found is None else f"{found[1] or 'a session'} (backend pid {found[0]})"
+
+
 class SessionLock:
     """A session advisory lock on a connection of its own; ``acquire`` never waits."""
 
