@@ -31,7 +31,7 @@ from service.events.archive_files import Manifest
 from service.events.locks import LockBusy, LockPolicy, describe_holders, retry_locked
 
 if TYPE_CHECKING:
-    from service.events.archive import ArchiveResult, PartitionPlan
+    from service.events.archive_plan import ArchiveResult, PartitionPlan
 
 log = logging.getLogger(__name__)
 

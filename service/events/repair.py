@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from sqlalchemy import Connection, Engine
 
 from service.events import archive_drop, partitions
+from service.events.archive_plan import count_partition
 from service.events.locks import LockBusy, LockPolicy, describe_holders, retry_locked
 
 log = logging.getLogger(__name__)
@@ -92,8 +93,6 @@ def _finish(engine: Engine, name: str, policy: LockPolicy) -> None:
 
 
 def _drop(engine: Engine, name: str, policy: LockPolicy) -> None:
-    from service.events.archive import count_partition  # archive imports this module
-
     with engine.begin() as connection:
         counted = count_partition(connection, name, None, datetime.max.replace(tzinfo=UTC))
     archive_drop.drop_detached(engine, name, counted.counts, policy)
