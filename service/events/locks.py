@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import psycopg2
 import psycopg2.extensions
 from sqlalchemy import Connection, Engine, create_engine, text
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from service.config import Settings, shipped_driver_url
 from service.kit.db import CONNECT_TIMEOUT_SECONDS, libpq_dsn
@@ -186,12 +186,15 @@ class SessionLock:
 
     def acquire(self) -> str | None:
         """None once held; else one line saying who holds it."""
-        connection = psycopg2.connect(
-            self.dsn,
-            application_name=self.label,
-            connect_timeout=CONNECT_TIMEOUT_SECONDS,
-            **KEEPALIVES,
-        )
+        try:
+            connection = psycopg2.connect(
+                self.dsn,
+                application_name=self.label,
+                connect_timeout=CONNECT_TIMEOUT_SECONDS,
+                **KEEPALIVES,
+            )
+        except psycopg2.OperationalError as exc:  # reported like any unreachable database
+            raise OperationalError("connect", None, exc) from exc
         connection.autocommit = True
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", (LOCK_CLASS, self.key))

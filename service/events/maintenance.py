@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import DBAPIError
 
 from service.config import Settings
 from service.events import archive, expiry, partitions, repair, stats
@@ -263,8 +264,14 @@ def run_maintain(
     report = None
     try:
         while not stop.is_set():
-            _hold(process_lock)
-            report = maintainer.run_pass()
+            try:
+                _hold(process_lock)
+                report = maintainer.run_pass()
+            except DBAPIError as exc:  # the database away: try again on the next pass
+                if once:
+                    raise
+                metrics.RUNS.labels("pass", "error").inc()
+                log.warning("maintenance pass failed: %s", str(exc.orig or exc).splitlines()[0])
             if once:
                 break
             stop.wait(settings.maintenance_interval_seconds)
