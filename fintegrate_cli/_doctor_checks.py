@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -18,6 +18,8 @@ from fintegrate_cli._client import ApiClient
 from fintegrate_cli._errors import CliError
 from service.config import Settings
 from service.consumers import service as consumers
+from service.events import partitions, repair
+from service.events.locks import MAINTAIN_PROCESS, advisory_holder
 from service.events.service import outbox_backlog
 from service.gateway.config import INSTANCES_SERVICE
 from service.gateway.pages import EDGE_HEADER
@@ -38,6 +40,7 @@ EXCHANGE_HINT = "run `fintegrate queues provision` (or start `fintegrate relay`)
 API_HINT = "start it with `fintegrate serve` or fix --api-url / FINTEGRATE_API_URL"
 GATEWAY_HINT = "start it with `fintegrate gateway` (scripts/run.sh does) or fix FINTEGRATE_API_URL"
 INSTANCES_HINT = "start the missing instance(s) with `fintegrate serve --port PORT`"
+PARTITIONS_AHEAD_WARN = timedelta(days=7)
 GATEWAY_PROBE_PATH = "/_edge/doctor"  # an unknown path: the gateway's error pages answer it
 
 
@@ -119,6 +122,32 @@ def check_relays(engine: Engine, settings: Settings) -> Check:
     if summary.leased < summary.partitions:
         return Check("relays", WARN, detail, "a relay died recently? leases move within the TTL")
     return Check("relays", OK, detail)
+
+
+def check_history(engine: Engine) -> Check:
+    """What an interrupted archive left (frozen or half-detached partitions, DEFAULT off),
+    and whether `fintegrate maintain` runs (it repairs them and keeps partitions ahead)."""
+    leftovers = repair.inspect_leftovers(engine)
+    with engine.connect() as connection:
+        holder = advisory_holder(connection, MAINTAIN_PROCESS)
+        horizon = max(
+            (p.range_end for p in partitions.list_partitions(connection) if p.range_end),
+            default=None,
+        )
+        in_default = partitions.oldest_default_row(connection) is not None
+    running = f"maintain: {holder}" if holder else "no `fintegrate maintain` running"
+    if horizon is None or horizon < datetime.now(UTC) + PARTITIONS_AHEAD_WARN:
+        leftovers.append("fewer than 7 days of partitions ahead")
+    if in_default:
+        leftovers.append("rows waiting in the DEFAULT partition")
+    if leftovers:
+        return Check(
+            "history",
+            WARN,
+            f"{', '.join(leftovers)}; {running}",
+            "run `fintegrate maintain` (`--once` repairs it now)",
+        )
+    return Check("history", OK, f"partitions ahead, nothing left by an archive; {running}")
 
 
 def consumer_names(engine: Engine) -> list[str]:

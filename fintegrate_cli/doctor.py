@@ -35,6 +35,7 @@ def database_checks(settings: Settings) -> tuple[list[Check], list[str] | None]:
                 lambda: checks.check_relays(engine, settings),
                 "fintegrate migrate status",
             ),
+            timed("history", lambda: checks.check_history(engine), "fintegrate migrate status"),
         ]
         try:
             return found, checks.consumer_names(engine)
@@ -93,7 +94,8 @@ def verdict(found: list[Check]) -> None:
 def doctor_command(ctx: typer.Context, json_output: JsonOption = False) -> None:
     """Check every dependency and say what to fix; exit 0 healthy, 3 warnings, 1 failures.
 
-    Checks: database, migrations, outbox backlog, RabbitMQ, tenant topology, dead letters,
+    Checks: database, migrations, outbox backlog, relays, history (what an interrupted
+    archive left; whether `fintegrate maintain` runs), RabbitMQ, tenant topology, dead letters,
     Redis (a warning only), the API (/health, /ready) and the gateway in front of it (with
     FINTEGRATE_GATEWAY_DASHBOARD_PORT: how many instances it sees up). Each is bounded by
     short timeouts.

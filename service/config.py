@@ -108,6 +108,11 @@ class Settings(BaseSettings):
     event_partition_span_days: int = Field(default=7, ge=1, le=366)
     event_retention_days: int | None = Field(default=None, ge=1)
     event_archive_dir: str | None = None
+    # History maintenance (`fintegrate maintain`, `events archive`; docs/events.md "History")
+    event_delivery_expiry_days: int = Field(default=7, ge=1)
+    maintenance_interval_seconds: float = Field(default=300.0, gt=0)
+    maintenance_lock_timeout_ms: int = Field(default=100, ge=1, le=60_000)
+    maintenance_lock_retry_seconds: float = Field(default=60.0, ge=0)
 
     # The worker's recovery of what the queue lost, and its per-customer cap (docs/events.md)
     worker_max_in_hand_per_customer: int = Field(default=4, ge=1)

@@ -1,17 +1,23 @@
 """The files of an event archive: ``<partition>.jsonl.gz`` and ``manifest.json``.
 
-Every file is written under a temporary name, fsynced, renamed into place and its directory
-fsynced, so a file with its final name is always complete.
+Every file is written under a temporary name of its own (``.<name>.<random>.part``, created
+with ``O_EXCL | O_NOFOLLOW``: never someone else's file, never through a symlink), fsynced,
+renamed into place and its directory fsynced, so a file with its final name is always
+complete. One run at a time per directory: ``DirectoryLock`` (``fcntl.flock`` on
+``.fintegrate-archive.lock``, released by the kernel when the process dies). The manifest
+is read again, changed and written back under that lock, entry by entry.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import gzip
 import hashlib
 import json
 import os
+import secrets
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -21,6 +27,8 @@ MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "fintegrate-events-archive/1"
 SUFFIX = ".jsonl.gz"
 PART_SUFFIX = ".part"
+LOCK_NAME = ".fintegrate-archive.lock"
+NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
 FLUSH_BYTES = 1 << 20
 # zlib level 1: about 4x faster than the default 6 for ~15% larger files (docs/capacity.md).
 COMPRESS_LEVEL = 1
@@ -40,9 +48,10 @@ def check_directory(directory: Path) -> Path:
         raise ArchiveDirectoryError(f"archive directory {directory} does not exist; create it")
     if not directory.is_dir():
         raise ArchiveDirectoryError(f"archive target {directory} is not a directory")
-    probe = directory / f".fintegrate-write-probe-{os.getpid()}"
     try:
-        probe.write_bytes(b"probe")
+        probe, handle = open_new(directory, "fintegrate-write-probe")
+        with handle:
+            handle.write(b"probe")
         probe.unlink()
     except OSError as exc:
         raise ArchiveDirectoryError(describe_os_error(directory, exc)) from exc
@@ -64,6 +73,65 @@ def fsync_directory(directory: Path) -> None:
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
+
+
+def open_new(directory: Path, final_name: str) -> tuple[Path, BinaryIO]:
+    """A fresh temporary file for ``final_name``: unique, ``O_EXCL | O_NOFOLLOW``, mode 600."""
+    temp = directory / f".{final_name}.{secrets.token_hex(6)}{PART_SUFFIX}"
+    descriptor = os.open(temp, NEW_FILE, 0o600)
+    return temp, os.fdopen(descriptor, "wb")
+
+
+def remove_stale_temp_files(directory: Path) -> list[str]:
+    """Temporary files a killed run left behind (call only under the directory's lock)."""
+    stale = [*directory.glob(f".*{PART_SUFFIX}"), *directory.glob(f"*{SUFFIX}{PART_SUFFIX}")]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return [path.name for path in stale]
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(FLUSH_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class ArchiveBusy(ArchiveError):
+    """Another archive run holds the directory or the database's history lock."""
+
+
+class DirectoryLock:
+    """One archive run per directory: ``flock`` on ``.fintegrate-archive.lock``."""
+
+    def __init__(self, directory: Path, label: str) -> None:
+        self.path = directory / LOCK_NAME
+        self.label = label
+        self.descriptor: int | None = None
+
+    def acquire(self) -> None:
+        """Take it or raise ArchiveBusy naming the holder (never waits)."""
+        try:
+            descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        except OSError as exc:
+            raise ArchiveDirectoryError(describe_os_error(self.path.parent, exc)) from exc
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(descriptor, 200).decode(errors="replace").strip() or "another run"
+            os.close(descriptor)
+            raise ArchiveBusy(
+                f"archive directory {self.path.parent} is in use by {holder}; wait for it to finish"
+            ) from None
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, self.label.encode(), 0)
+        self.descriptor = descriptor
+
+    def release(self) -> None:
+        if self.descriptor is not None:
+            os.close(self.descriptor)  # closing releases the flock
+            self.descriptor = None
 
 
 class _HashingFile:
@@ -91,12 +159,11 @@ class ArchiveFile:
     ) -> None:
         self.directory = directory
         self.final_path = directory / f"{partition}{SUFFIX}"
-        self.temp_path = directory / f"{partition}{SUFFIX}{PART_SUFFIX}"
         self.progress = progress
         self.lines = 0
         self.buffer = bytearray()
         try:
-            self.raw = open(self.temp_path, "wb")  # noqa: SIM115 - closed in finish/abandon
+            self.temp_path, self.raw = open_new(directory, self.final_path.name)
         except OSError as exc:
             raise ArchiveDirectoryError(describe_os_error(directory, exc)) from exc
         self.hashing = _HashingFile(self.raw)
@@ -168,17 +235,24 @@ class Manifest:
             ) from exc
         return cls(directory, entries)
 
+    def _reread(self) -> None:
+        """Entries as they are on disk now, ours over them (read-merge-write, under the lock)."""
+        self.entries = {**Manifest.load(self.directory).entries, **self.entries}
+
     def record(self, entry: dict[str, Any]) -> None:
         """Add or replace a partition's entry (a rerun rewrites the same file)."""
+        self._reread()
         self.entries[entry["partition"]] = entry
         self.save()
 
     def mark_dropped(self, partition: str) -> None:
+        self._reread()
         self.entries[partition]["dropped_at"] = datetime.now().astimezone().isoformat()
         self.save()
 
     def reconcile(self, existing: set[str]) -> None:
         """Entries whose partition is gone were dropped (a kill after the drop's commit)."""
+        self.entries = Manifest.load(self.directory).entries
         stale = [
             name
             for name, entry in self.entries.items()
@@ -196,14 +270,16 @@ class Manifest:
             "files": sorted(self.entries.values(), key=lambda e: e["range_end"]),
         }
         path = self.directory / MANIFEST_NAME
-        temp = self.directory / f"{MANIFEST_NAME}{PART_SUFFIX}"
+        temp: Path | None = None
         try:
-            with open(temp, "w", encoding="utf-8") as handle:
-                json.dump(document, handle, indent=2)
+            temp, handle = open_new(self.directory, MANIFEST_NAME)
+            with handle:
+                handle.write(json.dumps(document, indent=2).encode())
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(temp, path)
             fsync_directory(self.directory)
         except OSError as exc:
-            temp.unlink(missing_ok=True)
+            if temp is not None:
+                temp.unlink(missing_ok=True)
             raise ArchiveDirectoryError(describe_os_error(self.directory, exc)) from exc

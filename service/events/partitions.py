@@ -1,8 +1,10 @@
-"""SQL of the partitioned outbox: partitions ahead, the list of partitions, their freezing.
+"""SQL of the partitioned outbox: partitions ahead, the list of partitions, their freezing,
+the DEFAULT partition's rows moved out, and the detach and drop of archived partitions.
 
 customer_events is range-partitioned by created_at (migration 20261202_0700). The SQL
 function ``fintegrate_ensure_event_partitions`` creates partitions ahead; a DEFAULT partition
-takes rows whose range has no partition yet, so an insert never fails.
+takes rows whose range has no partition yet, so an insert never fails. None of these
+functions sets a lock timeout: the callers do (``service.events.locks``).
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ LIST = text(
            c.reltuples::bigint AS estimated_rows,
            pg_total_relation_size(c.oid) AS total_bytes,
            EXISTS (SELECT 1 FROM pg_constraint k
-                   WHERE k.conrelid = c.oid AND k.conname = :freeze) AS frozen
+                   WHERE k.conrelid = c.oid AND k.conname = :freeze) AS frozen,
+           i.inhdetachpending AS detach_pending
     FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
     WHERE i.inhparent = 'customer_events'::regclass
     ORDER BY range_end NULLS LAST, c.relname
@@ -56,6 +59,24 @@ COUNTED_EMPTY = text(
     ORDER BY 1
     """
 )
+DEFAULT_ATTACHED = text(
+    "SELECT EXISTS (SELECT 1 FROM pg_inherits WHERE inhrelid = to_regclass(:name))"
+).bindparams(name=DEFAULT_PARTITION)
+DEFAULT_HOLDS_ROWS = text("SELECT EXISTS (SELECT 1 FROM customer_events_default)")
+OLDEST_DEFAULT_ROW = text("SELECT min(created_at) FROM customer_events_default")
+DETACH_PENDING = text(
+    "SELECT inhdetachpending FROM pg_inherits "
+    "WHERE inhrelid = to_regclass(:name) AND inhparent = 'customer_events'::regclass"
+)
+CREATE = text("SELECT fintegrate_create_event_partition(:start, :end)")
+DETACHED_FROZEN = text(
+    """
+    SELECT c.relname FROM pg_class c
+    WHERE c.relkind = 'r' AND c.relname LIKE 'customer\\_events\\_%' AND NOT c.relispartition
+      AND EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conrelid = c.oid AND k.conname = :freeze)
+    ORDER BY 1
+    """
+)
 SMALL_SAMPLE = text("SET LOCAL default_statistics_target = 10")
 # Off for the next statement's transaction: the pending partial index is the only way left.
 NO_SEQUENTIAL_SCAN = text("SET LOCAL enable_seqscan = off")
@@ -71,6 +92,7 @@ class Partition:
     estimated_rows: int
     total_bytes: int
     frozen: bool
+    detach_pending: bool = False
 
 
 def ensure_partitions(connection: Connection, span_days: int) -> int:
@@ -144,3 +166,66 @@ def detach_and_drop(connection: Connection, name: str) -> None:
     """Remove the partition and its rows at once (no DELETE: the append-only rule holds)."""
     connection.execute(text(f"ALTER TABLE customer_events DETACH PARTITION {_table(name)}"))
     connection.execute(text(f"DROP TABLE {_table(name)}"))
+
+
+def detach(connection: Connection, name: str) -> None:
+    """The plain DETACH: a brief ACCESS EXCLUSIVE lock on customer_events (caller's timeout)."""
+    connection.execute(text(f"ALTER TABLE customer_events DETACH PARTITION {_table(name)}"))
+
+
+def detach_pending(connection: Connection, name: str) -> bool | None:
+    """True when detach pending, False when attached, None when no longer a partition."""
+    pending: bool | None = connection.execute(DETACH_PENDING, {"name": name}).scalar_one_or_none()
+    return pending
+
+
+def detach_concurrently(connection: Connection, name: str, finalize: bool) -> None:
+    """``DETACH PARTITION … CONCURRENTLY`` (``FINALIZE`` for one interrupted halfway).
+
+    Runs outside a transaction block (an AUTOCOMMIT connection) and only while no DEFAULT
+    partition is attached (PostgreSQL 14-17 refuse it otherwise).
+    """
+    mode = "FINALIZE" if finalize else "CONCURRENTLY"
+    connection.execute(text(f"ALTER TABLE customer_events DETACH PARTITION {_table(name)} {mode}"))
+
+
+def drop_detached(connection: Connection, name: str) -> None:
+    connection.execute(text(f"DROP TABLE {_table(name)}"))
+
+
+def default_attached(connection: Connection) -> bool:
+    return bool(connection.execute(DEFAULT_ATTACHED).scalar_one())
+
+
+def default_holds_rows(connection: Connection) -> bool:
+    return bool(connection.execute(DEFAULT_HOLDS_ROWS).scalar_one())
+
+
+def detach_default(connection: Connection) -> None:
+    """Take the (empty) DEFAULT partition off for the concurrent detaches: a brief ACCESS
+    EXCLUSIVE lock on customer_events, under the caller's lock_timeout."""
+    connection.execute(text(f"ALTER TABLE customer_events DETACH PARTITION {DEFAULT_PARTITION}"))
+
+
+def attach_default(connection: Connection) -> None:
+    """Put the DEFAULT partition back (SHARE UPDATE EXCLUSIVE on customer_events)."""
+    connection.execute(
+        text(f"ALTER TABLE customer_events ATTACH PARTITION {DEFAULT_PARTITION} DEFAULT")
+    )
+
+
+def detached_frozen_tables(connection: Connection) -> list[str]:
+    """Former partitions an archive detached but did not drop yet (they carry the freeze)."""
+    rows = connection.execute(DETACHED_FROZEN, {"freeze": FREEZE_CONSTRAINT}).scalars().all()
+    return [name for name in rows if PARTITION_NAME.match(name)]
+
+
+def oldest_default_row(connection: Connection) -> datetime | None:
+    oldest: datetime | None = connection.execute(OLDEST_DEFAULT_ROW).scalar_one()
+    return oldest
+
+
+def create_partition(connection: Connection, start: datetime, end: datetime) -> str:
+    """Create the partition [start, end), moving its rows in from DEFAULT (one transaction)."""
+    name: str = connection.execute(CREATE, {"start": start, "end": end}).scalar_one()
+    return name

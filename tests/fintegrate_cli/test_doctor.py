@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from service.config import Settings
+from service.events import partitions
 from service.kit.db import create_db_engine
 from service.messaging import topology
 from service.messaging.operate.provisioning import provision_consumer_queues
@@ -137,7 +138,7 @@ def test_healthy_setup_exits_0(
     assert {n: c["status"] for n, c in checks.items()} == {
         name: "ok"
         for name in (
-            "database", "migrations", "outbox", "relays", "rabbitmq", "topology",
+            "database", "migrations", "outbox", "relays", "history", "rabbitmq", "topology",
             "dead letters", "redis", "api", "gateway",
         )
     }  # fmt: skip
@@ -233,3 +234,31 @@ def test_silent_database_and_broker_do_not_hang_doctor(
     assert checks["database"]["status"] == "fail"
     assert checks["rabbitmq"]["status"] == "fail"
     assert "database" in error and "rabbitmq" in error
+
+
+def test_a_partition_an_archive_left_frozen_is_a_warning_maintain_repairs(
+    run_cli: RunCli, fresh_db: str, api_env: Settings
+) -> None:
+    engine = create_engine(fresh_db)
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "SELECT fintegrate_create_event_partition("
+                "now() - interval '70 days', now() - interval '63 days')"
+            )
+        )
+        name = connection.execute(
+            text("SELECT min(relname) FROM pg_class WHERE relname LIKE 'customer_events_p%'")
+        ).scalar_one()
+        partitions.freeze(connection, name)
+    code, checks, _ = doctor_json(run_cli)
+    assert checks["history"]["status"] == "warn" and f"{name} frozen" in str(
+        checks["history"]["detail"]
+    )
+    assert "fintegrate maintain" in str(checks["history"]["hint"])
+    assert code == 3
+    repaired = run_cli("maintain", "--once")
+    assert repaired.exit_code == 0, repaired.stderr
+    _, after, _ = doctor_json(run_cli)
+    assert after["history"]["status"] == "ok"
+    engine.dispose()

@@ -45,7 +45,9 @@ def test_dry_run_previews_and_changes_nothing(
     archive_cli: RunCli,
     history_engine: Engine,
     tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setenv("FINTEGRATE_EVENT_DELIVERY_EXPIRY_DAYS", "60")  # nothing expires yet
     before = partition_names(history_engine)
     table = archive_cli(
         "events", "archive", "--older-than", "10", "--to", str(tmp_path), "--dry-run"
@@ -61,6 +63,19 @@ def test_dry_run_previews_and_changes_nothing(
     assert preview["dry_run"] is True and preview["events_to_archive"] > 0
     assert preview["events_kept_not_final"] == 1
     assert partition_names(history_engine) == before and list(tmp_path.iterdir()) == []
+
+
+def test_the_preview_counts_never_confirmed_events_past_the_expiry_as_to_expire(
+    archive_cli: RunCli, tmp_path: Path
+) -> None:
+    """The 40-day-old event published and never confirmed: past the default 7 days."""
+    preview = json_of(
+        archive_cli(
+            "events", "archive", "--older-than", "10", "--to", str(tmp_path), "--dry-run", "--json"
+        )
+    )
+    assert preview["events_to_expire"] == 1 and preview["events_kept_not_final"] == 0
+    assert preview["keep"] == []
 
 
 def test_archive_without_yes_off_a_terminal_refuses(

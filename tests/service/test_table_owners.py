@@ -22,7 +22,12 @@ OWNERS = {
     "consumers": {"service/consumers/repository.py"},
     "customer_analytics": {CUSTOMERS},
     "customer_event_counts": {"service/events/stats.py"},
-    "customer_events": {EVENTS, "service/events/outbox.py", "service/events/partitions.py"},
+    "customer_events": {
+        EVENTS,
+        "service/events/outbox.py",
+        "service/events/partitions.py",
+        "service/events/expiry.py",
+    },
     "customer_events_default": {"service/events/partitions.py"},
     "customer_tags": {CUSTOMERS},
     "customers": {CUSTOMERS},
@@ -40,6 +45,7 @@ EXCEPTIONS = {
     ("service/delivery/repository.py", "consumers"): "the republish selection joins names",
     ("service/auth/repository.py", "consumers"): "the key lookup joins its consumer's limits",
     ("service/events/outbox.py", "consumers"): "the relay's reads join the routing names",
+    ("service/events/expiry.py", "consumer_event_receipts"): "an expired event and its receipt",
 }
 
 

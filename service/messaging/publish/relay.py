@@ -16,9 +16,6 @@ the worker skips stale duplicates by their sequence. Those republished events ar
 ``x-fintegrate-possible-duplicate`` (``PossibleDuplicates``), so the worker asks the API
 for the last delivered sequence only for them, not for every first copy.
 
-The relay that holds partition 0 also runs the history maintenance every five minutes
-(partitions created ahead, event counts folded, the optional retention archive).
-
 The relay sleeps on LISTEN fintegrate_customer_events (sent by an insert trigger) with a
 poll fallback, and stops between rounds when ``stop`` is set.
 """
@@ -41,7 +38,6 @@ from sqlalchemy.exc import DBAPIError
 
 from service.config import Settings
 from service.events import partitions
-from service.events.maintenance import run_history_maintenance
 from service.events.outbox import (
     aggregate_runs,
     due_heads,
@@ -60,8 +56,6 @@ log = logging.getLogger(__name__)
 
 NOTIFY_CHANNEL = "fintegrate_customer_events"
 REPORT_EVERY_SECONDS = 10.0
-MAINTENANCE_EVERY_SECONDS = 300.0
-MAINTENANCE_PARTITION = 0  # the relay holding it runs history maintenance (one at a time)
 MAX_ERROR_BACKOFF_SECONDS = 10.0
 STATISTICS_CHECK_SECONDS = 1.0
 STATISTICS_REFRESH_SECONDS = 60.0
@@ -408,7 +402,6 @@ class OutboxRelay:
         self._last_claimed = self.batch_size  # a relay may start on a backlog: check first
         self._notifications = PendingNotifications(settings.database_url)
         self._reported_at = time.monotonic()
-        self._maintained_at = -MAINTENANCE_EVERY_SECONDS
 
     def run(self) -> BatchOutcome:
         """Publish until stopped; the batch in hand is always finished first."""
@@ -439,7 +432,6 @@ class OutboxRelay:
         """One round; None (after a bounded backoff pause) when a dependency is down."""
         try:
             self._hold_partitions()
-            self._maintain_history()
             self._statistics.before_round(self._last_claimed >= self.batch_size)
             outcome = publish_pending_batch(
                 self.engine,
@@ -498,18 +490,6 @@ class OutboxRelay:
             self.leases.join()
         else:
             self.leases.rebalance_if_due()
-
-    def _maintain_history(self) -> None:
-        """Partitions ahead, counts folded, optional retention: every 5 minutes, one relay."""
-        now = time.monotonic()
-        if now - self._maintained_at < MAINTENANCE_EVERY_SECONDS:
-            return
-        if MAINTENANCE_PARTITION not in self.leases.tenure().tokens:
-            return
-        self._maintained_at = now
-        done = run_history_maintenance(self.engine, self.settings)
-        if done.partitions_created or done.archived_events or done.dropped_partitions:
-            log.info("history maintenance: %s", done)
 
     def _wait_for_work(self) -> None:
         try:

@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import Connection, Engine, text
 
 from service.config import Settings
-from service.events import archive, partitions, stats
+from service.events import archive, archive_write, partitions, stats
 from service.events.archive_files import MANIFEST_NAME, ArchiveDirectoryError
 from service.kit.db import bound_database_waits
 from tests.support.history import OLD_FINAL, days_ago, load_history
@@ -71,11 +71,11 @@ def test_dry_run_counts_and_changes_nothing(loaded: Engine, tmp_path: Path) -> N
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("fetch_rows", [archive.FETCH_ROWS, 7])
+@pytest.mark.parametrize("fetch_rows", [archive_write.FETCH_ROWS, 7])
 def test_archive_writes_verified_files_then_drops_the_partitions(
     loaded: Engine, tmp_path: Path, fetch_rows: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(archive, "FETCH_ROWS", fetch_rows)  # 7: many prefetched batches
+    monkeypatch.setattr(archive_write, "FETCH_ROWS", fetch_rows)  # 7: many prefetched batches
     plan = archive.plan_archive(loaded, 10, tmp_path)
     kept = plan.keep[0].name
     with loaded.connect() as connection:
