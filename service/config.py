@@ -144,7 +144,7 @@ class Settings(BaseSettings):
                     f"FINTEGRATE_{name.upper()} is a placeholder value; set a real secret "
                     f"(placeholders are only accepted with FINTEGRATE_ENVIRONMENT=development)"
                 )
-        if self.admin_api_key is not None and len(self.admin_api_key) < MIN_ADMIN_KEY_LENGTH:
+        if self.admin_api_key and len(self.admin_api_key) < MIN_ADMIN_KEY_LENGTH:
             raise ValueError(
                 f"FINTEGRATE_ADMIN_API_KEY has {len(self.admin_api_key)} characters; outside "
                 f"development it needs at least {MIN_ADMIN_KEY_LENGTH} (openssl rand -hex 24)"

@@ -40,6 +40,7 @@ from sqlalchemy.exc import DBAPIError
 
 from service.config import Settings
 from service.events import partitions
+from service.events.erasure_fence import ErasureFence
 from service.events.maintenance import run_history_maintenance
 from service.events.outbox import aggregate_runs, due_heads, transaction_time
 from service.kit.db import APPLICATION_NAME, CONNECT_TIMEOUT_SECONDS, libpq_dsn
@@ -199,7 +200,8 @@ def publish_pending_batch(
         return [row for row in wave if row.partition_no in held]
 
     try:
-        report = publish_runs(publisher, runs, duplicates.headers, still_ours)
+        with ErasureFence(engine) as fence:  # no pre-erasure payload leaves (docs/RELIABILITY.md)
+            report = publish_runs(publisher, runs, duplicates.headers, fence.around(still_ours))
         outcome = _record(engine, leases, tenure, report, max_backoff, sum(map(len, runs)))
     except BaseException:
         duplicates.unrecorded(runs)
