@@ -216,6 +216,12 @@ def current_payloads_of_publish(
     return {row.event_id: row.payload_json for row in rows}
 
 
+def current_payloads(connection: Connection, event_ids: list[UUID]) -> dict[UUID, Any]:
+    """The events' payloads as they are now (a DLQ replay re-reads them: erasure)."""
+    rows = connection.execute(CURRENT_PAYLOADS, {"event_ids": event_ids}).all()
+    return {row.event_id: row.payload_json for row in rows}
+
+
 def get_event(connection: Connection, consumer_id: UUID, event_id: UUID) -> Row[Any] | None:
     """One of the tenant's events, or None."""
     return connection.execute(
