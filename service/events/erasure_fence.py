@@ -32,10 +32,17 @@ WaveFilter = Callable[[Wave], Wave]
 class ErasureFence:
     """``with ErasureFence(engine) as fence: publish_runs(..., fence.around(filter))``."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine | None, within: Connection | None = None) -> None:
         self._engine = engine
+        self._within = within
         self._connection: Connection | None = None
         self._transaction: RootTransaction | None = None
+
+    @classmethod
+    def within(cls, connection: Connection) -> ErasureFence:
+        """A fence on the caller's transaction (the API's resend and redeliver): its locks
+        last until that transaction ends, after the whole republish."""
+        return cls(None, within=connection)
 
     def __enter__(self) -> ErasureFence:
         return self
@@ -58,10 +65,13 @@ class ErasureFence:
         customers = sorted({str(row.customer_id) for row in rows if row.customer_id is not None})
         if not customers:
             return rows
-        self._connection = self._engine.connect()
-        self._transaction = self._connection.begin()
+        connection = self._within
+        if connection is None:
+            assert self._engine is not None
+            connection = self._connection = self._engine.connect()
+            self._transaction = connection.begin()
         payloads = current_payloads_of_publish(
-            self._connection, customers, [row.event_id for row in rows]
+            connection, customers, [row.event_id for row in rows]
         )
         return [
             _with_payload(row, payloads[row.event_id]) if row.event_id in payloads else row

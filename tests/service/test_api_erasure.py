@@ -319,3 +319,23 @@ def test_erasure_answers_503_while_a_partition_is_frozen(
 PARTITION_OF = (
     "SELECT tableoid::regclass::text AS partition FROM customer_events WHERE customer_id = :id"
 )
+
+
+def test_the_fence_on_a_requests_transaction_holds_until_it_ends(
+    client: TestClient, tenant: Consumer, create_customer: Callable, engine: Engine
+) -> None:
+    """The API's resend and redeliver fence their publish on the request's transaction."""
+    customer = create_customer(tenant, email="republish@example.com")
+    [stale] = event_rows(engine, customer["customer_id"])
+    path = f"/customer/data/{customer['customer_id']}/erase"
+    with engine.connect() as connection, connection.begin():
+        fence = ErasureFence.within(connection)
+        [sent] = fence.around()([stale])
+        fence.release()  # the request's transaction still holds the lock
+        busy = client.post(path, headers=tenant["headers"])
+    assert_envelope(busy, 503)
+    assert sent.payload_json["email"] == "republish@example.com"
+    assert_envelope(client.post(path, headers=tenant["headers"]), 200)
+    with engine.connect() as connection, connection.begin():
+        [after] = ErasureFence.within(connection).hold([stale])
+    assert after.payload_json == ERASED
