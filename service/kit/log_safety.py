@@ -10,6 +10,7 @@ the first line of the message (not even that for data exceptions, class 22).
 
 from __future__ import annotations
 
+import logging
 import traceback
 
 import asyncpg
@@ -40,3 +41,14 @@ def safe_traceback(exc: BaseException) -> str:
     """The traceback of ``exc`` with the database error's message replaced by ``describe``."""
     frames = "".join(traceback.format_tb(exc.__traceback__))
     return f"Traceback (most recent call last):\n{frames}{describe(exc)}"
+
+
+class DatabaseErrorFilter(logging.Filter):
+    """On a handler: a logged database exception prints as ``safe_traceback``, so a
+    ``log.exception`` anywhere in a worker process cannot print a failing row."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and is_database_error(exc):
+            record.exc_text = safe_traceback(exc)
+        return True

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import logging
 from collections.abc import Iterator
 
 import pytest
@@ -10,7 +12,7 @@ from sqlalchemy.exc import DBAPIError
 
 from service.config import Settings
 from service.kit.db import create_db_engine
-from service.kit.log_safety import describe, safe_traceback
+from service.kit.log_safety import DatabaseErrorFilter, describe, safe_traceback
 
 SECRET = "ada.secret@example.com"
 
@@ -44,3 +46,24 @@ def test_a_data_exception_keeps_only_its_sqlstate(product_engine: Engine) -> Non
     exc = failing(product_engine, "SELECT CAST(:value AS uuid)")
     assert SECRET in str(exc.orig)
     assert describe(exc) == "InvalidTextRepresentation [22P02]"
+
+
+def test_a_logged_database_traceback_holds_no_row(product_engine: Engine) -> None:
+    exc = failing(
+        product_engine,
+        "CREATE TEMP TABLE t (v text CHECK (v = 'x')); INSERT INTO t VALUES (:value)",
+    )
+    handler = logging.StreamHandler(io.StringIO())
+    handler.addFilter(DatabaseErrorFilter())
+    logger = logging.getLogger("test_log_safety")
+    logger.addHandler(handler)
+    try:
+        try:
+            raise exc
+        except DBAPIError:
+            logger.exception("cycle failed")
+    finally:
+        logger.removeHandler(handler)
+    text_written = handler.stream.getvalue()
+    assert "cycle failed" in text_written and "CheckViolation [23514]" in text_written
+    assert SECRET not in text_written
