@@ -262,7 +262,7 @@ def check_redis(settings: Settings) -> Check:
         return Check(
             "redis",
             WARN,
-            f"unreachable ({first_line(exc)}); the API fails open",
+            f"unreachable ({first_line(exc)}); each API process limits on its own",
             "start Redis or fix FINTEGRATE_REDIS_URL",
         )
     finally:

@@ -23,11 +23,16 @@ from fintegrate_cli._output import (
 from fintegrate_cli._queue_migration import migrate_queues
 from service.config import Settings
 from service.consumers.service import consumer_names
-from service.events.service import last_delivered_sequences
+from service.events.service import current_payloads, last_delivered_sequences
 from service.kit.db import create_db_engine
 from service.messaging import topology
 from service.messaging.connection import open_blocking
-from service.messaging.operate.dlq import DeliveredLookup, ReplayOutcome, replay_dead_letters
+from service.messaging.operate.dlq import (
+    DeliveredLookup,
+    PayloadLookup,
+    ReplayOutcome,
+    replay_dead_letters,
+)
 from service.messaging.operate.inspection import inspect_tenant
 from service.messaging.operate.provisioning import TopologyMismatch, provision_many
 from service.messaging.operate.queue_ops import purge_queue, queue_status, ready_count
@@ -253,6 +258,16 @@ def delivered_lookup(engine: Engine) -> DeliveredLookup:
     return look_up
 
 
+def payload_lookup(engine: Engine) -> PayloadLookup:
+    """Events' payloads as PostgreSQL holds them now: a replay sends erased ones erased."""
+
+    def look_up(event_ids: list[str]) -> dict[str, Any]:
+        with engine.connect() as connection:
+            return current_payloads(connection, event_ids)
+
+    return look_up
+
+
 def replay_with_progress(
     settings: Settings, name: str, planned: int, quiet: bool, include_stale: bool = False
 ) -> ReplayOutcome:
@@ -272,6 +287,7 @@ def replay_with_progress(
                 planned,
                 lambda n: progress.advance(task, n),
                 None if engine is None else delivered_lookup(engine),
+                None if engine is None else payload_lookup(engine),
             )
     except OperationalError as exc:
         raise CliError(

@@ -14,6 +14,7 @@ from fintegrate_cli._context import state
 from fintegrate_cli._errors import EXIT_USAGE, CliError
 from fintegrate_cli._output import info
 from service.kit.db import bound_database_waits, create_db_engine
+from service.kit.log_safety import DatabaseErrorFilter
 from service.messaging.consume.consumer import EventConsumer, load_handler, log_event
 from service.messaging.consume.receipts import WorkerUnauthorized
 from service.messaging.publish.relay import OutboxRelay
@@ -28,6 +29,8 @@ def configure_logging(quiet: bool, debug: bool) -> None:
     """Worker logs on stderr: INFO by default, WARNING with -q, DEBUG with --debug."""
     level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=level, format=LOG_FORMAT)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(DatabaseErrorFilter())  # no failing row in a logged traceback
     logging.getLogger("pika").setLevel(logging.WARNING if not debug else logging.INFO)
 
 

@@ -16,6 +16,9 @@ PLACEHOLDER_SECRETS = frozenset(
     {"changeme", "change-me", "change_me", "secret", "admin", "password", "placeholder", "xxx"}
 )
 SECRET_FIELDS = ("admin_api_key", "api_key")
+# A correct admin key always passes the per-address throttle: its length makes guessing it
+# within that budget hopeless.
+MIN_ADMIN_KEY_LENGTH = 32
 SECRET_URL_FIELDS = ("database_url", "rabbitmq_url", "rabbitmq_management_url", "redis_url")
 SHIPPED_DATABASE_SCHEME = "postgresql+psycopg2"
 # What platforms hand out (``postgres://``, ``postgresql://``) and the explicit form. Since
@@ -72,6 +75,9 @@ class Settings(BaseSettings):
     auth_bcrypt_concurrency: int = Field(default=2, ge=1)
     redis_timeout_seconds: float = Field(default=0.05, gt=0)
     redis_retry_seconds: float = Field(default=5.0, gt=0)
+    # Limits that hold under load (issue 24): the breaker opens after this many failed
+    # Redis round trips in a row, not on one late reply.
+    redis_breaker_failures: int = Field(default=3, ge=1)
 
     relay_batch_size: int = Field(default=200, ge=1)
     relay_poll_seconds: float = Field(default=1.0, gt=0)
@@ -152,6 +158,11 @@ class Settings(BaseSettings):
                     f"FINTEGRATE_{name.upper()} is a placeholder value; set a real secret "
                     f"(placeholders are only accepted with FINTEGRATE_ENVIRONMENT=development)"
                 )
+        if self.admin_api_key and len(self.admin_api_key) < MIN_ADMIN_KEY_LENGTH:
+            raise ValueError(
+                f"FINTEGRATE_ADMIN_API_KEY has {len(self.admin_api_key)} characters; outside "
+                f"development it needs at least {MIN_ADMIN_KEY_LENGTH} (openssl rand -hex 24)"
+            )
         return self
 
 

@@ -36,15 +36,15 @@ from service.http.deps import (
     RateLimited,
 )
 from service.http.envelope import success
-from service.http.schemas import Envelope, ListPage, error_responses
+from service.http.responses import AUTHENTICATED, WITH_BODY, WITH_PARAMETERS, declared
+from service.http.schemas import Envelope, ListPage
 from service.kit.db import transaction
 from service.kit.pagination import DEFAULT_LIMIT
 from service.ratelimit.limiter import FailedAuthThrottle
 
 router = APIRouter(prefix="/consumer/data", tags=["consumers"])
 me_router = APIRouter(prefix="/consumer", tags=["consumers"])
-ADMIN_ERRORS = (401, 403, 422, 503)
-ONE = error_responses(404, *ADMIN_ERRORS)
+ONE = declared(AUTHENTICATED, WITH_PARAMETERS, 404)
 
 
 def remember_issued_key(request: Request, key: ParsedKey) -> None:
@@ -63,7 +63,7 @@ def evict_cached_keys(request: Request, consumer_id: UUID) -> None:
     "",
     status_code=201,
     response_model=Envelope[ConsumerCreated],
-    responses=error_responses(400, 409, 413, *ADMIN_ERRORS),
+    responses=declared(AUTHENTICATED, WITH_BODY, 409),
 )
 def create_consumer(
     body: ConsumerCreate,
@@ -89,7 +89,7 @@ def create_consumer(
 @router.get(
     "",
     response_model=Envelope[ListPage[ConsumerOut]],
-    responses=error_responses(400, 429, *ADMIN_ERRORS),
+    responses=declared(AUTHENTICATED, WITH_PARAMETERS, 400),
 )
 def list_consumers(
     principal: Caller,
@@ -110,7 +110,7 @@ def show_consumer(consumer_id: UUID, _: AdminAccess, connection: DbSession) -> J
 @router.patch(
     "/{consumer_id}",
     response_model=Envelope[ConsumerOut],
-    responses=error_responses(400, 404, 413, *ADMIN_ERRORS),
+    responses=declared(AUTHENTICATED, WITH_BODY, WITH_PARAMETERS, 404),
 )
 def update_consumer(
     consumer_id: UUID,
@@ -144,9 +144,7 @@ def rotate_broker_credentials(
     return success(BrokerCredentialsOut(**vars(credentials)), 201)
 
 
-@me_router.get(
-    "/me", response_model=Envelope[ConsumerMe], responses=error_responses(401, 403, 429, 503)
-)
+@me_router.get("/me", response_model=Envelope[ConsumerMe], responses=declared(AUTHENTICATED))
 def show_own_consumer(
     consumer: RateLimited, connection: DbSession, settings: AppSettings
 ) -> JSONResponse:
@@ -158,7 +156,7 @@ def show_own_consumer(
     "/{consumer_id}/keys/rotate",
     status_code=201,
     response_model=Envelope[KeyIssued],
-    responses=error_responses(404, 429, *ADMIN_ERRORS),
+    responses=ONE,
 )
 def rotate_consumer_key(
     consumer_id: UUID,

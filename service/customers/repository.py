@@ -119,6 +119,8 @@ LOCK_CUSTOMER_FOR_ERASURE = text(
     FOR UPDATE
     """
 )
+# The erasure waits this long for a lock (a publish in flight, an archive's freeze), then 503.
+LOCAL_LOCK_TIMEOUT = text("SELECT set_config('lock_timeout', :timeout, true)")
 ERASED_NAME = "[erased]"
 ERASE_CUSTOMER = text(
     """
@@ -313,6 +315,11 @@ def list_analytics(
         **after,
     }
     return connection.execute(LIST_ANALYTICS, params).all()
+
+
+def wait_for_locks_at_most(connection: Connection, milliseconds: int) -> None:
+    """Bound every lock wait of the rest of this transaction (``lock_timeout``)."""
+    connection.execute(LOCAL_LOCK_TIMEOUT, {"timeout": f"{milliseconds}ms"})
 
 
 def lock_for_erasure(

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated
 from uuid import UUID
 
 from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.responses import JSONResponse
 
-from service.customers import service
+from service.customers import erasure, service
 from service.customers.schemas import (
     AnalyticsIn,
     AnalyticsOut,
@@ -22,16 +23,17 @@ from service.customers.schemas import (
     TagsIn,
     TagsOut,
 )
-from service.http.deps import DbSession, Origin, PageCursor, PageLimit, RateLimited
+from service.http.deps import AppSettings, DbSession, Origin, PageCursor, PageLimit, RateLimited
 from service.http.envelope import success
-from service.http.schemas import Envelope, ListPage, UtcDatetime, error_responses
+from service.http.responses import AUTHENTICATED, WITH_BODY, WITH_PARAMETERS, declared
+from service.http.schemas import Envelope, ListPage, UtcDatetime
 from service.kit.pagination import DEFAULT_LIMIT
 from service.kit.request import db_pool_of, origin_of
+from service.messaging.operate.dlq_erasure import redact_dead_letters
 
 router = APIRouter(prefix="/customer/data", tags=["customers"])
-TENANT_ERRORS = (401, 403, 422, 429, 503)
-ONE = error_responses(404, *TENANT_ERRORS)
-ONE_WITH_BODY = error_responses(400, 404, 413, *TENANT_ERRORS)
+ONE = declared(AUTHENTICATED, WITH_PARAMETERS, 404)
+ONE_WITH_BODY = declared(AUTHENTICATED, WITH_BODY, WITH_PARAMETERS, 404)
 REPLAYED_HEADER = "Idempotent-Replayed"
 
 
@@ -55,7 +57,7 @@ IdempotencyKeyHeader = Annotated[
     "",
     status_code=201,
     response_model=Envelope[CustomerOut],
-    responses=error_responses(400, 409, 413, *TENANT_ERRORS),
+    responses=declared(AUTHENTICATED, WITH_BODY, WITH_PARAMETERS, 409),
 )
 async def create_customer(
     body: CustomerCreate,
@@ -74,7 +76,7 @@ async def create_customer(
 @router.get(
     "",
     response_model=Envelope[ListPage[CustomerOut]],
-    responses=error_responses(400, *TENANT_ERRORS),
+    responses=declared(AUTHENTICATED, WITH_PARAMETERS, 400),
 )
 def list_customers(
     consumer: RateLimited,
@@ -120,12 +122,22 @@ def delete_customer(
 
 @router.post("/{customer_id}/erase", response_model=Envelope[CustomerErased], responses=ONE)
 def erase_customer(
-    customer_id: UUID, consumer: RateLimited, connection: DbSession, origin: Origin
+    customer_id: UUID,
+    consumer: RateLimited,
+    connection: DbSession,
+    settings: AppSettings,
+    origin: Origin,
 ) -> JSONResponse:
-    """Erase the customer's personal data (name, email, tags, analytics, event payloads) in
-    one transaction, audited; event ``customer_erasure``. Deleted customers can be erased; a
-    second erasure answers 200 with ``already_erased`` and changes nothing."""
-    return success(service.erase_customer(connection, consumer.consumer_id, customer_id, origin))
+    """Erase the customer's personal data (name, email, tags, analytics, event payloads, its
+    dead letters in the tenant's DLQ) in one transaction, audited; event
+    ``customer_erasure``. Deleted customers can be erased; a second erasure answers 200 with
+    ``already_erased`` and sweeps the DLQ again. 503 (nothing erased) while a lock, a frozen
+    partition or the broker is in the way."""
+    dead_letters = partial(redact_dead_letters, settings, consumer.name)
+    erased = erasure.erase_customer(
+        connection, consumer.consumer_id, customer_id, origin, dead_letters
+    )
+    return success(erased)
 
 
 @router.put("/{customer_id}/tags", response_model=Envelope[TagsOut], responses=ONE_WITH_BODY)
@@ -172,7 +184,7 @@ def add_customer_analytics(
 @router.get(
     "/{customer_id}/analytics",
     response_model=Envelope[ListPage[AnalyticsOut]],
-    responses=error_responses(400, 404, *TENANT_ERRORS),
+    responses=declared(AUTHENTICATED, WITH_PARAMETERS, 400, 404),
 )
 def list_customer_analytics(
     customer_id: UUID,

@@ -116,6 +116,10 @@ class CustomerErased(BaseModel):
     analytics_removed: int
     idempotency_keys_removed: int
     events_redacted: int
+    dead_letters_redacted: int = Field(
+        description="Dead letters of the customer in the tenant's DLQ replaced by redacted "
+        "copies (on a repeated erasure too: the DLQ is swept every time)"
+    )
     event_id: UUID | None
 
 

@@ -23,12 +23,10 @@ from service.customers.schemas import (
     AnalyticsOut,
     CustomerCreate,
     CustomerDeleted,
-    CustomerErased,
     CustomerOut,
     TagsOut,
 )
-from service.events.repository import insert_event, redact_customer_payloads
-from service.http.audit import AuditEntry, write_audit_in
+from service.events.repository import insert_event
 from service.kit.db_async import PooledConnection, pooled_connection
 from service.kit.errors import Conflict, NotFound, Unprocessable
 from service.kit.pagination import build_page, cursor_params, decode_cursor
@@ -227,61 +225,3 @@ def list_analytics(
     rows = repository.list_analytics(connection, consumer_id, customer_id, window, after, limit + 1)
     snapshots = [AnalyticsOut.model_validate(row._mapping) for row in rows]
     return build_page(snapshots, limit, lambda item: (item.recorded_at, item.analytics_id))
-
-
-def erase_customer(
-    connection: Connection, consumer_id: UUID, customer_id: UUID, origin: EventOrigin
-) -> CustomerErased:
-    """Redact the customer's personal data, audit it and record ``customer_erasure``.
-
-    Works on deleted customers too; a second erasure changes nothing and writes no event.
-    """
-    current = repository.lock_for_erasure(connection, consumer_id, customer_id)
-    if current is None:
-        raise NotFound(CUSTOMER_NOT_FOUND)
-    if current.erased_at is not None:
-        return CustomerErased(
-            customer_id=customer_id,
-            erased_at=current.erased_at,
-            already_erased=True,
-            tags_removed=0,
-            analytics_removed=0,
-            idempotency_keys_removed=0,
-            events_redacted=0,
-            event_id=None,
-        )
-    counts = repository.erase_customer(connection, consumer_id, customer_id)
-    redacted = redact_customer_payloads(connection, consumer_id, customer_id)
-    event_id = insert_event(
-        connection,
-        consumer_id=consumer_id,
-        customer_id=customer_id,
-        event_type="customer_erasure",
-        origin=origin,
-        payload={"customer_id": str(customer_id), "erased_at": counts.erased_at.isoformat()},
-    )
-    erased = CustomerErased(
-        customer_id=customer_id,
-        erased_at=counts.erased_at,
-        already_erased=False,
-        tags_removed=counts.tags,
-        analytics_removed=counts.analytics,
-        idempotency_keys_removed=counts.idempotency_keys,
-        events_redacted=redacted,
-        event_id=event_id,
-    )
-    write_audit_in(connection, erasure_audit(consumer_id, origin, erased))
-    return erased
-
-
-def erasure_audit(consumer_id: UUID, origin: EventOrigin, erased: CustomerErased) -> AuditEntry:
-    return AuditEntry(
-        actor=f"consumer:{consumer_id}",
-        action="customer_erasure",
-        request_id=origin.request_id,
-        consumer_id=consumer_id,
-        method="POST",
-        path=f"/customer/data/{erased.customer_id}/erase",
-        status_code=200,
-        detail=erased.model_dump(mode="json", exclude={"already_erased"}),
-    )

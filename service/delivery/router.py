@@ -18,12 +18,13 @@ from service.delivery.schemas import (
 from service.delivery.service import PublisherFactory
 from service.http.deps import AppSettings, Caller, CurrentConsumer, DbSession
 from service.http.envelope import success
-from service.http.schemas import Envelope, error_responses
+from service.http.responses import AUTHENTICATED, WITH_BODY, declared
+from service.http.schemas import Envelope
 from service.kit.request import db_pool_of
 from service.messaging.publish.publisher import ConfirmingPublisher
 
 router = APIRouter(prefix="/events", tags=["delivery"])
-REPUBLISH_ERRORS = error_responses(400, 401, 403, 404, 413, 422, 429, 503)
+REPUBLISH_ERRORS = declared(AUTHENTICATED, WITH_BODY, 404)
 
 
 def publisher_factory(settings: AppSettings) -> PublisherFactory:
@@ -63,7 +64,7 @@ def redeliver_events(
 @router.post(
     "/confirm-delivery",
     response_model=Envelope[DeliveryReceipt],
-    responses=error_responses(400, 401, 403, 404, 413, 422),
+    responses=declared(AUTHENTICATED, WITH_BODY, 404),
 )
 async def confirm_delivery(
     body: ConfirmDeliveryRequest, request: Request, consumer: CurrentConsumer

@@ -24,6 +24,7 @@ from service.delivery.schemas import (
     Selection,
 )
 from service.events import repository as events_repository
+from service.events.erasure_fence import ErasureFence
 from service.events.service import EVENT_NOT_FOUND
 from service.kit.db_async import pooled_connection
 from service.kit.errors import Forbidden, NotFound, ServiceUnavailable, TooManyRequests
@@ -62,7 +63,7 @@ def republish(
     after = decode_aggregate_cursor(request.cursor)
     rows = repository.select_runs(connection, kind, selection, after, limit)
     runs, blocked = ordered_runs(rows)
-    report = _publish(runs, kind, open_publisher)
+    report = _publish(connection, runs, kind, open_publisher)
     record_outcomes(connection, report, settings.relay_max_backoff_seconds)
     if not principal.is_admin and selection.consumer_id is not None:
         spent = len(report.published) + len(report.failed)
@@ -152,14 +153,21 @@ def preview(
 
 
 def _publish(
-    runs: list[list[Row[Any]]], kind: Kind, open_publisher: PublisherFactory
+    connection: Connection, runs: list[list[Row[Any]]], kind: Kind, open_publisher: PublisherFactory
 ) -> PublishReport:
-    """Publish the runs in aggregate order on one connection; 503 when the broker is down."""
+    """Publish the runs in aggregate order on one connection; 503 when the broker is down.
+
+    Behind the erasure fence on the request's transaction: payloads re-read just before
+    each wave, and an erasure waits for this request (docs/RELIABILITY.md, "Erasure").
+    """
     if not runs:
         return PublishReport()
+    fence = ErasureFence.within(connection)
     try:
         with open_publisher() as publisher:
-            return publish_runs(publisher, runs, headers=lambda _row: {REPUBLISHED_HEADER: kind})
+            return publish_runs(
+                publisher, runs, lambda _row: {REPUBLISHED_HEADER: kind}, fence.around()
+            )
     except BrokerUnavailable as exc:
         raise ServiceUnavailable(BROKER_DOWN) from exc
 

@@ -43,6 +43,25 @@ REDACT_EVENT_PAYLOADS = text(
     """
 )
 
+# Erasure against in-flight publishes (docs/RELIABILITY.md, "Erasure and the relay"): one
+# advisory lock per customer. The erasure takes it exclusively; a publisher shares it from
+# re-reading a wave's payloads until the broker has confirmed that wave.
+# The key: hashtextextended('fintegrate:erasure:' || customer_id, 0), in both statements.
+LOCK_CUSTOMER_AGAINST_PUBLISHES = text(
+    "SELECT pg_advisory_xact_lock("
+    "hashtextextended('fintegrate:erasure:' || CAST(:customer_id AS text), 0))"
+)
+SHARE_CUSTOMERS_WHILE_PUBLISHING = text(
+    "SELECT count(pg_advisory_xact_lock_shared("
+    "hashtextextended('fintegrate:erasure:' || customer, 0)))"
+    " FROM unnest(CAST(:customer_ids AS text[])) AS customer"
+)
+# A statement of its own, after the locks: its snapshot sees an erasure that committed
+# while they were awaited.
+CURRENT_PAYLOADS = text(
+    "SELECT event_id, payload_json FROM customer_events WHERE event_id = ANY(:event_ids)"
+)
+
 # One statement: check ownership, insert the receipt once, and move the event only when the
 # receipt is new. delivered is final: a later 'failed' receipt never downgrades it.
 # asyncpg placeholders: $1 event_id, $2 consumer_id, $3 status, $4 detail. One statement:
@@ -222,6 +241,27 @@ def redact_customer_payloads(connection: Connection, consumer_id: UUID, customer
     params = {"consumer_id": consumer_id, "customer_id": customer_id}
     redacted: int = connection.execute(REDACT_EVENT_PAYLOADS, params).rowcount
     return redacted
+
+
+def lock_customer_against_publishes(connection: Connection, customer_id: UUID) -> None:
+    """Wait for in-flight publishes of the customer's events; new ones wait for the commit."""
+    connection.execute(LOCK_CUSTOMER_AGAINST_PUBLISHES, {"customer_id": customer_id})
+
+
+def current_payloads_of_publish(
+    connection: Connection, customer_ids: list[str], event_ids: list[UUID]
+) -> dict[UUID, Any]:
+    """Share the customers' erasure locks (to the end of the transaction), then read the
+    events' payloads as they are now."""
+    connection.execute(SHARE_CUSTOMERS_WHILE_PUBLISHING, {"customer_ids": sorted(customer_ids)})
+    rows = connection.execute(CURRENT_PAYLOADS, {"event_ids": event_ids}).all()
+    return {row.event_id: row.payload_json for row in rows}
+
+
+def current_payloads(connection: Connection, event_ids: list[UUID]) -> dict[UUID, Any]:
+    """The events' payloads as they are now (a DLQ replay re-reads them: erasure)."""
+    rows = connection.execute(CURRENT_PAYLOADS, {"event_ids": event_ids}).all()
+    return {row.event_id: row.payload_json for row in rows}
 
 
 def get_event(connection: Connection, consumer_id: UUID, event_id: UUID) -> Row[Any] | None:

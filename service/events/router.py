@@ -24,17 +24,17 @@ from service.events.schemas import (
 )
 from service.http.deps import CurrentConsumer, DbPool, DbSession, PageCursor, PageLimit, RateLimited
 from service.http.envelope import success
-from service.http.schemas import Envelope, ListPage, UtcDatetime, error_responses
+from service.http.responses import AUTHENTICATED, WITH_BODY, WITH_PARAMETERS, declared
+from service.http.schemas import Envelope, ListPage, UtcDatetime
 from service.kit.pagination import DEFAULT_LIMIT
 
 router = APIRouter(prefix="/events", tags=["events"])
-TENANT_ERRORS = (401, 403, 422, 429, 503)
 
 
 @router.get(
     "",
     response_model=Envelope[ListPage[EventOut]],
-    responses=error_responses(400, *TENANT_ERRORS),
+    responses=declared(AUTHENTICATED, WITH_PARAMETERS, 400),
 )
 def list_events(
     consumer: RateLimited,
@@ -56,7 +56,7 @@ def list_events(
 @router.get(
     "/{event_id:uuid}",  # so /events/confirm-delivery never matches this route
     response_model=Envelope[EventOut],
-    responses=error_responses(404, *TENANT_ERRORS),
+    responses=declared(AUTHENTICATED, WITH_PARAMETERS, 404),
 )
 def show_event(event_id: UUID, consumer: RateLimited, connection: DbSession) -> JSONResponse:
     """One of the tenant's events with its publish and delivery state."""
@@ -66,7 +66,7 @@ def show_event(event_id: UUID, consumer: RateLimited, connection: DbSession) -> 
 @router.get(
     "/last-delivered",
     response_model=Envelope[LastDelivered],
-    responses=error_responses(401, 403, 422, 503),
+    responses=declared(AUTHENTICATED, WITH_PARAMETERS),
 )
 async def last_delivered(
     consumer: CurrentConsumer,
@@ -85,7 +85,7 @@ async def last_delivered(
 @router.post(
     "/last-delivered",
     response_model=Envelope[LastDeliveredList],
-    responses=error_responses(401, 403, 413, 422, 503),
+    responses=declared(AUTHENTICATED, WITH_BODY),
 )
 async def last_delivered_many(
     body: LastDeliveredQuery, consumer: CurrentConsumer, pool: DbPool
@@ -102,7 +102,7 @@ RecoveryLimit = Annotated[
 @router.get(
     "/after-sequence",
     response_model=Envelope[EventList],
-    responses=error_responses(401, 403, 422, 503),
+    responses=declared(AUTHENTICATED, WITH_PARAMETERS),
 )
 def events_after_sequence(
     consumer: CurrentConsumer,
@@ -129,7 +129,7 @@ def events_after_sequence(
 @router.get(
     "/lost",
     response_model=Envelope[EventList],
-    responses=error_responses(401, 403, 422, 503),
+    responses=declared(AUTHENTICATED, WITH_PARAMETERS),
 )
 def lost_events(
     consumer: CurrentConsumer,

@@ -138,3 +138,14 @@ def event_counts(connection: Connection, consumer_id: UUID | None) -> list[dict[
 def outbox_backlog(connection: Connection) -> Row[Any]:
     """The events waiting to be published: ``pending`` and ``oldest_created_at``."""
     return outbox.pending_summary(connection)
+
+
+def current_payloads(connection: Connection, event_ids: list[str]) -> dict[str, Any]:
+    """event_id -> its payload as stored now (erased ones erased), for DLQ replay; unknown
+    ids are absent."""
+    found: dict[str, Any] = {}
+    for start in range(0, len(event_ids), LOOKUP_CHUNK):
+        chunk = [UUID(value) for value in event_ids[start : start + LOOKUP_CHUNK]]
+        rows = repository.current_payloads(connection, chunk)
+        found.update({str(key): value for key, value in rows.items()})
+    return found

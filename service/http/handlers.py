@@ -17,6 +17,7 @@ from starlette.routing import Match
 from service.http.envelope import error
 from service.kit.db_async import DatabaseUnavailable, is_database_outage
 from service.kit.errors import FintegrateError
+from service.kit.log_safety import describe, is_database_error, safe_traceback
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +106,9 @@ async def database_error(request: Request, exc: Exception) -> JSONResponse:
     """Lost or unreachable database: 503, never a traceback to the client."""
     if not is_outage(exc):
         return await unhandled_error(request, exc)
-    logger.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
+    logger.warning(
+        "database unavailable on %s %s: %s", request.method, request.url.path, describe(exc)
+    )
     request.state.database_unavailable = True
     request.state.audit_detail = {"error": type(exc).__name__}
     return error(503, DATABASE_UNAVAILABLE, {"Retry-After": "1"})
@@ -114,13 +117,11 @@ async def database_error(request: Request, exc: Exception) -> JSONResponse:
 async def unhandled_error(request: Request, exc: Exception) -> JSONResponse:
     """Anything unexpected: 500 with the request id; the traceback goes to the log only."""
     request_id = getattr(request.state, "request_id", "unknown")
-    logger.error(
-        "unhandled error on %s %s (request id %s)",
-        request.method,
-        request.url.path,
-        request_id,
-        exc_info=exc,
-    )
+    where = (request.method, request.url.path, request_id)
+    if is_database_error(exc):  # its message may quote row contents: never logged
+        logger.error("unhandled error on %s %s (request id %s)\n%s", *where, safe_traceback(exc))
+    else:
+        logger.error("unhandled error on %s %s (request id %s)", *where, exc_info=exc)
     description = INTERNAL_ERROR.format(request_id=request_id)
     return error(500, description, request_id_headers(request))
 

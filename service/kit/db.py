@@ -37,6 +37,7 @@ def create_db_engine(settings: Settings, *, pool_size: int | None = None) -> Eng
         max_overflow=size,
         pool_pre_ping=True,
         pool_timeout=5,
+        hide_parameters=True,  # bound values (a customer's name, e-mail) never reach a log
         connect_args={
             "connect_timeout": CONNECT_TIMEOUT_SECONDS,
             "options": f"-c statement_timeout={settings.db_statement_timeout_ms}",

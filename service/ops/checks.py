@@ -63,7 +63,7 @@ def check_broker(settings: Settings) -> CheckResult:
 
 
 def check_redis(settings: Settings) -> CheckResult:
-    """PING with a 1 s timeout; without Redis rate limits fail open."""
+    """PING with a 1 s timeout; without Redis each process limits on its own."""
     if not settings.redis_url:
         return CheckResult(True, False, "not configured (rate limits off)")
     client = redis.Redis.from_url(
@@ -75,7 +75,7 @@ def check_redis(settings: Settings) -> CheckResult:
         client.ping()
     except Exception as exc:
         return CheckResult(
-            False, False, f"unreachable ({type(exc).__name__}); rate limits fail open"
+            False, False, f"unreachable ({type(exc).__name__}); each process limits on its own"
         )
     finally:
         client.close()

@@ -12,7 +12,8 @@ from sqlalchemy import Engine
 from service.config import Settings
 from service.http.deps import AppSettings, DbEngine
 from service.http.envelope import error, success
-from service.http.schemas import Envelope, error_responses
+from service.http.responses import DATABASE, declared
+from service.http.schemas import Envelope
 from service.ops.checks import (
     CheckResult,
     ReadinessCache,
@@ -41,13 +42,13 @@ class Readiness(BaseModel):
     redis: DependencyState
 
 
-@router.get("/health", response_model=Envelope[Health])
+@router.get("/health", response_model=Envelope[Health], responses=declared())
 async def health() -> JSONResponse:
     """The process is up and serving."""
     return success({"status": "ok"})
 
 
-@router.get("/ready", response_model=Envelope[Readiness], responses=error_responses(503))
+@router.get("/ready", response_model=Envelope[Readiness], responses=declared(DATABASE))
 def ready(request: Request, engine: DbEngine, settings: AppSettings) -> JSONResponse:
     """Database, broker and Redis each checked; 503 when a required one (the database) is down.
 

@@ -5,9 +5,11 @@ atomic Lua script that reads Redis server time, so every API instance shares one
 and one bucket. Refill rate is ``per_minute / 60`` tokens per second; the bucket holds
 ``burst`` tokens.
 
-Redis is optional: with no URL, or when it times out or refuses, decisions fail open
-(``None``), counted in ``fail_open_total`` and the Prometheus counter. The circuit
-breaker of ``service.ratelimit.store`` bounds what a dead Redis costs.
+Redis is optional: with no URL, or when it times out, refuses or answers an error, the
+decision comes from a token bucket in this process (``LocalBuckets``: same rate and
+burst, per instance, carried on from the last state Redis reported), counted in
+``fail_open_total`` and the Prometheus counter. The circuit breaker of
+``service.ratelimit.store`` bounds what a dead Redis costs.
 """
 
 from __future__ import annotations
@@ -92,6 +94,7 @@ class RateDecision:
     remaining: int
     reset_seconds: int
     retry_after_seconds: int
+    local: bool = False  # decided by this process's bucket while Redis could not
 
 
 class _Guarded:
@@ -117,6 +120,43 @@ class _Guarded:
             self._metric.inc()
 
 
+class LocalBuckets:
+    """GCRA in this process, the limiter's fallback while Redis cannot decide.
+
+    Each bucket is its theoretical arrival time on the monotonic clock. Every decision
+    Redis makes is mirrored here (``follow``), so a bucket Redis emptied stays empty when
+    Redis goes away; a bucket never seen starts full. Per instance: N API instances allow
+    up to N times the limit between them while Redis is unusable. Event-loop only.
+    """
+
+    def __init__(self, max_buckets: int = MAX_LOCAL_SCOPES) -> None:
+        self.max_buckets = max_buckets
+        self._tats: OrderedDict[str, float] = OrderedDict()
+
+    def follow(self, bucket: str, reset_us: int) -> None:
+        """Mirror Redis' state of ``bucket``: full again ``reset_us`` from now."""
+        self._store(bucket, time.monotonic() + reset_us / 1_000_000)
+
+    def take(self, bucket: str, per_minute: int, burst: int) -> tuple[int, int, int, int]:
+        """One token from ``bucket``, answered as the GCRA script answers (microseconds)."""
+        now = time.monotonic()
+        interval = 60.0 / per_minute
+        tat = max(self._tats.get(bucket, now), now)
+        new_tat = tat + interval
+        allow_at = new_tat - burst * interval
+        if now < allow_at:
+            return 0, 0, _micros(tat - now), _micros(allow_at - now)
+        self._store(bucket, new_tat)
+        remaining = math.floor((now - allow_at) / interval + 1e-6)
+        return 1, remaining, _micros(new_tat - now), 0
+
+    def _store(self, bucket: str, tat: float) -> None:
+        self._tats[bucket] = tat
+        self._tats.move_to_end(bucket)
+        while len(self._tats) > self.max_buckets:
+            self._tats.popitem(last=False)
+
+
 class RateLimiter(_Guarded):
     """GCRA limiter on the event loop: ``await check(bucket, per_minute, burst)``."""
 
@@ -126,21 +166,27 @@ class RateLimiter(_Guarded):
         super().__init__(settings, registry)
         self.store = AsyncRedisStore(settings)
         self.store.register(GCRA_SCRIPT)
+        self.local = LocalBuckets()
 
-    async def check(self, bucket: str, per_minute: int, burst: int) -> RateDecision | None:
-        """Take one token from ``bucket``; None when Redis is unusable (fail open)."""
+    async def check(self, bucket: str, per_minute: int, burst: int) -> RateDecision:
+        """Take one token from ``bucket``: in Redis, or in this process when Redis cannot
+        decide (``decision.local``, counted as a fail-open)."""
         interval_us = 60_000_000 / per_minute
         key = RATE_KEY_PREFIX + bucket
-        raw = self._counted(await self.store.run_script(GCRA_SCRIPT, [key], [interval_us, burst]))
+        raw = await self.store.run_script(GCRA_SCRIPT, [key], [interval_us, burst])
         if raw is None:
-            return None
-        allowed, remaining, reset_us, retry_us = (int(value) for value in raw)
+            self._count_fail_open()
+            allowed, remaining, reset_us, retry_us = self.local.take(bucket, per_minute, burst)
+        else:
+            allowed, remaining, reset_us, retry_us = (int(value) for value in raw)
+            self.local.follow(bucket, reset_us)
         return RateDecision(
             allowed=bool(allowed),
             limit=burst,
             remaining=remaining,
             reset_seconds=_ceil_seconds(reset_us),
             retry_after_seconds=max(1, _ceil_seconds(retry_us)) if not allowed else 0,
+            local=raw is None,
         )
 
     async def close(self) -> None:
@@ -245,6 +291,10 @@ def _ceil_seconds(microseconds: int) -> int:
     return math.ceil(microseconds / 1_000_000)
 
 
+def _micros(seconds: float) -> int:
+    return math.ceil(seconds * 1_000_000)
+
+
 def rate_limit_headers(decision: RateDecision) -> dict[str, str]:
     """The X-RateLimit-* headers of a decision."""
     return {
@@ -258,8 +308,6 @@ async def enforce_rate_limit(request: Request, bucket: str, per_minute: int, bur
     """Take a token for ``bucket`` or raise TooManyRequests; records headers on request.state."""
     limiter: RateLimiter = request.app.state.rate_limiter
     decision = await limiter.check(bucket, per_minute, burst)
-    if decision is None:
-        return
     headers = rate_limit_headers(decision)
     setattr(request.state, STATE_HEADERS, headers)
     if not decision.allowed:

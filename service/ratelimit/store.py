@@ -1,7 +1,8 @@
-"""Redis clients behind a circuit breaker, for checks that must fail open.
+"""Redis clients behind a circuit breaker, for checks that must never wait on Redis.
 
 Short connect/read timeouts and no client retries bound the cost of one failure; after
-it, the breaker skips Redis for ``redis_retry_seconds``, then lets one caller probe.
+``redis_breaker_failures`` failed round trips in a row, the breaker skips Redis for
+``redis_retry_seconds``, then lets one caller probe.
 ``RedisStore`` is the blocking client (failed-auth throttle, in worker threads);
 ``AsyncRedisStore`` the asyncio one (the per-request rate limit, on the event loop), on
 one pipelined connection of its own (``service.ratelimit.resp``): the scripts that
@@ -33,12 +34,19 @@ T = TypeVar("T")
 
 
 class CircuitBreaker:
-    """Closed: every call goes to Redis. Open: one probe per ``retry_seconds``."""
+    """Closed: every call goes to Redis. Open: one probe per ``retry_seconds``.
 
-    def __init__(self, retry_seconds: float) -> None:
+    It opens after ``failures_to_open`` failed round trips in a row, so one late reply (a
+    busy event loop, a slow fsync) costs only that round trip; while it is half open, one
+    failed probe opens it again.
+    """
+
+    def __init__(self, retry_seconds: float, failures_to_open: int = 1) -> None:
         self.retry_seconds = retry_seconds
+        self.failures_to_open = failures_to_open
         self._lock = threading.Lock()
         self._closed = True
+        self._failures = 0
         self._next_probe = 0.0
 
     @property
@@ -57,23 +65,32 @@ class CircuitBreaker:
             return True
 
     def trip(self, exc: Exception) -> None:
+        """Count one failed round trip; open at the threshold (or on a failed probe)."""
         with self._lock:
-            was_closed = self._closed
-            self._closed = False
-            self._next_probe = time.monotonic() + self.retry_seconds
-        if was_closed:
+            self._failures += 1
+            opens = self._closed and self._failures >= self.failures_to_open
+            if opens or not self._closed:
+                self._closed = False
+                self._next_probe = time.monotonic() + self.retry_seconds
+        if opens:
             logger.warning(
-                "Redis unavailable (%s); rate limits fail open, retrying in %.1f s",
+                "Redis unavailable (%s, %d failures in a row); rate limits fall back to this "
+                "process, retrying in %.1f s",
                 str(exc) or type(exc).__name__,
+                self._failures,
                 self.retry_seconds,
             )
 
     def reset(self) -> None:
-        if self._closed:
+        """A round trip succeeded: the failure count starts again, an open breaker closes."""
+        if self._closed and not self._failures:
             return
         with self._lock:
+            was_open = not self._closed
             self._closed = True
-        logger.warning("Redis reachable again; rate limits enforced")
+            self._failures = 0
+        if was_open:
+            logger.warning("Redis reachable again; shared rate limits enforced")
 
 
 def client_options(settings: Settings) -> dict[str, Any]:
@@ -89,7 +106,7 @@ class _Guarded:
     """What both stores share: the breaker in front of Redis."""
 
     def __init__(self, settings: Settings) -> None:
-        self.breaker = CircuitBreaker(settings.redis_retry_seconds)
+        self.breaker = CircuitBreaker(settings.redis_retry_seconds, settings.redis_breaker_failures)
 
     @property
     def breaker_open(self) -> bool:
@@ -182,7 +199,12 @@ class AsyncRedisStore(_Guarded):
         return await script.answer
 
     async def _flush(self) -> None:
-        """Send every waiting run as one pipeline; all of them fail open together."""
+        """Send every waiting run as one pipeline.
+
+        A lost connection or a timeout fails every run of the batch (None); an error reply
+        (``OOM``, ``WRONGTYPE``) fails only its own caller. A batch with no good reply counts
+        as one failed round trip for the breaker.
+        """
         batch, self._waiting = self._waiting, []
         results: list[Any] = [None] * len(batch)
         try:
@@ -191,14 +213,27 @@ class AsyncRedisStore(_Guarded):
             self._drop_connection()
             self.breaker.trip(exc)
         else:
-            self.breaker.reset()
+            errors = [result for result in results if isinstance(result, Exception)]
+            if errors:
+                logger.warning(
+                    "Redis answered %d of %d rate-limit scripts with an error: %s",
+                    len(errors),
+                    len(results),
+                    errors[0],
+                )
+            if len(errors) == len(results):
+                self.breaker.trip(errors[0])
+            else:
+                self.breaker.reset()
         finally:
             for script, result in zip(batch, results, strict=True):
                 if not script.answer.done():
-                    script.answer.set_result(result)
+                    script.answer.set_result(None if isinstance(result, Exception) else result)
 
     async def _pipeline(self, batch: list[_Script]) -> list[Any]:
-        """EVALSHA each run in one round trip; scripts Redis lost are loaded and rerun."""
+        """EVALSHA each run in one round trip; scripts Redis lost are loaded and rerun.
+
+        Error replies stay in place, one per caller."""
         results = await self._evalsha(batch)
         lost = [index for index, result in enumerate(results) if isinstance(result, NoScriptError)]
         if lost:
@@ -207,9 +242,6 @@ class AsyncRedisStore(_Guarded):
             rerun = await self._evalsha([batch[index] for index in lost])
             for index, result in zip(lost, rerun, strict=True):
                 results[index] = result
-        for result in results:
-            if isinstance(result, Exception):
-                raise result
         return results
 
     async def _evalsha(self, batch: list[_Script]) -> list[Any]:

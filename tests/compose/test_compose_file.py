@@ -227,11 +227,13 @@ def test_example_env_file_loads_only_once_the_placeholder_secret_is_replaced(
         Settings(_env_file=example)  # type: ignore[call-arg,unused-ignore]
 
     real = tmp_path / "fintegrate.env"
-    real.write_text(example.read_text().replace("=changeme", "=a-real-generated-secret"))
+    real.write_text(
+        example.read_text().replace("=changeme", "=a-real-generated-secret-of-40-characters")
+    )
     loaded = Settings(_env_file=real)  # type: ignore[call-arg,unused-ignore]
 
     assert loaded.environment == "production"
-    assert loaded.admin_api_key == "a-real-generated-secret"
+    assert loaded.admin_api_key == "a-real-generated-secret-of-40-characters"
 
 
 def test_real_env_files_are_not_committed_or_copied_into_the_image():

@@ -92,7 +92,7 @@ def test_missing_admin_key_is_a_usage_error(
 
 
 def test_wrong_admin_key_is_one_line_exit_1(run_cli: RunCli, api_env: Settings) -> None:
-    result = run_cli("--admin-key", "not-the-key", "consumer", "list")
+    result = run_cli("--admin-key", "not-the-key-" + "x" * 32, "consumer", "list")
     assert result.exit_code == 1
     assert one_error_line(result).startswith("Error: API error 401")
 

@@ -10,6 +10,12 @@ and follows inferred links), which would otherwise turn the tenant run into 401s
 tenant operation left to the admin run is rotating a key (a tenant rotating its own key
 mid-run would do the same); tests/service/test_api_auth.py covers the tenant side of it.
 
+A fourth run, on a second API with the product's failed-auth throttle, sends both keys to
+every operation for a tenant limited to 60/min with a burst of 10, so most answers are the
+throttles' 429: it runs the conformance checks only (every status answered is declared,
+with its schema, headers and content type, and no 5xx). ``ignored_auth`` stays with the
+unthrottled runs: past the budget, an invalid key rightly answers 429, not 401.
+
 Opaque cursors are the one documented exception to "schema-valid means accepted": any
 string fits the schema, but only a ``next_cursor`` the server made decodes, so 400 is the
 right answer to a forged one (positive_data_acceptance is told so for those operations).
@@ -21,14 +27,17 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from service.app import create_app
 from service.config import Settings
 from tests.reliability.probes import report_figures
+from tests.support.live_server import LiveServer
 
 pytestmark = pytest.mark.slow
 
@@ -59,6 +68,16 @@ WITH_CURSOR = (
     "GET /events",
     "POST /events/resend",
     "POST /events/redeliver",
+)
+CONFORMANCE_CHECKS = (
+    "not_a_server_error,status_code_conformance,content_type_conformance,"
+    "response_headers_conformance,response_schema_conformance"
+)
+THROTTLED_MAX_EXAMPLES = 10
+KEEPS_THE_TENANTS_KEY = (  # left out of the throttled run: they would end its tenant's key
+    ROTATE,
+    "PATCH /consumer/data/{consumer_id}",
+    "POST /consumer/data/{consumer_id}/keys/{key_id}/revoke",
 )
 POSITIVE_EXPECTED = ["2xx", "3xx", "401", "403", "404", "409", "429", "5xx"]
 
@@ -105,18 +124,21 @@ def config_text(keys: dict[str, str], disabled: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_schemathesis(url: str, config: str, workdir: Path) -> dict[str, Any]:
-    """One ``schemathesis run`` with every check; its JSON report (stdout on failure)."""
+def run_schemathesis(
+    url: str, config: str, workdir: Path, checks: str = "all", max_examples: int = MAX_EXAMPLES
+) -> dict[str, Any]:
+    """One ``schemathesis run`` (every check by default); its JSON report (stdout on failure)."""
     workdir.mkdir()
     (workdir / "schemathesis.toml").write_text(config)
     report = workdir / "report.json"
     command = [SCHEMATHESIS, "--config-file", "schemathesis.toml", "run", f"{url}/openapi.json"]
-    command += ["--checks", "all", "--max-examples", str(MAX_EXAMPLES), "--seed", str(SEED)]
-    # An Idempotency-Key the generator reuses replays the first create: the customer it
-    # answers may have been deleted since, which ST302 ("created resource not found")
-    # reports. That replay is the documented contract (docs/api.md), so only that check
-    # is left out; every other one runs.
-    command += ["--exclude-checks", "ensure_resource_availability"]
+    command += ["--checks", checks, "--max-examples", str(max_examples), "--seed", str(SEED)]
+    if checks == "all":
+        # An Idempotency-Key the generator reuses replays the first create: the customer it
+        # answers may have been deleted since, which ST302 ("created resource not found")
+        # reports. That replay is the documented contract (docs/api.md), so only that check
+        # is left out; every other one runs.
+        command += ["--exclude-checks", "ensure_resource_availability"]
     command += ["--workers", "1", "--no-color", "--report", "json"]
     command += ["--report-json-path", str(report), "--generation-database", "none"]
     result = subprocess.run(
@@ -179,4 +201,58 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(
         seconds=round(tenant["running_time"] + admin["running_time"], 1),
         seed=SEED,
         failures=0,
+    )
+
+
+@pytest.fixture
+def throttled_api(isolated_settings: Settings) -> Iterator[str]:
+    """An API with the product's failed-auth throttle (the ``api_url`` one has it off)."""
+    assert isolated_settings.failed_auth_limit == Settings.model_fields["failed_auth_limit"].default
+    server = LiveServer(create_app(isolated_settings)).start()
+    yield server.url
+    server.stop()
+
+
+def answered(url: str, status: int) -> float:
+    """How many answers with ``status`` the API at ``url`` gave so far (its /metrics)."""
+    total = 0.0
+    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+        if line.startswith("fintegrate_http_requests_total{") and f'status="{status}"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_schemathesis_finds_no_undocumented_status_under_the_throttles(
+    throttled_api: str, isolated_settings: Settings, tmp_path: Path
+) -> None:
+    admin_key = isolated_settings.admin_api_key
+    assert admin_key
+    response = httpx.post(
+        f"{throttled_api}/consumer/data",
+        json={"name": "throttled", "rate_limit_per_minute": 60, "rate_limit_burst": 10},
+        headers={"X-Admin-Key": admin_key},
+        timeout=10,
+    )
+    assert response.status_code == 201, response.text
+    keys = {"TenantKey": response.json()["data"]["api_key"], "AdminKey": admin_key}
+    every = operation_names(throttled_api)
+
+    outcome = run_schemathesis(
+        throttled_api,
+        config_text(keys, sorted(KEEPS_THE_TENANTS_KEY)),
+        tmp_path / "throttled",
+        checks=CONFORMANCE_CHECKS,
+        max_examples=THROTTLED_MAX_EXAMPLES,
+    )
+
+    assert_clean(outcome)
+    assert outcome["operations"]["tested"] == len(every) - len(KEEPS_THE_TENANTS_KEY)
+    assert answered(throttled_api, 429) > 0, "the run met the throttles"
+    report_figures(
+        "schemathesis_throttled",
+        operations=outcome["operations"]["tested"],
+        cases=outcome["test_cases"]["generated"],
+        answered_429=answered(throttled_api, 429),
+        seconds=round(outcome["running_time"], 1),
+        seed=SEED,
     )

@@ -3,17 +3,28 @@ customer_erasure event; other customers and tenants untouched; foreign ids look 
 
 from __future__ import annotations
 
+import json
+import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import pika
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
 
+from service.app import create_app
+from service.config import Settings
+from service.events import partitions
+from service.events.erasure_fence import ErasureFence
 from service.messaging import topology
+from service.messaging.messages import event_from_row, message_body, message_properties
+from service.messaging.publish.publisher import ConfirmingPublisher, OutgoingMessage
 from tests.support.api import assert_envelope
+from tests.support.outbox import drain_queue
 
 Consumer = dict[str, Any]
 ERASED = {"erased": True}
@@ -158,3 +169,173 @@ def test_customer_erasure_routes_to_the_tenant_queue_only() -> None:
     assert topology.routing_key("customer_erasure", "acme") == "customer.erasure.acme"
     assert "customer.erasure.acme" in topology.queue_bindings("acme")
     assert topology.dlq_routing_key("acme") not in topology.queue_bindings("acme")
+
+
+# -- what erasure reaches beyond the rows (issue 24) -----------------------------------------
+
+
+def event_rows(engine: Engine, customer_id: str) -> list[Any]:
+    """The customer's events as the relay reads them (with the consumer's name)."""
+    sql = (
+        "SELECT e.*, c.name AS consumer_name FROM customer_events e"
+        " JOIN consumers c ON c.consumer_id = e.consumer_id"
+        " WHERE e.customer_id = :id ORDER BY e.sequence"
+    )
+    return rows(engine, sql, customer_id)
+
+
+def dead_letter(settings: Settings, tenant: Consumer, body: bytes, properties: Any) -> None:
+    """A message straight into the tenant's DLQ, as the worker's reject would put it."""
+    message = OutgoingMessage(topology.dlq_routing_key(tenant["name"]), body, properties)
+    with ConfirmingPublisher(settings.rabbitmq_url) as publisher:
+        assert publisher.publish(message).ok
+
+
+def dead_letter_event(settings: Settings, tenant: Consumer, row: Any) -> None:
+    event = event_from_row(row)
+    dead_letter(settings, tenant, message_body(event), message_properties(event))
+
+
+def test_erasure_redacts_the_customers_dead_letters_and_nothing_else(
+    client: TestClient,
+    tenant: Consumer,
+    create_customer: Callable,
+    engine: Engine,
+    settings: Settings,
+) -> None:
+    customer = create_customer(tenant, name="Ada Lovelace", email="ada.dlq@example.com")
+    bystander = create_customer(tenant, name="Grace Hopper", email="grace.dlq@example.com")
+    for someone in (customer, bystander):
+        dead_letter_event(settings, tenant, event_rows(engine, someone["customer_id"])[0])
+    dead_letter(settings, tenant, b"not json ada.dlq", pika.BasicProperties(message_id="x"))
+    dlq = topology.dlq_name(tenant["name"])
+
+    path = f"/customer/data/{customer['customer_id']}/erase"
+    erased = assert_envelope(client.post(path, headers=tenant["headers"]), 200)
+    again = assert_envelope(client.post(path, headers=tenant["headers"]), 200)
+
+    assert erased["dead_letters_redacted"] == 1
+    assert again["dead_letters_redacted"] == 0, "a redacted copy is not redacted again"
+    letters = drain_queue(settings.rabbitmq_url, dlq)
+    bodies = [body for _, _, body in letters]
+    assert len(letters) == 3, "nothing lost, nothing added"
+    assert not [body for body in bodies if b"ada.dlq@example.com" in body or b"Ada" in body]
+    documents = {
+        document["customer_id"]: (document, properties)
+        for _, properties, body in letters
+        if body.startswith(b"{")
+        for document in [json.loads(body)]
+    }
+    redacted, properties = documents[customer["customer_id"]]
+    assert redacted["payload"] == ERASED
+    assert redacted["event_type"] == "customer_creation" and redacted["sequence"] == 1
+    assert properties.headers["x-fintegrate-erased"] is True
+    assert documents[bystander["customer_id"]][0]["payload"]["email"] == "grace.dlq@example.com"
+    assert b"not json ada.dlq" in bodies, "a body that is no event is left alone"
+
+
+def test_erasure_answers_503_and_erases_nothing_while_the_broker_is_away(
+    settings: Settings, create_consumer: Callable[..., Consumer], create_customer: Callable
+) -> None:
+    tenant = create_consumer()
+    customer = create_customer(tenant, email="away@example.com")
+    broken = settings.model_copy(update={"rabbitmq_url": "amqp://u:p@127.0.0.1:1/fintegrate"})
+    with TestClient(create_app(broken)) as away:
+        path = f"/customer/data/{customer['customer_id']}"
+        refused = away.post(f"{path}/erase", headers=tenant["headers"])
+        shown = assert_envelope(away.get(path, headers=tenant["headers"]), 200)
+    assert_envelope(refused, 503)
+    assert "nothing was erased" in refused.json()["detail"]["status_description"]
+    assert shown["email"] == "away@example.com"
+
+
+def test_erasure_waits_for_a_publish_in_flight(
+    client: TestClient, tenant: Consumer, create_customer: Callable, engine: Engine
+) -> None:
+    customer = create_customer(tenant, email="inflight@example.com")
+    [row] = event_rows(engine, customer["customer_id"])
+    path = f"/customer/data/{customer['customer_id']}/erase"
+    with ErasureFence(engine) as fence, ThreadPoolExecutor(max_workers=1) as pool:
+        [sent] = fence.hold([row])  # a relay's wave, read and locked, not yet confirmed
+        erasing = pool.submit(client.post, path, headers=tenant["headers"])
+        time.sleep(0.5)
+        assert not erasing.done(), "the erasure waits for the wave's confirm"
+        fence.release()
+        assert_envelope(erasing.result(timeout=30), 200)
+    assert sent.payload_json["email"] == "inflight@example.com"  # sent before the erasure
+
+
+def test_a_wave_read_before_the_erasure_goes_out_redacted(
+    client: TestClient, tenant: Consumer, create_customer: Callable, engine: Engine
+) -> None:
+    customer = create_customer(tenant, email="stale@example.com")
+    [stale] = event_rows(engine, customer["customer_id"])  # the relay read it ...
+    path = f"/customer/data/{customer['customer_id']}/erase"
+    assert_envelope(client.post(path, headers=tenant["headers"]), 200)  # ... then this
+    with ErasureFence(engine) as fence:
+        [sent] = fence.hold([stale])
+    assert stale.payload_json["email"] == "stale@example.com"
+    assert sent.payload_json == ERASED
+    assert event_from_row(sent).payload == ERASED
+
+
+def test_erasure_answers_503_while_a_busy_publish_holds_the_customer(
+    client: TestClient, tenant: Consumer, create_customer: Callable, engine: Engine
+) -> None:
+    customer = create_customer(tenant)
+    [row] = event_rows(engine, customer["customer_id"])
+    with ErasureFence(engine) as fence:
+        fence.hold([row])
+        busy = client.post(
+            f"/customer/data/{customer['customer_id']}/erase", headers=tenant["headers"]
+        )
+    assert_envelope(busy, 503)
+    assert "nothing was erased" in busy.json()["detail"]["status_description"]
+    assert all(e.payload_json != ERASED for e in events_of(engine, customer["customer_id"]))
+
+
+def test_erasure_answers_503_while_a_partition_is_frozen(
+    client: TestClient, tenant: Consumer, create_customer: Callable, engine: Engine
+) -> None:
+    customer = create_customer(tenant, email="frozen@example.com")
+    [name] = {r.partition for r in rows(engine, PARTITION_OF, customer["customer_id"])}
+    with engine.begin() as connection:
+        partitions.freeze(connection, name)
+    try:
+        frozen = client.post(
+            f"/customer/data/{customer['customer_id']}/erase", headers=tenant["headers"]
+        )
+    finally:
+        with engine.begin() as connection:
+            partitions.unfreeze(connection, name)
+    assert_envelope(frozen, 503)
+    assert "frozen for archiving" in frozen.json()["detail"]["status_description"]
+    retried = client.post(
+        f"/customer/data/{customer['customer_id']}/erase", headers=tenant["headers"]
+    )
+    assert assert_envelope(retried, 200)["already_erased"] is False
+
+
+PARTITION_OF = (
+    "SELECT tableoid::regclass::text AS partition FROM customer_events WHERE customer_id = :id"
+)
+
+
+def test_the_fence_on_a_requests_transaction_holds_until_it_ends(
+    client: TestClient, tenant: Consumer, create_customer: Callable, engine: Engine
+) -> None:
+    """The API's resend and redeliver fence their publish on the request's transaction."""
+    customer = create_customer(tenant, email="republish@example.com")
+    [stale] = event_rows(engine, customer["customer_id"])
+    path = f"/customer/data/{customer['customer_id']}/erase"
+    with engine.connect() as connection, connection.begin():
+        fence = ErasureFence.within(connection)
+        [sent] = fence.around()([stale])
+        fence.release()  # the request's transaction still holds the lock
+        busy = client.post(path, headers=tenant["headers"])
+    assert_envelope(busy, 503)
+    assert sent.payload_json["email"] == "republish@example.com"
+    assert_envelope(client.post(path, headers=tenant["headers"]), 200)
+    with engine.connect() as connection, connection.begin():
+        [after] = ErasureFence.within(connection).hold([stale])
+    assert after.payload_json == ERASED

@@ -3,6 +3,7 @@ audit rows, slip a bad credential past a good one, or get a revoked key cached a
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections.abc import Callable
@@ -148,14 +149,40 @@ def test_a_full_bcrypt_gate_answers_503_instead_of_queueing_forever() -> None:
     key = generate_key()
     slow_hash = hash_key(key, 13)
     gate = BcryptGate(slots=1, wait_seconds=0.05)
-    holder = threading.Thread(target=gate.check, args=(key, slow_hash))
-    holder.start()
-    try:
-        assert wait_until(lambda: gate.in_use == 1)
+
+    async def one_holds_one_waits() -> None:
+        holder = asyncio.ensure_future(gate.check(key, slow_hash))
+        while gate.in_use == 0:
+            await asyncio.sleep(0.01)
         with pytest.raises(ServiceUnavailable):
-            gate.check(key, slow_hash)
-    finally:
-        holder.join()
+            await gate.check(key, slow_hash)
+        assert await holder
+
+    asyncio.run(one_holds_one_waits())
+    assert gate.peak == 1
+
+
+def test_waiting_for_bcrypt_holds_no_thread() -> None:
+    """Fifty callers queued behind one slow check wait on the event loop: no thread each."""
+    key = generate_key()
+    slow_hash = hash_key(key, 13)
+    gate = BcryptGate(slots=1, wait_seconds=30)
+
+    async def crowd() -> int:
+        holder = asyncio.ensure_future(gate.check(key, slow_hash))
+        while gate.in_use == 0:
+            await asyncio.sleep(0.01)
+        threads_before = threading.active_count()
+        waiters = [asyncio.ensure_future(gate.check(key, slow_hash)) for _ in range(50)]
+        await asyncio.sleep(0.2)
+        threads_while_waiting = threading.active_count()
+        for waiter in waiters:
+            waiter.cancel()
+        await asyncio.gather(*waiters, return_exceptions=True)
+        await holder
+        return threads_while_waiting - threads_before
+
+    assert asyncio.run(crowd()) == 0
     assert gate.peak == 1
 
 
@@ -206,8 +233,48 @@ def test_admin_key_guesses_are_throttled_per_client_address(
     with AddressedClient(strict_app) as api:
         codes = [api.get(ATTACKER, "/consumer/data", wrong).status_code for _ in range(4)]
         assert codes == [401, 401, 401, 429]
-        assert_envelope(api.get(ATTACKER, "/consumer/data", admin_headers), 429)
+        assert_envelope(api.get(HOLDER, "/consumer/data", wrong), 401)
         assert_envelope(api.get(HOLDER, "/consumer/data", admin_headers), 200)
+
+
+def test_the_correct_admin_key_passes_after_25_wrong_ones_from_its_address(
+    app: FastAPI, settings: Settings, admin_headers: dict[str, str]
+) -> None:
+    assert settings.failed_auth_limit < 25
+    with AddressedClient(app) as api:
+        codes = [
+            api.get(ATTACKER, "/consumer/data", {"X-Admin-Key": f"guess-{n}"}).status_code
+            for n in range(25)
+        ]
+        assert set(codes[: settings.failed_auth_limit]) == {401}
+        assert set(codes[settings.failed_auth_limit :]) == {429}
+        assert_envelope(api.get(ATTACKER, "/consumer/data", admin_headers), 200)
+        assert_envelope(api.get(ATTACKER, "/consumer/data", {"X-Admin-Key": "guess"}), 429)
+    with AddressedClient(create_app(settings)) as other_instance:
+        # the throttle lives in Redis: another instance refuses the guesser, not the key
+        assert_envelope(other_instance.get(ATTACKER, "/consumer/data", admin_headers), 200)
+        assert_envelope(other_instance.get(ATTACKER, "/consumer/data", {"X-Admin-Key": "x"}), 429)
+
+
+def test_bcrypt_gate_timeouts_count_as_failures(
+    strict_settings: Settings, engine: Engine, create_consumer: Callable[..., Consumer]
+) -> None:
+    victim = create_consumer()
+    set_key_cost(engine, victim, rounds=13)
+    busy = strict_settings.model_copy(update={"auth_bcrypt_concurrency": 1})
+    app = create_app(busy)
+    app.state.auth.bcrypt.wait_seconds = 0.01
+    with AddressedClient(app) as api, ThreadPoolExecutor(max_workers=6) as pool:
+        fillers = "BCDEFG"
+        codes = list(
+            pool.map(
+                lambda filler: api.get(ATTACKER, "/customer/data", forged_key(victim, filler)),
+                fillers,
+            )
+        )
+        assert 503 in {response.status_code for response in codes}
+        # the failures (wrong keys and gate timeouts alike) spent the address's budget
+        assert_envelope(api.get(ATTACKER, "/customer/data", forged_key(victim, "H")), 429)
 
 
 @pytest.mark.parametrize(

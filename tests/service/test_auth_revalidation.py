@@ -3,8 +3,8 @@ still refuses revoked keys, and concurrent cold requests for one key run bcrypt 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from fastapi.testclient import TestClient
@@ -57,9 +57,12 @@ def test_concurrent_cold_requests_for_one_key_run_bcrypt_once(
     throttle = FailedAuthThrottle(settings)
     before = bcrypt_calls()
     try:
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            calls = [pool.submit(verify_and_cache, engine, key, throttle, state) for _ in range(8)]
-            consumers = {call.result().consumer_id for call in calls}
+
+        async def eight_at_once() -> set[Any]:
+            calls = [verify_and_cache(engine, key, throttle, state) for _ in range(8)]
+            return {consumer.consumer_id for consumer in await asyncio.gather(*calls)}
+
+        consumers = asyncio.run(eight_at_once())
     finally:
         throttle.close()
     assert len(consumers) == 1

@@ -57,6 +57,17 @@ def test_real_secret_accepted_in_production(monkeypatch: pytest.MonkeyPatch) -> 
     assert Settings().admin_api_key == "b1f0c6a7-long-random-operator-secret"
 
 
+@pytest.mark.parametrize("environment", ["test", "production"])
+def test_a_short_admin_key_is_refused_outside_development(environment: str) -> None:
+    with pytest.raises(ValidationError, match="at least 32"):
+        load_settings(environment=environment, admin_api_key="x" * 31)
+    assert load_settings(environment=environment, admin_api_key="x" * 32).admin_api_key
+
+
+def test_a_short_admin_key_is_accepted_in_development() -> None:
+    assert load_settings(environment="development", admin_api_key="short").admin_api_key
+
+
 def test_env_file_overrides_defaults(tmp_path: Path) -> None:
     env_file = write_env(tmp_path, api_url="http://from-dotenv:8000", bcrypt_rounds="5")
     settings = load_settings(str(env_file))

@@ -13,7 +13,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Coroutine, Iterator
-from typing import Any
+from typing import Any, TypeGuard
 
 import pytest
 import redis
@@ -28,7 +28,7 @@ from service.ratelimit.limiter import (
     RateDecision,
     RateLimiter,
 )
-from tests.support.tcp_proxy import TcpProxy
+from tests.support.tcp_proxy import TcpProxy, target_of
 
 LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
     "asyncio": asyncio.new_event_loop,
@@ -99,7 +99,7 @@ def blackholed_redis(
     tcp_proxy_factory: Callable[[str, int], TcpProxy], redis_url: str
 ) -> tuple[TcpProxy, str]:
     """A proxy in front of the real Redis that accepts connections and never answers."""
-    proxy = tcp_proxy_factory("127.0.0.1", 6379)
+    proxy = tcp_proxy_factory(*target_of(redis_url))
     proxy.blackhole()
     return proxy, proxy.url_for(redis_url)
 
@@ -170,6 +170,15 @@ def count_script_calls(limiter: LimiterDriver, monkeypatch: pytest.MonkeyPatch) 
 
     monkeypatch.setattr(store, "_evalsha", counting_evalsha)
     return calls
+
+
+def decided_locally(decision: RateDecision | None) -> TypeGuard[RateDecision]:
+    """The decision came from the process's own bucket (Redis could not decide)."""
+    return decision is not None and decision.local
+
+
+def decided_by_redis(decision: RateDecision | None) -> TypeGuard[RateDecision]:
+    return decision is not None and not decision.local
 
 
 def fail_open_metric(registry: CollectorRegistry, check: str = "rate_limit") -> float:
@@ -270,13 +279,13 @@ def test_the_urls_password_and_database_are_used(
         assert db0.dbsize() == 0
 
 
-def test_a_wrong_password_fails_open(
+def test_a_wrong_password_falls_back_to_the_process(
     make_limiter: Callable[..., LimiterDriver], private_redis: Callable[..., str]
 ):
     url = private_redis("--requirepass", "s3cret").replace("//", "//:wrong@")
-    limiter = make_limiter(redis_url=url)
+    limiter = make_limiter(redis_url=url, redis_breaker_failures=1)
 
-    assert limiter.check("b", 60, 5) is None
+    assert decided_locally(limiter.check("b", 60, 5))
     assert limiter.fail_open_total == 1
     assert limiter.store.breaker_open
 
@@ -286,13 +295,13 @@ def test_a_connection_redis_closes_is_opened_again(
 ):
     url = private_redis()
     limiter = make_limiter(redis_url=url)
-    assert limiter.check("b", 60, 5) is not None
+    assert decided_by_redis(limiter.check("b", 60, 5))
     with redis.Redis.from_url(url) as server:
         assert server.client_kill_filter(_type="normal", skipme=True) == 1
 
-    assert wait_for(lambda: limiter.check("b", 60, 5) is not None)
+    assert wait_for(lambda: decided_by_redis(limiter.check("b", 60, 5)))
     later = limiter.check("b", 60, 5)
-    assert later is not None and later.remaining <= 2
+    assert decided_by_redis(later) and later.remaining <= 2
     assert limiter.fail_open_total <= 1
 
 
@@ -301,16 +310,16 @@ def test_a_late_reply_never_answers_a_later_check(
     tcp_proxy_factory: Callable[[str, int], TcpProxy],
     redis_url: str,
 ):
-    proxy = tcp_proxy_factory("127.0.0.1", 6379)
+    proxy = tcp_proxy_factory(*target_of(redis_url))
     limiter = make_limiter(redis_url=proxy.url_for(redis_url))
     proxy.delay(0.3)
-    assert limiter.check("slow", 60, 50) is None, "the reply is later than the timeout"
+    assert decided_locally(limiter.check("slow", 60, 50)), "the reply is later than the timeout"
 
     proxy.pass_through()
-    assert wait_for(lambda: limiter.check("warm", 60, 5) is not None)
+    assert wait_for(lambda: decided_by_redis(limiter.check("warm", 60, 5)))
     decision = limiter.check("fast", 60, 5)
 
-    assert decision is not None and decision.remaining == 4, "slow's reply said 49"
+    assert decided_by_redis(decision) and decision.remaining == 4, "slow's reply said 49"
 
 
 def test_one_bucket_never_limits_another(make_limiter: Callable[..., LimiterDriver]):
@@ -349,46 +358,128 @@ def test_keys_expire_once_the_bucket_would_be_full(
     assert 0 < ttl_ms <= 2000
 
 
-# -- failing open ---------------------------------------------------------------------------
+# -- Redis unusable: the bucket of this process ----------------------------------------------
 
 
-def test_no_redis_url_always_fails_open(make_limiter: Callable[..., LimiterDriver]):
+def test_without_redis_the_process_limits_on_its_own(make_limiter: Callable[..., LimiterDriver]):
     limiter = make_limiter(redis_url=None)
 
-    assert limiter.check("b", 1, 1) is None
-    assert limiter.check("b", 1, 1) is None
-    assert limiter.fail_open_total == 2
+    decisions = [limiter.check("b", 1, 2) for _ in range(3)]
+
+    assert all(decided_locally(d) for d in decisions)
+    assert [d.allowed for d in decisions] == [True, True, False]
+    assert 55 <= decisions[-1].retry_after_seconds <= 60
+    assert limiter.fail_open_total == 3
 
 
-def test_closed_port_fails_open_and_counts(make_limiter: Callable[..., LimiterDriver]):
+def test_a_closed_port_limits_in_process_and_counts(make_limiter: Callable[..., LimiterDriver]):
     registry = CollectorRegistry()
     limiter = make_limiter(registry, redis_url=f"redis://127.0.0.1:{closed_port()}/0")
 
-    decisions = [limiter.check("b", 1, 1) for _ in range(3)]
+    decisions = [limiter.check("b", 60, 10) for _ in range(30)]
 
-    assert decisions == [None, None, None]
-    assert limiter.fail_open_total == 3
-    assert fail_open_metric(registry) == 3
+    assert all(decided_locally(d) for d in decisions)
+    assert 10 <= sum(d.allowed for d in decisions) <= 11, "the burst, and what refilled"
+    assert limiter.fail_open_total == 30
+    assert fail_open_metric(registry) == 30
     assert limiter.store.breaker_open
 
 
-def test_silent_redis_fails_open_and_the_breaker_skips_it(
+def test_the_local_bucket_carries_on_from_what_redis_said(
+    make_limiter: Callable[..., LimiterDriver],
+    tcp_proxy_factory: Callable[[str, int], TcpProxy],
+    redis_url: str,
+):
+    proxy = tcp_proxy_factory(*target_of(redis_url))
+    limiter = make_limiter(redis_url=proxy.url_for(redis_url))
+    spent = take(limiter, 3, per_minute=1, burst=3)
+    assert all(decided_by_redis(d) and d.allowed for d in spent)
+
+    proxy.refuse()
+    proxy.close_all()
+    after = limiter.check("b", 1, 3)
+
+    assert decided_locally(after)
+    assert not after.allowed, "Redis had emptied the bucket: no fresh burst in the process"
+
+
+def test_one_slow_reply_does_not_open_the_breaker(
+    make_limiter: Callable[..., LimiterDriver],
+    tcp_proxy_factory: Callable[[str, int], TcpProxy],
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+):
+    proxy = tcp_proxy_factory(*target_of(redis_url))
+    limiter = make_limiter(redis_url=proxy.url_for(redis_url), redis_retry_seconds=60)
+    assert decided_by_redis(limiter.check("b", 60, 5))
+    calls = count_script_calls(limiter, monkeypatch)
+
+    proxy.delay(0.3)
+    late = limiter.check("b", 60, 5)
+    proxy.pass_through()
+    after = [limiter.check("b", 60, 5) for _ in range(3)]
+
+    assert decided_locally(late), "the reply came after the 50 ms budget"
+    assert not limiter.store.breaker_open
+    assert all(decided_by_redis(d) for d in after)
+    assert len(calls) == 4, "every check after the late reply went to Redis"
+
+
+def test_the_breaker_opens_after_consecutive_failures_and_skips_redis(
     make_limiter: Callable[..., LimiterDriver],
     blackholed_redis: tuple[TcpProxy, str],
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ):
     _, url = blackholed_redis
-    limiter = make_limiter(redis_url=url, redis_retry_seconds=60)
+    limiter = make_limiter(redis_url=url, redis_retry_seconds=60, redis_breaker_failures=3)
     calls = count_script_calls(limiter, monkeypatch)
 
-    decisions = [limiter.check("b", 1, 1) for _ in range(20)]
+    decisions = [limiter.check("b", 1, 5) for _ in range(20)]
 
-    assert decisions == [None] * 20
-    assert len(calls) == 1, "after the first timeout the breaker must skip Redis"
+    assert all(decided_locally(d) for d in decisions)
+    assert [d.allowed for d in decisions] == [True] * 5 + [False] * 15
+    assert len(calls) == 3, "three late replies in a row open the breaker; then Redis is skipped"
     assert limiter.fail_open_total == 20
-    warnings = [r for r in caplog.records if "fail open" in r.getMessage()]
+    warnings = [r for r in caplog.records if "fall back" in r.getMessage()]
     assert len(warnings) == 1
+
+
+def test_an_error_reply_fails_only_its_own_caller(
+    make_limiter: Callable[..., LimiterDriver], redis_url: str, monkeypatch: pytest.MonkeyPatch
+):
+    limiter = make_limiter()
+    assert decided_by_redis(limiter.check("warm-up", 60, 5))
+    with redis.Redis.from_url(redis_url) as client:
+        client.rpush(RATE_KEY_PREFIX + "broken", "not a timestamp")  # GET answers WRONGTYPE
+    calls = count_script_calls(limiter, monkeypatch)
+
+    buckets = ["good-1", "broken", "good-2", "good-3"]
+    decisions = limiter.gather(*(limiter.limiter.check(b, 60, 5) for b in buckets))
+
+    assert calls == [4], "one pipeline carried all four"
+    assert [d.local for d in decisions] == [False, True, False, False]
+    assert all(d.allowed for d in decisions)
+    assert limiter.fail_open_total == 1
+    assert not limiter.store.breaker_open
+
+
+def test_out_of_memory_replies_fall_back_then_recover(
+    make_limiter: Callable[..., LimiterDriver], private_redis: Callable[..., str]
+):
+    url = private_redis("--maxmemory-policy", "noeviction")
+    limiter = make_limiter(redis_url=url)
+    assert decided_by_redis(limiter.check("b", 1, 5))
+    with redis.Redis.from_url(url) as server:
+        server.config_set("maxmemory", 1)
+        full = limiter.gather(*(limiter.limiter.check("b", 1, 5) for _ in range(6)))
+        server.config_set("maxmemory", 0)
+    again = limiter.check("b", 1, 5)
+
+    assert all(decided_locally(d) for d in full)
+    assert [d.allowed for d in full] == [True] * 4 + [False] * 2, "the bucket Redis left"
+    assert not limiter.store.breaker_open, "one failed round trip is below the threshold"
+    assert decided_by_redis(again)
 
 
 def test_breaker_probes_again_after_retry_seconds_and_recovers(
@@ -397,18 +488,18 @@ def test_breaker_probes_again_after_retry_seconds_and_recovers(
     monkeypatch: pytest.MonkeyPatch,
 ):
     proxy, url = blackholed_redis
-    limiter = make_limiter(redis_url=url, redis_retry_seconds=0.3)
+    limiter = make_limiter(redis_url=url, redis_retry_seconds=0.3, redis_breaker_failures=1)
     calls = count_script_calls(limiter, monkeypatch)
-    assert limiter.check("b", 60, 5) is None
+    assert decided_locally(limiter.check("b", 60, 5))
 
-    assert wait_for(lambda: limiter.check("b", 60, 5) is None and len(calls) == 2)
-    assert limiter.check("b", 60, 5) is None
+    assert wait_for(lambda: decided_locally(limiter.check("b", 60, 5)) and len(calls) == 2)
+    assert decided_locally(limiter.check("b", 60, 5))
     assert len(calls) == 2, "a failed probe opens the breaker again"
 
     proxy.pass_through()
-    assert wait_for(lambda: limiter.check("b", 60, 5) is not None)
+    assert wait_for(lambda: decided_by_redis(limiter.check("b", 60, 5)))
     decision = limiter.check("b", 60, 5)
-    assert decision is not None and decision.allowed
+    assert decided_by_redis(decision) and decision.allowed
     assert not limiter.store.breaker_open
 
 
@@ -418,14 +509,14 @@ def test_one_probe_at_a_time_while_the_breaker_is_half_open(
     monkeypatch: pytest.MonkeyPatch,
 ):
     _, url = blackholed_redis
-    limiter = make_limiter(redis_url=url, redis_retry_seconds=0.2)
+    limiter = make_limiter(redis_url=url, redis_retry_seconds=0.2, redis_breaker_failures=1)
     calls = count_script_calls(limiter, monkeypatch)
-    assert limiter.check("b", 60, 5) is None
+    assert decided_locally(limiter.check("b", 60, 5))
     time.sleep(0.3)
 
     decisions = limiter.gather(*(limiter.limiter.check("b", 60, 5) for _ in range(8)))
 
-    assert decisions == [None] * 8
+    assert all(decided_locally(d) for d in decisions)
     assert len(calls) == 2
     assert limiter.fail_open_total == 9
 
@@ -493,7 +584,7 @@ def test_limiter_and_throttle_share_one_metric(limiter_settings: Settings):
     limiter = LimiterDriver(RateLimiter(dead, registry=registry))
     throttle = FailedAuthThrottle(dead, registry=registry)
     try:
-        assert limiter.check("b", 1, 1) is None
+        assert decided_locally(limiter.check("b", 1, 1))
         assert not throttle.is_blocked("abc123")
     finally:
         throttle.close()

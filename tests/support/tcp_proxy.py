@@ -29,6 +29,12 @@ JOIN_SECONDS = 2.0
 MODES = ("pass", "delay", "blackhole", "reset", "refuse")
 
 
+def target_of(url: str) -> tuple[str, int]:
+    """The (host, port) a service URL points at, for a proxy in front of it."""
+    parts = urlsplit(url)
+    return parts.hostname or "127.0.0.1", parts.port or 6379
+
+
 def abort(sock: socket.socket | None) -> None:
     """Close ``sock`` with an RST instead of a FIN; ignore sockets already gone."""
     if sock is None:

@@ -73,14 +73,14 @@ ACCESS_REFUSED = 403
 
 
 def log_event(message: EventMessage) -> None:
-    """The default handler: log the event."""
+    """The default handler: log the event, never its payload (personal data; issue 24)."""
     log.info(
-        "event %s %s customer=%s sequence=%s payload=%s",
+        "event %s %s customer=%s sequence=%s payload fields=%s",
         message.event_type,
         message.event_id,
         message.customer_id,
         message.sequence,
-        message.payload,
+        sorted(message.payload),
     )
 
 

@@ -11,10 +11,14 @@ dead letter of an aggregate only after the previous one was confirmed, and a fai
 back only the rest of its own aggregate. Staleness: a dead letter whose sequence is at or
 below the last delivered one of its aggregate would be skipped by the worker as a stale
 duplicate; with a ``DeliveredLookup`` such letters stay in the DLQ and are reported.
+Payloads: with a ``PayloadLookup`` each event's payload is re-read from the database before
+it goes out, so a letter of a customer erased since is sent with the erased payload.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import uuid
 from collections import defaultdict
@@ -41,6 +45,8 @@ HELD_BEHIND_FAILURE = "held back: an earlier dead letter of its customer was not
 
 # (consumer_id, customer_ids) -> {customer_id or None (consumer-level): last delivered}
 DeliveredLookup = Callable[[str, list[str]], dict[str | None, int]]
+# event ids -> their payloads as the database holds them now (absent: unknown there)
+PayloadLookup = Callable[[list[str]], dict[str, Any]]
 
 
 @dataclass
@@ -109,11 +115,13 @@ def replay_dead_letters(
     limit: int,
     on_progress: Callable[[int], None] = lambda _count: None,
     last_delivered: DeliveredLookup | None = None,
+    current_payloads: PayloadLookup | None = None,
 ) -> ReplayOutcome:
     """Move up to ``limit`` dead letters back in aggregate order.
 
     With ``last_delivered``, stale dead letters stay in the DLQ (counted, ids listed);
-    without it every letter is replayed. Nothing is published before the look-up answered.
+    without it every letter is replayed. With ``current_payloads`` each event goes out with
+    the payload the database holds now. Nothing is published before the look-ups answered.
     """
     outcome = ReplayOutcome(requested=limit)
     letters = [
@@ -132,6 +140,8 @@ def replay_dead_letters(
             _note_stale(outcome, letter)
         left = {id(letter) for letter in stale}
         sendable = [letter for letter in sendable if id(letter) not in left]
+    if current_payloads is not None:
+        sendable = _with_current_payloads(sendable, current_payloads)
     on_progress(len(letters) - len(sendable))
     _replay_in_waves(channel, publisher, aggregate_runs(sendable), outcome, on_progress)
     return outcome
@@ -227,6 +237,28 @@ def _stale(letters: list[DeadLetter], last_delivered: DeliveredLookup) -> list[D
         known = last_delivered(consumer_id, customers)
         stale += [c for c in candidates if _sequence(c) <= known.get(_event(c).customer_id, 0)]
     return stale
+
+
+def _with_current_payloads(letters: list[DeadLetter], lookup: PayloadLookup) -> list[DeadLetter]:
+    """The letters with each event's payload re-read; letters the database does not know (or
+    whose payload did not change) go out as they are."""
+    ids = [
+        _event(letter).event_id
+        for letter in letters
+        if _checkable(letter.event) and _is_uuid(_event(letter).event_id)
+    ]
+    payloads = lookup(ids) if ids else {}
+    refreshed = []
+    for letter in letters:
+        event = letter.event
+        current = payloads.get(event.event_id) if event is not None else None
+        if event is None or current is None or current == event.payload:
+            refreshed.append(letter)
+            continue
+        document = {**event.raw, "payload": current}
+        body = json.dumps(document, separators=(",", ":")).encode()
+        refreshed.append(dataclasses.replace(letter, body=body, event=parse_message(body)))
+    return refreshed
 
 
 def _event(letter: DeadLetter) -> EventMessage:

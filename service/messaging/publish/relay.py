@@ -38,6 +38,7 @@ from sqlalchemy.exc import DBAPIError
 
 from service.config import Settings
 from service.events import partitions
+from service.events.erasure_fence import ErasureFence
 from service.events.outbox import (
     aggregate_runs,
     due_heads,
@@ -228,7 +229,9 @@ def _publish_round(
         return leases.holds(row.partition_no, tenure.tokens[row.partition_no])
 
     try:
-        report = publish_runs(publisher, runs, duplicates.headers, still_ours)
+        # No pre-erasure payload leaves (docs/RELIABILITY.md): the fence re-reads each wave.
+        with ErasureFence(connection.engine) as fence:
+            report = publish_runs(publisher, runs, duplicates.headers, fence.around(still_ours))
         outcome = _record(connection, leases, tenure, report, max_backoff, sum(map(len, runs)))
     except BaseException:
         duplicates.unrecorded(row for run in runs for row in run)

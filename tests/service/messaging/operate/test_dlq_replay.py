@@ -20,7 +20,7 @@ from sqlalchemy import Engine, text
 from service.config import Settings
 from service.events import repository
 from service.events.archive import plan_archive, run_archive
-from service.events.service import last_delivered_sequences
+from service.events.service import current_payloads, last_delivered_sequences
 from service.kit.db_async import close_pool, create_pool, pooled_connection
 from service.messaging import topology
 from service.messaging.connection import open_blocking
@@ -199,3 +199,44 @@ def test_replay_after_the_events_partition_was_archived_still_leaves_stale_lette
     orders, _ = queued_orders(settings, {"name": name, "queue_name": topology.queue_name(name)})
     assert orders == {ARCHIVED_CUSTOMER: [3]}
     engine.dispose()
+
+
+def test_a_replay_sends_the_payload_the_database_holds_now(
+    settings: Settings, engine: Engine, api: httpx.Client, tenant: Tenant
+) -> None:
+    """A letter dead-lettered with its pre-erasure payload goes back erased (issue 24)."""
+    erased, kept = customers_with_events(api, tenant, customers=2, events=1)
+    rows = interleaved_rows(engine, tenant)  # read before the erasure: payloads with names
+    erase = api.post(f"/customer/data/{erased}/erase", headers={"X-API-Key": tenant["api_key"]})
+    assert_envelope(erase, 200)
+    dead_letter_everything(settings, tenant, rows)  # as if rejected after the erasure
+    connection = open_blocking(settings.rabbitmq_url)
+    try:
+        with ConfirmingPublisher(settings.rabbitmq_url) as publisher:
+            outcome = replay_dead_letters(
+                connection.channel(),
+                publisher,
+                tenant["name"],
+                10,
+                current_payloads=payloads(engine),
+            )
+    finally:
+        connection.close()
+    assert outcome.replayed == 2
+    sent = {
+        document["customer_id"]: document
+        for _, _, body in drain_queue(settings.rabbitmq_url, tenant["queue_name"])
+        for document in [json.loads(body)]
+    }
+    assert sent[erased]["payload"] == {"erased": True}
+    assert sent[kept]["payload"] == next(
+        row.payload_json for row in rows if str(row.customer_id) == kept
+    )
+
+
+def payloads(engine: Engine) -> Any:
+    def look_up(event_ids: list[str]) -> dict[str, Any]:
+        with engine.connect() as connection:
+            return current_payloads(connection, event_ids)
+
+    return look_up

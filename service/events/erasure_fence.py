@@ -1,0 +1,95 @@
+"""The erasure fence: no publisher sends a pre-erasure payload after an erasure answered.
+
+A publisher reads its rows (payloads included) some time before it sends them; an erasure
+committing in between would otherwise be followed by the old payload on the wire. Around
+each wave the fence therefore, on a connection of its own:
+
+1. releases the previous wave's locks (that wave is confirmed, or given up);
+2. takes a shared advisory lock per customer of the wave (the erasure's lock);
+3. re-reads the wave's payloads in a statement of its own, so it sees any erasure that
+   committed while it waited, and hands those rows to the broker.
+
+The erasure takes the same lock exclusively before it redacts: it waits for a wave in
+flight (bounded by its lock timeout, then 503), and a wave starting meanwhile waits for
+the erasure's commit and sends the redacted payload. Only erasure contends for these
+locks; the publisher's other statements and row locks are untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any, cast
+
+from sqlalchemy import Connection, Engine, RootTransaction, Row
+
+from service.events.repository import current_payloads_of_publish
+
+Wave = list[Row[Any]]
+WaveFilter = Callable[[Wave], Wave]
+
+
+class ErasureFence:
+    """``with ErasureFence(engine) as fence: publish_runs(..., fence.around(filter))``."""
+
+    def __init__(self, engine: Engine | None, within: Connection | None = None) -> None:
+        self._engine = engine
+        self._within = within
+        self._connection: Connection | None = None
+        self._transaction: RootTransaction | None = None
+
+    @classmethod
+    def within(cls, connection: Connection) -> ErasureFence:
+        """A fence on the caller's transaction (the API's resend and redeliver): its locks
+        last until that transaction ends, after the whole republish."""
+        return cls(None, within=connection)
+
+    def __enter__(self) -> ErasureFence:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def around(self, wave_filter: WaveFilter | None = None) -> WaveFilter:
+        """``wave_filter`` (if any), then the fence, before each wave."""
+
+        def fenced(wave: Wave) -> Wave:
+            self.release()
+            rows = wave if wave_filter is None else wave_filter(wave)
+            return self.hold(rows)
+
+        return fenced
+
+    def hold(self, rows: Wave) -> Wave:
+        """Lock the rows' customers and answer the rows with their current payloads."""
+        customers = sorted({str(row.customer_id) for row in rows if row.customer_id is not None})
+        if not customers:
+            return rows
+        connection = self._within
+        if connection is None:
+            assert self._engine is not None
+            connection = self._connection = self._engine.connect()
+            self._transaction = connection.begin()
+        payloads = current_payloads_of_publish(
+            connection, customers, [row.event_id for row in rows]
+        )
+        return [
+            _with_payload(row, payloads[row.event_id]) if row.event_id in payloads else row
+            for row in rows
+        ]
+
+    def release(self) -> None:
+        """End the held transaction (its locks go with it)."""
+        transaction, connection = self._transaction, self._connection
+        self._transaction = self._connection = None
+        try:
+            if transaction is not None and transaction.is_active:
+                transaction.rollback()
+        finally:
+            if connection is not None:
+                connection.close()
+
+
+def _with_payload(row: Row[Any], payload: Any) -> Row[Any]:
+    """The row as the publisher reads it (attributes), with the payload read just now."""
+    return cast(Row[Any], SimpleNamespace(**{**row._mapping, "payload_json": payload}))
