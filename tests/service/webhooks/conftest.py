@@ -7,10 +7,11 @@ and loopback only inside FINTEGRATE_WEBHOOK_ALLOWED_CIDRS): nothing leaves the m
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from service.config import Settings
 from service.webhooks.delivery.process import WebhookDeliverer
@@ -47,17 +48,45 @@ def receiver_factory() -> Iterator[Callable[..., Receiver]]:
         receiver.stop()
 
 
+def nothing_left(engine: Engine) -> Callable[[], bool]:
+    """True once no delivery is pending on an enabled endpoint."""
+
+    def check() -> bool:
+        with engine.connect() as connection:
+            left = connection.execute(text(PENDING_ON_ENABLED)).scalar_one()
+        return bool(left == 0)
+
+    return check
+
+
+PENDING_ON_ENABLED = """
+    SELECT count(*) FROM webhook_deliveries d
+    JOIN webhook_endpoints w ON w.endpoint_id = d.endpoint_id
+    WHERE d.status = 'pending' AND w.status = 'enabled'
+"""
+
+
 @pytest.fixture
 def deliver(settings: Settings, engine: Engine) -> Callable[..., WebhookDeliverer]:
-    """Runs one ``drain`` of a deliverer with ``settings`` (plus overrides)."""
+    """Runs a deliverer (``settings`` plus overrides) in a thread until ``until()`` holds
+    (default: nothing pending on an enabled endpoint), at most ``timeout`` seconds."""
 
-    def run(**overrides: object) -> WebhookDeliverer:
-        deliverer = WebhookDeliverer(
-            settings.model_copy(update=overrides), engine, threading.Event()
-        )
+    def run(
+        until: Callable[[], bool] | None = None, timeout: float = 60.0, **overrides: object
+    ) -> WebhookDeliverer:
+        done = until or nothing_left(engine)
+        stop = threading.Event()
+        deliverer = WebhookDeliverer(settings.model_copy(update=overrides), engine, stop)
+        worker = threading.Thread(target=deliverer.run, daemon=True)
+        worker.start()
+        deadline = time.monotonic() + timeout
         try:
-            deliverer.drain(deadline_seconds=30)
+            while not done():
+                assert time.monotonic() < deadline, "deliveries not done in time"
+                time.sleep(0.1)
         finally:
+            stop.set()
+            worker.join(timeout=30)
             deliverer.close()
         return deliverer
 
