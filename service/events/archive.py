@@ -30,6 +30,7 @@ from sqlalchemy.exc import OperationalError
 
 from service.events import partitions, stats
 from service.events.archive_files import ArchiveError, ArchiveFile, Manifest, check_directory
+from service.webhooks.delivery import repository as webhook_deliveries
 
 Progress = Callable[[int], None]
 FINAL = "publish_status = 'published' AND deliver_status IN ('delivered', 'failed')"
@@ -160,6 +161,8 @@ def count_partition(
     """Exact per-group counts of one partition (one scan of it)."""
     rows = connection.execute(text(PARTITION_COUNTS.format(table=_checked(name)))).all()
     plan = PartitionPlan(name, start, end)
+    # The webhook channel (SPEC 8): an event is final only when every channel is.
+    plan.not_final += webhook_deliveries.pending_in_range(connection, start, end)
     for row in rows:
         group = dict(row._mapping)
         first, last = group.pop("first_created_at"), group.pop("last_created_at")
