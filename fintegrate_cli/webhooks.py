@@ -15,6 +15,7 @@ from fintegrate_cli._output import JsonOption, confirm, emit_record, emit_rows, 
 from fintegrate_cli.workers import configure_logging
 from service.kit.db import bound_database_waits, create_db_engine
 from service.messaging.shutdown import install_stop_handlers
+from service.ops.metrics_server import start_metrics_server
 from service.webhooks.delivery.process import WebhookDeliverer
 from service.webhooks.signing import SecretsUnavailable
 
@@ -100,10 +101,18 @@ def deliver_command(
             help="POSTs in flight (FINTEGRATE_WEBHOOK_DELIVERY_CONCURRENCY).",
         ),
     ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            "--metrics-port", min=1, max=65535, help="Serve Prometheus metrics on 127.0.0.1:PORT."
+        ),
+    ] = None,
 ) -> None:
     """POST events to the tenants' webhook endpoints until SIGTERM/SIGINT (several may run)."""
     cli = state(ctx)
     settings = cli.settings()
+    if metrics_port is not None:
+        start_metrics_server(metrics_port)
     if concurrency is not None:
         settings = settings.model_copy(update={"webhook_delivery_concurrency": concurrency})
     configure_logging(cli.quiet, cli.debug)

@@ -28,6 +28,7 @@ from service.messaging.messages import event_from_row, message_body
 from service.messaging.publish.relay import PendingNotifications
 from service.webhooks import repository as endpoints
 from service.webhooks.delivery import repository
+from service.webhooks.delivery.metrics import count_attempt
 from service.webhooks.delivery.outcomes import AttemptResult, Decision, decide
 from service.webhooks.delivery.sender import EndpointClients, delivery_headers, post
 from service.webhooks.delivery.targets import EndpointTargets
@@ -148,6 +149,7 @@ class WebhookDeliverer:
             decision = decide(result, attempt_number, self.settings.webhook_retry_delays)
             recorded = self.record(row, attempt_number, result, decision)
             self.totals.count(decision, recorded)
+            count_attempt(decision.attempt_status, result.duration_ms)
         except Exception:  # one delivery's bug must not kill the process; its claim lapses
             log.exception("delivery %s failed unexpectedly", row.delivery_id)
 

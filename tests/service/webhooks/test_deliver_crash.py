@@ -9,11 +9,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
 from service.config import Settings
-from tests.reliability.processes import FintegrateProcess
+from tests.reliability.processes import FintegrateProcess, free_port
 from tests.service.webhooks.conftest import nothing_left
 from tests.service.webhooks.test_delivery import customers_with_events, endpoint_for
 from tests.support.receiver import Received
@@ -49,15 +50,19 @@ def test_kill_9_loses_nothing_and_keeps_each_customer_in_order(
         if first.alive:
             first.kill()
     assert len(receiver.received) < total, "the first process finished before the kill"
-    second = FintegrateProcess("deliver-2", args, process_settings, tmp_path).start()
+    port = free_port()
+    second_args = [*args, "--metrics-port", str(port)]
+    second = FintegrateProcess("deliver-2", second_args, process_settings, tmp_path).start()
     try:
         deadline = time.monotonic() + 90
         done = nothing_left(engine)
         while not done():
             assert time.monotonic() < deadline, second.log_text()
             time.sleep(0.2)
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
     finally:
         second.terminate()
+    assert 'fintegrate_webhook_attempts_total{result="succeeded"}' in metrics
     firsts: dict[str, list[int]] = {}
     for item in receiver.received:
         body = json.loads(item.body)
