@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Stop what scripts/run.sh started, using the pid files in .run/: the worker first, then the
-# gateway (it stops Traefik), the API instances and the relay. Each gets SIGTERM and up to
+# gateway (it stops Traefik), the API instances, the relay and webhook delivery. Each gets SIGTERM and up to
 # 15 s before SIGKILL.
 set -u
 cd "$(dirname "$0")/.."

@@ -28,6 +28,7 @@ PUBLIC_PATHS = (
     "PathPrefix(`/customer`)",
     "PathPrefix(`/consumer`)",
     "PathPrefix(`/events`)",
+    "PathPrefix(`/webhooks`)",
     "Path(`/health`)",
     "Path(`/ready`)",
     "Path(`/docs`)",
