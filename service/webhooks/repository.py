@@ -62,6 +62,8 @@ SELECT_FOR_DELIVERY = text(
 # One attempt's effect on the endpoint's health: success resets it; failure counts, opens
 # the breaker at the threshold (pause, then one probe at a time) and disables the endpoint
 # once it has failed for the whole disable window. Returns whether this call disabled it.
+# A success on a healthy endpoint changes nothing and takes no row lock, so concurrent
+# deliveries to one endpoint do not queue on its row.
 RECORD_HEALTH = text(
     """
     UPDATE webhook_endpoints w SET
@@ -82,6 +84,8 @@ RECORD_HEALTH = text(
                 THEN 'failing' ELSE w.disabled_reason END
     FROM (SELECT status AS before FROM webhook_endpoints WHERE endpoint_id = :endpoint_id) b
     WHERE w.endpoint_id = :endpoint_id
+      AND NOT (:ok AND w.consecutive_failures = 0 AND w.failing_since IS NULL
+               AND w.paused_until IS NULL)
     RETURNING w.consumer_id, b.before = 'enabled' AND w.status = 'disabled' AS disabled_now
     """
 )

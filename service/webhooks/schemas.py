@@ -48,16 +48,11 @@ class EndpointUpdate(StrictInput):
 
 
 class RecoverRequest(StrictInput):
-    """The window of events to send again: created at or after ``since``, before ``until``."""
+    """The window of events to send again: created at or after ``since``, before ``until``
+    (an ``until`` not after ``since`` is an empty window: nothing is queued)."""
 
     since: UtcDatetime
     until: UtcDatetime | None = None
-
-    @model_validator(mode="after")
-    def _ordered(self) -> RecoverRequest:
-        if self.until is not None and self.until <= self.since:
-            raise ValueError("until must be after since")
-        return self
 
 
 class EndpointOut(BaseModel):

@@ -59,7 +59,12 @@ WITH_CURSOR = (
     "GET /events",
     "POST /events/resend",
     "POST /events/redeliver",
+    "GET /webhooks/endpoints",
+    "GET /webhooks/endpoints/{endpoint_id}/attempts",
 )
+# A schema-valid URL may still be a refused destination (SPEC 8: loopback, private, http
+# outside development): 422 is the right answer there.
+DESTINATION_CHECKED = ("POST /webhooks/endpoints", "PATCH /webhooks/endpoints/{endpoint_id}")
 POSITIVE_EXPECTED = ["2xx", "3xx", "401", "403", "404", "409", "429", "5xx"]
 
 
@@ -101,6 +106,10 @@ def config_text(keys: dict[str, str], disabled: list[str]) -> str:
         f"include-name = {json.dumps(list(WITH_CURSOR))}",
         "checks.positive_data_acceptance.expected-statuses = "
         + json.dumps([*POSITIVE_EXPECTED, "400"]),
+        "[[operations]]",
+        f"include-name = {json.dumps(list(DESTINATION_CHECKED))}",
+        "checks.positive_data_acceptance.expected-statuses = "
+        + json.dumps([*POSITIVE_EXPECTED, "422"]),
     ]
     return "\n".join(lines) + "\n"
 
