@@ -92,6 +92,9 @@ CREATE INDEX IF NOT EXISTS ix_webhook_deliveries_pending_aggregate
 CREATE INDEX IF NOT EXISTS ix_webhook_deliveries_event_id ON webhook_deliveries (event_id);
 CREATE INDEX IF NOT EXISTS ix_webhook_deliveries_consumer_id
     ON webhook_deliveries (consumer_id, event_id);
+-- `events stats`: the failed deliveries (pending ones come off ix_webhook_deliveries_due).
+CREATE INDEX IF NOT EXISTS ix_webhook_deliveries_failed
+    ON webhook_deliveries (consumer_id) WHERE status = 'failed';
 -- Archive's "every channel final" check: pending rows by their event's time.
 CREATE INDEX IF NOT EXISTS ix_webhook_deliveries_pending_created
     ON webhook_deliveries (event_created_at) WHERE status = 'pending';

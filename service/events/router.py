@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from service.events import service
 from service.events.schemas import (
     DeliverStatus,
+    EventDetail,
     EventFilters,
     EventOut,
     EventType,
@@ -52,7 +53,7 @@ def list_events(
 
 @router.get(
     "/{event_id:uuid}",  # so /events/confirm-delivery never matches this route
-    response_model=Envelope[EventOut],
+    response_model=Envelope[EventDetail],
     responses=error_responses(404, *TENANT_ERRORS),
 )
 def show_event(event_id: UUID, consumer: RateLimited, connection: DbSession) -> JSONResponse:

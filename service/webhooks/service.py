@@ -228,3 +228,8 @@ def _audit(
             detail={"endpoint_id": str(endpoint_id), **detail},
         ),
     )
+
+
+def delivery_backlog(connection: Connection, consumer_id: UUID | None) -> dict[str, Any]:
+    """Pending and failed webhook deliveries (``events stats``), all consumers or one."""
+    return deliveries.channel_backlog(connection, consumer_id)

@@ -38,7 +38,7 @@ def as_tenant(run_cli: RunCli, tenant: dict[str, str], monkeypatch: pytest.Monke
 
 
 def test_endpoint_lifecycle_delivery_attempts_and_recover(
-    as_tenant: RunCli, receiver: Receiver
+    as_tenant: RunCli, receiver: Receiver, tenant: dict[str, str]
 ) -> None:
     created = as_tenant("webhooks", "endpoints", "create", receiver.url, "--json")
     endpoint = json_of(created)
@@ -65,11 +65,21 @@ def test_endpoint_lifecycle_delivery_attempts_and_recover(
     assert updated["event_types"] == ["customer_creation"] and updated["description"] == "crm"
 
     customer = json_of(as_tenant("customers", "create", "Ada", "--json"))
+    waiting = json_of(as_tenant("events", "stats", "--consumer", tenant["name"], "--json"))
+    assert waiting["webhooks"]["pending"] == 1 and waiting["webhooks"]["failed"] == 0
     delivered = as_tenant("webhooks", "deliver", "--once")
     assert delivered.exit_code == 0, delivered.stderr
     assert "1 delivered" in delivered.stderr
     (item,) = receiver.wait_for(1)
+    event_id = json.loads(item.body)["event_id"]
     assert json.loads(item.body)["customer_id"] == customer["customer_id"]
+    shown = json_of(as_tenant("events", "show", event_id, "--json"))
+    assert shown["deliver_status"] == "delivered"  # the webhook's receipt, no queue worker here
+    assert [(w["endpoint_id"], w["status"]) for w in shown["webhooks"]] == [
+        (endpoint_id, "delivered")
+    ]
+    done = json_of(as_tenant("events", "stats", "--consumer", tenant["name"], "--json"))
+    assert done["webhooks"]["pending"] == 0
 
     tried = json_of(as_tenant("webhooks", "attempts", endpoint_id, "--json"))
     assert [a["status"] for a in tried] == ["succeeded"]

@@ -142,6 +142,15 @@ PENDING_IN_RANGE = text(
       AND (CAST(:start AS timestamptz) IS NULL OR event_created_at >= CAST(:start AS timestamptz))
     """
 )
+CHANNEL_BACKLOG = text(
+    """
+    SELECT status, count(*) AS deliveries, min(event_created_at) AS oldest_event_at
+    FROM webhook_deliveries
+    WHERE status IN ('pending', 'failed')
+      AND (CAST(:consumer_id AS uuid) IS NULL OR consumer_id = CAST(:consumer_id AS uuid))
+    GROUP BY status
+    """
+)
 EVENT_DELIVERIES = text(
     """
     SELECT endpoint_id, status, attempt_count, delivered_at, last_error
@@ -247,3 +256,16 @@ def event_deliveries(connection: Connection, consumer_id: UUID, event_id: UUID) 
     """The webhook channel's state of one event, one row per endpoint."""
     params = {"event_id": event_id, "consumer_id": consumer_id}
     return list(connection.execute(EVENT_DELIVERIES, params).all())
+
+
+def channel_backlog(connection: Connection, consumer_id: UUID | None) -> dict[str, Any]:
+    """Pending and failed webhook deliveries (all consumers or one), with the oldest pending."""
+    rows = {
+        row.status: row for row in connection.execute(CHANNEL_BACKLOG, {"consumer_id": consumer_id})
+    }
+    pending, failed = rows.get("pending"), rows.get("failed")
+    return {
+        "pending": int(pending.deliveries) if pending else 0,
+        "failed": int(failed.deliveries) if failed else 0,
+        "oldest_pending_event_at": pending.oldest_event_at if pending else None,
+    }
