@@ -28,7 +28,7 @@ def write_env(tmp_path: Path, **values: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("field", ["admin_api_key", "api_key"])
+@pytest.mark.parametrize("field", ["admin_api_key", "api_key", "webhook_encryption_key"])
 @pytest.mark.parametrize("value", ["changeme", "change-me", " CHANGEME ", "placeholder"])
 def test_placeholder_secret_refused_outside_development(
     monkeypatch: pytest.MonkeyPatch, field: str, value: str
@@ -137,3 +137,11 @@ def test_env_example_placeholder_admin_key_is_refused_in_production(
     monkeypatch.setenv("FINTEGRATE_ENVIRONMENT", "production")
     with pytest.raises(ValidationError, match="FINTEGRATE_ADMIN_API_KEY is a placeholder"):
         load_settings(str(ROOT / ".env.example"))
+
+
+def test_webhook_retry_schedule_is_seconds() -> None:
+    assert load_settings(webhook_retry_schedule="1,2.5").webhook_retry_delays == (1.0, 2.5)
+    with pytest.raises(ValidationError, match="FINTEGRATE_WEBHOOK_RETRY_SCHEDULE"):
+        load_settings(webhook_retry_schedule="5,soon")
+    with pytest.raises(ValidationError, match="FINTEGRATE_WEBHOOK_RETRY_SCHEDULE"):
+        load_settings(webhook_retry_schedule="5,-1")
