@@ -8,7 +8,8 @@ advisory lock), which keeps the per-endpoint in-flight cap exact across processe
 claim bumps the row's ``claim_token`` and an outcome is recorded only with that token.
 
 Reads of customer_events (the message to send, recover's window) and consumers (the name
-in the body) are this room's on purpose: one statement with the claim (docs/ARCHITECTURE.md).
+in the body; a disabled tenant's deliveries wait) are this room's on purpose: one statement
+with the claim (docs/ARCHITECTURE.md).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ CLAIM = text(
           AND (d.claimed_until IS NULL OR d.claimed_until < now())
           AND w.status = 'enabled' AND w.deleted_at IS NULL
           AND (w.paused_until IS NULL OR w.paused_until <= now())
+          AND EXISTS (SELECT 1 FROM consumers t
+                      WHERE t.consumer_id = d.consumer_id AND t.status = 'active')
           AND NOT EXISTS (
               SELECT 1 FROM webhook_deliveries b
               WHERE b.status = 'pending' AND b.endpoint_id = d.endpoint_id

@@ -305,3 +305,24 @@ def test_the_breaker_pauses_a_failing_endpoint_then_probes_it(
     assert 2 <= len(tried) <= 2 + 6 + 2, [a["started_at"] for a in tried]
     probes = sorted(a["started_at"] for a in tried)[2:]
     assert probes, "the paused endpoint was probed"
+
+
+def test_a_disabled_tenants_deliveries_wait_until_it_is_enabled(
+    client: TestClient,
+    create_consumer: Callable[..., Any],
+    receiver_factory: Any,
+    deliver: Any,
+    admin_headers: dict[str, str],
+) -> None:
+    receiver = receiver_factory()
+    tenant = create_consumer()
+    endpoint_for(client, tenant, receiver)
+    customers_with_events(client, tenant, customers=1, changes=0)
+    path = f"/consumer/data/{tenant['consumer_id']}"
+    assert_envelope(client.patch(path, json={"status": "disabled"}, headers=admin_headers), 200)
+    started = time.monotonic()
+    deliver(until=lambda: time.monotonic() - started > 2)
+    assert receiver.received == []
+    assert_envelope(client.patch(path, json={"status": "active"}, headers=admin_headers), 200)
+    deliver()
+    assert len(receiver.wait_for(1)) == 1
