@@ -22,6 +22,11 @@ from uuid import UUID
 from sqlalchemy import Connection, Row, text
 
 CLAIM_LOCK = text("SELECT pg_advisory_xact_lock(hashtext('fintegrate_webhook_claims'))")
+# Claims and outcomes need not wait for the WAL flush: a crash that loses the last of them
+# only makes a claim lapse or an event be POSTed again with the same webhook-id (delivery
+# is at least once), never loses or reorders a delivery (the fan-out rows commit with the
+# event, synchronously).
+NO_FLUSH_WAIT = text("SET LOCAL synchronous_commit = off")
 CLAIM = text(
     """
     WITH candidates AS (
@@ -172,6 +177,7 @@ def claim_due(
     claim_seconds: float,
 ) -> Sequence[Row[Any]]:
     """Claim up to ``limit`` due heads (within each endpoint's cap) with their event rows."""
+    connection.execute(NO_FLUSH_WAIT)
     connection.execute(CLAIM_LOCK)
     params = {
         "worker_id": worker_id,
@@ -193,6 +199,7 @@ def record_outcome(
     error: str | None,
 ) -> bool:
     """Record one attempt's result on the delivery; False when the claim was lost."""
+    connection.execute(NO_FLUSH_WAIT)
     params = {
         "delivery_id": delivery_id,
         "claim_token": claim_token,
