@@ -14,6 +14,7 @@ from rich.table import Table
 from fintegrate_cli import _demo_worker
 from fintegrate_cli._client import ApiClient, api_client
 from fintegrate_cli._context import state
+from fintegrate_cli._demo_webhook import DemoWebhook
 from fintegrate_cli._errors import CheckFailed
 from fintegrate_cli._output import (
     JsonOption,
@@ -36,7 +37,7 @@ DEMO_CUSTOMERS = (
     ("Edsger Dijkstra", "edsger@example.com"),
 )
 POLL_SECONDS = 0.5
-EVENT_COLUMNS = ("event_type", "customer", "published", "received", "delivered")
+EVENT_COLUMNS = ("event_type", "customer", "published", "received", "webhook", "delivered")
 
 
 @dataclass
@@ -47,6 +48,8 @@ class DemoRun:
     customers: list[dict[str, Any]] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
     received: set[str] = field(default_factory=set)
+    webhook: DemoWebhook = field(default_factory=DemoWebhook)
+    webhook_received: dict[str, bool] = field(default_factory=dict)
     elapsed_seconds: float = 0.0
 
     @property
@@ -67,6 +70,8 @@ class DemoRun:
             "events": len(self.events),
             "published": self.published,
             "received_by_worker": len(self.received),
+            "received_by_webhook": len(self.webhook_received),
+            "webhook_signatures_verified": sum(self.webhook_received.values()),
             "delivered": self.delivered,
             "elapsed_seconds": round(self.elapsed_seconds, 2),
         }
@@ -94,6 +99,7 @@ def event_rows(run: DemoRun) -> list[dict[str, str]]:
             "customer": names.get(event.get("customer_id"), "-"),
             "published": mark(event["publish_status"] == "published"),
             "received": mark(str(event["event_id"]) in run.received),
+            "webhook": webhook_mark(run, str(event["event_id"])),
             "delivered": mark(event["deliver_status"] == "delivered"),
         }
         for event in run.events
@@ -102,6 +108,23 @@ def event_rows(run: DemoRun) -> list[dict[str, str]]:
 
 def mark(done: bool) -> str:
     return "[green]yes[/]" if done else "[yellow]...[/]"
+
+
+def webhook_mark(run: DemoRun, event_id: str) -> str:
+    """``signed`` (verified with standardwebhooks), ``yes`` (not verifiable here), or waiting."""
+    if run.webhook.endpoint_id is None:
+        return "-"
+    if event_id not in run.webhook_received:
+        return "[yellow]...[/]"
+    return "[green]signed[/]" if run.webhook_received[event_id] else "[green]yes[/]"
+
+
+def webhooks_done(run: DemoRun) -> bool:
+    """Every event written after the endpoint (all but consumer_created) came over HTTP."""
+    if run.webhook.endpoint_id is None:
+        return True
+    later = [e for e in run.events if e["event_type"] != "consumer_created"]
+    return all(str(event["event_id"]) in run.webhook_received for event in later)
 
 
 def events_table(run: DemoRun) -> Table:
@@ -125,10 +148,12 @@ def watch(
     deadline = started + timeout
     while True:
         run.events = fetch_events(tenant)
+        run.webhook_received = run.webhook.received()
         run.elapsed_seconds = time.monotonic() - started
         if live is not None:
             live.update(events_table(run))
-        if all_delivered(run, expected) or time.monotonic() >= deadline:
+        done = all_delivered(run, expected) and webhooks_done(run)
+        if done or time.monotonic() >= deadline:
             return
         time.sleep(POLL_SECONDS)
 
@@ -173,24 +198,45 @@ def watch_live(tenant: ApiClient, run: DemoRun, expected: int, timeout: float, l
 
 
 def run_demo(
-    settings: Settings, count: int, timeout: float, worker: bool, quiet: bool, live: bool
+    settings: Settings,
+    count: int,
+    timeout: float,
+    worker: bool,
+    quiet: bool,
+    live: bool,
+    webhook: bool = True,
 ) -> DemoRun:
-    """Create a tenant and activity, consume its queue in-process, watch events come back."""
+    """Create a tenant and activity, consume its queue in-process and receive its webhooks on
+    a loopback endpoint, watch events come back."""
     run = DemoRun(create_demo_tenant(settings, quiet))
     key, name = run.consumer["api_key"], run.consumer["name"]
     handle = None
     if worker:
         handle = _demo_worker.start(settings, key, name, run.received)
         info(f"worker consuming {run.consumer['queue_name']} in-process", quiet)
-    try:
-        with ApiClient(settings.api_url, api_key=key) as tenant:
+    with ApiClient(settings.api_url, api_key=key) as tenant:
+        try:
+            if webhook:
+                run.webhook.open(tenant)
+                info(run.webhook.note or webhook_line(run.webhook), quiet)
             run.customers = create_activity(tenant, count)
             info(f"created {count} customer(s), suspended {run.customers[0]['name']}", quiet)
             watch_live(tenant, run, count + 2, timeout, live)  # + consumer_created, status change
-    finally:
-        if handle is not None:
-            handle.stop()
+        finally:
+            run.webhook.close(tenant)
+            if handle is not None:
+                handle.stop()
     return run
+
+
+def webhook_line(webhook: DemoWebhook) -> str:
+    url = webhook.receiver.url if webhook.receiver is not None else "?"
+    check = (
+        "signatures checked with standardwebhooks"
+        if webhook.verifying
+        else ("standardwebhooks not installed: signatures not checked")
+    )
+    return f"webhook endpoint on {url} ({check}); needs `fintegrate webhooks deliver`"
 
 
 def demo_command(
@@ -210,15 +256,23 @@ def demo_command(
             "running `fintegrate consume`).",
         ),
     ] = True,
+    webhook: Annotated[
+        bool,
+        typer.Option(
+            "--webhook/--no-webhook",
+            help="Also receive the events over HTTP on a loopback endpoint (needs `fintegrate "
+            "webhooks deliver` and 127.0.0.0/8 in FINTEGRATE_WEBHOOK_ALLOWED_CIDRS).",
+        ),
+    ] = True,
     json_output: JsonOption = False,
 ) -> None:
-    """Create a demo tenant and customers, then watch their events reach its queue and the
-    delivery receipts come back. Needs a running API and relay and the operator key.
-    Exit 3 when not every event was delivered within --timeout."""
+    """Create a demo tenant and customers, then watch their events reach its queue (and its
+    webhook endpoint) and the delivery receipts come back. Needs a running API and relay and
+    the operator key. Exit 3 when not every event was delivered within --timeout."""
     cli = state(ctx)
     as_json = wants_json(ctx, json_output)
     live = not (as_json or cli.quiet)
-    run = run_demo(cli.settings(), customers, timeout, worker, cli.quiet, live)
+    run = run_demo(cli.settings(), customers, timeout, worker, cli.quiet, live, webhook)
     print_summary(run, as_json)
     if not all_delivered(run, customers + 2):
         raise CheckFailed(

@@ -26,6 +26,7 @@ from service.consumers.service import find_consumer_id
 from service.events.service import event_counts, outbox_backlog
 from service.kit.db import create_db_engine
 from service.messaging import topology
+from service.webhooks.service import delivery_backlog
 
 app = typer.Typer(
     help="List, show, resend, redeliver, archive events; delivery stats.", no_args_is_help=True
@@ -77,6 +78,7 @@ def event_stats(settings: Any, consumer: str | None) -> dict[str, Any]:
             counts = event_counts(connection, consumer_id)
             connection.commit()
             backlog = outbox_backlog(connection)
+            webhooks = delivery_backlog(connection, consumer_id)
     finally:
         engine.dispose()
     oldest = backlog.oldest_created_at
@@ -86,7 +88,16 @@ def event_stats(settings: Any, consumer: str | None) -> dict[str, Any]:
         "outbox_pending": int(backlog.pending),
         "oldest_pending_created_at": oldest.isoformat() if oldest else None,
         "oldest_pending_age_seconds": round(age, 1) if age is not None else None,
+        "webhooks": {
+            "pending": webhooks["pending"],
+            "failed": webhooks["failed"],
+            "oldest_pending_event_at": _iso(webhooks["oldest_pending_event_at"]),
+        },
     }
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
 
 
 # -- commands ------------------------------------------------------------------------------
@@ -222,7 +233,8 @@ def stats_command(
     consumer: Annotated[str | None, typer.Option("--consumer", help="Only this consumer.")] = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Counts by publish/deliver status and type, outbox backlog and oldest pending age (DB)."""
+    """Counts by publish/deliver status and type, outbox backlog and oldest pending age, and
+    the webhook channel's pending and failed deliveries (DB)."""
     cli = state(ctx)
     stats = event_stats(cli.settings(), consumer)
     if wants_json(ctx, json_output):
@@ -232,6 +244,8 @@ def stats_command(
     age = stats["oldest_pending_age_seconds"]
     oldest = f", oldest pending {age:.0f}s old" if age is not None else ""
     info(f"outbox backlog: {stats['outbox_pending']} pending{oldest}")
+    hooks = stats["webhooks"]
+    info(f"webhook deliveries: {hooks['pending']} pending, {hooks['failed']} failed")
 
 
 @app.command("archive")

@@ -17,6 +17,7 @@ from fintegrate_cli import (
     migrate,
     queues,
     runtime,
+    webhooks,
 )
 from fintegrate_cli._context import CliState
 from fintegrate_cli._failures import ReportingGroup
@@ -94,6 +95,7 @@ app.add_typer(events.app, name="events")
 app.add_typer(queues.app, name="queues")
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(bench.app, name="bench")
+app.add_typer(webhooks.app, name="webhooks")
 runtime.register(app)
 
 

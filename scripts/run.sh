@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Bring up Fintegrate on this machine without Docker, in the seed's topology, and run the demo:
 #   install into .venv -> prepare PostgreSQL/RabbitMQ/Redis -> apply migrations ->
-#   two API instances behind the gateway (Traefik, `fintegrate gateway`), the outbox relay and
-#   the history maintenance (`fintegrate maintain`) ->
+#   two API instances behind the gateway (Traefik, `fintegrate gateway`), the outbox relay,
+#   the history maintenance (`fintegrate maintain`) and webhook delivery ->
 #   a standing event consumer (demo worker) -> `fintegrate demo` through the gateway.
 # Ports come from .env: FINTEGRATE_GATEWAY_PORT (8000), FINTEGRATE_GATEWAY_UPSTREAMS
 # (8001, 8002), FINTEGRATE_GATEWAY_INTERNAL_PORT (8081), FINTEGRATE_GATEWAY_DASHBOARD_PORT (8080). Logs and pid files go to .run/;
@@ -43,7 +43,7 @@ api_url="${FINTEGRATE_API_URL:-http://127.0.0.1:8000}"
 step "4/7 applying migrations"
 fintegrate migrate apply --wait 30 || fail "migrations"
 
-step "5/7 starting ${#upstreams[@]} API instances, the gateway, the outbox relay and maintenance"
+step "5/7 starting ${#upstreams[@]} API instances, the gateway, the outbox relay, maintenance and webhook delivery"
 mkdir -p .run
 ./scripts/stop.sh >/dev/null 2>&1 || true
 for port in "$gateway_port" "$internal_port" ${dashboard_port:+"$dashboard_port"} $(for u in "${upstreams[@]}"; do port_of "$u"; done); do
@@ -51,6 +51,8 @@ for port in "$gateway_port" "$internal_port" ${dashboard_port:+"$dashboard_port"
 done
 # The instances believe X-Forwarded-For only from the gateway, which runs on this machine.
 export FINTEGRATE_TRUSTED_PROXY_IPS="${FINTEGRATE_TRUSTED_PROXY_IPS:-127.0.0.1}"
+# This stack lives on loopback: the demo's webhook receiver too (docs/webhooks.md).
+export FINTEGRATE_WEBHOOK_ALLOWED_CIDRS="${FINTEGRATE_WEBHOOK_ALLOWED_CIDRS:-127.0.0.0/8}"
 index=0
 for upstream in "${upstreams[@]}"; do
     index=$((index + 1))
@@ -65,6 +67,7 @@ nohup fintegrate gateway --port "$gateway_port" --internal-port "$internal_port"
     > .run/gateway.log 2>&1 & echo $! > .run/gateway.pid
 nohup fintegrate relay > .run/relay.log 2>&1 & echo $! > .run/relay.pid
 nohup fintegrate maintain > .run/maintain.log 2>&1 & echo $! > .run/maintain.pid
+nohup fintegrate webhooks deliver > .run/webhooks.log 2>&1 & echo $! > .run/webhooks.pid
 wait_http "http://127.0.0.1:$gateway_port/health" 30 || fail "gateway not up on :$gateway_port (see .run/gateway.log)"
 curl -fsS "http://127.0.0.1:$gateway_port/ready" >/dev/null || fail "API not ready through the gateway (see .run/api-*.log)"
 echo "gateway: http://127.0.0.1:$gateway_port  (docs at /docs, log .run/gateway.log)" >&2
@@ -72,6 +75,7 @@ echo "gateway: http://127.0.0.1:$gateway_port  (docs at /docs, log .run/gateway.
 echo "API:     ${upstreams[*]}  (logs .run/api-*.log; clients go through the gateway)" >&2
 echo "relay:   running (log .run/relay.log)" >&2
 echo "maintain: running (history upkeep, log .run/maintain.log)" >&2
+echo "webhooks: delivering (log .run/webhooks.log)" >&2
 
 step "6/7 a standing event consumer (demo worker)"
 if [ ! -s .run/worker.env ]; then

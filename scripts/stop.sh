@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Stop what scripts/run.sh started, using the pid files in .run/: the worker first, then the
-# gateway (it stops Traefik), the API instances, the relay and maintain. Each gets SIGTERM and up to
-# 15 s before SIGKILL.
+# gateway (it stops Traefik), the API instances, the relay, maintain and webhook delivery.
+# Each gets SIGTERM and up to 15 s before SIGKILL.
 set -u
 cd "$(dirname "$0")/.."
 stop_pid() {

@@ -29,6 +29,7 @@ from service.ops.checks import ReadinessCache
 from service.ops.router import router as ops_router
 from service.ratelimit.limiter import FailedAuthThrottle, RateLimiter
 from service.ratelimit.middleware import install_rate_limit_headers
+from service.webhooks.router import router as webhooks_router
 
 # Matching order. FastAPI (0.16x) tries the included routers in this order and walks every
 # route of a router that does not match (measured: 60-90 us to pass the customers router,
@@ -44,6 +45,7 @@ ROUTERS: list[APIRouter] = [
     consumers_router,
     consumer_me_router,
     events_router,
+    webhooks_router,
 ]
 # FastAPI's native OpenTelemetry, unless FINTEGRATE_OPENTELEMETRY is set (.env.example).
 NO_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
@@ -53,6 +55,7 @@ TAGS = [
     {"name": "customers", "description": "A tenant's customers, tags and analytics"},
     {"name": "events", "description": "A tenant's customer events"},
     {"name": "delivery", "description": "Delivery receipts, resend and redelivery"},
+    {"name": "webhooks", "description": "A tenant's webhook endpoints, attempts and recovery"},
 ]
 
 

@@ -15,7 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 PLACEHOLDER_SECRETS = frozenset(
     {"changeme", "change-me", "change_me", "secret", "admin", "password", "placeholder", "xxx"}
 )
-SECRET_FIELDS = ("admin_api_key", "api_key")
+SECRET_FIELDS = ("admin_api_key", "api_key", "webhook_encryption_key")
 # A correct admin key always passes the per-address throttle: its length makes guessing it
 # within that budget hopeless.
 MIN_ADMIN_KEY_LENGTH = 32
@@ -123,6 +123,37 @@ class Settings(BaseSettings):
     # The worker's recovery of what the queue lost, and its per-customer cap (docs/events.md)
     worker_max_in_hand_per_customer: int = Field(default=4, ge=1)
     worker_recovery_interval_seconds: float = Field(default=60.0, gt=0)
+
+    # Webhooks (SPEC 8): endpoints, secrets and the `webhooks deliver` process.
+    webhook_encryption_key: str | None = None
+    webhook_secret_grace_seconds: int = Field(default=86400, ge=0)
+    webhook_allowed_cidrs: str = ""
+    webhook_timeout_seconds: float = Field(default=15.0, gt=0, le=300)
+    webhook_retry_schedule: str = "5,30,120,600,1800,3600,10800,21600"
+    webhook_disable_after_hours: float = Field(default=120.0, gt=0)
+    webhook_max_in_flight_per_endpoint: int = Field(default=4, ge=1, le=256)
+    webhook_breaker_failures: int = Field(default=5, ge=1)
+    webhook_breaker_pause_seconds: float = Field(default=30.0, gt=0)
+    webhook_delivery_concurrency: int = Field(default=16, ge=1, le=256)
+    webhook_poll_seconds: float = Field(default=0.5, gt=0)
+
+    @field_validator("webhook_retry_schedule")
+    @classmethod
+    def _schedule_of_seconds(cls, value: str) -> str:
+        try:
+            delays = [float(part) for part in value.split(",")]
+        except ValueError as exc:
+            raise ValueError(
+                "FINTEGRATE_WEBHOOK_RETRY_SCHEDULE must be comma-separated seconds"
+            ) from exc
+        if not delays or any(delay < 0 for delay in delays):
+            raise ValueError("FINTEGRATE_WEBHOOK_RETRY_SCHEDULE needs one or more delays >= 0")
+        return value
+
+    @property
+    def webhook_retry_delays(self) -> tuple[float, ...]:
+        """FINTEGRATE_WEBHOOK_RETRY_SCHEDULE as seconds, one per retry."""
+        return tuple(float(part) for part in self.webhook_retry_schedule.split(","))
 
     @model_validator(mode="after")
     def _retention_needs_an_archive_dir(self) -> Settings:

@@ -166,7 +166,7 @@ def _publish(
     try:
         with open_publisher() as publisher:
             return publish_runs(
-                publisher, runs, lambda _row: {REPUBLISHED_HEADER: kind}, fence.around()
+                publisher, runs, lambda _row: {REPUBLISHED_HEADER: kind}, prepare=fence.around()
             )
     except BrokerUnavailable as exc:
         raise ServiceUnavailable(BROKER_DOWN) from exc

@@ -15,6 +15,7 @@ from sqlalchemy import Connection, Engine, text
 from service.events import partitions
 from service.events.archive_files import ArchiveError, check_directory
 from service.events.finality import EXPIRABLE_EVENT, FINAL_EVENT
+from service.webhooks.delivery import repository as webhook_deliveries
 
 NOW = text("SELECT now()")
 NO_TIMEOUT = text("SET LOCAL statement_timeout = 0")
@@ -177,6 +178,8 @@ def count_partition(
             plan.expirable += group["count"] if expirable else 0
         plan.first_created_at = min(filter(None, (plan.first_created_at, first)))
         plan.last_created_at = max(filter(None, (plan.last_created_at, last)))
+    # The webhook channel (SPEC 8): an event is final only when every channel is.
+    plan.not_final += webhook_deliveries.pending_in_range(connection, start, end)
     plan.counts = _merged(plan.counts)
     return plan
 

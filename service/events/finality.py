@@ -1,8 +1,8 @@
 """When an event is final: nothing will change it any more, so it may be archived.
 
-The one place that says it. Another delivery channel (webhooks) that must also be final
-before an event is archived adds its condition here, and the archive, the expiry and the
-preview follow.
+The one place that says it for the queue channel. The webhook channel's pending
+deliveries hold a partition back too: ``archive_plan.count_partition`` counts them as not
+final (``service.webhooks.delivery.repository.pending_in_range``).
 """
 
 from __future__ import annotations

@@ -360,3 +360,20 @@ async def confirm_delivery(
     the event does not exist or belongs to another consumer.
     """
     return await connection.fetchrow(CONFIRM_DELIVERY, event_id, consumer_id, status, detail)
+
+
+# The same statement for callers on SQLAlchemy (the webhook delivery's receipt, SPEC 8).
+RECORD_RECEIPT = text(
+    CONFIRM_DELIVERY.replace("$1", ":event_id")
+    .replace("$2", ":consumer_id")
+    .replace("$3", ":status")
+    .replace("$4", ":detail")
+)
+
+
+def record_receipt(
+    connection: Connection, event_id: UUID, consumer_id: UUID, status: str, detail: str | None
+) -> Row[Any] | None:
+    """``confirm_delivery`` in the caller's transaction (the receipt and the event's state)."""
+    params = {"event_id": event_id, "consumer_id": consumer_id, "status": status, "detail": detail}
+    return connection.execute(RECORD_RECEIPT, params).first()

@@ -13,6 +13,7 @@ from service.events import service
 from service.events.schemas import (
     MAX_RECOVERY_EVENTS,
     DeliverStatus,
+    EventDetail,
     EventFilters,
     EventList,
     EventOut,
@@ -55,7 +56,7 @@ def list_events(
 
 @router.get(
     "/{event_id:uuid}",  # so /events/confirm-delivery never matches this route
-    response_model=Envelope[EventOut],
+    response_model=Envelope[EventDetail],
     responses=declared(AUTHENTICATED, WITH_PARAMETERS, 404),
 )
 def show_event(event_id: UUID, consumer: RateLimited, connection: DbSession) -> JSONResponse:

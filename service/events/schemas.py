@@ -53,6 +53,24 @@ class EventOut(BaseModel):
     )
 
 
+class WebhookDeliveryState(BaseModel):
+    """The webhook channel's state of one event for one endpoint (SPEC 8)."""
+
+    endpoint_id: UUID
+    status: Literal["pending", "delivered", "failed", "cancelled"]
+    attempt_count: int
+    delivered_at: datetime | None
+    last_error: str | None
+
+
+class EventDetail(EventOut):
+    """One event with both channels: the queue (``deliver_status``) and each webhook endpoint."""
+
+    webhooks: list[WebhookDeliveryState] = Field(
+        description="One entry per webhook endpoint the event was queued for"
+    )
+
+
 class LastDelivered(BaseModel):
     """The last event of one aggregate whose delivery a receipt confirmed."""
 

@@ -10,6 +10,7 @@ from sqlalchemy import Connection, Row
 
 from service.events import outbox, repository, stats
 from service.events.schemas import (
+    EventDetail,
     EventFilters,
     EventList,
     EventOut,
@@ -20,6 +21,7 @@ from service.events.schemas import (
 from service.kit.db_async import pooled_connection
 from service.kit.errors import NotFound
 from service.kit.pagination import build_page, cursor_params, decode_cursor
+from service.webhooks.delivery import repository as webhook_deliveries
 
 EVENT_NOT_FOUND = "Event not found"
 
@@ -38,12 +40,16 @@ def list_events(
     return build_page(events, limit, lambda event: (event.created_at, event.event_id))
 
 
-def get_event(connection: Connection, consumer_id: UUID, event_id: UUID) -> EventOut:
-    """One of the tenant's events; NotFound for a missing or foreign id alike."""
+def get_event(connection: Connection, consumer_id: UUID, event_id: UUID) -> EventDetail:
+    """One of the tenant's events with its webhook deliveries; NotFound for a missing or
+    foreign id alike."""
     row = repository.get_event(connection, consumer_id, event_id)
     if row is None:
         raise NotFound(EVENT_NOT_FOUND)
-    return EventOut.model_validate(row._mapping)
+    webhooks = webhook_deliveries.event_deliveries(connection, consumer_id, event_id)
+    return EventDetail.model_validate(
+        {**row._mapping, "webhooks": [dict(item._mapping) for item in webhooks]}
+    )
 
 
 def events_after(

@@ -25,9 +25,11 @@ DOCKERFILE = ROOT / "Dockerfile"
 
 INFRA = ("postgres", "rabbitmq", "redis")
 CUSTOMER_SERVICES = ("customer-service-1", "customer-service-2")
-APP_SERVICES = ("migrate", *CUSTOMER_SERVICES, "relay", "maintain", "event-consumer")
+APP_SERVICES = (
+    "migrate", *CUSTOMER_SERVICES, "relay", "maintain", "webhooks-deliver", "event-consumer",
+)  # fmt: skip
 SPEC_SERVICES = (*INFRA, "traefik", "gateway-pages", *APP_SERVICES)
-ROUTED_PREFIXES = ("/customer", "/consumer", "/events", "/health", "/ready")
+ROUTED_PREFIXES = ("/customer", "/consumer", "/events", "/webhooks", "/health", "/ready")
 KNOWN_VARIABLES = {f"FINTEGRATE_{name.upper()}" for name in Settings.model_fields}
 VARIABLE = re.compile(r"\bFINTEGRATE_[A-Z0-9_]+")
 
@@ -145,14 +147,16 @@ def test_long_running_services_have_healthchecks(services: dict[str, dict[str, A
     assert check["test"] and not check.get("disable")
 
 
-@pytest.mark.parametrize("name", ("migrate", "relay", "maintain", "event-consumer"))
+@pytest.mark.parametrize(
+    "name", ("migrate", "relay", "maintain", "webhooks-deliver", "event-consumer")
+)
 def test_services_without_http_disable_the_image_healthcheck(
     services: dict[str, dict[str, Any]], name: str
 ):
     assert services[name]["healthcheck"] == {"disable": True}
 
 
-@pytest.mark.parametrize("name", (*CUSTOMER_SERVICES, "relay", "maintain"))
+@pytest.mark.parametrize("name", (*CUSTOMER_SERVICES, "relay", "maintain", "webhooks-deliver"))
 def test_services_wait_for_migrations_and_healthy_infrastructure(
     services: dict[str, dict[str, Any]], name: str
 ):
@@ -177,6 +181,7 @@ def test_commands_of_the_workers(services: dict[str, dict[str, Any]]):
         ]
     assert services["relay"]["command"] == ["fintegrate", "relay"]
     assert services["maintain"]["command"] == ["fintegrate", "maintain"]
+    assert services["webhooks-deliver"]["command"] == ["fintegrate", "webhooks", "deliver"]
     assert services["event-consumer"]["command"][:3] == ["fintegrate", "consume", "--consumer"]
 
 

@@ -124,6 +124,17 @@ def free_port() -> int:
 
 
 @pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """Webhooks configured, loopback destinations allowed (the collection's endpoint)."""
+    return settings.model_copy(
+        update={
+            "webhook_encryption_key": "postman-tests-webhook-key-0123456789",
+            "webhook_allowed_cidrs": "127.0.0.0/8",
+        }
+    )
+
+
+@pytest.fixture
 def gateway_url(live_server: str, settings: Settings) -> Iterator[str]:
     """`fintegrate gateway`'s Traefik in front of the live API.
 

@@ -90,6 +90,17 @@ def db_proxied_settings(settings: Settings, db_proxy: TcpProxy) -> Settings:
 
 
 @pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """Webhooks configured (a sealing key, loopback allowed) so the victim can have an endpoint."""
+    return settings.model_copy(
+        update={
+            "webhook_encryption_key": "reliability-tests-webhook-key-0123456789",
+            "webhook_allowed_cidrs": "127.0.0.0/8",
+        }
+    )
+
+
+@pytest.fixture
 def victim(
     client: TestClient, create_consumer: Callable[..., Any], engine: Engine
 ) -> dict[str, Any]:
@@ -107,7 +118,11 @@ def victim(
             text("SELECT event_id FROM customer_events WHERE customer_id = :id"),
             {"id": customer_id},
         ).scalar_one()
+    endpoint = client.post(
+        "/webhooks/endpoints", json={"url": "https://127.0.0.1:9/hook"}, headers=tenant["headers"]
+    )
     ids = {
+        "endpoint_id": assert_envelope(endpoint, 201)["endpoint_id"],
         "consumer_id": tenant["consumer_id"],
         "customer_id": customer_id,
         "event_id": str(event_id),

@@ -67,6 +67,19 @@ OPERATIONS = [
     Operation(
         "POST", "/events/last-delivered", TENANT, {"customer_ids": [], "include_consumer": True}
     ),
+    Operation("POST", "/webhooks/endpoints", TENANT, {"url": "https://127.0.0.1:9/hook"}),
+    Operation("GET", "/webhooks/endpoints", TENANT),
+    Operation("GET", "/webhooks/endpoints/{endpoint_id}", TENANT),
+    Operation("PATCH", "/webhooks/endpoints/{endpoint_id}", TENANT, {"description": "audited"}),
+    Operation("POST", "/webhooks/endpoints/{endpoint_id}/rotate-secret", TENANT),
+    Operation("GET", "/webhooks/endpoints/{endpoint_id}/attempts", TENANT),
+    Operation(
+        "POST",
+        "/webhooks/endpoints/{endpoint_id}/recover",
+        TENANT,
+        {"since": "2026-01-01T00:00:00Z"},
+    ),
+    Operation("DELETE", "/webhooks/endpoints/{endpoint_id}", TENANT),
     Operation("DELETE", "/customer/data/{customer_id}", TENANT),
     Operation("GET", "/consumer/me", TENANT),
     Operation("POST", "/customer/data/{customer_id}/erase", TENANT),

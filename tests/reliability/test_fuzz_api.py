@@ -68,6 +68,8 @@ WITH_CURSOR = (
     "GET /events",
     "POST /events/resend",
     "POST /events/redeliver",
+    "GET /webhooks/endpoints",
+    "GET /webhooks/endpoints/{endpoint_id}/attempts",
 )
 CONFORMANCE_CHECKS = (
     "not_a_server_error,status_code_conformance,content_type_conformance,"
@@ -79,6 +81,9 @@ KEEPS_THE_TENANTS_KEY = (  # left out of the throttled run: they would end its t
     "PATCH /consumer/data/{consumer_id}",
     "POST /consumer/data/{consumer_id}/keys/{key_id}/revoke",
 )
+# A schema-valid URL may still be a refused destination (SPEC 8: loopback, private, http
+# outside development): 422 is the right answer there.
+DESTINATION_CHECKED = ("POST /webhooks/endpoints", "PATCH /webhooks/endpoints/{endpoint_id}")
 POSITIVE_EXPECTED = ["2xx", "3xx", "401", "403", "404", "409", "429", "5xx"]
 
 
@@ -120,6 +125,10 @@ def config_text(keys: dict[str, str], disabled: list[str]) -> str:
         f"include-name = {json.dumps(list(WITH_CURSOR))}",
         "checks.positive_data_acceptance.expected-statuses = "
         + json.dumps([*POSITIVE_EXPECTED, "400"]),
+        "[[operations]]",
+        f"include-name = {json.dumps(list(DESTINATION_CHECKED))}",
+        "checks.positive_data_acceptance.expected-statuses = "
+        + json.dumps([*POSITIVE_EXPECTED, "422"]),
     ]
     return "\n".join(lines) + "\n"
 

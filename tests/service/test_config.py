@@ -28,7 +28,7 @@ def write_env(tmp_path: Path, **values: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("field", ["admin_api_key", "api_key"])
+@pytest.mark.parametrize("field", ["admin_api_key", "api_key", "webhook_encryption_key"])
 @pytest.mark.parametrize("value", ["changeme", "change-me", " CHANGEME ", "placeholder"])
 def test_placeholder_secret_refused_outside_development(
     monkeypatch: pytest.MonkeyPatch, field: str, value: str
@@ -166,3 +166,11 @@ def test_queue_bounds_and_worker_limits_default_to_the_seed_and_must_be_positive
         with pytest.raises(ValidationError, match=variable.removeprefix("FINTEGRATE_").lower()):
             Settings()
         monkeypatch.delenv(variable)
+
+
+def test_webhook_retry_schedule_is_seconds() -> None:
+    assert load_settings(webhook_retry_schedule="1,2.5").webhook_retry_delays == (1.0, 2.5)
+    with pytest.raises(ValidationError, match="FINTEGRATE_WEBHOOK_RETRY_SCHEDULE"):
+        load_settings(webhook_retry_schedule="5,soon")
+    with pytest.raises(ValidationError, match="FINTEGRATE_WEBHOOK_RETRY_SCHEDULE"):
+        load_settings(webhook_retry_schedule="5,-1")

@@ -34,6 +34,13 @@ REQUIRED_COLUMNS = {
     "customer_event_counts": "event_count_id consumer_id event_type publish_status "
     "deliver_status events",
     "migration_history": "version filename checksum applied_at execution_ms applied_by",
+    "webhook_endpoints": "endpoint_id consumer_id url description event_types status "
+    "created_at updated_at deleted_at",
+    "webhook_endpoint_secrets": "secret_id endpoint_id ciphertext created_at expires_at",
+    "webhook_deliveries": "delivery_id endpoint_id consumer_id event_id sequence status "
+    "attempt_count next_attempt_at claim_token",
+    "webhook_attempts": "attempt_id delivery_id endpoint_id event_id attempt_number status "
+    "started_at duration_ms response_status response_body error next_attempt_at",
 }
 UPDATED_AT_TABLES = ("consumers", "customers", "customer_tags")
 

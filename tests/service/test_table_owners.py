@@ -15,6 +15,7 @@ NAMED_TABLE = re.compile(r"\b(?:FROM|JOIN|INTO|UPDATE|TABLE)\s+(\w+)")
 
 EVENTS = "service/events/repository.py"
 CUSTOMERS = "service/customers/repository.py"
+WEBHOOK_DELIVERIES = "service/webhooks/delivery/repository.py"
 OWNERS = {
     "audit_log": {"service/http/audit.py"},
     "consumer_api_keys": {"service/auth/repository.py"},
@@ -38,6 +39,10 @@ OWNERS = {
     "relay_members": {"service/messaging/publish/leases.py"},
     "relay_partitions": {"service/messaging/publish/leases.py"},
     "republish_budgets": {"service/delivery/repository.py"},
+    "webhook_endpoints": {"service/webhooks/repository.py"},
+    "webhook_endpoint_secrets": {"service/webhooks/repository.py"},
+    "webhook_deliveries": {WEBHOOK_DELIVERIES},
+    "webhook_attempts": {WEBHOOK_DELIVERIES},
 }
 EXCEPTIONS = {
     (CUSTOMERS, "customer_events"): "the customer and its customer_creation event: one statement",
@@ -46,6 +51,9 @@ EXCEPTIONS = {
     ("service/auth/repository.py", "consumers"): "the key lookup joins its consumer's limits",
     ("service/events/outbox.py", "consumers"): "the relay's reads join the routing names",
     ("service/events/expiry.py", "consumer_event_receipts"): "an expired event and its receipt",
+    (WEBHOOK_DELIVERIES, "customer_events"): "the claim reads its events; recover's window",
+    (WEBHOOK_DELIVERIES, "consumers"): "the claim joins the consumer name of the body",
+    (WEBHOOK_DELIVERIES, "webhook_endpoints"): "the claim checks status, breaker and cap",
 }
 
 

@@ -29,6 +29,9 @@ from service.messaging.publish.publisher import (
 
 Run = Sequence[Row[Any]]
 RowGate = Callable[[Row[Any]], bool]  # may this row be published now (asked per publish)
+# Prepares a wave just before it is sent: the rows to send (fresh payloads, the erasure
+# fence), a row left out is held with its run.
+WaveFilter = Callable[[list[Row[Any]]], list[Row[Any]]]
 HeaderSource = Callable[[Row[Any]], dict[str, Any] | None]  # extra AMQP headers of a row
 
 
@@ -62,6 +65,7 @@ def publish_runs(
     runs: Sequence[Run],
     headers: HeaderSource | None = None,
     gate: RowGate | None = None,
+    prepare: WaveFilter | None = None,
 ) -> PublishReport:
     """Publish ``runs`` wave by wave; a run stops at its first failure.
 
@@ -69,8 +73,10 @@ def publish_runs(
     only those that may be duplicates).
 
     ``gate`` is asked right before each row's ``basic_publish`` (the relay's lease
-    deadline); a row it refuses is not sent and ends its run. Raises BrokerUnavailable
-    only when the broker cannot be reached before anything was sent.
+    deadline); a row it refuses is not sent and ends its run. ``prepare`` gets each wave
+    before it is sent and answers the rows to send (the erasure fence re-reads their
+    payloads); a row it leaves out waits with its run. Raises BrokerUnavailable only when
+    the broker cannot be reached before anything was sent.
     """
     report = PublishReport()
     active = [run for run in runs if run]
@@ -78,7 +84,7 @@ def publish_runs(
     while active:
         wave = [run[position] for run in active]
         try:
-            results = _publish_wave(publisher, wave, headers, gate)
+            results = _publish_wave(publisher, prepare(wave) if prepare else wave, headers, gate)
         except BrokerUnavailable as exc:
             if not report.published and not report.failed:
                 raise
@@ -88,8 +94,8 @@ def publish_runs(
         going = []
         for run, row in zip(active, wave, strict=True):
             behind = len(run) - position - 1  # the run's events after this one
-            result = results[str(row.event_id)]
-            if not result.sent:  # withheld by the gate: it and its run wait
+            result = results.get(str(row.event_id))
+            if result is None or not result.sent:  # left out or withheld: it and its run wait
                 report.held += 1 + behind
             elif not result.ok:
                 report.failed.append((row, result.reason or "not confirmed"))

@@ -231,7 +231,9 @@ def _publish_round(
     try:
         # No pre-erasure payload leaves (docs/RELIABILITY.md): the fence re-reads each wave.
         with ErasureFence(connection.engine) as fence:
-            report = publish_runs(publisher, runs, duplicates.headers, fence.around(still_ours))
+            report = publish_runs(
+                publisher, runs, duplicates.headers, gate=still_ours, prepare=fence.around()
+            )
         outcome = _record(connection, leases, tenure, report, max_backoff, sum(map(len, runs)))
     except BaseException:
         duplicates.unrecorded(row for run in runs for row in run)

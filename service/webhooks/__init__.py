@@ -1,0 +1,1 @@
+"""Webhooks (SPEC 8): endpoints, secrets, signed HTTP delivery in per-customer order."""

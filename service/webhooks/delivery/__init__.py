@@ -1,0 +1,1 @@
+"""The webhook delivery process: claims, signed POSTs, outcomes (`fintegrate webhooks deliver`)."""

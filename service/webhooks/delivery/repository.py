@@ -1,0 +1,281 @@
+"""SQL of webhook_deliveries and webhook_attempts: claims, outcomes, listings, recovery.
+
+Order (SPEC 8): a pending delivery is claimable only when no earlier pending delivery of its
+aggregate (``coalesce(customer_id, consumer_id)``, by ``sequence``) waits for the same
+endpoint, so one customer's events reach an endpoint in sequence order and a retrying event
+holds back only its own customer there. Claims run one at a time (a transaction-scoped
+advisory lock), which keeps the per-endpoint in-flight cap exact across processes; each
+claim bumps the row's ``claim_token`` and an outcome is recorded only with that token.
+
+Reads of customer_events (the message to send, recover's window) and consumers (the name
+in the body; a disabled tenant's deliveries wait) are this room's on purpose: one statement
+with the claim (docs/ARCHITECTURE.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import Connection, Row, text
+
+CLAIM_LOCK = text("SELECT pg_advisory_xact_lock(hashtext('fintegrate_webhook_claims'))")
+# Claims and outcomes need not wait for the WAL flush: a crash that loses the last of them
+# only makes a claim lapse or an event be POSTed again with the same webhook-id (delivery
+# is at least once), never loses or reorders a delivery (the fan-out rows commit with the
+# event, synchronously).
+NO_FLUSH_WAIT = text("SET LOCAL synchronous_commit = off")
+CLAIM = text(
+    """
+    WITH candidates AS (
+        SELECT d.delivery_id, d.endpoint_id,
+               row_number() OVER (PARTITION BY d.endpoint_id
+                                  ORDER BY d.next_attempt_at, d.sequence) AS rank
+        FROM webhook_deliveries d
+        JOIN webhook_endpoints w ON w.endpoint_id = d.endpoint_id
+        WHERE d.status = 'pending' AND d.next_attempt_at <= now()
+          AND (d.claimed_until IS NULL OR d.claimed_until < now())
+          AND w.status = 'enabled' AND w.deleted_at IS NULL
+          AND (w.paused_until IS NULL OR w.paused_until <= now())
+          AND EXISTS (SELECT 1 FROM consumers t
+                      WHERE t.consumer_id = d.consumer_id AND t.status = 'active')
+          AND NOT EXISTS (
+              SELECT 1 FROM webhook_deliveries b
+              WHERE b.status = 'pending' AND b.endpoint_id = d.endpoint_id
+                AND b.aggregate_id = d.aggregate_id AND b.sequence < d.sequence)
+        ORDER BY d.next_attempt_at
+        LIMIT :scan
+    ), in_flight AS (
+        SELECT f.endpoint_id, count(*) AS busy
+        FROM webhook_deliveries f
+        WHERE f.status = 'pending' AND f.claimed_until >= now()
+          AND f.endpoint_id IN (SELECT endpoint_id FROM candidates)
+        GROUP BY f.endpoint_id
+    ), chosen AS (
+        SELECT c.delivery_id
+        FROM candidates c
+        JOIN webhook_endpoints w ON w.endpoint_id = c.endpoint_id
+        LEFT JOIN in_flight f ON f.endpoint_id = c.endpoint_id
+        WHERE c.rank <= (CASE WHEN w.consecutive_failures >= :breaker_failures THEN 1
+                              ELSE :cap END) - coalesce(f.busy, 0)
+        ORDER BY c.rank
+        LIMIT :limit
+    ), claimed AS (
+        UPDATE webhook_deliveries d
+        SET claimed_by = :worker_id, claim_token = d.claim_token + 1,
+            claimed_until = now() + make_interval(secs => CAST(:claim_seconds AS float8))
+        FROM chosen WHERE d.delivery_id = chosen.delivery_id
+        RETURNING d.delivery_id, d.endpoint_id, d.event_id, d.event_created_at,
+                  d.attempt_count, d.claim_token
+    )
+    SELECT claimed.*, e.customer_id, e.consumer_id, e.event_type, e.payload_json,
+           e.metadata_json, e.created_at, e.sequence, c.name AS consumer_name
+    FROM claimed
+    JOIN customer_events e
+      ON e.event_id = claimed.event_id AND e.created_at = claimed.event_created_at
+    LEFT JOIN consumers c ON c.consumer_id = e.consumer_id
+    """
+)
+# The outcome of one attempt, fenced by the claim's token: a process whose claim lapsed and
+# was taken over records nothing.
+RECORD_OUTCOME = text(
+    """
+    UPDATE webhook_deliveries
+    SET status = :status, attempt_count = attempt_count + 1,
+        next_attempt_at = coalesce(CAST(:next_attempt_at AS timestamptz), next_attempt_at),
+        delivered_at = CASE WHEN :status = 'delivered' THEN now() ELSE delivered_at END,
+        last_error = :error, claimed_by = NULL, claimed_until = NULL
+    WHERE delivery_id = :delivery_id AND claim_token = :claim_token AND status = 'pending'
+    RETURNING delivery_id
+    """
+)
+INSERT_ATTEMPT = text(
+    """
+    INSERT INTO webhook_attempts
+        (delivery_id, endpoint_id, event_id, attempt_number, status, started_at, duration_ms,
+         response_status, response_body, error, next_attempt_at)
+    VALUES
+        (:delivery_id, :endpoint_id, :event_id, :attempt_number, :status, :started_at,
+         :duration_ms, :response_status, :response_body, :error, :next_attempt_at)
+    """
+)
+LIST_ATTEMPTS = text(
+    """
+    SELECT attempt_id, event_id, attempt_number, status, started_at, duration_ms,
+           response_status, response_body, error, next_attempt_at
+    FROM webhook_attempts
+    WHERE endpoint_id = :endpoint_id
+      AND (CAST(:event_id AS uuid) IS NULL OR event_id = CAST(:event_id AS uuid))
+      AND (CAST(:status AS text) IS NULL OR status = CAST(:status AS text))
+      AND (CAST(:after_at AS timestamptz) IS NULL
+           OR (started_at, attempt_id) > (CAST(:after_at AS timestamptz),
+                                          CAST(:after_id AS uuid)))
+    ORDER BY started_at, attempt_id
+    LIMIT :limit
+    """
+)
+CANCEL_PENDING = text(
+    """
+    UPDATE webhook_deliveries SET status = 'cancelled', claimed_until = NULL
+    WHERE endpoint_id = :endpoint_id AND status = 'pending'
+    """
+)
+# The window again: every event of the tenant in it that the endpoint's filter admits,
+# pending anew (a delivery still pending is left as it is). Sent in sequence order per
+# aggregate by the claim rule.
+RECOVER_WINDOW = text(
+    """
+    INSERT INTO webhook_deliveries
+        (endpoint_id, consumer_id, event_id, event_created_at, aggregate_id, sequence)
+    SELECT :endpoint_id, e.consumer_id, e.event_id, e.created_at,
+           coalesce(e.customer_id, e.consumer_id), e.sequence
+    FROM customer_events e
+    WHERE e.consumer_id = :consumer_id AND e.created_at >= :since
+      AND (CAST(:until AS timestamptz) IS NULL OR e.created_at < CAST(:until AS timestamptz))
+      AND (CAST(:event_types AS text[]) IS NULL
+           OR e.event_type = ANY (CAST(:event_types AS text[])))
+    ON CONFLICT ON CONSTRAINT webhook_deliveries_endpoint_event DO UPDATE
+    SET status = 'pending', attempt_count = 0, next_attempt_at = now(), last_error = NULL,
+        delivered_at = NULL, claimed_by = NULL, claimed_until = NULL
+    WHERE webhook_deliveries.status <> 'pending'
+    RETURNING delivery_id
+    """
+)
+PENDING_IN_RANGE = text(
+    """
+    SELECT count(*) FROM webhook_deliveries
+    WHERE status = 'pending' AND event_created_at < :end
+      AND (CAST(:start AS timestamptz) IS NULL OR event_created_at >= CAST(:start AS timestamptz))
+    """
+)
+CHANNEL_BACKLOG = text(
+    """
+    SELECT status, count(*) AS deliveries, min(event_created_at) AS oldest_event_at
+    FROM webhook_deliveries
+    WHERE status IN ('pending', 'failed')
+      AND (CAST(:consumer_id AS uuid) IS NULL OR consumer_id = CAST(:consumer_id AS uuid))
+    GROUP BY status
+    """
+)
+EVENT_DELIVERIES = text(
+    """
+    SELECT endpoint_id, status, attempt_count, delivered_at, last_error
+    FROM webhook_deliveries WHERE event_id = :event_id AND consumer_id = :consumer_id
+    ORDER BY created_at
+    """
+)
+
+
+def claim_due(
+    connection: Connection,
+    worker_id: str,
+    limit: int,
+    cap: int,
+    breaker_failures: int,
+    claim_seconds: float,
+) -> Sequence[Row[Any]]:
+    """Claim up to ``limit`` due heads (within each endpoint's cap) with their event rows."""
+    connection.execute(NO_FLUSH_WAIT)
+    connection.execute(CLAIM_LOCK)
+    params = {
+        "worker_id": worker_id,
+        "limit": limit,
+        "scan": max(limit * 4, 100),
+        "cap": cap,
+        "breaker_failures": breaker_failures,
+        "claim_seconds": claim_seconds,
+    }
+    return connection.execute(CLAIM, params).all()
+
+
+def record_outcome(
+    connection: Connection,
+    delivery_id: UUID,
+    claim_token: int,
+    status: str,
+    next_attempt_at: datetime | None,
+    error: str | None,
+) -> bool:
+    """Record one attempt's result on the delivery; False when the claim was lost."""
+    connection.execute(NO_FLUSH_WAIT)
+    params = {
+        "delivery_id": delivery_id,
+        "claim_token": claim_token,
+        "status": status,
+        "next_attempt_at": next_attempt_at,
+        "error": error,
+    }
+    return connection.execute(RECORD_OUTCOME, params).first() is not None
+
+
+def insert_attempt(connection: Connection, attempt: dict[str, Any]) -> None:
+    connection.execute(INSERT_ATTEMPT, attempt)
+
+
+def list_attempts(
+    connection: Connection,
+    endpoint_id: UUID,
+    event_id: UUID | None,
+    status: str | None,
+    after: dict[str, Any],
+    limit: int,
+) -> Sequence[Row[Any]]:
+    params = {
+        "endpoint_id": endpoint_id,
+        "event_id": event_id,
+        "status": status,
+        "limit": limit,
+        **after,
+    }
+    return connection.execute(LIST_ATTEMPTS, params).all()
+
+
+def cancel_pending(connection: Connection, endpoint_id: UUID) -> int:
+    """Cancel the endpoint's pending deliveries (it was deleted); how many."""
+    return connection.execute(CANCEL_PENDING, {"endpoint_id": endpoint_id}).rowcount
+
+
+def recover_window(
+    connection: Connection,
+    endpoint_id: UUID,
+    consumer_id: UUID,
+    since: datetime,
+    until: datetime | None,
+    event_types: list[str] | None,
+) -> int:
+    """Queue the window's events again for the endpoint; how many were queued."""
+    params = {
+        "endpoint_id": endpoint_id,
+        "consumer_id": consumer_id,
+        "since": since,
+        "until": until,
+        "event_types": event_types,
+    }
+    return len(connection.execute(RECOVER_WINDOW, params).all())
+
+
+def pending_in_range(connection: Connection, start: datetime | None, end: datetime) -> int:
+    """Pending deliveries of events created in [start, end): not final for archiving."""
+    count: int = connection.execute(PENDING_IN_RANGE, {"start": start, "end": end}).scalar_one()
+    return count
+
+
+def event_deliveries(connection: Connection, consumer_id: UUID, event_id: UUID) -> list[Any]:
+    """The webhook channel's state of one event, one row per endpoint."""
+    params = {"event_id": event_id, "consumer_id": consumer_id}
+    return list(connection.execute(EVENT_DELIVERIES, params).all())
+
+
+def channel_backlog(connection: Connection, consumer_id: UUID | None) -> dict[str, Any]:
+    """Pending and failed webhook deliveries (all consumers or one), with the oldest pending."""
+    rows = {
+        row.status: row for row in connection.execute(CHANNEL_BACKLOG, {"consumer_id": consumer_id})
+    }
+    pending, failed = rows.get("pending"), rows.get("failed")
+    return {
+        "pending": int(pending.deliveries) if pending else 0,
+        "failed": int(failed.deliveries) if failed else 0,
+        "oldest_pending_event_at": pending.oldest_event_at if pending else None,
+    }

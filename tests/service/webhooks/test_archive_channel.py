@@ -1,0 +1,50 @@
+"""Archiving waits for the webhook channel: a partition with a pending delivery is kept."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, text
+
+from service.events import archive
+from tests.support.history import history_database, load_history
+
+PENDING_DELIVERY_ON_AN_OLD_EVENT = text(
+    """
+    INSERT INTO webhook_deliveries
+        (endpoint_id, consumer_id, event_id, event_created_at, aggregate_id, sequence)
+    SELECT gen_random_uuid(), consumer_id, event_id, created_at, customer_id, sequence
+    FROM customer_events
+    WHERE created_at >= :start AND created_at < :end
+    ORDER BY created_at LIMIT 1
+    """
+)
+
+
+@pytest.fixture
+def history_engine(database_factory: Callable[[], str]) -> Iterator[Engine]:
+    engine = history_database(database_factory)
+    load_history(engine)
+    yield engine
+    engine.dispose()
+
+
+def test_a_pending_webhook_delivery_keeps_its_partition(
+    history_engine: Engine, tmp_path: Path
+) -> None:
+    before = archive.plan_archive(history_engine, 10, tmp_path)
+    archivable = before.archive[0]
+    with history_engine.begin() as connection:
+        inserted = connection.execute(
+            PENDING_DELIVERY_ON_AN_OLD_EVENT,
+            {"start": archivable.first_created_at, "end": archivable.range_end},
+        ).rowcount
+    assert inserted == 1
+    after = archive.plan_archive(history_engine, 10, tmp_path)
+    assert len(after.archive) == len(before.archive) - 1
+    assert len(after.keep) == len(before.keep) + 1
+    with history_engine.begin() as connection:
+        connection.execute(text("UPDATE webhook_deliveries SET status = 'delivered'"))
+    assert len(archive.plan_archive(history_engine, 10, tmp_path).archive) == len(before.archive)

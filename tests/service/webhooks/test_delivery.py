@@ -1,0 +1,328 @@
+"""The delivery process against loopback receivers: headers, signatures, order, retries,
+410, Retry-After, the breaker, recover. Real PostgreSQL; receivers are in this process."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine, text
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+from tests.support.api import assert_envelope
+from tests.support.receiver import Received, Receiver
+
+PATH = "/webhooks/endpoints"
+
+
+def endpoint_for(
+    client: TestClient, tenant: dict[str, Any], receiver: Receiver, **body: Any
+) -> dict[str, Any]:
+    data: dict[str, Any] = assert_envelope(
+        client.post(PATH, json={"url": receiver.url, **body}, headers=tenant["headers"]), 201
+    )
+    return data
+
+
+def customers_with_events(
+    client: TestClient, tenant: dict[str, Any], customers: int, changes: int
+) -> dict[str, list[int]]:
+    """``customers`` customers, each created then changed ``changes`` times (status flips)."""
+    made: dict[str, list[int]] = {}
+    for index in range(customers):
+        created = client.post(
+            "/customer/data", json={"name": f"c{index}"}, headers=tenant["headers"]
+        )
+        customer_id = created.json()["data"]["customer_id"]
+        made[customer_id] = [1]
+        for change in range(changes):
+            status = "inactive" if change % 2 == 0 else "active"
+            answer = client.patch(
+                f"/customer/data/{customer_id}/status",
+                json={"status": status},
+                headers=tenant["headers"],
+            )
+            assert answer.status_code == 200
+            made[customer_id].append(change + 2)
+    return made
+
+
+def sequences_by_customer(received: list[Received]) -> dict[str, list[int]]:
+    seen: dict[str, list[int]] = {}
+    for item in received:
+        body = json.loads(item.body)
+        seen.setdefault(body["customer_id"], []).append(body["sequence"])
+    return seen
+
+
+def attempts(client: TestClient, tenant: dict[str, Any], endpoint_id: str, **params: Any) -> Any:
+    answer = client.get(f"{PATH}/{endpoint_id}/attempts", params=params, headers=tenant["headers"])
+    return assert_envelope(answer, 200)["items"]
+
+
+def test_every_header_and_a_verifiable_signature(
+    client: TestClient,
+    create_consumer: Callable[..., Any],
+    receiver_factory: Any,
+    deliver: Any,
+    engine: Engine,
+) -> None:
+    receiver = receiver_factory()
+    tenant = create_consumer()
+    endpoint = endpoint_for(client, tenant, receiver)
+    customers_with_events(client, tenant, customers=1, changes=0)
+    deliver()
+    (item,) = receiver.wait_for(1)
+    body = json.loads(item.body)
+    assert item.headers["webhook-id"] == body["event_id"]
+    assert abs(int(item.headers["webhook-timestamp"]) - time.time()) < 120
+    assert item.headers["webhook-signature"].startswith("v1,")
+    assert item.headers["x-fintegrate-sequence"] == str(body["sequence"]) == "1"
+    assert item.headers["content-type"] == "application/json"
+    assert body["event_type"] == "customer_creation"
+    assert body["consumer"]["name"] == tenant["name"]
+    assert Webhook(endpoint["secret"]).verify(item.body, item.headers) == body
+    with pytest.raises(WebhookVerificationError):
+        Webhook("whsec_" + "A" * 44).verify(item.body, item.headers)
+    with engine.connect() as connection:
+        receipt = connection.execute(
+            text("SELECT status FROM consumer_event_receipts WHERE event_id = :e"),
+            {"e": body["event_id"]},
+        ).scalar_one()
+        state = connection.execute(
+            text("SELECT deliver_status FROM customer_events WHERE event_id = :e"),
+            {"e": body["event_id"]},
+        ).scalar_one()
+    assert (receipt, state) == ("processed", "delivered")
+    (attempt,) = attempts(client, tenant, endpoint["endpoint_id"])
+    assert attempt["status"] == "succeeded" and attempt["response_status"] == 200
+    assert attempt["response_body"] == "ok"
+
+
+def test_rotation_signs_with_both_secrets_during_the_grace(
+    client: TestClient, create_consumer: Callable[..., Any], receiver_factory: Any, deliver: Any
+) -> None:
+    receiver = receiver_factory()
+    tenant = create_consumer()
+    endpoint = endpoint_for(client, tenant, receiver)
+    rotated = assert_envelope(
+        client.post(f"{PATH}/{endpoint['endpoint_id']}/rotate-secret", headers=tenant["headers"]),
+        200,
+    )
+    customers_with_events(client, tenant, customers=1, changes=0)
+    deliver()
+    (item,) = receiver.wait_for(1)
+    assert len(item.headers["webhook-signature"].split(" ")) == 2
+    Webhook(endpoint["secret"]).verify(item.body, item.headers)
+    Webhook(rotated["secret"]).verify(item.body, item.headers)
+
+
+def test_rotation_without_grace_signs_with_the_new_secret_only(
+    client: TestClient,
+    create_consumer: Callable[..., Any],
+    receiver_factory: Any,
+    deliver: Any,
+    app: Any,
+    settings: Any,
+) -> None:
+    app.state.settings = settings.model_copy(update={"webhook_secret_grace_seconds": 0})
+    receiver = receiver_factory()
+    tenant = create_consumer()
+    endpoint = endpoint_for(client, tenant, receiver)
+    rotated = client.post(
+        f"{PATH}/{endpoint['endpoint_id']}/rotate-secret", headers=tenant["headers"]
+    ).json()["data"]
+    time.sleep(0.05)
+    customers_with_events(client, tenant, customers=1, changes=0)
+    deliver()
+    (item,) = receiver.wait_for(1)
+    Webhook(rotated["secret"]).verify(item.body, item.headers)
+    with pytest.raises(WebhookVerificationError):
+        Webhook(endpoint["secret"]).verify(item.body, item.headers)
+
+
+def test_event_type_filter(
+    client: TestClient, create_consumer: Callable[..., Any], receiver_factory: Any, deliver: Any
+) -> None:
+    receiver = receiver_factory()
+    tenant = create_consumer()
+    endpoint_for(client, tenant, receiver, event_types=["customer_status_change"])
+    customers_with_events(client, tenant, customers=2, changes=1)
+    deliver()
+    received = receiver.wait_for(2)
+    time.sleep(0.3)
+    assert len(receiver.received) == 2
+    assert {json.loads(item.body)["event_type"] for item in received} == {"customer_status_change"}
+
+
+def flaky(failures_per_event: int) -> Callable[[Received, int], tuple[int, dict[str, str], bytes]]:
+    """500 for the first ``failures_per_event`` POSTs of every event, then 200."""
+    seen: dict[str, int] = {}
+
+    def respond(item: Received, index: int) -> tuple[int, dict[str, str], bytes]:
+        event_id = item.headers["webhook-id"]
+        seen[event_id] = seen.get(event_id, 0) + 1
+        if seen[event_id] <= failures_per_event:
+            return 500, {}, b"boom"
+        return 200, {}, b"ok"
+
+    return respond
+
+
+def test_a_flaky_endpoint_gets_every_event_each_customer_in_order(
+    client: TestClient, create_consumer: Callable[..., Any], receiver_factory: Any, deliver: Any
+) -> None:
+    receiver = receiver_factory(flaky(2))
+    tenant = create_consumer()
+    endpoint = endpoint_for(client, tenant, receiver)
+    made = customers_with_events(client, tenant, customers=3, changes=3)
+    deliver(webhook_breaker_failures=1000)
+    received = receiver.wait_for(3 * 3 * 4)
+    delivered = [item for item in received if item.headers["webhook-id"]]
+    firsts: dict[str, list[int]] = {}
+    for item in delivered:
+        body = json.loads(item.body)
+        order = firsts.setdefault(body["customer_id"], [])
+        if body["sequence"] not in order:
+            order.append(body["sequence"])
+    assert firsts == made
+    failed = attempts(client, tenant, endpoint["endpoint_id"], limit=200)
+    assert sum(1 for a in failed if a["status"] == "retrying") == 2 * 12
+    assert sum(1 for a in failed if a["status"] == "succeeded") == 12
+    assert all(
+        a["response_status"] == 500 and a["response_body"] == "boom"
+        for a in failed
+        if a["status"] == "retrying"
+    )
+
+
+def test_retries_give_up_after_the_schedule_and_recover_sends_again(
+    client: TestClient, create_consumer: Callable[..., Any], receiver_factory: Any, deliver: Any
+) -> None:
+    failing = [True]
+
+    def respond(item: Received, index: int) -> tuple[int, dict[str, str], bytes]:
+        return (500, {}, b"down") if failing[0] else (200, {}, b"ok")
+
+    receiver = receiver_factory(respond)  # schedule 0.2,0.2,0.2: 4 attempts, all fail
+    tenant = create_consumer()
+    endpoint = endpoint_for(client, tenant, receiver)
+    made = customers_with_events(client, tenant, customers=1, changes=1)
+    deliver(webhook_breaker_failures=1000)
+    given_up = attempts(client, tenant, endpoint["endpoint_id"], status="failed")
+    assert len(given_up) == 2 and {a["attempt_number"] for a in given_up} == {4}
+    failing[0] = False
+    recovered = assert_envelope(
+        client.post(
+            f"{PATH}/{endpoint['endpoint_id']}/recover",
+            json={"since": "2000-01-01T00:00:00Z"},
+            headers=tenant["headers"],
+        ),
+        200,
+    )
+    assert recovered["queued"] == 3  # the two given up, and the consumer_created event
+    before = len(receiver.received)
+    deliver()
+    after = sequences_by_customer(receiver.received[before:])
+    assert after.pop(None) == [1]  # type: ignore[call-overload]
+    assert after == made
+    assert all(
+        a["status"] == "succeeded"
+        for a in attempts(client, tenant, endpoint["endpoint_id"], limit=200)[-2:]
+    )
+
+
+def test_410_disables_the_endpoint_with_an_audit_row(
+    client: TestClient,
+    create_consumer: Callable[..., Any],
+    receiver_factory: Any,
+    deliver: Any,
+    engine: Engine,
+) -> None:
+    receiver = receiver_factory(lambda item, index: (410, {}, b"gone"))
+    tenant = create_consumer()
+    endpoint = endpoint_for(client, tenant, receiver)
+    customers_with_events(client, tenant, customers=2, changes=0)
+    deliver(webhook_max_in_flight_per_endpoint=1)
+    time.sleep(0.5)
+    assert len(receiver.received) == 1  # disabled at the first 410: nothing more is sent
+    shown = assert_envelope(
+        client.get(f"{PATH}/{endpoint['endpoint_id']}", headers=tenant["headers"]), 200
+    )
+    assert shown["status"] == "disabled" and "410" in shown["disabled_reason"]
+    with engine.connect() as connection:
+        audit = connection.execute(
+            text(
+                "SELECT count(*) FROM audit_log WHERE action = 'webhook_endpoint_disabled'"
+                " AND consumer_id = :c"
+            ),
+            {"c": tenant["consumer_id"]},
+        ).scalar_one()
+    assert audit == 1
+
+
+def test_retry_after_is_honoured(
+    client: TestClient, create_consumer: Callable[..., Any], receiver_factory: Any, deliver: Any
+) -> None:
+    def respond(item: Received, index: int) -> tuple[int, dict[str, str], bytes]:
+        return (429, {"Retry-After": "2"}, b"slow down") if index == 0 else (200, {}, b"ok")
+
+    receiver = receiver_factory(respond)
+    tenant = create_consumer()
+    endpoint = endpoint_for(client, tenant, receiver)
+    customers_with_events(client, tenant, customers=1, changes=0)
+    deliver(webhook_breaker_failures=1000)
+    first, second = receiver.wait_for(2)
+    assert second.at - first.at >= 1.9  # the schedule alone would retry after 0.2 s
+    (retrying, succeeded) = attempts(client, tenant, endpoint["endpoint_id"])
+    assert retrying["response_status"] == 429 and succeeded["status"] == "succeeded"
+
+
+def test_the_breaker_pauses_a_failing_endpoint_then_probes_it(
+    client: TestClient, create_consumer: Callable[..., Any], receiver_factory: Any, deliver: Any
+) -> None:
+    receiver = receiver_factory(lambda item, index: (500, {}, b"down"))
+    healthy = receiver_factory()
+    tenant = create_consumer()
+    endpoint = endpoint_for(client, tenant, receiver)
+    endpoint_for(client, tenant, healthy)
+    customers_with_events(client, tenant, customers=6, changes=0)
+    started = time.monotonic()
+    deliver(
+        until=lambda: len(healthy.received) == 6 and time.monotonic() - started > 5,
+        webhook_breaker_failures=2,
+        webhook_breaker_pause_seconds=3.0,
+        webhook_retry_schedule="0.1,0.1,0.1,0.1,0.1,0.1,0.1,0.1",
+    )
+    assert len(healthy.received) == 6  # the failing endpoint holds back only itself
+    tried = attempts(client, tenant, endpoint["endpoint_id"], limit=200)
+    # Unpaused, 6 customers x 9 attempts at 0.1 s would all be made in the 5 s; the breaker
+    # opened after 2 failures and then let one probe through per 3 s pause.
+    assert 2 <= len(tried) <= 2 + 6 + 2, [a["started_at"] for a in tried]
+    probes = sorted(a["started_at"] for a in tried)[2:]
+    assert probes, "the paused endpoint was probed"
+
+
+def test_a_disabled_tenants_deliveries_wait_until_it_is_enabled(
+    client: TestClient,
+    create_consumer: Callable[..., Any],
+    receiver_factory: Any,
+    deliver: Any,
+    admin_headers: dict[str, str],
+) -> None:
+    receiver = receiver_factory()
+    tenant = create_consumer()
+    endpoint_for(client, tenant, receiver)
+    customers_with_events(client, tenant, customers=1, changes=0)
+    path = f"/consumer/data/{tenant['consumer_id']}"
+    assert_envelope(client.patch(path, json={"status": "disabled"}, headers=admin_headers), 200)
+    started = time.monotonic()
+    deliver(until=lambda: time.monotonic() - started > 2)
+    assert receiver.received == []
+    assert_envelope(client.patch(path, json={"status": "active"}, headers=admin_headers), 200)
+    deliver()
+    assert len(receiver.wait_for(1)) == 1
