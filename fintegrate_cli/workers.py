@@ -8,6 +8,8 @@ from typing import Annotated, Any
 from urllib.parse import unquote, urlsplit
 
 import typer
+from prometheus_client import REGISTRY
+from prometheus_client.registry import Collector
 
 from fintegrate_cli._client import ApiClient, api_client
 from fintegrate_cli._context import state
@@ -16,12 +18,24 @@ from fintegrate_cli._output import info
 from service.kit.db import bound_database_waits, create_db_engine
 from service.messaging.consume.consumer import EventConsumer, load_handler, log_event
 from service.messaging.consume.receipts import WorkerUnauthorized
+from service.messaging.metrics import DlqCollector, RelayCollector
 from service.messaging.publish.relay import OutboxRelay
 from service.messaging.shutdown import install_stop_handlers
 from service.messaging.topology import CONSUMER_NAME_PATTERN
+from service.ops.metrics_server import start_metrics_server
+from service.ops.platform_metrics import register_event_metrics
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 IDENTITY_PATH = "/consumer/me"
+MetricsPortOption = Annotated[
+    int | None,
+    typer.Option(
+        "--metrics-port",
+        min=1,
+        max=65535,
+        help="Serve Prometheus metrics on http://127.0.0.1:PORT/metrics (default: off).",
+    ),
+]
 
 
 def configure_logging(quiet: bool, debug: bool) -> None:
@@ -46,6 +60,7 @@ def relay(
     once: Annotated[
         bool, typer.Option("--once", help="Publish what is due now, then exit.")
     ] = False,
+    metrics_port: MetricsPortOption = None,
 ) -> None:
     """Publish pending outbox events to RabbitMQ until SIGTERM/SIGINT (several may run)."""
     cli = state(ctx)
@@ -58,6 +73,7 @@ def relay(
     stop = threading.Event()
     restore = install_stop_handlers(stop)
     outbox_relay = OutboxRelay(settings, engine, stop, batch_size=batch_size)
+    serve_metrics(metrics_port, RelayCollector(outbox_relay))
     try:
         totals = outbox_relay.drain() if once else outbox_relay.run()
     finally:
@@ -99,6 +115,7 @@ def consume(
             "share the queue (per-customer order is then lost across workers).",
         ),
     ] = True,
+    metrics_port: MetricsPortOption = None,
 ) -> None:
     """Consume a tenant's queue in per-customer order; ack each event after its receipt."""
     cli = state(ctx)
@@ -118,6 +135,7 @@ def consume(
         identity = check_worker_identity(client, consumer)
     warn_about_broker_login(settings.rabbitmq_url, identity, cli.quiet)
     configure_logging(cli.quiet, cli.debug)
+    serve_metrics(metrics_port, DlqCollector(settings.rabbitmq_url, consumer))
     stop = threading.Event()
     restore = install_stop_handlers(stop)
     try:
@@ -134,6 +152,18 @@ def consume(
         f"{stats.poison} poison, {stats.refused} refused, {stats.stale} stale duplicates skipped",
         cli.quiet,
     )
+
+
+def serve_metrics(port: int | None, collector: Collector) -> None:
+    """With ``--metrics-port``: register the process's families and serve them."""
+    if port is None:
+        return
+    REGISTRY.register(collector)
+    register_event_metrics(REGISTRY)
+    try:
+        start_metrics_server(port)
+    except OSError as exc:
+        raise CliError(f"--metrics-port {port}: {exc.strerror or exc}", EXIT_USAGE) from exc
 
 
 def check_worker_identity(client: ApiClient, consumer: str) -> dict[str, Any]:

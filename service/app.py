@@ -26,6 +26,7 @@ from service.http.middleware import EdgeMiddleware
 from service.kit.db import bound_database_waits, create_db_engine
 from service.kit.db_async import close_pool, create_pool
 from service.ops.checks import ReadinessCache
+from service.ops.platform_metrics import OutboxGauges
 from service.ops.router import router as ops_router
 from service.ratelimit.limiter import FailedAuthThrottle, RateLimiter
 from service.ratelimit.middleware import install_rate_limit_headers
@@ -71,10 +72,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.db_pool = await create_pool(settings)
     app.state.rate_limiter = RateLimiter(settings, registry=registry)
     app.state.auth_throttle = FailedAuthThrottle(settings, registry=registry)
+    outbox_gauges = OutboxGauges(app.state.engine)
+    registry.register(outbox_gauges)
     freeze_startup_objects()
     try:
         yield
     finally:
+        registry.unregister(outbox_gauges)
         app.state.auth_throttle.close()
         await app.state.rate_limiter.close()
         await close_pool(app.state.db_pool)

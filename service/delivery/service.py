@@ -32,6 +32,7 @@ from service.messaging.connection import BrokerUnavailable
 from service.messaging.messages import REPUBLISHED_HEADER
 from service.messaging.publish.ordered import PublishReport, publish_runs, record_outcomes
 from service.messaging.publish.publisher import ConfirmingPublisher
+from service.ops.platform_metrics import observe_delivery
 
 Kind = Literal["resend", "redeliver"]
 PublisherFactory = Callable[[], ConfirmingPublisher]
@@ -174,6 +175,8 @@ async def confirm_delivery(
         )
     if state is None:
         raise NotFound(EVENT_NOT_FOUND)
+    if state["first_delivery"]:
+        observe_delivery(state["created_at"], state["delivered_at"])
     return DeliveryReceipt(
         event_id=state["event_id"],
         status=request.status,

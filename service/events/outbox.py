@@ -101,6 +101,16 @@ PENDING_SUMMARY = text(
     FROM customer_events WHERE publish_status = 'pending'
     """
 )
+# The oldest creation time among the first :limit pending events in due order: the walk of
+# ix_customer_events_pending stops there, so its cost is bounded whatever the backlog.
+OLDEST_PENDING_AGE = text(
+    """
+    SELECT coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8
+    FROM (SELECT created_at FROM customer_events WHERE publish_status = 'pending'
+          ORDER BY next_attempt_at, created_at, sequence LIMIT :limit) AS due
+    """
+)
+OLDEST_PENDING_WALK = 10_000
 
 
 def due_heads(
@@ -191,3 +201,14 @@ def pending_summary(connection: Connection) -> Row[Any]:
     """
     connection.execute(PLAIN_INDEX_SCAN)
     return connection.execute(PENDING_SUMMARY).one()
+
+
+def oldest_pending_age(connection: Connection, walk: int = OLDEST_PENDING_WALK) -> float:
+    """Seconds since the oldest pending event was created (0: none pending).
+
+    Exact while at most ``walk`` events are pending; beyond that, the oldest of the
+    ``walk`` earliest due (an event backing off far behind them may be older).
+    """
+    connection.execute(PLAIN_INDEX_SCAN)
+    age: float = connection.execute(OLDEST_PENDING_AGE, {"limit": walk}).scalar_one()
+    return age

@@ -45,7 +45,8 @@ REDACT_EVENT_PAYLOADS = text(
 # One statement: check ownership, insert the receipt once, and move the event only when the
 # receipt is new. delivered is final: a later 'failed' receipt never downgrades it.
 # asyncpg placeholders: $1 event_id, $2 consumer_id, $3 status, $4 detail. One statement:
-# the receipt and the event's delivery state commit together, on the event loop.
+# the receipt and the event's delivery state commit together, on the event loop. ``e`` is the
+# row as it was before this statement, so first_delivery says this receipt delivered it.
 CONFIRM_DELIVERY = """
     WITH target AS (
         SELECT event_id FROM customer_events
@@ -75,7 +76,9 @@ CONFIRM_DELIVERY = """
            CASE WHEN m.event_id IS NULL THEN e.delivered_at ELSE m.delivered_at END
                AS delivered_at,
            CASE WHEN m.event_id IS NULL THEN e.deliver_try_count ELSE m.deliver_try_count END
-               AS deliver_try_count
+               AS deliver_try_count,
+           e.created_at,
+           e.delivered_at IS NULL AND m.delivered_at IS NOT NULL AS first_delivery
     FROM customer_events e LEFT JOIN moved m ON m.event_id = e.event_id
     WHERE e.event_id = $1 AND e.consumer_id = $2
     """

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
@@ -112,3 +113,16 @@ def event_counts(connection: Connection, consumer_id: UUID | None) -> list[dict[
 def outbox_backlog(connection: Connection) -> Row[Any]:
     """The events waiting to be published: ``pending`` and ``oldest_created_at``."""
     return outbox.pending_summary(connection)
+
+
+@dataclass(frozen=True)
+class OutboxGauges:
+    """The backlog as the metrics show it."""
+
+    pending: int
+    oldest_seconds: float
+
+
+def outbox_gauges(connection: Connection) -> OutboxGauges:
+    """Pending count (counters) and oldest pending age (a bounded index walk)."""
+    return OutboxGauges(stats.pending_events(connection), outbox.oldest_pending_age(connection))

@@ -7,6 +7,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.exposition import generate_latest
 from starlette.types import Scope
 
+from service.ops.platform_metrics import register_event_metrics
+
 UNMATCHED_ROUTE = "unmatched"
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -30,6 +32,7 @@ class HttpMetrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        register_event_metrics(self.registry)
 
     def observe(self, scope: Scope, status: int, seconds: float) -> None:
         """Count one answered request and its latency."""
