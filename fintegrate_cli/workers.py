@@ -33,7 +33,13 @@ MetricsPortOption = Annotated[
         "--metrics-port",
         min=1,
         max=65535,
-        help="Serve Prometheus metrics on http://127.0.0.1:PORT/metrics (default: off).",
+        help="Serve Prometheus metrics on http://HOST:PORT/metrics (default: off).",
+    ),
+]
+MetricsHostOption = Annotated[
+    str,
+    typer.Option(
+        "--metrics-host", help="Address the metrics server listens on (0.0.0.0 in containers)."
     ),
 ]
 
@@ -61,6 +67,7 @@ def relay(
         bool, typer.Option("--once", help="Publish what is due now, then exit.")
     ] = False,
     metrics_port: MetricsPortOption = None,
+    metrics_host: MetricsHostOption = "127.0.0.1",
 ) -> None:
     """Publish pending outbox events to RabbitMQ until SIGTERM/SIGINT (several may run)."""
     cli = state(ctx)
@@ -73,7 +80,7 @@ def relay(
     stop = threading.Event()
     restore = install_stop_handlers(stop)
     outbox_relay = OutboxRelay(settings, engine, stop, batch_size=batch_size)
-    serve_metrics(metrics_port, RelayCollector(outbox_relay))
+    serve_metrics(metrics_port, metrics_host, RelayCollector(outbox_relay))
     try:
         totals = outbox_relay.drain() if once else outbox_relay.run()
     finally:
@@ -116,6 +123,7 @@ def consume(
         ),
     ] = True,
     metrics_port: MetricsPortOption = None,
+    metrics_host: MetricsHostOption = "127.0.0.1",
 ) -> None:
     """Consume a tenant's queue in per-customer order; ack each event after its receipt."""
     cli = state(ctx)
@@ -135,7 +143,7 @@ def consume(
         identity = check_worker_identity(client, consumer)
     warn_about_broker_login(settings.rabbitmq_url, identity, cli.quiet)
     configure_logging(cli.quiet, cli.debug)
-    serve_metrics(metrics_port, DlqCollector(settings.rabbitmq_url, consumer))
+    serve_metrics(metrics_port, metrics_host, DlqCollector(settings.rabbitmq_url, consumer))
     stop = threading.Event()
     restore = install_stop_handlers(stop)
     try:
@@ -154,14 +162,14 @@ def consume(
     )
 
 
-def serve_metrics(port: int | None, collector: Collector) -> None:
+def serve_metrics(port: int | None, host: str, collector: Collector) -> None:
     """With ``--metrics-port``: register the process's families and serve them."""
     if port is None:
         return
     REGISTRY.register(collector)
     register_event_metrics(REGISTRY)
     try:
-        start_metrics_server(port)
+        start_metrics_server(port, host)
     except OSError as exc:
         raise CliError(f"--metrics-port {port}: {exc.strerror or exc}", EXIT_USAGE) from exc
 
