@@ -15,6 +15,7 @@ from fintegrate_cli._client import ApiClient, api_client
 from fintegrate_cli._context import state
 from fintegrate_cli._errors import EXIT_USAGE, CliError
 from fintegrate_cli._output import info
+from service.kit import tracing
 from service.kit.db import bound_database_waits, create_db_engine
 from service.messaging.consume.consumer import EventConsumer, load_handler, log_event
 from service.messaging.consume.receipts import WorkerUnauthorized
@@ -75,6 +76,7 @@ def relay(
     if poll_seconds is not None:
         settings = settings.model_copy(update={"relay_poll_seconds": poll_seconds})
     configure_logging(cli.quiet, cli.debug)
+    tracing.configure("fintegrate-relay")
     bound_database_waits(settings)
     engine = create_db_engine(settings, pool_size=2)
     stop = threading.Event()
@@ -87,6 +89,7 @@ def relay(
         outbox_relay.close()
         restore()
         engine.dispose()
+        tracing.flush()
     info(f"relay: {totals.published} published, {totals.failed} failed attempts", cli.quiet)
 
 
@@ -143,6 +146,7 @@ def consume(
         identity = check_worker_identity(client, consumer)
     warn_about_broker_login(settings.rabbitmq_url, identity, cli.quiet)
     configure_logging(cli.quiet, cli.debug)
+    tracing.configure("fintegrate-worker")
     serve_metrics(metrics_port, metrics_host, DlqCollector(settings.rabbitmq_url, consumer))
     stop = threading.Event()
     restore = install_stop_handlers(stop)
@@ -155,6 +159,7 @@ def consume(
         raise CliError(str(exc)) from exc
     finally:
         restore()
+        tracing.flush()
     info(
         f"consumer stopped: {stats.processed} processed, {stats.failed} failed, "
         f"{stats.poison} poison, {stats.refused} refused, {stats.stale} stale duplicates skipped",

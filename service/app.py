@@ -23,6 +23,8 @@ from service.http.handlers import install_exception_handlers
 from service.http.metrics import HttpMetrics
 from service.http.metrics import router as metrics_router
 from service.http.middleware import EdgeMiddleware
+from service.http.tracing import TracingMiddleware
+from service.kit import tracing
 from service.kit.db import bound_database_waits, create_db_engine
 from service.kit.db_async import close_pool, create_pool
 from service.ops.checks import ReadinessCache
@@ -72,13 +74,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.db_pool = await create_pool(settings)
     app.state.rate_limiter = RateLimiter(settings, registry=registry)
     app.state.auth_throttle = FailedAuthThrottle(settings, registry=registry)
-    outbox_gauges = OutboxGauges(app.state.engine)
-    registry.register(outbox_gauges)
     freeze_startup_objects()
     try:
         yield
     finally:
-        registry.unregister(outbox_gauges)
         app.state.auth_throttle.close()
         await app.state.rate_limiter.close()
         await close_pool(app.state.db_pool)
@@ -99,6 +98,7 @@ def freeze_startup_objects() -> None:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """A new application for ``settings`` (default: the process settings)."""
     settings = settings or get_settings()
+    tracing.configure("fintegrate-api")
     app = FastAPI(
         title="Fintegrate customer service",
         version="0.1.0",
@@ -109,6 +109,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = HttpMetrics()
+    app.state.metrics.registry.register(OutboxGauges(lambda: getattr(app.state, "engine", None)))
     app.state.auth = AuthState(
         VerificationCache(app.state.settings.auth_cache_ttl_seconds),
         BcryptGate(app.state.settings.auth_bcrypt_concurrency),
@@ -134,3 +135,5 @@ def install_middleware(app: FastAPI) -> None:
     app.add_middleware(
         EdgeMiddleware, metrics=app.state.metrics, max_body_bytes=settings.max_body_bytes
     )
+    if tracing.ENABLED:  # decided once at start-up: off, requests pay nothing for tracing
+        app.add_middleware(TracingMiddleware)

@@ -28,7 +28,7 @@ BACKOFF_BASE_SECONDS = 1.0
 
 EVENT_COLUMNS = """
     e.event_id, e.customer_id, e.consumer_id, e.event_type, e.payload_json,
-    e.metadata_json, e.created_at, e.publish_try_count, e.sequence,
+    e.metadata_json, e.created_at, e.publish_try_count, e.sequence, e.traceparent,
     coalesce(e.customer_id, e.consumer_id) AS aggregate_id, c.name AS consumer_name,
     fintegrate_aggregate_partition(e.consumer_id, e.customer_id, :partition_count)
         AS partition_no

@@ -24,10 +24,10 @@ INSERT_EVENT = text(
     """
     INSERT INTO customer_events
         (customer_id, consumer_id, event_type, source_service, payload_json, metadata_json,
-         publish_status)
+         publish_status, traceparent)
     VALUES
         (:customer_id, :consumer_id, :event_type, :source_service,
-         CAST(:payload AS jsonb), CAST(:metadata AS jsonb), 'pending')
+         CAST(:payload AS jsonb), CAST(:metadata AS jsonb), 'pending', :traceparent)
     RETURNING event_id
     """
 )
@@ -173,6 +173,7 @@ def insert_event(
             "source_service": origin.source_service,
             "payload": json.dumps(payload, default=str),
             "metadata": json.dumps({"request_id": origin.request_id}),
+            "traceparent": origin.traceparent,
         },
     ).scalar_one()
     return event_id

@@ -23,6 +23,7 @@ class EventOrigin:
 
     source_service: str
     request_id: str | None = None
+    traceparent: str | None = None  # the request span's, when tracing is on
 
 
 @dataclass(frozen=True)

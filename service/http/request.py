@@ -57,6 +57,7 @@ def origin_of(request: Request) -> EventOrigin:
     return EventOrigin(
         source_service=f"{request.method} {route_template(request.scope)}",
         request_id=getattr(request.state, "request_id", None),
+        traceparent=request.scope.get("state", {}).get("traceparent"),
     )
 
 

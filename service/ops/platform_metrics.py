@@ -66,7 +66,7 @@ class CachedReading:
 
     def __init__(
         self,
-        read: Callable[[], tuple[float, ...]],
+        read: Callable[[], tuple[float, ...] | None],
         max_age: float = READ_EVERY_SECONDS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -100,8 +100,11 @@ class OutboxGauges(Collector):
     index (``events.service.outbox_gauges``): never a scan of the event history.
     """
 
-    def __init__(self, engine: Engine, max_age: float = READ_EVERY_SECONDS) -> None:
-        self._reading = CachedReading(lambda: _outbox_reading(engine), max_age)
+    def __init__(
+        self, engine: Callable[[], Engine | None], max_age: float = READ_EVERY_SECONDS
+    ) -> None:
+        """``engine`` gives the process's engine (None before it exists: no samples)."""
+        self._reading = CachedReading(lambda: _outbox_reading(engine()), max_age)
 
     def describe(self) -> Iterable[Metric]:
         return self._families(None)
@@ -124,7 +127,9 @@ class OutboxGauges(Collector):
         return [pending, oldest]
 
 
-def _outbox_reading(engine: Engine) -> tuple[float, float]:
+def _outbox_reading(engine: Engine | None) -> tuple[float, float] | None:
+    if engine is None:
+        return None
     with engine.begin() as connection:
         gauges = events_service.outbox_gauges(connection)
     return float(gauges.pending), float(gauges.oldest_seconds)

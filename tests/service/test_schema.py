@@ -19,7 +19,7 @@ REQUIRED_COLUMNS = {
     "customers": "customer_id consumer_id name email status created_at updated_at deleted_at",
     "customer_events": "event_id customer_id consumer_id event_type source_service payload_json "
     "metadata_json publish_status publish_try_count publish_failure_reason published_at "
-    "deliver_status deliver_try_count delivered_at created_at sequence",
+    "deliver_status deliver_try_count delivered_at created_at sequence traceparent",
     "customer_tags": "customer_id",
     "customer_analytics": "customer_id metrics_json",
     "consumer_event_receipts": "event_id consumer_id status detail received_at",
@@ -243,6 +243,7 @@ def test_events_cannot_be_truncated(db: Connection) -> None:
         "payload_json = '{\"a\": 2}'",
         "metadata_json = '{\"m\": 1}'",
         "created_at = now() - interval '1 day'",
+        "traceparent = '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01'",
     ],
 )
 def test_event_content_cannot_change(db: Connection, assignment: str) -> None:

@@ -46,6 +46,7 @@ from service.messaging.consume.receipts import (
     WorkerUnauthorized,
 )
 from service.messaging.messages import EventMessage, InvalidMessage, may_be_duplicate
+from service.messaging.tracing import handler_span, traced_delivery
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +224,9 @@ class EventConsumer:
         if copy:
             self.sequences.expect(message)
         self._unsettled.add(epoch)
-        self._lanes.submit(message.aggregate_key, partial(self._process, delivery))
+        work = partial(self._process, delivery)
+        traced = traced_delivery(work, properties.headers, message.event_id, self.queue)
+        self._lanes.submit(message.aggregate_key, traced)
 
     def _parse(
         self, channel: Any, method: Any, properties: Any, body: bytes
@@ -287,7 +290,8 @@ class EventConsumer:
 
     def _run_handler(self, message: EventMessage) -> tuple[str, str | None]:
         """Call the handler (the one place that does): the receipt status and detail."""
-        return call_handler(self.handler, message)
+        with handler_span(message.event_type, message.event_id):
+            return call_handler(self.handler, message)
 
     def _settle(self, delivery: Delivery, outcome: Outcome) -> None:
         """On the connection's thread: ack or reject once the receipt is known."""

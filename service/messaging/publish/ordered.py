@@ -22,6 +22,7 @@ from service.events.outbox import mark_failed, mark_published
 from service.messaging.connection import BrokerUnavailable
 from service.messaging.messages import event_from_row
 from service.messaging.publish.publisher import ConfirmingPublisher, outgoing_event
+from service.messaging.tracing import PublishSpans
 
 Run = Sequence[Row[Any]]
 WaveFilter = Callable[[list[Row[Any]]], list[Row[Any]]]
@@ -111,9 +112,17 @@ def _publish_wave(
             outcome[str(row.event_id)] = f"consumer {row.consumer_id} does not exist"
         else:
             sendable.append(row)
+    spans = PublishSpans()  # tracing: a send span per message, its traceparent in the header
     messages = [
-        outgoing_event(event_from_row(row), headers(row) if headers else None) for row in sendable
+        outgoing_event(event_from_row(row), spans.headers(row, headers(row) if headers else None))
+        for row in sendable
     ]
-    for row, result in zip(sendable, publisher.publish_batch(messages), strict=True):
+    try:
+        results = publisher.publish_batch(messages)
+    except BaseException:
+        spans.abandon("broker unavailable")
+        raise
+    for row, result in zip(sendable, results, strict=True):
         outcome[str(row.event_id)] = None if result.ok else (result.reason or "not confirmed")
+        spans.finish(str(row.event_id), outcome[str(row.event_id)])
     return outcome
