@@ -64,7 +64,7 @@ def republish(
     rows = repository.select_runs(connection, kind, selection, after, limit)
     runs, blocked = ordered_runs(rows)
     report = _publish(runs, kind, open_publisher)
-    record_outcomes(connection, report, settings.relay_max_backoff_seconds)
+    record_outcomes(connection, report, settings.relay_max_backoff_seconds, f"api {kind}")
     if not principal.is_admin and selection.consumer_id is not None:
         spent = len(report.published) + len(report.failed)
         repository.spend_budget(connection, selection.consumer_id, spent)

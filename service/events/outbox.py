@@ -94,6 +94,27 @@ MARK_FAILED = text(
     """
 )
 
+# One row per (event, publisher, reason), counted: a healthy round writes nothing here.
+RECORD_FAILURES = text(
+    """
+    INSERT INTO event_publish_failures (event_id, relay_id, reason)
+    SELECT f.event_id, :publisher, f.reason
+    FROM unnest(CAST(:event_ids AS uuid[]), CAST(:reasons AS text[])) AS f(event_id, reason)
+    ON CONFLICT ON CONSTRAINT event_publish_failures_event_relay_reason
+    DO UPDATE SET attempts = event_publish_failures.attempts + 1, last_failed_at = now()
+    """
+)
+PUBLISH_FAILURES = text(
+    """
+    SELECT f.relay_id, f.reason, f.attempts, f.first_failed_at, f.last_failed_at,
+           m.hostname, m.pid
+    FROM event_publish_failures f
+    LEFT JOIN relay_members m ON m.relay_id::text = f.relay_id
+    WHERE f.event_id = CAST(:event_id AS uuid)
+    ORDER BY f.first_failed_at
+    """
+)
+
 PLAIN_INDEX_SCAN = text("SET LOCAL enable_bitmapscan = off; SET LOCAL enable_seqscan = off")
 PENDING_SUMMARY = text(
     """
@@ -169,6 +190,23 @@ def mark_failed(
             "base": BACKOFF_BASE_SECONDS,
         },
     )
+
+
+def record_failures(
+    connection: Connection, failures: Sequence[tuple[Row[Any], str]], publisher: str
+) -> None:
+    """Count the failed attempts by ``publisher`` (a relay id, or the API's resend)."""
+    if failures:
+        reasons = [reason[:1000] for _, reason in failures]
+        ids = [str(row.event_id) for row, _ in failures]
+        connection.execute(
+            RECORD_FAILURES, {"event_ids": ids, "reasons": reasons, "publisher": publisher}
+        )
+
+
+def publish_failures(connection: Connection, event_id: Any) -> Sequence[Row[Any]]:
+    """The event's failed attempts per publisher and reason, first failure first."""
+    return connection.execute(PUBLISH_FAILURES, {"event_id": event_id}).all()
 
 
 def _row_keys(rows: Sequence[Row[Any]]) -> dict[str, list[Any]]:

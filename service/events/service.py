@@ -115,6 +115,11 @@ def outbox_backlog(connection: Connection) -> Row[Any]:
     return outbox.pending_summary(connection)
 
 
+def recent_delivery_p99(connection: Connection, minutes: int) -> Row[Any]:
+    """``delivered`` and ``p99_seconds`` (creation to first delivered receipt), last minutes."""
+    return repository.recent_delivery_p99(connection, minutes)
+
+
 @dataclass(frozen=True)
 class OutboxGauges:
     """The backlog as the metrics show it."""

@@ -27,6 +27,8 @@ REQUIRED_COLUMNS = {
     "idempotency_keys": "idempotency_key_id consumer_id idempotency_key request_fingerprint "
     "customer_id response_json created_at",
     "event_sequences": "event_sequence_id consumer_id aggregate_id last_sequence",
+    "event_publish_failures": "event_publish_failure_id event_id relay_id reason attempts "
+    "first_failed_at last_failed_at",
     "relay_partitions": "relay_partition_id partition_no owner_id fencing_token lease_expires_at",
     "relay_members": "relay_id partition_count heartbeat_at",
     "republish_budgets": "republish_budget_id consumer_id tokens refilled_at",

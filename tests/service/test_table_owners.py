@@ -26,6 +26,7 @@ OWNERS = {
     "customer_events_default": {"service/events/partitions.py"},
     "customer_tags": {CUSTOMERS},
     "customers": {CUSTOMERS},
+    "event_publish_failures": {"service/events/outbox.py"},
     "event_sequences": set(),  # written by the sequence trigger only (migration 20261202_0500)
     "idempotency_keys": {CUSTOMERS},
     "migration_history": {"service/migrations/runner.py"},
@@ -39,6 +40,7 @@ EXCEPTIONS = {
     ("service/delivery/repository.py", "consumers"): "the republish selection joins names",
     ("service/auth/repository.py", "consumers"): "the key lookup joins its consumer's limits",
     ("service/events/outbox.py", "consumers"): "the relay's reads join the routing names",
+    ("service/events/outbox.py", "relay_members"): "a failed attempt's relay host and pid",
 }
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Row
 
-from service.events.outbox import mark_failed, mark_published
+from service.events.outbox import mark_failed, mark_published, record_failures
 from service.messaging.connection import BrokerUnavailable
 from service.messaging.messages import event_from_row
 from service.messaging.publish.publisher import ConfirmingPublisher, outgoing_event
@@ -95,10 +95,14 @@ def publish_runs(
     return report
 
 
-def record_outcomes(connection: Connection, report: PublishReport, max_backoff: float) -> None:
-    """Mark the confirmed rows published and the failed ones for a retry after backoff."""
+def record_outcomes(
+    connection: Connection, report: PublishReport, max_backoff: float, publisher: str
+) -> None:
+    """Mark the confirmed rows published and the failed ones for a retry after backoff;
+    count the failures against ``publisher`` (a relay id, ``api resend``, ...)."""
     mark_published(connection, report.published)
     mark_failed(connection, report.failed, max_backoff)
+    record_failures(connection, report.failed, publisher)
 
 
 def _publish_wave(

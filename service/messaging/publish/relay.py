@@ -221,7 +221,7 @@ def _record(
     with engine.begin() as connection:
         ours = leases.fence(connection, tenure)
         fenced = report.restricted(lambda row: row.partition_no in ours)
-        record_outcomes(connection, fenced, max_backoff)
+        record_outcomes(connection, fenced, max_backoff, leases.relay_id)
     lost = len(report.published) + len(report.failed) - len(fenced.published) - len(fenced.failed)
     if lost:
         log.warning(
