@@ -121,13 +121,13 @@ def recent_delivery_p99(connection: Connection, minutes: int) -> Row[Any]:
 
 
 @dataclass(frozen=True)
-class OutboxGauges:
+class BacklogGauges:
     """The backlog as the metrics show it."""
 
     pending: int
     oldest_seconds: float
 
 
-def outbox_gauges(connection: Connection) -> OutboxGauges:
+def outbox_gauges(connection: Connection) -> BacklogGauges:
     """Pending count (counters) and oldest pending age (a bounded index walk)."""
-    return OutboxGauges(stats.pending_events(connection), outbox.oldest_pending_age(connection))
+    return BacklogGauges(stats.pending_events(connection), outbox.oldest_pending_age(connection))

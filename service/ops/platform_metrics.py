@@ -89,7 +89,7 @@ class CachedReading:
         try:
             return self._read()
         except Exception as exc:  # a scrape never fails: the family is absent this time
-            log.warning("metrics reading failed: %s", str(exc).strip().splitlines()[:1])
+            log.warning("metrics reading failed: %s", (str(exc).strip().splitlines() or [""])[0])
             return None
 
 
