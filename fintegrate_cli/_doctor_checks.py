@@ -20,7 +20,7 @@ from service.config import Settings
 from service.consumers import service as consumers
 from service.events import partitions, repair
 from service.events.locks import MAINTAIN_PROCESS, advisory_holder
-from service.events.service import outbox_backlog
+from service.events.service import outbox_backlog, recent_delivery_p99
 from service.gateway.config import INSTANCES_SERVICE
 from service.gateway.pages import EDGE_HEADER
 from service.messaging import topology
@@ -32,6 +32,8 @@ from service.ops.checks import database_version
 
 CONNECT_TIMEOUT_SECONDS = 3.0
 BACKLOG_WARN_SECONDS = 60.0
+DELIVERY_WINDOW_MINUTES = 5
+DELIVERY_WARN_SECONDS = 5.0
 TOPOLOGY_BUDGET_SECONDS = 15.0
 OK, WARN, FAIL = "ok", "warn", "fail"
 DATABASE_HINT = "start PostgreSQL (scripts/prepare_services.sh) or fix FINTEGRATE_DATABASE_URL"
@@ -108,6 +110,20 @@ def check_outbox(engine: Engine) -> Check:
     if age > BACKLOG_WARN_SECONDS:
         return Check("outbox", WARN, detail, "is `fintegrate relay` running? see its log")
     return Check("outbox", OK, detail)
+
+
+def check_delivery(engine: Engine) -> Check:
+    """p99 from creation to receipt over the last minutes (the FintegrateDeliverySlow alert)."""
+    with engine.connect() as connection:
+        recent = recent_delivery_p99(connection, DELIVERY_WINDOW_MINUTES)
+    window = f"last {DELIVERY_WINDOW_MINUTES} min"
+    if not recent.delivered:
+        return Check("delivery", OK, f"no event delivered in the {window}")
+    p99, delivered = recent.p99_seconds, recent.delivered
+    detail = f"p99 {p99:.2f}s from creation to receipt, {delivered} delivered ({window})"
+    if p99 > DELIVERY_WARN_SECONDS:
+        return Check("delivery", WARN, detail, "see the outbox age, the relays and the workers")
+    return Check("delivery", OK, detail)
 
 
 def check_relays(engine: Engine, settings: Settings) -> Check:

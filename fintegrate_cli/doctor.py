@@ -30,6 +30,7 @@ def database_checks(settings: Settings) -> tuple[list[Check], list[str] | None]:
                 "migrations", lambda: checks.check_migrations(engine), "fintegrate migrate apply"
             ),
             timed("outbox", lambda: checks.check_outbox(engine), "fintegrate migrate status"),
+            timed("delivery", lambda: checks.check_delivery(engine), "fintegrate migrate status"),
             timed(
                 "relays",
                 lambda: checks.check_relays(engine, settings),

@@ -5,15 +5,17 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any
+from uuid import UUID
 
 import typer
 
 from fintegrate_cli._archive import run_archive_command
 from fintegrate_cli._client import api_client
 from fintegrate_cli._context import state
-from fintegrate_cli._errors import CliError
+from fintegrate_cli._errors import EXIT_USAGE, CliError
 from fintegrate_cli._output import (
     JsonOption,
+    console,
     emit_record,
     emit_rows,
     info,
@@ -24,6 +26,7 @@ from fintegrate_cli._output import (
 from fintegrate_cli._republish import EVENTS_PATH, republish_filters, run_republish
 from service.consumers.service import find_consumer_id
 from service.events.service import event_counts, outbox_backlog
+from service.events.timeline import Timeline, event_timeline
 from service.kit.db import create_db_engine
 from service.messaging import topology
 from service.webhooks.service import delivery_backlog
@@ -41,6 +44,8 @@ LIST_COLUMNS = (
     "created_at",
 )
 STATS_COLUMNS = ("event_type", "publish_status", "deliver_status", "count")
+TRACE_COLUMNS = ("at", "+seconds", "step", "detail")
+NEIGHBOUR_COLUMNS = ("role", "sequence", "event_id", "publish_status", "deliver_status")
 
 
 # The choices of --event-type, built from the one vocabulary (Typer takes no list of a
@@ -98,6 +103,23 @@ def event_stats(settings: Any, consumer: str | None) -> dict[str, Any]:
 
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
+
+
+def trace_event(settings: Any, event_id: str) -> Timeline:
+    """The timeline of ``event_id`` read from the database; CliError when there is none."""
+    try:
+        wanted = UUID(event_id)
+    except ValueError as exc:
+        raise CliError(f"{event_id!r} is not an event id (a UUID)", EXIT_USAGE) from exc
+    engine = create_db_engine(settings, pool_size=1)
+    try:
+        with engine.connect() as connection:
+            timeline = event_timeline(connection, wanted)
+    finally:
+        engine.dispose()
+    if timeline is None:
+        raise CliError(f"no event {event_id}; see `fintegrate events list`")
+    return timeline
 
 
 # -- commands ------------------------------------------------------------------------------
@@ -246,6 +268,36 @@ def stats_command(
     info(f"outbox backlog: {stats['outbox_pending']} pending{oldest}")
     hooks = stats["webhooks"]
     info(f"webhook deliveries: {hooks['pending']} pending, {hooks['failed']} failed")
+
+
+@app.command("trace")
+def trace_command(
+    ctx: typer.Context,
+    event_id: Annotated[str, typer.Argument(help="Event id (UUID), of any consumer.")],
+    json_output: JsonOption = False,
+) -> None:
+    """An event's life as a timeline: created by which request, publish attempts, receipts,
+    and what holds it back (operator, reads the database)."""
+    timeline = trace_event(state(ctx).settings(), event_id)
+    if wants_json(ctx, json_output):
+        print_json(timeline.as_dict())
+        return
+    console.print(
+        f"Event {timeline.event_id} ({timeline.event_type}, sequence {timeline.sequence}, "
+        f"consumer {timeline.consumer_id}): [bold]{timeline.state}[/bold]"
+    )
+    rows = [
+        {
+            "at": step.at.isoformat() if step.at else "(now)",
+            "+seconds": "" if step.since_previous_seconds is None else step.since_previous_seconds,
+            "step": step.step,
+            "detail": step.detail,
+        }
+        for step in timeline.steps
+    ]
+    print_table(rows, TRACE_COLUMNS, "Timeline")
+    if timeline.neighbours:
+        print_table(timeline.neighbours, NEIGHBOUR_COLUMNS, "Its aggregate around it")
 
 
 @app.command("archive")

@@ -7,6 +7,7 @@ from enum import StrEnum
 from typing import Annotated, Any
 
 import typer
+from prometheus_client import REGISTRY
 
 from fintegrate_cli._client import ApiClient, api_client
 from fintegrate_cli._context import state
@@ -16,6 +17,7 @@ from fintegrate_cli.workers import configure_logging
 from service.kit.db import bound_database_waits, create_db_engine
 from service.messaging.shutdown import install_stop_handlers
 from service.ops.metrics_server import start_metrics_server
+from service.ops.platform_metrics import register_event_metrics
 from service.webhooks.delivery.process import WebhookDeliverer
 from service.webhooks.signing import SecretsUnavailable
 
@@ -112,6 +114,7 @@ def deliver_command(
     cli = state(ctx)
     settings = cli.settings()
     if metrics_port is not None:
+        register_event_metrics(REGISTRY)
         start_metrics_server(metrics_port)
     if concurrency is not None:
         settings = settings.model_copy(update={"webhook_delivery_concurrency": concurrency})

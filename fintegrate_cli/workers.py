@@ -8,21 +8,42 @@ from typing import Annotated, Any
 from urllib.parse import unquote, urlsplit
 
 import typer
+from prometheus_client import REGISTRY
+from prometheus_client.registry import Collector
 
 from fintegrate_cli._client import ApiClient, api_client
 from fintegrate_cli._context import state
 from fintegrate_cli._errors import EXIT_USAGE, CliError
 from fintegrate_cli._output import info
+from service.kit import tracing
 from service.kit.db import bound_database_waits, create_db_engine
 from service.kit.log_safety import DatabaseErrorFilter
 from service.messaging.consume.consumer import EventConsumer, load_handler, log_event
 from service.messaging.consume.receipts import WorkerUnauthorized
+from service.messaging.metrics import DlqCollector, RelayCollector
 from service.messaging.publish.relay import OutboxRelay
 from service.messaging.shutdown import install_stop_handlers
 from service.messaging.topology import CONSUMER_NAME_PATTERN
+from service.ops.metrics_server import start_metrics_server
+from service.ops.platform_metrics import register_event_metrics
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 IDENTITY_PATH = "/consumer/me"
+MetricsPortOption = Annotated[
+    int | None,
+    typer.Option(
+        "--metrics-port",
+        min=1,
+        max=65535,
+        help="Serve Prometheus metrics on http://HOST:PORT/metrics (default: off).",
+    ),
+]
+MetricsHostOption = Annotated[
+    str,
+    typer.Option(
+        "--metrics-host", help="Address the metrics server listens on (0.0.0.0 in containers)."
+    ),
+]
 
 
 def configure_logging(quiet: bool, debug: bool) -> None:
@@ -49,6 +70,8 @@ def relay(
     once: Annotated[
         bool, typer.Option("--once", help="Publish what is due now, then exit.")
     ] = False,
+    metrics_port: MetricsPortOption = None,
+    metrics_host: MetricsHostOption = "127.0.0.1",
 ) -> None:
     """Publish pending outbox events to RabbitMQ until SIGTERM/SIGINT (several may run)."""
     cli = state(ctx)
@@ -56,17 +79,20 @@ def relay(
     if poll_seconds is not None:
         settings = settings.model_copy(update={"relay_poll_seconds": poll_seconds})
     configure_logging(cli.quiet, cli.debug)
+    tracing.configure("fintegrate-relay")
     bound_database_waits(settings)
     engine = create_db_engine(settings, pool_size=2)
     stop = threading.Event()
     restore = install_stop_handlers(stop)
     outbox_relay = OutboxRelay(settings, engine, stop, batch_size=batch_size)
+    serve_metrics(metrics_port, metrics_host, RelayCollector(outbox_relay))
     try:
         totals = outbox_relay.drain() if once else outbox_relay.run()
     finally:
         outbox_relay.close()
         restore()
         engine.dispose()
+        tracing.flush()
     info(f"relay: {totals.published} published, {totals.failed} failed attempts", cli.quiet)
 
 
@@ -102,6 +128,8 @@ def consume(
             "share the queue (per-customer order is then lost across workers).",
         ),
     ] = True,
+    metrics_port: MetricsPortOption = None,
+    metrics_host: MetricsHostOption = "127.0.0.1",
 ) -> None:
     """Consume a tenant's queue in per-customer order; ack each event after its receipt."""
     cli = state(ctx)
@@ -121,6 +149,8 @@ def consume(
         identity = check_worker_identity(client, consumer)
     warn_about_broker_login(settings.rabbitmq_url, identity, cli.quiet)
     configure_logging(cli.quiet, cli.debug)
+    tracing.configure("fintegrate-worker")
+    serve_metrics(metrics_port, metrics_host, DlqCollector(settings.rabbitmq_url, consumer))
     stop = threading.Event()
     restore = install_stop_handlers(stop)
     try:
@@ -132,11 +162,24 @@ def consume(
         raise CliError(str(exc)) from exc
     finally:
         restore()
+        tracing.flush()
     info(
         f"consumer stopped: {stats.processed} processed, {stats.failed} failed, "
         f"{stats.poison} poison, {stats.refused} refused, {stats.stale} stale duplicates skipped",
         cli.quiet,
     )
+
+
+def serve_metrics(port: int | None, host: str, collector: Collector) -> None:
+    """With ``--metrics-port``: register the process's families and serve them."""
+    if port is None:
+        return
+    REGISTRY.register(collector)
+    register_event_metrics(REGISTRY)
+    try:
+        start_metrics_server(port, host)
+    except OSError as exc:
+        raise CliError(f"--metrics-port {port}: {exc.strerror or exc}", EXIT_USAGE) from exc
 
 
 def check_worker_identity(client: ApiClient, consumer: str) -> dict[str, Any]:

@@ -4,6 +4,8 @@
 #   PostgreSQL: role fintegrate_user (password fintegrate_pass, CREATEDB), database fintegrate_db
 #   RabbitMQ:   user fintegrate_user (administrator), vhost fintegrate, management plugin
 #   Redis:      reachable on 127.0.0.1:6379
+#   Prometheus: Debian's binaries (prometheus, promtool) for the metrics and alert-rule
+#               tests; installed, never started as a service
 # Idempotent: safe to run any number of times.
 set -euo pipefail
 
@@ -89,9 +91,26 @@ prepare_redis() {
     say "Redis ready: 127.0.0.1:6379"
 }
 
+prepare_prometheus() {
+    if command -v promtool >/dev/null && command -v prometheus >/dev/null; then
+        return
+    fi
+    if ! command -v apt-get >/dev/null; then
+        missing+=("Prometheus (promtool for the alert-rule tests): install the prometheus package")
+        return
+    fi
+    say "installing Debian's prometheus package (binaries only; the tests run their own)"
+    local apt_install=(env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus)
+    as_root "${apt_install[@]}" >/dev/null || { as_root apt-get update -q >/dev/null && as_root "${apt_install[@]}" >/dev/null; }
+    # The package may start its own service where an init system runs; the tests need only the binaries.
+    command -v promtool >/dev/null || { say "prometheus did not install"; exit 1; }
+    say "Prometheus binaries ready: $(command -v prometheus), $(command -v promtool)"
+}
+
 prepare_postgres
 prepare_rabbitmq
 prepare_redis
+prepare_prometheus
 if [ "${#missing[@]}" -gt 0 ]; then
     say "not installed here:"
     for line in "${missing[@]}"; do say "  - $line"; done

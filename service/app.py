@@ -23,9 +23,12 @@ from service.http.handlers import install_exception_handlers
 from service.http.metrics import HttpMetrics
 from service.http.metrics import router as metrics_router
 from service.http.middleware import EdgeMiddleware
+from service.http.tracing import TracingMiddleware
+from service.kit import tracing
 from service.kit.db import bound_database_waits, create_db_engine
 from service.kit.db_async import close_pool, create_pool
 from service.ops.checks import ReadinessCache
+from service.ops.platform_metrics import OutboxGauges, register_event_metrics
 from service.ops.router import router as ops_router
 from service.ratelimit.limiter import FailedAuthThrottle, RateLimiter
 from service.ratelimit.middleware import install_rate_limit_headers
@@ -98,6 +101,7 @@ def freeze_startup_objects() -> None:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """A new application for ``settings`` (default: the process settings)."""
     settings = settings or get_settings()
+    tracing.configure("fintegrate-api")
     app = FastAPI(
         title="Fintegrate customer service",
         version="0.1.0",
@@ -108,6 +112,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = HttpMetrics()
+    register_event_metrics(app.state.metrics.registry)
+    app.state.metrics.registry.register(OutboxGauges(lambda: getattr(app.state, "engine", None)))
     app.state.auth = AuthState(
         VerificationCache(app.state.settings.auth_cache_ttl_seconds),
         BcryptGate(app.state.settings.auth_bcrypt_concurrency),
@@ -133,3 +139,5 @@ def install_middleware(app: FastAPI) -> None:
     app.add_middleware(
         EdgeMiddleware, metrics=app.state.metrics, max_body_bytes=settings.max_body_bytes
     )
+    if tracing.ENABLED:  # decided once at start-up: off, requests pay nothing for tracing
+        app.add_middleware(TracingMiddleware)

@@ -19,8 +19,8 @@ from service.kit.db_async import PooledConnection
 # The one write of customer_events outside its owner (service/events/repository.py), kept
 # here for that reason; the columns it fills are those of events.repository.INSERT_EVENT.
 # asyncpg placeholders: $1 consumer_id, $2 name, $3 email, $4 status, $5 source_service,
-# $6 metadata (JSON text); with an idempotency key also $7 the key, $8 its fingerprint,
-# $9 the hours a key holds.
+# $6 metadata (JSON text), $7 traceparent (the request span's, NULL when tracing is off);
+# with an idempotency key also $8 the key, $9 its fingerprint, $10 the hours a key holds.
 CUSTOMER_AND_EVENT = """
     WITH customer AS (
         INSERT INTO customers (consumer_id, name, email, status)
@@ -29,11 +29,11 @@ CUSTOMER_AND_EVENT = """
     ), event AS (
         INSERT INTO customer_events
             (customer_id, consumer_id, event_type, source_service, payload_json,
-             metadata_json, publish_status)
+             metadata_json, publish_status, traceparent)
         SELECT customer_id, consumer_id, 'customer_creation', $5,
                jsonb_build_object('customer_id', customer_id, 'name', name,
                                   'email', email, 'status', status),
-               $6::jsonb, 'pending'
+               $6::jsonb, 'pending', $7
         FROM customer
         RETURNING event_id
     )"""
@@ -50,7 +50,7 @@ INSERT_CUSTOMER_WITH_EVENT_AND_KEY = (
     + """, idempotency AS (
         INSERT INTO idempotency_keys
             (consumer_id, idempotency_key, request_fingerprint, customer_id, response_json)
-        SELECT consumer_id, $7, $8, customer_id,
+        SELECT consumer_id, $8, $9, customer_id,
                jsonb_build_object('customer_id', customer_id, 'name', name, 'email', email,
                                   'status', status, 'created_at', created_at,
                                   'updated_at', updated_at)
@@ -59,7 +59,7 @@ INSERT_CUSTOMER_WITH_EVENT_AND_KEY = (
         DELETE FROM idempotency_keys
         WHERE ctid = ANY (ARRAY(
             SELECT ctid FROM idempotency_keys
-            WHERE created_at < now() - make_interval(hours => $9)
+            WHERE created_at < now() - make_interval(hours => $10)
             LIMIT 10 FOR UPDATE SKIP LOCKED))
     )"""
     + CUSTOMER_AND_EVENT_RESULT
@@ -194,6 +194,7 @@ async def insert_customer_with_event(
     source_service: str,
     metadata: dict[str, Any],
     key: IdempotencyKey | None = None,
+    traceparent: str | None = None,
 ) -> asyncpg.Record:
     """Insert a customer and its pending event (and the key's row) in one statement.
 
@@ -207,6 +208,7 @@ async def insert_customer_with_event(
         fields["status"],
         source_service,
         json.dumps(metadata),
+        traceparent,
     )
     if key is None:
         row = await connection.fetchrow(INSERT_CUSTOMER_WITH_EVENT, *values)

@@ -75,7 +75,13 @@ async def create_customer(
         for _ in range(IDEMPOTENCY_ATTEMPTS):
             try:
                 row = await repository.insert_customer_with_event(
-                    connection, consumer_id, fields, origin.source_service, metadata, key
+                    connection,
+                    consumer_id,
+                    fields,
+                    origin.source_service,
+                    metadata,
+                    key,
+                    origin.traceparent,
                 )
                 return CustomerOut.model_validate(dict(row)), False
             except asyncpg.UniqueViolationError as exc:

@@ -56,7 +56,7 @@ SELECT_IDS = """
 # or before the cursor and still pending): publishing it would overtake that event.
 SELECT_RUNS = """
     SELECT e.event_id, e.customer_id, e.consumer_id, e.event_type, e.payload_json,
-           e.metadata_json, e.created_at, e.publish_try_count, e.sequence,
+           e.metadata_json, e.created_at, e.publish_try_count, e.sequence, e.traceparent,
            {aggregate} AS aggregate_id, c.name AS consumer_name, {blocked} AS blocked
     FROM customer_events e LEFT JOIN consumers c ON c.consumer_id = e.consumer_id
     WHERE {kind} {filters} {after}

@@ -33,6 +33,7 @@ from service.messaging.connection import BrokerUnavailable
 from service.messaging.messages import REPUBLISHED_HEADER
 from service.messaging.publish.ordered import PublishReport, publish_runs, record_outcomes
 from service.messaging.publish.publisher import ConfirmingPublisher
+from service.ops.platform_metrics import observe_delivery
 
 Kind = Literal["resend", "redeliver"]
 PublisherFactory = Callable[[], ConfirmingPublisher]
@@ -64,7 +65,7 @@ def republish(
     rows = repository.select_runs(connection, kind, selection, after, limit)
     runs, blocked = ordered_runs(rows)
     report = _publish(connection, runs, kind, open_publisher)
-    record_outcomes(connection, report, settings.relay_max_backoff_seconds)
+    record_outcomes(connection, report, settings.relay_max_backoff_seconds, f"api {kind}")
     if not principal.is_admin and selection.consumer_id is not None:
         spent = len(report.published) + len(report.failed)
         repository.spend_budget(connection, selection.consumer_id, spent)
@@ -182,6 +183,8 @@ async def confirm_delivery(
         )
     if state is None:
         raise NotFound(EVENT_NOT_FOUND)
+    if state["first_delivery"]:
+        observe_delivery(state["created_at"], state["delivered_at"])
     return DeliveryReceipt(
         event_id=state["event_id"],
         status=request.status,

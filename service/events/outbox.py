@@ -30,7 +30,7 @@ FILL_MIN_FRACTION = 10  # a fill read only when at least 1/10 of the batch is un
 
 EVENT_COLUMNS = """
     e.event_id, e.customer_id, e.consumer_id, e.event_type, e.payload_json,
-    e.metadata_json, e.created_at, e.publish_try_count, e.sequence,
+    e.metadata_json, e.created_at, e.publish_try_count, e.sequence, e.traceparent,
     coalesce(e.customer_id, e.consumer_id) AS aggregate_id, c.name AS consumer_name,
     fintegrate_aggregate_partition(e.consumer_id, e.customer_id, :partition_count)
         AS partition_no
@@ -152,6 +152,27 @@ MARK_FAILED = text(
     """
 )
 
+# One row per (event, publisher, reason), counted: a healthy round writes nothing here.
+RECORD_FAILURES = text(
+    """
+    INSERT INTO event_publish_failures (event_id, relay_id, reason)
+    SELECT f.event_id, :publisher, f.reason
+    FROM unnest(CAST(:event_ids AS uuid[]), CAST(:reasons AS text[])) AS f(event_id, reason)
+    ON CONFLICT ON CONSTRAINT event_publish_failures_event_relay_reason
+    DO UPDATE SET attempts = event_publish_failures.attempts + 1, last_failed_at = now()
+    """
+)
+PUBLISH_FAILURES = text(
+    """
+    SELECT f.relay_id, f.reason, f.attempts, f.first_failed_at, f.last_failed_at,
+           m.hostname, m.pid
+    FROM event_publish_failures f
+    LEFT JOIN relay_members m ON m.relay_id::text = f.relay_id
+    WHERE f.event_id = CAST(:event_id AS uuid)
+    ORDER BY f.first_failed_at
+    """
+)
+
 PLAIN_INDEX_SCAN = text("SET LOCAL enable_bitmapscan = off; SET LOCAL enable_seqscan = off")
 PENDING_SUMMARY = text(
     """
@@ -159,6 +180,16 @@ PENDING_SUMMARY = text(
     FROM customer_events WHERE publish_status = 'pending'
     """
 )
+# The oldest creation time among the first :limit pending events in due order: the walk of
+# ix_customer_events_pending stops there, so its cost is bounded whatever the backlog.
+OLDEST_PENDING_AGE = text(
+    """
+    SELECT coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8
+    FROM (SELECT created_at FROM customer_events WHERE publish_status = 'pending'
+          ORDER BY next_attempt_at, created_at, sequence LIMIT :limit) AS due
+    """
+)
+OLDEST_PENDING_WALK = 10_000
 
 
 def due_heads(
@@ -285,6 +316,23 @@ def mark_failed(
     )
 
 
+def record_failures(
+    connection: Connection, failures: Sequence[tuple[Row[Any], str]], publisher: str
+) -> None:
+    """Count the failed attempts by ``publisher`` (a relay id, or the API's resend)."""
+    if failures:
+        reasons = [reason[:1000] for _, reason in failures]
+        ids = [str(row.event_id) for row, _ in failures]
+        connection.execute(
+            RECORD_FAILURES, {"event_ids": ids, "reasons": reasons, "publisher": publisher}
+        )
+
+
+def publish_failures(connection: Connection, event_id: Any) -> Sequence[Row[Any]]:
+    """The event's failed attempts per publisher and reason, first failure first."""
+    return connection.execute(PUBLISH_FAILURES, {"event_id": event_id}).all()
+
+
 def _row_keys(rows: Sequence[Row[Any]]) -> dict[str, list[Any]]:
     """The rows' ids, and their creation times so the update touches only their partitions.
 
@@ -315,3 +363,14 @@ def pending_summary(connection: Connection) -> Row[Any]:
     """
     connection.execute(PLAIN_INDEX_SCAN)
     return connection.execute(PENDING_SUMMARY).one()
+
+
+def oldest_pending_age(connection: Connection, walk: int = OLDEST_PENDING_WALK) -> float:
+    """Seconds since the oldest pending event was created (0: none pending).
+
+    Exact while at most ``walk`` events are pending; beyond that, the oldest of the
+    ``walk`` earliest due (an event backing off far behind them may be older).
+    """
+    connection.execute(PLAIN_INDEX_SCAN)
+    age: float = connection.execute(OLDEST_PENDING_AGE, {"limit": walk}).scalar_one()
+    return age

@@ -25,10 +25,10 @@ INSERT_EVENT = text(
     """
     INSERT INTO customer_events
         (customer_id, consumer_id, event_type, source_service, payload_json, metadata_json,
-         publish_status)
+         publish_status, traceparent)
     VALUES
         (:customer_id, :consumer_id, :event_type, :source_service,
-         CAST(:payload AS jsonb), CAST(:metadata AS jsonb), 'pending')
+         CAST(:payload AS jsonb), CAST(:metadata AS jsonb), 'pending', :traceparent)
     RETURNING event_id
     """
 )
@@ -67,7 +67,8 @@ CURRENT_PAYLOADS = text(
 # asyncpg placeholders: $1 event_id, $2 consumer_id, $3 status, $4 detail. One statement:
 # the receipt, the event's delivery state and its aggregate's last delivered sequence
 # (delivered_sequences, which outlives archived partitions) commit together, on the event
-# loop, in one round trip.
+# loop, in one round trip. ``e`` is the row as it was before this statement, so
+# first_delivery says this receipt delivered it.
 CONFIRM_DELIVERY = """
     WITH target AS (
         SELECT event_id, customer_id, sequence FROM customer_events
@@ -104,7 +105,9 @@ CONFIRM_DELIVERY = """
            CASE WHEN m.event_id IS NULL THEN e.delivered_at ELSE m.delivered_at END
                AS delivered_at,
            CASE WHEN m.event_id IS NULL THEN e.deliver_try_count ELSE m.deliver_try_count END
-               AS deliver_try_count
+               AS deliver_try_count,
+           e.created_at,
+           e.delivered_at IS NULL AND m.delivered_at IS NOT NULL AS first_delivery
     FROM customer_events e LEFT JOIN moved m ON m.event_id = e.event_id
     WHERE e.event_id = $1 AND e.consumer_id = $2
     """
@@ -231,6 +234,7 @@ def insert_event(
             "source_service": origin.source_service,
             "payload": json.dumps(payload, default=str),
             "metadata": json.dumps({"request_id": origin.request_id}),
+            "traceparent": origin.traceparent,
         },
     ).scalar_one()
     return event_id
@@ -377,3 +381,83 @@ def record_receipt(
     """``confirm_delivery`` in the caller's transaction (the receipt and the event's state)."""
     params = {"event_id": event_id, "consumer_id": consumer_id, "status": status, "detail": detail}
     return connection.execute(RECORD_RECEIPT, params).first()
+
+
+# -- the life of one event (``fintegrate events trace``), and recent delivery times --------
+
+TRACED_EVENT = text(
+    """
+    SELECT event_id, customer_id, consumer_id, event_type, source_service,
+           metadata_json AS metadata, traceparent, publish_status, publish_try_count,
+           publish_failure_reason, published_at, next_attempt_at, deliver_status,
+           deliver_try_count, delivered_at, created_at, sequence, now() AS read_at
+    FROM customer_events WHERE event_id = CAST(:event_id AS uuid)
+    """
+)
+EVENT_RECEIPTS = text(
+    """
+    SELECT status, detail, received_at FROM consumer_event_receipts
+    WHERE event_id = CAST(:event_id AS uuid) ORDER BY received_at, status
+    """
+)
+# The aggregate's events just before and after one sequence, and its first pending event
+# before it (what holds it back); served by ix_customer_events_customer_created and
+# ix_customer_events_consumer_level / ix_customer_events_pending_aggregate.
+OF_CUSTOMER = "customer_id = CAST(:customer_id AS uuid)"
+OF_CONSUMER = "consumer_id = CAST(:consumer_id AS uuid) AND customer_id IS NULL"
+AGGREGATE_NEIGHBOURS = """
+    SELECT event_id, sequence, event_type, publish_status, publish_failure_reason,
+           next_attempt_at, deliver_status, created_at, 'neighbour' AS role
+    FROM customer_events
+    WHERE {aggregate} AND sequence IN (:sequence - 1, :sequence + 1)
+    UNION ALL
+    (SELECT event_id, sequence, event_type, publish_status, publish_failure_reason,
+            next_attempt_at, deliver_status, created_at, 'first pending before it' AS role
+     FROM customer_events
+     WHERE publish_status = 'pending'
+       AND coalesce(customer_id, consumer_id)
+           = coalesce(CAST(:customer_id AS uuid), CAST(:consumer_id AS uuid))
+       AND sequence < :sequence
+     ORDER BY sequence LIMIT 1)
+    ORDER BY sequence, role
+    """
+# Creation to first delivered receipt over the last :minutes minutes, walking the receipts'
+# time index; only events created in the last day are looked up (partition pruning).
+RECENT_DELIVERY_P99 = text(
+    """
+    SELECT count(*) AS delivered,
+           percentile_cont(0.99) WITHIN GROUP (
+               ORDER BY extract(epoch FROM e.delivered_at - e.created_at)) AS p99_seconds
+    FROM consumer_event_receipts r
+    JOIN customer_events e ON e.event_id = r.event_id AND e.delivered_at = r.received_at
+    WHERE r.received_at >= now() - make_interval(mins => :minutes) AND r.status <> 'failed'
+      AND e.created_at >= now() - interval '1 day'
+    """
+)
+
+
+def traced_event(connection: Connection, event_id: UUID) -> Row[Any] | None:
+    """Any tenant's event with its bookkeeping (operators only), or None."""
+    return connection.execute(TRACED_EVENT, {"event_id": event_id}).first()
+
+
+def event_receipts(connection: Connection, event_id: UUID) -> Sequence[Row[Any]]:
+    """The event's receipts, oldest first."""
+    return connection.execute(EVENT_RECEIPTS, {"event_id": event_id}).all()
+
+
+def aggregate_neighbours(connection: Connection, event: Row[Any]) -> Sequence[Row[Any]]:
+    """The events beside ``event`` in its aggregate and its first earlier pending one."""
+    params = {
+        "consumer_id": event.consumer_id,
+        "customer_id": event.customer_id,
+        "sequence": event.sequence,
+    }
+    aggregate = OF_CONSUMER if event.customer_id is None else OF_CUSTOMER
+    statement = text(AGGREGATE_NEIGHBOURS.format(aggregate=aggregate))
+    return connection.execute(statement, params).all()
+
+
+def recent_delivery_p99(connection: Connection, minutes: int) -> Row[Any]:
+    """``delivered`` count and ``p99_seconds`` (None when none) of the last ``minutes``."""
+    return connection.execute(RECENT_DELIVERY_P99, {"minutes": minutes}).one()

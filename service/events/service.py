@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
@@ -155,3 +156,21 @@ def current_payloads(connection: Connection, event_ids: list[str]) -> dict[str, 
         rows = repository.current_payloads(connection, chunk)
         found.update({str(key): value for key, value in rows.items()})
     return found
+
+
+def recent_delivery_p99(connection: Connection, minutes: int) -> Row[Any]:
+    """``delivered`` and ``p99_seconds`` (creation to first delivered receipt), last minutes."""
+    return repository.recent_delivery_p99(connection, minutes)
+
+
+@dataclass(frozen=True)
+class BacklogGauges:
+    """The backlog as the metrics show it."""
+
+    pending: int
+    oldest_seconds: float
+
+
+def outbox_gauges(connection: Connection) -> BacklogGauges:
+    """Pending count (counters) and oldest pending age (a bounded index walk)."""
+    return BacklogGauges(stats.pending_events(connection), outbox.oldest_pending_age(connection))

@@ -23,6 +23,10 @@ EVENT_COUNTS = text(
     ORDER BY event_type, publish_status, deliver_status
     """
 )
+PENDING_EVENTS = text(
+    "SELECT coalesce(sum(events), 0)::bigint FROM customer_event_counts"
+    " WHERE publish_status = 'pending'"
+)
 # The archive's bookkeeping: a dropped partition's rows leave the counts in the same
 # transaction (:counts is a JSON array of {consumer_id, event_type, ..., count}).
 SUBTRACT = text(
@@ -51,3 +55,9 @@ def event_counts(connection: Connection, consumer_id: UUID | None) -> Sequence[R
 def subtract_counts(connection: Connection, counts_json: str) -> None:
     """Take a dropped partition's per-group counts out of the totals."""
     connection.execute(SUBTRACT, {"counts": counts_json})
+
+
+def pending_events(connection: Connection) -> int:
+    """Events waiting to be published, from the counters (compacted or not)."""
+    pending: int = connection.execute(PENDING_EVENTS).scalar_one()
+    return pending

@@ -29,6 +29,7 @@ class EventOrigin:
 
     source_service: str
     request_id: str | None = None
+    traceparent: str | None = None  # the request span's, when tracing is on
 
 
 def state_of(scope: Scope) -> dict[str, Any]:
@@ -82,6 +83,7 @@ def origin_of(request: Request) -> EventOrigin:
     return EventOrigin(
         source_service=f"{request.method} {route_template(request.scope)}",
         request_id=getattr(request.state, "request_id", None),
+        traceparent=request.scope.get("state", {}).get("traceparent"),
     )
 
 

@@ -28,7 +28,7 @@ CUSTOMER_SERVICES = ("customer-service-1", "customer-service-2")
 APP_SERVICES = (
     "migrate", *CUSTOMER_SERVICES, "relay", "maintain", "webhooks-deliver", "event-consumer",
 )  # fmt: skip
-SPEC_SERVICES = (*INFRA, "traefik", "gateway-pages", *APP_SERVICES)
+SPEC_SERVICES = (*INFRA, "traefik", "gateway-pages", *APP_SERVICES, "prometheus", "grafana")
 ROUTED_PREFIXES = ("/customer", "/consumer", "/events", "/webhooks", "/health", "/ready")
 KNOWN_VARIABLES = {f"FINTEGRATE_{name.upper()}" for name in Settings.model_fields}
 VARIABLE = re.compile(r"\bFINTEGRATE_[A-Z0-9_]+")
@@ -141,7 +141,7 @@ def test_database_and_broker_credentials_match_the_spec(services: dict[str, dict
     assert rabbit["environment"]["RABBITMQ_DEFAULT_PASS"] == "fintegrate_pass"
 
 
-@pytest.mark.parametrize("name", (*INFRA, *CUSTOMER_SERVICES, "traefik"))
+@pytest.mark.parametrize("name", (*INFRA, *CUSTOMER_SERVICES, "traefik", "prometheus", "grafana"))
 def test_long_running_services_have_healthchecks(services: dict[str, dict[str, Any]], name: str):
     check = services[name]["healthcheck"]
     assert check["test"] and not check.get("disable")
@@ -179,10 +179,12 @@ def test_commands_of_the_workers(services: dict[str, dict[str, Any]]):
         assert services[name]["command"] == [
             *("fintegrate", "serve", "--host", "0.0.0.0", "--port", "8000")
         ]
-    assert services["relay"]["command"] == ["fintegrate", "relay"]
+    assert services["relay"]["command"][:2] == ["fintegrate", "relay"]
     assert services["maintain"]["command"] == ["fintegrate", "maintain"]
     assert services["webhooks-deliver"]["command"] == ["fintegrate", "webhooks", "deliver"]
     assert services["event-consumer"]["command"][:3] == ["fintegrate", "consume", "--consumer"]
+    for name in ("relay", "event-consumer"):
+        assert "--metrics-port" in services[name]["command"]
 
 
 # -- settings -------------------------------------------------------------------------------

@@ -54,6 +54,36 @@ def add_old_pending_event(database_url: str) -> None:
     engine.dispose()
 
 
+def add_slow_delivery(database_url: str, seconds: int) -> None:
+    """One event delivered now, ``seconds`` after it was created (its receipt too)."""
+    engine = create_engine(database_url)
+    with engine.begin() as connection:
+        event_id = connection.execute(
+            text(
+                "INSERT INTO customer_events (consumer_id, event_type, source_service, created_at)"
+                " VALUES (gen_random_uuid(), 'consumer_created', 'test',"
+                " now() - make_interval(secs => :s)) RETURNING event_id"
+            ),
+            {"s": seconds},
+        ).scalar_one()
+        connection.execute(
+            text(
+                "INSERT INTO consumer_event_receipts (event_id, consumer_id, status)"
+                " SELECT event_id, consumer_id, 'processed' FROM customer_events"
+                " WHERE event_id = :e"
+            ),
+            {"e": event_id},
+        )
+        connection.execute(
+            text(
+                "UPDATE customer_events SET publish_status = 'published', published_at = now(),"
+                " deliver_status = 'delivered', delivered_at = now() WHERE event_id = :e"
+            ),
+            {"e": event_id},
+        )
+    engine.dispose()
+
+
 def dead_letter(settings: Settings, name: str) -> None:
     """Publish one message straight to the tenant's DLQ routing key."""
     connection = pika.BlockingConnection(pika.URLParameters(settings.rabbitmq_url))
@@ -138,8 +168,8 @@ def test_healthy_setup_exits_0(
     assert {n: c["status"] for n, c in checks.items()} == {
         name: "ok"
         for name in (
-            "database", "migrations", "outbox", "relays", "history", "rabbitmq", "topology",
-            "dead letters", "redis", "api", "gateway",
+            "database", "migrations", "outbox", "delivery", "relays", "history",
+            "rabbitmq", "topology", "dead letters", "redis", "api", "gateway",
         )
     }  # fmt: skip
     assert code == 0
@@ -196,6 +226,8 @@ def test_dead_letters_and_old_backlog_are_warnings_exit_3(
     assert "1 pending" in str(checks["outbox"]["detail"])
     assert "relay" in str(checks["outbox"]["hint"])
     assert checks["relays"]["status"] == "warn"  # and nothing publishes them
+    assert checks["delivery"]["status"] == "ok"
+    assert "no event delivered in the last 5 min" in str(checks["delivery"]["detail"])
     assert "fintegrate relay" in str(checks["relays"]["hint"])
     assert code == 3
     assert error.startswith("Error: doctor: 3 warning(s)")
@@ -262,3 +294,13 @@ def test_a_partition_an_archive_left_frozen_is_a_warning_maintain_repairs(
     _, after, _ = doctor_json(run_cli)
     assert after["history"]["status"] == "ok"
     engine.dispose()
+
+
+def test_slow_recent_deliveries_are_a_warning(
+    run_cli: RunCli, fresh_db: str, api_env: Settings
+) -> None:
+    add_slow_delivery(fresh_db, 30)
+    _, checks, _ = doctor_json(run_cli)
+    delivery = checks["delivery"]
+    assert delivery["status"] == "warn"
+    assert "p99 30." in str(delivery["detail"]) and "1 delivered" in str(delivery["detail"])

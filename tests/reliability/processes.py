@@ -114,13 +114,16 @@ class FintegrateProcess:
 
 
 def serve_api(
-    settings: Settings, log_dir: Path, name: str = "api", log_level: str = "warning"
+    settings: Settings,
+    log_dir: Path,
+    name: str = "api",
+    log_level: str = "warning",
+    extra_env: dict[str, str] | None = None,
 ) -> tuple[FintegrateProcess, str]:
     """``fintegrate serve`` on a free loopback port; returns it once /health answers."""
     port = free_port()
-    api = FintegrateProcess(
-        name, ["serve", "--port", str(port), "--log-level", log_level], settings, log_dir
-    ).start()
+    args = ["serve", "--port", str(port), "--log-level", log_level]
+    api = FintegrateProcess(name, args, settings, log_dir, extra_env).start()
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + START_TIMEOUT_SECONDS
     while time.monotonic() < deadline and api.alive:

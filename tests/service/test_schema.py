@@ -19,7 +19,7 @@ REQUIRED_COLUMNS = {
     "customers": "customer_id consumer_id name email status created_at updated_at deleted_at",
     "customer_events": "event_id customer_id consumer_id event_type source_service payload_json "
     "metadata_json publish_status publish_try_count publish_failure_reason published_at "
-    "deliver_status deliver_try_count delivered_at created_at sequence",
+    "deliver_status deliver_try_count delivered_at created_at sequence traceparent",
     "customer_tags": "customer_id",
     "customer_analytics": "customer_id metrics_json",
     "consumer_event_receipts": "event_id consumer_id status detail received_at",
@@ -28,6 +28,8 @@ REQUIRED_COLUMNS = {
     "customer_id response_json created_at",
     "event_sequences": "event_sequence_id consumer_id aggregate_id last_sequence",
     "delivered_sequences": "delivered_sequence_id consumer_id aggregate_id sequence event_id",
+    "event_publish_failures": "event_publish_failure_id event_id relay_id reason attempts "
+    "first_failed_at last_failed_at",
     "relay_partitions": "relay_partition_id partition_no owner_id fencing_token lease_expires_at",
     "relay_members": "relay_id partition_count heartbeat_at",
     "republish_budgets": "republish_budget_id consumer_id tokens refilled_at",
@@ -251,6 +253,7 @@ def test_events_cannot_be_truncated(db: Connection) -> None:
         "payload_json = '{\"a\": 2}'",
         "metadata_json = '{\"m\": 1}'",
         "created_at = now() - interval '1 day'",
+        "traceparent = '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01'",
     ],
 )
 def test_event_content_cannot_change(db: Connection, assignment: str) -> None:

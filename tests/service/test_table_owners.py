@@ -33,6 +33,7 @@ OWNERS = {
     "customer_tags": {CUSTOMERS},
     "customers": {CUSTOMERS},
     "delivered_sequences": {EVENTS},
+    "event_publish_failures": {"service/events/outbox.py"},
     "event_sequences": set(),  # written by the sequence trigger only (migration 20261202_0500)
     "idempotency_keys": {CUSTOMERS},
     "migration_history": {"service/migrations/runner.py"},
@@ -54,6 +55,7 @@ EXCEPTIONS = {
     (WEBHOOK_DELIVERIES, "customer_events"): "the claim reads its events; recover's window",
     (WEBHOOK_DELIVERIES, "consumers"): "the claim joins the consumer name of the body",
     (WEBHOOK_DELIVERIES, "webhook_endpoints"): "the claim checks status, breaker and cap",
+    ("service/events/outbox.py", "relay_members"): "a failed attempt's relay host and pid",
 }
 
 

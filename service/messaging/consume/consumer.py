@@ -58,6 +58,7 @@ from service.messaging.consume.recovery import (
     sweep_lost_letters,
 )
 from service.messaging.messages import EventMessage, InvalidMessage, may_be_duplicate
+from service.messaging.tracing import handler_span, traced_delivery
 
 log = logging.getLogger(__name__)
 
@@ -263,7 +264,9 @@ class EventConsumer:
         )
         self.sequences.expect(message)
         self._unsettled.add(epoch)
-        self._lanes.submit(message.aggregate_key, partial(self._process, delivery))
+        work = partial(self._process, delivery)
+        traced = traced_delivery(work, properties.headers, message.event_id, self.queue)
+        self._lanes.submit(message.aggregate_key, traced)
 
     def _owe_past_cap(self, message: EventMessage, epoch: int) -> bool:
         """True when ``message`` is left to the API: its customer is at the in-hand cap, or
@@ -399,7 +402,8 @@ class EventConsumer:
 
     def _run_handler(self, message: EventMessage) -> tuple[str, str | None]:
         """Call the handler (the one place that does): the receipt status and detail."""
-        return call_handler(self.handler, message)
+        with handler_span(message.event_type, message.event_id):
+            return call_handler(self.handler, message)
 
     def _settle(self, delivery: Delivery, outcome: Outcome) -> None:
         """On the connection's thread: ack or reject once the receipt is known."""

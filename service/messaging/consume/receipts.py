@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import httpx
 
+from service.kit.tracing import outgoing_headers
 from service.messaging.connection import Backoff
 from service.messaging.messages import EventMessage
 
@@ -148,7 +149,7 @@ class DeliveryConfirmer:
     def _attempt(self, body: dict[str, str | None]) -> Receipt | None:
         """One POST: the outcome, or None when it is worth retrying."""
         try:
-            response = self._http.post(CONFIRM_PATH, json=body)
+            response = self._http.post(CONFIRM_PATH, json=body, headers=outgoing_headers())
         except httpx.HTTPError as exc:
             log.warning("confirm-delivery for %s failed: %r; retrying", body["event_id"], exc)
             return None

@@ -18,7 +18,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Row
 
-from service.events.outbox import mark_failed, mark_published
+from service.events.outbox import mark_failed, mark_published, record_failures
 from service.messaging.connection import BrokerUnavailable
 from service.messaging.messages import event_from_row
 from service.messaging.publish.publisher import (
@@ -26,6 +26,7 @@ from service.messaging.publish.publisher import (
     PublishResult,
     outgoing_event,
 )
+from service.messaging.tracing import PublishSpans
 
 Run = Sequence[Row[Any]]
 RowGate = Callable[[Row[Any]], bool]  # may this row be published now (asked per publish)
@@ -111,10 +112,14 @@ def publish_runs(
     return report
 
 
-def record_outcomes(connection: Connection, report: PublishReport, max_backoff: float) -> None:
-    """Mark the confirmed rows published and the failed ones for a retry after backoff."""
+def record_outcomes(
+    connection: Connection, report: PublishReport, max_backoff: float, publisher: str
+) -> None:
+    """Mark the confirmed rows published and the failed ones for a retry after backoff;
+    count the failures against ``publisher`` (a relay id, ``api resend``, ...)."""
     mark_published(connection, report.published)
     mark_failed(connection, report.failed, max_backoff)
+    record_failures(connection, report.failed, publisher)
 
 
 def _publish_wave(
@@ -132,11 +137,18 @@ def _publish_wave(
             outcome[str(row.event_id)] = PublishResult(False, reason)
         else:
             sendable.append(row)
+    spans = PublishSpans()  # tracing: a send span per message, its traceparent in the header
     messages = [
-        outgoing_event(event_from_row(row), headers(row) if headers else None) for row in sendable
+        outgoing_event(event_from_row(row), spans.headers(row, headers(row) if headers else None))
+        for row in sendable
     ]
     sendable_gate = None if gate is None else (lambda index: gate(sendable[index]))
-    results = publisher.publish_batch(messages, sendable_gate)
+    try:
+        results = publisher.publish_batch(messages, sendable_gate)
+    except BaseException:
+        spans.abandon("broker unavailable")
+        raise
     for row, result in zip(sendable, results, strict=True):
         outcome[str(row.event_id)] = result
+        spans.finish(str(row.event_id), None if result.ok else (result.reason or "not confirmed"))
     return outcome

@@ -294,7 +294,10 @@ def _record(
         ours = leases.fence(connection, tenure)
         fenced = report.restricted(lambda row: row.partition_no in ours)
         record_outcomes(
-            connection, fenced.restricted(lambda row: not report.is_nacked(row)), max_backoff
+            connection,
+            fenced.restricted(lambda row: not report.is_nacked(row)),
+            max_backoff,
+            leases.relay_id,
         )
     lost = len(report.published) + len(report.failed) - len(fenced.published) - len(fenced.failed)
     if lost:

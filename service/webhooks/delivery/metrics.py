@@ -1,14 +1,16 @@
-"""The delivery process's Prometheus metrics (SPEC 9), in the process-wide registry."""
+"""The delivery process's Prometheus metrics (SPEC 9).
+
+``fintegrate_webhook_attempts_total{result}`` is one of the platform's families
+(``service.ops.platform_metrics``, served once ``register_event_metrics`` added it); the
+attempt durations are this process's own, in the process-wide registry.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Histogram
 
-ATTEMPTS = Counter(
-    "fintegrate_webhook_attempts_total",
-    "Webhook POST attempts, by result (succeeded | retrying | failed)",
-    ["result"],
-)
+from service.ops.platform_metrics import WEBHOOK_ATTEMPTS
+
 ATTEMPT_SECONDS = Histogram(
     "fintegrate_webhook_attempt_seconds",
     "Duration of one webhook POST, connect to the first 4 KiB of the answer",
@@ -17,5 +19,6 @@ ATTEMPT_SECONDS = Histogram(
 
 
 def count_attempt(result: str, duration_ms: int) -> None:
-    ATTEMPTS.labels(result=result).inc()
+    """One attempt: its result (succeeded | retrying | failed) and how long it took."""
+    WEBHOOK_ATTEMPTS.labels(result=result).inc()
     ATTEMPT_SECONDS.observe(duration_ms / 1000)

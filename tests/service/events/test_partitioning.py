@@ -18,7 +18,11 @@ from service.migrations import runner as migrations
 from tests.support.history import CONSUMER, days_ago, db_now, load_events
 
 PARTITIONING = "20261202_0700"
-ROW_DIGESTS = text("SELECT event_id, md5(row_to_json(e)::text) FROM customer_events e")
+# Every column the rows had before the conversion; columns added by later migrations
+# (traceparent, 20261207_0600, NULL on old rows) are not a change of the rows.
+ROW_DIGESTS = text(
+    "SELECT event_id, md5((to_jsonb(e) - 'traceparent')::text) FROM customer_events e"
+)
 WHERE_IS = text("SELECT tableoid::regclass::text FROM customer_events WHERE event_id = :id")
 INSERT_AT = text(
     "INSERT INTO customer_events (consumer_id, event_type, source_service, created_at) "

@@ -1,0 +1,169 @@
+"""OpenTelemetry tracing, on only when the standard ``OTEL_*`` variables ask for it (SPEC 9).
+
+``configure`` decides once, at a process's start, whether to trace: with
+``OTEL_EXPORTER_OTLP_ENDPOINT`` (or ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``) set or
+``OTEL_TRACES_EXPORTER=otlp``, spans go over OTLP/HTTP protobuf; ``OTEL_TRACES_EXPORTER=none``
+or ``OTEL_SDK_DISABLED=true`` keep it off. Sampling, service name and resource attributes
+come from the SDK's own variables (``OTEL_TRACES_SAMPLER``, ``OTEL_SERVICE_NAME``, ...).
+
+Off, ``ENABLED`` stays False and nothing of the SDK is imported: callers on a hot path
+check the flag first (the API installs its tracing middleware only when on). The context
+travels as a W3C ``traceparent`` string: stored with the event, in the AMQP header of the
+same name and in HTTP headers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+TRACEPARENT = "traceparent"
+ENABLED = False
+_tracer: Any = None
+_provider: Any = None
+
+
+def wanted(environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether the OTEL_* variables ask for traces exported over OTLP."""
+    if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return False
+    exporters = {e.strip().lower() for e in environ.get("OTEL_TRACES_EXPORTER", "").split(",")}
+    if "none" in exporters:
+        return False
+    if "otlp" in exporters:
+        return True
+    return bool(
+        environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        or environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    )
+
+
+def configure(service_name: str, environ: Mapping[str, str] = os.environ) -> bool:
+    """Start tracing for this process when the environment asks for it; returns ENABLED.
+
+    ``service_name`` is the default ``service.name`` (``OTEL_SERVICE_NAME`` wins). Once on,
+    later calls change nothing.
+    """
+    global ENABLED, _tracer, _provider
+    if ENABLED or not wanted(environ):
+        return ENABLED
+    from opentelemetry import trace
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    attributes = {} if environ.get("OTEL_SERVICE_NAME") else {"service.name": service_name}
+    _provider = TracerProvider(resource=Resource.create(attributes))
+    _provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    trace.set_tracer_provider(_provider)
+    _tracer = _provider.get_tracer("fintegrate")
+    ENABLED = True
+    log.info("tracing on: spans exported over OTLP/HTTP as %s", _service(environ, service_name))
+    return True
+
+
+def flush(timeout_millis: int = 5000) -> None:
+    """Export the spans still buffered (before a process exits)."""
+    if _provider is not None:
+        _provider.force_flush(timeout_millis)
+
+
+@contextmanager
+def span(
+    name: str,
+    kind: str = "internal",
+    attributes: Mapping[str, Any] | None = None,
+    parent: str | None = None,
+) -> Iterator[Any]:
+    """A span around the block (the current one inside it); yields None when tracing is off.
+
+    ``parent`` is a ``traceparent`` to continue (from a header or a stored event); without
+    it the span continues the current one. ``kind``: internal, server, client, producer,
+    consumer. An exception leaving the block marks the span as an error.
+    """
+    if not ENABLED:
+        yield None
+        return
+    from opentelemetry.trace import SpanKind
+
+    context = _extract(parent) if parent else None
+    with _tracer.start_as_current_span(
+        name, context=context, kind=SpanKind[kind.upper()], attributes=dict(attributes or {})
+    ) as current:
+        yield current
+
+
+def start_span(
+    name: str, kind: str, attributes: Mapping[str, Any], parent: str | None = None
+) -> Any:
+    """A started span that is not made current (end it with ``end_span``); None when off."""
+    if not ENABLED:
+        return None
+    from opentelemetry.trace import SpanKind
+
+    context = _extract(parent) if parent else None
+    return _tracer.start_span(
+        name, context=context, kind=SpanKind[kind.upper()], attributes=dict(attributes)
+    )
+
+
+def end_span(current: Any, error: str | None = None) -> None:
+    """End a span from ``start_span``, as an error with ``error`` as its description."""
+    if current is None:
+        return
+    if error is not None:
+        from opentelemetry.trace import StatusCode
+
+        current.set_status(StatusCode.ERROR, error)
+    current.end()
+
+
+def traceparent_of(current: Any) -> str | None:
+    """The ``traceparent`` naming ``current`` (a span) as the parent."""
+    if current is None:
+        return None
+    from opentelemetry.trace import set_span_in_context
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    carrier: dict[str, str] = {}
+    TraceContextTextMapPropagator().inject(carrier, context=set_span_in_context(current))
+    return carrier.get(TRACEPARENT)
+
+
+def current_traceparent() -> str | None:
+    """The ``traceparent`` of the current span; None when off or outside any span."""
+    if not ENABLED:
+        return None
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    carrier: dict[str, str] = {}
+    TraceContextTextMapPropagator().inject(carrier)
+    return carrier.get(TRACEPARENT)
+
+
+def outgoing_headers() -> dict[str, str]:
+    """``{"traceparent": ...}`` of the current span for an outgoing request ({} when off)."""
+    traceparent = current_traceparent()
+    return {TRACEPARENT: traceparent} if traceparent else {}
+
+
+def set_attribute(current: Any, key: str, value: Any) -> None:
+    """Set one attribute on ``current`` (a span from ``span``, or None when off)."""
+    if current is not None:
+        current.set_attribute(key, value)
+
+
+def _extract(traceparent: str) -> Any:
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    return TraceContextTextMapPropagator().extract({TRACEPARENT: traceparent})
+
+
+def _service(environ: Mapping[str, str], default: str) -> str:
+    return environ.get("OTEL_SERVICE_NAME") or default
