@@ -25,7 +25,7 @@ from service.messaging.connection import (
     CONNECT_TIMEOUT_SECONDS,
     BrokerUnavailable,
     connection_parameters,
-    describe_url,
+    first_answering,
 )
 from service.messaging.messages import OutboundEvent, message_body, message_properties
 
@@ -106,13 +106,17 @@ class ConfirmingPublisher:
     # -- public API -------------------------------------------------------------------------
 
     def connect(self) -> None:
-        """Open the connection and confirm-mode channel if needed; raise BrokerUnavailable."""
+        """Open the connection and confirm-mode channel if needed, on the first node of the
+        URL list that answers; raise BrokerUnavailable when none does."""
         if self._ready:
             return
+        first_answering(self.url, self._connect_node, (BrokerUnavailable,))
+
+    def _connect_node(self, url: str) -> None:
         self._discard()
         self._error = None
         self._connection = SelectConnection(
-            connection_parameters(self.url, connect_timeout=self.connect_timeout),
+            connection_parameters(url, connect_timeout=self.connect_timeout),
             on_open_callback=self._on_connection_open,
             on_open_error_callback=self._on_connection_error,
             on_close_callback=self._on_connection_closed,
@@ -123,7 +127,7 @@ class ConfirmingPublisher:
         if not opened or not self._ready:
             reason = self._error or f"no answer within {self.connect_timeout * 2 + 1:.0f}s"
             self._discard()
-            raise BrokerUnavailable(f"RabbitMQ at {describe_url(self.url)}: {reason}")
+            raise BrokerUnavailable(reason)
 
     def publish_batch(self, messages: Sequence[OutgoingMessage]) -> list[PublishResult]:
         """Publish every message, then wait for all confirms; one result per message."""
