@@ -93,9 +93,13 @@ start_node() {
     (node_env "$n"; nohup "$SBIN/rabbitmq-server" >"$dir/log/console.log" 2>&1 &)
 }
 
-await_node() {
-    local n=$1
-    if ! ctl "$n" -q -t "$START_TIMEOUT" await_startup >/dev/null 2>&1; then
+await_node() { # the VM first answers pings, then the broker inside it finishes booting
+    local n=$1 deadline=$((SECONDS + START_TIMEOUT))
+    until ctl "$n" -q -t 5 await_startup >/dev/null 2>&1; do
+        [ "$SECONDS" -ge "$deadline" ] && break
+        sleep 1
+    done
+    if ! ctl "$n" -q -t 5 await_startup >/dev/null 2>&1; then
         say "$(node_name "$n") did not start within ${START_TIMEOUT}s; see $(node_dir "$n")/log"
         exit 1
     fi
