@@ -31,8 +31,11 @@ from tests.reliability.probes import publish_states, report_figures
 from tests.reliability.processes import FintegrateProcess
 from tests.support.outbox import drain_queue, wait_until
 from tests.support.pg_ha import PgPair
+from tests.support.rabbit_cluster import exclusive
 
-pytestmark = pytest.mark.slow
+# The bound covers waiting for the other worker's failover test to finish its turn.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+PG_LOCK = Path("/tmp/fintegrate-pg-ha.lock")
 
 STATUSES = ("inactive", "active", "suspended")
 RELAY = ["relay", "--poll-seconds", "0.2"]
@@ -43,11 +46,13 @@ LOAD_AFTER_SECONDS = 10.0
 
 @pytest.fixture
 def pg_pair() -> Iterator[PgPair]:
-    pair = PgPair()
-    try:
-        yield pair.start()
-    finally:
-        pair.stop()
+    """A fresh pair; one test at a time across pytest workers (the ports are fixed)."""
+    with exclusive(PG_LOCK):
+        pair = PgPair()
+        try:
+            yield pair.start()
+        finally:
+            pair.stop()
 
 
 @pytest.fixture

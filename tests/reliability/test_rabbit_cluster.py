@@ -43,7 +43,9 @@ from tests.support.rabbit_cluster import (
     node_name,
 )
 
-pytestmark = pytest.mark.slow
+# Bounds cover starting the cluster (first test of a run) and waiting for the other
+# worker's cluster test to finish its turn.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
 LOAD_SECONDS = 40.0
 LOAD_LIMIT_SECONDS = 300.0
@@ -65,8 +67,8 @@ def stack_settings(
     isolated_settings: Settings, rabbit_cluster: RabbitCluster
 ) -> Iterator[Settings]:
     """The stack on a vhost of its own on the cluster, quorum tenant queues."""
-    assert rabbit_cluster.wait_all_running(), "the cluster is not whole before the test"
-    with rabbit_cluster.vhost() as vhost:
+    with rabbit_cluster.turn(), rabbit_cluster.vhost() as vhost:
+        assert rabbit_cluster.wait_all_running(), "the cluster is not whole before the test"
         yield isolated_settings.model_copy(
             update={
                 "rabbitmq_url": rabbit_cluster.amqp_urls(vhost),

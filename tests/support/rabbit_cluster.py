@@ -1,12 +1,15 @@
 """The local three-node RabbitMQ cluster of scripts/rabbitmq_cluster.sh, for tests.
 
 ``RabbitCluster.ensure()`` starts it unless it already runs (then it is left running at the
-end); each test gets a vhost of its own on it. Nodes are killed with ``kill -9`` and
-restarted through the script, which only ever touches its own nodes and directory.
+end); each test gets a vhost of its own on it, and takes its ``turn`` (a lock shared by
+the pytest workers) since killing nodes is seen by everyone on the cluster. Nodes are
+killed with ``kill -9`` and restarted through the script, which only ever touches its own
+nodes and directory.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import uuid
@@ -25,6 +28,11 @@ AMQP_BASE = int(os.environ.get("FINTEGRATE_CLUSTER_AMQP_BASE", "5791"))
 MANAGEMENT_BASE = int(os.environ.get("FINTEGRATE_CLUSTER_MANAGEMENT_BASE", "15791"))
 NODES = (1, 2, 3)
 SCRIPT_TIMEOUT_SECONDS = 420
+CLUSTER_DIR = Path(os.environ.get("FINTEGRATE_CLUSTER_DIR", "/tmp/fintegrate-rabbit-cluster"))
+USERS = CLUSTER_DIR / "test-sessions"
+STARTED_BY_TESTS = CLUSTER_DIR / "started-by-tests"
+SETUP_LOCK = Path("/tmp/fintegrate-rabbit-cluster.setup.lock")
+TURN_LOCK = Path("/tmp/fintegrate-rabbit-cluster.turn.lock")
 
 
 def node_name(node: int) -> str:
@@ -50,24 +58,51 @@ def run_script(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@contextmanager
+def exclusive(lock: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``lock`` (blocking): one pytest worker at a time."""
+    with lock.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 @dataclass
 class RabbitCluster:
-    """Three clustered nodes on 127.0.0.1; ``started`` when this session started them."""
+    """Three clustered nodes on 127.0.0.1, shared by the pytest workers of a run.
 
-    started: bool = False
+    Each worker registers itself; a cluster that tests started is stopped by the last
+    worker to leave, one that was already running is left running.
+    """
 
     @classmethod
     def ensure(cls) -> RabbitCluster:
-        if run_script("status").returncode == 0:
-            return cls(started=False)
-        result = run_script("start")
-        if result.returncode != 0:
-            raise RuntimeError(f"rabbitmq_cluster.sh start failed:\n{result.stderr[-3000:]}")
-        return cls(started=True)
+        with exclusive(SETUP_LOCK):
+            USERS.mkdir(parents=True, exist_ok=True)
+            (USERS / str(os.getpid())).touch()
+            if run_script("status").returncode != 0:
+                result = run_script("start")
+                if result.returncode != 0:
+                    raise RuntimeError(
+                        f"rabbitmq_cluster.sh start failed:\n{result.stderr[-3000:]}"
+                    )
+                STARTED_BY_TESTS.touch()
+        return cls()
 
     def stop(self) -> None:
-        if self.started:
-            run_script("stop")
+        with exclusive(SETUP_LOCK):
+            (USERS / str(os.getpid())).unlink(missing_ok=True)
+            others = [user for user in USERS.iterdir() if Path(f"/proc/{user.name}").exists()]
+            if not others and STARTED_BY_TESTS.exists():
+                run_script("stop")
+
+    @contextmanager
+    def turn(self) -> Iterator[None]:
+        """One test at a time kills nodes: the others would see them down."""
+        with exclusive(TURN_LOCK):
+            yield
 
     def amqp_urls(self, vhost: str) -> str:
         return ",".join(f"amqp://{USER}:{PASSWORD}@127.0.0.1:{amqp_port(n)}/{vhost}" for n in NODES)
