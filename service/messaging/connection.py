@@ -147,6 +147,11 @@ class BrokerNodes:
     def answered(self, url: str) -> None:
         self._preferred = self.urls.index(url)
 
+    def lost(self, url: str) -> None:
+        """``url`` went silent: unless another node answered since, start after it."""
+        if url in self.urls and self.preferred == url:
+            self._preferred = (self.urls.index(url) + 1) % len(self.urls)
+
     @property
     def preferred(self) -> str:
         return self.urls[self._preferred]

@@ -23,6 +23,7 @@ from pika.channel import Channel
 from service.messaging import topology
 from service.messaging.connection import (
     CONNECT_TIMEOUT_SECONDS,
+    BrokerNodes,
     BrokerUnavailable,
     connection_parameters,
     first_answering,
@@ -78,6 +79,7 @@ class ConfirmingPublisher:
         exchange: str = topology.EXCHANGE,
     ):
         self.url = url
+        self._node = url  # the node of the current connection (one of ``url``'s list)
         self.confirm_timeout = confirm_timeout
         self.connect_timeout = connect_timeout
         self.exchange = exchange
@@ -114,6 +116,7 @@ class ConfirmingPublisher:
 
     def _connect_node(self, url: str) -> None:
         self._discard()
+        self._node = url
         self._error = None
         self._connection = SelectConnection(
             connection_parameters(url, connect_timeout=self.connect_timeout),
@@ -143,7 +146,8 @@ class ConfirmingPublisher:
         if self._pending:
             reason = self._error or f"no confirm within {self.confirm_timeout:.0f}s"
             self._fail_pending(f"not confirmed: {reason}")
-            if not finished:
+            if not finished:  # a silent node: start the next connect with another one
+                BrokerNodes.of(self.url).lost(self._node)
                 self._discard()
         self._reset_batch_state()
         return [result or PublishResult(False, "not confirmed") for result in results]

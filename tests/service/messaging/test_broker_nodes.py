@@ -22,6 +22,7 @@ from service.messaging.publish.publisher import ConfirmingPublisher, OutgoingMes
 from service.ops.checks import check_broker
 from tests.conftest import unique_name
 from tests.support.outbox import drain_queue
+from tests.support.tcp_proxy import TcpProxy
 
 
 def closed_port() -> int:
@@ -92,6 +93,29 @@ def test_publisher_confirms_through_a_list_with_a_dead_node(
 
     assert result.ok, result.reason
     assert [p.message_id for _, p, _ in drain_queue(settings.rabbitmq_url, queues.queue)] == ["m-1"]
+
+
+def test_a_silent_node_is_left_for_the_next_one(
+    settings: Settings, tcp_proxy_factory: Callable[[str, int], TcpProxy]
+) -> None:
+    name = unique_name("nodes")
+    queues = provision_consumer_queues(settings, name)
+    proxy = tcp_proxy_factory("127.0.0.1", 5672)
+    urls = f"{proxy.url_for(settings.rabbitmq_url)},{settings.rabbitmq_url}"
+    key = topology.routing_key("customer_creation", name)
+
+    def message(number: int) -> OutgoingMessage:
+        return OutgoingMessage(key, b"{}", pika.BasicProperties(message_id=f"m-{number}"))
+
+    with ConfirmingPublisher(urls, confirm_timeout=2, connect_timeout=1.0) as publisher:
+        assert publisher.publish(message(1)).ok  # through the proxy, the first node
+        proxy.blackhole()  # that node goes silent: no confirm, no error
+        assert not publisher.publish(message(2)).ok
+        assert BrokerNodes.of(urls).preferred == settings.rabbitmq_url
+        assert publisher.publish(message(3)).ok  # the next node, at once
+
+    arrived = {p.message_id for _, p, _ in drain_queue(settings.rabbitmq_url, queues.queue)}
+    assert {"m-1", "m-3"} <= arrived  # m-2 may have arrived too: it is retried, never lost
 
 
 def test_provisioning_and_readiness_use_the_list(
