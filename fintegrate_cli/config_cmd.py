@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import typer
 from dotenv import dotenv_values
@@ -53,15 +53,29 @@ def source_of(setting: str, cli: CliState, file_names: set[str]) -> str:
 
 
 def mask_url(url: str) -> str:
-    """The URL with its password replaced by the mask."""
-    parts = urlsplit(url)
-    if not parts.password:
+    """The URL, or each URL of a comma-separated list, with its password masked.
+
+    Works on the netloc text itself, so a libpq multi-host URL (``h1:5491,h2:5492``) and a
+    list of broker nodes are masked too, whatever their ports look like.
+    """
+    return ",".join(mask_one_url(part) for part in split_url_list(url))
+
+
+def split_url_list(value: str) -> list[str]:
+    """Pieces of ``value`` split at commas that begin a new ``scheme://`` URL."""
+    return re.split(r",(?=\s*[A-Za-z][A-Za-z0-9+.-]*://)", value)
+
+
+def mask_one_url(url: str) -> str:
+    scheme, separator, rest = url.partition("://")
+    if not separator:
         return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    host = f"[{host}]" if ":" in host else host
-    port = f":{parts.port}" if parts.port else ""
-    return urlunsplit(parts._replace(netloc=f"{user}:{MASK}@{host}{port}"))
+    end = min((rest.find(c) for c in "/?#" if c in rest), default=len(rest))
+    userinfo, at, hosts = rest[:end].rpartition("@")
+    user, colon, _password = userinfo.partition(":")
+    if not at or not colon:
+        return url
+    return f"{scheme}://{user}:{MASK}@{hosts}{rest[end:]}"
 
 
 def masked(setting: str, value: Any) -> Any:

@@ -7,6 +7,7 @@ from rich.table import Table
 from rich.text import Text
 
 from fintegrate_cli import _doctor_checks as checks
+from fintegrate_cli import _doctor_cluster as cluster
 from fintegrate_cli._context import state
 from fintegrate_cli._doctor_checks import FAIL, OK, WARN, Check, timed
 from fintegrate_cli._errors import CheckFailed, CliError
@@ -55,11 +56,13 @@ def broker_checks(settings: Settings, names: list[str] | None) -> list[Check]:
                 lambda: checks.check_broker(settings, open_channel),
                 checks.EXCHANGE_HINT,
             )
+            nodes = cluster.cluster_checks(settings) if cluster.wanted(settings) else []
             if broker.status != OK or names is None:
-                return [broker]
-            return [broker, *checks.check_queues(settings, names, open_channel)]
+                return [broker, *nodes]
+            return [broker, *nodes, *checks.check_queues(settings, names, open_channel)]
     except Exception as exc:
-        return [Check("rabbitmq", FAIL, checks.first_line(exc), checks.BROKER_HINT)]
+        found = [Check("rabbitmq", FAIL, checks.first_line(exc), checks.BROKER_HINT)]
+        return found + (cluster.cluster_checks(settings) if cluster.wanted(settings) else [])
 
 
 def run_checks(settings: Settings) -> list[Check]:
@@ -95,11 +98,12 @@ def verdict(found: list[Check]) -> None:
 def doctor_command(ctx: typer.Context, json_output: JsonOption = False) -> None:
     """Check every dependency and say what to fix; exit 0 healthy, 3 warnings, 1 failures.
 
-    Checks: database, migrations, outbox backlog, relays, history (what an interrupted
-    archive left; whether `fintegrate maintain` runs), RabbitMQ, tenant topology, dead letters,
-    Redis (a warning only), the API (/health, /ready) and the gateway in front of it (with
-    FINTEGRATE_GATEWAY_DASHBOARD_PORT: how many instances it sees up). Each is bounded by
-    short timeouts.
+    Checks: database, migrations, outbox backlog, delivery p99, relays, history (what an
+    interrupted archive left; whether `fintegrate maintain` runs), RabbitMQ, each broker
+    node, cluster membership and quorum members online (with several nodes or quorum
+    queues), tenant topology, dead letters, Redis (a warning only), the API (/health,
+    /ready) and the gateway in front of it (with FINTEGRATE_GATEWAY_DASHBOARD_PORT: how many
+    instances it sees up). Each is bounded by short timeouts.
     """
     found = run_checks(state(ctx).settings())
     if wants_json(ctx, json_output):

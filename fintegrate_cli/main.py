@@ -53,7 +53,10 @@ def root(
     ] = None,
     rabbitmq_url: Annotated[
         str | None,
-        typer.Option("--rabbitmq-url", help="AMQP URL (FINTEGRATE_RABBITMQ_URL)."),
+        typer.Option(
+            "--rabbitmq-url",
+            help="AMQP URL, or one per cluster node, comma-separated (FINTEGRATE_RABBITMQ_URL).",
+        ),
     ] = None,
     env_file: Annotated[
         Path | None,

@@ -42,7 +42,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pika
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
@@ -53,6 +52,7 @@ from service.config import Settings  # noqa: E402
 from service.events import outbox  # noqa: E402
 from service.kit.db import create_db_engine  # noqa: E402
 from service.messaging import topology  # noqa: E402
+from service.messaging.connection import open_blocking  # noqa: E402
 from service.messaging.messages import event_from_row  # noqa: E402
 from service.messaging.operate.provisioning import provision_consumer_queues  # noqa: E402
 from service.messaging.publish import relay as relay_module  # noqa: E402
@@ -248,7 +248,7 @@ def reset_backlog(settings: Settings, queue: str) -> None:
             text("VACUUM ANALYZE customer_events")
         )
     engine.dispose()
-    connection = pika.BlockingConnection(pika.URLParameters(settings.rabbitmq_url))
+    connection = open_blocking(settings.rabbitmq_url)
     connection.channel().queue_purge(queue)
     connection.close()
 
@@ -324,7 +324,7 @@ def raw_pika_rate(settings: Settings, queue: str) -> float:
     with engine.connect() as connection:
         messages = [outgoing_event(event_from_row(row)) for row in connection.execute(ROWS)]
     engine.dispose()
-    connection = pika.BlockingConnection(pika.URLParameters(settings.rabbitmq_url))
+    connection = open_blocking(settings.rabbitmq_url)
     channel = connection.channel()
     channel.confirm_delivery()
     started = time.perf_counter()
@@ -356,7 +356,7 @@ def relay_rate(
     relay.close()
     engine.dispose()
     assert drained.published == count, drained
-    connection = pika.BlockingConnection(pika.URLParameters(settings.rabbitmq_url))
+    connection = open_blocking(settings.rabbitmq_url)
     channel = connection.channel()
     assert channel.queue_declare(queue, passive=True).method.message_count == count
     connection.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -41,6 +42,26 @@ def shipped_driver_url(url: str) -> str:
         f"unsupported database URL ({shown}); use postgresql://, postgres:// or "
         f"postgresql+psycopg2:// (Fintegrate ships the psycopg2 driver)"
     )
+
+
+def node_urls(setting: str, value: str, schemes: tuple[str, ...], same_path: bool = False) -> str:
+    """``value`` as a clean comma-separated list of node URLs of one cluster.
+
+    Each URL must use one of ``schemes`` and name a host; all must share the login (and,
+    with ``same_path``, the vhost). Raises ValueError naming the setting otherwise.
+    """
+    urls = [url.strip() for url in value.split(",") if url.strip()]
+    if not urls:
+        raise ValueError(f"{setting} names no URL")
+    logins = set()
+    for url in urls:
+        parts = urlsplit(url)
+        if parts.scheme not in schemes or not parts.hostname:
+            raise ValueError(f"{setting}: every node needs a {' or '.join(schemes)}:// URL")
+        logins.add((parts.username, parts.password, parts.path if same_path else ""))
+    if len(logins) > 1:
+        raise ValueError(f"{setting}: the nodes must share one login and vhost")
+    return ",".join(urls)
 
 
 class Settings(BaseSettings):
@@ -177,6 +198,19 @@ class Settings(BaseSettings):
     @classmethod
     def _on_shipped_driver(cls, value: str) -> str:
         return shipped_driver_url(value)
+
+    # Clustered broker: one URL per node, comma-separated, same login and vhost.
+    @field_validator("rabbitmq_url")
+    @classmethod
+    def _amqp_nodes(cls, value: str) -> str:
+        return node_urls("FINTEGRATE_RABBITMQ_URL", value, ("amqp", "amqps"), same_path=True)
+
+    @field_validator("rabbitmq_management_url")
+    @classmethod
+    def _management_nodes(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        return node_urls("FINTEGRATE_RABBITMQ_MANAGEMENT_URL", value, ("http", "https"))
 
     @model_validator(mode="after")
     def _refuse_placeholder_secrets(self) -> Settings:

@@ -17,7 +17,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 from service.config import Settings
 from service.messaging import topology
-from service.messaging.connection import vhost_of
+from service.messaging.connection import split_urls, vhost_of
 from service.messaging.operate.management import ManagementClient, ManagementUnavailable
 
 logger = logging.getLogger(__name__)
@@ -99,8 +99,16 @@ class BrokerAccounts:
 
 
 def tenant_broker_url(rabbitmq_url: str, username: str, password: str) -> str:
-    """``rabbitmq_url`` (host, port, vhost, query) with the tenant's login in place of its own."""
-    parts = urlsplit(rabbitmq_url)
+    """``rabbitmq_url`` (host, port, vhost, query) with the tenant's login in place of its own.
+
+    A list of nodes stays a list: users and permissions are cluster-wide, so the tenant's
+    login works on every node.
+    """
+    return ",".join(_with_login(node, username, password) for node in split_urls(rabbitmq_url))
+
+
+def _with_login(url: str, username: str, password: str) -> str:
+    parts = urlsplit(url)
     host = parts.hostname or "127.0.0.1"
     netloc = f"{quote(username, safe='')}:{quote(password, safe='')}@{host}"
     if parts.port:

@@ -13,14 +13,15 @@ from typing import Any
 
 import psycopg2
 import psycopg2.extensions
-from sqlalchemy import Connection, Engine, create_engine
-from sqlalchemy.engine import make_url
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.engine import URL, ExceptionContext, make_url
 
 from service.config import Settings, shipped_driver_url
 
 CONNECT_TIMEOUT_SECONDS = 3
 SILENCE_MARGIN_SECONDS = 1.0
 APPLICATION_NAME = "fintegrate"
+READ_ONLY_SQLSTATE = "25006"
 CONNECT_TIMEOUT_IN_DSN = re.compile(r"\bconnect_timeout=(\d+)")
 
 
@@ -31,8 +32,8 @@ def create_db_engine(settings: Settings, *, pool_size: int | None = None) -> Eng
     settings' validator.
     """
     size = pool_size or settings.db_pool_size
-    return create_engine(
-        shipped_driver_url(settings.database_url),
+    engine = create_engine(
+        engine_url(settings.database_url),
         pool_size=size,
         max_overflow=size,
         pool_pre_ping=True,
@@ -44,12 +45,43 @@ def create_db_engine(settings: Settings, *, pool_size: int | None = None) -> Eng
             "application_name": APPLICATION_NAME,
         },
     )
+    event.listen(engine, "handle_error", _drop_connections_on_a_standby)
+    return engine
+
+
+def _drop_connections_on_a_standby(context: ExceptionContext) -> None:
+    """A write refused as read-only (SQLSTATE 25006) ran on a standby, e.g. a demoted
+    primary: treat it as a disconnect, so the pool discards that connection (pre-ping
+    cannot tell, a standby answers it) and the next checkout finds the primary again."""
+    if getattr(context.original_exception, "pgcode", None) == READ_ONLY_SQLSTATE:
+        context.is_disconnect = True
 
 
 def libpq_dsn(database_url: str) -> str:
-    """A database URL of the settings (any accepted form) as a libpq DSN (``postgresql://``)."""
-    url = make_url(shipped_driver_url(database_url)).set(drivername="postgresql")
-    return url.render_as_string(hide_password=False)
+    """A database URL of the settings (any accepted form) as a libpq DSN (``postgresql://``).
+
+    The rest of the URL is kept as given, so a libpq multi-host URL
+    (``h1:5491,h2:5492/db?target_session_attrs=read-write``) reaches libpq and asyncpg, which
+    both try the hosts in turn and keep the one that accepts writes.
+    """
+    _scheme, _, rest = shipped_driver_url(database_url).partition("://")
+    return f"postgresql://{rest}"
+
+
+def engine_url(database_url: str) -> URL:
+    """The SQLAlchemy URL of a settings database URL, multi-host URLs included.
+
+    SQLAlchemy cannot parse ``h1:5491,h2:5492`` as a netloc; it takes the hosts as repeated
+    ``host=`` query parameters instead and hands them to libpq as its host and port lists.
+    """
+    url = shipped_driver_url(database_url)
+    scheme, _, rest = url.partition("://")
+    end = min((rest.find(mark) for mark in "/?#" if mark in rest), default=len(rest))
+    userinfo, at, hosts = rest[:end].rpartition("@")
+    if "," not in hosts:
+        return make_url(url)
+    single = make_url(f"{scheme}://{userinfo}{at}{rest[end:]}")
+    return single.update_query_pairs([("host", host) for host in hosts.split(",")], append=True)
 
 
 @contextmanager

@@ -28,6 +28,7 @@ from service.config import Settings
 from service.kit.db import (
     APPLICATION_NAME,
     CONNECT_TIMEOUT_SECONDS,
+    READ_ONLY_SQLSTATE,
     SILENCE_MARGIN_SECONDS,
     libpq_dsn,
 )
@@ -68,7 +69,10 @@ OUTAGE_CANDIDATES: tuple[type[BaseException], ...] = (*UNAVAILABLE_ERRORS, async
 # SQLSTATEs of a database that refuses or drops connections: class 08 (connection
 # exception), too many connections, admin/crash shutdown, cannot connect now. 55000 is
 # generic ("object not in prerequisite state") and only an outage with this message.
-OUTAGE_SQLSTATES = frozenset({"53300", "57P01", "57P02", "57P03"})
+# 25006 (read-only transaction): the connection reached a standby, e.g. a former primary
+# that a switchover demoted; the write belongs on the new primary, so it is an outage of
+# this connection, which is dropped (see ``is_on_a_standby``).
+OUTAGE_SQLSTATES = frozenset({"53300", "57P01", "57P02", "57P03", READ_ONLY_SQLSTATE})
 NOT_ACCEPTING_CONNECTIONS = "not currently accepting connections"
 
 
@@ -83,6 +87,12 @@ def is_database_outage(exc: BaseException) -> bool:
     if sqlstate == "55000":
         return NOT_ACCEPTING_CONNECTIONS in str(exc)
     return sqlstate.startswith("08") or sqlstate in OUTAGE_SQLSTATES
+
+
+def is_on_a_standby(exc: BaseException) -> bool:
+    """The statement ran on a read-only server (a standby or a demoted primary)."""
+    sqlstate = getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None)
+    return sqlstate == READ_ONLY_SQLSTATE
 
 
 if TYPE_CHECKING:
@@ -138,6 +148,10 @@ async def pooled_connection(pool: asyncpg.Pool) -> AsyncIterator[PooledConnectio
                 yield connection
             except BROKEN_CONNECTION_ERRORS:
                 connection.terminate()  # the pool opens a fresh one for the next request
+                raise
+            except asyncpg.PostgresError as exc:
+                if is_on_a_standby(exc):
+                    connection.terminate()  # reconnecting finds the primary again
                 raise
     except OUTAGE_CANDIDATES as exc:
         if not is_database_outage(exc):

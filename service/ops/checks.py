@@ -19,7 +19,7 @@ import redis
 from sqlalchemy import Engine, text
 
 from service.config import Settings
-from service.messaging.connection import connection_parameters
+from service.messaging.connection import CONNECT_ERRORS, connection_parameters, first_answering
 
 CHECK_TIMEOUT_SECONDS = 1.0
 READY_CACHE_SECONDS = 2.0
@@ -53,10 +53,14 @@ def database_version(engine: Engine) -> str:
 
 def check_broker(settings: Settings) -> CheckResult:
     """An AMQP handshake with a 1 s timeout; the API still accepts writes without it."""
-    parameters = connection_parameters(settings.rabbitmq_url, connect_timeout=CHECK_TIMEOUT_SECONDS)
-    parameters.stack_timeout = CHECK_TIMEOUT_SECONDS
-    try:
+
+    def handshake(url: str) -> None:
+        parameters = connection_parameters(url, connect_timeout=CHECK_TIMEOUT_SECONDS)
+        parameters.stack_timeout = CHECK_TIMEOUT_SECONDS
         pika.BlockingConnection(parameters).close()
+
+    try:
+        first_answering(settings.rabbitmq_url, handshake, CONNECT_ERRORS)
     except Exception as exc:
         return CheckResult(False, False, f"unreachable ({type(exc).__name__})")
     return CheckResult(True, False, "ok")

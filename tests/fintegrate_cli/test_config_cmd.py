@@ -106,3 +106,27 @@ def test_invalid_setting_is_one_line(run_cli: RunCli, monkeypatch: pytest.Monkey
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1
     assert lines[0].startswith("Error: invalid configuration: bcrypt_rounds")
+
+
+def test_every_node_and_host_of_a_clustered_url_is_masked(run_cli: RunCli, tmp_path: Path) -> None:
+    path = tmp_path / "cluster.env"
+    path.write_text(
+        "FINTEGRATE_RABBITMQ_URL=amqp://u:pw-one@h1:5791/v,amqp://u:pw-one@h2:5792/v\n"
+        "FINTEGRATE_RABBITMQ_MANAGEMENT_URL=http://u:pw-two@h1:15791,http://u:pw-two@h2:15792\n"
+        "FINTEGRATE_DATABASE_URL=postgresql://d:pw-three@h1:5491,h2:5492/db"
+        "?target_session_attrs=read-write\n"
+    )
+    result = run_cli("--env-file", str(path), "config", "show", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert "pw-" not in result.stdout
+
+    shown = json.loads(result.stdout)
+    assert shown["rabbitmq_url"]["value"] == (
+        "amqp://u:********@h1:5791/v,amqp://u:********@h2:5792/v"
+    )
+    assert shown["rabbitmq_management_url"]["value"] == (
+        "http://u:********@h1:15791,http://u:********@h2:15792"
+    )
+    assert shown["database_url"]["value"] == (
+        "postgresql+psycopg2://d:********@h1:5491,h2:5492/db?target_session_attrs=read-write"
+    )

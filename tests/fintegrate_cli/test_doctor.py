@@ -304,3 +304,22 @@ def test_slow_recent_deliveries_are_a_warning(
     delivery = checks["delivery"]
     assert delivery["status"] == "warn"
     assert "p99 30." in str(delivery["detail"]) and "1 delivered" in str(delivery["detail"])
+
+
+def test_several_broker_nodes_are_reported_one_by_one(
+    run_cli: RunCli, service_env: Settings
+) -> None:
+    provision_consumer_queues(service_env, unique_name("nodes"))  # declares the exchange
+    dead = closed_port()
+    live = service_env.rabbitmq_url
+    nodes = f"{live.replace('127.0.0.1:5672', f'127.0.0.1:{dead}')},{live}"
+    code, checks, _ = doctor_json(run_cli, "--rabbitmq-url", nodes)
+
+    vhost = live.rsplit("/", 1)[1]
+    assert checks["rabbitmq"]["status"] == "ok"  # the live node serves
+    assert checks[f"rabbitmq node 127.0.0.1:{dead}/{vhost}"]["status"] == "warn"
+    assert checks[f"rabbitmq node 127.0.0.1:5672/{vhost}"]["status"] == "ok"
+    cluster = checks["rabbitmq cluster"]  # the local broker: one member, short of 3
+    assert cluster["status"] == "warn" and "1 member(s)" in cluster["detail"]
+    assert "3 nodes" in cluster["hint"]
+    assert code != 0

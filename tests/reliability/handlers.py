@@ -42,3 +42,8 @@ def handler_lines(path: os.PathLike[str] | str) -> list[str]:
             return log.read().splitlines()
     except FileNotFoundError:
         return []
+
+
+def record_sequence(message: EventMessage) -> None:
+    """Write ``<event_id> <customer_id or -> <sequence>``: which event, of whom, in what order."""
+    _append(f"{message.event_id} {message.customer_id or '-'} {message.sequence}")

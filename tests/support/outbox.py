@@ -9,12 +9,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import pika
 from sqlalchemy import Engine, text
 
 from service.config import Settings
 from service.messaging import topology
-from service.messaging.connection import connection_parameters
+from service.messaging.connection import open_blocking
 from service.messaging.publish.leases import PartitionLeases
 
 INSERT_CONSUMER = text("INSERT INTO consumers (name) VALUES (:name) RETURNING consumer_id")
@@ -71,8 +70,8 @@ def event_rows(engine: Engine, event_ids: list[str]) -> dict[str, Any]:
 
 @contextmanager
 def amqp_channel(url: str) -> Iterator[Any]:
-    """A blocking channel on ``url``, closed afterwards."""
-    connection = pika.BlockingConnection(connection_parameters(url))
+    """A blocking channel on ``url`` (the first node of a list that answers), closed after."""
+    connection = open_blocking(url)
     try:
         yield connection.channel()
     finally:

@@ -1,7 +1,10 @@
 """A small client for the RabbitMQ management HTTP API.
 
-Reads queue state (arguments, bindings, depth) and manages the tenants' own broker users:
-users, their permissions on the client's vhost, and their open connections.
+Reads queue state (arguments, bindings, depth), the cluster's nodes, and manages the
+tenants' own broker users: users, their permissions on the client's vhost, and their open
+connections. Users and permissions are cluster-wide, so any node's API serves them. The base
+URL may list several nodes, comma-separated: a request goes to the node that answered last
+and moves on to the next when a node cannot be reached.
 """
 
 from __future__ import annotations
@@ -12,8 +15,11 @@ from urllib.parse import quote, unquote
 import httpx
 
 from service.messaging import topology
+from service.messaging.connection import BrokerNodes
 
 TIMEOUT_SECONDS = 3.0
+# A node that is starting or shutting down answers these; the next node may serve.
+NODE_DOWN_STATUSES = frozenset({502, 503, 504})
 
 
 class ManagementUnavailable(Exception):
@@ -25,13 +31,8 @@ class ManagementClient:
 
     def __init__(self, base_url: str, vhost: str, timeout: float = TIMEOUT_SECONDS):
         self.vhost = vhost
-        url = httpx.URL(base_url.rstrip("/"))
-        # credentials go in the auth header only: httpx logs request URLs (INFO), and the
-        # operator's password must never reach a log line
-        auth = (unquote(url.username), unquote(url.password)) if url.username else None
-        self._http = httpx.Client(
-            base_url=url.copy_with(username=None, password=None), auth=auth, timeout=timeout
-        )
+        self._nodes = BrokerNodes.of(base_url)
+        self._http = httpx.Client(timeout=timeout)
 
     def close(self) -> None:
         self._http.close()
@@ -55,6 +56,10 @@ class ManagementClient:
         path = f"/api/queues/{self._vhost_path}/{quote(queue, safe='')}/bindings"
         bindings = self._get(path) or []
         return sorted(b["routing_key"] for b in bindings if b.get("source") == exchange)
+
+    def nodes(self) -> list[dict[str, Any]]:
+        """Every node of the cluster as the answering node sees it (name, running, type)."""
+        return self._get("/api/nodes") or []
 
     def user(self, username: str) -> dict[str, Any] | None:
         """The broker user's description, or None when it does not exist."""
@@ -115,12 +120,35 @@ class ManagementClient:
         body: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
     ) -> httpx.Response:
-        try:
-            response = self._http.request(method, path, json=body, headers=headers)
-        except httpx.HTTPError as exc:
-            raise ManagementUnavailable(f"management API unreachable: {exc!r}") from exc
+        failures = []
+        for node in self._nodes.in_order():
+            base, auth = _without_credentials(node)
+            try:
+                response = self._http.request(
+                    method, f"{base}{path}", json=body, headers=headers, auth=auth
+                )
+            except httpx.HTTPError as exc:
+                failures.append(f"{base}: {exc!r}")
+                continue
+            if response.status_code not in NODE_DOWN_STATUSES:
+                self._nodes.answered(node)
+                break
+            failures.append(f"{base}: {response.status_code}")
+        else:
+            reason = "; ".join(failures)
+            raise ManagementUnavailable(f"management API unreachable ({reason})")
         if response.is_error and response.status_code != 404:
             raise ManagementUnavailable(
                 f"management API answered {response.status_code} for {method} {path}"
             )
         return response
+
+
+def _without_credentials(url: str) -> tuple[str, tuple[str, str] | None]:
+    """The node's base URL without userinfo, and the credentials for the auth header.
+
+    httpx logs request URLs (INFO), and the operator's password must never reach a log line.
+    """
+    parsed = httpx.URL(url.rstrip("/"))
+    auth = (unquote(parsed.username), unquote(parsed.password)) if parsed.username else None
+    return str(parsed.copy_with(username=None, password=None)), auth

@@ -23,9 +23,10 @@ from pika.channel import Channel
 from service.messaging import topology
 from service.messaging.connection import (
     CONNECT_TIMEOUT_SECONDS,
+    BrokerNodes,
     BrokerUnavailable,
     connection_parameters,
-    describe_url,
+    first_answering,
 )
 from service.messaging.messages import OutboundEvent, message_body, message_properties
 
@@ -88,6 +89,7 @@ class ConfirmingPublisher:
         exchange: str = topology.EXCHANGE,
     ):
         self.url = url
+        self._node = url  # the node of the current connection (one of ``url``'s list)
         self.confirm_timeout = confirm_timeout
         self.connect_timeout = connect_timeout
         self.exchange = exchange
@@ -116,13 +118,18 @@ class ConfirmingPublisher:
     # -- public API -------------------------------------------------------------------------
 
     def connect(self) -> None:
-        """Open the connection and confirm-mode channel if needed; raise BrokerUnavailable."""
+        """Open the connection and confirm-mode channel if needed, on the first node of the
+        URL list that answers; raise BrokerUnavailable when none does."""
         if self._ready:
             return
+        first_answering(self.url, self._connect_node, (BrokerUnavailable,))
+
+    def _connect_node(self, url: str) -> None:
         self._discard()
+        self._node = url
         self._error = None
         self._connection = SelectConnection(
-            connection_parameters(self.url, connect_timeout=self.connect_timeout),
+            connection_parameters(url, connect_timeout=self.connect_timeout),
             on_open_callback=self._on_connection_open,
             on_open_error_callback=self._on_connection_error,
             on_close_callback=self._on_connection_closed,
@@ -133,7 +140,7 @@ class ConfirmingPublisher:
         if not opened or not self._ready:
             reason = self._error or f"no answer within {self.connect_timeout * 2 + 1:.0f}s"
             self._discard()
-            raise BrokerUnavailable(f"RabbitMQ at {describe_url(self.url)}: {reason}")
+            raise BrokerUnavailable(reason)
 
     def publish_batch(
         self, messages: Sequence[OutgoingMessage], gate: Gate | None = None
@@ -155,7 +162,8 @@ class ConfirmingPublisher:
         if self._pending:
             reason = self._error or f"no confirm within {self.confirm_timeout:.0f}s"
             self._fail_pending(f"not confirmed: {reason}")
-            if not finished:
+            if not finished:  # a silent node: start the next connect with another one
+                BrokerNodes.of(self.url).lost(self._node)
                 self._discard()
         self._reset_batch_state()
         return [result or PublishResult(False, "not confirmed") for result in results]
