@@ -103,3 +103,21 @@ def load_history(engine: Engine, old_final: int = OLD_FINAL) -> None:
         load_events(
             connection, days_ago(connection, 3), db_now(connection), 500, "pending", "pending"
         )
+
+
+# A partition holding fewer rows may rightly be read sequentially: the planner prefers a
+# scan of a few pages to an index. The current week's partition is that small early in the
+# week, so plan checks look only at partitions big enough for a scan to cost something.
+SIZABLE_ROWS = 1000
+
+
+def sizable_partitions(connection: Connection, minimum: int = SIZABLE_ROWS) -> set[str]:
+    """Partitions of customer_events holding at least ``minimum`` rows."""
+    rows = connection.execute(
+        text(
+            "SELECT tableoid::regclass::text FROM customer_events"
+            " GROUP BY 1 HAVING count(*) >= :minimum"
+        ),
+        {"minimum": minimum},
+    ).scalars()
+    return set(rows)

@@ -24,6 +24,7 @@ from sqlalchemy.exc import DBAPIError
 from service.config import Settings
 from service.events.repository import record_receipt
 from service.http.audit import AuditEntry, write_audit_in
+from service.kit import tracing
 from service.messaging.messages import event_from_row, message_body
 from service.messaging.publish.relay import PendingNotifications
 from service.webhooks import repository as endpoints
@@ -144,7 +145,14 @@ class WebhookDeliverer:
             headers = delivery_headers(
                 event.event_id, event.sequence, body, target.secret_keys, int(time.time())
             )
-            result = post(self.clients.client(str(row.endpoint_id)), target.url, body, headers)
+            with tracing.span(
+                "webhook send",
+                kind="client",
+                attributes={"messaging.message.id": event.event_id, "url.full": target.url},
+                parent=row.traceparent,  # the API request's, stored with the event
+            ):
+                headers.update(tracing.outgoing_headers())
+                result = post(self.clients.client(str(row.endpoint_id)), target.url, body, headers)
             attempt_number = row.attempt_count + 1
             decision = decide(result, attempt_number, self.settings.webhook_retry_delays)
             recorded = self.record(row, attempt_number, result, decision)

@@ -71,7 +71,7 @@ CLAIM = text(
                   d.attempt_count, d.claim_token
     )
     SELECT claimed.*, e.customer_id, e.consumer_id, e.event_type, e.payload_json,
-           e.metadata_json, e.created_at, e.sequence, c.name AS consumer_name
+           e.metadata_json, e.created_at, e.sequence, e.traceparent, c.name AS consumer_name
     FROM claimed
     JOIN customer_events e
       ON e.event_id = claimed.event_id AND e.created_at = claimed.event_created_at

@@ -27,10 +27,8 @@ USER_AGENT = "Fintegrate-Webhooks/1"
 def delivery_headers(
     event_id: str, sequence: int, body: bytes, secret_keys: Sequence[bytes], timestamp: int
 ) -> dict[str, str]:
-    """The headers of one attempt: Standard Webhooks' three, the sequence, the content type.
-
-    Tracing hook (issue 20): the event's stored ``traceparent`` goes here as one more header.
-    """
+    """The headers of one attempt: Standard Webhooks' three, the sequence, the content type
+    (the delivery adds ``traceparent`` when tracing is on)."""
     return {
         "webhook-id": event_id,
         "webhook-timestamp": str(timestamp),

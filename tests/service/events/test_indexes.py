@@ -11,7 +11,7 @@ from sqlalchemy import Connection, Engine, text
 from service.delivery import repository as delivery
 from service.delivery.schemas import Selection
 from service.events import repository as events
-from tests.support.history import CONSUMER, days_ago, db_now, load_events
+from tests.support.history import CONSUMER, days_ago, db_now, load_events, sizable_partitions
 
 # Index names PostgreSQL gives each partition's copy of the parent's partial indexes.
 UNDELIVERED = re.compile(r"_consumer_id_created_at_idx\b")
@@ -41,14 +41,6 @@ def plan_of(connection: Connection, statement: Any, params: dict[str, Any]) -> s
     return "\n".join(rows)
 
 
-def filled_partitions(connection: Connection) -> set[str]:
-    """Partitions holding rows (an empty one may be read sequentially: nothing to read)."""
-    rows = connection.execute(
-        text("SELECT DISTINCT tableoid::regclass::text FROM customer_events")
-    ).scalars()
-    return set(rows)
-
-
 def list_params(**filters: Any) -> dict[str, Any]:
     base = {
         "customer_id": None,
@@ -74,7 +66,7 @@ def test_get_events_status_filters_use_partial_indexes(
 ) -> None:
     with history.connect() as connection:
         plan = plan_of(connection, events.LIST_EVENTS, list_params(**filters))
-        filled = filled_partitions(connection)
+        filled = sizable_partitions(connection)
     assert index.search(plan), plan
     assert not set(re.findall(r"Seq Scan on (\S+)", plan)) & filled, plan
 
@@ -87,6 +79,6 @@ def test_redeliver_selection_uses_the_undelivered_index(history: Engine) -> None
             delivery._sql(delivery.COUNT_GROUPS, "redeliver"),
             delivery._params(selection),
         )
-        filled = filled_partitions(connection)
+        filled = sizable_partitions(connection)
     assert UNDELIVERED.search(plan), plan
     assert not set(re.findall(r"Seq Scan on (\S+)", plan)) & filled, plan
