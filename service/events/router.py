@@ -128,8 +128,8 @@ def events_after_sequence(
 
 @router.get(
     "/lost",
-    response_model=Envelope[EventList],
-    responses=error_responses(401, 403, 422, 503),
+    response_model=Envelope[ListPage[EventOut]],
+    responses=error_responses(400, 401, 403, 422, 503),
 )
 def lost_events(
     consumer: CurrentConsumer,
@@ -137,6 +137,7 @@ def lost_events(
     older_than_ms: Annotated[
         int, Query(ge=1, le=2**40, description="Published at least this long ago (ms)")
     ],
+    cursor: PageCursor = None,
     limit: RecoveryLimit = 100,
 ) -> JSONResponse:
     """Published events still undelivered after ``older_than_ms``, oldest first.
@@ -144,4 +145,5 @@ def lost_events(
     With the queue's TTL as ``older_than_ms`` these can no longer be in the queue: the
     worker recovers them. Not rate limited (the worker's path), bounded by ``limit``.
     """
-    return success(service.lost_events(connection, consumer.consumer_id, older_than_ms, limit))
+    found = service.lost_events(connection, consumer.consumer_id, older_than_ms, cursor, limit)
+    return success(found)
