@@ -57,6 +57,7 @@ WITH_CURSOR = (
     "GET /customer/data",
     "GET /customer/data/{customer_id}/analytics",
     "GET /events",
+    "GET /events/lost",
     "POST /events/resend",
     "POST /events/redeliver",
 )
