@@ -187,7 +187,10 @@ LOST_EVENTS = text(
       AND publish_status = 'published' AND deliver_status = 'pending'
       AND created_at < now() - make_interval(secs => CAST(:older_than_ms AS float8) / 1000)
       AND published_at < now() - make_interval(secs => CAST(:older_than_ms AS float8) / 1000)
-    ORDER BY created_at LIMIT :limit
+      AND (CAST(:after_at AS timestamptz) IS NULL
+           OR (created_at, event_id)
+              > (CAST(:after_at AS timestamptz), CAST(:after_id AS uuid)))
+    ORDER BY created_at, event_id LIMIT :limit
     """
 )
 
@@ -311,11 +314,16 @@ def events_after(
 
 
 def lost_events(
-    connection: Connection, consumer_id: UUID, older_than_ms: int, limit: int
+    connection: Connection,
+    consumer_id: UUID,
+    older_than_ms: int,
+    after: dict[str, Any],
+    limit: int,
 ) -> Sequence[Row[Any]]:
-    """The tenant's published, undelivered events older than ``older_than_ms``, oldest first."""
+    """The tenant's published, undelivered events older than ``older_than_ms``, oldest first,
+    after the cursor position."""
     params = {"consumer_id": consumer_id, "older_than_ms": older_than_ms, "limit": limit}
-    return connection.execute(LOST_EVENTS, params).all()
+    return connection.execute(LOST_EVENTS, {**params, **after}).all()
 
 
 async def last_delivered(

@@ -129,8 +129,8 @@ def events_after_sequence(
 
 @router.get(
     "/lost",
-    response_model=Envelope[EventList],
-    responses=declared(AUTHENTICATED, WITH_PARAMETERS),
+    response_model=Envelope[ListPage[EventOut]],
+    responses=declared(AUTHENTICATED, WITH_PARAMETERS, 400),
 )
 def lost_events(
     consumer: CurrentConsumer,
@@ -138,6 +138,7 @@ def lost_events(
     older_than_ms: Annotated[
         int, Query(ge=1, le=2**40, description="Published at least this long ago (ms)")
     ],
+    cursor: PageCursor = None,
     limit: RecoveryLimit = 100,
 ) -> JSONResponse:
     """Published events still undelivered after ``older_than_ms``, oldest first.
@@ -145,4 +146,5 @@ def lost_events(
     With the queue's TTL as ``older_than_ms`` these can no longer be in the queue: the
     worker recovers them. Not rate limited (the worker's path), bounded by ``limit``.
     """
-    return success(service.lost_events(connection, consumer.consumer_id, older_than_ms, limit))
+    found = service.lost_events(connection, consumer.consumer_id, older_than_ms, cursor, limit)
+    return success(found)

@@ -71,11 +71,14 @@ def events_after(
 
 
 def lost_events(
-    connection: Connection, consumer_id: UUID, older_than_ms: int, limit: int
-) -> EventList:
-    """The tenant's published events older than ``older_than_ms`` and still undelivered."""
-    rows = repository.lost_events(connection, consumer_id, older_than_ms, limit)
-    return EventList(items=[EventOut.model_validate(row._mapping) for row in rows])
+    connection: Connection, consumer_id: UUID, older_than_ms: int, cursor: str | None, limit: int
+) -> dict[str, Any]:
+    """One page of the tenant's published events older than ``older_than_ms`` and still
+    undelivered, oldest first."""
+    after = cursor_params(decode_cursor(cursor))
+    rows = repository.lost_events(connection, consumer_id, older_than_ms, after, limit + 1)
+    events = [EventOut.model_validate(row._mapping) for row in rows]
+    return build_page(events, limit, lambda event: (event.created_at, event.event_id))
 
 
 async def last_delivered(

@@ -66,6 +66,7 @@ WITH_CURSOR = (
     "GET /customer/data",
     "GET /customer/data/{customer_id}/analytics",
     "GET /events",
+    "GET /events/lost",
     "POST /events/resend",
     "POST /events/redeliver",
     "GET /webhooks/endpoints",

@@ -85,6 +85,16 @@ def test_lost_lists_published_undelivered_events_older_than_asked_of_this_tenant
     assert lost(client, tenant, 1) == [event["event_id"] for event in events]
     assert lost(client, stranger, 1) == []
     assert lost(client, tenant, 3_600_000) == []  # created just now: cannot have expired
+    first = client.get(
+        "/events/lost", params={"older_than_ms": 1, "limit": 1}, headers=tenant["headers"]
+    )
+    page = assert_envelope(first, 200)
+    assert [item["event_id"] for item in page["items"]] == [events[0]["event_id"]]
+    params = {"older_than_ms": 1, "limit": 1, "cursor": page["next_cursor"]}
+    second = client.get("/events/lost", params=params, headers=tenant["headers"])
+    assert [item["event_id"] for item in assert_envelope(second, 200)["items"]] == [
+        events[1]["event_id"]
+    ]
     confirm(client, tenant, events[0]["event_id"], "processed")
     confirm(client, tenant, events[1]["event_id"], "failed")  # a handler failure, not lost
     assert lost(client, tenant, 1) == []

@@ -285,9 +285,13 @@ class EventConsumer:
             return
         self._next_sweep = time.monotonic() + self.settings.worker_recovery_interval_seconds
         try:
-            self.stats.lost_letters += sweep_lost_letters(connection, self.dlq, self._owe_lost)
+            taken, more = sweep_lost_letters(connection, self.dlq, self._owe_lost)
         except pika.exceptions.ChannelClosedByBroker as exc:
             log.warning("cannot sweep %s for lost letters: %s", self.dlq, exc)
+        else:
+            self.stats.lost_letters += taken
+            if more:  # a long DLQ of lost letters: go on at once
+                self._next_sweep = 0.0
         self.recovery.sweep_tail()
 
     def _owe_lost(self, message: EventMessage) -> bool:

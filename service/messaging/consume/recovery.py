@@ -40,6 +40,7 @@ LOST_PATH = "/events/lost"
 LOST_REASONS = frozenset({"expired", "maxlen"})
 PAGE_SIZE = 100
 LOST_PAGE_SIZE = 500
+LOST_MAX_PAGES = 100  # per sweep; the next sweep goes on from the oldest again
 SWEEP_MAX_LETTERS = 1000
 # Added to the queue TTL before an undelivered event counts as lost: the broker enqueues a
 # message before the relay records published_at, and the two clocks may differ a little.
@@ -148,19 +149,31 @@ class EventFetcher:
             params["customer_id"] = customer_id
         return self._events(AFTER_SEQUENCE_PATH, params)
 
-    def lost(self, older_than_ms: int) -> list[Recovered] | None:
-        """Published events undelivered for longer than ``older_than_ms``; None when stopping."""
-        params = {"older_than_ms": older_than_ms, "limit": LOST_PAGE_SIZE}
-        return self._events(LOST_PATH, params)
-
-    def _events(self, path: str, params: dict[str, Any]) -> list[Recovered] | None:
-        try:
-            data = self._confirmer.read(path, params)
-        except ValueError as exc:  # a message with a bogus customer or sequence: nothing to fetch
-            log.warning("cannot recover events: %s", exc)
-            return []
+    def lost(
+        self, older_than_ms: int, cursor: str | None = None
+    ) -> tuple[list[Recovered], str | None] | None:
+        """A page of the published events undelivered for longer than ``older_than_ms`` and
+        the cursor of the next; None when stopping."""
+        params: dict[str, Any] = {"older_than_ms": older_than_ms, "limit": LOST_PAGE_SIZE}
+        if cursor is not None:
+            params["cursor"] = cursor
+        data = self._read(LOST_PATH, params)
         if data is None:
             return None
+        return self._messages(data), data.get("next_cursor")
+
+    def _events(self, path: str, params: dict[str, Any]) -> list[Recovered] | None:
+        data = self._read(path, params)
+        return None if data is None else self._messages(data)
+
+    def _read(self, path: str, params: dict[str, Any]) -> Any | None:
+        try:
+            return self._confirmer.read(path, params)
+        except ValueError as exc:  # a message with a bogus customer or sequence: nothing to fetch
+            log.warning("cannot recover events: %s", exc)
+            return {"items": []}
+
+    def _messages(self, data: Any) -> list[Recovered]:
         return [
             (message_from_event(item, self._consumer_name), str(item["deliver_status"]))
             for item in data["items"]
@@ -233,15 +246,23 @@ class Recovery:
         self._schedule(TAIL_KEY, self._recover_tail)
 
     def _recover_tail(self) -> None:
+        """Every aggregate with an event older than the TTL and undelivered becomes owed."""
+        cursor: str | None = None
         try:
-            lost = self._fetcher.lost(self._lost_after_ms)
+            for _ in range(LOST_MAX_PAGES):
+                page = self._fetcher.lost(self._lost_after_ms, cursor)
+                if page is None:
+                    return
+                lost, cursor = page
+                for message, _ in lost:
+                    if message.sequence is not None:
+                        self.owe(message.aggregate_key, message.customer_id, message.sequence)
+                if lost:
+                    log.info("%d events older than the queue TTL are undelivered", len(lost))
+                if cursor is None:
+                    return
         finally:
             self._tail_busy.clear()
-        if lost:
-            log.info("%d published events are older than the queue TTL and undelivered", len(lost))
-        for message, _ in lost or []:
-            if message.sequence is not None:
-                self.owe(message.aggregate_key, message.customer_id, message.sequence)
 
     def _recover_range(self, customer_id: str | None, after: int, through: int) -> bool:
         while after < through:
@@ -268,12 +289,14 @@ def death_reason(headers: dict[str, Any] | None) -> str | None:
     return reason.decode() if isinstance(reason, bytes) else reason
 
 
-def sweep_lost_letters(connection: Any, dlq: str, on_lost: Callable[[EventMessage], bool]) -> int:
+def sweep_lost_letters(
+    connection: Any, dlq: str, on_lost: Callable[[EventMessage], bool]
+) -> tuple[int, bool]:
     """On the connection's thread: take the DLQ's ``expired`` / ``maxlen`` letters off once
     ``on_lost`` noted each (True); the others (handler failures, poison) go back as they were.
 
     Looks at no more letters than the DLQ held at the start (at most SWEEP_MAX_LETTERS).
-    Returns how many were taken off.
+    Returns how many were taken off, and whether letters were left unseen past the limit.
     """
     channel = connection.channel()
     taken = seen = 0
@@ -298,4 +321,4 @@ def sweep_lost_letters(connection: Any, dlq: str, on_lost: Callable[[EventMessag
     finally:
         if channel.is_open:
             channel.close()  # the letters left unacked go back to the DLQ
-    return taken
+    return taken, depth > SWEEP_MAX_LETTERS and taken > 0
