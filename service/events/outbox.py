@@ -5,15 +5,18 @@ its aggregate (``coalesce(customer_id, consumer_id)``, ordered by ``sequence``) 
 confirmed. The relay reads without row locks (its partition lease makes it the only relay
 on those aggregates); each round:
 
-1. ``DUE_HEADS``: the oldest due pending events of the leased partitions that have no
-   earlier pending event in their aggregate (the aggregate's head), walking the partial
-   index ``ix_customer_events_pending (next_attempt_at, created_at, sequence)`` (events
-   written at the same instant come in sequence order, so heads come before the events
-   behind them); the per-row check uses ``ix_customer_events_pending_aggregate`` (the walk
-   index's predicate keeps the check off it: migration 20261202_1610). A head waiting out
-   a backoff holds back its own aggregate only.
-2. ``AGGREGATE_RUNS``: when few aggregates have work, the next pending events of each head's
-   aggregate in sequence order, so a busy customer is not published one event per round.
+1. ``DUE_HEADS``: per tenant (``consumer_id``) with pending events, found by a skip scan
+   of the partial index ``ix_customer_events_pending (consumer_id, next_attempt_at,
+   created_at, sequence)``, an equal share of the batch: that tenant's oldest due pending
+   events of the leased partitions that have no earlier pending event in their aggregate
+   (the aggregate's head), in walk order (events written at the same instant come in
+   sequence order, so heads come before the events behind them). The per-row check uses
+   ``ix_customer_events_pending_aggregate`` (the walk index's predicate keeps the check
+   off it: migration 20261202_1610). A head waiting out a backoff holds back its own
+   aggregate only; a tenant's share never goes to another tenant's backlog unused.
+2. ``AGGREGATE_RUNS``: when few aggregates have work, the next pending events of each
+   head's aggregate that has more (``has_more``) in sequence order, so a busy customer is
+   not published one event per round.
 """
 
 from __future__ import annotations
