@@ -136,7 +136,9 @@ PREVIOUS_WALK_INDEX = text(
 DROP_PREVIOUS_WALK_INDEX = text("DROP INDEX IF EXISTS ix_bench_previous_walk")
 PREVIOUS_DUE_HEADS = text(
     f"SELECT {outbox.EVENT_COLUMNS}"  # noqa: S608 - constant column list
-    """
+    # what the relay reads off the per-tenant selection's rows: runs are always read (as
+    # before) and one share is the whole batch
+    """, true AS has_more, CAST(:limit AS integer) AS tenant_share
     FROM customer_events e
     LEFT JOIN consumers c ON c.consumer_id = e.consumer_id
     WHERE e.publish_status = 'pending' AND e.next_attempt_at <= now()
