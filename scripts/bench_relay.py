@@ -596,6 +596,7 @@ def previous_due_heads(
     limit: int,
     held: Any = (),
     after: Any = None,
+    known: Any = None,
 ) -> list[Any]:
     """The selection before fairness: the oldest due heads across all tenants."""
     connection.execute(outbox.PLANNER_HINTS)

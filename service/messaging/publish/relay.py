@@ -275,6 +275,7 @@ def _read_runs(
             batch_size,
             held=turns.holds.held(),
             after=turns.after,
+            known=turns.known,
         )
         turns.served(heads)
         if not heads:

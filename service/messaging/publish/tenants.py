@@ -112,7 +112,22 @@ class TenantTurns:
 
     holds: QueueFullHolds = field(default_factory=QueueFullHolds)
     after: str | None = None  # the last tenant served
+    known: dict[str, int] = field(default_factory=dict)  # tenant -> quota, from its demand
 
     def served(self, heads: Sequence[Row[Any]]) -> None:
-        """Remember the last tenant of this round's heads (they come in turn order)."""
+        """Remember the last tenant of this round's heads (they come in turn order), and
+        the demand of the tenants that had fewer heads than their share.
+
+        Such a tenant's next quota is twice what it had (so a growing trickle doubles its
+        quota each round, and one that fills it gets an equal share again): the rest of
+        the batch goes to the tenants with a backlog in the first read, instead of a
+        second read handing them what the small ones left.
+        """
         self.after = str(heads[-1].consumer_id) if heads else None
+        counts: dict[str, int] = {}
+        shares: dict[str, int] = {}
+        for head in heads:
+            tenant = str(head.consumer_id)
+            counts[tenant] = counts.get(tenant, 0) + 1
+            shares[tenant] = head.tenant_share
+        self.known = {t: 2 * n for t, n in counts.items() if n < shares[t]}
