@@ -1,8 +1,10 @@
 """The relay's per-tenant state across rounds: the turn order, and tenants held back.
 
-Fairness: every round gives each tenant with due events an equal share of the batch
-(``service.events.outbox.due_heads``); ``TenantTurns.after`` remembers the last tenant
-served, so when more tenants than the batch have work the next round starts after it.
+Fairness: every round gives each tenant with due events a share of the batch
+(``service.events.outbox.due_heads``); ``TenantTurns.known`` remembers the small demands
+of the last round (the rest goes to the backlogged tenants), and ``TenantTurns.after`` the
+last tenant served, so when more tenants than the batch have work the next round starts
+after it.
 
 Queue full: tenant queues are declared ``x-overflow: reject-publish``: at
 ``x-max-length`` the broker refuses new messages with a ``basic.nack`` instead of
