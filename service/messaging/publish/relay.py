@@ -538,9 +538,10 @@ class OutboxRelay:
         if now - self._reported_at >= REPORT_EVERY_SECONDS:
             self._reported_at = now
             log.info(
-                "relay: %d published, %d failed attempts so far",
+                "relay: %d published, %d failed attempts, %d refused (queue full) so far",
                 self.totals.published,
                 self.totals.failed,
+                self.totals.refused,
             )
 
 
