@@ -5,15 +5,18 @@ its aggregate (``coalesce(customer_id, consumer_id)``, ordered by ``sequence``) 
 confirmed. The relay reads without row locks (its partition lease makes it the only relay
 on those aggregates); each round:
 
-1. ``DUE_HEADS``: the oldest due pending events of the leased partitions that have no
-   earlier pending event in their aggregate (the aggregate's head), walking the partial
-   index ``ix_customer_events_pending (next_attempt_at, created_at, sequence)`` (events
-   written at the same instant come in sequence order, so heads come before the events
-   behind them); the per-row check uses ``ix_customer_events_pending_aggregate`` (the walk
-   index's predicate keeps the check off it: migration 20261202_1610). A head waiting out
-   a backoff holds back its own aggregate only.
-2. ``AGGREGATE_RUNS``: when few aggregates have work, the next pending events of each head's
-   aggregate in sequence order, so a busy customer is not published one event per round.
+1. ``DUE_HEADS``: per tenant (``consumer_id``) with pending events, found by a skip scan
+   of the partial index ``ix_customer_events_pending (consumer_id, next_attempt_at,
+   created_at, sequence)``, an equal share of the batch: that tenant's oldest due pending
+   events of the leased partitions that have no earlier pending event in their aggregate
+   (the aggregate's head), in walk order (events written at the same instant come in
+   sequence order, so heads come before the events behind them). The per-row check uses
+   ``ix_customer_events_pending_aggregate`` (the walk index's predicate keeps the check
+   off it: migration 20261202_1610). A head waiting out a backoff holds back its own
+   aggregate only; a tenant's share never goes to another tenant's backlog unused.
+2. ``AGGREGATE_RUNS``: when few aggregates have work, the next pending events of each
+   head's aggregate that has more (``has_more``) in sequence order, so a busy customer is
+   not published one event per round.
 """
 
 from __future__ import annotations
@@ -90,14 +93,26 @@ DUE_HEADS = text(
         ORDER BY consumer_id <= CAST(:after AS uuid), consumer_id
         LIMIT :limit
     ),
+    quotas AS (
+        SELECT e.consumer_id,
+               (SELECT k.heads
+                FROM unnest(CAST(:known AS uuid[]), CAST(:known_heads AS integer[]))
+                    AS k(consumer_id, heads)
+                WHERE k.consumer_id = e.consumer_id) AS known
+        FROM eligible e
+    ),
     share AS (
-        SELECT CAST(ceil(CAST(:limit AS float8) / greatest(count(*), 1)) AS integer) AS heads
-        FROM eligible
+        SELECT CAST(ceil(
+                   greatest(CAST(:limit AS float8) - coalesce(sum(known), 0),
+                            count(*) FILTER (WHERE known IS NULL))
+                   / greatest(count(*) FILTER (WHERE known IS NULL), 1)) AS integer) AS heads
+        FROM quotas
     )
-    SELECT heads.*, share.heads AS tenant_share FROM eligible t CROSS JOIN share
+    SELECT heads.*, coalesce(t.known, share.heads) AS tenant_share
+    FROM quotas t CROSS JOIN share
     CROSS JOIN LATERAL ("""
     + TENANT_WALK
-    + """ LIMIT share.heads) AS heads
+    + """ LIMIT coalesce(t.known, share.heads)) AS heads
     """
 )
 
@@ -199,14 +214,16 @@ def due_heads(
     limit: int,
     held: Sequence[str] = (),
     after: str | None = None,
+    known: dict[str, int] | None = None,
 ) -> list[Row[Any]]:
     """Up to about ``limit`` due aggregate heads of ``partitions``, shared fairly by tenant.
 
-    Every tenant with pending events (but those in ``held``) gets an equal share of
-    ``limit``, its oldest due heads first; the share a tenant leaves unused goes to those
-    that filled theirs (``_fill``). When more than ``limit`` tenants have work, the
-    ``limit`` tenants after ``after`` (the last one served, in ``consumer_id`` order,
-    wrapping) get one head each.
+    Every tenant with pending events (but those in ``held``) gets a share of ``limit``,
+    its oldest due heads first: a tenant in ``known`` (one that had fewer heads than its
+    share last round) gets the quota given there, the others split the rest equally. The
+    share a tenant leaves unused anyway goes to those that filled theirs (``_fill``).
+    When more than ``limit`` tenants have work, the ``limit`` tenants after ``after`` (the
+    last one served, in ``consumer_id`` order, wrapping) get one head each.
 
     The planner hints (this transaction only) keep it on the ordered walk of the partial
     index and on index probes per head when statistics are stale after a sudden backlog,
@@ -221,6 +238,8 @@ def due_heads(
         "limit": limit,
         "held": list(held),
         "after": after,
+        "known": list(known or {}),
+        "known_heads": list((known or {}).values()),
     }
     heads = connection.execute(HINTED_DUE_HEADS, params).all()
     return _fill(connection, heads, params)
@@ -241,12 +260,12 @@ def _fill(
     by_tenant: dict[Any, list[Row[Any]]] = {}
     for row in heads:
         by_tenant.setdefault(row.consumer_id, []).append(row)
-    share = heads[0].tenant_share
-    full = [tenant for tenant, rows in by_tenant.items() if len(rows) >= share]
+    full = [t for t, rows in by_tenant.items() if len(rows) >= rows[0].tenant_share]
     if not full:
         return list(heads)
-    more = share + max(1, spare // len(full))
-    fill = {**params, "tenants": [str(t) for t in full], "limits": [more] * len(full)}
+    extra = max(1, spare // len(full))
+    limits = [by_tenant[t][0].tenant_share + extra for t in full]
+    fill = {**params, "tenants": [str(t) for t in full], "limits": limits}
     refilled: dict[Any, list[Row[Any]]] = {}
     for row in connection.execute(TENANT_HEADS, fill):
         refilled.setdefault(row.consumer_id, []).append(row)

@@ -3,11 +3,15 @@
 Relays share the outbox by partitions of the aggregate key, each leased to one relay at a
 time (``service.messaging.publish.leases``). One round, for the partitions held:
 
-1. read (no row locks, short transaction) the due aggregate heads and, when few aggregates
-   have work, the pending events behind them (``service.events.outbox``);
+1. read (no row locks, short transaction) the due aggregate heads, shared fairly by
+   tenant, and, when few aggregates have work, the pending events behind them
+   (``service.events.outbox``); tenants whose queue is full are left out
+   (``service.messaging.publish.tenants``);
 2. publish each aggregate's run in sequence order, wave by wave with confirms
-   (``service.messaging.publish.ordered``), only while the leases are valid;
-3. record the outcomes in one short transaction, fenced by the leases' tokens.
+   (``service.messaging.publish.ordered``), each message only while its lease's local
+   deadline holds, checked right before its ``basic_publish``;
+3. record the outcomes in one short transaction, fenced by the leases' tokens (a nack,
+   "queue full", is not recorded: the event stays pending as it was).
 
 No lock is held while the broker is waited on: confirm-delivery, resend and redeliver never
 wait for a relay. A crash between the broker's confirm and the record republishes those
@@ -17,7 +21,9 @@ the worker skips stale duplicates by their sequence. Those republished events ar
 for the last delivered sequence only for them, not for every first copy.
 
 The relay sleeps on LISTEN fintegrate_customer_events (sent by an insert trigger) with a
-poll fallback, and stops between rounds when ``stop`` is set.
+poll fallback, right after a round that read everything due (notifications are cleared
+before each read, so one that arrives later means new work), and stops between rounds
+when ``stop`` is set.
 """
 
 from __future__ import annotations
@@ -268,6 +274,7 @@ def _read_runs(
             batch_size,
             held=turns.holds.held(),
             after=turns.after,
+            known=turns.known,
         )
         turns.served(heads)
         if not heads:
@@ -519,9 +526,10 @@ class OutboxRelay:
         if now - self._reported_at >= REPORT_EVERY_SECONDS:
             self._reported_at = now
             log.info(
-                "relay: %d published, %d failed attempts so far",
+                "relay: %d published, %d failed attempts, %d refused (queue full) so far",
                 self.totals.published,
                 self.totals.failed,
+                self.totals.refused,
             )
 
 

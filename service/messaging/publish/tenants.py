@@ -1,8 +1,10 @@
 """The relay's per-tenant state across rounds: the turn order, and tenants held back.
 
-Fairness: every round gives each tenant with due events an equal share of the batch
-(``service.events.outbox.due_heads``); ``TenantTurns.after`` remembers the last tenant
-served, so when more tenants than the batch have work the next round starts after it.
+Fairness: every round gives each tenant with due events a share of the batch
+(``service.events.outbox.due_heads``); ``TenantTurns.known`` remembers the small demands
+of the last round (the rest goes to the backlogged tenants), and ``TenantTurns.after`` the
+last tenant served, so when more tenants than the batch have work the next round starts
+after it.
 
 Queue full: tenant queues are declared ``x-overflow: reject-publish``: at
 ``x-max-length`` the broker refuses new messages with a ``basic.nack`` instead of
@@ -112,7 +114,22 @@ class TenantTurns:
 
     holds: QueueFullHolds = field(default_factory=QueueFullHolds)
     after: str | None = None  # the last tenant served
+    known: dict[str, int] = field(default_factory=dict)  # tenant -> quota, from its demand
 
     def served(self, heads: Sequence[Row[Any]]) -> None:
-        """Remember the last tenant of this round's heads (they come in turn order)."""
+        """Remember the last tenant of this round's heads (they come in turn order), and
+        the demand of the tenants that had fewer heads than their share.
+
+        Such a tenant's next quota is twice what it had (so a growing trickle doubles its
+        quota each round, and one that fills it gets an equal share again): the rest of
+        the batch goes to the tenants with a backlog in the first read, instead of a
+        second read handing them what the small ones left.
+        """
         self.after = str(heads[-1].consumer_id) if heads else None
+        counts: dict[str, int] = {}
+        shares: dict[str, int] = {}
+        for head in heads:
+            tenant = str(head.consumer_id)
+            counts[tenant] = counts.get(tenant, 0) + 1
+            shares[tenant] = head.tenant_share
+        self.known = {t: 2 * n for t, n in counts.items() if n < shares[t]}

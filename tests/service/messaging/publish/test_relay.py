@@ -396,6 +396,8 @@ def explain_due_heads(engine: Engine, settings: Settings, limit: int) -> dict[st
         "partition_count": partitions,
         "held": [],
         "after": None,
+        "known": [],
+        "known_heads": [],
     }
     with engine.begin() as connection:
         connection.execute(outbox.PLANNER_HINTS)
