@@ -146,6 +146,12 @@ def _summarise(
 def show_plan(chosen: archive.ArchivePlan) -> None:
     rows = [p.as_dict() for p in chosen.archive]
     print_table(rows, PLAN_COLUMNS, f"To archive (before {chosen.cutoff:%Y-%m-%d %H:%M} UTC)")
+    if chosen.default_rows:
+        info(
+            f"{chosen.default_rows} event(s) older than the cut-off wait in the DEFAULT "
+            "partition; a run (or `fintegrate maintain`) moves them into partitions of their "
+            "own first, then archives them"
+        )
     if chosen.keep:
         kept = [p.as_dict() for p in chosen.keep]
         print_table(kept, PLAN_COLUMNS, "Kept: events whose delivery is not final")

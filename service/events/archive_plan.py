@@ -67,6 +67,7 @@ class ArchivePlan:
     directory: Path
     expire_before: datetime | None = None
     expiry_days: int | None = None
+    default_rows: int = 0
     archive: list[PartitionPlan] = field(default_factory=list)
     keep: list[PartitionPlan] = field(default_factory=list)
 
@@ -83,6 +84,7 @@ class ArchivePlan:
             "events_to_expire": sum(p.expirable for p in self.archive),
             "expire_before": _iso(self.expire_before),
             "events_kept_not_final": sum(p.not_final for p in self.keep),
+            "events_in_default_partition": self.default_rows,
             "archive": [p.as_dict() for p in self.archive],
             "keep": [p.as_dict() for p in self.keep],
         }
@@ -144,6 +146,7 @@ def plan_archive(
         cutoff = now - timedelta(days=older_than_days)
         expire_before = now - timedelta(days=expiry_days) if expiry_days else None
         plan = ArchivePlan(older_than_days, cutoff, target, expire_before, expiry_days)
+        plan.default_rows = partitions.default_rows_before(connection, cutoff)
         for part in partitions.list_partitions(connection):
             if part.range_end is None or part.range_end > cutoff or part.detach_pending:
                 continue

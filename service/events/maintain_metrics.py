@@ -6,7 +6,8 @@ from prometheus_client import Counter, Gauge
 
 RUNS = Counter(
     "fintegrate_maintain_runs_total",
-    "Maintenance job runs by job and result (ok, error, skipped: another run held the lock).",
+    "Maintenance job runs by job and result (ok, error, stopped by a signal, skipped: another "
+    "run held the history lock).",
     ["job", "result"],
 )
 LAST_SUCCESS = Gauge(

@@ -107,6 +107,10 @@ class HistoryMaintainer:
     def _run_job(self, name: str, job: Callable[[PassReport], str], report: PassReport) -> None:
         try:
             summary = job(report)
+        except archive.Stopped as exc:  # a stop signal, not a failure
+            metrics.RUNS.labels(name, "stopped").inc()
+            log.info("maintenance job %s: %s", name, exc)
+            return
         except Exception as exc:  # one job failing never stops the others or the process
             report.errors[name] = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             metrics.RUNS.labels(name, "error").inc()

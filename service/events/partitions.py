@@ -64,6 +64,7 @@ DEFAULT_ATTACHED = text(
 ).bindparams(name=DEFAULT_PARTITION)
 DEFAULT_HOLDS_ROWS = text("SELECT EXISTS (SELECT 1 FROM customer_events_default)")
 OLDEST_DEFAULT_ROW = text("SELECT min(created_at) FROM customer_events_default")
+DEFAULT_ROWS_BEFORE = text("SELECT count(*) FROM customer_events_default WHERE created_at < :at")
 DETACH_PENDING = text(
     "SELECT inhdetachpending FROM pg_inherits "
     "WHERE inhrelid = to_regclass(:name) AND inhparent = 'customer_events'::regclass"
@@ -223,6 +224,13 @@ def detached_frozen_tables(connection: Connection) -> list[str]:
 def oldest_default_row(connection: Connection) -> datetime | None:
     oldest: datetime | None = connection.execute(OLDEST_DEFAULT_ROW).scalar_one()
     return oldest
+
+
+def default_rows_before(connection: Connection, at: datetime) -> int:
+    """Rows waiting in DEFAULT created before ``at`` (0 while DEFAULT is detached: none)."""
+    if not default_attached(connection):
+        return 0
+    return int(connection.execute(DEFAULT_ROWS_BEFORE, {"at": at}).scalar_one())
 
 
 def create_partition(connection: Connection, start: datetime, end: datetime) -> str:

@@ -99,6 +99,8 @@ def test_thirty_days_with_one_in_sixty_undelivered_archive_every_event_past_the_
 ) -> None:
     engine = weekly_engine if layout == "weekly partitions" else bare_engine
     thirty_days_one_in_sixty_undelivered(engine)
+    waiting = archive.plan_archive(engine, 10, tmp_path).default_rows
+    assert (waiting > 0) == (layout == "written late into DEFAULT")  # the preview says so
     maintenance.move_default_rows(engine, 7, LockPolicy())  # what `events archive` does first
     plan = archive.plan_archive(engine, 10, tmp_path, expiry_days=7)
     with engine.connect() as connection:

@@ -265,6 +265,7 @@ def test_a_lock_on_an_old_partition_never_stalls_creates_or_confirmations(
     assert message and "AccessShareLock" in message[-1] and "nothing changed" in message[-1]
     latencies.sort()
     p99 = latencies[int(len(latencies) * 0.99) - 1]
+    print(f"HISTORY-LOCK requests={len(latencies)} p99={p99:.3f}s max={latencies[-1]:.3f}s")
     assert len(latencies) >= 20 and p99 < 1.0 and latencies[-1] < 4.0, latencies[-5:]
     with history_engine.connect() as connection:
         kept = [p for p in partitions.list_partitions(connection) if p.name == oldest]
