@@ -290,7 +290,7 @@ def test_erasure_answers_503_while_a_busy_publish_holds_the_customer(
             f"/customer/data/{customer['customer_id']}/erase", headers=tenant["headers"]
         )
     assert_envelope(busy, 503)
-    assert "nothing was erased" in busy.json()["detail"]["status_description"]
+    assert "was not erased" in busy.json()["detail"]["status_description"]
     assert all(e.payload_json != ERASED for e in events_of(engine, customer["customer_id"]))
 
 

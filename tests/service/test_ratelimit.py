@@ -35,6 +35,7 @@ LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
     "uvloop": uvloop.new_event_loop,
 }
 POLL_SECONDS = 0.05
+GENEROUS = 0.5  # a Redis budget for tests that are not about the budget (a busy machine)
 WAIT_BOUND_SECONDS = 10.0
 
 
@@ -391,7 +392,7 @@ def test_the_local_bucket_carries_on_from_what_redis_said(
     redis_url: str,
 ):
     proxy = tcp_proxy_factory(*target_of(redis_url))
-    limiter = make_limiter(redis_url=proxy.url_for(redis_url))
+    limiter = make_limiter(redis_url=proxy.url_for(redis_url), redis_timeout_seconds=GENEROUS)
     spent = take(limiter, 3, per_minute=1, burst=3)
     assert all(decided_by_redis(d) and d.allowed for d in spent)
 
@@ -410,16 +411,18 @@ def test_one_slow_reply_does_not_open_the_breaker(
     monkeypatch: pytest.MonkeyPatch,
 ):
     proxy = tcp_proxy_factory(*target_of(redis_url))
-    limiter = make_limiter(redis_url=proxy.url_for(redis_url), redis_retry_seconds=60)
-    assert decided_by_redis(limiter.check("b", 60, 5))
+    limiter = make_limiter(
+        redis_url=proxy.url_for(redis_url), redis_retry_seconds=60, redis_timeout_seconds=0.25
+    )
+    assert wait_for(lambda: decided_by_redis(limiter.check("b", 60, 5)))  # connected, loaded
     calls = count_script_calls(limiter, monkeypatch)
 
-    proxy.delay(0.3)
+    proxy.delay(1.0)
     late = limiter.check("b", 60, 5)
     proxy.pass_through()
     after = [limiter.check("b", 60, 5) for _ in range(3)]
 
-    assert decided_locally(late), "the reply came after the 50 ms budget"
+    assert decided_locally(late), "the reply came after the budget"
     assert not limiter.store.breaker_open
     assert all(decided_by_redis(d) for d in after)
     assert len(calls) == 4, "every check after the late reply went to Redis"
@@ -448,7 +451,7 @@ def test_the_breaker_opens_after_consecutive_failures_and_skips_redis(
 def test_an_error_reply_fails_only_its_own_caller(
     make_limiter: Callable[..., LimiterDriver], redis_url: str, monkeypatch: pytest.MonkeyPatch
 ):
-    limiter = make_limiter()
+    limiter = make_limiter(redis_timeout_seconds=GENEROUS)
     assert decided_by_redis(limiter.check("warm-up", 60, 5))
     with redis.Redis.from_url(redis_url) as client:
         client.rpush(RATE_KEY_PREFIX + "broken", "not a timestamp")  # GET answers WRONGTYPE
@@ -468,7 +471,7 @@ def test_out_of_memory_replies_fall_back_then_recover(
     make_limiter: Callable[..., LimiterDriver], private_redis: Callable[..., str]
 ):
     url = private_redis("--maxmemory-policy", "noeviction")
-    limiter = make_limiter(redis_url=url)
+    limiter = make_limiter(redis_url=url, redis_timeout_seconds=GENEROUS)
     assert decided_by_redis(limiter.check("b", 1, 5))
     with redis.Redis.from_url(url) as server:
         server.config_set("maxmemory", 1)
