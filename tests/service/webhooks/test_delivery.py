@@ -326,3 +326,39 @@ def test_a_disabled_tenants_deliveries_wait_until_it_is_enabled(
     assert_envelope(client.patch(path, json={"status": "active"}, headers=admin_headers), 200)
     deliver()
     assert len(receiver.wait_for(1)) == 1
+
+
+def test_an_endpoint_failing_past_the_disable_window_is_disabled_with_an_audit_row(
+    client: TestClient,
+    create_consumer: Callable[..., Any],
+    receiver_factory: Any,
+    deliver: Any,
+    engine: Engine,
+) -> None:
+    receiver = receiver_factory(lambda item, index: (500, {}, b"down"))
+    tenant = create_consumer()
+    endpoint = endpoint_for(client, tenant, receiver)
+    with engine.begin() as connection:  # it has been failing for 121 hours already
+        connection.execute(
+            text(
+                "UPDATE webhook_endpoints SET consecutive_failures = 3,"
+                " failing_since = now() - interval '121 hours' WHERE endpoint_id = :e"
+            ),
+            {"e": endpoint["endpoint_id"]},
+        )
+    customers_with_events(client, tenant, customers=1, changes=0)
+    deliver(webhook_breaker_failures=1000)  # ends once the endpoint is no longer enabled
+    shown = assert_envelope(
+        client.get(f"{PATH}/{endpoint['endpoint_id']}", headers=tenant["headers"]), 200
+    )
+    assert (shown["status"], shown["disabled_reason"]) == ("disabled", "failing")
+    assert len(receiver.received) == 1
+    with engine.connect() as connection:
+        detail = connection.execute(
+            text(
+                "SELECT detail_json FROM audit_log WHERE action = 'webhook_endpoint_disabled'"
+                " AND consumer_id = :c"
+            ),
+            {"c": tenant["consumer_id"]},
+        ).scalar_one()
+    assert detail["reason"] == "failing" and detail["failing_for_hours"] == 120
