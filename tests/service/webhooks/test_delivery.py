@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -362,3 +363,26 @@ def test_an_endpoint_failing_past_the_disable_window_is_disabled_with_an_audit_r
             {"c": tenant["consumer_id"]},
         ).scalar_one()
     assert detail["reason"] == "failing" and detail["failing_for_hours"] == 120
+
+
+def test_the_per_endpoint_in_flight_cap_holds(
+    client: TestClient, create_consumer: Callable[..., Any], receiver_factory: Any, deliver: Any
+) -> None:
+    lock, busy, peak = threading.Lock(), [0], [0]
+
+    def slow(item: Received, index: int) -> tuple[int, dict[str, str], bytes]:
+        with lock:
+            busy[0] += 1
+            peak[0] = max(peak[0], busy[0])
+        time.sleep(0.3)
+        with lock:
+            busy[0] -= 1
+        return 200, {}, b"ok"
+
+    receiver = receiver_factory(slow)
+    tenant = create_consumer()
+    endpoint_for(client, tenant, receiver)
+    customers_with_events(client, tenant, customers=8, changes=0)
+    deliver(webhook_max_in_flight_per_endpoint=2)
+    assert len(receiver.received) == 8
+    assert peak[0] == 2  # customers in parallel, never more than the cap
