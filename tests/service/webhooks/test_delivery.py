@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -386,3 +387,22 @@ def test_the_per_endpoint_in_flight_cap_holds(
     deliver(webhook_max_in_flight_per_endpoint=2)
     assert len(receiver.received) == 8
     assert peak[0] == 2  # customers in parallel, never more than the cap
+
+
+def test_a_refused_connection_is_retried_and_its_error_recorded(
+    client: TestClient, create_consumer: Callable[..., Any], deliver: Any, engine: Engine
+) -> None:
+    with socket.socket() as probe:  # a loopback port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    tenant = create_consumer()
+    created = client.post(
+        PATH, json={"url": f"http://127.0.0.1:{port}/hook"}, headers=tenant["headers"]
+    )
+    endpoint = assert_envelope(created, 201)
+    customers_with_events(client, tenant, customers=1, changes=0)
+    deliver(webhook_breaker_failures=1000)  # 4 attempts on 0.2 s delays, then failed
+    tried = attempts(client, tenant, endpoint["endpoint_id"])
+    assert [a["status"] for a in tried] == ["retrying", "retrying", "retrying", "failed"]
+    assert all(a["response_status"] is None and "Connect" in a["error"] for a in tried)
+    assert [a["next_attempt_at"] is None for a in tried] == [False, False, False, True]
