@@ -406,3 +406,23 @@ def test_a_refused_connection_is_retried_and_its_error_recorded(
     assert [a["status"] for a in tried] == ["retrying", "retrying", "retrying", "failed"]
     assert all(a["response_status"] is None and "Connect" in a["error"] for a in tried)
     assert [a["next_attempt_at"] is None for a in tried] == [False, False, False, True]
+
+
+def test_redirects_are_not_followed_and_bodies_are_cut_at_4_kib(
+    client: TestClient, create_consumer: Callable[..., Any], receiver_factory: Any, deliver: Any
+) -> None:
+    def redirect(item: Received, index: int) -> tuple[int, dict[str, str], bytes]:
+        if index == 0:
+            return 302, {"Location": "http://127.0.0.1:9/elsewhere"}, b"x" * 10_000
+        return 200, {}, b"ok"
+
+    receiver = receiver_factory(redirect)
+    tenant = create_consumer()
+    endpoint = endpoint_for(client, tenant, receiver)
+    customers_with_events(client, tenant, customers=1, changes=0)
+    deliver(webhook_breaker_failures=1000)
+    first, second = attempts(client, tenant, endpoint["endpoint_id"])
+    assert (first["status"], first["response_status"]) == ("retrying", 302)
+    assert first["response_body"] == "x" * 4096
+    assert second["status"] == "succeeded"
+    assert [item.path for item in receiver.received] == ["/hook", "/hook"]
