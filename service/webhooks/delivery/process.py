@@ -158,20 +158,10 @@ class WebhookDeliverer:
     ) -> bool:
         """One transaction: the delivery (fenced), the attempt, the endpoint, the receipt."""
         with self.engine.begin() as connection:
-            recorded = repository.record_outcome(
-                connection,
-                row.delivery_id,
-                row.claim_token,
-                decision.delivery_status,
-                decision.next_attempt_at,
-                None if result.succeeded else _error_of(result),
-            )
-            if not recorded:
+            attempt = _attempt_row(row, attempt_number, result, decision)
+            if not repository.record_attempt(connection, attempt):
                 log.warning("claim on delivery %s was lost; outcome dropped", row.delivery_id)
                 return False
-            repository.insert_attempt(
-                connection, _attempt_row(row, attempt_number, result, decision)
-            )
             self._record_health(connection, row, result, decision)
             if result.succeeded:
                 detail = RECEIPT_DETAIL.format(endpoint_id=row.endpoint_id)
@@ -238,10 +228,10 @@ def _attempt_row(
 ) -> dict[str, Any]:
     return {
         "delivery_id": row.delivery_id,
-        "endpoint_id": row.endpoint_id,
-        "event_id": row.event_id,
+        "claim_token": row.claim_token,
+        "delivery_status": decision.delivery_status,
         "attempt_number": attempt_number,
-        "status": decision.attempt_status,
+        "attempt_status": decision.attempt_status,
         "started_at": result.started_at,
         "duration_ms": result.duration_ms,
         "response_status": result.status_code,
