@@ -5,7 +5,7 @@ endpoint's cap) while a thread pool POSTs; each finished POST records its outcom
 transaction: the delivery (fenced by its claim token), the attempt row, the endpoint's
 health (breaker, auto-disable, with an audit row), and on 2xx the ``processed`` receipt the
 queue channel writes too. Several processes may run: claims never overlap, and a killed
-process's claims lapse after the timeout plus ``CLAIM_MARGIN_SECONDS`` and are sent again.
+process's claims lapse after ``claim_seconds(timeout)`` and are sent again.
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ from service.webhooks.signing import SecretBox
 log = logging.getLogger(__name__)
 
 CLAIM_MARGIN_SECONDS = 10.0
+# httpx's timeout bounds each phase (pool, connect, write, read), not the whole POST.
+TIMEOUT_PHASES = 4
 BUSY_WAIT_SECONDS = 0.02
 RECEIPT_DETAIL = "webhook {endpoint_id}"
 
@@ -72,7 +74,7 @@ class WebhookDeliverer:
         self.worker_id = str(uuid.uuid4())
         self.totals = DeliveryTotals()
         self.concurrency = settings.webhook_delivery_concurrency
-        self.claim_seconds = settings.webhook_timeout_seconds + CLAIM_MARGIN_SECONDS
+        self.claim_seconds = claim_seconds(settings.webhook_timeout_seconds)
         policy = DestinationPolicy.from_settings(
             settings.environment, settings.webhook_allowed_cidrs
         )
@@ -221,6 +223,12 @@ class WebhookDeliverer:
             pending = list(self._in_flight)
         for future in pending:
             future.result()
+
+
+def claim_seconds(timeout_seconds: float) -> float:
+    """How long a claim lasts: longer than the slowest POST the timeout allows, plus a margin
+    to record it, so a live process's claim never lapses under it."""
+    return timeout_seconds * TIMEOUT_PHASES + CLAIM_MARGIN_SECONDS
 
 
 def _attempt_row(
