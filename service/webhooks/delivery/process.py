@@ -5,7 +5,7 @@ endpoint's cap) while a thread pool POSTs; each finished POST records its outcom
 transaction: the delivery (fenced by its claim token), the attempt row, the endpoint's
 health (breaker, auto-disable, with an audit row), and on 2xx the ``processed`` receipt the
 queue channel writes too. Several processes may run: claims never overlap, and a killed
-process's claims lapse after the timeout plus ``CLAIM_MARGIN_SECONDS`` and are sent again.
+process's claims lapse after ``claim_seconds(timeout)`` and are sent again.
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ from service.webhooks.signing import SecretBox
 log = logging.getLogger(__name__)
 
 CLAIM_MARGIN_SECONDS = 10.0
+# httpx's timeout bounds each phase (pool, connect, write, read), not the whole POST.
+TIMEOUT_PHASES = 4
 BUSY_WAIT_SECONDS = 0.02
 RECEIPT_DETAIL = "webhook {endpoint_id}"
 
@@ -73,7 +75,7 @@ class WebhookDeliverer:
         self.worker_id = str(uuid.uuid4())
         self.totals = DeliveryTotals()
         self.concurrency = settings.webhook_delivery_concurrency
-        self.claim_seconds = settings.webhook_timeout_seconds + CLAIM_MARGIN_SECONDS
+        self.claim_seconds = claim_seconds(settings.webhook_timeout_seconds)
         policy = DestinationPolicy.from_settings(
             settings.environment, settings.webhook_allowed_cidrs
         )
@@ -166,20 +168,10 @@ class WebhookDeliverer:
     ) -> bool:
         """One transaction: the delivery (fenced), the attempt, the endpoint, the receipt."""
         with self.engine.begin() as connection:
-            recorded = repository.record_outcome(
-                connection,
-                row.delivery_id,
-                row.claim_token,
-                decision.delivery_status,
-                decision.next_attempt_at,
-                None if result.succeeded else _error_of(result),
-            )
-            if not recorded:
+            attempt = _attempt_row(row, attempt_number, result, decision)
+            if not repository.record_attempt(connection, attempt):
                 log.warning("claim on delivery %s was lost; outcome dropped", row.delivery_id)
                 return False
-            repository.insert_attempt(
-                connection, _attempt_row(row, attempt_number, result, decision)
-            )
             self._record_health(connection, row, result, decision)
             if result.succeeded:
                 detail = RECEIPT_DETAIL.format(endpoint_id=row.endpoint_id)
@@ -241,15 +233,21 @@ class WebhookDeliverer:
             future.result()
 
 
+def claim_seconds(timeout_seconds: float) -> float:
+    """How long a claim lasts: longer than the slowest POST the timeout allows, plus a margin
+    to record it, so a live process's claim never lapses under it."""
+    return timeout_seconds * TIMEOUT_PHASES + CLAIM_MARGIN_SECONDS
+
+
 def _attempt_row(
     row: Any, attempt_number: int, result: AttemptResult, decision: Decision
 ) -> dict[str, Any]:
     return {
         "delivery_id": row.delivery_id,
-        "endpoint_id": row.endpoint_id,
-        "event_id": row.event_id,
+        "claim_token": row.claim_token,
+        "delivery_status": decision.delivery_status,
         "attempt_number": attempt_number,
-        "status": decision.attempt_status,
+        "attempt_status": decision.attempt_status,
         "started_at": result.started_at,
         "duration_ms": result.duration_ms,
         "response_status": result.status_code,

@@ -21,12 +21,14 @@ from uuid import UUID
 
 from sqlalchemy import Connection, Row, text
 
-CLAIM_LOCK = text("SELECT pg_advisory_xact_lock(hashtext('fintegrate_webhook_claims'))")
-# Claims and outcomes need not wait for the WAL flush: a crash that loses the last of them
-# only makes a claim lapse or an event be POSTed again with the same webhook-id (delivery
-# is at least once), never loses or reorders a delivery (the fan-out rows commit with the
-# event, synchronously).
-NO_FLUSH_WAIT = text("SET LOCAL synchronous_commit = off")
+# Claims and outcomes need not wait for the WAL flush (SET LOCAL): a crash that loses the
+# last of them only makes a claim lapse or an event be POSTed again with the same webhook-id
+# (delivery is at least once), never loses or reorders a delivery (the fan-out rows commit
+# with the event, synchronously).
+CLAIM_LOCK = text(
+    "SET LOCAL synchronous_commit = off;"
+    " SELECT pg_advisory_xact_lock(hashtext('fintegrate_webhook_claims'))"
+)
 CLAIM = text(
     """
     WITH candidates AS (
@@ -78,27 +80,31 @@ CLAIM = text(
     LEFT JOIN consumers c ON c.consumer_id = e.consumer_id
     """
 )
-# The outcome of one attempt, fenced by the claim's token: a process whose claim lapsed and
-# was taken over records nothing.
-RECORD_OUTCOME = text(
+# The outcome of one attempt and its attempt row, in one round trip, fenced by the claim's
+# token: a process whose claim lapsed and was taken over records nothing at all.
+RECORD_ATTEMPT = text(
     """
-    UPDATE webhook_deliveries
-    SET status = :status, attempt_count = attempt_count + 1,
-        next_attempt_at = coalesce(CAST(:next_attempt_at AS timestamptz), next_attempt_at),
-        delivered_at = CASE WHEN :status = 'delivered' THEN now() ELSE delivered_at END,
-        last_error = :error, claimed_by = NULL, claimed_until = NULL
-    WHERE delivery_id = :delivery_id AND claim_token = :claim_token AND status = 'pending'
-    RETURNING delivery_id
-    """
-)
-INSERT_ATTEMPT = text(
-    """
+    SET LOCAL synchronous_commit = off;
+    WITH moved AS (
+        UPDATE webhook_deliveries
+        SET status = :delivery_status, attempt_count = attempt_count + 1,
+            next_attempt_at = coalesce(CAST(:next_attempt_at AS timestamptz), next_attempt_at),
+            delivered_at = CASE WHEN :delivery_status = 'delivered' THEN now()
+                                ELSE delivered_at END,
+            last_error = CAST(:error AS text), claimed_by = NULL, claimed_until = NULL
+        WHERE delivery_id = :delivery_id AND claim_token = :claim_token AND status = 'pending'
+        RETURNING delivery_id, endpoint_id, event_id
+    )
     INSERT INTO webhook_attempts
         (delivery_id, endpoint_id, event_id, attempt_number, status, started_at, duration_ms,
          response_status, response_body, error, next_attempt_at)
-    VALUES
-        (:delivery_id, :endpoint_id, :event_id, :attempt_number, :status, :started_at,
-         :duration_ms, :response_status, :response_body, :error, :next_attempt_at)
+    SELECT delivery_id, endpoint_id, event_id, CAST(:attempt_number AS integer),
+           CAST(:attempt_status AS text), CAST(:started_at AS timestamptz),
+           CAST(:duration_ms AS integer), CAST(:response_status AS integer),
+           CAST(:response_body AS text), CAST(:error AS text),
+           CAST(:next_attempt_at AS timestamptz)
+    FROM moved
+    RETURNING delivery_id
     """
 )
 LIST_ATTEMPTS = text(
@@ -177,7 +183,6 @@ def claim_due(
     claim_seconds: float,
 ) -> Sequence[Row[Any]]:
     """Claim up to ``limit`` due heads (within each endpoint's cap) with their event rows."""
-    connection.execute(NO_FLUSH_WAIT)
     connection.execute(CLAIM_LOCK)
     params = {
         "worker_id": worker_id,
@@ -190,28 +195,10 @@ def claim_due(
     return connection.execute(CLAIM, params).all()
 
 
-def record_outcome(
-    connection: Connection,
-    delivery_id: UUID,
-    claim_token: int,
-    status: str,
-    next_attempt_at: datetime | None,
-    error: str | None,
-) -> bool:
-    """Record one attempt's result on the delivery; False when the claim was lost."""
-    connection.execute(NO_FLUSH_WAIT)
-    params = {
-        "delivery_id": delivery_id,
-        "claim_token": claim_token,
-        "status": status,
-        "next_attempt_at": next_attempt_at,
-        "error": error,
-    }
-    return connection.execute(RECORD_OUTCOME, params).first() is not None
-
-
-def insert_attempt(connection: Connection, attempt: dict[str, Any]) -> None:
-    connection.execute(INSERT_ATTEMPT, attempt)
+def record_attempt(connection: Connection, attempt: dict[str, Any]) -> bool:
+    """Record one attempt on its delivery (RECORD_ATTEMPT's parameters); False when the
+    claim was lost."""
+    return connection.execute(RECORD_ATTEMPT, attempt).first() is not None
 
 
 def list_attempts(

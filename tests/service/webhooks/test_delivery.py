@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import socket
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -326,3 +328,101 @@ def test_a_disabled_tenants_deliveries_wait_until_it_is_enabled(
     assert_envelope(client.patch(path, json={"status": "active"}, headers=admin_headers), 200)
     deliver()
     assert len(receiver.wait_for(1)) == 1
+
+
+def test_an_endpoint_failing_past_the_disable_window_is_disabled_with_an_audit_row(
+    client: TestClient,
+    create_consumer: Callable[..., Any],
+    receiver_factory: Any,
+    deliver: Any,
+    engine: Engine,
+) -> None:
+    receiver = receiver_factory(lambda item, index: (500, {}, b"down"))
+    tenant = create_consumer()
+    endpoint = endpoint_for(client, tenant, receiver)
+    with engine.begin() as connection:  # it has been failing for 121 hours already
+        connection.execute(
+            text(
+                "UPDATE webhook_endpoints SET consecutive_failures = 3,"
+                " failing_since = now() - interval '121 hours' WHERE endpoint_id = :e"
+            ),
+            {"e": endpoint["endpoint_id"]},
+        )
+    customers_with_events(client, tenant, customers=1, changes=0)
+    deliver(webhook_breaker_failures=1000)  # ends once the endpoint is no longer enabled
+    shown = assert_envelope(
+        client.get(f"{PATH}/{endpoint['endpoint_id']}", headers=tenant["headers"]), 200
+    )
+    assert (shown["status"], shown["disabled_reason"]) == ("disabled", "failing")
+    assert len(receiver.received) == 1
+    with engine.connect() as connection:
+        detail = connection.execute(
+            text(
+                "SELECT detail_json FROM audit_log WHERE action = 'webhook_endpoint_disabled'"
+                " AND consumer_id = :c"
+            ),
+            {"c": tenant["consumer_id"]},
+        ).scalar_one()
+    assert detail["reason"] == "failing" and detail["failing_for_hours"] == 120
+
+
+def test_the_per_endpoint_in_flight_cap_holds(
+    client: TestClient, create_consumer: Callable[..., Any], receiver_factory: Any, deliver: Any
+) -> None:
+    lock, busy, peak = threading.Lock(), [0], [0]
+
+    def slow(item: Received, index: int) -> tuple[int, dict[str, str], bytes]:
+        with lock:
+            busy[0] += 1
+            peak[0] = max(peak[0], busy[0])
+        time.sleep(0.3)
+        with lock:
+            busy[0] -= 1
+        return 200, {}, b"ok"
+
+    receiver = receiver_factory(slow)
+    tenant = create_consumer()
+    endpoint_for(client, tenant, receiver)
+    customers_with_events(client, tenant, customers=8, changes=0)
+    deliver(webhook_max_in_flight_per_endpoint=2)
+    assert len(receiver.received) == 8
+    assert peak[0] == 2  # customers in parallel, never more than the cap
+
+
+def test_a_refused_connection_is_retried_and_its_error_recorded(
+    client: TestClient, create_consumer: Callable[..., Any], deliver: Any, engine: Engine
+) -> None:
+    with socket.socket() as probe:  # a loopback port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    tenant = create_consumer()
+    created = client.post(
+        PATH, json={"url": f"http://127.0.0.1:{port}/hook"}, headers=tenant["headers"]
+    )
+    endpoint = assert_envelope(created, 201)
+    customers_with_events(client, tenant, customers=1, changes=0)
+    deliver(webhook_breaker_failures=1000)  # 4 attempts on 0.2 s delays, then failed
+    tried = attempts(client, tenant, endpoint["endpoint_id"])
+    assert [a["status"] for a in tried] == ["retrying", "retrying", "retrying", "failed"]
+    assert all(a["response_status"] is None and "Connect" in a["error"] for a in tried)
+    assert [a["next_attempt_at"] is None for a in tried] == [False, False, False, True]
+
+
+def test_redirects_are_not_followed_and_bodies_are_cut_at_4_kib(
+    client: TestClient, create_consumer: Callable[..., Any], receiver_factory: Any, deliver: Any
+) -> None:
+    def redirect(item: Received, index: int) -> tuple[int, dict[str, str], bytes]:
+        if index == 0:
+            return 302, {"Location": "http://127.0.0.1:9/elsewhere"}, b"x" * 10_000
+        return 200, {}, b"ok"
+
+    receiver = receiver_factory(redirect)
+    tenant = create_consumer()
+    endpoint = endpoint_for(client, tenant, receiver)
+    customers_with_events(client, tenant, customers=1, changes=0)
+    deliver(webhook_breaker_failures=1000)
+    first, second = attempts(client, tenant, endpoint["endpoint_id"])
+    assert (first["status"], first["response_status"]) == ("retrying", 302)
+    assert first["response_body"] == "x" * 4096
+    assert second["status"] == "succeeded"
+    assert [item.path for item in receiver.received] == ["/hook", "/hook"]
