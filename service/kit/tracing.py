@@ -125,26 +125,26 @@ def end_span(current: Any, error: str | None = None) -> None:
 
 
 def traceparent_of(current: Any) -> str | None:
-    """The ``traceparent`` naming ``current`` (a span) as the parent."""
+    """The W3C ``traceparent`` naming ``current`` (a span) as the parent; None if invalid.
+
+    Formatted here rather than through the propagator's ``inject``: the same string, for a
+    fraction of the work on every traced request.
+    """
     if current is None:
         return None
-    from opentelemetry.trace import set_span_in_context
-    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-
-    carrier: dict[str, str] = {}
-    TraceContextTextMapPropagator().inject(carrier, context=set_span_in_context(current))
-    return carrier.get(TRACEPARENT)
+    context = current.get_span_context()
+    if not context.is_valid:
+        return None
+    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
 
 
 def current_traceparent() -> str | None:
     """The ``traceparent`` of the current span; None when off or outside any span."""
     if not ENABLED:
         return None
-    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+    from opentelemetry.trace import get_current_span
 
-    carrier: dict[str, str] = {}
-    TraceContextTextMapPropagator().inject(carrier)
-    return carrier.get(TRACEPARENT)
+    return traceparent_of(get_current_span())
 
 
 def outgoing_headers() -> dict[str, str]:
