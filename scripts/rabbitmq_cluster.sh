@@ -52,6 +52,8 @@ node_env() {
     export RABBITMQ_PID_FILE="$dir/pid"
     export RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
     export ERL_EPMD_ADDRESS=127.0.0.1
+    # a CLI call that fails writes a crash dump into its working directory otherwise
+    export ERL_CRASH_DUMP="$dir/log/erl_crash.dump"
 }
 
 ctl() { # ctl N args...: rabbitmqctl against node N
@@ -80,7 +82,9 @@ loopback_users = none
 CONF
 }
 
-running() { ctl "$1" -q -t 5 ping >/dev/null 2>&1; }
+running() { # without this directory's cookie no node of ours can be running
+    [ -f "$DIR/home/.erlang.cookie" ] && ctl "$1" -q -t 5 ping >/dev/null 2>&1
+}
 
 start_node() {
     local n=$1 dir
