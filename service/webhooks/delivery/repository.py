@@ -151,9 +151,13 @@ RECOVER_WINDOW = text(
 )
 PENDING_IN_RANGE = text(
     """
-    SELECT count(*) FROM webhook_deliveries
-    WHERE status = 'pending' AND event_created_at < :end
-      AND (CAST(:start AS timestamptz) IS NULL OR event_created_at >= CAST(:start AS timestamptz))
+    SELECT count(*) FROM webhook_deliveries d
+    WHERE d.status = 'pending' AND d.event_created_at < :end
+      AND (CAST(:start AS timestamptz) IS NULL
+           OR d.event_created_at >= CAST(:start AS timestamptz))
+      AND EXISTS (SELECT 1 FROM webhook_endpoints w
+                  WHERE w.endpoint_id = d.endpoint_id
+                    AND w.status = 'enabled' AND w.deleted_at IS NULL)
     """
 )
 CHANNEL_BACKLOG = text(
@@ -244,7 +248,10 @@ def recover_window(
 
 
 def pending_in_range(connection: Connection, start: datetime | None, end: datetime) -> int:
-    """Pending deliveries of events created in [start, end): not final for archiving."""
+    """Pending deliveries to enabled endpoints of events created in [start, end): not final
+    for archiving. A disabled endpoint (by its tenant, a 410, or after failing for
+    FINTEGRATE_WEBHOOK_DISABLE_AFTER_HOURS) holds no history back: one silent tenant must
+    not stop archiving for all; its events stay in the archive files."""
     count: int = connection.execute(PENDING_IN_RANGE, {"start": start, "end": end}).scalar_one()
     return count
 
