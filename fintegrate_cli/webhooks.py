@@ -7,17 +7,19 @@ from enum import StrEnum
 from typing import Annotated, Any
 
 import typer
-from prometheus_client import REGISTRY
 
 from fintegrate_cli._client import ApiClient, api_client
 from fintegrate_cli._context import state
 from fintegrate_cli._errors import EXIT_USAGE, CliError
 from fintegrate_cli._output import JsonOption, confirm, emit_record, emit_rows, info, wants_json
-from fintegrate_cli.workers import configure_logging
+from fintegrate_cli.workers import (
+    MetricsHostOption,
+    MetricsPortOption,
+    configure_logging,
+    serve_metrics,
+)
 from service.kit.db import bound_database_waits, create_db_engine
 from service.messaging.shutdown import install_stop_handlers
-from service.ops.metrics_server import start_metrics_server
-from service.ops.platform_metrics import register_event_metrics
 from service.webhooks.delivery.process import WebhookDeliverer
 from service.webhooks.signing import SecretsUnavailable
 
@@ -103,19 +105,13 @@ def deliver_command(
             help="POSTs in flight (FINTEGRATE_WEBHOOK_DELIVERY_CONCURRENCY).",
         ),
     ] = None,
-    metrics_port: Annotated[
-        int | None,
-        typer.Option(
-            "--metrics-port", min=1, max=65535, help="Serve Prometheus metrics on 127.0.0.1:PORT."
-        ),
-    ] = None,
+    metrics_port: MetricsPortOption = None,
+    metrics_host: MetricsHostOption = "127.0.0.1",
 ) -> None:
     """POST events to the tenants' webhook endpoints until SIGTERM/SIGINT (several may run)."""
     cli = state(ctx)
     settings = cli.settings()
-    if metrics_port is not None:
-        register_event_metrics(REGISTRY)
-        start_metrics_server(metrics_port)
+    serve_metrics(metrics_port, metrics_host)
     if concurrency is not None:
         settings = settings.model_copy(update={"webhook_delivery_concurrency": concurrency})
     configure_logging(cli.quiet, cli.debug)

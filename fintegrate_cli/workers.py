@@ -170,11 +170,12 @@ def consume(
     )
 
 
-def serve_metrics(port: int | None, host: str, collector: Collector) -> None:
+def serve_metrics(port: int | None, host: str, collector: Collector | None = None) -> None:
     """With ``--metrics-port``: register the process's families and serve them."""
     if port is None:
         return
-    REGISTRY.register(collector)
+    if collector is not None:
+        REGISTRY.register(collector)
     register_event_metrics(REGISTRY)
     try:
         start_metrics_server(port, host)

@@ -81,7 +81,13 @@ def test_every_process_of_the_stack_is_scraped_on_its_metrics_port() -> None:
         for job in load(PROMETHEUS_DIR / "prometheus.yml")["scrape_configs"]
     }
     assert jobs["api"] == ["customer-service-1:8000", "customer-service-2:8000"]
-    for job, service in (("relay", "relay"), ("worker", "event-consumer")):
+    pairs = (
+        ("relay", "relay"),
+        ("worker", "event-consumer"),
+        ("maintain", "maintain"),
+        ("webhooks", "webhooks-deliver"),
+    )
+    for job, service in pairs:
         [target] = jobs[job]
         host, port = target.split(":")
         command = services[host]["command"]

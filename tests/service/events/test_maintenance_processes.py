@@ -236,9 +236,9 @@ def test_a_lock_on_an_old_partition_never_stalls_creates_or_confirmations(
     try:
         admin = {"X-Admin-Key": str(history_settings.admin_api_key)}
         with httpx.Client(base_url=server.url, timeout=30) as client:
-            tenant = client.post(
-                "/consumer/data", json={"name": f"h_{uuid.uuid4().hex[:8]}"}, headers=admin
-            ).json()["data"]
+            unlimited = {"rate_limit_per_minute": 1_000_000, "rate_limit_burst": 1_000_000}
+            body = {"name": f"h_{uuid.uuid4().hex[:8]}", **unlimited}  # latency, not limits
+            tenant = client.post("/consumer/data", json=body, headers=admin).json()["data"]
             headers = {"X-API-Key": tenant["api_key"]}
             for i in range(60):
                 client.post("/customer/data", json={"name": f"c{i}"}, headers=headers)

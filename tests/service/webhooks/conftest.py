@@ -2,6 +2,9 @@
 
 Receivers are plain-http servers on 127.0.0.1 (SPEC 8 allows http:// only in development,
 and loopback only inside FINTEGRATE_WEBHOOK_ALLOWED_CIDRS): nothing leaves the machine.
+These tests get a database of their own: a deliverer claims every pending delivery of its
+database, and the worker's shared one holds endpoints other tests made (Schemathesis' fuzzed
+URLs, secrets sealed with other keys), which must never be sent to.
 """
 
 from __future__ import annotations
@@ -11,9 +14,11 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, create_engine, text
 
 from service.config import Settings
+from service.kit.db import create_db_engine
+from service.migrations import runner as migrations
 from service.webhooks.delivery.process import WebhookDeliverer
 from tests.support.receiver import Receiver, Responder, always_ok
 
@@ -28,9 +33,29 @@ WEBHOOK_SETTINGS = {
 }
 
 
+@pytest.fixture(scope="package")
+def webhook_database_url(database_factory: Callable[[], str]) -> str:
+    """A migrated database for the webhook tests only."""
+    url = database_factory()
+    migrating = create_engine(url)
+    migrations.apply(migrating)
+    migrating.dispose()
+    return url
+
+
+@pytest.fixture(scope="package")
+def engine(webhook_database_url: str) -> Iterator[Engine]:
+    """An engine on the webhook tests' own database."""
+    own = create_db_engine(
+        Settings(environment="test", database_url=webhook_database_url), pool_size=4
+    )
+    yield own
+    own.dispose()
+
+
 @pytest.fixture
-def settings(settings: Settings) -> Settings:
-    return settings.model_copy(update=WEBHOOK_SETTINGS)
+def settings(settings: Settings, webhook_database_url: str) -> Settings:
+    return settings.model_copy(update={**WEBHOOK_SETTINGS, "database_url": webhook_database_url})
 
 
 @pytest.fixture

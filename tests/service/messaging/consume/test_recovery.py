@@ -67,6 +67,18 @@ def reprovision(settings: Settings, tenant: Tenant) -> None:
     provision_consumer_queues(settings, tenant["name"])
 
 
+def declare_legacy_queue(settings: Settings, tenant: Tenant) -> None:
+    """The tenant queue as queues were declared before ``x-overflow: reject-publish``: full,
+    it drops its oldest message into the DLQ (a queue not yet moved by ``--migrate``)."""
+    arguments = dict(topology.expected_topology(settings, tenant["name"]).queue_arguments)
+    del arguments["x-overflow"]
+    with amqp_channel(settings.rabbitmq_url) as channel:
+        channel.queue_delete(tenant["queue_name"])
+        channel.queue_declare(tenant["queue_name"], durable=True, arguments=arguments)
+        for key in topology.queue_bindings(tenant["name"]):
+            channel.queue_bind(tenant["queue_name"], topology.EXCHANGE, key)
+
+
 def publish_as_relay(settings: Settings, engine: Engine, rows: list[Any]) -> None:
     publish(settings, rows)
     with engine.begin() as connection:
@@ -153,6 +165,7 @@ def test_a_backlog_past_the_max_length_is_delivered_once_in_order(
 ) -> None:
     small = bounded(settings, queue_max_length=5)
     reprovision(small, tenant)
+    declare_legacy_queue(small, tenant)
     customers_with_events(api, tenant, customers=10, events=3)
     rows = interleaved_rows(engine, tenant)
     publish_as_relay(settings, engine, rows)
