@@ -479,17 +479,27 @@ class OutboxRelay:
     def drain(self) -> BatchOutcome:
         """Publish until no due pending event is left (or ``stop``); for tests and scripts.
 
-        Leaves the partitions at the end, so the next relay takes them at once.
+        A round that finds nothing while this relay holds fewer than every partition waits,
+        at most two lease TTLs, for partitions of relays that are gone (one killed a moment
+        ago still counts as live until its lease lapses), then takes them; next to a relay
+        that is alive it ends after that wait with its own share done. Leaves the
+        partitions at the end, so the next relay takes them at once.
         """
         drained = BatchOutcome()
+        patience = time.monotonic() + 2 * self.leases.ttl
         try:
             while not self.stop.is_set():
                 outcome = self.cycle()
                 if outcome is None:
                     continue
                 drained.add(outcome)
-                if outcome.claimed == 0:
+                if outcome.claimed:
+                    continue
+                held = len(self.leases.tenure().partitions)
+                if held >= self.leases.partition_count or time.monotonic() > patience:
                     break
+                self.stop.wait(self.leases.heartbeat_seconds)
+                self.leases.rebalance()
         finally:
             self.leases.leave()
         return drained
