@@ -87,9 +87,18 @@ DUE_HEADS = text(
         FROM tenants WHERE tenants.consumer_id IS NOT NULL
     ),
     eligible AS (
-        SELECT consumer_id FROM tenants
-        WHERE consumer_id IS NOT NULL
-          AND consumer_id <> ALL(CAST(:held AS uuid[]))
+        -- Only tenants with an event due now in the leased partitions: a tenant whose
+        -- pending events all wait for a retry (or sit in another relay's partitions) must
+        -- not take a turn, or a round of such turns reads nothing and the rotation stalls.
+        SELECT t.consumer_id FROM tenants t
+        WHERE t.consumer_id IS NOT NULL
+          AND t.consumer_id <> ALL(CAST(:held AS uuid[]))
+          AND EXISTS (
+              SELECT 1 FROM customer_events d
+              WHERE d.consumer_id = t.consumer_id
+                AND d.publish_status = 'pending' AND d.next_attempt_at <= now()
+                AND fintegrate_aggregate_partition(d.consumer_id, d.customer_id, :partition_count)
+                    = ANY(CAST(:partitions AS integer[])))
         ORDER BY consumer_id <= CAST(:after AS uuid), consumer_id
         LIMIT :limit
     ),

@@ -93,3 +93,34 @@ def test_more_tenants_than_the_batch_take_turns(
     assert all(len(round_served) == 2 for round_served in served)  # one head each, two tenants
     assert served[0] | served[1] == {c for c, _ in tenants}  # nobody waits a third round
     assert served[1] != served[0] and served[2] != served[1]
+
+
+def test_tenants_whose_events_all_wait_for_a_retry_take_no_turn(
+    outbox_settings: Settings, outbox_engine: Engine, tenant: Tenant
+) -> None:
+    _, due, due_queues = tenant
+    waiting = [provisioned_tenant(outbox_settings, outbox_engine, "wait")[0] for _ in range(3)]
+    for consumer_id in waiting:  # pending, but not due for an hour (a publish failed)
+        insert_events(outbox_engine, consumer_id, 2)
+        with outbox_engine.begin() as connection:
+            connection.execute(
+                text(
+                    "UPDATE customer_events SET next_attempt_at = now() + interval '1 hour'"
+                    " WHERE consumer_id = :c"
+                ),
+                {"c": consumer_id},
+            )
+    ids = insert_events(outbox_engine, due, 3)
+    turns, duplicates = TenantTurns(), PossibleDuplicates()
+    with (
+        joined_leases(outbox_engine, outbox_settings) as leases,
+        ConfirmingPublisher(outbox_settings.rabbitmq_url) as publisher,
+    ):
+        # a batch of 1: before, the one turn went to a waiting tenant and the round read nothing
+        first = publish_pending_batch(outbox_engine, publisher, leases, 1, 2.0, duplicates, turns)
+    assert first.claimed == 1
+    assert (
+        sum(row.publish_status == "published" for row in event_rows(outbox_engine, ids).values())
+        == 1
+    )
+    assert queue_depth(outbox_settings.rabbitmq_url, due_queues.queue) == 1
