@@ -43,7 +43,7 @@ def plan(settings: Settings, older_than_days: int, directory: str) -> archive.Ar
 def _plan(
     engine: Engine, settings: Settings, older_than_days: int, directory: str | Path
 ) -> archive.ArchivePlan:
-    expiry_days = settings.event_delivery_expiry_days
+    expiry_days = settings.history.delivery_expiry_days
     return archive.plan_archive(engine, older_than_days, directory, expiry_days)
 
 
@@ -90,7 +90,7 @@ def run_archive_command(
     try:
         with archive_lock(settings, target, "events archive"):
             policy = LockPolicy.from_settings(settings)
-            move_default_rows(engine, settings.event_partition_span_days, policy, stop)
+            move_default_rows(engine, settings.history.partition_span_days, policy, stop)
             chosen = _plan(engine, settings, older_than, target)
             _show(chosen, as_json, dry_run=False)
             if not chosen.archive:

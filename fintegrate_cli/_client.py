@@ -132,7 +132,7 @@ def _retry_after(response: httpx.Response) -> float | None:
 
 def require_keys(settings: Settings, need: KeyNeed, command: str) -> None:
     """Raise a usage error (exit 2) naming the flag/env var when a needed key is missing."""
-    admin, tenant = settings.admin_api_key, settings.api_key
+    admin, tenant = settings.auth.admin_api_key, settings.api.key
     if need == "admin" and not admin:
         raise CliError(f"{command} needs the operator key: {ADMIN_KEY_HINT}", EXIT_USAGE)
     if need == "tenant" and not tenant:
@@ -150,6 +150,6 @@ def api_client(
     ``"either"`` the operator key when set (else the tenant key), ``"none"`` both if set.
     """
     require_keys(settings, need, command)
-    admin_key = None if need == "tenant" else settings.admin_api_key
-    api_key = None if need == "admin" or (need == "either" and admin_key) else settings.api_key
-    return ApiClient(settings.api_url, api_key=api_key, admin_key=admin_key, **kwargs)
+    admin_key = None if need == "tenant" else settings.auth.admin_api_key
+    api_key = None if need == "admin" or (need == "either" and admin_key) else settings.api.key
+    return ApiClient(settings.api.url, api_key=api_key, admin_key=admin_key, **kwargs)

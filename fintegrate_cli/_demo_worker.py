@@ -17,7 +17,7 @@ class DemoWorker:
     def __init__(self, settings: Settings, api_key: str, consumer_name: str, received: set[str]):
         self.received = received
         self.stop_event = threading.Event()
-        tenant_settings = settings.model_copy(update={"api_key": api_key})
+        tenant_settings = settings.updated({"api_key": api_key})
         self.consumer = EventConsumer(tenant_settings, consumer_name, self.stop_event, self.record)
         self.thread = threading.Thread(target=self.consumer.run, name="demo-worker", daemon=True)
 

@@ -129,7 +129,7 @@ def check_delivery(engine: Engine) -> Check:
 def check_relays(engine: Engine, settings: Settings) -> Check:
     """Relays alive and partitions leased: a partition without a lease is not being published."""
     with engine.connect() as connection:
-        summary = leases.lease_summary(connection, settings.relay_lease_ttl_seconds)
+        summary = leases.lease_summary(connection, settings.relay.lease_ttl_seconds)
     detail = (
         f"{summary.live} live relay(s), {summary.leased}/{summary.partitions} partitions leased"
     )
@@ -174,7 +174,7 @@ def consumer_names(engine: Engine) -> list[str]:
 @contextmanager
 def broker_channel(settings: Settings) -> Iterator[Callable[[], Any]]:
     """A factory of fresh channels on one short-timeout connection (closed afterwards)."""
-    connection = open_blocking(settings.rabbitmq_url, connect_timeout=CONNECT_TIMEOUT_SECONDS)
+    connection = open_blocking(settings.broker.url, connect_timeout=CONNECT_TIMEOUT_SECONDS)
     try:
         yield connection.channel
     finally:
@@ -220,7 +220,7 @@ def check_queues(
             dead[report.consumer_name] = depth
     return [
         topology_check(reports, len(names) - len(reports)),
-        dlq_check(names, dead, settings.dlq_max_length),
+        dlq_check(names, dead, settings.queues.dlq_max_length),
     ]
 
 
@@ -267,10 +267,10 @@ def dlq_check(names: list[str], dead: dict[str, int], bound: int) -> Check:
 
 
 def check_redis(settings: Settings) -> Check:
-    if not settings.redis_url:
+    if not settings.redis.url:
         return Check("redis", WARN, "not configured", "set FINTEGRATE_REDIS_URL for rate limits")
     client = redis.Redis.from_url(
-        settings.redis_url, socket_connect_timeout=1.0, socket_timeout=1.0
+        settings.redis.url, socket_connect_timeout=1.0, socket_timeout=1.0
     )
     try:
         client.ping()
@@ -289,14 +289,14 @@ def check_redis(settings: Settings) -> Check:
 def check_api(settings: Settings) -> Check:
     """``/health`` and ``/ready``; a dependency the API reports down is a warning."""
     try:
-        with ApiClient(settings.api_url, timeout=CONNECT_TIMEOUT_SECONDS) as client:
+        with ApiClient(settings.api.url, timeout=CONNECT_TIMEOUT_SECONDS) as client:
             client.get("/health")
             ready = client.get("/ready")
     except CliError as exc:
         return Check("api", FAIL, exc.message.split(";")[0], API_HINT)
     parts = ready_parts(ready)
     listed = ", ".join(f"{name} {'ok' if ok else 'down'}" for name, ok in parts.items())
-    detail = f"{settings.api_url} ready ({listed})" if listed else f"{settings.api_url} ready"
+    detail = f"{settings.api.url} ready ({listed})" if listed else f"{settings.api.url} ready"
     if not all(parts.values()):
         return Check("api", WARN, detail, "the API runs degraded; see the checks above")
     return Check("api", OK, detail)
@@ -311,34 +311,34 @@ def ready_parts(ready: Any) -> dict[str, bool]:
 
 def gateway_expected(settings: Settings) -> bool:
     """FINTEGRATE_API_URL names the gateway's own address (FINTEGRATE_GATEWAY_HOST/PORT)."""
-    url = httpx.URL(settings.api_url)
-    return (url.host, url.port) == (settings.gateway_host, settings.gateway_port)
+    url = httpx.URL(settings.api.url)
+    return (url.host, url.port) == (settings.gateway.host, settings.gateway.port)
 
 
 def check_gateway(settings: Settings) -> Check:
     """Is the gateway in front of FINTEGRATE_API_URL, and (with its dashboard) who is up."""
     probe = httpx.get(
-        settings.api_url.rstrip("/") + GATEWAY_PROBE_PATH, timeout=CONNECT_TIMEOUT_SECONDS
+        settings.api.url.rstrip("/") + GATEWAY_PROBE_PATH, timeout=CONNECT_TIMEOUT_SECONDS
     )
     if EDGE_HEADER not in probe.headers:
         if gateway_expected(settings):
-            detail = f"{settings.api_url} answers without the gateway (an API instance?)"
+            detail = f"{settings.api.url} answers without the gateway (an API instance?)"
             return Check("gateway", WARN, detail, GATEWAY_HINT)
-        return Check("gateway", OK, f"not in use: {settings.api_url} is an API instance")
-    if settings.gateway_dashboard_port is None:
-        detail = f"in front of {settings.api_url} (set FINTEGRATE_GATEWAY_DASHBOARD_PORT for "
+        return Check("gateway", OK, f"not in use: {settings.api.url} is an API instance")
+    if settings.gateway.dashboard_port is None:
+        detail = f"in front of {settings.api.url} (set FINTEGRATE_GATEWAY_DASHBOARD_PORT for "
         return Check("gateway", OK, detail + "instance health)")
     return instances_check(settings)
 
 
 def instances_check(settings: Settings) -> Check:
     """The gateway's view of its instances, from Traefik's API on the dashboard port."""
-    api = f"http://127.0.0.1:{settings.gateway_dashboard_port}/api/http/services"
+    api = f"http://127.0.0.1:{settings.gateway.dashboard_port}/api/http/services"
     service = httpx.get(f"{api}/{INSTANCES_SERVICE}@file", timeout=CONNECT_TIMEOUT_SECONDS).json()
     statuses: dict[str, str] = service.get("serverStatus", {})
     down = sorted(url for url, status in statuses.items() if status != "UP")
     summary = f"{len(statuses) - len(down)}/{len(statuses)} API instance(s) up"
     if not down:
-        return Check("gateway", OK, f"in front of {settings.api_url}; {summary}")
+        return Check("gateway", OK, f"in front of {settings.api.url}; {summary}")
     detail = f"{summary}; down: {', '.join(down)}"
     return Check("gateway", FAIL if len(down) == len(statuses) else WARN, detail, INSTANCES_HINT)

@@ -21,18 +21,18 @@ MANAGEMENT_HINT = "set FINTEGRATE_RABBITMQ_MANAGEMENT_URL (one URL per node) to 
 
 def wanted(settings: Settings) -> bool:
     """Whether the cluster checks apply: several nodes listed, or quorum tenant queues."""
-    return len(split_urls(settings.rabbitmq_url)) > 1 or settings.queue_type == "quorum"
+    return len(split_urls(settings.broker.url)) > 1 or settings.queues.type == "quorum"
 
 
 def cluster_checks(settings: Settings) -> list[Check]:
     """One check per configured node, then membership and quorum replicas when known."""
-    found = [node_check(url) for url in split_urls(settings.rabbitmq_url)]
-    if not settings.rabbitmq_management_url:
+    found = [node_check(url) for url in split_urls(settings.broker.url)]
+    if not settings.broker.management_url:
         return [*found, Check("rabbitmq cluster", WARN, "membership unknown", MANAGEMENT_HINT)]
-    management = ManagementClient(settings.rabbitmq_management_url, vhost_of(settings.rabbitmq_url))
+    management = ManagementClient(settings.broker.management_url, vhost_of(settings.broker.url))
     with management:
         found.append(timed("rabbitmq cluster", lambda: membership_check(management), NODE_HINT))
-        if settings.queue_type == "quorum":
+        if settings.queues.type == "quorum":
             found.append(timed("quorum queues", lambda: quorum_check(management), NODE_HINT))
     return found
 

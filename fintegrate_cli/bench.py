@@ -72,7 +72,7 @@ def bench_api(
         generator=pick_generator(generator),
         baselines=parse_baselines(baselines),
         bcrypt_rounds=bcrypt_rounds,
-        redis_url=settings.redis_url,
+        redis_url=settings.redis.url,
     )
     if profile is not None and not profiling.available():
         raise CliError("--profile needs py-spy (.venv/bin/pip install py-spy)", EXIT_USAGE)

@@ -12,25 +12,26 @@ from dotenv import dotenv_values
 
 from fintegrate_cli._context import CliState, state
 from fintegrate_cli._output import JsonOption, emit_rows, print_json, wants_json
-from service.config import SECRET_FIELDS, SECRET_URL_FIELDS, Settings
+from service.config import (
+    ENV_FILE,
+    FLAT_SETTINGS,
+    SECRET_FIELDS,
+    SECRET_URL_FIELDS,
+    Settings,
+    env_name,
+)
 
 app = typer.Typer(
     help="Show the effective configuration and where each value came from.", no_args_is_help=True
 )
 
-ENV_PREFIX = "FINTEGRATE_"
 MASK = "********"
-COLUMNS = ("setting", "value", "source")
-
-
-def env_var(setting: str) -> str:
-    return f"{ENV_PREFIX}{setting.upper()}"
+COLUMNS = ("setting", "variable", "value", "source")
 
 
 def env_file_path(cli: CliState) -> Path:
     """The .env file the settings were read from: --env-file, else ./.env."""
-    default = Settings.model_config.get("env_file") or ".env"
-    return Path(cli.env_file or str(default))
+    return Path(cli.env_file or ENV_FILE)
 
 
 def read_env_file(path: Path) -> set[str]:
@@ -42,7 +43,7 @@ def read_env_file(path: Path) -> set[str]:
 
 def source_of(setting: str, cli: CliState, file_names: set[str]) -> str:
     """flag > environment > .env file > default, as Settings resolves it."""
-    name = env_var(setting)
+    name = env_name(setting)
     if setting in cli.overrides:
         return "flag"
     if name in {key.upper() for key in os.environ}:
@@ -88,32 +89,53 @@ def masked(setting: str, value: Any) -> Any:
     return value
 
 
+def by_component() -> list[str]:
+    """Flat setting names, those of one component together, in the order of ``Settings``."""
+    order = list(Settings.model_fields)
+    return sorted(FLAT_SETTINGS, key=lambda setting: order.index(grouped_name(setting)[0]))
+
+
+def grouped_name(setting: str) -> tuple[str, str]:
+    """Where a flat setting lives: (group, dotted name), e.g. ("relay", "relay.batch_size")."""
+    group, field = FLAT_SETTINGS[setting]
+    return (field, field) if group is None else (group, f"{group}.{field}")
+
+
 def describe_settings(cli: CliState) -> list[dict[str, Any]]:
-    """Each setting with its masked value, its source and its environment variable."""
+    """Each setting by component: dotted name, masked value, source, environment variable."""
     settings = cli.settings()
     file_names = read_env_file(env_file_path(cli))
     return [
         {
-            "setting": setting,
-            "value": masked(setting, getattr(settings, setting)),
+            "name": setting,
+            "setting": grouped_name(setting)[1],
+            "variable": env_name(setting),
+            "value": masked(setting, settings.flat_value(setting)),
             "source": source_of(setting, cli, file_names),
-            "env_var": env_var(setting),
         }
-        for setting in Settings.model_fields
+        for setting in by_component()
     ]
 
 
 @app.command("show")
 def show_command(ctx: typer.Context, json_output: JsonOption = False) -> None:
-    """Each setting, its value (secrets masked) and where it came from.
+    """Each setting by component, its value (secrets masked) and where it came from.
 
-    Sources, strongest first: flag, environment, .env file, default.
+    Sources, strongest first: flag, environment, .env file, default. The JSON is keyed by
+    the flat name (the variable without FINTEGRATE_), in the same component order.
     """
     cli = state(ctx)
     rows = describe_settings(cli)
     if wants_json(ctx, json_output):
         print_json(
-            {row["setting"]: {k: v for k, v in row.items() if k != "setting"} for row in rows}
+            {
+                row["name"]: {
+                    "value": row["value"],
+                    "source": row["source"],
+                    "env_var": row["variable"],
+                }
+                for row in rows
+            }
         )
         return
     emit_rows(rows, COLUMNS, False, f"Configuration (.env file: {env_file_path(cli)})")

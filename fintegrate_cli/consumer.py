@@ -125,7 +125,7 @@ def create_command(
         created = create_consumer(client, name, description)
     print_secret_record(created, as_json, f"Consumer {name}")
     if created.get("broker"):
-        print_broker_login(created["broker"], settings.rabbitmq_url, as_json)
+        print_broker_login(created["broker"], settings.broker.url, as_json)
     else:
         info(
             "broker user not created (management API unavailable): run "
@@ -188,4 +188,4 @@ def rotate_broker_credentials_command(
         target = resolve_consumer(client, consumer)
         broker = rotate_broker_credentials(client, str(target["consumer_id"]))
     emit_record(broker, as_json, f"Broker login of {target.get('name', consumer)}")
-    print_broker_login(broker, settings.rabbitmq_url, as_json)
+    print_broker_login(broker, settings.broker.url, as_json)

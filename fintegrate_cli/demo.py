@@ -214,7 +214,7 @@ def run_demo(
     if worker:
         handle = _demo_worker.start(settings, key, name, run.received)
         info(f"worker consuming {run.consumer['queue_name']} in-process", quiet)
-    with ApiClient(settings.api_url, api_key=key) as tenant:
+    with ApiClient(settings.api.url, api_key=key) as tenant:
         try:
             if webhook:
                 run.webhook.open(tenant)

@@ -20,7 +20,7 @@ STATUS_STYLE = {OK: "green", WARN: "yellow", FAIL: "bold red"}
 
 def database_checks(settings: Settings) -> tuple[list[Check], list[str] | None]:
     """Database, migrations and outbox checks, and the consumer names (None if unknown)."""
-    engine = create_db_engine(settings, pool_size=1)
+    engine = create_db_engine(settings.database, pool_size=1)
     try:
         database = timed("database", lambda: checks.check_database(engine), checks.DATABASE_HINT)
         if database.status != OK:

@@ -70,7 +70,7 @@ class DeliverStatus(StrEnum):
 
 def event_stats(settings: Any, consumer: str | None) -> dict[str, Any]:
     """Counts per type and status (maintained counters), outbox backlog, oldest pending age."""
-    engine = create_db_engine(settings, pool_size=1)
+    engine = create_db_engine(settings.database, pool_size=1)
     try:
         with engine.connect() as connection:
             consumer_id = None
@@ -111,7 +111,7 @@ def trace_event(settings: Any, event_id: str) -> Timeline:
         wanted = UUID(event_id)
     except ValueError as exc:
         raise CliError(f"{event_id!r} is not an event id (a UUID)", EXIT_USAGE) from exc
-    engine = create_db_engine(settings, pool_size=1)
+    engine = create_db_engine(settings.database, pool_size=1)
     try:
         with engine.connect() as connection:
             timeline = event_timeline(connection, wanted)

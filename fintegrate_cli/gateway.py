@@ -60,11 +60,16 @@ def gateway(
     cli = state(ctx)
     settings = cli.settings()
     options = chosen_options(
-        GatewayOptions.from_settings(settings), port, upstream, internal_port, dashboard_port, host
+        GatewayOptions.from_settings(settings.gateway),
+        port,
+        upstream,
+        internal_port,
+        dashboard_port,
+        host,
     )
     stop = threading.Event()
     restore = install_stop_handlers(stop)
-    runner = Gateway(settings, options)
+    runner = Gateway(settings.gateway, options)
     try:
         runner.start()
         info(describe(runner), cli.quiet)

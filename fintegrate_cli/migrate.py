@@ -30,7 +30,7 @@ STATUS_COLUMNS = ("filename", "state", "applied_at")  # the filename starts with
 
 def engine_for(ctx: typer.Context) -> Engine:
     """An engine for this command, disposed when the command ends."""
-    engine = create_db_engine(state(ctx).settings(), pool_size=2)
+    engine = create_db_engine(state(ctx).settings().database, pool_size=2)
     ctx.call_on_close(engine.dispose)
     return engine
 

@@ -56,7 +56,7 @@ def checked_name(name: str) -> str:
 
 def names_from_database(settings: Settings) -> list[str]:
     """Every consumer's name, read from PostgreSQL."""
-    engine = create_db_engine(settings, pool_size=1)
+    engine = create_db_engine(settings.database, pool_size=1)
     try:
         with engine.connect() as connection:
             return consumer_names(connection)
@@ -158,7 +158,7 @@ def status_command(
     """Depth, unacked, consumer count and DLQ depth per tenant (management API, else AMQP)."""
     settings = state(ctx).settings()
     names = [checked_name(name) for name in consumers] if consumers else None
-    if names is None and not settings.rabbitmq_management_url:
+    if names is None and not settings.broker.management_url:
         names = names_from_database(settings)
     rows = [row.as_dict() for row in queue_status(settings, names)]
     emit_rows(rows, STATUS_COLUMNS, wants_json(ctx, json_output), "Tenant queues")
@@ -272,11 +272,11 @@ def replay_with_progress(
     settings: Settings, name: str, planned: int, quiet: bool, include_stale: bool = False
 ) -> ReplayOutcome:
     columns = (TextColumn("replaying"), BarColumn(), MofNCompleteColumn())
-    engine = None if include_stale else create_db_engine(settings, pool_size=1)
-    connection = open_blocking(settings.rabbitmq_url)
+    engine = None if include_stale else create_db_engine(settings.database, pool_size=1)
+    connection = open_blocking(settings.broker.url)
     try:
         with (
-            ConfirmingPublisher(settings.rabbitmq_url) as publisher,
+            ConfirmingPublisher(settings.broker.url) as publisher,
             Progress(*columns, console=err_console, disable=quiet) as progress,
         ):
             task = progress.add_task("replay", total=planned)

@@ -49,8 +49,8 @@ def serve(
         reload=reload,
         log_level=log_level,
         # X-Forwarded-For is believed only from the gateway's addresses (none by default).
-        proxy_headers=bool(settings.trusted_proxy_ips),
-        forwarded_allow_ips=settings.trusted_proxy_ips or None,
+        proxy_headers=bool(settings.http.trusted_proxy_ips),
+        forwarded_allow_ips=settings.http.trusted_proxy_ips or None,
     )
 
 

@@ -113,14 +113,16 @@ def deliver_command(
     settings = cli.settings()
     serve_metrics(metrics_port, metrics_host)
     if concurrency is not None:
-        settings = settings.model_copy(update={"webhook_delivery_concurrency": concurrency})
+        settings = settings.updated({"webhook_delivery_concurrency": concurrency})
     configure_logging(cli.quiet, cli.debug)
-    bound_database_waits(settings)
-    engine = create_db_engine(settings, pool_size=min(settings.webhook_delivery_concurrency, 8) + 2)
+    bound_database_waits(settings.database)
+    engine = create_db_engine(
+        settings.database, pool_size=min(settings.webhooks.delivery_concurrency, 8) + 2
+    )
     stop = threading.Event()
     restore = install_stop_handlers(stop)
     try:
-        deliverer = WebhookDeliverer(settings, engine, stop)
+        deliverer = WebhookDeliverer.from_settings(settings, engine, stop)
     except (SecretsUnavailable, ValueError) as exc:
         restore()
         engine.dispose()

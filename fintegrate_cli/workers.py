@@ -77,14 +77,14 @@ def relay(
     cli = state(ctx)
     settings = cli.settings()
     if poll_seconds is not None:
-        settings = settings.model_copy(update={"relay_poll_seconds": poll_seconds})
+        settings = settings.updated({"relay_poll_seconds": poll_seconds})
     configure_logging(cli.quiet, cli.debug)
     tracing.configure("fintegrate-relay")
-    bound_database_waits(settings)
-    engine = create_db_engine(settings, pool_size=2)
+    bound_database_waits(settings.database)
+    engine = create_db_engine(settings.database, pool_size=2)
     stop = threading.Event()
     restore = install_stop_handlers(stop)
-    outbox_relay = OutboxRelay(settings, engine, stop, batch_size=batch_size)
+    outbox_relay = OutboxRelay.from_settings(settings, engine, stop, batch_size=batch_size)
     serve_metrics(metrics_port, metrics_host, RelayCollector(outbox_relay))
     try:
         totals = outbox_relay.drain() if once else outbox_relay.run()
@@ -136,7 +136,7 @@ def consume(
     settings = cli.settings()
     if not CONSUMER_NAME_PATTERN.match(consumer):
         raise CliError(f"--consumer {consumer!r} must match ^[a-z0-9_]+$", EXIT_USAGE)
-    if not settings.api_key:
+    if not settings.api.key:
         raise CliError(
             "consume needs the tenant's API key: pass --api-key or set FINTEGRATE_API_KEY",
             EXIT_USAGE,
@@ -147,10 +147,10 @@ def consume(
         raise CliError(str(exc), EXIT_USAGE) from exc
     with api_client(settings, "tenant", "consume") as client:
         identity = check_worker_identity(client, consumer)
-    warn_about_broker_login(settings.rabbitmq_url, identity, cli.quiet)
+    warn_about_broker_login(settings.broker.url, identity, cli.quiet)
     configure_logging(cli.quiet, cli.debug)
     tracing.configure("fintegrate-worker")
-    serve_metrics(metrics_port, metrics_host, DlqCollector(settings.rabbitmq_url, consumer))
+    serve_metrics(metrics_port, metrics_host, DlqCollector(settings.broker.url, consumer))
     stop = threading.Event()
     restore = install_stop_handlers(stop)
     try:

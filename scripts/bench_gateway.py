@@ -41,7 +41,7 @@ from service.bench.servers import (
     running_server,
     seed_tenant,
 )
-from service.config import Settings
+from service.config import load_settings
 from service.gateway.runner import Gateway, GatewayOptions
 
 NEVER_LIMITED = 10_000_000
@@ -59,7 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=1, choices=range(1, 5))
     parser.add_argument("--bcrypt-rounds", type=int, default=4, help="cost of the seeded key")
     parser.add_argument("--ip-budget", type=int, default=NEVER_LIMITED, help="per minute")
-    parser.add_argument("--redis-url", default=Settings().redis_url)
+    parser.add_argument("--redis-url", default=load_settings().redis.url)
     args = parser.parse_args(argv)
     if not 1 <= args.duration <= 60 or not 0 <= args.warmup <= 10:
         parser.error("--duration must be within 1..60 and --warmup within 0..10 seconds")
@@ -86,11 +86,11 @@ def targets_for(port: int, api_key: str, label: str) -> list[Target]:
 
 @contextmanager
 def gateway_in_front(upstream_port: int, args: argparse.Namespace) -> Iterator[Gateway]:
-    settings = Settings(
+    settings = load_settings(
         gateway_rate_limit_per_minute=args.ip_budget, gateway_rate_limit_burst=args.ip_budget
     )
     options = GatewayOptions("127.0.0.1", free_port(), (f"http://127.0.0.1:{upstream_port}",))
-    gateway = Gateway(settings, options).start()
+    gateway = Gateway(settings.gateway, options).start()
     try:
         yield gateway
     finally:

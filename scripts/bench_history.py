@@ -56,7 +56,7 @@ from service.bench.servers import (  # noqa: E402
     running_server,
     seed_tenant,
 )
-from service.config import Settings  # noqa: E402
+from service.config import Settings, load_settings  # noqa: E402
 from service.kit.db import create_db_engine  # noqa: E402
 from service.messaging.operate.provisioning import provision_consumer_queues  # noqa: E402
 from service.messaging.publish.relay import OutboxRelay  # noqa: E402
@@ -196,11 +196,11 @@ def post_p99(base: str, api_key: str, requests: int) -> float:
 
 def drain_rate(settings: Settings, consumer_id: str, count: int) -> float:
     """Events/s of one relay draining a fresh backlog of ``count`` events."""
-    engine = create_db_engine(settings, pool_size=2)
+    engine = create_db_engine(settings.database, pool_size=2)
     with engine.begin() as connection:
         connection.execute(text("SET LOCAL statement_timeout = 0"))
         connection.execute(BACKLOG, {"consumer": consumer_id, "count": count})
-    relay = OutboxRelay(settings, engine, threading.Event())
+    relay = OutboxRelay.from_settings(settings, engine, threading.Event())
     started = time.perf_counter()
     drained = relay.drain()
     elapsed = time.perf_counter() - started
@@ -228,7 +228,7 @@ class Setup:
 def measure(setup: Setup, args: argparse.Namespace) -> dict[str, float]:
     """Every figure once, from the same starting point: statistics fresh, no dead rows."""
     settings, base = setup.settings, setup.base
-    vacuum_analyze(settings.database_url)
+    vacuum_analyze(settings.database.url)
     with httpx.Client(base_url=base, headers={"X-API-Key": setup.api_key}, timeout=60) as client:
         first_page = timed(lambda: client.get("/events", params={"limit": 50}), 30)
         body = {"period_in_days": 7, "max_try_count": 5, "dry_run": True}  # the CLI default
@@ -317,7 +317,7 @@ def run_archive(settings: Settings, older_than: int) -> dict[str, Any]:
     """The CLI archive as a child process: events/s and the child's peak RSS."""
     directory = tempfile.mkdtemp(prefix="bench_history_")
     env = {k: v for k, v in os.environ.items() if not k.startswith("FINTEGRATE_")}
-    env.update(FINTEGRATE_DATABASE_URL=settings.database_url, FINTEGRATE_ENVIRONMENT="test")
+    env.update(FINTEGRATE_DATABASE_URL=settings.database.url, FINTEGRATE_ENVIRONMENT="test")
     command = [
         str(ROOT / ".venv/bin/fintegrate"),
         "events",
@@ -393,7 +393,7 @@ def prepare(stack: ExitStack, args: argparse.Namespace, amqp_url: str, name: str
     API server."""
     database_url = stack.enter_context(fresh_database(keep=args.keep_database))
     consumer_id, api_key = seed_tenant(database_url, 4)
-    settings = Settings(
+    settings = load_settings(
         environment="test",
         database_url=database_url,
         rabbitmq_url=amqp_url,

@@ -125,10 +125,10 @@ def per_request(callgrind_output: str, target: str, args: argparse.Namespace) ->
 
 def build_app(target: str, database_url: str, consumer_id: str, redis_url: str) -> Any:
     from service.app import create_app
-    from service.config import Settings
+    from service.config import load_settings
 
     if target == "api":
-        settings = Settings(
+        settings = load_settings(
             environment="test",
             database_url=database_url,
             redis_url=redis_url,

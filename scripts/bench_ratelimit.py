@@ -21,7 +21,7 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from service.config import Settings
+from service.config import Settings, load_settings
 from service.ratelimit.limiter import RateLimiter
 from tests.support.tcp_proxy import TcpProxy
 
@@ -63,10 +63,10 @@ def main() -> int:
     parser.add_argument("--checks", type=int, default=2000)
     args = parser.parse_args()
     redis.Redis.from_url(args.redis_url).flushdb()
-    base = Settings(environment="test", redis_url=args.redis_url)
-    print(f"{args.checks} checks per case, redis_timeout_seconds={base.redis_timeout_seconds}")
+    base = load_settings(environment="test", redis_url=args.redis_url)
+    print(f"{args.checks} checks per case, redis_timeout_seconds={base.redis.timeout_seconds}")
     run_case("healthy Redis", base, args.checks)
-    run_case("no Redis configured", base.model_copy(update={"redis_url": None}), args.checks)
+    run_case("no Redis configured", base.updated({"redis_url": None}), args.checks)
     refused = TcpProxy("127.0.0.1", 6379).start()
     refused.refuse()
     silent = TcpProxy("127.0.0.1", 6379).start()
@@ -75,7 +75,7 @@ def main() -> int:
         for name, proxy in (("Redis refusing connections", refused), ("Redis silent", silent)):
             run_case(
                 name,
-                base.model_copy(update={"redis_url": proxy.url_for(args.redis_url)}),
+                base.updated({"redis_url": proxy.url_for(args.redis_url)}),
                 args.checks,
             )
     finally:

@@ -49,7 +49,7 @@ from sqlalchemy.engine import make_url
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from service.config import Settings  # noqa: E402
+from service.config import Settings, load_settings  # noqa: E402
 from service.events import outbox  # noqa: E402
 from service.kit.db import create_db_engine  # noqa: E402
 from service.messaging import topology  # noqa: E402
@@ -228,7 +228,7 @@ def bench_vhost() -> Any:
 def seed_backlog(settings: Settings, count: int, customers: int) -> str:
     """One provisioned consumer with ``count`` pending events of ``customers``; its queue."""
     name = f"bench_{uuid.uuid4().hex[:8]}"
-    engine = create_engine(settings.database_url)  # no statement timeout for the bulk seed
+    engine = create_engine(settings.database.url)  # no statement timeout for the bulk seed
     with engine.begin() as connection:
         consumer_id = connection.execute(
             text("INSERT INTO consumers (name) VALUES (:n) RETURNING consumer_id"), {"n": name}
@@ -243,7 +243,7 @@ def seed_backlog(settings: Settings, count: int, customers: int) -> str:
 
 def reset_backlog(settings: Settings, queue: str) -> None:
     """Every event pending again and the queue empty: the next drain starts equal."""
-    engine = create_db_engine(settings, pool_size=1)
+    engine = create_db_engine(settings.database, pool_size=1)
     with engine.begin() as connection:
         connection.execute(RESET)
     with engine.connect() as connection:
@@ -251,17 +251,17 @@ def reset_backlog(settings: Settings, queue: str) -> None:
             text("VACUUM ANALYZE customer_events")
         )
     engine.dispose()
-    connection = open_blocking(settings.rabbitmq_url)
+    connection = open_blocking(settings.broker.url)
     connection.channel().queue_purge(queue)
     connection.close()
 
 
 def unordered_rate(settings: Settings, queue: str, count: int, batch_size: int) -> float:
     """The previous relay's cycle: claim with row locks, one confirmed batch, mark, commit."""
-    engine = create_db_engine(settings, pool_size=1)
+    engine = create_db_engine(settings.database, pool_size=1)
     published = 0
     started = time.perf_counter()
-    with ConfirmingPublisher(settings.rabbitmq_url) as publisher:
+    with ConfirmingPublisher(settings.broker.url) as publisher:
         while True:
             with engine.begin() as connection:
                 connection.execute(text("SET LOCAL enable_sort = off"))
@@ -305,7 +305,7 @@ def print_profile(profiler: cProfile.Profile, elapsed: float) -> None:
 def process_rate(settings: Settings, queue: str, count: int, relays: int) -> float:
     """``relays`` ``fintegrate relay`` processes from start until nothing is pending."""
     cli = str(Path(sys.executable).parent / "fintegrate")
-    engine = create_db_engine(settings, pool_size=1)
+    engine = create_db_engine(settings.database, pool_size=1)
     with ExitStack() as stack:
         started = time.perf_counter()
         for _ in range(relays):
@@ -323,11 +323,11 @@ def process_rate(settings: Settings, queue: str, count: int, relays: int) -> flo
 
 def raw_pika_rate(settings: Settings, queue: str) -> float:
     """The same messages through a BlockingChannel, one confirm per message."""
-    engine = create_db_engine(settings, pool_size=1)
+    engine = create_db_engine(settings.database, pool_size=1)
     with engine.connect() as connection:
         messages = [outgoing_event(event_from_row(row)) for row in connection.execute(ROWS)]
     engine.dispose()
-    connection = open_blocking(settings.rabbitmq_url)
+    connection = open_blocking(settings.broker.url)
     channel = connection.channel()
     channel.confirm_delivery()
     started = time.perf_counter()
@@ -345,8 +345,8 @@ def raw_pika_rate(settings: Settings, queue: str) -> float:
 def relay_rate(
     settings: Settings, queue: str, count: int, batch_size: int, profile: bool = False
 ) -> float:
-    engine = create_db_engine(settings, pool_size=2)
-    relay = OutboxRelay(settings, engine, threading.Event(), batch_size=batch_size)
+    engine = create_db_engine(settings.database, pool_size=2)
+    relay = OutboxRelay.from_settings(settings, engine, threading.Event(), batch_size=batch_size)
     profiler = cProfile.Profile() if profile else None
     started = time.perf_counter()
     if profiler is not None:
@@ -359,7 +359,7 @@ def relay_rate(
     relay.close()
     engine.dispose()
     assert drained.published == count, drained
-    connection = open_blocking(settings.rabbitmq_url)
+    connection = open_blocking(settings.broker.url)
     channel = connection.channel()
     assert channel.queue_declare(queue, passive=True).method.message_count == count
     connection.close()
@@ -481,7 +481,7 @@ def latency_run(
 ) -> dict[str, Any]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    settings = settings.model_copy(update={"api_url": url})
+    settings = settings.updated({"api_url": url})
     cli = str(Path(sys.executable).parent / "fintegrate")
     with ExitStack() as stack:
         start(
@@ -499,7 +499,7 @@ def latency_run(
             environment(settings),
         )
         wait_healthy(url)
-        admin = {"X-Admin-Key": settings.admin_api_key or ""}
+        admin = {"X-Admin-Key": settings.auth.admin_api_key or ""}
         tenant = httpx.post(
             f"{url}/consumer/data",
             json={"name": f"lat_{uuid.uuid4().hex[:8]}"},
@@ -551,7 +551,7 @@ def latency_run(
 
 def outbox_lag(settings: Settings, customer_ids: list[str]) -> tuple[float, float]:
     """p50/p99 of published_at - created_at (commit to confirmed publish) of these customers."""
-    engine = create_db_engine(settings, pool_size=1)
+    engine = create_db_engine(settings.database, pool_size=1)
     with engine.connect() as connection:
         row = connection.execute(LAG, {"customer_ids": customer_ids}).one()
     engine.dispose()
@@ -607,7 +607,7 @@ def previous_due_heads(
 @contextmanager
 def previous_selection(settings: Settings) -> Any:
     """The relay reads with the previous oldest-first walk (and its index) meanwhile."""
-    engine = create_engine(settings.database_url)
+    engine = create_engine(settings.database.url)
     with engine.begin() as connection:
         connection.execute(PREVIOUS_WALK_INDEX)
     fair = relay_module.due_heads
@@ -639,7 +639,7 @@ class QuietWriter:
         self._thread.join(30)
 
     def _write(self) -> None:
-        engine = create_db_engine(self._settings, pool_size=1)
+        engine = create_db_engine(self._settings.database, pool_size=1)
         started = time.monotonic()
         params = {"consumer_id": self._consumer_id}
         while not self._stop.wait(
@@ -665,7 +665,7 @@ def fairness_run(
     settings: Settings, events: int, customers: int, batch_size: int, quiet_rate: float
 ) -> dict[str, float]:
     """Drain a loud tenant's backlog beside a quiet writer; drain rate and quiet latency."""
-    engine = create_engine(settings.database_url)  # no statement timeout for the bulk seed
+    engine = create_engine(settings.database.url)  # no statement timeout for the bulk seed
     loud = new_tenant(settings, engine, "loud")
     quiet = new_tenant(settings, engine, "quiet")
     with engine.begin() as connection:
@@ -674,8 +674,8 @@ def fairness_run(
     with engine.connect() as connection:
         connection.execute(text("ANALYZE customer_events"))
     stop = threading.Event()
-    relay_engine = create_db_engine(settings, pool_size=2)
-    relay = OutboxRelay(settings, relay_engine, stop, batch_size=batch_size)
+    relay_engine = create_db_engine(settings.database, pool_size=2)
+    relay = OutboxRelay.from_settings(settings, relay_engine, stop, batch_size=batch_size)
     relay_thread = threading.Thread(target=relay.run, name="relay")
     with QuietWriter(settings, quiet, quiet_rate) as writer:
         started = time.perf_counter()
@@ -730,11 +730,11 @@ def main() -> None:
     )
     parser.add_argument("--events", type=int, default=50_000)
     parser.add_argument("--customers", type=int, default=1_000)
-    parser.add_argument("--batch-size", type=int, default=Settings().relay_batch_size)
+    parser.add_argument("--batch-size", type=int, default=load_settings().relay.batch_size)
     parser.add_argument("--rate", type=float, default=200.0)
     parser.add_argument("--duration", type=float, default=30.0)
     parser.add_argument("--api-workers", type=int, default=2)
-    parser.add_argument("--prefetch", type=int, default=Settings().consumer_prefetch)
+    parser.add_argument("--prefetch", type=int, default=load_settings().worker.prefetch)
     parser.add_argument("--skip-drain", action="store_true")
     parser.add_argument(
         "--profile", action="store_true", help="also profile one ordered drain (cProfile)"
@@ -747,7 +747,7 @@ def main() -> None:
     parser.add_argument("--quiet-rate", type=float, default=20.0)
     args = parser.parse_args()
     with bench_database() as database_url, bench_vhost() as amqp_url:
-        settings = Settings(
+        settings = load_settings(
             environment="test",
             database_url=database_url,
             rabbitmq_url=amqp_url,

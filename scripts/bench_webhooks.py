@@ -46,7 +46,7 @@ from bench_relay import (  # noqa: E402 - the scripts' shared helpers
     wait_healthy,
 )
 
-from service.config import Settings  # noqa: E402
+from service.config import Settings, load_settings  # noqa: E402
 from service.kit.db import create_db_engine  # noqa: E402
 from service.webhooks import service as webhooks  # noqa: E402
 from service.webhooks.delivery.process import WebhookDeliverer  # noqa: E402
@@ -128,7 +128,7 @@ def seeded_tenant(
     settings: Settings, endpoints: list[Receiver], events: int, customers: int
 ) -> Any:
     """A consumer with one endpoint per receiver and ``events`` events; its bodies."""
-    engine = create_db_engine(settings, pool_size=2)
+    engine = create_db_engine(settings.database, pool_size=2)
     with engine.begin() as connection:
         consumer_id = connection.execute(
             NEW_CONSUMER, {"name": f"bench_{uuid.uuid4().hex[:8]}"}
@@ -153,9 +153,11 @@ def seeded_tenant(
 
 
 def deliverer_rate(settings: Settings, receivers: list[Receiver], total: int) -> float:
-    engine = create_db_engine(settings, pool_size=settings.webhook_delivery_concurrency + 2)
+    engine = create_db_engine(
+        settings.database, pool_size=settings.webhooks.delivery_concurrency + 2
+    )
     stop = threading.Event()
-    deliverer = WebhookDeliverer(settings, engine, stop)
+    deliverer = WebhookDeliverer.from_settings(settings, engine, stop)
     started = time.monotonic()
     thread = threading.Thread(target=deliverer.run, daemon=True)
     thread.start()
@@ -197,7 +199,7 @@ def throughput(settings: Settings, endpoints: int, events: int, customers: int) 
     try:
         bodies = seeded_tenant(settings, receivers, events, customers)
         delivered = deliverer_rate(settings, receivers, events * endpoints)
-        plain = baseline_rate(receivers, bodies, settings.webhook_delivery_concurrency)
+        plain = baseline_rate(receivers, bodies, settings.webhooks.delivery_concurrency)
     finally:
         for receiver in receivers:
             receiver.stop()
@@ -228,11 +230,11 @@ def latency(settings: Settings, rate: float, duration: float) -> dict[str, float
             environment(settings),
         )
         wait_healthy(api)
-        assert settings.admin_api_key
+        assert settings.auth.admin_api_key
         made = httpx.post(
             f"{api}/consumer/data",
             json={"name": f"bench_{uuid.uuid4().hex[:8]}"},
-            headers={"X-Admin-Key": settings.admin_api_key},
+            headers={"X-Admin-Key": settings.auth.admin_api_key},
             timeout=30,
         ).json()["data"]
         key = {"X-API-Key": made["api_key"]}
@@ -242,9 +244,11 @@ def latency(settings: Settings, rate: float, duration: float) -> dict[str, float
             headers=key,
             timeout=30,
         ).raise_for_status()
-        engine = create_db_engine(settings, pool_size=settings.webhook_delivery_concurrency + 2)
+        engine = create_db_engine(
+            settings.database, pool_size=settings.webhooks.delivery_concurrency + 2
+        )
         stop = threading.Event()
-        deliverer = WebhookDeliverer(settings, engine, stop)
+        deliverer = WebhookDeliverer.from_settings(settings, engine, stop)
         thread = threading.Thread(target=deliverer.run, daemon=True)
         thread.start()
         answered = post_customers(api, key, rate, duration)
@@ -303,7 +307,7 @@ def main() -> None:
     parser.add_argument("--skip-latency", action="store_true")
     options = parser.parse_args()
     with bench_database() as database_url, bench_vhost() as amqp_url:
-        settings = Settings(
+        settings = load_settings(
             database_url=database_url,
             rabbitmq_url=amqp_url,
             redis_url=None,

@@ -72,9 +72,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Open the engine, the asyncio pool, rate limiter and auth throttle; close them after."""
     settings: Settings = app.state.settings
     registry = app.state.metrics.registry
-    bound_database_waits(settings)
-    app.state.engine = create_db_engine(settings)
-    app.state.db_pool = await create_pool(settings)
+    bound_database_waits(settings.database)
+    app.state.engine = create_db_engine(settings.database)
+    app.state.db_pool = await create_pool(settings.database)
     app.state.rate_limiter = RateLimiter(settings, registry=registry)
     app.state.auth_throttle = FailedAuthThrottle(settings, registry=registry)
     freeze_startup_objects()
@@ -108,15 +108,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         generate_unique_id_function=operation_id,
         openapi_tags=TAGS,
-        telemetry=None if settings.opentelemetry else NO_TELEMETRY,
+        telemetry=None if settings.observability.opentelemetry else NO_TELEMETRY,
     )
     app.state.settings = settings
     app.state.metrics = HttpMetrics()
     register_event_metrics(app.state.metrics.registry)
     app.state.metrics.registry.register(OutboxGauges(lambda: getattr(app.state, "engine", None)))
     app.state.auth = AuthState(
-        VerificationCache(app.state.settings.auth_cache_ttl_seconds),
-        BcryptGate(app.state.settings.auth_bcrypt_concurrency),
+        VerificationCache(app.state.settings.auth.cache_ttl_seconds),
+        BcryptGate(app.state.settings.auth.bcrypt_concurrency),
     )
     app.state.auth_refusals = RefusalRecorder(app.state.metrics.registry)
     app.state.readiness = ReadinessCache()
@@ -137,7 +137,7 @@ def install_middleware(app: FastAPI) -> None:
     install_rate_limit_headers(app)
     settings = app.state.settings
     app.add_middleware(
-        EdgeMiddleware, metrics=app.state.metrics, max_body_bytes=settings.max_body_bytes
+        EdgeMiddleware, metrics=app.state.metrics, max_body_bytes=settings.http.max_body_bytes
     )
     if tracing.ENABLED:  # decided once at start-up: off, requests pay nothing for tracing
         app.add_middleware(TracingMiddleware)

@@ -20,7 +20,13 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
 from service.app import create_app
-from service.config import Settings, get_settings, shipped_driver_url
+from service.config import (
+    DatabaseSettings,
+    Settings,
+    get_settings,
+    load_settings,
+    shipped_driver_url,
+)
 from service.kit.db import create_db_engine
 from service.migrations import runner as migrations
 from tests.support.live_server import LiveServer
@@ -172,7 +178,7 @@ def settings(migrated_database_url: str, rabbit_vhost: str, redis_url: str) -> I
     (tests/service/test_ratelimit.py, tests/reliability/test_redis_faults.py).
     """
     vhost = rabbit_vhost.rsplit("/", 1)[1]
-    values = Settings(
+    values = load_settings(
         environment="test",
         database_url=migrated_database_url,
         rabbitmq_url=rabbit_vhost,
@@ -183,7 +189,7 @@ def settings(migrated_database_url: str, rabbit_vhost: str, redis_url: str) -> I
         relay_poll_seconds=0.2,
         redis_timeout_seconds=0.5,
     )
-    assert values.rabbitmq_url.endswith(vhost)
+    assert values.broker.url.endswith(vhost)
     get_settings.cache_clear()
     yield values
     get_settings.cache_clear()
@@ -192,9 +198,7 @@ def settings(migrated_database_url: str, rabbit_vhost: str, redis_url: str) -> I
 @pytest.fixture(scope="session")
 def engine(migrated_database_url: str) -> Iterator[Engine]:
     """An engine on this worker's migrated database."""
-    db_engine = create_db_engine(
-        Settings(environment="test", database_url=migrated_database_url), pool_size=4
-    )
+    db_engine = create_db_engine(DatabaseSettings(url=migrated_database_url), pool_size=4)
     yield db_engine
     db_engine.dispose()
 

@@ -100,8 +100,8 @@ async def apply_rate_limit(request: Request, consumer: AuthenticatedConsumer) ->
     await enforce_rate_limit(
         request,
         bucket=f"consumer:{consumer.consumer_id}",
-        per_minute=consumer.rate_limit_per_minute or settings.rate_limit_api_key_per_minute,
-        burst=consumer.rate_limit_burst or settings.rate_limit_api_key_burst,
+        per_minute=consumer.rate_limit_per_minute or settings.ratelimit.api_key_per_minute,
+        burst=consumer.rate_limit_burst or settings.ratelimit.api_key_burst,
     )
 
 
@@ -136,7 +136,7 @@ async def check_admin_key(request: Request, admin_key: str) -> None:
     every wrong key. With at least 32 characters outside development (settings), guessing
     within that budget is hopeless, so strangers cannot lock the operator out.
     """
-    configured = settings_of(request).admin_api_key
+    configured = settings_of(request).auth.admin_api_key
     if not configured:
         raise refused(request, "admin_disabled", Forbidden(ADMIN_DISABLED))
     if hmac.compare_digest(admin_key.encode(), configured.encode()):
@@ -161,7 +161,7 @@ async def require_admin(
     Fails closed: an ``X-API-Key`` sent beside the admin key must verify too. Only a
     verified operator's actions are audited; refusals write nothing.
     """
-    if not settings_of(request).admin_api_key:
+    if not settings_of(request).auth.admin_api_key:
         raise refused(request, "admin_disabled", Forbidden(ADMIN_DISABLED))
     if admin_key is None:
         if api_key is None:

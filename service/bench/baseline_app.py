@@ -29,7 +29,7 @@ from fastapi import FastAPI
 from pydantic import BaseModel
 from sqlalchemy import Engine, create_engine, text
 
-from service.config import Settings
+from service.config import load_settings
 from service.kit.db_async import create_pool
 
 INSERT_CUSTOMER = text(
@@ -101,9 +101,9 @@ def plain_app(**options: Any) -> FastAPI:
 
 def create_app() -> FastAPI:
     """The plain SQLAlchemy baseline for the tenant ``BENCH_CONSUMER_ID``."""
-    settings = Settings()
-    size = settings.db_pool_size
-    engine = create_engine(settings.database_url, pool_size=size, max_overflow=size)
+    settings = load_settings()
+    size = settings.database.pool_size
+    engine = create_engine(settings.database.url, pool_size=size, max_overflow=size)
     consumer_id = UUID(os.environ["BENCH_CONSUMER_ID"])
     app = plain_app()
 
@@ -121,7 +121,7 @@ def create_async_app() -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        pools.append(await create_pool(Settings()))
+        pools.append(await create_pool(load_settings().database))
         yield
         await pools[0].close()
 

@@ -40,8 +40,8 @@ class BrokerAccounts:
     """Creates, rotates, suspends and restores tenant users on the settings' vhost."""
 
     def __init__(self, settings: Settings) -> None:
-        self.management_url = settings.rabbitmq_management_url
-        self.vhost = vhost_of(settings.rabbitmq_url)
+        self.management_url = settings.broker.management_url
+        self.vhost = vhost_of(settings.broker.url)
 
     @property
     def configured(self) -> bool:

@@ -74,7 +74,7 @@ def create_consumer(
     origin: Origin,
 ) -> JSONResponse:
     """Create a tenant with its first API key (shown once) and provision its queues."""
-    issued = service.new_key(settings.bcrypt_rounds)
+    issued = service.new_key(settings.auth.bcrypt_rounds)
     with transaction(engine) as connection:
         created = service.create_consumer(connection, body, issued, origin)
     remember_issued_key(request, issued[0])
@@ -167,7 +167,7 @@ def rotate_consumer_key(
 ) -> JSONResponse:
     """Issue a new key (shown once); the old key stops working (operator or the tenant itself)."""
     request.state.audited = True
-    issued = service.new_key(settings.bcrypt_rounds)
+    issued = service.new_key(settings.auth.bcrypt_rounds)
     with transaction(engine) as connection:
         key = service.rotate_key(connection, principal, consumer_id, issued)
     evict_cached_keys(request, consumer_id)

@@ -29,7 +29,7 @@ REPUBLISH_ERRORS = declared(AUTHENTICATED, WITH_BODY, 404)
 
 def publisher_factory(settings: AppSettings) -> PublisherFactory:
     """A new publisher per request (one connection, closed after the call)."""
-    return partial(ConfirmingPublisher, settings.rabbitmq_url)
+    return partial(ConfirmingPublisher, settings.broker.url)
 
 
 Publishers = Annotated[PublisherFactory, Depends(publisher_factory)]

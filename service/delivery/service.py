@@ -65,7 +65,7 @@ def republish(
     rows = repository.select_runs(connection, kind, selection, after, limit)
     runs, blocked = ordered_runs(rows)
     report = _publish(connection, runs, kind, open_publisher)
-    record_outcomes(connection, report, settings.relay_max_backoff_seconds, f"api {kind}")
+    record_outcomes(connection, report, settings.relay.max_backoff_seconds, f"api {kind}")
     if not principal.is_admin and selection.consumer_id is not None:
         spent = len(report.published) + len(report.failed)
         repository.spend_budget(connection, selection.consumer_id, spent)
@@ -103,9 +103,9 @@ def _tenant_allowance(
 ) -> int:
     """How many events this tenant may republish now; 429 when its minute budget is spent."""
     assert selection.consumer_id is not None
-    per_minute = settings.republish_tenant_per_minute
+    per_minute = settings.republish.tenant_per_minute
     tokens = repository.take_budget(connection, selection.consumer_id, per_minute, per_minute)
-    allowed = min(limit, settings.republish_tenant_max_per_call, int(tokens))
+    allowed = min(limit, settings.republish.tenant_max_per_call, int(tokens))
     if allowed < 1:
         wait = max(1, math.ceil((1 - tokens) * 60 / per_minute))
         raise TooManyRequests(

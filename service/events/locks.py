@@ -81,7 +81,7 @@ class LockPolicy:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LockPolicy:
-        return cls(settings.maintenance_lock_timeout_ms, settings.maintenance_lock_retry_seconds)
+        return cls(settings.history.lock_timeout_ms, settings.history.lock_retry_seconds)
 
     def set_local(self, connection: Connection) -> None:
         """This transaction's lock waits give up after ``timeout_ms``."""
@@ -91,7 +91,7 @@ class LockPolicy:
 def create_maintenance_engine(settings: Settings, application_name: str) -> Engine:
     """An engine of maintenance's own: no statement timeout, keepalives, a few connections."""
     return create_engine(
-        shipped_driver_url(settings.database_url),
+        shipped_driver_url(settings.database.url),
         pool_size=3,
         max_overflow=2,
         pool_pre_ping=True,
@@ -179,7 +179,7 @@ class SessionLock:
     """A session advisory lock on a connection of its own; ``acquire`` never waits."""
 
     def __init__(self, settings: Settings, key: int, role: str) -> None:
-        self.dsn = libpq_dsn(settings.database_url)
+        self.dsn = libpq_dsn(settings.database.url)
         self.key = key
         self.label = process_label(role)
         self.connection: Any = None

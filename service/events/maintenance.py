@@ -132,12 +132,12 @@ class HistoryMaintainer:
         return f"{created} partition(s) created ahead" if created else ""
 
     def _default_rows(self, _report: PassReport) -> str:
-        span = self.settings.event_partition_span_days
+        span = self.settings.history.partition_span_days
         moved = move_default_rows(self.engine, span, self.policy, self.stop)
         return f"rows moved out of DEFAULT into {', '.join(moved)}" if moved else ""
 
     def _expiry(self, _report: PassReport) -> str:
-        days = self.settings.event_delivery_expiry_days
+        days = self.settings.history.delivery_expiry_days
         total = 0
         while not self.stop.is_set():
             with self.engine.begin() as connection:
@@ -156,10 +156,10 @@ class HistoryMaintainer:
         return f"{folded} count row(s) folded" if folded else ""
 
     def _retention(self, report: PassReport) -> str:
-        days, directory = self.settings.event_retention_days, self.settings.event_archive_dir
+        days, directory = self.settings.history.retention_days, self.settings.history.archive_dir
         if days is None or not directory:
             return ""
-        expiry_days = self.settings.event_delivery_expiry_days
+        expiry_days = self.settings.history.delivery_expiry_days
         plan = archive.plan_archive(self.engine, days, directory, expiry_days)
         if not plan.archive:
             return ""
@@ -234,7 +234,7 @@ def ensure_partitions(engine: Engine, settings: Settings, policy: LockPolicy | N
     def attempt() -> int:
         with engine.begin() as connection:
             chosen.set_local(connection)
-            return partitions.ensure_partitions(connection, settings.event_partition_span_days)
+            return partitions.ensure_partitions(connection, settings.history.partition_span_days)
 
     return retry_locked("creating partitions ahead", attempt, chosen)
 
@@ -278,7 +278,7 @@ def run_maintain(
                 log.warning("maintenance pass failed: %s", str(exc.orig or exc).splitlines()[0])
             if once:
                 break
-            stop.wait(settings.maintenance_interval_seconds)
+            stop.wait(settings.history.maintenance_interval_seconds)
     finally:
         engine.dispose()
         process_lock.release()

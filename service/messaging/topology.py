@@ -84,12 +84,12 @@ class QueueShape:
 def queue_shape(settings: Settings) -> QueueShape:
     """The queue type and limits these settings ask for."""
     return QueueShape(
-        queue_type=settings.queue_type,
-        delivery_limit=settings.quorum_delivery_limit,
-        message_ttl_ms=settings.queue_message_ttl_ms,
-        max_length=settings.queue_max_length,
-        dlq_max_length=settings.dlq_max_length,
-        dlq_max_length_bytes=settings.dlq_max_length_bytes,
+        queue_type=settings.queues.type,
+        delivery_limit=settings.queues.quorum_delivery_limit,
+        message_ttl_ms=settings.queues.message_ttl_ms,
+        max_length=settings.queues.max_length,
+        dlq_max_length=settings.queues.dlq_max_length,
+        dlq_max_length_bytes=settings.queues.dlq_max_length_bytes,
     )
 
 

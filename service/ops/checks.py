@@ -60,7 +60,7 @@ def check_broker(settings: Settings) -> CheckResult:
         pika.BlockingConnection(parameters).close()
 
     try:
-        first_answering(settings.rabbitmq_url, handshake, CONNECT_ERRORS)
+        first_answering(settings.broker.url, handshake, CONNECT_ERRORS)
     except Exception as exc:
         return CheckResult(False, False, f"unreachable ({type(exc).__name__})")
     return CheckResult(True, False, "ok")
@@ -68,10 +68,10 @@ def check_broker(settings: Settings) -> CheckResult:
 
 def check_redis(settings: Settings) -> CheckResult:
     """PING with a 1 s timeout; without Redis each process limits on its own."""
-    if not settings.redis_url:
+    if not settings.redis.url:
         return CheckResult(True, False, "not configured (rate limits off)")
     client = redis.Redis.from_url(
-        settings.redis_url,
+        settings.redis.url,
         socket_timeout=CHECK_TIMEOUT_SECONDS,
         socket_connect_timeout=CHECK_TIMEOUT_SECONDS,
     )

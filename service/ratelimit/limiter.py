@@ -240,7 +240,7 @@ class FailedAuthThrottle(_Guarded):
         super().__init__(settings, registry)
         self.store = RedisStore(settings)
         self.store.register(AUTH_FAIL_SCRIPT)
-        self.local = LocalWindowCounter(settings.failed_auth_window_seconds)
+        self.local = LocalWindowCounter(settings.auth.failed_window_seconds)
         self._known_good: OrderedDict[str, str] = OrderedDict()
         self._known_lock = threading.Lock()
 
@@ -250,12 +250,12 @@ class FailedAuthThrottle(_Guarded):
         count: Any = self._counted(self.store.call(lambda client: client.get(key) or b"0"))
         if count is None:
             count = self.local.count(scope)
-        return int(count) >= self.settings.failed_auth_limit
+        return int(count) >= self.settings.auth.failed_limit
 
     def record_failure(self, scope: str) -> None:
         """Count one failed authentication for ``scope``."""
         self.local.add(scope)
-        window = self.settings.failed_auth_window_seconds
+        window = self.settings.auth.failed_window_seconds
         key = AUTH_FAIL_KEY_PREFIX + scope
         self._counted(self.store.run_script(AUTH_FAIL_SCRIPT, [key], [window]))
 

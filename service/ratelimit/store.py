@@ -96,8 +96,8 @@ class CircuitBreaker:
 def client_options(settings: Settings) -> dict[str, Any]:
     """Timeouts of both clients: one failure costs at most ``redis_timeout_seconds``."""
     return {
-        "socket_connect_timeout": settings.redis_timeout_seconds,
-        "socket_timeout": settings.redis_timeout_seconds,
+        "socket_connect_timeout": settings.redis.timeout_seconds,
+        "socket_timeout": settings.redis.timeout_seconds,
         "health_check_interval": 0,
     }
 
@@ -106,7 +106,7 @@ class _Guarded:
     """What both stores share: the breaker in front of Redis."""
 
     def __init__(self, settings: Settings) -> None:
-        self.breaker = CircuitBreaker(settings.redis_retry_seconds, settings.redis_breaker_failures)
+        self.breaker = CircuitBreaker(settings.redis.retry_seconds, settings.redis.breaker_failures)
 
     @property
     def breaker_open(self) -> bool:
@@ -120,9 +120,9 @@ class RedisStore(_Guarded):
         super().__init__(settings)
         self._scripts: dict[str, Any] = {}
         self.client: redis.Redis | None = None
-        if settings.redis_url:
+        if settings.redis.url:
             self.client = redis.Redis.from_url(
-                settings.redis_url, retry=Retry(NoBackoff(), 0), **client_options(settings)
+                settings.redis.url, retry=Retry(NoBackoff(), 0), **client_options(settings)
             )
 
     def register(self, source: str) -> None:
@@ -170,8 +170,8 @@ class AsyncRedisStore(_Guarded):
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
         # Parsed here: a malformed URL fails at start-up, not on every request.
-        self._url_options = parse_url(settings.redis_url) if settings.redis_url else None
-        self.timeout = settings.redis_timeout_seconds
+        self._url_options = parse_url(settings.redis.url) if settings.redis.url else None
+        self.timeout = settings.redis.timeout_seconds
         self._shas: dict[str, str] = {}
         self._waiting: list[_Script] = []
         self._flushes: set[asyncio.Task[None]] = set()

@@ -38,13 +38,13 @@ ENDPOINT_NOT_FOUND = "Webhook endpoint not found"
 def secret_box(settings: Settings) -> SecretBox:
     """The configured box; 503 with what to set when webhooks have no encryption key."""
     try:
-        return SecretBox(settings.webhook_encryption_key, settings.environment)
+        return SecretBox(settings.webhooks.encryption_key, settings.environment)
     except SecretsUnavailable as exc:
         raise ServiceUnavailable(str(exc)) from exc
 
 
 def destination_policy(settings: Settings) -> DestinationPolicy:
-    return DestinationPolicy.from_settings(settings.environment, settings.webhook_allowed_cidrs)
+    return DestinationPolicy.from_settings(settings.environment, settings.webhooks.allowed_cidrs)
 
 
 def require_endpoint(
@@ -143,7 +143,7 @@ def rotate_secret(
     """A new current secret; the old one signs too until the grace ends."""
     box = secret_box(settings)
     require_endpoint(connection, consumer_id, endpoint_id, lock=True)
-    grace = settings.webhook_secret_grace_seconds
+    grace = settings.webhooks.secret_grace_seconds
     expires_at = repository.expire_current_secret(connection, endpoint_id, grace)
     secret = new_secret()
     repository.insert_secret(connection, endpoint_id, box.seal(secret, str(endpoint_id)))

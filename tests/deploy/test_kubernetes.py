@@ -12,7 +12,7 @@ import typer.main
 import yaml
 
 from fintegrate_cli.main import app
-from service.config import Settings
+from service.config import FLAT_SETTINGS, GatewaySettings, env_name
 from service.gateway.kubernetes import KUBERNETES_FILE, kubernetes_file
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -63,7 +63,7 @@ def test_a_broken_manifest_is_refused_by_the_validator() -> None:
 
 
 def test_every_setting_set_is_a_real_setting() -> None:
-    known = {f"FINTEGRATE_{name.upper()}" for name in Settings.model_fields}
+    known = {env_name(setting) for setting in FLAT_SETTINGS}
     assert known
     set_names = {key for doc in of_kind("ConfigMap") for key in doc["data"]}
     set_names |= {e["name"] for c in containers() for e in c.get("env", [])}
@@ -145,7 +145,7 @@ def test_the_gateway_carries_the_ip_budget_on_every_public_route() -> None:
         assert {s["name"] for s in rule["services"]} <= services
     (budget,) = [d for d in of_kind("Middleware") if d["metadata"]["name"] == "ip-budget"]
     assert (
-        budget["spec"]["plugin"]["ipbudget"]["average"] == Settings().gateway_rate_limit_per_minute
+        budget["spec"]["plugin"]["ipbudget"]["average"] == GatewaySettings().rate_limit_per_minute
     )
 
 

@@ -51,9 +51,9 @@ def service_env(clean_env: None, settings: Settings, monkeypatch: pytest.MonkeyP
 @pytest.fixture
 def api_env(service_env: Settings, live_server: str, monkeypatch: pytest.MonkeyPatch) -> Settings:
     """``service_env`` plus the live API's URL and the operator key in the environment."""
-    assert service_env.admin_api_key
+    assert service_env.auth.admin_api_key
     monkeypatch.setenv("FINTEGRATE_API_URL", live_server)
-    monkeypatch.setenv("FINTEGRATE_ADMIN_API_KEY", service_env.admin_api_key)
+    monkeypatch.setenv("FINTEGRATE_ADMIN_API_KEY", service_env.auth.admin_api_key)
     return service_env
 
 

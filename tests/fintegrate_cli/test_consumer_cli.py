@@ -115,7 +115,7 @@ def test_create_with_the_broker_down_says_to_provision_later(
     run_cli: RunCli, api_env: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     dead_broker = f"amqp://fintegrate_user:fintegrate_pass@127.0.0.1:{closed_port()}/x"
-    server = LiveServer(create_app(api_env.model_copy(update={"rabbitmq_url": dead_broker})))
+    server = LiveServer(create_app(api_env.updated({"rabbitmq_url": dead_broker})))
     server.start()
     try:
         name = unique_name("cli")

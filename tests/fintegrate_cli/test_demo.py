@@ -18,9 +18,9 @@ from tests.fintegrate_cli.conftest import RunCli, closed_port, one_error_line
 @pytest.fixture
 def relay(api_env: Settings) -> Iterator[None]:
     """An outbox relay publishing this worker's database in a thread, like `fintegrate relay`."""
-    engine = create_db_engine(api_env, pool_size=2)
+    engine = create_db_engine(api_env.database, pool_size=2)
     stop = threading.Event()
-    outbox_relay = OutboxRelay(api_env, engine, stop)
+    outbox_relay = OutboxRelay.from_settings(api_env, engine, stop)
     thread = threading.Thread(target=outbox_relay.run, daemon=True)
     thread.start()
     assert outbox_relay.idle.wait(30)  # joined, holds its partitions, caught up

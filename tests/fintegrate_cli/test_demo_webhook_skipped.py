@@ -9,7 +9,7 @@ from tests.fintegrate_cli.conftest import RunCli
 def test_no_encryption_key_outside_development_skips_the_webhook_with_a_note(
     run_cli: RunCli, api_env: Settings
 ) -> None:
-    assert api_env.environment == "test" and api_env.webhook_encryption_key is None
+    assert api_env.environment == "test" and api_env.webhooks.encryption_key is None
     result = run_cli("demo", "--no-worker", "--customers", "1", "--timeout", "1")
     assert "webhooks skipped" in result.stderr
     assert "FINTEGRATE_WEBHOOK_ENCRYPTION_KEY" in result.stderr

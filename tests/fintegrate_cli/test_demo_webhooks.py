@@ -17,15 +17,15 @@ from tests.service.webhooks.conftest import WEBHOOK_SETTINGS
 
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
-    return settings.model_copy(update=WEBHOOK_SETTINGS)
+    return settings.updated(WEBHOOK_SETTINGS)
 
 
 @pytest.fixture
 def deliverer(api_env: Settings) -> Iterator[None]:
     """`fintegrate webhooks deliver` in a thread on this worker's database."""
-    engine = create_db_engine(api_env, pool_size=4)
+    engine = create_db_engine(api_env.database, pool_size=4)
     stop = threading.Event()
-    process = WebhookDeliverer(api_env, engine, stop)
+    process = WebhookDeliverer.from_settings(api_env, engine, stop)
     thread = threading.Thread(target=process.run, daemon=True)
     thread.start()
     yield

@@ -86,7 +86,7 @@ def add_slow_delivery(database_url: str, seconds: int) -> None:
 
 def dead_letter(settings: Settings, name: str) -> None:
     """Publish one message straight to the tenant's DLQ routing key."""
-    connection = pika.BlockingConnection(pika.URLParameters(settings.rabbitmq_url))
+    connection = pika.BlockingConnection(pika.URLParameters(settings.broker.url))
     try:
         channel = connection.channel()
         channel.basic_publish(topology.EXCHANGE, topology.dlq_routing_key(name), b"{}")
@@ -145,10 +145,10 @@ def test_table_for_people(run_cli: RunCli, service_env: Settings) -> None:
 
 @pytest.fixture
 def running_relay(fresh_db: str, api_env: Settings) -> Iterator[OutboxRelay]:
-    settings = api_env.model_copy(update={"database_url": fresh_db})
-    engine = create_db_engine(settings, pool_size=2)
+    settings = api_env.updated({"database_url": fresh_db})
+    engine = create_db_engine(settings.database, pool_size=2)
     stop = threading.Event()
-    relay = OutboxRelay(settings, engine, stop)
+    relay = OutboxRelay.from_settings(settings, engine, stop)
     thread = threading.Thread(target=relay.run, daemon=True)
     thread.start()
     assert relay.idle.wait(20)
@@ -197,13 +197,13 @@ def test_a_queue_with_old_arguments_or_half_migrated_fails_with_the_migrate_hint
     name = unique_name("doc")
     queue = topology.queue_name(name)
     add_consumer(fresh_db, name)
-    provision_consumer_queues(api_env.model_copy(update={"queue_max_length": 50}), name)
+    provision_consumer_queues(api_env.updated({"queue_max_length": 50}), name)
     code, checks, _ = doctor_json(run_cli)
     assert code == 1 and checks["topology"]["status"] == "fail"
     assert f"{queue} x-max-length=50 (want 100000)" in str(checks["topology"]["detail"])
     assert f"fintegrate queues provision {name} --migrate" in str(checks["topology"]["hint"])
 
-    connection = pika.BlockingConnection(pika.URLParameters(api_env.rabbitmq_url))
+    connection = pika.BlockingConnection(pika.URLParameters(api_env.broker.url))
     connection.channel().queue_declare(topology.migration_inbox_name(queue), durable=True)
     connection.close()
     code, checks, _ = doctor_json(run_cli)
@@ -238,7 +238,7 @@ def test_a_dlq_at_its_bound_is_named_full(
 ) -> None:
     monkeypatch.setenv("FINTEGRATE_DLQ_MAX_LENGTH", "2")
     name = unique_name("doc")
-    provision_consumer_queues(api_env.model_copy(update={"dlq_max_length": 2}), name)
+    provision_consumer_queues(api_env.updated({"dlq_max_length": 2}), name)
     add_consumer(fresh_db, name)
     for _ in range(3):
         dead_letter(api_env, name)
@@ -258,9 +258,9 @@ def test_silent_database_and_broker_do_not_hang_doctor(
     code, checks, error = doctor_json(
         run_cli,
         "--database-url",
-        database.url_for(service_env.database_url),
+        database.url_for(service_env.database.url),
         "--rabbitmq-url",
-        broker.url_for(service_env.rabbitmq_url),
+        broker.url_for(service_env.broker.url),
     )
     assert code == 1
     assert checks["database"]["status"] == "fail"
@@ -311,7 +311,7 @@ def test_several_broker_nodes_are_reported_one_by_one(
 ) -> None:
     provision_consumer_queues(service_env, unique_name("nodes"))  # declares the exchange
     dead = closed_port()
-    live = service_env.rabbitmq_url
+    live = service_env.broker.url
     nodes = f"{live.replace('127.0.0.1:5672', f'127.0.0.1:{dead}')},{live}"
     code, checks, _ = doctor_json(run_cli, "--rabbitmq-url", nodes)
 

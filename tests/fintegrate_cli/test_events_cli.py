@@ -61,9 +61,7 @@ def test_resend_yes_publishes_with_a_summary(
     summary = json_of(result)
     assert summary == {"matched": 7, "republished": 7, "failed": 0, "held_back": 0}
     assert {row.publish_status for row in event_rows(engine, ids).values()} == {"published"}
-    published = {
-        p.message_id for _, p, _ in drain_queue(api_env.rabbitmq_url, tenant["queue_name"])
-    }
+    published = {p.message_id for _, p, _ in drain_queue(api_env.broker.url, tenant["queue_name"])}
     assert set(ids) <= published
 
 
@@ -71,7 +69,7 @@ def test_partial_failure_exits_3(
     run_cli: RunCli, api_env: Settings, engine: Engine, tenant: dict[str, Any]
 ) -> None:
     name = tenant["name"]
-    with amqp_channel(api_env.rabbitmq_url) as channel:
+    with amqp_channel(api_env.broker.url) as channel:
         channel.queue_unbind(
             topology.queue_name(name),
             topology.EXCHANGE,

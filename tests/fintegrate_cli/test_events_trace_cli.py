@@ -37,7 +37,7 @@ def insert_run(engine: Engine, consumer_id: str, count: int) -> list[str]:
 
 def relay_round(settings: Settings, engine: Engine) -> OutboxRelay:
     """Publish what is due now (one relay, leaving its partitions after)."""
-    relay = OutboxRelay(settings, engine, threading.Event())
+    relay = OutboxRelay.from_settings(settings, engine, threading.Event())
     try:
         relay.drain()
     finally:

@@ -51,7 +51,7 @@ def test_provision_reports_differing_arguments_with_exit_3(
     run_cli: RunCli, service_env: Settings
 ) -> None:
     drifted, fine = unique_name("q"), unique_name("q")
-    with amqp_channel(service_env.rabbitmq_url) as channel:
+    with amqp_channel(service_env.broker.url) as channel:
         channel.queue_declare(
             topology.queue_name(drifted), durable=True, arguments={"x-max-length": 10}
         )
@@ -59,27 +59,27 @@ def test_provision_reports_differing_arguments_with_exit_3(
     assert result.exit_code == 3
     assert "x-max-length is 10, expected 100000" in result.stderr
     assert f"queues provision {drifted} --migrate" in result.stderr
-    assert queue_depth(service_env.rabbitmq_url, topology.dlq_name(fine)) == 0  # fine was done
+    assert queue_depth(service_env.broker.url, topology.dlq_name(fine)) == 0  # fine was done
 
 
 def test_purge_asks_first(run_cli: RunCli, service_env: Settings) -> None:
     name = unique_name("q")
     json_of(run_cli("queues", "provision", name, "--json"))
-    with amqp_channel(service_env.rabbitmq_url) as channel:
+    with amqp_channel(service_env.broker.url) as channel:
         for _ in range(3):
             channel.basic_publish(
                 topology.EXCHANGE, topology.routing_key("customer_creation", name), b"{}"
             )
     refused = run_cli("queues", "purge", name)
     assert refused.exit_code == 2 and "--yes" in refused.stderr
-    assert wait_until(lambda: queue_depth(service_env.rabbitmq_url, topology.queue_name(name)) == 3)
+    assert wait_until(lambda: queue_depth(service_env.broker.url, topology.queue_name(name)) == 3)
     purged = json_of(run_cli("queues", "purge", name, "--yes", "--json"))
     assert purged == {"queue": topology.queue_name(name), "purged": 3}
 
 
 def run_worker(settings: Settings, tenant: dict[str, Any], handler: Any, until: Any) -> None:
     stop = threading.Event()
-    worker_settings = settings.model_copy(update={"api_key": tenant["api_key"]})
+    worker_settings = settings.updated({"api_key": tenant["api_key"]})
     consumer = EventConsumer(worker_settings, tenant["name"], stop, handler)
     thread = threading.Thread(target=consumer.run, daemon=True)
     thread.start()
@@ -92,20 +92,20 @@ def run_worker(settings: Settings, tenant: dict[str, Any], handler: Any, until: 
 
 def dead_letter_consumer_created(settings: Settings, engine: Engine, tenant: dict[str, Any]) -> str:
     """Publish the tenant's consumer_created event and let a failing handler dead-letter it."""
-    OutboxRelay(settings, engine, threading.Event()).drain()
+    OutboxRelay.from_settings(settings, engine, threading.Event()).drain()
     dlq = topology.dlq_name(tenant["name"])
 
     def broken(message: EventMessage) -> None:
         raise RuntimeError("not today")
 
-    run_worker(settings, tenant, broken, lambda: queue_depth(settings.rabbitmq_url, dlq) == 1)
+    run_worker(settings, tenant, broken, lambda: queue_depth(settings.broker.url, dlq) == 1)
     return dlq
 
 
 def test_replay_dlq_moves_dead_letters_back_and_they_are_consumed(
     run_cli: RunCli, api_env: Settings, engine: Engine, tenant: dict[str, Any], live_server: str
 ) -> None:
-    settings = api_env.model_copy(update={"api_url": live_server})
+    settings = api_env.updated({"api_url": live_server})
     dlq = dead_letter_consumer_created(settings, engine, tenant)
     plan = json_of(run_cli("queues", "replay-dlq", tenant["name"], "--dry-run", "--json"))
     assert plan == {"dlq": dlq, "dead_letters": 1, "would_replay": 1}
@@ -113,8 +113,8 @@ def test_replay_dlq_moves_dead_letters_back_and_they_are_consumed(
     assert refused.exit_code == 2 and "--yes" in refused.stderr
     moved = json_of(run_cli("queues", "replay-dlq", tenant["name"], "--yes", "--json"))
     assert (moved["replayed"], moved["failed"]) == (1, 0)
-    assert queue_depth(settings.rabbitmq_url, dlq) == 0
-    with amqp_channel(settings.rabbitmq_url) as channel:
+    assert queue_depth(settings.broker.url, dlq) == 0
+    with amqp_channel(settings.broker.url) as channel:
         method, properties, _ = channel.basic_get(tenant["queue_name"])
         assert method.routing_key == topology.routing_key("consumer_created", tenant["name"])
         assert properties.headers["x-fintegrate-replayed"] is True
@@ -149,7 +149,7 @@ def test_status_without_the_management_api_uses_passive_declares(
 def test_replay_dlq_leaves_stale_dead_letters_unless_asked(
     run_cli: RunCli, api_env: Settings, engine: Engine, tenant: dict[str, Any], live_server: str
 ) -> None:
-    settings = api_env.model_copy(update={"api_url": live_server})
+    settings = api_env.updated({"api_url": live_server})
     dlq = dead_letter_consumer_created(settings, engine, tenant)
     with engine.connect() as connection:
         event_id = str(
@@ -175,7 +175,7 @@ def test_replay_dlq_leaves_stale_dead_letters_unless_asked(
         "reasons": [],
     }
     assert "1 stale dead letter(s) left in the DLQ" in left.stderr
-    assert queue_depth(settings.rabbitmq_url, dlq) == 1
+    assert queue_depth(settings.broker.url, dlq) == 1
     table = run_cli("queues", "replay-dlq", tenant["name"], "--yes")
     assert table.exit_code == 0 and "stale_left_in_dlq" in table.stdout
     anyway = json_of(
@@ -186,8 +186,8 @@ def test_replay_dlq_leaves_stale_dead_letters_unless_asked(
         False,
         0,
     )
-    assert queue_depth(settings.rabbitmq_url, dlq) == 0
-    assert wait_until(lambda: queue_depth(settings.rabbitmq_url, tenant["queue_name"]) == 1)
+    assert queue_depth(settings.broker.url, dlq) == 0
+    assert wait_until(lambda: queue_depth(settings.broker.url, tenant["queue_name"]) == 1)
 
 
 def test_provision_migrate_moves_a_seed_queue_keeping_its_messages(
@@ -197,7 +197,7 @@ def test_provision_migrate_moves_a_seed_queue_keeping_its_messages(
     queue = topology.queue_name(name)
     seed = {**topology.queue_arguments(name)}
     del seed["x-overflow"]  # the seed declared no overflow behaviour
-    with amqp_channel(service_env.rabbitmq_url) as channel:
+    with amqp_channel(service_env.broker.url) as channel:
         channel.exchange_declare(topology.EXCHANGE, topology.EXCHANGE_TYPE, durable=True)
         channel.queue_declare(queue, durable=True, arguments=seed)
         channel.queue_bind(
@@ -220,7 +220,7 @@ def test_provision_migrate_moves_a_seed_queue_keeping_its_messages(
     assert main["drift"] == [
         {"queue": queue, "argument": "x-overflow", "live": None, "expected": "reject-publish"}
     ]
-    assert queue_depth(service_env.rabbitmq_url, queue) == 5  # the dry run moved nothing
+    assert queue_depth(service_env.broker.url, queue) == 5  # the dry run moved nothing
 
     refused = run_cli("queues", "provision", name, "--migrate")
     assert refused.exit_code == 2 and "--yes" in refused.stderr
@@ -230,7 +230,7 @@ def test_provision_migrate_moves_a_seed_queue_keeping_its_messages(
     assert (main["result"], main["moved"]) == ("migrated", 10)  # out to the stash and back
     again = json_of(run_cli("queues", "provision", name, "--dry-run", "--json"))
     assert again[0]["ok"] is True
-    with amqp_channel(service_env.rabbitmq_url) as channel:
+    with amqp_channel(service_env.broker.url) as channel:
         bodies = [channel.basic_get(queue, auto_ack=True)[2] for _ in range(5)]
     assert bodies == [b"0", b"1", b"2", b"3", b"4"]
 
@@ -242,15 +242,17 @@ def test_a_worker_started_during_a_migration_stands_by_then_consumes_the_new_que
     live_server: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    settings = api_env.model_copy(update={"api_url": live_server})
-    OutboxRelay(settings, engine, threading.Event()).drain()  # its consumer_created event
-    assert wait_until(lambda: queue_depth(settings.rabbitmq_url, tenant["queue_name"]) == 1)
-    tuned = settings.model_copy(update={"queue_max_length": 99_999})  # the queue now differs
+    settings = api_env.updated({"api_url": live_server})
+    OutboxRelay.from_settings(
+        settings, engine, threading.Event()
+    ).drain()  # its consumer_created event
+    assert wait_until(lambda: queue_depth(settings.broker.url, tenant["queue_name"]) == 1)
+    tuned = settings.updated({"queue_max_length": 99_999})  # the queue now differs
     caplog.set_level(logging.INFO, logger="service.messaging.consume.consumer")
     seen: list[str] = []
     stop = threading.Event()
     worker = EventConsumer(
-        tuned.model_copy(update={"api_key": tenant["api_key"]}),
+        tuned.updated({"api_key": tenant["api_key"]}),
         tenant["name"],
         stop,
         lambda message: seen.append(message.event_id),

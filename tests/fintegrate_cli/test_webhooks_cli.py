@@ -16,7 +16,7 @@ from tests.support.receiver import Receiver
 
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
-    return settings.model_copy(update=WEBHOOK_SETTINGS)
+    return settings.updated(WEBHOOK_SETTINGS)
 
 
 @pytest.fixture

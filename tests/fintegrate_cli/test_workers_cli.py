@@ -19,7 +19,7 @@ def test_relay_once_publishes_what_is_due(
     result = run_cli("-q", "relay", "--once", "--batch-size", "2")
     assert result.exit_code == 0, result.stderr
     assert {row.publish_status for row in event_rows(engine, ids).values()} == {"published"}
-    assert queue_depth(api_env.rabbitmq_url, tenant["queue_name"]) >= 5
+    assert queue_depth(api_env.broker.url, tenant["queue_name"]) >= 5
 
 
 def test_consume_without_a_tenant_key_is_a_usage_error(
@@ -51,7 +51,7 @@ def test_consume_with_another_tenants_key_exits_2_before_taking_anything(
     other = json_of(run_cli("consumer", "create", unique_name("cli"), "--json"))
     insert_events(engine, tenant["consumer_id"], 3)
     assert run_cli("-q", "relay", "--once").exit_code == 0
-    depth = queue_depth(api_env.rabbitmq_url, tenant["queue_name"])
+    depth = queue_depth(api_env.broker.url, tenant["queue_name"])
     assert depth >= 3
 
     result = run_cli("--api-key", other["api_key"], "consume", "--consumer", tenant["name"])
@@ -59,7 +59,7 @@ def test_consume_with_another_tenants_key_exits_2_before_taking_anything(
     assert result.exit_code == 2
     line = one_error_line(result)
     assert tenant["name"] in line and other["name"] in line
-    assert queue_depth(api_env.rabbitmq_url, tenant["queue_name"]) == depth
+    assert queue_depth(api_env.broker.url, tenant["queue_name"]) == depth
 
 
 def test_consume_with_a_refused_key_is_one_error_line(

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from service.config import Settings
+from service.config import Settings, load_settings
 from service.gateway.runner import Gateway, GatewayOptions
 from tests.conftest import REDIS_BASE_URL, worker_index
 from tests.gateway.processes import ApiInstance, free_port
@@ -26,8 +26,8 @@ def stack_settings(
 
     No ``.env`` file is read: a developer's (scripts/run.sh writes one) must not leak in.
     """
-    return Settings(
-        _env_file=None,  # type: ignore[call-arg]
+    return load_settings(
+        read_env_file=False,
         environment="test",
         database_url=migrated_database_url,
         rabbitmq_url=rabbit_vhost,
@@ -52,7 +52,7 @@ def instance_factory(
 
     def create(**overrides: Any) -> ApiInstance:
         log = tmp_path_factory.mktemp("api") / "api.log"
-        instance = ApiInstance(stack_settings.model_copy(update=overrides), log).start()
+        instance = ApiInstance(stack_settings.updated(overrides), log).start()
         started.append(instance)
         return instance
 
@@ -78,7 +78,7 @@ def gateway_factory(stack_settings: Settings) -> Iterator[GatewayFactory]:
         options = GatewayOptions(
             "127.0.0.1", free_port(), tuple(upstreams), dashboard_port=dashboard_port
         )
-        gateway = Gateway(stack_settings.model_copy(update=overrides), options).start()
+        gateway = Gateway(stack_settings.updated(overrides).gateway, options).start()
         started.append(gateway)
         return gateway
 

@@ -31,7 +31,7 @@ def doctor_gateway(monkeypatch: pytest.MonkeyPatch, settings: Settings) -> dict[
 
 
 def through(settings: Settings, url: str, **update: object) -> Settings:
-    return settings.model_copy(update={"api_url": url, **update})
+    return settings.updated({"api_url": url, **update})
 
 
 def test_doctor_sees_a_dead_instance_behind_the_gateway(

@@ -39,7 +39,7 @@ def test_unknown_path_is_a_404_envelope_naming_the_routes(gateway: Gateway) -> N
 
 
 def test_the_apis_own_404_passes_untouched(gateway: Gateway, stack_settings: Settings) -> None:
-    tenant = create_tenant_over_http(gateway.url, stack_settings.admin_api_key, "gw404")
+    tenant = create_tenant_over_http(gateway.url, stack_settings.auth.admin_api_key, "gw404")
     response = httpx.get(
         f"{gateway.url}/customer/data/{uuid.uuid4()}", headers={"X-API-Key": tenant["api_key"]}
     )
@@ -47,8 +47,8 @@ def test_the_apis_own_404_passes_untouched(gateway: Gateway, stack_settings: Set
 
 
 def test_the_apis_per_key_429_keeps_its_headers(gateway: Gateway, stack_settings: Settings) -> None:
-    admin = {"X-Admin-Key": str(stack_settings.admin_api_key)}
-    tenant = create_tenant_over_http(gateway.url, stack_settings.admin_api_key, "gw429")
+    admin = {"X-Admin-Key": str(stack_settings.auth.admin_api_key)}
+    tenant = create_tenant_over_http(gateway.url, stack_settings.auth.admin_api_key, "gw429")
     limits = {"rate_limit_per_minute": 1, "rate_limit_burst": 2}
     patched = httpx.patch(
         f"{gateway.url}/consumer/data/{tenant['consumer_id']}", json=limits, headers=admin
@@ -71,9 +71,9 @@ def test_the_apis_own_503_passes_untouched(
     stack_settings: Settings,
     tcp_proxy_factory: Callable[[str, int], TcpProxy],
 ) -> None:
-    database = httpx.URL(stack_settings.database_url.replace("+psycopg2", ""))
+    database = httpx.URL(stack_settings.database.url.replace("+psycopg2", ""))
     proxy = tcp_proxy_factory(database.host, database.port or 5432)
-    instance = instance_factory(database_url=proxy.url_for(stack_settings.database_url))
+    instance = instance_factory(database_url=proxy.url_for(stack_settings.database.url))
     gateway = gateway_factory([instance.url])
     proxy.refuse()
     proxy.close_all()

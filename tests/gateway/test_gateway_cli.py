@@ -128,9 +128,7 @@ def test_a_taken_port_is_one_clear_line_and_exit_1(stack_settings: Settings) -> 
 def test_a_missing_binary_is_one_clear_line_and_exit_1(
     stack_settings: Settings, tmp_path: Path
 ) -> None:
-    settings = stack_settings.model_copy(
-        update={"gateway_traefik_binary": str(tmp_path / "no-traefik")}
-    )
+    settings = stack_settings.updated({"gateway_traefik_binary": str(tmp_path / "no-traefik")})
     done = subprocess.run(
         gateway_command(free_port(), "http://127.0.0.1:9"),
         env=cli_environment(settings),
@@ -161,7 +159,7 @@ def test_a_plugin_that_fails_to_load_stops_the_start_with_a_clear_line(
     source = broken / "src/github.com/fintegrate/ipbudget/ipbudget.go"
     source.write_text(source.read_text().replace("func New(", "func New((", 1))
     monkeypatch.setattr(runner, "PLUGINS_DIR", broken)
-    gateway = Gateway(stack_settings, nowhere())
+    gateway = Gateway(stack_settings.gateway, nowhere())
     started = time.monotonic()
     with pytest.raises(GatewayError, match=r"routers did not load.*IP budget plugin"):
         gateway.start()
@@ -171,8 +169,8 @@ def test_a_plugin_that_fails_to_load_stops_the_start_with_a_clear_line(
 
 def test_traefik_runs_on_the_cores_the_settings_give_it(stack_settings: Settings) -> None:
     for procs, expected in ((3, "3"), (None, str(max(1, (os.cpu_count() or 2) // 2)))):
-        settings = stack_settings.model_copy(update={"gateway_max_procs": procs})
-        gateway = Gateway(settings, nowhere()).start()
+        settings = stack_settings.updated({"gateway_max_procs": procs})
+        gateway = Gateway(settings.gateway, nowhere()).start()
         try:
             assert gateway.process is not None
             environ = Path(f"/proc/{gateway.process.pid}/environ").read_bytes().split(b"\0")

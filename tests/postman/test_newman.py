@@ -126,8 +126,8 @@ def free_port() -> int:
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
     """Webhooks configured, loopback destinations allowed (the collection's endpoint)."""
-    return settings.model_copy(
-        update={
+    return settings.updated(
+        {
             "webhook_encryption_key": "postman-tests-webhook-key-0123456789",
             "webhook_allowed_cidrs": "127.0.0.0/8",
         }
@@ -141,7 +141,7 @@ def gateway_url(live_server: str, settings: Settings) -> Iterator[str]:
     The burst is raised from 50 so that the collection may grow past one default burst.
     """
     options = GatewayOptions("127.0.0.1", free_port(), (live_server,))
-    gateway = Gateway(settings.model_copy(update={"gateway_rate_limit_burst": 500}), options)
+    gateway = Gateway(settings.updated({"gateway_rate_limit_burst": 500}).gateway, options)
     gateway.start()
     yield gateway.url
     gateway.stop()
@@ -168,8 +168,8 @@ def test_environment_declares_every_variable_the_collection_uses() -> None:
 def test_collection_passes_through_the_gateway(
     gateway_url: str, settings: Settings, tmp_path: Path
 ) -> None:
-    assert settings.admin_api_key
-    result = run_newman(gateway_url, settings.admin_api_key, tmp_path / "report.json")
+    assert settings.auth.admin_api_key
+    result = run_newman(gateway_url, settings.auth.admin_api_key, tmp_path / "report.json")
     requests, assertions = expected_counts()
     stats = result.run["stats"]
     assert result.returncode == 0, result.output[-6000:]

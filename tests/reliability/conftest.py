@@ -42,7 +42,7 @@ def isolated_settings(settings: Settings, database_factory: Callable[[], str]) -
     bootstrap = create_engine(url)
     migrations.apply(bootstrap)
     bootstrap.dispose()
-    return settings.model_copy(update={"database_url": url})
+    return settings.updated({"database_url": url})
 
 
 @pytest.fixture
@@ -55,7 +55,7 @@ def stack_settings(isolated_settings: Settings) -> Settings:
 @pytest.fixture
 def stack_engine(stack_settings: Settings) -> Iterator[Engine]:
     """An engine on the stack's database, for probes and inserted backlogs."""
-    engine = create_db_engine(stack_settings, pool_size=2)
+    engine = create_db_engine(stack_settings.database, pool_size=2)
     yield engine
     engine.dispose()
 
@@ -74,7 +74,7 @@ def tenant(
 ) -> dict[str, Any]:
     """A consumer created through ``api_url`` (queues provisioned), named after the module."""
     prefix = request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_")
-    return create_tenant_over_http(api_url, stack_settings.admin_api_key, prefix)
+    return create_tenant_over_http(api_url, stack_settings.auth.admin_api_key, prefix)
 
 
 @pytest.fixture
@@ -86,14 +86,14 @@ def db_proxy(tcp_proxy_factory: Callable[[str, int], TcpProxy]) -> TcpProxy:
 @pytest.fixture
 def db_proxied_settings(settings: Settings, db_proxy: TcpProxy) -> Settings:
     """``settings`` with the database reached through ``db_proxy``."""
-    return settings.model_copy(update={"database_url": db_proxy.url_for(settings.database_url)})
+    return settings.updated({"database_url": db_proxy.url_for(settings.database.url)})
 
 
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
     """Webhooks configured (a sealing key, loopback allowed) so the victim can have an endpoint."""
-    return settings.model_copy(
-        update={
+    return settings.updated(
+        {
             "webhook_encryption_key": "reliability-tests-webhook-key-0123456789",
             "webhook_allowed_cidrs": "127.0.0.0/8",
         }

@@ -58,8 +58,8 @@ def broker_proxy(tcp_proxy_factory: Callable[[str, int], TcpProxy]) -> TcpProxy:
 @pytest.fixture
 def stack_settings(isolated_settings: Settings, broker_proxy: TcpProxy) -> Settings:
     """The API, relay and worker reach the broker through ``broker_proxy``."""
-    url = broker_proxy.url_for(isolated_settings.rabbitmq_url)
-    return isolated_settings.model_copy(update={"rabbitmq_url": url})
+    url = broker_proxy.url_for(isolated_settings.broker.url)
+    return isolated_settings.updated({"rabbitmq_url": url})
 
 
 def cycle_faults(proxy: TcpProxy) -> None:
@@ -87,9 +87,7 @@ def test_broker_faults_during_steady_load_lose_nothing(
     tmp_path: Path,
 ) -> None:
     handler_log = tmp_path / "handled.log"
-    worker_settings = stack_settings.model_copy(
-        update={"api_url": api_url, "api_key": tenant["api_key"]}
-    )
+    worker_settings = stack_settings.updated({"api_url": api_url, "api_key": tenant["api_key"]})
     relay = FintegrateProcess("relay", ["relay"], stack_settings, tmp_path).start()
     worker = FintegrateProcess(
         "worker",
@@ -120,7 +118,7 @@ def test_broker_faults_during_steady_load_lose_nothing(
     assert set(recorded.values()) == {1}  # one receipt per event and status
     assert {status for _, status in recorded} <= {"processed", "received"}
     assert len(set(handled)) == events
-    assert queue_depth(isolated_settings.rabbitmq_url, tenant["queue_name"]) == 0
+    assert queue_depth(isolated_settings.broker.url, tenant["queue_name"]) == 0
     report_figures(
         "broker_faults_steady_load",
         requests=len(load.statuses),

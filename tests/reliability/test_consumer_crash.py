@@ -31,7 +31,7 @@ WORKER_STARTED = "consuming customer_notification_"
 @pytest.fixture
 def tenant(live_server: str, settings: Settings) -> dict[str, Any]:
     """A tenant with ``CUSTOMERS`` customers whose events are all in its queue."""
-    data = create_tenant_over_http(live_server, settings.admin_api_key, "kill")
+    data = create_tenant_over_http(live_server, settings.auth.admin_api_key, "kill")
     with httpx.Client(base_url=live_server, timeout=10) as api:
         for index in range(CUSTOMERS):
             response = api.post(
@@ -55,13 +55,11 @@ def start_worker(
 def test_worker_killed_mid_message_redelivers_and_processes_once(
     settings: Settings, engine: Engine, live_server: str, tenant: dict[str, Any], tmp_path: Path
 ) -> None:
-    OutboxRelay(settings, engine, threading.Event()).drain()
+    OutboxRelay.from_settings(settings, engine, threading.Event()).drain()
     events = event_ids(engine, tenant["consumer_id"])
     queue = tenant["queue_name"]
-    worker_settings = settings.model_copy(
-        update={"api_url": live_server, "api_key": tenant["api_key"]}
-    )
-    assert queue_depth(settings.rabbitmq_url, queue) == len(events)
+    worker_settings = settings.updated({"api_url": live_server, "api_key": tenant["api_key"]})
+    assert queue_depth(settings.broker.url, queue) == len(events)
 
     doomed = start_worker(worker_settings, tenant, tmp_path, "worker-killed", 60)
     try:
@@ -71,7 +69,7 @@ def test_worker_killed_mid_message_redelivers_and_processes_once(
     interrupted = {line.removeprefix("start ") for line in handler_lines(tmp_path / "handled.log")}
     assert interrupted and interrupted <= set(events)
     assert receipts(engine, tenant["consumer_id"]) == Counter()
-    assert wait_until(lambda: queue_depth(settings.rabbitmq_url, queue) == len(events))
+    assert wait_until(lambda: queue_depth(settings.broker.url, queue) == len(events))
 
     survivor = start_worker(worker_settings, tenant, tmp_path, "worker-restarted", 0.05)
     try:
@@ -88,7 +86,7 @@ def test_worker_killed_mid_message_redelivers_and_processes_once(
         {(event, "processed"): 1 for event in events}
     )
     assert deliver_states(engine, tenant["consumer_id"]) == {"delivered": len(events)}
-    assert queue_depth(settings.rabbitmq_url, queue) == 0
+    assert queue_depth(settings.broker.url, queue) == 0
     report_figures(
         "consumer_kill_9",
         events=len(events),

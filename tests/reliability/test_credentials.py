@@ -51,7 +51,7 @@ EXPECTED: dict[str, dict[str, int | str]] = {
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
     """No failed-auth throttling: a row sends one bad key to every operation."""
-    return settings.model_copy(update={"failed_auth_limit": 1_000_000})
+    return settings.updated({"failed_auth_limit": 1_000_000})
 
 
 def credential_headers(

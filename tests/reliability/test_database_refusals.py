@@ -45,7 +45,7 @@ def database_name(own_database: str) -> str:
 
 @pytest.fixture
 def api(settings: Settings, own_database: str, pg_admin_engine: Engine) -> Iterator[TestClient]:
-    own = settings.model_copy(update={"database_url": own_database, "auth_cache_ttl_seconds": 600})
+    own = settings.updated({"database_url": own_database, "auth_cache_ttl_seconds": 600})
     with TestClient(create_app(own)) as client:
         yield client
     name = make_url(own_database).database

@@ -37,7 +37,7 @@ def delivered(client: httpx.Client, headers: dict[str, str], customer_id: str, k
 
 def dead_letter_the_creation(settings: Settings, tenant: dict[str, Any], customer_id: str) -> None:
     """The customer's creation event into the tenant's DLQ, as a worker's reject puts it."""
-    engine = create_db_engine(settings, pool_size=1)
+    engine = create_db_engine(settings.database, pool_size=1)
     try:
         with engine.connect() as connection:
             row = connection.execute(
@@ -54,15 +54,15 @@ def dead_letter_the_creation(settings: Settings, tenant: dict[str, Any], custome
     message = OutgoingMessage(
         topology.dlq_routing_key(tenant["name"]), message_body(event), message_properties(event)
     )
-    with ConfirmingPublisher(settings.rabbitmq_url) as publisher:
+    with ConfirmingPublisher(settings.broker.url) as publisher:
         assert publisher.publish(message).ok
 
 
 def test_no_process_log_and_no_dead_letter_holds_an_erased_customer(
     isolated_settings: Settings, tmp_path: Path
 ) -> None:
-    assert isolated_settings.admin_api_key
-    admin = {"X-Admin-Key": isolated_settings.admin_api_key}
+    assert isolated_settings.auth.admin_api_key
+    admin = {"X-Admin-Key": isolated_settings.auth.admin_api_key}
     marker = uuid.uuid4().hex[:10]
     name, email = f"Zelda Erasable {marker}", f"zelda.{marker}@example.com"
     api, url = serve_api(isolated_settings, tmp_path, log_level="info")
@@ -74,8 +74,8 @@ def test_no_process_log_and_no_dead_letter_holds_an_erased_customer(
             )
             tenant = assert_envelope(created, 201)
             headers = {"X-API-Key": tenant["api_key"]}
-            worker_settings = isolated_settings.model_copy(
-                update={"api_url": url, "api_key": tenant["api_key"]}
+            worker_settings = isolated_settings.updated(
+                {"api_url": url, "api_key": tenant["api_key"]}
             )
             processes += [
                 FintegrateProcess("relay", ["relay"], isolated_settings, tmp_path).start(),
@@ -106,7 +106,7 @@ def test_no_process_log_and_no_dead_letter_holds_an_erased_customer(
     logs = {process.name: process.log_text() for process in processes}
     assert "customer_creation" in logs["worker"], "the default handler logged the event"
     assert {n: log for n, log in logs.items() if email in log or name in log} == {}
-    letters = drain_queue(isolated_settings.rabbitmq_url, topology.dlq_name(tenant["name"]))
+    letters = drain_queue(isolated_settings.broker.url, topology.dlq_name(tenant["name"]))
     assert len(letters) == 1
     assert json.loads(letters[0][2])["payload"] == {"erased": True}
     assert not [body for _, _, body in letters if email.encode() in body]

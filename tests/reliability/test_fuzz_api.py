@@ -35,7 +35,7 @@ import httpx
 import pytest
 
 from service.app import create_app
-from service.config import Settings
+from service.config import AuthSettings, Settings
 from tests.reliability.probes import report_figures
 from tests.support.live_server import LiveServer
 
@@ -92,16 +92,16 @@ POSITIVE_EXPECTED = ["2xx", "3xx", "401", "403", "404", "409", "429", "5xx"]
 def stack_settings(isolated_settings: Settings) -> Settings:
     """The API (``api_url``) on its own database; failed-auth throttling off (ignored_auth
     sends bad keys)."""
-    return isolated_settings.model_copy(update={"failed_auth_limit": 1_000_000})
+    return isolated_settings.updated({"failed_auth_limit": 1_000_000})
 
 
 @pytest.fixture
 def fuzz_tenant_key(api_url: str, isolated_settings: Settings) -> str:
-    assert isolated_settings.admin_api_key
+    assert isolated_settings.auth.admin_api_key
     response = httpx.post(
         f"{api_url}/consumer/data",
         json={"name": "fuzz", "rate_limit_per_minute": 1_000_000, "rate_limit_burst": 1_000_000},
-        headers={"X-Admin-Key": isolated_settings.admin_api_key},
+        headers={"X-Admin-Key": isolated_settings.auth.admin_api_key},
         timeout=10,
     )
     assert response.status_code == 201, response.text
@@ -174,14 +174,14 @@ def assert_clean(outcome: dict[str, Any]) -> None:
 def test_schemathesis_finds_no_server_error_and_no_schema_violation(
     api_url: str, fuzz_tenant_key: str, isolated_settings: Settings, tmp_path: Path
 ) -> None:
-    assert isolated_settings.admin_api_key
+    assert isolated_settings.auth.admin_api_key
     every = operation_names(api_url)
     tenant_disabled = sorted({*ADMIN_ONLY, ROTATE})
     admin_disabled = sorted(every - {*ADMIN_ONLY, *EITHER})
     both_disabled = sorted(every - set(EITHER) | {ROTATE})
     assert {*ADMIN_ONLY, *EITHER} <= every  # the lists above name real operations
 
-    admin_key = isolated_settings.admin_api_key
+    admin_key = isolated_settings.auth.admin_api_key
     tenant = run_schemathesis(
         api_url, config_text({"TenantKey": fuzz_tenant_key}, tenant_disabled), tmp_path / "t"
     )
@@ -217,7 +217,7 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(
 @pytest.fixture
 def throttled_api(isolated_settings: Settings) -> Iterator[str]:
     """An API with the product's failed-auth throttle (the ``api_url`` one has it off)."""
-    assert isolated_settings.failed_auth_limit == Settings.model_fields["failed_auth_limit"].default
+    assert isolated_settings.auth.failed_limit == AuthSettings().failed_limit
     server = LiveServer(create_app(isolated_settings)).start()
     yield server.url
     server.stop()
@@ -235,7 +235,7 @@ def answered(url: str, status: int) -> float:
 def test_schemathesis_finds_no_undocumented_status_under_the_throttles(
     throttled_api: str, isolated_settings: Settings, tmp_path: Path
 ) -> None:
-    admin_key = isolated_settings.admin_api_key
+    admin_key = isolated_settings.auth.admin_api_key
     assert admin_key
     response = httpx.post(
         f"{throttled_api}/consumer/data",

@@ -52,7 +52,7 @@ BOMBS = {
 
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
-    return settings.model_copy(update={"failed_auth_limit": 1_000_000})
+    return settings.updated({"failed_auth_limit": 1_000_000})
 
 
 def headers_for(operation: Any, victim: dict[str, Any], admin: dict[str, str]) -> dict[str, str]:
@@ -87,7 +87,7 @@ def test_every_body_refuses_bombs_with_a_4xx_envelope_and_writes_nothing(
 def test_every_body_over_the_limit_is_413(
     client: TestClient, victim: dict[str, Any], admin_headers: dict[str, str], settings: Settings
 ) -> None:
-    oversize = json.dumps({"name": "x" * settings.max_body_bytes}).encode()
+    oversize = json.dumps({"name": "x" * settings.http.max_body_bytes}).encode()
     for operation in WITH_BODY:
         response = client.request(
             operation.method,

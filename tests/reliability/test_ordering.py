@@ -44,8 +44,8 @@ RELAY = ["relay", "--poll-seconds", "0.2"]
 
 @pytest.fixture
 def stack_settings(isolated_settings: Settings) -> Settings:
-    return isolated_settings.model_copy(
-        update={
+    return isolated_settings.updated(
+        {
             "relay_batch_size": 50,
             "relay_max_backoff_seconds": 2.0,
             "relay_lease_ttl_seconds": 3.0,
@@ -60,9 +60,9 @@ class Broker:
     """The management API of the test's vhost: connections, bindings."""
 
     def __init__(self, settings: Settings) -> None:
-        assert settings.rabbitmq_management_url
-        self.base = settings.rabbitmq_management_url.rstrip("/")
-        self.vhost = settings.rabbitmq_url.rsplit("/", 1)[1]
+        assert settings.broker.management_url
+        self.base = settings.broker.management_url.rstrip("/")
+        self.vhost = settings.broker.url.rsplit("/", 1)[1]
 
     def close_connections(self) -> int:
         connections = httpx.get(f"{self.base}/api/vhosts/{self.vhost}/connections", timeout=10)
@@ -156,7 +156,7 @@ def first_arrivals(settings: Settings, queue: str) -> list[dict[str, Any]]:
     """The queue's messages in order, each event_id kept at its first arrival only."""
     seen: set[str] = set()
     documents = []
-    for _, properties, body in drain_queue(settings.rabbitmq_url, queue):
+    for _, properties, body in drain_queue(settings.broker.url, queue):
         document = json.loads(body)
         assert properties.headers["x-fintegrate-sequence"] == document["sequence"]
         if document["event_id"] not in seen:
@@ -195,7 +195,7 @@ def test_every_customer_arrives_in_commit_order_through_chaos(
     ]
     chaos = None
     try:
-        tenant = create_tenant_over_http(api_url, stack_settings.admin_api_key, "ordered")
+        tenant = create_tenant_over_http(api_url, stack_settings.auth.admin_api_key, "ordered")
         chaos = Chaos(relays, Broker(stack_settings), tenant["name"])
         chaos.thread.start()
         started = time.monotonic()

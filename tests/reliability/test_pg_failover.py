@@ -62,8 +62,8 @@ def stack_settings(settings: Settings, pg_pair: PgPair) -> Settings:
     bootstrap = create_engine(shipped_driver_url(pg_pair.primary.url()))
     migrations.apply(bootstrap)
     bootstrap.dispose()
-    return settings.model_copy(
-        update={
+    return settings.updated(
+        {
             "database_url": shipped_driver_url(pg_pair.multi_host_url),
             "relay_max_backoff_seconds": 2.0,
             "relay_lease_ttl_seconds": 3.0,
@@ -195,7 +195,7 @@ def arrived_sequences(settings: Settings, queue: str) -> dict[str, list[int]]:
     """Per customer, the sequences at the queue in arrival order (first arrivals only)."""
     seen: set[str] = set()
     arrived: dict[str, list[int]] = {}
-    for _, _, body in drain_queue(settings.rabbitmq_url, queue):
+    for _, _, body in drain_queue(settings.broker.url, queue):
         document = json.loads(body)
         if document["event_id"] in seen or document["customer_id"] is None:
             continue
@@ -232,7 +232,7 @@ def run_fault(
         ), publish_states(engine, tenant["consumer_id"])
         alive = [relay.alive for relay in relays]
         owners = lease_owners(engine)
-        live = live_relay_ids(engine, settings.relay_lease_ttl_seconds)
+        live = live_relay_ids(engine, settings.relay.lease_ttl_seconds)
         tokens_after = fencing_tokens(engine)
     finally:
         for relay in relays:

@@ -29,15 +29,13 @@ DELIVERY_LIMIT = 2
 
 @pytest.fixture
 def quorum_settings(settings: Settings) -> Settings:
-    return settings.model_copy(
-        update={"queue_type": "quorum", "quorum_delivery_limit": DELIVERY_LIMIT}
-    )
+    return settings.updated({"queue_type": "quorum", "quorum_delivery_limit": DELIVERY_LIMIT})
 
 
 def live_queue(settings: Settings, name: str) -> dict[str, Any]:
-    assert settings.rabbitmq_management_url
+    assert settings.broker.management_url
     with ManagementClient(
-        settings.rabbitmq_management_url, vhost_of(settings.rabbitmq_url)
+        settings.broker.management_url, vhost_of(settings.broker.url)
     ) as management:
         queue = management.queue(name)
     assert queue is not None, name
@@ -86,7 +84,7 @@ def test_message_requeued_past_the_delivery_limit_is_dead_lettered(
 ) -> None:
     name = unique_name("quorum")
     provision_consumer_queues(quorum_settings, name)
-    url, queue = quorum_settings.rabbitmq_url, topology.queue_name(name)
+    url, queue = quorum_settings.broker.url, topology.queue_name(name)
     dlq = topology.dlq_name(name)
     with amqp_channel(url) as channel:
         channel.confirm_delivery()

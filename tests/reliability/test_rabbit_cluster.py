@@ -69,8 +69,8 @@ def stack_settings(
     """The stack on a vhost of its own on the cluster, quorum tenant queues."""
     with rabbit_cluster.turn(), rabbit_cluster.vhost() as vhost:
         assert rabbit_cluster.wait_all_running(), "the cluster is not whole before the test"
-        yield isolated_settings.model_copy(
-            update={
+        yield isolated_settings.updated(
+            {
                 "rabbitmq_url": rabbit_cluster.amqp_urls(vhost),
                 "rabbitmq_management_url": rabbit_cluster.management_urls(),
                 "queue_type": "quorum",
@@ -83,9 +83,9 @@ def stack_settings(
 
 
 def live_queue(settings: Settings, name: str) -> dict[str, Any]:
-    assert settings.rabbitmq_management_url
+    assert settings.broker.management_url
     with ManagementClient(
-        settings.rabbitmq_management_url, vhost_of(settings.rabbitmq_url)
+        settings.broker.management_url, vhost_of(settings.broker.url)
     ) as management:
         queue = management.queue(name)
     assert queue is not None, name
@@ -131,7 +131,7 @@ def test_quorum_queues_span_the_nodes_and_tenant_logins_work_on_each(
     assert tenant["broker_provisioned"] is True
     broker = tenant["broker"]
     logins = split_urls(
-        tenant_broker_url(stack_settings.rabbitmq_url, broker["username"], broker["password"])
+        tenant_broker_url(stack_settings.broker.url, broker["username"], broker["password"])
     )
     assert [urlsplit(url).port for url in logins] == [amqp_port(n) for n in NODES]
     assert all(tenant_login_works_on(url, tenant["queue_name"]) for url in logins)
@@ -270,9 +270,7 @@ def test_killing_the_relays_node_then_another_loses_nothing(
 ) -> None:
     handler_log = tmp_path / "handled.log"
     relay = FintegrateProcess("relay", RELAY, stack_settings, tmp_path).start()
-    worker_settings = stack_settings.model_copy(
-        update={"api_key": tenant["api_key"], "api_url": api_url}
-    )
+    worker_settings = stack_settings.updated({"api_key": tenant["api_key"], "api_url": api_url})
     worker = FintegrateProcess(
         "worker",
         ["consume", "--consumer", tenant["name"], "--handler", HANDLER],

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from service.app import create_app
-from service.config import Settings
+from service.config import RedisSettings, Settings
 from tests.conftest import unique_name
 from tests.reliability.probes import report_figures
 from tests.support.live_server import LiveServer
@@ -35,8 +35,8 @@ MAX_REQUESTS_PER_CONNECTION = 20_000
 @pytest.fixture
 def load_settings(isolated_settings: Settings) -> Settings:
     """The product's Redis budget (the shared test settings allow 0.5 s)."""
-    default_timeout = Settings.model_fields["redis_timeout_seconds"].default
-    return isolated_settings.model_copy(update={"redis_timeout_seconds": default_timeout})
+    default_timeout = RedisSettings().timeout_seconds
+    return isolated_settings.updated({"redis_timeout_seconds": default_timeout})
 
 
 @pytest.fixture
@@ -75,7 +75,7 @@ def test_sixteen_connections_get_the_burst_and_the_refill_only(
     live_api: tuple[str, Any], load_settings: Settings
 ) -> None:
     api_url, app = live_api
-    headers = limited_tenant(api_url, load_settings.admin_api_key)
+    headers = limited_tenant(api_url, load_settings.auth.admin_api_key)
     results: list[Counter[int]] = []
     lock = threading.Lock()
     started = time.monotonic()

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from service.config import Settings
+from service.config import RedisSettings, Settings
 from tests.reliability.probes import report_figures
 from tests.support.outbox import wait_until
 from tests.support.tcp_proxy import TcpProxy, target_of
@@ -33,12 +33,12 @@ def redis_proxy(tcp_proxy_factory: Callable[[str, int], TcpProxy], redis_url: st
 def settings(settings: Settings, redis_proxy: TcpProxy) -> Settings:
     """The API's Redis link runs through the proxy with the product's 50 ms budget; the
     breaker probes again after 0.5 s."""
-    assert settings.redis_url
-    return settings.model_copy(
-        update={
-            "redis_url": redis_proxy.url_for(settings.redis_url),
+    assert settings.redis.url
+    return settings.updated(
+        {
+            "redis_url": redis_proxy.url_for(settings.redis.url),
             "redis_retry_seconds": RETRY_SECONDS,
-            "redis_timeout_seconds": Settings.model_fields["redis_timeout_seconds"].default,
+            "redis_timeout_seconds": RedisSettings().timeout_seconds,
         }
     )
 

@@ -40,7 +40,7 @@ WORKER_STARTED = "consuming customer_notification_"
 
 @pytest.fixture
 def stack_settings(isolated_settings: Settings) -> Settings:
-    return isolated_settings.model_copy(update={"relay_batch_size": BATCH})
+    return isolated_settings.updated({"relay_batch_size": BATCH})
 
 
 def published_count(engine: Engine, tenant: dict[str, Any]) -> int:
@@ -71,7 +71,7 @@ def kill_rounds(
         finally:
             relay.kill()
         time.sleep(0.5)  # frames already sent reach the queue
-        duplicates = queue_depth(settings.rabbitmq_url, tenant["queue_name"]) - published_count(
+        duplicates = queue_depth(settings.broker.url, tenant["queue_name"]) - published_count(
             engine, tenant
         )
         duplicates_per_crash.append(duplicates - duplicates_before)
@@ -102,7 +102,7 @@ def consume_everything(
 ) -> list[str]:
     """Run a worker until every event has a receipt and the queue is empty; handler lines."""
     handler_log = log_dir / "handled.log"
-    worker_settings = settings.model_copy(update={"api_key": tenant["api_key"]})
+    worker_settings = settings.updated({"api_key": tenant["api_key"]})
     worker = FintegrateProcess(
         "worker",
         ["consume", "--consumer", tenant["name"], "--handler", "tests.reliability.handlers:record"],
@@ -114,7 +114,7 @@ def consume_everything(
         assert wait_until(
             lambda: (
                 len(receipts(engine, tenant["consumer_id"])) >= events
-                and queue_depth(settings.rabbitmq_url, tenant["queue_name"]) == 0
+                and queue_depth(settings.broker.url, tenant["queue_name"]) == 0
             ),
             timeout=180,
             interval=0.5,
@@ -133,12 +133,12 @@ def test_relay_killed_mid_batch_ten_times_loses_nothing(
     tmp_path: Path,
 ) -> None:
     insert_events(stack_engine, tenant["consumer_id"], count=BACKLOG)
-    worker_settings = stack_settings.model_copy(update={"api_url": api_url})
+    worker_settings = stack_settings.updated({"api_url": api_url})
     with CustomerLoad([api_url], tenant["api_key"], LOAD_LIMIT, pause_seconds=0.01) as load:
         duplicates_per_crash = kill_rounds(stack_settings, stack_engine, tenant, tmp_path)
     drain_seconds = drain_with_relay(stack_settings, stack_engine, tenant, tmp_path)
     events = sum(publish_states(stack_engine, tenant["consumer_id"]).values())
-    in_queue = queue_depth(stack_settings.rabbitmq_url, tenant["queue_name"])
+    in_queue = queue_depth(stack_settings.broker.url, tenant["queue_name"])
     handled = consume_everything(worker_settings, stack_engine, tenant, tmp_path, events)
     receipt_counts = receipts(stack_engine, tenant["consumer_id"])
 

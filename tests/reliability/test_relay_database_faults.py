@@ -30,7 +30,7 @@ GAVE_UP = "did not answer within"
 
 @pytest.fixture
 def stack_settings(isolated_settings: Settings) -> Settings:
-    return isolated_settings.model_copy(update={"db_statement_timeout_ms": STATEMENT_TIMEOUT_MS})
+    return isolated_settings.updated({"db_statement_timeout_ms": STATEMENT_TIMEOUT_MS})
 
 
 def all_published(engine: Engine, tenant: dict[str, Any]) -> Callable[[], bool]:
@@ -44,8 +44,8 @@ def test_relay_gives_up_on_a_frozen_database_within_a_bound_and_resumes(
     db_proxy: TcpProxy,
     tmp_path: Path,
 ) -> None:
-    proxied = stack_settings.model_copy(
-        update={"database_url": db_proxy.url_for(stack_settings.database_url)}
+    proxied = stack_settings.updated(
+        {"database_url": db_proxy.url_for(stack_settings.database.url)}
     )
     relay = FintegrateProcess("relay", ["relay", "--poll-seconds", "0.2"], proxied, tmp_path)
     relay.start()

@@ -65,7 +65,7 @@ def start_pipeline(
     settings: Settings, tenant: dict[str, Any], api_url: str, log_dir: Path
 ) -> list[FintegrateProcess]:
     """Two relays and two workers of the tenant's queue."""
-    worker_settings = settings.model_copy(update={"api_url": api_url, "api_key": tenant["api_key"]})
+    worker_settings = settings.updated({"api_url": api_url, "api_key": tenant["api_key"]})
     consume = ["consume", "--consumer", tenant["name"]]
     consume += ["--handler", "tests.reliability.handlers:record"]
     extra = {LOG_ENV: str(log_dir / "handled.log")}
@@ -100,7 +100,7 @@ def test_two_of_everything_publish_once_and_deliver_everything(
         )
         elapsed = time.monotonic() - started
         assert wait_until(
-            lambda: queue_depth(isolated_settings.rabbitmq_url, tenant["queue_name"]) == 0
+            lambda: queue_depth(isolated_settings.broker.url, tenant["queue_name"]) == 0
         )
     finally:
         exits = [process.terminate() for process in processes]

@@ -121,9 +121,9 @@ def test_no_secret_in_logs_answers_or_audit_rows(
 def test_no_secret_in_the_logs_of_serve_relay_and_a_debug_worker(
     isolated_settings: Settings, tmp_path: Path
 ) -> None:
-    assert isolated_settings.admin_api_key
-    admin = {"X-Admin-Key": isolated_settings.admin_api_key}
-    record = Recorder(isolated_settings.admin_api_key)
+    assert isolated_settings.auth.admin_api_key
+    admin = {"X-Admin-Key": isolated_settings.auth.admin_api_key}
+    record = Recorder(isolated_settings.auth.admin_api_key)
     api, url = serve_api(isolated_settings, tmp_path, log_level="debug")
     processes = [api]
     try:
@@ -132,8 +132,8 @@ def test_no_secret_in_the_logs_of_serve_relay_and_a_debug_worker(
                 client.post("/consumer/data", json={"name": unique_name("s")}, headers=admin),
                 True,
             )
-            worker_settings = isolated_settings.model_copy(
-                update={"api_url": url, "api_key": tenant["api_key"]}
+            worker_settings = isolated_settings.updated(
+                {"api_url": url, "api_key": tenant["api_key"]}
             )
             consume = ["--debug", "consume", "--consumer", tenant["name"]]
             consume += ["--handler", "tests.reliability.handlers:record"]

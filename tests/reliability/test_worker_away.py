@@ -67,9 +67,9 @@ def start_worker(settings: Settings, tenant: dict[str, Any], log_dir: Path, name
 def test_a_worker_stopped_past_the_ttl_gets_every_event_once_in_order(
     settings: Settings, engine: Engine, live_server: str, tmp_path: Path
 ) -> None:
-    tenant = create_tenant_over_http(live_server, settings.admin_api_key, "away")
-    small = settings.model_copy(
-        update={
+    tenant = create_tenant_over_http(live_server, settings.auth.admin_api_key, "away")
+    small = settings.updated(
+        {
             "api_url": live_server,
             "api_key": tenant["api_key"],
             "queue_message_ttl_ms": TTL_MS,
@@ -77,11 +77,11 @@ def test_a_worker_stopped_past_the_ttl_gets_every_event_once_in_order(
         }
     )
     dlq = topology.dlq_name(tenant["name"])
-    with amqp_channel(settings.rabbitmq_url) as channel:
+    with amqp_channel(settings.broker.url) as channel:
         channel.queue_delete(tenant["queue_name"])
         channel.queue_delete(dlq)
     provision_consumer_queues(small, tenant["name"])
-    relay = OutboxRelay(settings, engine, threading.Event())
+    relay = OutboxRelay.from_settings(settings, engine, threading.Event())
     api = httpx.Client(base_url=live_server, timeout=10)
 
     customers = create(api, tenant, 4)
@@ -97,18 +97,18 @@ def test_a_worker_stopped_past_the_ttl_gets_every_event_once_in_order(
             change(api, tenant, customer_id, status)
     customers += create(api, tenant, 2)
     relay.drain()
-    assert wait_until(lambda: queue_depth(settings.rabbitmq_url, dlq) == 10, timeout=30)
+    assert wait_until(lambda: queue_depth(settings.broker.url, dlq) == 10, timeout=30)
     for customer_id in customers[:2]:  # a newer event queued for some customers only
         change(api, tenant, customer_id, "suspended")
     relay.drain()
-    assert queue_depth(settings.rabbitmq_url, tenant["queue_name"]) == 2
+    assert queue_depth(settings.broker.url, tenant["queue_name"]) == 2
 
     worker = start_worker(small, tenant, tmp_path, "worker-back")
     try:
         assert wait_until(
             lambda: deliver_states(engine, tenant["consumer_id"]) == {"delivered": 17}, timeout=60
         )
-        assert wait_until(lambda: queue_depth(settings.rabbitmq_url, dlq) == 0, timeout=30)
+        assert wait_until(lambda: queue_depth(settings.broker.url, dlq) == 0, timeout=30)
     finally:
         assert worker.terminate() == 0, worker.log_text()[-2000:]
     api.close()
@@ -123,5 +123,5 @@ def test_a_worker_stopped_past_the_ttl_gets_every_event_once_in_order(
         aggregate, sequence = position[event_id]
         seen[aggregate].append(sequence)
     assert all(sequences == sorted(sequences) for sequences in seen.values())
-    assert queue_depth(settings.rabbitmq_url, tenant["queue_name"]) == 0
+    assert queue_depth(settings.broker.url, tenant["queue_name"]) == 0
     report_figures("worker_away_past_ttl", events=17, expired_letters=10, handled=len(handled))

@@ -34,8 +34,8 @@ def client(app: FastAPI) -> Iterator[TestClient]:
 
 @pytest.fixture
 def admin_headers(settings: Settings) -> dict[str, str]:
-    assert settings.admin_api_key
-    return {"X-Admin-Key": settings.admin_api_key}
+    assert settings.auth.admin_api_key
+    return {"X-Admin-Key": settings.auth.admin_api_key}
 
 
 @pytest.fixture

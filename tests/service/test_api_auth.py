@@ -47,8 +47,8 @@ def test_cold_request_runs_bcrypt_once(
 
 
 def test_malformed_key_is_refused_before_database_or_bcrypt(settings: Settings) -> None:
-    unreachable = settings.model_copy(
-        update={"database_url": "postgresql+psycopg2://nobody@127.0.0.1:1/none"}
+    unreachable = settings.updated(
+        {"database_url": "postgresql+psycopg2://nobody@127.0.0.1:1/none"}
     )
     with TestClient(create_app(unreachable)) as client:
         before = bcrypt_calls()
@@ -70,7 +70,7 @@ def test_repeated_bad_secrets_throttle_the_prefix_but_never_the_right_key(
 ) -> None:
     consumer = create_consumer()
     forged = {"X-API-Key": f"fk_{consumer['key_prefix']}_{'B' * 43}"}
-    strict = settings.model_copy(update={"failed_auth_limit": 3})
+    strict = settings.updated({"failed_auth_limit": 3})
     with TestClient(create_app(strict)) as client:
         for _ in range(3):
             assert_envelope(client.get("/customer/data", headers=forged), 401)
@@ -101,7 +101,7 @@ def test_tenant_endpoints_refuse_the_admin_key_alone(
 
 
 def test_admin_api_is_off_without_a_configured_key(settings: Settings) -> None:
-    without = settings.model_copy(update={"admin_api_key": None})
+    without = settings.updated({"admin_api_key": None})
     with TestClient(create_app(without)) as client:
         response = client.post("/consumer/data", json={"name": "x"}, headers={"X-Admin-Key": "a"})
         assert_envelope(response, 403)
@@ -140,7 +140,7 @@ def test_rotation_on_another_instance_applies_after_the_cache_ttl(
 ) -> None:
     """With FINTEGRATE_AUTH_CACHE_TTL_SECONDS=0 another instance refuses the old key at once."""
     consumer = create_consumer()
-    uncached = settings.model_copy(update={"auth_cache_ttl_seconds": 0})
+    uncached = settings.updated({"auth_cache_ttl_seconds": 0})
     with TestClient(create_app(uncached)) as other:
         assert_envelope(other.get("/customer/data", headers=consumer["headers"]), 200)
         path = f"/consumer/data/{consumer['consumer_id']}/keys/rotate"

@@ -67,8 +67,8 @@ def test_invalid_names_are_422_and_write_nothing(
 def test_creation_answers_201_when_the_broker_is_down(
     settings: Settings, admin_headers: dict[str, str], engine: Engine
 ) -> None:
-    no_broker = settings.model_copy(
-        update={"rabbitmq_url": "amqp://fintegrate_user:fintegrate_pass@127.0.0.1:1/none"}
+    no_broker = settings.updated(
+        {"rabbitmq_url": "amqp://fintegrate_user:fintegrate_pass@127.0.0.1:1/none"}
     )
     name = unique_name("nobroker")
     with TestClient(create_app(no_broker)) as client:

@@ -101,7 +101,7 @@ def test_bad_cursor_is_400(client: TestClient, create_consumer: Callable) -> Non
 
 
 def test_declared_oversize_body_is_413(client: TestClient, settings: Settings) -> None:
-    body = b"x" * (settings.max_body_bytes + 1)
+    body = b"x" * (settings.http.max_body_bytes + 1)
     response = client.post("/customer/data", content=body, headers={"X-API-Key": "x"})
     assert_envelope(response, 413)
 
@@ -112,7 +112,7 @@ def test_streamed_oversize_body_is_413(
     consumer = create_consumer()
 
     def chunks() -> Iterator[bytes]:
-        for _ in range(settings.max_body_bytes // 65536 + 2):
+        for _ in range(settings.http.max_body_bytes // 65536 + 2):
             yield b" " * 65536
 
     headers = {**consumer["headers"], "Content-Type": "application/json"}
@@ -145,14 +145,14 @@ def test_unhandled_error_is_500_envelope_without_traceback(app: FastAPI) -> None
 
 @pytest.fixture
 def db_proxy(tcp_proxy_factory: Callable[[str, int], TcpProxy], settings: Settings) -> TcpProxy:
-    url = make_url(settings.database_url)
+    url = make_url(settings.database.url)
     return tcp_proxy_factory(url.host or "127.0.0.1", url.port or 5432)
 
 
 @pytest.fixture
 def proxied_client(settings: Settings, db_proxy: TcpProxy) -> Iterator[TestClient]:
     """A client whose app reaches PostgreSQL through ``db_proxy``."""
-    proxied = settings.model_copy(update={"database_url": db_proxy.url_for(settings.database_url)})
+    proxied = settings.updated({"database_url": db_proxy.url_for(settings.database.url)})
     with TestClient(create_app(proxied)) as client:
         yield client
 

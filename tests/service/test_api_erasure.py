@@ -187,7 +187,7 @@ def event_rows(engine: Engine, customer_id: str) -> list[Any]:
 def dead_letter(settings: Settings, tenant: Consumer, body: bytes, properties: Any) -> None:
     """A message straight into the tenant's DLQ, as the worker's reject would put it."""
     message = OutgoingMessage(topology.dlq_routing_key(tenant["name"]), body, properties)
-    with ConfirmingPublisher(settings.rabbitmq_url) as publisher:
+    with ConfirmingPublisher(settings.broker.url) as publisher:
         assert publisher.publish(message).ok
 
 
@@ -216,7 +216,7 @@ def test_erasure_redacts_the_customers_dead_letters_and_nothing_else(
 
     assert erased["dead_letters_redacted"] == 1
     assert again["dead_letters_redacted"] == 0, "a redacted copy is not redacted again"
-    letters = drain_queue(settings.rabbitmq_url, dlq)
+    letters = drain_queue(settings.broker.url, dlq)
     bodies = [body for _, _, body in letters]
     assert len(letters) == 3, "nothing lost, nothing added"
     assert not [body for body in bodies if b"ada.dlq@example.com" in body or b"Ada" in body]
@@ -239,7 +239,7 @@ def test_erasure_answers_503_and_erases_nothing_while_the_broker_is_away(
 ) -> None:
     tenant = create_consumer()
     customer = create_customer(tenant, email="away@example.com")
-    broken = settings.model_copy(update={"rabbitmq_url": "amqp://u:p@127.0.0.1:1/fintegrate"})
+    broken = settings.updated({"rabbitmq_url": "amqp://u:p@127.0.0.1:1/fintegrate"})
     with TestClient(create_app(broken)) as away:
         path = f"/customer/data/{customer['customer_id']}"
         refused = away.post(f"{path}/erase", headers=tenant["headers"])

@@ -90,8 +90,8 @@ def test_health_and_ready_report_each_dependency(client: TestClient) -> None:
 
 
 def test_ready_reports_broker_and_redis_down_without_failing(settings: Settings) -> None:
-    degraded = settings.model_copy(
-        update={
+    degraded = settings.updated(
+        {
             "rabbitmq_url": "amqp://fintegrate_user:fintegrate_pass@127.0.0.1:1/none",
             "redis_url": "redis://127.0.0.1:1/0",
         }
@@ -105,9 +105,9 @@ def test_ready_reports_broker_and_redis_down_without_failing(settings: Settings)
 def test_ready_is_503_when_the_database_is_unreachable(
     settings: Settings, tcp_proxy_factory: Callable[[str, int], TcpProxy]
 ) -> None:
-    url = make_url(settings.database_url)
+    url = make_url(settings.database.url)
     proxy = tcp_proxy_factory(url.host or "127.0.0.1", url.port or 5432)
-    proxied = settings.model_copy(update={"database_url": proxy.url_for(settings.database_url)})
+    proxied = settings.updated({"database_url": proxy.url_for(settings.database.url)})
     with TestClient(create_app(proxied)) as client:
         assert_envelope(client.get("/ready"), 200)
         proxy.refuse()

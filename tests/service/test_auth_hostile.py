@@ -31,7 +31,7 @@ HOLDER = "198.51.100.20"
 
 @pytest.fixture
 def strict_settings(settings: Settings) -> Settings:
-    return settings.model_copy(update={"failed_auth_limit": 3})
+    return settings.updated({"failed_auth_limit": 3})
 
 
 @pytest.fixture
@@ -121,9 +121,7 @@ def test_bcrypt_work_is_bounded_per_process(
 ) -> None:
     victim = create_consumer()
     set_key_cost(engine, victim, rounds=10)
-    bounded = settings.model_copy(
-        update={"failed_auth_limit": 1_000_000, "auth_bcrypt_concurrency": 2}
-    )
+    bounded = settings.updated({"failed_auth_limit": 1_000_000, "auth_bcrypt_concurrency": 2})
     app = create_app(bounded)
     with TestClient(app) as client:
         forged = [forged_key(victim, filler) for filler in "BCDEFGHIJKLM"]
@@ -240,14 +238,14 @@ def test_admin_key_guesses_are_throttled_per_client_address(
 def test_the_correct_admin_key_passes_after_25_wrong_ones_from_its_address(
     app: FastAPI, settings: Settings, admin_headers: dict[str, str]
 ) -> None:
-    assert settings.failed_auth_limit < 25
+    assert settings.auth.failed_limit < 25
     with AddressedClient(app) as api:
         codes = [
             api.get(ATTACKER, "/consumer/data", {"X-Admin-Key": f"guess-{n}"}).status_code
             for n in range(25)
         ]
-        assert set(codes[: settings.failed_auth_limit]) == {401}
-        assert set(codes[settings.failed_auth_limit :]) == {429}
+        assert set(codes[: settings.auth.failed_limit]) == {401}
+        assert set(codes[settings.auth.failed_limit :]) == {429}
         assert_envelope(api.get(ATTACKER, "/consumer/data", admin_headers), 200)
         assert_envelope(api.get(ATTACKER, "/consumer/data", {"X-Admin-Key": "guess"}), 429)
     with AddressedClient(create_app(settings)) as other_instance:
@@ -261,7 +259,7 @@ def test_bcrypt_gate_timeouts_count_as_failures(
 ) -> None:
     victim = create_consumer()
     set_key_cost(engine, victim, rounds=13)
-    busy = strict_settings.model_copy(update={"auth_bcrypt_concurrency": 1})
+    busy = strict_settings.updated({"auth_bcrypt_concurrency": 1})
     app = create_app(busy)
     app.state.auth.bcrypt.wait_seconds = 0.01
     with AddressedClient(app) as api, ThreadPoolExecutor(max_workers=6) as pool:

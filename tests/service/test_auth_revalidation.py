@@ -25,7 +25,7 @@ def test_expired_entries_revalidate_without_bcrypt(
     settings: Settings, create_consumer: Callable[..., Consumer]
 ) -> None:
     consumer = create_consumer()
-    expiring = settings.model_copy(update={"auth_cache_ttl_seconds": 0})
+    expiring = settings.updated({"auth_cache_ttl_seconds": 0})
     with TestClient(create_app(expiring)) as client:
         before = bcrypt_calls()
         for _ in range(4):
@@ -40,7 +40,7 @@ def test_revalidation_refuses_a_key_revoked_on_another_instance(
     admin_headers: dict[str, str],
 ) -> None:
     consumer = create_consumer()
-    expiring = settings.model_copy(update={"auth_cache_ttl_seconds": 0})
+    expiring = settings.updated({"auth_cache_ttl_seconds": 0})
     with TestClient(create_app(expiring)) as other:
         assert_envelope(other.get("/customer/data", headers=consumer["headers"]), 200)
         revoke = f"/consumer/data/{consumer['consumer_id']}/keys/{consumer['key_id']}/revoke"

@@ -39,7 +39,7 @@ def connect(broker: dict[str, str]) -> pika.BlockingConnection:
 
 def publish_event(settings: Settings, consumer_name: str, body: bytes = b"{}") -> None:
     """Route one message to the tenant's queue as the operator (the relay's role)."""
-    connection = pika.BlockingConnection(pika.URLParameters(settings.rabbitmq_url))
+    connection = pika.BlockingConnection(pika.URLParameters(settings.broker.url))
     try:
         channel = connection.channel()
         channel.confirm_delivery()
@@ -71,7 +71,7 @@ def test_a_new_consumer_gets_its_own_broker_login_shown_once(
     broker = created["broker"]
     assert created["broker_provisioned"] is True
     assert broker["username"] == f"{name}.{broker['vhost']}"
-    assert settings.rabbitmq_url.endswith("/" + broker["vhost"])
+    assert settings.broker.url.endswith("/" + broker["vhost"])
     assert RABBIT_PASS not in response.text, "the operator's credentials never reach a tenant"
     listed = client.get(f"/consumer/data/{created['consumer_id']}", headers=admin_headers)
     assert broker["password"] not in listed.text
@@ -183,7 +183,7 @@ def test_a_disabled_consumers_rotated_login_stays_refused(
 @pytest.fixture
 def management_down(settings: Settings) -> Settings:
     dead = f"http://fintegrate_user:x@127.0.0.1:{closed_port()}"
-    return settings.model_copy(update={"rabbitmq_management_url": dead})
+    return settings.updated({"rabbitmq_management_url": dead})
 
 
 def test_management_unreachable_during_create_leaves_the_broker_user_pending(

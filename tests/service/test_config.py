@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from service.config import Settings, load_settings
+from service.config import FLAT_SETTINGS, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,7 +36,7 @@ def test_placeholder_secret_refused_outside_development(
     monkeypatch.setenv("FINTEGRATE_ENVIRONMENT", "production")
     monkeypatch.setenv(f"FINTEGRATE_{field.upper()}", value)
     with pytest.raises(ValidationError, match=f"FINTEGRATE_{field.upper()} is a placeholder"):
-        Settings()
+        load_settings()
 
 
 def test_placeholder_secret_refused_in_test_environment_too() -> None:
@@ -46,44 +46,44 @@ def test_placeholder_secret_refused_in_test_environment_too() -> None:
 
 def test_placeholder_secret_accepted_in_development(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FINTEGRATE_ADMIN_API_KEY", "changeme")
-    settings = Settings()
+    settings = load_settings()
     assert settings.environment == "development"
-    assert settings.admin_api_key == "changeme"
+    assert settings.auth.admin_api_key == "changeme"
 
 
 def test_real_secret_accepted_in_production(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FINTEGRATE_ENVIRONMENT", "production")
     monkeypatch.setenv("FINTEGRATE_ADMIN_API_KEY", "b1f0c6a7-long-random-operator-secret")
-    assert Settings().admin_api_key == "b1f0c6a7-long-random-operator-secret"
+    assert load_settings().auth.admin_api_key == "b1f0c6a7-long-random-operator-secret"
 
 
 @pytest.mark.parametrize("environment", ["test", "production"])
 def test_a_short_admin_key_is_refused_outside_development(environment: str) -> None:
     with pytest.raises(ValidationError, match="at least 32"):
         load_settings(environment=environment, admin_api_key="x" * 31)
-    assert load_settings(environment=environment, admin_api_key="x" * 32).admin_api_key
+    assert load_settings(environment=environment, admin_api_key="x" * 32).auth.admin_api_key
 
 
 def test_a_short_admin_key_is_accepted_in_development() -> None:
-    assert load_settings(environment="development", admin_api_key="short").admin_api_key
+    assert load_settings(environment="development", admin_api_key="short").auth.admin_api_key
 
 
 def test_env_file_overrides_defaults(tmp_path: Path) -> None:
     env_file = write_env(tmp_path, api_url="http://from-dotenv:8000", bcrypt_rounds="5")
     settings = load_settings(str(env_file))
-    assert settings.api_url == "http://from-dotenv:8000"
-    assert settings.bcrypt_rounds == 5
+    assert settings.api.url == "http://from-dotenv:8000"
+    assert settings.auth.bcrypt_rounds == 5
 
 
 def test_dotenv_in_working_directory_is_read(tmp_path: Path) -> None:
     (tmp_path / ".env").write_text("FINTEGRATE_API_URL=http://cwd-dotenv:8000\n")
-    assert load_settings().api_url == "http://cwd-dotenv:8000"
+    assert load_settings().api.url == "http://cwd-dotenv:8000"
 
 
 def test_environment_overrides_env_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     env_file = write_env(tmp_path, api_url="http://from-dotenv:8000")
     monkeypatch.setenv("FINTEGRATE_API_URL", "http://from-env:8000")
-    assert load_settings(str(env_file)).api_url == "http://from-env:8000"
+    assert load_settings(str(env_file)).api.url == "http://from-env:8000"
 
 
 def test_explicit_overrides_beat_environment(
@@ -92,26 +92,26 @@ def test_explicit_overrides_beat_environment(
     env_file = write_env(tmp_path, api_url="http://from-dotenv:8000")
     monkeypatch.setenv("FINTEGRATE_API_URL", "http://from-env:8000")
     settings = load_settings(str(env_file), api_url="http://from-flag:8000")
-    assert settings.api_url == "http://from-flag:8000"
+    assert settings.api.url == "http://from-flag:8000"
 
 
 def test_none_overrides_are_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FINTEGRATE_API_URL", "http://from-env:8000")
-    assert load_settings(api_url=None).api_url == "http://from-env:8000"
+    assert load_settings(api_url=None).api.url == "http://from-env:8000"
 
 
 def test_defaults_match_the_specification() -> None:
-    settings = Settings()
-    assert settings.rate_limit_api_key_per_minute == 50
-    assert settings.rate_limit_api_key_burst == 500
-    assert settings.bcrypt_rounds == 12
-    assert settings.max_body_bytes == 1024 * 1024
+    settings = load_settings()
+    assert settings.ratelimit.api_key_per_minute == 50
+    assert settings.ratelimit.api_key_burst == 500
+    assert settings.auth.bcrypt_rounds == 12
+    assert settings.http.max_body_bytes == 1024 * 1024
 
 
 def test_out_of_range_value_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FINTEGRATE_BCRYPT_ROUNDS", "2")
     with pytest.raises(ValidationError, match="bcrypt_rounds"):
-        Settings()
+        load_settings()
 
 
 def example_assignments() -> list[tuple[str, int]]:
@@ -124,7 +124,7 @@ def example_assignments() -> list[tuple[str, int]]:
 def test_env_example_documents_every_setting_and_nothing_else() -> None:
     names = [name for name, _ in example_assignments()]
     assert len(names) == len(set(names)), "a variable appears twice"
-    assert {name.lower() for name in names} == set(Settings.model_fields)
+    assert {name.lower() for name in names} == set(FLAT_SETTINGS)
 
 
 def test_env_example_has_a_comment_above_each_variable() -> None:
@@ -137,9 +137,9 @@ def test_env_example_has_a_comment_above_each_variable() -> None:
 def test_env_example_is_a_valid_development_configuration() -> None:
     settings = load_settings(str(ROOT / ".env.example"))
     assert settings.environment == "development"
-    assert settings.admin_api_key == "change-me"
-    assert settings.api_key is None
-    assert settings.database_url.endswith("@127.0.0.1:5432/fintegrate_db")
+    assert settings.auth.admin_api_key == "change-me"
+    assert settings.api.key is None
+    assert settings.database.url.endswith("@127.0.0.1:5432/fintegrate_db")
 
 
 def test_env_example_placeholder_admin_key_is_refused_in_production(
@@ -153,9 +153,9 @@ def test_env_example_placeholder_admin_key_is_refused_in_production(
 def test_queue_bounds_and_worker_limits_default_to_the_seed_and_must_be_positive(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    settings = Settings()
-    assert settings.queue_message_ttl_ms == 86_400_000
-    assert settings.queue_max_length == 100_000
+    settings = load_settings()
+    assert settings.queues.message_ttl_ms == 86_400_000
+    assert settings.queues.max_length == 100_000
     for variable in (
         "FINTEGRATE_QUEUE_MESSAGE_TTL_MS",
         "FINTEGRATE_QUEUE_MAX_LENGTH",
@@ -164,12 +164,12 @@ def test_queue_bounds_and_worker_limits_default_to_the_seed_and_must_be_positive
     ):
         monkeypatch.setenv(variable, "0")
         with pytest.raises(ValidationError, match=variable.removeprefix("FINTEGRATE_").lower()):
-            Settings()
+            load_settings()
         monkeypatch.delenv(variable)
 
 
 def test_webhook_retry_schedule_is_seconds() -> None:
-    assert load_settings(webhook_retry_schedule="1,2.5").webhook_retry_delays == (1.0, 2.5)
+    assert load_settings(webhook_retry_schedule="1,2.5").webhooks.retry_delays == (1.0, 2.5)
     with pytest.raises(ValidationError, match="FINTEGRATE_WEBHOOK_RETRY_SCHEDULE"):
         load_settings(webhook_retry_schedule="5,soon")
     with pytest.raises(ValidationError, match="FINTEGRATE_WEBHOOK_RETRY_SCHEDULE"):

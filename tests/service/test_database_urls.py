@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 
 from fintegrate_cli.main import app as cli_app
 from service.app import create_app
-from service.config import Settings, shipped_driver_url
+from service.config import Settings, load_settings, shipped_driver_url
 from service.kit.db import create_db_engine, libpq_dsn
 from service.kit.db_async import close_pool, create_pool
 from service.messaging.publish.relay import NOTIFY_CHANNEL, PendingNotifications
@@ -65,7 +65,7 @@ def test_accepted_forms_map_to_psycopg2_and_keep_the_rest(scheme: str) -> None:
 @pytest.mark.parametrize("url", REFUSED)
 def test_other_drivers_are_refused_with_one_line(url: str) -> None:
     with pytest.raises(ValidationError) as info:
-        Settings(database_url=url)
+        load_settings(database_url=url)
 
     message = info.value.errors()[0]["msg"]
     assert "\n" not in message
@@ -76,12 +76,12 @@ def test_other_drivers_are_refused_with_one_line(url: str) -> None:
 def test_settings_from_the_environment_use_psycopg2(
     scheme: str, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("FINTEGRATE_DATABASE_URL", in_form(settings.database_url, scheme))
+    monkeypatch.setenv("FINTEGRATE_DATABASE_URL", in_form(settings.database.url, scheme))
 
-    loaded = Settings(_env_file=None)
+    loaded = load_settings(read_env_file=False)
 
-    assert loaded.database_url == in_form(settings.database_url, "postgresql+psycopg2")
-    engine = create_db_engine(loaded, pool_size=1)
+    assert loaded.database.url == in_form(settings.database.url, "postgresql+psycopg2")
+    engine = create_db_engine(loaded.database, pool_size=1)
     with engine.connect() as connection:
         assert connection.execute(text("SELECT 1")).scalar_one() == 1
     engine.dispose()
@@ -90,8 +90,8 @@ def test_settings_from_the_environment_use_psycopg2(
 @pytest.mark.parametrize("scheme", FORMS)
 def test_the_api_writes_through_both_pools(scheme: str, settings: Settings) -> None:
     # model_copy skips the validator: the engine factory and the pool map the URL themselves.
-    plain = settings.model_copy(update={"database_url": in_form(settings.database_url, scheme)})
-    admin = {"X-Admin-Key": plain.admin_api_key or ""}
+    plain = settings.updated({"database_url": in_form(settings.database.url, scheme)})
+    admin = {"X-Admin-Key": plain.auth.admin_api_key or ""}
 
     with TestClient(create_app(plain)) as client:
         assert client.get("/ready").json()["data"]["database"]["ok"] is True
@@ -106,10 +106,10 @@ def test_the_api_writes_through_both_pools(scheme: str, settings: Settings) -> N
 
 @pytest.mark.parametrize("scheme", FORMS)
 def test_the_asyncpg_pool_connects(scheme: str, settings: Settings) -> None:
-    plain = settings.model_copy(update={"database_url": in_form(settings.database_url, scheme)})
+    plain = settings.updated({"database_url": in_form(settings.database.url, scheme)})
 
     async def select_one() -> int:
-        pool = await create_pool(plain)
+        pool = await create_pool(plain.database)
         try:
             value: int = await pool.fetchval("SELECT 1")
             return value
@@ -121,8 +121,8 @@ def test_the_asyncpg_pool_connects(scheme: str, settings: Settings) -> None:
 
 @pytest.mark.parametrize("scheme", FORMS)
 def test_the_relay_listen_connection_is_notified(scheme: str, settings: Settings) -> None:
-    notifications = PendingNotifications(in_form(settings.database_url, scheme))
-    engine = create_db_engine(settings, pool_size=1)
+    notifications = PendingNotifications(in_form(settings.database.url, scheme))
+    engine = create_db_engine(settings.database, pool_size=1)
     try:
         notifications.listen()
         with engine.begin() as connection:

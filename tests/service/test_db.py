@@ -18,7 +18,7 @@ from tests.support.tcp_proxy import TcpProxy
 def bounded_waits(settings: Settings) -> Iterator[None]:
     """Install the bound with a 0.1 s statement timeout (1.1 s bound); restore afterwards."""
     previous = psycopg2.extensions.get_wait_callback()
-    bound_database_waits(settings.model_copy(update={"db_statement_timeout_ms": 100}))
+    bound_database_waits(settings.database.model_copy(update={"statement_timeout_ms": 100}))
     yield
     psycopg2.extensions.set_wait_callback(previous)
 
@@ -27,7 +27,7 @@ def bounded_waits(settings: Settings) -> Iterator[None]:
 def slow_link(
     settings: Settings, tcp_proxy_factory: Callable[[str, int], TcpProxy]
 ) -> Iterator[tuple[TcpProxy, Callable[..., psycopg2.extensions.connection]]]:
-    url = make_url(settings.database_url)
+    url = make_url(settings.database.url)
     proxy = tcp_proxy_factory(url.host or "127.0.0.1", url.port or 5432)
     opened: list[psycopg2.extensions.connection] = []
 

@@ -26,7 +26,7 @@ def with_pool(settings: Settings, work: Callable[[Any], Awaitable[Any]]) -> Any:
     """Run ``work(pool)`` on a fresh pool and event loop, closing both."""
 
     async def run() -> Any:
-        pool = await create_pool(settings)
+        pool = await create_pool(settings.database)
         try:
             return await work(pool)
         finally:
@@ -48,7 +48,7 @@ def test_dsn_drops_the_sqlalchemy_driver_and_keeps_everything_else():
 
 
 def test_connections_carry_the_application_name_and_statement_timeout(settings: Settings):
-    tuned = settings.model_copy(update={"db_statement_timeout_ms": 1234})
+    tuned = settings.updated({"db_statement_timeout_ms": 1234})
 
     async def session_settings(pool: Any) -> tuple[str, str]:
         async with pooled_connection(pool) as connection:
@@ -64,9 +64,7 @@ def test_connections_carry_the_application_name_and_statement_timeout(settings: 
 def test_the_pool_starts_empty_so_the_api_starts_while_the_database_is_down(
     settings: Settings,
 ):
-    down = settings.model_copy(
-        update={"database_url": f"postgresql://nobody@127.0.0.1:{closed_port()}/none"}
-    )
+    down = settings.updated({"database_url": f"postgresql://nobody@127.0.0.1:{closed_port()}/none"})
 
     async def size(pool: Any) -> int:
         return int(pool.get_size())
@@ -77,9 +75,7 @@ def test_the_pool_starts_empty_so_the_api_starts_while_the_database_is_down(
 def test_an_unreachable_database_raises_database_unavailable_within_the_bound(
     settings: Settings,
 ):
-    down = settings.model_copy(
-        update={"database_url": f"postgresql://nobody@127.0.0.1:{closed_port()}/none"}
-    )
+    down = settings.updated({"database_url": f"postgresql://nobody@127.0.0.1:{closed_port()}/none"})
 
     async def use(pool: Any) -> None:
         async with pooled_connection(pool) as connection:
@@ -92,7 +88,7 @@ def test_an_unreachable_database_raises_database_unavailable_within_the_bound(
 
 
 def test_a_statement_over_the_timeout_is_database_unavailable(settings: Settings):
-    tuned = settings.model_copy(update={"db_statement_timeout_ms": 200})
+    tuned = settings.updated({"db_statement_timeout_ms": 200})
 
     async def slow(pool: Any) -> None:
         async with pooled_connection(pool) as connection:
@@ -103,7 +99,7 @@ def test_a_statement_over_the_timeout_is_database_unavailable(settings: Settings
 
 
 def test_a_released_connection_never_carries_an_open_transaction(settings: Settings):
-    one_connection = settings.model_copy(update={"db_pool_size": 1})
+    one_connection = settings.updated({"db_pool_size": 1})
 
     async def leave_transaction_open(pool: Any) -> bool:
         async with pooled_connection(pool) as connection:

@@ -20,7 +20,7 @@ SECRET = "ada.secret@example.com"
 @pytest.fixture
 def product_engine(settings: Settings) -> Iterator[Engine]:
     """An engine as the service builds it (``hide_parameters``)."""
-    engine = create_db_engine(settings, pool_size=1)
+    engine = create_db_engine(settings.database, pool_size=1)
     yield engine
     engine.dispose()
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, create_engine, text
 
-from service.config import Settings
+from service.config import DatabaseSettings
 from service.kit.db import create_db_engine
 from service.migrations import runner as migrations
 from service.migrations.sqlsplit import strip_comments
@@ -242,7 +242,7 @@ def test_slow_statement_is_not_cut_by_the_service_statement_timeout(
     database_factory: Callable[[], str], migration_dir: Path
 ) -> None:
     url = database_factory()
-    engine = create_db_engine(Settings(database_url=url, db_statement_timeout_ms=100), pool_size=2)
+    engine = create_db_engine(DatabaseSettings(url=url, statement_timeout_ms=100), pool_size=2)
     add_file(migration_dir, "20991231_2359_slow.sql", "BEGIN;\nSELECT pg_sleep(0.3);\nCOMMIT;\n")
     try:
         applied = migrations.apply(engine, migration_dir)

@@ -14,7 +14,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
-from service.config import Settings
+from service.config import DatabaseSettings, Settings
 from service.kit.db import create_db_engine, engine_url, libpq_dsn
 from service.kit.db_async import DatabaseUnavailable, close_pool, create_pool, pooled_connection
 
@@ -29,7 +29,7 @@ def test_a_multi_host_url_reaches_libpq_as_given() -> None:
 
 def test_sqlalchemy_gets_the_hosts_as_host_parameters() -> None:
     url = engine_url(MULTI)
-    engine = create_db_engine(Settings(database_url=MULTI))
+    engine = create_db_engine(DatabaseSettings(url=MULTI))
     try:
         _, arguments = engine.dialect.create_connect_args(engine.url)
     finally:
@@ -47,10 +47,10 @@ def test_a_single_host_url_is_unchanged() -> None:
 
 
 def test_the_local_database_through_a_multi_host_url(settings: Settings) -> None:
-    url = make_url(settings.database_url)
+    url = make_url(settings.database.url)
     hosts = f"127.0.0.1:1,{url.host}:{url.port}"  # a dead first host, then the real one
     multi = f"postgresql://{url.username}:{url.password}@{hosts}/{url.database}"
-    engine = create_db_engine(settings.model_copy(update={"database_url": multi}), pool_size=1)
+    engine = create_db_engine(DatabaseSettings(url=multi), pool_size=1)
     try:
         with engine.connect() as connection:
             assert connection.execute(text("SELECT 1")).scalar() == 1
@@ -60,11 +60,11 @@ def test_the_local_database_through_a_multi_host_url(settings: Settings) -> None
 
 def read_only(settings: Settings) -> Settings:
     """``settings`` whose sessions are read-only, as on a standby."""
-    return settings.model_copy(update={"database_url": f"{settings.database_url}?{READ_ONLY}"})
+    return settings.updated({"database_url": f"{settings.database.url}?{READ_ONLY}"})
 
 
 def test_a_write_refused_as_read_only_drops_the_pooled_connection(settings: Settings) -> None:
-    engine = create_db_engine(settings, pool_size=1)
+    engine = create_db_engine(settings.database, pool_size=1)
     try:
         with engine.connect() as connection:
             before = connection.execute(text("SELECT pg_backend_pid()")).scalar()
@@ -82,7 +82,7 @@ def test_a_write_refused_as_read_only_drops_the_pooled_connection(settings: Sett
 
 def test_the_async_pool_drops_a_connection_on_a_read_only_server(settings: Settings) -> None:
     async def scenario() -> tuple[int, int]:
-        pool = await create_pool(read_only(settings))
+        pool = await create_pool(read_only(settings).database)
         try:
             with pytest.raises(DatabaseUnavailable, match="ReadOnly"):
                 async with pooled_connection(pool) as connection:

@@ -93,7 +93,7 @@ def test_relay_collector_counts_what_the_relay_recorded_and_the_partitions_it_ho
 ) -> None:
     tenant = create_consumer()
     insert_events(engine, tenant["consumer_id"], 2)
-    relay = OutboxRelay(settings, engine, threading.Event())
+    relay = OutboxRelay.from_settings(settings, engine, threading.Event())
     registry = CollectorRegistry()
     registry.register(RelayCollector(relay))
     try:
@@ -115,11 +115,11 @@ def test_dlq_collector_reads_the_tenant_dead_letter_depth(
     tenant = create_consumer()
     name = tenant["name"]
     empty, one = CollectorRegistry(), CollectorRegistry()
-    empty.register(DlqCollector(settings.rabbitmq_url, name))
+    empty.register(DlqCollector(settings.broker.url, name))
     assert samples(generate_latest(empty))[("fintegrate_dlq_messages", (("consumer", name),))] == 0
-    with amqp_channel(settings.rabbitmq_url) as channel:
+    with amqp_channel(settings.broker.url) as channel:
         channel.basic_publish(
             "", topology.dlq_name(name), b"{}", pika.BasicProperties(delivery_mode=2)
         )
-    one.register(DlqCollector(settings.rabbitmq_url, name))
+    one.register(DlqCollector(settings.broker.url, name))
     assert samples(generate_latest(one))[("fintegrate_dlq_messages", (("consumer", name),))] == 1

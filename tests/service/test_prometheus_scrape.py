@@ -48,7 +48,7 @@ def running_platform(settings: Settings, tmp_path: Path) -> Iterator[dict[str, A
     try:
         api, api_url = serve_api(settings, tmp_path)
         processes.append(api)
-        tenant = create_tenant_over_http(api_url, settings.admin_api_key, "prom")
+        tenant = create_tenant_over_http(api_url, settings.auth.admin_api_key, "prom")
         relay_port, worker_port = free_port(), free_port()
         relay = FintegrateProcess(
             "relay", ["relay", "--metrics-port", str(relay_port)], settings, tmp_path

@@ -20,7 +20,7 @@ import redis
 import uvloop
 from prometheus_client import CollectorRegistry
 
-from service.config import Settings
+from service.config import Settings, load_settings
 from service.ratelimit.limiter import (
     FAIL_OPEN_METRIC,
     RATE_KEY_PREFIX,
@@ -42,7 +42,7 @@ WAIT_BOUND_SECONDS = 10.0
 @pytest.fixture
 def limiter_settings(redis_url: str) -> Settings:
     """Settings for the limiter alone: this worker's Redis DB, a short breaker period."""
-    return Settings(environment="test", redis_url=redis_url, redis_retry_seconds=0.3)
+    return load_settings(environment="test", redis_url=redis_url, redis_retry_seconds=0.3)
 
 
 class LimiterDriver:
@@ -85,7 +85,7 @@ def make_limiter(
     made: list[LimiterDriver] = []
 
     def make(registry: CollectorRegistry | None = None, **overrides: Any) -> LimiterDriver:
-        settings = limiter_settings.model_copy(update=overrides)
+        settings = limiter_settings.updated(overrides)
         driver = LimiterDriver(RateLimiter(settings, registry=registry), request.param)
         made.append(driver)
         return driver
@@ -263,7 +263,7 @@ def test_scripts_redis_lost_are_loaded_again(
 @pytest.mark.parametrize("url", ["http://127.0.0.1:6379/0", "redis://127.0.0.1:port/0"])
 def test_a_malformed_url_fails_at_start_up(limiter_settings: Settings, url: str):
     with pytest.raises(ValueError):
-        RateLimiter(limiter_settings.model_copy(update={"redis_url": url}))
+        RateLimiter(limiter_settings.updated({"redis_url": url}))
 
 
 def test_the_urls_password_and_database_are_used(
@@ -532,7 +532,7 @@ def make_throttle(limiter_settings: Settings) -> Iterator[Callable[..., FailedAu
     made: list[FailedAuthThrottle] = []
 
     def make(registry: CollectorRegistry | None = None, **overrides: Any) -> FailedAuthThrottle:
-        throttle = FailedAuthThrottle(limiter_settings.model_copy(update=overrides), registry)
+        throttle = FailedAuthThrottle(limiter_settings.updated(overrides), registry)
         made.append(throttle)
         return throttle
 
@@ -583,7 +583,7 @@ def test_failed_auth_falls_back_to_an_in_process_count_without_redis(
 
 def test_limiter_and_throttle_share_one_metric(limiter_settings: Settings):
     registry = CollectorRegistry()
-    dead = limiter_settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{closed_port()}"})
+    dead = limiter_settings.updated({"redis_url": f"redis://127.0.0.1:{closed_port()}"})
     limiter = LimiterDriver(RateLimiter(dead, registry=registry))
     throttle = FailedAuthThrottle(dead, registry=registry)
     try:

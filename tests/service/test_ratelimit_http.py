@@ -25,9 +25,7 @@ Consumer = dict[str, Any]
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
     """The shared test settings with a bucket small enough to empty."""
-    return settings.model_copy(
-        update={"rate_limit_api_key_per_minute": 1, "rate_limit_api_key_burst": BURST}
-    )
+    return settings.updated({"rate_limit_api_key_per_minute": 1, "rate_limit_api_key_burst": BURST})
 
 
 def list_customers(client: TestClient, consumer: Consumer) -> httpx.Response:
@@ -123,7 +121,7 @@ def test_repeated_failures_for_one_prefix_are_throttled(
 ):
     target, other = create_consumer(), create_consumer()
     wrong = {"X-API-Key": wrong_key_for(target)}
-    limit = settings.failed_auth_limit
+    limit = settings.auth.failed_limit
 
     answers = [client.get("/customer/data", headers=wrong).status_code for _ in range(limit + 1)]
 
@@ -149,7 +147,7 @@ def closed_port() -> int:
 class TestRedisRefusing:
     @pytest.fixture
     def settings(self, settings: Settings) -> Settings:
-        return settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{closed_port()}/0"})
+        return settings.updated({"redis_url": f"redis://127.0.0.1:{closed_port()}/0"})
 
     def test_the_process_bucket_limits_and_is_counted(
         self, client: TestClient, create_consumer: Callable[..., Consumer]
@@ -182,10 +180,10 @@ class TestRedisSilent:
     def settings(
         self, settings: Settings, tcp_proxy_factory: Callable[[str, int], TcpProxy]
     ) -> Settings:
-        proxy = tcp_proxy_factory(*target_of(settings.redis_url or ""))
+        proxy = tcp_proxy_factory(*target_of(settings.redis.url or ""))
         proxy.blackhole()
-        assert settings.redis_url
-        return settings.model_copy(update={"redis_url": proxy.url_for(settings.redis_url)})
+        assert settings.redis.url
+        return settings.updated({"redis_url": proxy.url_for(settings.redis.url)})
 
     def test_the_process_limits_while_redis_never_answers(
         self, client: TestClient, create_consumer: Callable[..., Consumer]

@@ -53,7 +53,7 @@ def traced_platform(
     try:
         api, api_url = serve_api(settings, tmp_path, extra_env=environment)
         processes.append(api)
-        tenant = create_tenant_over_http(api_url, settings.admin_api_key, "trace")
+        tenant = create_tenant_over_http(api_url, settings.auth.admin_api_key, "trace")
         worker_env = {**environment, "FINTEGRATE_API_KEY": tenant["api_key"]}
         worker_env["FINTEGRATE_API_URL"] = api_url
         processes.append(FintegrateProcess("relay", ["relay"], settings, tmp_path, environment))
@@ -166,7 +166,7 @@ def test_the_standard_variables_decide_whether_to_trace(
 
 def test_an_untraced_api_stores_no_trace_context(settings: Settings, engine: Engine) -> None:
     with TestClient(create_app(settings)) as client:
-        admin = {"X-Admin-Key": settings.admin_api_key or ""}
+        admin = {"X-Admin-Key": settings.auth.admin_api_key or ""}
         tenant = client.post(
             "/consumer/data", json={"name": f"t{secrets.token_hex(4)}"}, headers=admin
         )

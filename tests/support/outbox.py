@@ -118,9 +118,9 @@ def joined_leases(engine: Engine, settings: Settings) -> Iterator[PartitionLease
     """Partition leases of a relay that joined (and so holds its share); left at the end."""
     leases = PartitionLeases(
         engine,
-        settings.relay_partitions,
-        settings.relay_lease_ttl_seconds,
-        settings.relay_heartbeat_seconds,
+        settings.relay.partitions,
+        settings.relay.lease_ttl_seconds,
+        settings.relay.heartbeat_seconds,
     )
     leases.join()
     try:

@@ -141,7 +141,7 @@ class EventConsumer:
         concurrency: int | None = None,
         exclusive: bool = True,
     ):
-        if confirmer is None and not settings.api_key:
+        if confirmer is None and not settings.api.key:
             raise ValueError(
                 "FINTEGRATE_API_KEY (this tenant's key) is required to confirm delivery"
             )
@@ -151,25 +151,25 @@ class EventConsumer:
         self.dlq = topology.dlq_name(consumer_name)
         self.stop = stop
         self.handler = handler
-        self.prefetch = prefetch or settings.consumer_prefetch
+        self.prefetch = prefetch or settings.worker.prefetch
         self.concurrency = concurrency or min(self.prefetch, MAX_HANDLER_THREADS)
         self.exclusive = exclusive
         self.stats = ConsumerStats()
         self.confirmer = confirmer or DeliveryConfirmer(
-            settings.api_url, settings.api_key or "", stop
+            settings.api.url, settings.api.key or "", stop
         )
         self.sequences = DeliveredSequences(self.confirmer.last_delivered)
         self._lanes = KeyedLanes(self.concurrency, self._fail, thread_name_prefix="handler")
         # Recovery needs one worker per queue: a shared worker cannot tell a gap from
         # events another worker holds, so it keeps the plain path.
         self.recovering = exclusive
-        self._in_hand = InHand(settings.worker_max_in_hand_per_customer)
+        self._in_hand = InHand(settings.worker.max_in_hand_per_customer)
         self.recovery = Recovery(
             EventFetcher(self.confirmer, consumer_name),
             self.sequences,
             self._handle_recovered,
             self._lanes.submit,
-            settings.queue_message_ttl_ms,
+            settings.queues.message_ttl_ms,
         )
         self._next_sweep = 0.0
         self._stats_lock = threading.Lock()
@@ -213,7 +213,7 @@ class EventConsumer:
         return delay
 
     def _consume_once(self, backoff: Backoff) -> None:
-        connection = open_blocking(self.settings.rabbitmq_url)
+        connection = open_blocking(self.settings.broker.url)
         epoch = self._unsettled.new_channel()
         self._in_hand.reset(epoch)
         if self.recovering:
@@ -283,7 +283,7 @@ class EventConsumer:
         """At start and every recovery interval: lost dead letters, then the lost tail."""
         if not self.recovering or time.monotonic() < self._next_sweep:
             return
-        self._next_sweep = time.monotonic() + self.settings.worker_recovery_interval_seconds
+        self._next_sweep = time.monotonic() + self.settings.worker.recovery_interval_seconds
         try:
             taken, more = sweep_lost_letters(connection, self.dlq, self._owe_lost)
         except pika.exceptions.ChannelClosedByBroker as exc:

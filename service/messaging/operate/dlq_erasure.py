@@ -41,7 +41,7 @@ def redact_dead_letters(settings: Settings, consumer_name: str, customer_id: UUI
     Returns how many were redacted. Raises BrokerUnavailable when the broker cannot be
     reached or a copy was not confirmed (nothing is lost: the originals stay).
     """
-    connection = open_blocking(settings.rabbitmq_url)
+    connection = open_blocking(settings.broker.url)
     try:
         channel = connection.channel()
         letters = _take_all(channel, topology.dlq_name(consumer_name))
@@ -105,7 +105,7 @@ def _replace(settings: Settings, channel: Any, consumer_name: str, letters: list
         OutgoingMessage(routing_key, redacted_body(body), _marked(properties))
         for _, properties, body in letters
     ]
-    with ConfirmingPublisher(settings.rabbitmq_url) as publisher:
+    with ConfirmingPublisher(settings.broker.url) as publisher:
         results = publisher.publish_batch(copies)
     for (method, _, _), result in zip(letters, results, strict=True):
         if result.ok:

@@ -118,12 +118,12 @@ def advice_for(report: TopologyReport) -> list[str]:
 def inspect_tenant(settings: Settings, consumer_name: str) -> TopologyReport:
     """The differences between the live and the expected topology of one tenant."""
     expected = topology.expected_topology(settings, consumer_name)
-    if settings.rabbitmq_management_url:
+    if settings.broker.management_url:
         with ManagementClient(
-            settings.rabbitmq_management_url, vhost_of(settings.rabbitmq_url)
+            settings.broker.management_url, vhost_of(settings.broker.url)
         ) as client:
             return inspect_with_management(client, expected)
-    connection = open_blocking(settings.rabbitmq_url)
+    connection = open_blocking(settings.broker.url)
     try:
         return inspect_with_declares(connection, expected)
     finally:

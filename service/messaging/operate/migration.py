@@ -79,7 +79,7 @@ def migrate_tenant(
                 f"{plan.target.queue} has {plan.consumers} consumer(s): stop the tenant's "
                 "worker (`fintegrate consume`) and run again; nothing was changed"
             )
-    with QueueMover(settings.rabbitmq_url) as mover:
+    with QueueMover(settings.broker.url) as mover:
         for plan in plans:
             if plan.needed:
                 plan.moved = mover.migrate(plan, partial(on_progress, plan.target.queue))

@@ -132,7 +132,7 @@ def plan_migration(settings: Settings, consumer_name: str) -> list[QueueMigratio
     """What migrating the tenant's queues would do; reads only, changes nothing."""
     expected = topology.expected_topology(settings, consumer_name)
     report = inspect_tenant(settings, consumer_name)
-    connection = open_blocking(settings.rabbitmq_url)
+    connection = open_blocking(settings.broker.url)
     try:
         return [
             _plan_queue(connection, consumer_name, target, report.drift)

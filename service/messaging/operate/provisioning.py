@@ -66,7 +66,7 @@ def provision_consumer_queues(
 
     def declare() -> ProvisionResult:
         connection = open_blocking(
-            settings.rabbitmq_url,
+            settings.broker.url,
             connect_timeout=PROVISION_CONNECT_TIMEOUT_SECONDS,
             heartbeat=PROVISION_HEARTBEAT_SECONDS,
         )
@@ -88,7 +88,7 @@ def provision_many(
     A tenant whose queue migration is unfinished is reported too, and left alone: binding
     its queue now would let new events overtake the ones still being moved.
     """
-    connection = open_blocking(settings.rabbitmq_url)
+    connection = open_blocking(settings.broker.url)
     outcomes: list[ProvisionResult | TopologyMismatch] = []
     try:
         for name in names:
@@ -139,7 +139,7 @@ def _mismatch_report(
     connection: pika.BlockingConnection, expected: topology.TenantTopology, settings: Settings
 ) -> TopologyReport:
     """The full report (management API) or what passive declares and 406s tell."""
-    if settings.rabbitmq_management_url:
+    if settings.broker.management_url:
         return inspect_tenant(settings, expected.consumer_name)
     return inspect_with_declares(connection, expected)
 

@@ -50,12 +50,12 @@ def queue_status(settings: Settings, consumer_names: list[str] | None) -> list[Q
     Uses the management API when configured (``consumer_names`` None: every tenant queue of
     the vhost); otherwise passive declares over AMQP for the names given.
     """
-    if settings.rabbitmq_management_url:
+    if settings.broker.management_url:
         with ManagementClient(
-            settings.rabbitmq_management_url, vhost_of(settings.rabbitmq_url)
+            settings.broker.management_url, vhost_of(settings.broker.url)
         ) as client:
             return status_from_management(client.queues(), consumer_names)
-    connection = open_blocking(settings.rabbitmq_url)
+    connection = open_blocking(settings.broker.url)
     try:
         return [status_from_declares(connection, name) for name in consumer_names or []]
     finally:
@@ -114,7 +114,7 @@ def passive_declare(connection: pika.BlockingConnection, queue: str) -> Any:
 
 def ready_count(settings: Settings, queue: str) -> int | None:
     """Messages ready in ``queue``; None when it does not exist."""
-    connection = open_blocking(settings.rabbitmq_url)
+    connection = open_blocking(settings.broker.url)
     try:
         declared = passive_declare(connection, queue)
         return None if declared is None else int(declared.message_count)
@@ -124,7 +124,7 @@ def ready_count(settings: Settings, queue: str) -> int | None:
 
 def purge_queue(settings: Settings, queue: str) -> int:
     """Drop every ready message of ``queue``; returns how many went."""
-    connection = open_blocking(settings.rabbitmq_url)
+    connection = open_blocking(settings.broker.url)
     try:
         return int(connection.channel().queue_purge(queue).method.message_count)
     finally:

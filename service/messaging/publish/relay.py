@@ -42,7 +42,7 @@ import psycopg2.extensions
 from sqlalchemy import Connection, Engine, Row
 from sqlalchemy.exc import DBAPIError
 
-from service.config import Settings
+from service.config import RelaySettings, Settings
 from service.events import partitions
 from service.events.erasure_fence import ErasureFence
 from service.events.outbox import (
@@ -391,39 +391,56 @@ class OutboxRelay:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: RelaySettings,
         engine: Engine,
         stop: threading.Event,
-        publisher: ConfirmingPublisher | None = None,
+        publisher: ConfirmingPublisher,
+        notifications: PendingNotifications,
         batch_size: int | None = None,
     ):
         self.settings = settings
         self.engine = engine
         self.stop = stop
-        self.publisher = publisher or ConfirmingPublisher(settings.rabbitmq_url)
-        self.batch_size = batch_size or settings.relay_batch_size
+        self.publisher = publisher
+        self.batch_size = batch_size or settings.batch_size
         self.totals = BatchOutcome()
         self.idle = threading.Event()  # set while waiting for new events
         self.leases = PartitionLeases(
-            engine,
-            settings.relay_partitions,
-            settings.relay_lease_ttl_seconds,
-            settings.relay_heartbeat_seconds,
+            engine, settings.partitions, settings.lease_ttl_seconds, settings.heartbeat_seconds
         )
         self._errors = Backoff(initial=0.2, maximum=MAX_ERROR_BACKOFF_SECONDS)
         self._duplicates = PossibleDuplicates()
         self._turns = TenantTurns()
         self._statistics = BacklogStatistics(engine, self.batch_size)
         self._last_claimed = self.batch_size  # a relay may start on a backlog: check first
-        self._notifications = PendingNotifications(settings.database_url)
+        self._notifications = notifications
         self._reported_at = time.monotonic()
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        engine: Engine,
+        stop: threading.Event,
+        publisher: ConfirmingPublisher | None = None,
+        batch_size: int | None = None,
+    ) -> OutboxRelay:
+        """A relay on its group, publishing to the broker and listening on the database."""
+        return cls(
+            settings.relay,
+            engine,
+            stop,
+            publisher or ConfirmingPublisher(settings.broker.url),
+            PendingNotifications(settings.database.url),
+            batch_size,
+        )
 
     def run(self) -> BatchOutcome:
         """Publish until stopped; the batch in hand is always finished first."""
         log.info(
             "relay started (batch %d, poll %.1fs, %d partitions, relay id %s)",
             self.batch_size,
-            self.settings.relay_poll_seconds,
+            self.settings.poll_seconds,
             self.leases.partition_count,
             self.leases.relay_id,
         )
@@ -453,7 +470,7 @@ class OutboxRelay:
                 self.publisher,
                 self.leases,
                 self.batch_size,
-                self.settings.relay_max_backoff_seconds,
+                self.settings.max_backoff_seconds,
                 self._duplicates,
                 self._turns,
             )
@@ -528,7 +545,7 @@ class OutboxRelay:
     def _idle_timeout(self) -> float:
         """The poll interval, or less when a held tenant may be tried again sooner."""
         release = self._turns.holds.next_release_in()
-        poll = self.settings.relay_poll_seconds
+        poll = self.settings.poll_seconds
         return poll if release is None else min(poll, release)
 
     def _report(self) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
-from service.config import Settings
+from service.config import Settings, WebhookSettings
 from service.events.repository import record_receipt
 from service.http.audit import AuditEntry, write_audit_in
 from service.kit import tracing
@@ -68,26 +68,45 @@ class DeliveryTotals:
 class WebhookDeliverer:
     """Runs delivery rounds until ``stop`` is set; survives database outages."""
 
-    def __init__(self, settings: Settings, engine: Engine, stop: threading.Event):
+    def __init__(
+        self,
+        settings: WebhookSettings,
+        engine: Engine,
+        stop: threading.Event,
+        policy: DestinationPolicy,
+        box: SecretBox,
+        notifications: PendingNotifications,
+    ):
         self.settings = settings
         self.engine = engine
         self.stop = stop
         self.worker_id = str(uuid.uuid4())
         self.totals = DeliveryTotals()
-        self.concurrency = settings.webhook_delivery_concurrency
-        self.claim_seconds = claim_seconds(settings.webhook_timeout_seconds)
-        policy = DestinationPolicy.from_settings(
-            settings.environment, settings.webhook_allowed_cidrs
-        )
-        box = SecretBox(settings.webhook_encryption_key, settings.environment)
+        self.concurrency = settings.delivery_concurrency
+        self.claim_seconds = claim_seconds(settings.timeout_seconds)
         self.targets = EndpointTargets(engine, box)
         self.clients = EndpointClients(
-            policy, settings.webhook_timeout_seconds, settings.webhook_max_in_flight_per_endpoint
+            policy, settings.timeout_seconds, settings.max_in_flight_per_endpoint
         )
         self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="webhook")
         self._in_flight: set[Future[None]] = set()
         self._lock = threading.Lock()
-        self._notifications = PendingNotifications(settings.database_url)
+        self._notifications = notifications
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, engine: Engine, stop: threading.Event
+    ) -> WebhookDeliverer:
+        """A deliverer on its group, under the environment's address policy and key rules."""
+        webhooks = settings.webhooks
+        return cls(
+            webhooks,
+            engine,
+            stop,
+            DestinationPolicy.from_settings(settings.environment, webhooks.allowed_cidrs),
+            SecretBox(webhooks.encryption_key, settings.environment),
+            PendingNotifications(settings.database.url),
+        )
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -122,7 +141,7 @@ class WebhookDeliverer:
             rows = self._claim(free)
         except DBAPIError as exc:
             log.warning("claiming deliveries failed: %s", _first_line(exc))
-            self.stop.wait(self.settings.webhook_poll_seconds)
+            self.stop.wait(self.settings.poll_seconds)
             return 0
         for row in rows:
             future = self._pool.submit(self.deliver, row)
@@ -156,7 +175,7 @@ class WebhookDeliverer:
                 headers.update(tracing.outgoing_headers())
                 result = post(self.clients.client(str(row.endpoint_id)), target.url, body, headers)
             attempt_number = row.attempt_count + 1
-            decision = decide(result, attempt_number, self.settings.webhook_retry_delays)
+            decision = decide(result, attempt_number, self.settings.retry_delays)
             recorded = self.record(row, attempt_number, result, decision)
             self.totals.count(decision, recorded)
             count_attempt(decision.attempt_status, result.duration_ms)
@@ -186,12 +205,12 @@ class WebhookDeliverer:
             connection,
             row.endpoint_id,
             result.succeeded,
-            settings.webhook_breaker_failures,
-            settings.webhook_breaker_pause_seconds,
-            settings.webhook_disable_after_hours * 3600,
+            settings.breaker_failures,
+            settings.breaker_pause_seconds,
+            settings.disable_after_hours * 3600,
         )
         if health is not None and health.disabled_now:
-            _audit_disabled(connection, row, "failing", settings.webhook_disable_after_hours)
+            _audit_disabled(connection, row, "failing", settings.disable_after_hours)
         gone = decision.disable_endpoint
         if gone and endpoints.disable_endpoint(connection, row.endpoint_id, "gone (HTTP 410)"):
             _audit_disabled(connection, row, "gone (HTTP 410)", None)
@@ -206,8 +225,8 @@ class WebhookDeliverer:
                     connection,
                     self.worker_id,
                     free,
-                    settings.webhook_max_in_flight_per_endpoint,
-                    settings.webhook_breaker_failures,
+                    settings.max_in_flight_per_endpoint,
+                    settings.breaker_failures,
                     self.claim_seconds,
                 )
             )
@@ -224,7 +243,7 @@ class WebhookDeliverer:
         if self._busy():
             self._notifications.wait(BUSY_WAIT_SECONDS)
         else:
-            self._notifications.wait(self.settings.webhook_poll_seconds)
+            self._notifications.wait(self.settings.poll_seconds)
 
     def _finish_in_flight(self) -> None:
         with self._lock:

@@ -89,7 +89,7 @@ def test_resend_republishes_exactly_the_selection(
     [row] = event_rows(engine, ids["match"]).values()
     assert row.publish_status == "published" and row.publish_try_count == 1
     assert snapshot(engine, untouched) == before
-    messages = drain_queue(settings.rabbitmq_url, tenant["queue_name"])
+    messages = drain_queue(settings.broker.url, tenant["queue_name"])
     assert [properties.message_id for _, properties, _ in messages] == ids["match"]
     assert messages[0][1].headers == {
         "x-fintegrate-republished": "resend",
@@ -123,7 +123,7 @@ def test_redeliver_selects_published_but_undelivered(
     assert [rows[i].publish_try_count for i in undelivered + failed] == [2, 2, 2]
     assert rows[pending[0]].publish_status == "pending"
     assert rows[delivered[0]].publish_try_count == 1
-    received = drain_queue(settings.rabbitmq_url, tenant["queue_name"])
+    received = drain_queue(settings.broker.url, tenant["queue_name"])
     assert sorted(p.message_id for _, p, _ in received) == sorted(undelivered + failed)
     limited = post(client, "/events/redeliver", admin_headers, **scope, max_try_count=2)
     assert limited["matched"] == 0
@@ -142,7 +142,7 @@ def test_chunks_continue_with_the_cursor(
         if cursor is None:
             break
     assert (seen, calls) == (5, 3)
-    assert len(drain_queue(settings.rabbitmq_url, tenant["queue_name"])) == 5
+    assert len(drain_queue(settings.broker.url, tenant["queue_name"])) == 5
 
 
 def test_scope_rules(
@@ -175,7 +175,7 @@ def test_broker_down_answers_503_and_changes_nothing(
     before = snapshot(engine, ids)
     proxy = tcp_proxy_factory("127.0.0.1", 5672)
     proxy.refuse()
-    broken = settings.model_copy(update={"rabbitmq_url": proxy.url_for(settings.rabbitmq_url)})
+    broken = settings.updated({"rabbitmq_url": proxy.url_for(settings.broker.url)})
     with TestClient(create_app(broken)) as broken_client:
         response = broken_client.post("/events/resend", json={}, headers=tenant["headers"])
     assert response.status_code == 503

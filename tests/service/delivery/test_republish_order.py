@@ -44,7 +44,7 @@ def events_of_customer(
 
 def queue_order(settings: Settings, queue: str) -> list[tuple[str, int]]:
     """(customer_id, sequence) of every message in the queue, in queue order."""
-    messages = drain_queue(settings.rabbitmq_url, queue)
+    messages = drain_queue(settings.broker.url, queue)
     documents = [json.loads(body) for _, _, body in messages]
     assert all(
         properties.headers["x-fintegrate-sequence"] == document["sequence"]
@@ -143,8 +143,8 @@ def test_redeliver_goes_in_sequence_order(
 
 @pytest.fixture
 def bounded_client(settings: Settings) -> Any:
-    bounded = settings.model_copy(
-        update={"republish_tenant_max_per_call": 2, "republish_tenant_per_minute": 3}
+    bounded = settings.updated(
+        {"republish_tenant_max_per_call": 2, "republish_tenant_per_minute": 3}
     )
     with TestClient(create_app(bounded)) as bounded_client:
         yield bounded_client
@@ -178,9 +178,9 @@ def test_tenant_republish_is_bounded_per_call_and_per_minute(
 
 
 def delete_queue(settings: Settings, queue: str) -> None:
-    vhost = settings.rabbitmq_url.rsplit("/", 1)[1]
-    assert settings.rabbitmq_management_url
+    vhost = settings.broker.url.rsplit("/", 1)[1]
+    assert settings.broker.management_url
     response = httpx.delete(
-        f"{settings.rabbitmq_management_url}/api/queues/{vhost}/{queue}", timeout=10
+        f"{settings.broker.management_url}/api/queues/{vhost}/{queue}", timeout=10
     )
     assert response.status_code in (204, 404)

@@ -277,7 +277,7 @@ def test_archive_runs_under_the_services_psycopg2_wait_callback(
     loaded: Engine, tmp_path: Path, settings: Settings
 ) -> None:
     """The relay (retention) and the API install a wait callback; the archive still works."""
-    bound_database_waits(settings)
+    bound_database_waits(settings.database)
     try:
         result = archive.run_archive(loaded, archive.plan_archive(loaded, 10, tmp_path))
     finally:

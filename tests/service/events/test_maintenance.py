@@ -160,7 +160,7 @@ def test_a_maintenance_pass_expires_what_a_tenant_never_confirmed(
         )
     url = weekly_engine.url.render_as_string(hide_password=False)
     report = maintenance.HistoryMaintainer(
-        settings.model_copy(update={"database_url": url}), weekly_engine
+        settings.updated({"database_url": url}), weekly_engine
     ).run_pass()
     assert report.errors == {} and report.skipped is None
     with weekly_engine.connect() as connection:

@@ -43,7 +43,7 @@ def history_engine(database_factory: Callable[[], str]) -> Iterator[Engine]:
 @pytest.fixture
 def history_settings(settings: Settings, history_engine: Engine) -> Settings:
     url = history_engine.url.render_as_string(hide_password=False)
-    return settings.model_copy(update={"database_url": url})
+    return settings.updated({"database_url": url})
 
 
 def archive_args(directory: Path) -> list[str]:
@@ -138,8 +138,8 @@ def test_a_stop_signal_mid_retention_leaves_nothing_half_done(
     directory.mkdir()
     with history_engine.connect() as connection:
         total = connection.execute(text("SELECT count(*) FROM customer_events")).scalar_one()
-    retention = history_settings.model_copy(
-        update={"event_retention_days": 10, "event_archive_dir": str(directory)}
+    retention = history_settings.updated(
+        {"event_retention_days": 10, "event_archive_dir": str(directory)}
     )
     process = FintegrateProcess("maintain", ["maintain"], retention, tmp_path).start()
     wait_for(lambda: list(directory.glob("*.jsonl.gz")), 120, "the first archive file")
@@ -238,7 +238,7 @@ def test_a_lock_on_an_old_partition_never_stalls_creates_or_confirmations(
         oldest = partitions.list_partitions(connection)[0].name
     server = LiveServer(create_app(history_settings)).start()
     try:
-        admin = {"X-Admin-Key": str(history_settings.admin_api_key)}
+        admin = {"X-Admin-Key": str(history_settings.auth.admin_api_key)}
         with httpx.Client(base_url=server.url, timeout=30) as client:
             unlimited = {"rate_limit_per_minute": 1_000_000, "rate_limit_burst": 1_000_000}
             body = {"name": f"h_{uuid.uuid4().hex[:8]}", **unlimited}  # latency, not limits

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import Connection, Engine, create_engine, text
 from sqlalchemy.exc import DBAPIError
 
-from service.config import Settings
+from service.config import Settings, load_settings
 from service.events import maintenance, partitions
 from service.migrations import runner as migrations
 from tests.support.history import CONSUMER, days_ago, db_now, load_events, sizable_partitions
@@ -128,7 +128,7 @@ def test_rows_of_a_missing_partition_wait_in_default_then_move_in(
         )
         before = digests(connection)
     created = maintenance.ensure_partitions(
-        history_engine, settings.model_copy(update={"event_partition_span_days": 7})
+        history_engine, settings.updated({"event_partition_span_days": 7})
     )
     with history_engine.begin() as connection:
         assert created == 1
@@ -175,17 +175,15 @@ def test_maintenance_with_retention_archives_and_without_it_only_keeps_partition
         load_events(connection, days_ago(connection, 40), days_ago(connection, 20), 3000)
     off = maintenance.run_history_maintenance(history_engine, settings)
     assert (off.archived_events, off.dropped_partitions, off.error) == (0, 0, None)
-    retention = settings.model_copy(
-        update={"event_retention_days": 10, "event_archive_dir": str(tmp_path)}
-    )
+    retention = settings.updated({"event_retention_days": 10, "event_archive_dir": str(tmp_path)})
     on = maintenance.run_history_maintenance(history_engine, retention)
     assert on.error is None and on.archived_events == 3000 and on.dropped_partitions >= 3
     assert len(list(tmp_path.glob("*.jsonl.gz"))) == on.dropped_partitions
-    missing = retention.model_copy(update={"event_archive_dir": str(tmp_path / "gone")})
+    missing = retention.updated({"event_archive_dir": str(tmp_path / "gone")})
     failed = maintenance.run_history_maintenance(history_engine, missing)
     assert failed.error is not None and "does not exist" in failed.error
 
 
 def test_retention_without_an_archive_directory_is_refused() -> None:
     with pytest.raises(ValueError, match="FINTEGRATE_EVENT_ARCHIVE_DIR"):
-        Settings(environment="test", event_retention_days=30)
+        load_settings(environment="test", event_retention_days=30)

@@ -21,12 +21,12 @@ def outbox_settings(settings: Settings, database_factory: Callable[[], str]) -> 
     bootstrap = create_engine(url)
     migrations.apply(bootstrap)
     bootstrap.dispose()
-    return settings.model_copy(update={"database_url": url, "relay_max_backoff_seconds": 2.0})
+    return settings.updated({"database_url": url, "relay_max_backoff_seconds": 2.0})
 
 
 @pytest.fixture
 def outbox_engine(outbox_settings: Settings) -> Iterator[Engine]:
-    engine = create_db_engine(outbox_settings, pool_size=4)
+    engine = create_db_engine(outbox_settings.database, pool_size=4)
     yield engine
     engine.dispose()
 

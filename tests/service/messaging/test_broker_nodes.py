@@ -13,7 +13,7 @@ import pika
 import pytest
 from pydantic import ValidationError
 
-from service.config import Settings
+from service.config import Settings, load_settings
 from service.messaging import topology
 from service.messaging.connection import BrokerNodes, BrokerUnavailable, open_blocking
 from service.messaging.operate.management import ManagementClient
@@ -50,24 +50,24 @@ def dead_first(settings: Settings) -> Callable[[str], str]:
 def test_connection_goes_to_the_first_node_that_answers(
     settings: Settings, dead_first: Callable[[str], str]
 ) -> None:
-    urls = dead_first(settings.rabbitmq_url)
+    urls = dead_first(settings.broker.url)
     connection = open_blocking(urls, connect_timeout=1.0)
     try:
         assert connection.is_open
     finally:
         connection.close()
-    assert BrokerNodes.of(urls).preferred == settings.rabbitmq_url
+    assert BrokerNodes.of(urls).preferred == settings.broker.url
 
 
 def test_the_node_that_answered_is_tried_first_next_time(
     settings: Settings, dead_first: Callable[[str], str]
 ) -> None:
-    urls = dead_first(settings.rabbitmq_url)
+    urls = dead_first(settings.broker.url)
     dead = urls.split(",")[0]
     assert next(BrokerNodes.of(urls).in_order()) == dead
     open_blocking(urls, connect_timeout=1.0).close()
 
-    assert list(BrokerNodes.of(urls).in_order()) == [settings.rabbitmq_url, dead]
+    assert list(BrokerNodes.of(urls).in_order()) == [settings.broker.url, dead]
 
 
 def test_no_node_answering_names_every_node(settings: Settings) -> None:
@@ -88,11 +88,11 @@ def test_publisher_confirms_through_a_list_with_a_dead_node(
     key = topology.routing_key("customer_creation", name)
     message = OutgoingMessage(key, b"{}", pika.BasicProperties(message_id="m-1"))
 
-    with ConfirmingPublisher(dead_first(settings.rabbitmq_url), connect_timeout=1.0) as publisher:
+    with ConfirmingPublisher(dead_first(settings.broker.url), connect_timeout=1.0) as publisher:
         result = publisher.publish(message)
 
     assert result.ok, result.reason
-    assert [p.message_id for _, p, _ in drain_queue(settings.rabbitmq_url, queues.queue)] == ["m-1"]
+    assert [p.message_id for _, p, _ in drain_queue(settings.broker.url, queues.queue)] == ["m-1"]
 
 
 def test_a_silent_node_is_left_for_the_next_one(
@@ -101,7 +101,7 @@ def test_a_silent_node_is_left_for_the_next_one(
     name = unique_name("nodes")
     queues = provision_consumer_queues(settings, name)
     proxy = tcp_proxy_factory("127.0.0.1", 5672)
-    urls = f"{proxy.url_for(settings.rabbitmq_url)},{settings.rabbitmq_url}"
+    urls = f"{proxy.url_for(settings.broker.url)},{settings.broker.url}"
     key = topology.routing_key("customer_creation", name)
 
     def message(number: int) -> OutgoingMessage:
@@ -111,20 +111,20 @@ def test_a_silent_node_is_left_for_the_next_one(
         assert publisher.publish(message(1)).ok  # through the proxy, the first node
         proxy.blackhole()  # that node goes silent: no confirm, no error
         assert not publisher.publish(message(2)).ok
-        assert BrokerNodes.of(urls).preferred == settings.rabbitmq_url
+        assert BrokerNodes.of(urls).preferred == settings.broker.url
         assert publisher.publish(message(3)).ok  # the next node, at once
 
-    arrived = {p.message_id for _, p, _ in drain_queue(settings.rabbitmq_url, queues.queue)}
+    arrived = {p.message_id for _, p, _ in drain_queue(settings.broker.url, queues.queue)}
     assert {"m-1", "m-3"} <= arrived  # m-2 may have arrived too: it is retried, never lost
 
 
 def test_provisioning_and_readiness_use_the_list(
     settings: Settings, dead_first: Callable[[str], str]
 ) -> None:
-    listed = settings.model_copy(
-        update={
-            "rabbitmq_url": dead_first(settings.rabbitmq_url),
-            "rabbitmq_management_url": dead_first(str(settings.rabbitmq_management_url)),
+    listed = settings.updated(
+        {
+            "rabbitmq_url": dead_first(settings.broker.url),
+            "rabbitmq_management_url": dead_first(str(settings.broker.management_url)),
         }
     )
     name = unique_name("nodes")
@@ -139,8 +139,8 @@ def test_management_client_moves_to_the_next_node(
 ) -> None:
     name = unique_name("nodes")
     provision_consumer_queues(settings, name)
-    base = dead_first(str(settings.rabbitmq_management_url))
-    vhost = settings.rabbitmq_url.rsplit("/", 1)[1]
+    base = dead_first(str(settings.broker.management_url))
+    vhost = settings.broker.url.rsplit("/", 1)[1]
 
     with ManagementClient(base, vhost) as management:
         queue = management.queue(topology.queue_name(name))
@@ -164,13 +164,13 @@ def test_settings_refuse_node_lists_of_different_clusters(
     setting: str, value: str, problem: str
 ) -> None:
     with pytest.raises(ValidationError, match=problem):
-        Settings(**{setting: value})
+        load_settings(**{setting: value})
 
 
 def test_settings_keep_a_clean_node_list() -> None:
-    settings = Settings(
+    settings = load_settings(
         rabbitmq_url=" amqp://u:p@h1:1/v , amqp://u:p@h2:2/v,",
         rabbitmq_management_url="http://u:p@h1:3,http://u:p@h2:4",
     )
-    assert settings.rabbitmq_url == "amqp://u:p@h1:1/v,amqp://u:p@h2:2/v"
-    assert settings.rabbitmq_management_url == "http://u:p@h1:3,http://u:p@h2:4"
+    assert settings.broker.url == "amqp://u:p@h1:1/v,amqp://u:p@h2:2/v"
+    assert settings.broker.management_url == "http://u:p@h1:3,http://u:p@h2:4"

@@ -1,4 +1,4 @@
-from service.config import Settings
+from service.config import Settings, load_settings
 from service.messaging import topology
 from service.messaging.operate.queue_ops import tenant_names_from_queues
 
@@ -30,7 +30,7 @@ def test_queue_arguments_are_exactly_the_spec() -> None:
 
 
 def test_limits_come_from_the_settings() -> None:
-    tuned = Settings(
+    tuned = load_settings(
         queue_message_ttl_ms=4000,
         queue_max_length=300,
         dlq_max_length=50,
@@ -61,7 +61,7 @@ def test_migration_queues_never_look_like_a_tenant() -> None:
 
 
 def test_expected_topology_takes_ttl_and_max_length_from_the_settings() -> None:
-    settings = Settings(queue_message_ttl_ms=1500, queue_max_length=300)
+    settings = load_settings(queue_message_ttl_ms=1500, queue_max_length=300)
     arguments = topology.expected_topology(settings, "acme").queue_arguments
     assert arguments["x-message-ttl"] == 1500
     assert arguments["x-max-length"] == 300

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from sqlalchemy import Engine, create_engine, text
 
-from service.config import Settings
+from service.config import DatabaseSettings, Settings
 from service.kit.db import create_db_engine
 from service.migrations import runner as migrations
 from service.webhooks.delivery.process import WebhookDeliverer
@@ -46,16 +46,14 @@ def webhook_database_url(database_factory: Callable[[], str]) -> str:
 @pytest.fixture(scope="package")
 def engine(webhook_database_url: str) -> Iterator[Engine]:
     """An engine on the webhook tests' own database."""
-    own = create_db_engine(
-        Settings(environment="test", database_url=webhook_database_url), pool_size=4
-    )
+    own = create_db_engine(DatabaseSettings(url=webhook_database_url), pool_size=4)
     yield own
     own.dispose()
 
 
 @pytest.fixture
 def settings(settings: Settings, webhook_database_url: str) -> Settings:
-    return settings.model_copy(update={**WEBHOOK_SETTINGS, "database_url": webhook_database_url})
+    return settings.updated({**WEBHOOK_SETTINGS, "database_url": webhook_database_url})
 
 
 @pytest.fixture
@@ -101,7 +99,7 @@ def deliver(settings: Settings, engine: Engine) -> Callable[..., WebhookDelivere
     ) -> WebhookDeliverer:
         done = until or nothing_left(engine)
         stop = threading.Event()
-        deliverer = WebhookDeliverer(settings.model_copy(update=overrides), engine, stop)
+        deliverer = WebhookDeliverer.from_settings(settings.updated(overrides), engine, stop)
         worker = threading.Thread(target=deliverer.run, daemon=True)
         worker.start()
         deadline = time.monotonic() + timeout

@@ -42,7 +42,7 @@ def test_create_shows_the_secret_once_and_stores_it_sealed(
             {"e": data["endpoint_id"]},
         ).scalar_one()
     assert secret.encode() not in bytes(sealed)
-    box = SecretBox(settings.webhook_encryption_key, settings.environment)
+    box = SecretBox(settings.webhooks.encryption_key, settings.environment)
     assert box.open(bytes(sealed), data["endpoint_id"]) == secret
 
 
@@ -96,7 +96,7 @@ def test_bad_input_is_a_clear_422_that_changes_nothing(
 def test_https_only_outside_development(
     client: TestClient, create_consumer: Callable[..., Any], app: Any, settings: Settings
 ) -> None:
-    app.state.settings = settings.model_copy(update={"environment": "production"})
+    app.state.settings = settings.updated({"environment": "production"})
     tenant = create_consumer()
     answer = client.post(PATH, json={"url": "http://127.0.0.1:9/x"}, headers=tenant["headers"])
     assert_envelope(answer, 422)
@@ -177,8 +177,8 @@ def test_listing_pages_with_a_cursor(
 def test_no_encryption_key_outside_development_is_a_503(
     client: TestClient, create_consumer: Callable[..., Any], app: Any, settings: Settings
 ) -> None:
-    app.state.settings = settings.model_copy(
-        update={"environment": "production", "webhook_encryption_key": None}
+    app.state.settings = settings.updated(
+        {"environment": "production", "webhook_encryption_key": None}
     )
     tenant = create_consumer()
     answer = client.post(PATH, json={"url": "https://127.0.0.1/x"}, headers=tenant["headers"])

@@ -40,7 +40,7 @@ def test_kill_9_loses_nothing_and_keeps_each_customer_in_order(
     )
     made = customers_with_events(client, tenant, customers=6, changes=4)
     total = sum(len(sequences) for sequences in made.values())
-    process_settings = settings.model_copy(update={"webhook_timeout_seconds": 2.0})
+    process_settings = settings.updated({"webhook_timeout_seconds": 2.0})
     args = ["webhooks", "deliver", "--concurrency", "2"]
     first = FintegrateProcess("deliver-1", args, process_settings, tmp_path).start()
     try:

@@ -131,7 +131,7 @@ def test_rotation_without_grace_signs_with_the_new_secret_only(
     app: Any,
     settings: Any,
 ) -> None:
-    app.state.settings = settings.model_copy(update={"webhook_secret_grace_seconds": 0})
+    app.state.settings = settings.updated({"webhook_secret_grace_seconds": 0})
     receiver = receiver_factory()
     tenant = create_consumer()
     endpoint = endpoint_for(client, tenant, receiver)

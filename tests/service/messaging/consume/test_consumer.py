@@ -41,11 +41,11 @@ def api(live_server: str, settings: Settings) -> Iterator[httpx.Client]:
 
 @pytest.fixture
 def tenant(api: httpx.Client, settings: Settings) -> Tenant:
-    assert settings.admin_api_key
+    assert settings.auth.admin_api_key
     response = api.post(
         "/consumer/data",
         json={"name": unique_name("w")},
-        headers={"X-Admin-Key": settings.admin_api_key},
+        headers={"X-Admin-Key": settings.auth.admin_api_key},
     )
     assert response.status_code == 201, response.text
     data: Tenant = response.json()["data"]
@@ -95,7 +95,7 @@ def receipts(engine: Engine, tenant: Tenant) -> list[tuple[str, str]]:
 
 
 def publish_all(settings: Settings, engine: Engine) -> None:
-    OutboxRelay(settings, engine, threading.Event()).drain()
+    OutboxRelay.from_settings(settings, engine, threading.Event()).drain()
 
 
 class WorkerThread:
@@ -111,9 +111,7 @@ class WorkerThread:
     ):
         self.seen: list[str] = []
         self.stop = threading.Event()
-        worker_settings = settings.model_copy(
-            update={"api_url": api_url, "api_key": tenant["api_key"]}
-        )
+        worker_settings = settings.updated({"api_url": api_url, "api_key": tenant["api_key"]})
         self.consumer = EventConsumer(
             worker_settings, tenant["name"], self.stop, handler or self.record, **options
         )
@@ -136,7 +134,7 @@ def test_end_to_end_100_customers_are_delivered(
     settings: Settings, engine: Engine, api: httpx.Client, tenant: Tenant, live_server: str
 ) -> None:
     relay_stop = threading.Event()
-    relay = OutboxRelay(settings, engine, relay_stop)
+    relay = OutboxRelay.from_settings(settings, engine, relay_stop)
     relay_thread = threading.Thread(target=relay.run, daemon=True)
     relay_thread.start()
     try:
@@ -154,7 +152,7 @@ def test_end_to_end_100_customers_are_delivered(
     assert {(row.publish_status, row.deliver_status) for row in rows} == {
         ("published", "delivered")
     }
-    assert queue_depth(settings.rabbitmq_url, tenant["queue_name"]) == 0
+    assert queue_depth(settings.broker.url, tenant["queue_name"]) == 0
 
 
 def test_handler_failure_sends_a_failed_receipt_and_dead_letters(
@@ -168,23 +166,23 @@ def test_handler_failure_sends_a_failed_receipt_and_dead_letters(
     events = tenant_events(engine, tenant)
     dlq = topology.dlq_name(tenant["name"])
     with WorkerThread(settings, tenant, live_server, broken):
-        assert wait_until(lambda: queue_depth(settings.rabbitmq_url, dlq) == len(events))
+        assert wait_until(lambda: queue_depth(settings.broker.url, dlq) == len(events))
     assert sorted(receipts(engine, tenant)) == sorted((event, "failed") for event in events)
     rows = event_rows(engine, events).values()
     assert {row.deliver_status for row in rows} == {"failed"}
-    assert queue_depth(settings.rabbitmq_url, tenant["queue_name"]) == 0
+    assert queue_depth(settings.broker.url, tenant["queue_name"]) == 0
 
 
 def test_poison_message_goes_to_the_dlq_without_calling_the_api(
     settings: Settings, engine: Engine, tenant: Tenant, live_server: str
 ) -> None:
-    with amqp_channel(settings.rabbitmq_url) as channel:
+    with amqp_channel(settings.broker.url) as channel:
         channel.basic_publish(
             topology.EXCHANGE, topology.routing_key("customer_creation", tenant["name"]), b"\xff{"
         )
     dlq = topology.dlq_name(tenant["name"])
     with WorkerThread(settings, tenant, live_server) as worker:
-        assert wait_until(lambda: queue_depth(settings.rabbitmq_url, dlq) == 1)
+        assert wait_until(lambda: queue_depth(settings.broker.url, dlq) == 1)
     assert worker.consumer.stats.poison == 1
     assert worker.seen == []
     assert receipts(engine, tenant) == []
@@ -205,11 +203,11 @@ def test_api_down_means_no_handler_call_no_ack_and_a_later_redelivery(
     proxy = tcp_proxy_factory(host, int(port))
     proxy.refuse()
     with WorkerThread(settings, tenant, proxy.url_for(live_server)) as down:
-        assert wait_until(lambda: queue_depth(settings.rabbitmq_url, tenant["queue_name"]) == 0)
+        assert wait_until(lambda: queue_depth(settings.broker.url, tenant["queue_name"]) == 0)
         # held unacked; the last delivered sequences are unknown, so no handler runs yet
         assert not wait_until(lambda: bool(down.seen), timeout=1.0)
     assert receipts(engine, tenant) == []
-    assert queue_depth(settings.rabbitmq_url, tenant["queue_name"]) == 2  # back, not lost
+    assert queue_depth(settings.broker.url, tenant["queue_name"]) == 2  # back, not lost
     proxy.pass_through()
     with WorkerThread(settings, tenant, proxy.url_for(live_server)) as up:
         assert wait_until(lambda: len(receipts(engine, tenant)) == 2)
@@ -243,13 +241,13 @@ def test_api_outage_while_running_is_retried_until_recorded(
         proxy.pass_through()
         assert wait_until(lambda: len(receipts(engine, tenant)) == 4)
     assert sorted(worker.seen) == sorted(tenant_events(engine, tenant))
-    assert queue_depth(settings.rabbitmq_url, tenant["queue_name"]) == 0
+    assert queue_depth(settings.broker.url, tenant["queue_name"]) == 0
 
 
 def worker_environment(
     settings: Settings, tenant: Tenant, api_url: str, log: Path
 ) -> dict[str, str]:
-    values = settings.model_copy(update={"api_url": api_url, "api_key": tenant["api_key"]})
+    values = settings.updated({"api_url": api_url, "api_key": tenant["api_key"]})
     environment = {k: v for k, v in os.environ.items() if not k.startswith("FINTEGRATE_")}
     for name, value in values.model_dump(exclude_none=True).items():
         environment[f"FINTEGRATE_{name.upper()}"] = str(value)
@@ -300,4 +298,4 @@ def test_sigterm_finishes_the_messages_in_hand_and_loses_nothing(
     finished = {line.removeprefix("done ") for line in lines if line.startswith("done ")}
     assert started and started == finished and len(lines) == 2 * len(started)
     assert sorted(receipts(engine, tenant)) == sorted((event, "processed") for event in started)
-    assert queue_depth(settings.rabbitmq_url, tenant["queue_name"]) == len(events) - len(started)
+    assert queue_depth(settings.broker.url, tenant["queue_name"]) == len(events) - len(started)

@@ -51,7 +51,7 @@ def api(live_server: str) -> Iterator[httpx.Client]:
 
 @pytest.fixture
 def tenant(live_server: str, settings: Settings) -> Tenant:
-    return create_tenant_over_http(live_server, settings.admin_api_key, "order")
+    return create_tenant_over_http(live_server, settings.auth.admin_api_key, "order")
 
 
 class Recorder:
@@ -119,7 +119,7 @@ def publish(
 ) -> None:
     """Publish each row's message ``copies`` times, back to back, with confirms."""
     messages = [outgoing_event(event_from_row(row), headers) for row in rows for _ in range(copies)]
-    with ConfirmingPublisher(settings.rabbitmq_url) as publisher:
+    with ConfirmingPublisher(settings.broker.url) as publisher:
         assert all(result.ok for result in publisher.publish_batch(messages))
 
 
@@ -136,7 +136,7 @@ def receipts(engine: Engine, tenant: Tenant) -> list[tuple[str, str, str | None]
 
 
 def consumer_count(settings: Settings, tenant: Tenant) -> int:
-    with amqp_channel(settings.rabbitmq_url) as channel:
+    with amqp_channel(settings.broker.url) as channel:
         declared = channel.queue_declare(tenant["queue_name"], passive=True)
         return int(declared.method.consumer_count)
 
@@ -170,7 +170,7 @@ def test_prefetch_20_keeps_each_customers_order_and_runs_customers_in_parallel(
     # past a customer's in-hand cap its messages are acked and its events fetched instead
     assert stats.processed + stats.recovered == 250 and stats.recovered == stats.owed
     assert 0 < worker.consumer.sequences.look_ups <= 50  # once per customer at most, batched
-    assert queue_depth(settings.rabbitmq_url, tenant["queue_name"]) == 0
+    assert queue_depth(settings.broker.url, tenant["queue_name"]) == 0
 
 
 def test_a_duplicate_is_skipped_with_a_receipt_and_the_handler_called_once(
@@ -181,7 +181,7 @@ def test_a_duplicate_is_skipped_with_a_receipt_and_the_handler_called_once(
     publish(settings, rows, copies=2)
     handler = Recorder()
     # every copy reaches a lane (no customer past its in-hand cap), so each gets its receipt
-    roomy = settings.model_copy(update={"worker_max_in_hand_per_customer": 20})
+    roomy = settings.updated({"worker_max_in_hand_per_customer": 20})
     with WorkerThread(roomy, tenant, live_server, handler, prefetch=20) as worker:
         assert wait_until(lambda: len(receipts(engine, tenant)) == 60, timeout=60)
         assert wait_until(lambda: worker.consumer.stats.stale == 30)
@@ -194,7 +194,7 @@ def test_a_duplicate_is_skipped_with_a_receipt_and_the_handler_called_once(
     for _, status, detail in recorded:
         assert status == "processed" or (detail or "").startswith("stale duplicate: sequence")
     assert worker.consumer.stats.processed == 30
-    assert queue_depth(settings.rabbitmq_url, tenant["queue_name"]) == 0
+    assert queue_depth(settings.broker.url, tenant["queue_name"]) == 0
 
 
 def test_a_restarted_worker_skips_stale_duplicates_it_never_saw(
@@ -222,7 +222,7 @@ def test_a_restarted_worker_skips_stale_duplicates_it_never_saw(
     stale = [detail for _, status, detail in receipts(engine, tenant) if status == "received"]
     assert len(stale) == 30
     assert all(detail and "<= last delivered 3; handler not called" in detail for detail in stale)
-    assert queue_depth(settings.rabbitmq_url, tenant["queue_name"]) == 0
+    assert queue_depth(settings.broker.url, tenant["queue_name"]) == 0
 
 
 def test_other_customers_keep_flowing_while_one_customers_handler_is_slow(
@@ -258,14 +258,14 @@ def test_a_lost_broker_connection_keeps_order_and_calls_each_handler_once(
     rows = interleaved_rows(engine, tenant, group=4)
     publish(settings, rows)
     proxy = tcp_proxy_factory("127.0.0.1", 5672)
-    proxied = settings.model_copy(update={"rabbitmq_url": proxy.url_for(settings.rabbitmq_url)})
+    proxied = settings.updated({"rabbitmq_url": proxy.url_for(settings.broker.url)})
     handler = Recorder(max_seconds=0.05)
     with WorkerThread(proxied, tenant, live_server, handler, prefetch=20):
         for cut_after in (10, 25, 40):
             assert wait_until(lambda n=cut_after: handler.count() >= n, timeout=60)
             proxy.close_all()  # in-flight lanes finish; their acks are lost, queued ones dropped
         assert wait_until(lambda: len(processed(engine, tenant)) == 60, timeout=90)
-        assert wait_until(lambda: queue_depth(settings.rabbitmq_url, tenant["queue_name"]) == 0)
+        assert wait_until(lambda: queue_depth(settings.broker.url, tenant["queue_name"]) == 0)
     assert handler.sequences() == expected_orders(rows)
     assert handler.count() == 60  # redelivered ones already recorded were skipped as stale
     assert {status for _, status, _ in receipts(engine, tenant)} <= {"processed", "received"}

@@ -36,11 +36,11 @@ def api_client(live_server: str) -> Iterator[httpx.Client]:
 
 @pytest.fixture
 def worker_tenant(api_client: httpx.Client, settings: Settings) -> Tenant:
-    assert settings.admin_api_key
+    assert settings.auth.admin_api_key
     created = api_client.post(
         "/consumer/data",
         json={"name": unique_name("poison")},
-        headers={"X-Admin-Key": settings.admin_api_key},
+        headers={"X-Admin-Key": settings.auth.admin_api_key},
     )
     assert created.status_code == 201, created.text
     data: Tenant = created.json()["data"]
@@ -125,7 +125,7 @@ def test_the_worker_survives_poison_and_hostile_handlers_and_goes_on(
 ) -> None:
     tenant = worker_tenant
     key = topology.routing_key("customer_creation", tenant["name"])
-    with amqp_channel(settings.rabbitmq_url) as channel:
+    with amqp_channel(settings.broker.url) as channel:
         for body in UNREADABLE.values():
             channel.basic_publish(topology.EXCHANGE, key, body)
     create_customers(api_client, tenant, 3)
@@ -141,9 +141,9 @@ def test_the_worker_survives_poison_and_hostile_handlers_and_goes_on(
     dlq = topology.dlq_name(tenant["name"])
     expected_dead = len(UNREADABLE) + 3
     with WorkerThread(settings, tenant, live_server, handler) as worker:
-        assert wait_until(lambda: queue_depth(settings.rabbitmq_url, dlq) == expected_dead)
+        assert wait_until(lambda: queue_depth(settings.broker.url, dlq) == expected_dead)
         assert wait_until(lambda: len(receipts(engine, tenant)) == len(events))
     assert worker.consumer.stats.poison == len(UNREADABLE)
     statuses = sorted(status for _, status in receipts(engine, tenant))
     assert statuses == ["failed"] * 3 + ["processed"] * (len(events) - 3)
-    assert queue_depth(settings.rabbitmq_url, tenant["queue_name"]) == 0
+    assert queue_depth(settings.broker.url, tenant["queue_name"]) == 0

@@ -51,17 +51,17 @@ def api(live_server: str) -> Iterator[httpx.Client]:
 
 @pytest.fixture
 def tenant(live_server: str, settings: Settings) -> Tenant:
-    return create_tenant_over_http(live_server, settings.admin_api_key, "lost")
+    return create_tenant_over_http(live_server, settings.auth.admin_api_key, "lost")
 
 
 def bounded(settings: Settings, **bounds: Any) -> Settings:
     """``settings`` with small queue bounds and a quick recovery sweep."""
-    return settings.model_copy(update={"worker_recovery_interval_seconds": 1.0, **bounds})
+    return settings.updated({"worker_recovery_interval_seconds": 1.0, **bounds})
 
 
 def reprovision(settings: Settings, tenant: Tenant) -> None:
     """The tenant's queues declared again with ``settings``' bounds."""
-    with amqp_channel(settings.rabbitmq_url) as channel:
+    with amqp_channel(settings.broker.url) as channel:
         channel.queue_delete(tenant["queue_name"])
         channel.queue_delete(topology.dlq_name(tenant["name"]))
     provision_consumer_queues(settings, tenant["name"])
@@ -72,7 +72,7 @@ def declare_legacy_queue(settings: Settings, tenant: Tenant) -> None:
     it drops its oldest message into the DLQ (a queue not yet moved by ``--migrate``)."""
     arguments = dict(topology.expected_topology(settings, tenant["name"]).queue_arguments)
     del arguments["x-overflow"]
-    with amqp_channel(settings.rabbitmq_url) as channel:
+    with amqp_channel(settings.broker.url) as channel:
         channel.queue_delete(tenant["queue_name"])
         channel.queue_declare(tenant["queue_name"], durable=True, arguments=arguments)
         for key in topology.queue_bindings(tenant["name"]):
@@ -86,7 +86,7 @@ def publish_as_relay(settings: Settings, engine: Engine, rows: list[Any]) -> Non
 
 
 def dlq_depth(settings: Settings, tenant: Tenant) -> int:
-    return queue_depth(settings.rabbitmq_url, topology.dlq_name(tenant["name"]))
+    return queue_depth(settings.broker.url, topology.dlq_name(tenant["name"]))
 
 
 def handled_once_in_order(handler: Recorder, rows: list[Any]) -> None:
@@ -124,20 +124,20 @@ def test_a_worker_away_past_the_ttl_gets_every_event_once_in_order_and_the_dlq_e
     expired = interleaved_rows(engine, tenant)
     publish_as_relay(settings, engine, expired)
     assert wait_until(lambda: dlq_depth(settings, tenant) == 30, timeout=30)  # all expired
-    assert queue_depth(settings.rabbitmq_url, tenant["queue_name"]) == 0
+    assert queue_depth(settings.broker.url, tenant["queue_name"]) == 0
     for customer_id in customers[:5]:  # half the customers change again: sequence 4
         change_status(api, tenant, customer_id, "suspended")
     fresh = [row for row in interleaved_rows(engine, tenant) if row.sequence == 4]
     publish_as_relay(settings, engine, fresh)
 
     handler = Recorder()
-    own_login = small.model_copy(update={"rabbitmq_url": tenant_url(tenant["broker"])})
+    own_login = small.updated({"rabbitmq_url": tenant_url(tenant["broker"])})
     with WorkerThread(own_login, tenant, live_server, handler, prefetch=20) as worker:
         assert wait_until(lambda: delivered_all(engine, tenant, 35), timeout=90)
         assert wait_until(lambda: dlq_depth(settings, tenant) == 0, timeout=30)
     handled_once_in_order(handler, expired + fresh)
     assert worker.consumer.stats.lost_letters == 30
-    assert queue_depth(settings.rabbitmq_url, tenant["queue_name"]) == 0
+    assert queue_depth(settings.broker.url, tenant["queue_name"]) == 0
 
 
 def test_events_older_than_the_ttl_come_back_even_without_their_dead_letters(
@@ -149,7 +149,7 @@ def test_events_older_than_the_ttl_come_back_even_without_their_dead_letters(
     rows = interleaved_rows(engine, tenant)
     publish_as_relay(settings, engine, rows)
     assert wait_until(lambda: dlq_depth(settings, tenant) == 12, timeout=30)
-    with amqp_channel(settings.rabbitmq_url) as channel:  # a bounded DLQ dropped them
+    with amqp_channel(settings.broker.url) as channel:  # a bounded DLQ dropped them
         channel.queue_purge(topology.dlq_name(tenant["name"]))
     time.sleep(2.5)  # past the TTL and its margin since they were published
 
@@ -169,7 +169,7 @@ def test_a_backlog_past_the_max_length_is_delivered_once_in_order(
     customers_with_events(api, tenant, customers=10, events=3)
     rows = interleaved_rows(engine, tenant)
     publish_as_relay(settings, engine, rows)
-    assert queue_depth(settings.rabbitmq_url, tenant["queue_name"]) == 5
+    assert queue_depth(settings.broker.url, tenant["queue_name"]) == 5
     assert wait_until(lambda: dlq_depth(settings, tenant) == 25, timeout=30)
 
     handler = Recorder()
@@ -253,7 +253,7 @@ def test_a_bogus_customer_or_sequence_cannot_stop_the_recovery(
     settings: Settings, engine: Engine, api: httpx.Client, tenant: Tenant, live_server: str
 ) -> None:
     key = topology.routing_key("customer_creation", tenant["name"])
-    with amqp_channel(settings.rabbitmq_url) as channel:
+    with amqp_channel(settings.broker.url) as channel:
         for changes in ({"customer_id": "not-a-uuid", "sequence": 7}, {"sequence": 2**63}):
             channel.basic_publish(topology.EXCHANGE, key, event_body(**changes))
     customers_with_events(api, tenant, customers=2, events=2)

@@ -47,7 +47,7 @@ def api(live_server: str) -> Iterator[httpx.Client]:
 
 @pytest.fixture
 def tenant(live_server: str, settings: Settings) -> Tenant:
-    return create_tenant_over_http(live_server, settings.admin_api_key, "dlq")
+    return create_tenant_over_http(live_server, settings.auth.admin_api_key, "dlq")
 
 
 def dead_letter_everything(settings: Settings, tenant: Tenant, rows: list[Any]) -> None:
@@ -60,7 +60,7 @@ def dead_letter_everything(settings: Settings, tenant: Tenant, rows: list[Any]) 
         )
         for row in sorted(rows, key=lambda r: -r.sequence)
     ]
-    with ConfirmingPublisher(settings.rabbitmq_url) as publisher:
+    with ConfirmingPublisher(settings.broker.url) as publisher:
         assert all(result.ok for result in publisher.publish_batch(messages))
 
 
@@ -73,9 +73,9 @@ def lookup(engine: Engine) -> DeliveredLookup:
 
 
 def replay(settings: Settings, tenant: Tenant, last_delivered: DeliveredLookup | None) -> Any:
-    connection = open_blocking(settings.rabbitmq_url)
+    connection = open_blocking(settings.broker.url)
     try:
-        with ConfirmingPublisher(settings.rabbitmq_url) as publisher:
+        with ConfirmingPublisher(settings.broker.url) as publisher:
             return replay_dead_letters(
                 connection.channel(), publisher, tenant["name"], 1000, last_delivered=last_delivered
             )
@@ -86,7 +86,7 @@ def replay(settings: Settings, tenant: Tenant, last_delivered: DeliveredLookup |
 def queued_orders(settings: Settings, tenant: Tenant) -> tuple[dict[str, list[int]], list[Any]]:
     """Per customer, the sequences in queue order; and the messages' properties."""
     orders: dict[str, list[int]] = defaultdict(list)
-    drained = drain_queue(settings.rabbitmq_url, tenant["queue_name"])
+    drained = drain_queue(settings.broker.url, tenant["queue_name"])
     for _, _, body in drained:
         document = json.loads(body)
         orders[document["customer_id"]].append(document["sequence"])
@@ -113,7 +113,7 @@ def test_replay_sorts_each_customers_dead_letters_by_sequence(
     orders, properties = queued_orders(settings, tenant)
     assert orders == {customer_id: [1, 2, 3, 4] for customer_id in customers}
     assert {p.headers["x-fintegrate-replayed"] for p in properties} == {True}
-    assert queue_depth(settings.rabbitmq_url, topology.dlq_name(tenant["name"])) == 0
+    assert queue_depth(settings.broker.url, topology.dlq_name(tenant["name"])) == 0
 
 
 def test_stale_dead_letters_stay_in_the_dlq_and_are_listed(
@@ -132,7 +132,7 @@ def test_stale_dead_letters_stay_in_the_dlq_and_are_listed(
     )
     orders, _ = queued_orders(settings, tenant)
     assert orders == {delivered: [3, 4], untouched: [1, 2, 3, 4]}
-    assert queue_depth(settings.rabbitmq_url, topology.dlq_name(tenant["name"])) == 2
+    assert queue_depth(settings.broker.url, topology.dlq_name(tenant["name"])) == 2
 
     anyway = replay(settings, tenant, None)  # --include-stale: no check
     assert (anyway.replayed, anyway.stale) == (2, 0)
@@ -155,7 +155,7 @@ ADD_EVENT = text(
 
 async def confirm_processed(settings: Settings, event_ids: list[Any]) -> None:
     """Through the receipt's own statement (what POST /events/confirm-delivery runs)."""
-    pool = await create_pool(settings)
+    pool = await create_pool(settings.database)
     try:
         async with pooled_connection(pool) as connection:
             for event_id in event_ids:
@@ -179,9 +179,7 @@ def test_replay_after_the_events_partition_was_archived_still_leaves_stale_lette
     assert [row.sequence for row in [*old, recent]] == [1, 2, 3]
     url = engine.url.render_as_string(hide_password=False)
     asyncio.run(
-        confirm_processed(
-            settings.model_copy(update={"database_url": url}), [row.event_id for row in old]
-        )
+        confirm_processed(settings.updated({"database_url": url}), [row.event_id for row in old])
     )
     result = run_archive(engine, plan_archive(engine, 7, tmp_path))
     assert result.dropped
@@ -210,9 +208,9 @@ def test_a_replay_sends_the_payload_the_database_holds_now(
     erase = api.post(f"/customer/data/{erased}/erase", headers={"X-API-Key": tenant["api_key"]})
     assert_envelope(erase, 200)
     dead_letter_everything(settings, tenant, rows)  # as if rejected after the erasure
-    connection = open_blocking(settings.rabbitmq_url)
+    connection = open_blocking(settings.broker.url)
     try:
-        with ConfirmingPublisher(settings.rabbitmq_url) as publisher:
+        with ConfirmingPublisher(settings.broker.url) as publisher:
             outcome = replay_dead_letters(
                 connection.channel(),
                 publisher,
@@ -225,7 +223,7 @@ def test_a_replay_sends_the_payload_the_database_holds_now(
     assert outcome.replayed == 2
     sent = {
         document["customer_id"]: document
-        for _, _, body in drain_queue(settings.rabbitmq_url, tenant["queue_name"])
+        for _, _, body in drain_queue(settings.broker.url, tenant["queue_name"])
         for document in [json.loads(body)]
     }
     assert sent[erased]["payload"] == {"erased": True}

@@ -34,7 +34,7 @@ CUSTOMERS = ("cust_a", "cust_b", "cust_c")
 
 def declare_seed_queues(settings: Settings, name: str) -> None:
     """The tenant's queues as the seed declared them: no x-overflow, an unbounded DLQ."""
-    with amqp_channel(settings.rabbitmq_url) as channel:
+    with amqp_channel(settings.broker.url) as channel:
         channel.exchange_declare(topology.EXCHANGE, topology.EXCHANGE_TYPE, durable=True)
         channel.queue_declare(
             topology.queue_name(name),
@@ -57,7 +57,7 @@ def declare_seed_queues(settings: Settings, name: str) -> None:
 def publish_events(settings: Settings, name: str, first: int, count: int) -> list[bytes]:
     """``count`` events spread over several customers, each with its sequence; the bodies."""
     bodies = []
-    with amqp_channel(settings.rabbitmq_url) as channel:
+    with amqp_channel(settings.broker.url) as channel:
         channel.confirm_delivery()
         for number in range(first, first + count):
             customer = CUSTOMERS[number % len(CUSTOMERS)]
@@ -76,7 +76,7 @@ def publish_events(settings: Settings, name: str, first: int, count: int) -> lis
 def dead_letter(settings: Settings, name: str, count: int) -> list[bytes]:
     """Publish ``count`` events and reject them into the DLQ; their bodies."""
     bodies = publish_events(settings, name, 1000, count)
-    with amqp_channel(settings.rabbitmq_url) as channel:
+    with amqp_channel(settings.broker.url) as channel:
         for _ in bodies:
             method, _, _ = channel.basic_get(topology.queue_name(name))
             channel.basic_reject(method.delivery_tag, requeue=False)
@@ -84,15 +84,13 @@ def dead_letter(settings: Settings, name: str, count: int) -> list[bytes]:
 
 
 def live_queue(settings: Settings, queue: str) -> dict[str, Any] | None:
-    assert settings.rabbitmq_management_url
-    with ManagementClient(
-        settings.rabbitmq_management_url, vhost_of(settings.rabbitmq_url)
-    ) as client:
+    assert settings.broker.management_url
+    with ManagementClient(settings.broker.management_url, vhost_of(settings.broker.url)) as client:
         return client.queue(queue)
 
 
 def bodies_of(settings: Settings, queue: str) -> list[bytes]:
-    return [body for _, _, body in drain_queue(settings.rabbitmq_url, queue)]
+    return [body for _, _, body in drain_queue(settings.broker.url, queue)]
 
 
 def temporary_queues(settings: Settings, name: str) -> list[str]:
@@ -125,13 +123,13 @@ def test_migration_keeps_every_message_in_order_and_ends_as_expected(settings: S
     assert bodies_of(settings, topology.queue_name(name)) == sent
     # the queue routes again: a new event lands after the moved ones
     publish_events(settings, name, 9000, 1)
-    assert queue_depth(settings.rabbitmq_url, topology.queue_name(name)) == 1
+    assert queue_depth(settings.broker.url, topology.queue_name(name)) == 1
 
 
 def publish_like_the_relay(settings: Settings, name: str, count: int, done: list[bytes]) -> None:
     """Publish ``count`` events in order; an unroutable one is retried before the next, as
     the relay holds back an aggregate's later events behind a failed one."""
-    with amqp_channel(settings.rabbitmq_url) as channel:
+    with amqp_channel(settings.broker.url) as channel:
         channel.confirm_delivery()
         key = topology.routing_key("customer_creation", name)
         for number in range(count):
@@ -173,7 +171,7 @@ def test_moved_messages_keep_their_properties(settings: Settings) -> None:
 
     migrate_tenant(settings, name)
 
-    [_, properties, _] = drain_queue(settings.rabbitmq_url, topology.queue_name(name))[1]
+    [_, properties, _] = drain_queue(settings.broker.url, topology.queue_name(name))[1]
     assert properties.message_id == "e1"
     assert properties.delivery_mode == 2
     assert properties.headers["x-fintegrate-sequence"] == 1
@@ -183,12 +181,12 @@ def test_a_redelivered_message_is_moved_marked_as_a_possible_copy(settings: Sett
     name = new_consumer_name()
     declare_seed_queues(settings, name)
     publish_events(settings, name, 0, 2)
-    with amqp_channel(settings.rabbitmq_url) as channel:
+    with amqp_channel(settings.broker.url) as channel:
         assert channel.basic_get(topology.queue_name(name))[0] is not None  # unacked: requeued
 
     migrate_tenant(settings, name)
 
-    first, second = drain_queue(settings.rabbitmq_url, topology.queue_name(name))
+    first, second = drain_queue(settings.broker.url, topology.queue_name(name))
     assert first[1].headers["x-fintegrate-possible-duplicate"] is True
     assert "x-fintegrate-possible-duplicate" not in second[1].headers
 
@@ -198,7 +196,7 @@ def test_migration_to_quorum_queues_keeps_every_message(settings: Settings) -> N
     declare_seed_queues(settings, name)
     dead = dead_letter(settings, name, 2)
     sent = publish_events(settings, name, 0, 40)
-    quorum = settings.model_copy(update={"queue_type": "quorum"})
+    quorum = settings.updated({"queue_type": "quorum"})
 
     migrate_tenant(quorum, name)
 
@@ -236,7 +234,7 @@ def test_planning_changes_nothing(settings: Settings) -> None:
     after = live_queue(settings, topology.queue_name(name))
     assert before is not None and after is not None
     assert after["arguments"] == before["arguments"]
-    assert queue_depth(settings.rabbitmq_url, topology.queue_name(name)) == 7
+    assert queue_depth(settings.broker.url, topology.queue_name(name)) == 7
     assert temporary_queues(settings, name) == []
 
 
@@ -295,7 +293,7 @@ def test_a_consumer_on_the_queue_blocks_the_migration(settings: Settings) -> Non
     name = new_consumer_name()
     declare_seed_queues(settings, name)
     sent = publish_events(settings, name, 0, 3)
-    with amqp_channel(settings.rabbitmq_url) as worker:
+    with amqp_channel(settings.broker.url) as worker:
         worker.basic_qos(prefetch_count=1)
         worker.basic_consume(topology.queue_name(name), lambda *_: None, exclusive=True)
         with pytest.raises(MigrationBlocked, match="stop the tenant's worker"):
@@ -309,7 +307,7 @@ def test_more_messages_than_the_new_max_length_refuse_the_migration(settings: Se
     declare_seed_queues(settings, name)
     dead = dead_letter(settings, name, 3)
     sent = publish_events(settings, name, 0, 4)
-    tight = settings.model_copy(update={"queue_max_length": 10, "dlq_max_length": 2})
+    tight = settings.updated({"queue_max_length": 10, "dlq_max_length": 2})
 
     with pytest.raises(MigrationBlocked, match="FINTEGRATE_DLQ_MAX_LENGTH"):
         migrate_tenant(tight, name)  # the DLQ would drop its oldest dead letter

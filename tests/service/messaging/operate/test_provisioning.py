@@ -25,8 +25,8 @@ EXPECTED_ARGUMENTS = {
 
 
 def management(settings: Settings) -> ManagementClient:
-    assert settings.rabbitmq_management_url
-    return ManagementClient(settings.rabbitmq_management_url, vhost_of(settings.rabbitmq_url))
+    assert settings.broker.management_url
+    return ManagementClient(settings.broker.management_url, vhost_of(settings.broker.url))
 
 
 def publish(url: str, routing_key: str, body: bytes = b"{}") -> None:
@@ -64,11 +64,11 @@ def test_queue_has_exactly_the_spec_arguments_and_bindings(settings: Settings) -
 def test_customer_creation_is_routed_to_the_tenant_queue(settings: Settings) -> None:
     provision_consumer_queues(settings, "consumer_test001")
     queue = topology.queue_name("consumer_test001")
-    before = queue_depth(settings.rabbitmq_url, queue)
+    before = queue_depth(settings.broker.url, queue)
     key = topology.routing_key("customer_creation", "consumer_test001")
     assert key == "customer.creation.consumer_test001"
-    publish(settings.rabbitmq_url, key)
-    with amqp_channel(settings.rabbitmq_url) as channel:
+    publish(settings.broker.url, key)
+    with amqp_channel(settings.broker.url) as channel:
         channel.queue_purge(topology.dlq_name("consumer_test001"))
         method, _, _ = channel.basic_get(queue, auto_ack=True)
         for _ in range(before):
@@ -79,15 +79,15 @@ def test_customer_creation_is_routed_to_the_tenant_queue(settings: Settings) -> 
 def test_rejected_message_lands_in_dlq_and_stays_there(settings: Settings) -> None:
     name = new_consumer_name()
     result = provision_consumer_queues(settings, name)
-    publish(settings.rabbitmq_url, topology.routing_key("customer_deletion", name), b"poison")
-    with amqp_channel(settings.rabbitmq_url) as channel:
+    publish(settings.broker.url, topology.routing_key("customer_deletion", name), b"poison")
+    with amqp_channel(settings.broker.url) as channel:
         method, _, _ = channel.basic_get(result.queue)
         assert method is not None
         channel.basic_reject(method.delivery_tag, requeue=False)
     time.sleep(1.0)  # give a mis-bound DLQ key time to loop back (it must not)
-    assert queue_depth(settings.rabbitmq_url, result.dlq) == 1
-    assert queue_depth(settings.rabbitmq_url, result.queue) == 0
-    with amqp_channel(settings.rabbitmq_url) as channel:
+    assert queue_depth(settings.broker.url, result.dlq) == 1
+    assert queue_depth(settings.broker.url, result.queue) == 0
+    with amqp_channel(settings.broker.url) as channel:
         method, properties, body = channel.basic_get(result.dlq, auto_ack=True)
     assert body == b"poison"
     assert properties.headers["x-death"][0]["reason"] == "rejected"
@@ -99,10 +99,10 @@ def test_rejected_message_lands_in_dlq_and_stays_there(settings: Settings) -> No
 def test_provisioning_twice_is_idempotent_and_keeps_messages(settings: Settings) -> None:
     name = new_consumer_name()
     first = provision_consumer_queues(settings, name)
-    publish(settings.rabbitmq_url, topology.routing_key("customer_creation", name))
+    publish(settings.broker.url, topology.routing_key("customer_creation", name))
     second = provision_consumer_queues(settings, name)
     assert first == second
-    assert queue_depth(settings.rabbitmq_url, first.queue) == 1
+    assert queue_depth(settings.broker.url, first.queue) == 1
     assert inspect_tenant(settings, name).ok
 
 
@@ -111,12 +111,12 @@ def test_differing_live_arguments_are_reported_not_crashed(
     settings: Settings, with_management: bool
 ) -> None:
     name = new_consumer_name()
-    with amqp_channel(settings.rabbitmq_url) as channel:
+    with amqp_channel(settings.broker.url) as channel:
         channel.queue_declare(
             topology.queue_name(name), durable=True, arguments={"x-message-ttl": 1000}
         )
     if not with_management:
-        settings = settings.model_copy(update={"rabbitmq_management_url": None})
+        settings = settings.updated({"rabbitmq_management_url": None})
     with pytest.raises(TopologyMismatch) as caught:
         provision_consumer_queues(settings, name)
     drift = {item.argument: (item.live, item.expected) for item in caught.value.report.drift}
@@ -135,7 +135,7 @@ def test_ttl_and_max_length_come_from_the_settings_and_a_change_is_reported(
     settings: Settings,
 ) -> None:
     name = new_consumer_name()
-    small = settings.model_copy(update={"queue_message_ttl_ms": 1500, "queue_max_length": 300})
+    small = settings.updated({"queue_message_ttl_ms": 1500, "queue_max_length": 300})
     provision_consumer_queues(small, name)
     with management(small) as client:
         queue = client.queue(topology.queue_name(name))
@@ -154,7 +154,7 @@ def test_ttl_and_max_length_come_from_the_settings_and_a_change_is_reported(
 def test_extra_and_missing_bindings_are_reported(settings: Settings) -> None:
     name = new_consumer_name()
     result = provision_consumer_queues(settings, name)
-    with amqp_channel(settings.rabbitmq_url) as channel:
+    with amqp_channel(settings.broker.url) as channel:
         channel.queue_bind(result.queue, topology.EXCHANGE, f"customer.*.{name}")
         channel.queue_unbind(
             result.queue, topology.EXCHANGE, topology.routing_key("customer_deletion", name)
@@ -171,7 +171,7 @@ def test_unreachable_broker_raises_quickly(
 ) -> None:
     proxy = tcp_proxy_factory("127.0.0.1", 5672)
     proxy.blackhole()
-    broken = settings.model_copy(update={"rabbitmq_url": proxy.url_for(settings.rabbitmq_url)})
+    broken = settings.updated({"rabbitmq_url": proxy.url_for(settings.broker.url)})
     started = time.monotonic()
     with pytest.raises(BrokerUnavailable):
         provision_consumer_queues(broken, new_consumer_name())

@@ -22,11 +22,11 @@ CUSTOMERS = 20
 
 
 def create_tenant(client: TestClient, settings: Settings) -> dict[str, Any]:
-    assert settings.admin_api_key
+    assert settings.auth.admin_api_key
     response = client.post(
         "/consumer/data",
         json={"name": unique_name("outage")},
-        headers={"X-Admin-Key": settings.admin_api_key},
+        headers={"X-Admin-Key": settings.auth.admin_api_key},
     )
     assert response.status_code == 201, response.text
     data: dict[str, Any] = response.json()["data"]
@@ -58,7 +58,7 @@ class RelayThread:
 
     def __init__(self, settings: Settings, engine: Engine):
         self.stop = threading.Event()
-        self.relay = OutboxRelay(settings, engine, self.stop)
+        self.relay = OutboxRelay.from_settings(settings, engine, self.stop)
         self.thread = threading.Thread(target=self.relay.run, daemon=True)
 
     def start(self) -> None:
@@ -82,7 +82,7 @@ def proxied(
     settings: Settings, tcp_proxy_factory: Callable[[str, int], TcpProxy]
 ) -> Iterator[tuple[Settings, TcpProxy]]:
     proxy = tcp_proxy_factory("127.0.0.1", 5672)
-    yield settings.model_copy(update={"rabbitmq_url": proxy.url_for(settings.rabbitmq_url)}), proxy
+    yield settings.updated({"rabbitmq_url": proxy.url_for(settings.broker.url)}), proxy
 
 
 def test_broker_cut_off_then_back_every_event_published(
@@ -101,7 +101,7 @@ def test_broker_cut_off_then_back_every_event_published(
                 lambda: publish_states(engine, tenant) == {"published": CUSTOMERS + 1}, 60
             )
     assert statuses == [201] * CUSTOMERS
-    assert queue_depth(settings.rabbitmq_url, tenant["queue_name"]) == CUSTOMERS + 1
+    assert queue_depth(settings.broker.url, tenant["queue_name"]) == CUSTOMERS + 1
 
 
 def rabbitmqctl(*arguments: str) -> None:
@@ -129,4 +129,4 @@ def test_rabbitmq_stopped_while_customers_are_created(
         relay.close()
     assert statuses == [201] * CUSTOMERS
     assert pending == {"pending": CUSTOMERS + 1}
-    assert queue_depth(settings.rabbitmq_url, tenant["queue_name"]) == CUSTOMERS + 1
+    assert queue_depth(settings.broker.url, tenant["queue_name"]) == CUSTOMERS + 1

@@ -50,14 +50,14 @@ def test_a_quiet_tenant_is_published_in_the_first_round_beside_a_large_backlog(
     turns, duplicates = TenantTurns(), PossibleDuplicates()
     with (
         joined_leases(outbox_engine, outbox_settings) as leases,
-        ConfirmingPublisher(outbox_settings.rabbitmq_url) as publisher,
+        ConfirmingPublisher(outbox_settings.broker.url) as publisher,
     ):
         first = publish_pending_batch(
             outbox_engine, publisher, leases, BATCH, 2.0, duplicates, turns
         )
         rows = event_rows(outbox_engine, quiet_ids)
         assert {row.publish_status for row in rows.values()} == {"published"}
-        assert queue_depth(outbox_settings.rabbitmq_url, quiet_queue) == 5
+        assert queue_depth(outbox_settings.broker.url, quiet_queue) == 5
         # the share the quiet tenant left went to the loud one: a full batch all the same
         assert first.published == BATCH
         assert pending_of(outbox_engine, loud) == BACKLOG - (BATCH - 5)
@@ -66,7 +66,7 @@ def test_a_quiet_tenant_is_published_in_the_first_round_beside_a_large_backlog(
     rows = event_rows(outbox_engine, later)
     assert {row.publish_status for row in rows.values()} == {"published"}
     assert pending_of(outbox_engine, loud) > BACKLOG - 3 * BATCH  # still draining
-    assert queue_depth(outbox_settings.rabbitmq_url, loud_queue) == BACKLOG - pending_of(
+    assert queue_depth(outbox_settings.broker.url, loud_queue) == BACKLOG - pending_of(
         outbox_engine, loud
     )
 
@@ -81,7 +81,7 @@ def test_more_tenants_than_the_batch_take_turns(
     served: list[set[str]] = []
     with (
         joined_leases(outbox_engine, outbox_settings) as leases,
-        ConfirmingPublisher(outbox_settings.rabbitmq_url) as publisher,
+        ConfirmingPublisher(outbox_settings.broker.url) as publisher,
     ):
         for _ in range(3):
             before = {c: pending_of(outbox_engine, c) for c, _ in tenants}
@@ -114,7 +114,7 @@ def test_tenants_whose_events_all_wait_for_a_retry_take_no_turn(
     turns, duplicates = TenantTurns(), PossibleDuplicates()
     with (
         joined_leases(outbox_engine, outbox_settings) as leases,
-        ConfirmingPublisher(outbox_settings.rabbitmq_url) as publisher,
+        ConfirmingPublisher(outbox_settings.broker.url) as publisher,
     ):
         # a batch of 1: before, the one turn went to a waiting tenant and the round read nothing
         first = publish_pending_batch(outbox_engine, publisher, leases, 1, 2.0, duplicates, turns)
@@ -123,4 +123,4 @@ def test_tenants_whose_events_all_wait_for_a_retry_take_no_turn(
         sum(row.publish_status == "published" for row in event_rows(outbox_engine, ids).values())
         == 1
     )
-    assert queue_depth(outbox_settings.rabbitmq_url, due_queues.queue) == 1
+    assert queue_depth(outbox_settings.broker.url, due_queues.queue) == 1

@@ -61,9 +61,9 @@ def insert_customer_events(engine: Engine, consumer_id: str, per_customer: int) 
 def lease_of(engine: Engine, settings: Settings) -> PartitionLeases:
     return PartitionLeases(
         engine,
-        settings.relay_partitions,
-        settings.relay_lease_ttl_seconds,
-        settings.relay_heartbeat_seconds,
+        settings.relay.partitions,
+        settings.relay.lease_ttl_seconds,
+        settings.relay.heartbeat_seconds,
     )
 
 
@@ -110,9 +110,9 @@ def test_a_relay_frozen_in_connect_past_its_lease_sends_nothing_after_the_new_ow
     tcp_proxy_factory: Callable[[str, int], TcpProxy],
 ) -> None:
     _, consumer_id, queues = tenant
-    url = outbox_settings.rabbitmq_url
-    settings = outbox_settings.model_copy(
-        update={"relay_lease_ttl_seconds": LEASE_TTL_SECONDS, "relay_heartbeat_seconds": 0.5}
+    url = outbox_settings.broker.url
+    settings = outbox_settings.updated(
+        {"relay_lease_ttl_seconds": LEASE_TTL_SECONDS, "relay_heartbeat_seconds": 0.5}
     )
     first = insert_customer_events(outbox_engine, consumer_id, per_customer=3)
     proxy = tcp_proxy_factory("127.0.0.1", 5672)
@@ -132,7 +132,7 @@ def test_a_relay_frozen_in_connect_past_its_lease_sends_nothing_after_the_new_ow
         time.sleep(1.0)  # its protocol header is in the proxy's delayed chunk
         proxy.pass_through()
         successor = lease_of(outbox_engine, settings)
-        take_everything(successor, settings.relay_partitions)
+        take_everything(successor, settings.relay.partitions)
         drain_with(outbox_engine, successor, url)
         later = insert_customer_events(outbox_engine, consumer_id, per_customer=2)
         drain_with(outbox_engine, successor, url)

@@ -66,9 +66,9 @@ def leases(
 ) -> PartitionLeases:
     return PartitionLeases(
         engine,
-        settings.relay_partitions,
-        settings.relay_lease_ttl_seconds,
-        settings.relay_heartbeat_seconds,
+        settings.relay.partitions,
+        settings.relay.lease_ttl_seconds,
+        settings.relay.heartbeat_seconds,
         clock=clock,
     )
 
@@ -80,12 +80,12 @@ def test_a_relay_takes_every_partition_then_shares_with_a_newcomer(
     first.join()
     second.join()
     try:
-        assert len(first.tenure().tokens) == outbox_settings.relay_partitions
+        assert len(first.tenure().tokens) == outbox_settings.relay.partitions
         assert second.tenure().tokens == {}
         first.rebalance()  # the newcomer is live: give half back
         second.rebalance()
         mine, theirs = set(first.tenure().tokens), set(second.tenure().tokens)
-        assert len(mine) == len(theirs) == outbox_settings.relay_partitions // 2
+        assert len(mine) == len(theirs) == outbox_settings.relay.partitions // 2
         assert not mine & theirs
     finally:
         first.leave()
@@ -101,8 +101,8 @@ def test_a_taken_over_partition_can_be_neither_published_nor_marked_by_its_old_o
     old = leases(outbox_engine, outbox_settings, clock)
     old.join(renew_in_background=False)  # a relay that froze right after taking its leases
     stale = old.tenure()
-    assert len(stale.tokens) == outbox_settings.relay_partitions
-    clock.now += outbox_settings.relay_lease_ttl_seconds
+    assert len(stale.tokens) == outbox_settings.relay.partitions
+    clock.now += outbox_settings.relay.lease_ttl_seconds
     assert old.tenure().tokens == {}  # its local deadline passed: it publishes nothing
     old.renew()
     assert old.tenure() == stale  # renewed while nobody else took them: same tokens
@@ -113,12 +113,12 @@ def test_a_taken_over_partition_can_be_neither_published_nor_marked_by_its_old_o
         assert all(new.tenure().tokens[no] == stale.tokens[no] + 1 for no in stale.tokens)
         with outbox_engine.begin() as connection:
             assert old.fence(connection, stale) == set()  # marking: refused in PostgreSQL
-        clock.now += outbox_settings.relay_lease_ttl_seconds  # publishing: refused locally
+        clock.now += outbox_settings.relay.lease_ttl_seconds  # publishing: refused locally
         assert old.still_held(stale) == set()
-        with ConfirmingPublisher(outbox_settings.rabbitmq_url) as publisher:
+        with ConfirmingPublisher(outbox_settings.broker.url) as publisher:
             outcome = publish_pending_batch(outbox_engine, publisher, old, 10, max_backoff=2.0)
         assert outcome.claimed == 0
-        assert queue_depth(outbox_settings.rabbitmq_url, queues.queue) == 0
+        assert queue_depth(outbox_settings.broker.url, queues.queue) == 0
         old.renew()  # the old owner learns it lost them
         assert old.tenure().tokens == {}
     old.leave()
@@ -141,14 +141,14 @@ def test_relays_with_different_partition_counts_do_not_both_publish(
 def test_a_killed_relays_partitions_are_taken_over_within_the_lease_ttl(
     outbox_settings: Settings, outbox_engine: Engine, tenant: Tenant, tmp_path: Path
 ) -> None:
-    settings = outbox_settings.model_copy(
-        update={"relay_lease_ttl_seconds": 8.0, "relay_heartbeat_seconds": 1.0}
+    settings = outbox_settings.updated(
+        {"relay_lease_ttl_seconds": 8.0, "relay_heartbeat_seconds": 1.0}
     )
     relays = [
         FintegrateProcess(f"relay{n}", ["relay"], settings, tmp_path).start() for n in range(2)
     ]
     try:
-        half = settings.relay_partitions // 2
+        half = settings.relay.partitions // 2
         assert wait_until(
             lambda: (
                 sorted(
@@ -165,11 +165,11 @@ def test_a_killed_relays_partitions_are_taken_over_within_the_lease_ttl(
         takeover = time.monotonic() - killed_at
         _, consumer_id, queues = tenant
         insert_events(outbox_engine, consumer_id, 40)
-        assert wait_until(lambda: queue_depth(settings.rabbitmq_url, queues.queue) == 40, 30)
+        assert wait_until(lambda: queue_depth(settings.broker.url, queues.queue) == 40, 30)
     finally:
         for relay in relays:
             relay.terminate()
-    bound = settings.relay_lease_ttl_seconds + 2 * settings.relay_heartbeat_seconds + 2.0
+    bound = settings.relay.lease_ttl_seconds + 2 * settings.relay.heartbeat_seconds + 2.0
     assert takeover <= bound, f"takeover took {takeover:.1f}s"
     print(f"\n[figures] lease takeover after kill -9: {takeover:.1f}s (TTL 8s, heartbeat 1s)")
 
@@ -182,16 +182,14 @@ def test_no_row_is_locked_while_the_broker_is_waited_on(
 ) -> None:
     _, consumer_id, queues = tenant
     proxy = tcp_proxy_factory("127.0.0.1", 5672)
-    settings = outbox_settings.model_copy(
-        update={"rabbitmq_url": proxy.url_for(outbox_settings.rabbitmq_url)}
-    )
+    settings = outbox_settings.updated({"rabbitmq_url": proxy.url_for(outbox_settings.broker.url)})
     stop = threading.Event()
-    relay = OutboxRelay(settings, outbox_engine, stop)
+    relay = OutboxRelay.from_settings(settings, outbox_engine, stop)
     thread = threading.Thread(target=relay.run)
     thread.start()
     try:
         insert_events(outbox_engine, consumer_id, 1)  # the relay connects to the broker
-        assert wait_until(lambda: queue_depth(outbox_settings.rabbitmq_url, queues.queue) == 1)
+        assert wait_until(lambda: queue_depth(outbox_settings.broker.url, queues.queue) == 1)
         assert relay.idle.wait(20)
         proxy.delay(1.0)  # every chunk to or from the broker now waits 1 s: slow confirms
         ids = insert_events(outbox_engine, consumer_id, 20)
@@ -208,7 +206,7 @@ def test_no_row_is_locked_while_the_broker_is_waited_on(
             ).scalar_one()
             still_pending = {row.publish_status for row in event_rows(outbox_engine, ids).values()}
         assert locked == 20 and still_pending == {"pending"}
-        assert wait_until(lambda: queue_depth(outbox_settings.rabbitmq_url, queues.queue) == 21)
+        assert wait_until(lambda: queue_depth(outbox_settings.broker.url, queues.queue) == 21)
     finally:
         proxy.pass_through()
         stop.set()

@@ -36,10 +36,10 @@ def test_batch_is_confirmed_and_carries_the_spec_format(settings: Settings) -> N
     name = new_consumer_name()
     queue = provision_consumer_queues(settings, name).queue
     events = [event_for(name) for _ in range(50)]
-    with ConfirmingPublisher(settings.rabbitmq_url) as publisher:
+    with ConfirmingPublisher(settings.broker.url) as publisher:
         results = publisher.publish_batch([outgoing_event(event) for event in events])
     assert all(result.ok for result in results)
-    messages = drain_queue(settings.rabbitmq_url, queue)
+    messages = drain_queue(settings.broker.url, queue)
     assert len(messages) == 50
     method, properties, body = messages[0]
     assert method.routing_key == f"customer.creation.{name}"
@@ -68,12 +68,12 @@ def test_unroutable_message_is_not_confirmed(settings: Settings) -> None:
     name = new_consumer_name()
     queue = provision_consumer_queues(settings, name).queue
     routed, unroutable = event_for(name), event_for(new_consumer_name("nobody"))
-    with ConfirmingPublisher(settings.rabbitmq_url) as publisher:
+    with ConfirmingPublisher(settings.broker.url) as publisher:
         results = publisher.publish_batch([outgoing_event(unroutable), outgoing_event(routed)])
     assert results[0].ok is False
     assert results[0].reason is not None and "unroutable" in results[0].reason
     assert results[1].ok is True
-    assert queue_depth(settings.rabbitmq_url, queue) == 1
+    assert queue_depth(settings.broker.url, queue) == 1
 
 
 def test_unreachable_broker_raises(
@@ -81,7 +81,7 @@ def test_unreachable_broker_raises(
 ) -> None:
     proxy = tcp_proxy_factory("127.0.0.1", 5672)
     proxy.refuse()
-    publisher = ConfirmingPublisher(proxy.url_for(settings.rabbitmq_url), connect_timeout=1.0)
+    publisher = ConfirmingPublisher(proxy.url_for(settings.broker.url), connect_timeout=1.0)
     with pytest.raises(BrokerUnavailable):
         publisher.publish(outgoing_event(event_for("anyone")))
 
@@ -92,10 +92,10 @@ def test_lost_connection_fails_the_batch_then_reconnects(
     name = new_consumer_name()
     queue = provision_consumer_queues(settings, name).queue
     proxy = tcp_proxy_factory("127.0.0.1", 5672)
-    with ConfirmingPublisher(proxy.url_for(settings.rabbitmq_url), confirm_timeout=3) as publisher:
+    with ConfirmingPublisher(proxy.url_for(settings.broker.url), confirm_timeout=3) as publisher:
         assert publisher.publish(outgoing_event(event_for(name))).ok
         proxy.close_all()
         lost = publisher.publish_batch([outgoing_event(event_for(name)) for _ in range(3)])
         assert not any(result.ok for result in lost)
         assert publisher.publish(outgoing_event(event_for(name))).ok
-    assert queue_depth(settings.rabbitmq_url, queue) >= 2
+    assert queue_depth(settings.broker.url, queue) >= 2

@@ -86,9 +86,9 @@ def consume_slowly(url: str, queue: str, expected: int, timeout: float) -> list[
 
 @pytest.fixture
 def running_relay(outbox_settings: Settings, outbox_engine: Engine) -> Iterator[OutboxRelay]:
-    settings = outbox_settings.model_copy(update={"relay_poll_seconds": 0.5})
+    settings = outbox_settings.updated({"relay_poll_seconds": 0.5})
     stop = threading.Event()
-    relay = OutboxRelay(settings, outbox_engine, stop, batch_size=20)
+    relay = OutboxRelay.from_settings(settings, outbox_engine, stop, batch_size=20)
     thread = threading.Thread(target=relay.run)
     thread.start()
     yield relay
@@ -105,7 +105,7 @@ def test_a_full_queue_holds_its_tenant_in_order_and_no_one_else(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="service.messaging.publish.tenants")
-    url = outbox_settings.rabbitmq_url
+    url = outbox_settings.broker.url
     _, other, other_queues = tenant
     name = new_consumer_name("full")
     queue = declare_small_queue(url, name)

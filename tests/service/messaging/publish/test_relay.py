@@ -48,7 +48,9 @@ def test_relay_publishes_pending_rows_and_marks_them(
 ) -> None:
     _, consumer_id, queues = tenant
     ids = insert_events(outbox_engine, consumer_id, 25)
-    relay = OutboxRelay(outbox_settings, outbox_engine, threading.Event(), batch_size=10)
+    relay = OutboxRelay.from_settings(
+        outbox_settings, outbox_engine, threading.Event(), batch_size=10
+    )
     drained = relay.drain()
     relay.close()
     assert drained.published == 25 and drained.failed == 0
@@ -56,7 +58,7 @@ def test_relay_publishes_pending_rows_and_marks_them(
     assert {row.publish_status for row in rows.values()} == {"published"}
     assert all(row.published_at is not None for row in rows.values())
     assert {row.publish_try_count for row in rows.values()} == {1}
-    messages = drain_queue(outbox_settings.rabbitmq_url, queues.queue)
+    messages = drain_queue(outbox_settings.broker.url, queues.queue)
     assert sorted(properties.message_id for _, properties, _ in messages) == sorted(ids)
 
 
@@ -67,7 +69,7 @@ def test_unroutable_event_is_not_marked_published(
     [event_id] = insert_events(outbox_engine, consumer_id, 1)
     with (
         joined_leases(outbox_engine, outbox_settings) as leases,
-        ConfirmingPublisher(outbox_settings.rabbitmq_url) as publisher,
+        ConfirmingPublisher(outbox_settings.broker.url) as publisher,
     ):
         outcome = publish_pending_batch(outbox_engine, publisher, leases, 10, max_backoff=2.0)
     assert (outcome.published, outcome.failed) == (0, 1)
@@ -84,7 +86,7 @@ def test_failure_backoff_is_capped(outbox_settings: Settings, outbox_engine: Eng
     [event_id] = insert_events(outbox_engine, consumer_id, 1)
     with (
         joined_leases(outbox_engine, outbox_settings) as leases,
-        ConfirmingPublisher(outbox_settings.rabbitmq_url) as publisher,
+        ConfirmingPublisher(outbox_settings.broker.url) as publisher,
     ):
         for _ in range(6):
             with outbox_engine.begin() as connection:
@@ -103,19 +105,22 @@ def test_two_relays_split_the_partitions_and_publish_every_row_exactly_once(
 ) -> None:
     _, consumer_id, queues = tenant
     stop = threading.Event()
-    relays = [OutboxRelay(outbox_settings, outbox_engine, stop, batch_size=25) for _ in range(2)]
+    relays = [
+        OutboxRelay.from_settings(outbox_settings, outbox_engine, stop, batch_size=25)
+        for _ in range(2)
+    ]
     threads = [threading.Thread(target=relay.run) for relay in relays]
     for thread in threads:
         thread.start()
     try:
-        half = outbox_settings.relay_partitions // 2
+        half = outbox_settings.relay.partitions // 2
         assert wait_until(
             lambda: all(len(relay.leases.tenure().tokens) == half for relay in relays), 20
         )
         mine = [set(relay.leases.tenure().tokens) for relay in relays]
         assert not mine[0] & mine[1]
         ids = insert_events(outbox_engine, consumer_id, 600)
-        assert wait_until(lambda: queue_depth(outbox_settings.rabbitmq_url, queues.queue) == 600)
+        assert wait_until(lambda: queue_depth(outbox_settings.broker.url, queues.queue) == 600)
     finally:
         stop.set()
         for thread in threads:
@@ -124,7 +129,7 @@ def test_two_relays_split_the_partitions_and_publish_every_row_exactly_once(
     assert sum(relay.totals.published for relay in relays) == 600
     counts = Counter(
         properties.message_id
-        for _, properties, _ in drain_queue(outbox_settings.rabbitmq_url, queues.queue)
+        for _, properties, _ in drain_queue(outbox_settings.broker.url, queues.queue)
     )
     assert set(counts) == set(ids)
     assert set(counts.values()) == {1}
@@ -140,19 +145,17 @@ def test_broker_outage_pauses_then_publishes_everything(
     _, consumer_id, queues = tenant
     proxy = tcp_proxy_factory("127.0.0.1", 5672)
     proxy.refuse()
-    settings = outbox_settings.model_copy(
-        update={"rabbitmq_url": proxy.url_for(outbox_settings.rabbitmq_url)}
-    )
+    settings = outbox_settings.updated({"rabbitmq_url": proxy.url_for(outbox_settings.broker.url)})
     ids = insert_events(outbox_engine, consumer_id, 40)
     stop = threading.Event()
-    relay = OutboxRelay(settings, outbox_engine, stop, batch_size=15)
+    relay = OutboxRelay.from_settings(settings, outbox_engine, stop, batch_size=15)
     thread = threading.Thread(target=relay.run)
     thread.start()
     try:
         assert relay.cycle() is None  # broker refused: nothing claimed, nothing changed
         assert {row.publish_try_count for row in event_rows(outbox_engine, ids).values()} == {0}
         proxy.pass_through()
-        assert wait_until(lambda: queue_depth(outbox_settings.rabbitmq_url, queues.queue) == 40)
+        assert wait_until(lambda: queue_depth(outbox_settings.broker.url, queues.queue) == 40)
     finally:
         stop.set()
         thread.join(30)
@@ -165,15 +168,15 @@ def test_relay_wakes_on_notify_and_stops_gracefully(
     outbox_settings: Settings, outbox_engine: Engine, tenant: Tenant
 ) -> None:
     _, consumer_id, queues = tenant
-    settings = outbox_settings.model_copy(update={"relay_poll_seconds": 60.0})
+    settings = outbox_settings.updated({"relay_poll_seconds": 60.0})
     stop = threading.Event()
-    relay = OutboxRelay(settings, outbox_engine, stop)
+    relay = OutboxRelay.from_settings(settings, outbox_engine, stop)
     thread = threading.Thread(target=relay.run)
     thread.start()
     try:
         assert relay.idle.wait(10)
         insert_events(outbox_engine, consumer_id, 3)
-        woke = wait_until(lambda: queue_depth(settings.rabbitmq_url, queues.queue) == 3, 20)
+        woke = wait_until(lambda: queue_depth(settings.broker.url, queues.queue) == 3, 20)
     finally:
         stop.set()
         insert_events(outbox_engine, consumer_id, 1)  # a notification ends the idle wait
@@ -186,9 +189,9 @@ def test_a_backlog_larger_than_a_round_goes_out_without_waiting_for_the_poll(
     outbox_settings: Settings, outbox_engine: Engine, tenant: Tenant
 ) -> None:
     _, consumer_id, queues = tenant
-    settings = outbox_settings.model_copy(update={"relay_poll_seconds": 60.0})
+    settings = outbox_settings.updated({"relay_poll_seconds": 60.0})
     stop = threading.Event()
-    relay = OutboxRelay(settings, outbox_engine, stop, batch_size=10)
+    relay = OutboxRelay.from_settings(settings, outbox_engine, stop, batch_size=10)
     thread = threading.Thread(target=relay.run)
     thread.start()
     try:
@@ -203,7 +206,7 @@ def test_a_backlog_larger_than_a_round_goes_out_without_waiting_for_the_poll(
                 ),
                 {"c": consumer_id},
             )
-        drained = wait_until(lambda: queue_depth(settings.rabbitmq_url, queues.queue) == 60, 30)
+        drained = wait_until(lambda: queue_depth(settings.broker.url, queues.queue) == 60, 30)
     finally:
         stop.set()
         insert_events(outbox_engine, consumer_id, 1)  # a notification ends the idle wait
@@ -224,7 +227,7 @@ def test_a_trickle_round_reads_once_records_once_and_knows_it_read_everything(
     duplicates = PossibleDuplicates()
     with (
         joined_leases(outbox_engine, outbox_settings) as leases,
-        ConfirmingPublisher(outbox_settings.rabbitmq_url) as publisher,
+        ConfirmingPublisher(outbox_settings.broker.url) as publisher,
     ):
         publish_pending_batch(outbox_engine, publisher, leases, 200, 2.0, duplicates)  # takes
         insert_events(outbox_engine, consumer_id, 1)
@@ -259,7 +262,9 @@ def test_the_relay_does_no_history_maintenance(
             return int(rows.scalar_one())
 
     assert count_rows() == 2  # one delta row per writing statement: +5, +5
-    relay = OutboxRelay(outbox_settings, outbox_engine, threading.Event(), batch_size=50)
+    relay = OutboxRelay.from_settings(
+        outbox_settings, outbox_engine, threading.Event(), batch_size=50
+    )
     relay.drain()
     relay.close()
     # `fintegrate maintain` folds the counts, not the relay: the round's one marking
@@ -293,12 +298,12 @@ def test_only_events_that_may_have_been_sent_before_are_marked_possible_duplicat
     duplicates = PossibleDuplicates()
     with (
         joined_leases(outbox_engine, outbox_settings) as leases,
-        ConfirmingPublisher(outbox_settings.rabbitmq_url) as publisher,
+        ConfirmingPublisher(outbox_settings.broker.url) as publisher,
     ):
         publish_pending_batch(outbox_engine, publisher, leases, 10, 2.0, duplicates)
         fresh = insert_events(outbox_engine, consumer_id, 3)
         publish_pending_batch(outbox_engine, publisher, leases, 10, 2.0, duplicates)
-    marks = duplicate_marks(outbox_settings.rabbitmq_url, queues.queue)
+    marks = duplicate_marks(outbox_settings.broker.url, queues.queue)
     assert marks == [(event_id, True) for event_id in backlog] + [(e, False) for e in fresh]
 
 
@@ -309,8 +314,8 @@ def test_events_whose_publish_was_not_recorded_go_again_marked(
     duplicates = PossibleDuplicates()
     with (
         joined_leases(outbox_engine, outbox_settings) as leases,
-        ConfirmingPublisher(outbox_settings.rabbitmq_url) as publisher,
-        CrashAfterSending(outbox_settings.rabbitmq_url) as crashing,
+        ConfirmingPublisher(outbox_settings.broker.url) as publisher,
+        CrashAfterSending(outbox_settings.broker.url) as crashing,
     ):
         publish_pending_batch(outbox_engine, publisher, leases, 10, 2.0, duplicates)  # takes it
         ids = insert_events(outbox_engine, consumer_id, 2)
@@ -322,7 +327,7 @@ def test_events_whose_publish_was_not_recorded_go_again_marked(
         publish_pending_batch(outbox_engine, publisher, leases, 10, 2.0, duplicates)
         later = insert_events(outbox_engine, consumer_id, 1)
         publish_pending_batch(outbox_engine, publisher, leases, 10, 2.0, duplicates)
-    marks = duplicate_marks(outbox_settings.rabbitmq_url, queues.queue)
+    marks = duplicate_marks(outbox_settings.broker.url, queues.queue)
     sent_before_the_crash = [(event_id, False) for event_id in ids]  # two customers: one wave
     assert marks == sent_before_the_crash + [(e, True) for e in ids] + [(later[0], False)]
 
@@ -335,7 +340,7 @@ def test_an_event_with_a_failed_attempt_is_marked(
     duplicates = PossibleDuplicates()
     with (
         joined_leases(outbox_engine, outbox_settings) as leases,
-        ConfirmingPublisher(outbox_settings.rabbitmq_url) as publisher,
+        ConfirmingPublisher(outbox_settings.broker.url) as publisher,
     ):
         publish_pending_batch(outbox_engine, publisher, leases, 10, 2.0, duplicates)  # takes it
         [event_id] = insert_events(outbox_engine, consumer_id, 1)
@@ -347,7 +352,7 @@ def test_an_event_with_a_failed_attempt_is_marked(
                 {"id": event_id},
             )
         publish_pending_batch(outbox_engine, publisher, leases, 10, 2.0, duplicates)
-    assert duplicate_marks(outbox_settings.rabbitmq_url, queues.queue) == [(event_id, True)]
+    assert duplicate_marks(outbox_settings.broker.url, queues.queue) == [(event_id, True)]
 
 
 TIED_BACKLOG = text(
@@ -393,7 +398,7 @@ def explain(connection: Connection, statement: Any, params: dict[str, Any]) -> d
 
 def explain_due_heads(engine: Engine, settings: Settings, limit: int) -> dict[str, Any]:
     """EXPLAIN ANALYZE of the relay's DUE_HEADS over every partition, as the relay runs it."""
-    partitions = settings.relay_partitions
+    partitions = settings.relay.partitions
     params = {
         "partitions": list(range(partitions)),
         "partition_count": partitions,
@@ -430,7 +435,7 @@ def test_the_walk_meets_aggregate_heads_first_when_events_tie_on_time(
     outbox_settings: Settings, outbox_engine: Engine
 ) -> None:
     consumer_id = insert_consumer(outbox_engine, new_consumer_name("tied"))
-    partitions = outbox_settings.relay_partitions
+    partitions = outbox_settings.relay.partitions
     with outbox_engine.begin() as connection:
         connection.execute(TIED_BACKLOG, {"consumer_id": consumer_id})  # one created_at
         # A publish-and-reset round shuffles the rows' heap order, which used to break ties.
