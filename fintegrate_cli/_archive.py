@@ -31,7 +31,7 @@ APPLICATION_NAME = "fintegrate-archive"
 
 def plan(settings: Settings, older_than_days: int, directory: str) -> archive.ArchivePlan:
     """The preview (library call; validates the input, changes nothing)."""
-    engine = create_maintenance_engine(settings, APPLICATION_NAME)
+    engine = create_maintenance_engine(settings.database, APPLICATION_NAME)
     try:
         return _plan(engine, settings, older_than_days, directory)
     except archive.ArchiveError as exc:
@@ -62,7 +62,7 @@ def execute(
             engine,
             chosen,
             lambda n: progress.advance(task, n),
-            policy=LockPolicy.from_settings(settings),
+            policy=LockPolicy.from_settings(settings.history),
             stop=stop,
         )
 
@@ -84,12 +84,12 @@ def run_archive_command(
         target = check_directory(Path(directory))
     except archive.ArchiveError as exc:
         raise CliError(str(exc)) from exc
-    engine = create_maintenance_engine(settings, APPLICATION_NAME)
+    engine = create_maintenance_engine(settings.database, APPLICATION_NAME)
     stop = threading.Event()
     restore = install_stop_handlers(stop)
     try:
-        with archive_lock(settings, target, "events archive"):
-            policy = LockPolicy.from_settings(settings)
+        with archive_lock(settings.database, target, "events archive"):
+            policy = LockPolicy.from_settings(settings.history)
             move_default_rows(engine, settings.history.partition_span_days, policy, stop)
             chosen = _plan(engine, settings, older_than, target)
             _show(chosen, as_json, dry_run=False)

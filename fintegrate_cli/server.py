@@ -10,15 +10,15 @@ import uvicorn
 
 from fintegrate_cli._context import state
 from fintegrate_cli._output import info
-from service.config import Settings
+from service.config import Settings, env_name
 
 APP_FACTORY = "service.app:create_app"
 
 
 def settings_environment(settings: Settings) -> dict[str, str]:
     """``FINTEGRATE_*`` variables that make worker processes rebuild these exact settings."""
-    values = settings.model_dump(exclude_none=True)
-    return {f"FINTEGRATE_{name.upper()}": str(value) for name, value in values.items()}
+    values = settings.flat_values()
+    return {env_name(name): str(value) for name, value in values.items() if value is not None}
 
 
 def serve(

@@ -49,7 +49,7 @@ def run_case(name: str, settings: Settings, count: int) -> None:
 
 
 async def time_case(name: str, settings: Settings, count: int) -> None:
-    limiter = RateLimiter(settings)
+    limiter = RateLimiter(settings.redis)
     try:
         timings = await time_checks(limiter, count)
         print(summary(name, timings), f"  fail-open {limiter.fail_open_total}")

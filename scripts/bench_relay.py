@@ -49,6 +49,7 @@ from sqlalchemy.engine import make_url
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from fintegrate_cli.server import settings_environment  # noqa: E402
 from service.config import Settings, load_settings  # noqa: E402
 from service.events import outbox  # noqa: E402
 from service.kit.db import create_db_engine  # noqa: E402
@@ -378,8 +379,7 @@ def free_port() -> int:
 
 def environment(settings: Settings, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FINTEGRATE_")}
-    for key, value in settings.model_dump(exclude_none=True).items():
-        env[f"FINTEGRATE_{key.upper()}"] = str(value)
+    env.update(settings_environment(settings))
     env["PYTHONPATH"] = f"{ROOT}{os.pathsep}{ROOT / 'scripts'}"
     return {**env, **extra}
 

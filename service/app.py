@@ -75,8 +75,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     bound_database_waits(settings.database)
     app.state.engine = create_db_engine(settings.database)
     app.state.db_pool = await create_pool(settings.database)
-    app.state.rate_limiter = RateLimiter(settings, registry=registry)
-    app.state.auth_throttle = FailedAuthThrottle(settings, registry=registry)
+    app.state.rate_limiter = RateLimiter(settings.redis, registry=registry)
+    app.state.auth_throttle = FailedAuthThrottle(settings.redis, settings.auth, registry=registry)
     freeze_startup_objects()
     try:
         yield

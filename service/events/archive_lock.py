@@ -12,13 +12,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from service.config import Settings
+from service.config import DatabaseSettings
 from service.events.archive_files import ArchiveBusy, DirectoryLock
 from service.events.locks import HISTORY_WORK, SessionLock
 
 
 @contextmanager
-def history_lock(settings: Settings, role: str) -> Iterator[SessionLock]:
+def history_lock(settings: DatabaseSettings, role: str) -> Iterator[SessionLock]:
     """The history lock for the block; ArchiveBusy when another run holds it."""
     lock = SessionLock(settings, HISTORY_WORK, role)
     holder = lock.acquire()
@@ -34,7 +34,7 @@ def history_lock(settings: Settings, role: str) -> Iterator[SessionLock]:
 
 
 @contextmanager
-def archive_lock(settings: Settings, directory: Path, role: str) -> Iterator[None]:
+def archive_lock(settings: DatabaseSettings, directory: Path, role: str) -> Iterator[None]:
     """The history lock and ``directory``'s lock for the block (see module doc)."""
     with history_lock(settings, role) as held:
         directory_lock = DirectoryLock(directory, held.label)

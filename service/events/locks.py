@@ -27,7 +27,7 @@ import psycopg2.extensions
 from sqlalchemy import Connection, Engine, create_engine, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from service.config import Settings, shipped_driver_url
+from service.config import DatabaseSettings, HistorySettings, shipped_driver_url
 from service.kit.db import CONNECT_TIMEOUT_SECONDS, libpq_dsn
 
 log = logging.getLogger(__name__)
@@ -80,18 +80,18 @@ class LockPolicy:
     retry_seconds: float = 60.0
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> LockPolicy:
-        return cls(settings.history.lock_timeout_ms, settings.history.lock_retry_seconds)
+    def from_settings(cls, settings: HistorySettings) -> LockPolicy:
+        return cls(settings.lock_timeout_ms, settings.lock_retry_seconds)
 
     def set_local(self, connection: Connection) -> None:
         """This transaction's lock waits give up after ``timeout_ms``."""
         connection.execute(text(f"SET LOCAL lock_timeout = {int(self.timeout_ms)}"))
 
 
-def create_maintenance_engine(settings: Settings, application_name: str) -> Engine:
+def create_maintenance_engine(settings: DatabaseSettings, application_name: str) -> Engine:
     """An engine of maintenance's own: no statement timeout, keepalives, a few connections."""
     return create_engine(
-        shipped_driver_url(settings.database.url),
+        shipped_driver_url(settings.url),
         pool_size=3,
         max_overflow=2,
         pool_pre_ping=True,
@@ -178,8 +178,8 @@ def advisory_holder(connection: Connection, key: int) -> str | None:
 class SessionLock:
     """A session advisory lock on a connection of its own; ``acquire`` never waits."""
 
-    def __init__(self, settings: Settings, key: int, role: str) -> None:
-        self.dsn = libpq_dsn(settings.database.url)
+    def __init__(self, settings: DatabaseSettings, key: int, role: str) -> None:
+        self.dsn = libpq_dsn(settings.url)
         self.key = key
         self.label = process_label(role)
         self.connection: Any = None

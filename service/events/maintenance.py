@@ -79,7 +79,7 @@ class HistoryMaintainer:
         self.settings = settings
         self.engine = engine
         self.stop = stop or threading.Event()
-        self.policy = LockPolicy.from_settings(settings)
+        self.policy = LockPolicy.from_settings(settings.history)
         self.jobs: list[tuple[str, Callable[[PassReport], str]]] = [
             ("repair", self._repair),
             ("partitions_ahead", self._partitions_ahead),
@@ -93,7 +93,7 @@ class HistoryMaintainer:
         """Every job once, under the history lock; a busy lock skips the pass."""
         report = PassReport()
         try:
-            with history_lock(self.settings, "maintain"):
+            with history_lock(self.settings.database, "maintain"):
                 for name, job in self.jobs:
                     if self.stop.is_set():
                         break
@@ -229,7 +229,7 @@ def default_row_range(connection: Connection, span_days: int) -> tuple[datetime,
 
 def ensure_partitions(engine: Engine, settings: Settings, policy: LockPolicy | None = None) -> int:
     """Create the partitions ahead, each lock request bounded and retried."""
-    chosen = policy or LockPolicy.from_settings(settings)
+    chosen = policy or LockPolicy.from_settings(settings.history)
 
     def attempt() -> int:
         with engine.begin() as connection:
@@ -259,11 +259,11 @@ def run_maintain(
 
     MaintainBusy when another `fintegrate maintain` holds the process lock.
     """
-    process_lock = SessionLock(settings, MAINTAIN_PROCESS, "maintain")
+    process_lock = SessionLock(settings.database, MAINTAIN_PROCESS, "maintain")
     holder = process_lock.acquire()
     if holder is not None:
         raise MaintainBusy(f"another `fintegrate maintain` is running: {holder}")
-    engine = create_maintenance_engine(settings, "fintegrate-maintain")
+    engine = create_maintenance_engine(settings.database, "fintegrate-maintain")
     maintainer = HistoryMaintainer(settings, engine, stop)
     report = None
     try:

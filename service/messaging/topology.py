@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
-from service.config import Settings
+from service.config import QueueSettings
 
 EXCHANGE = "customer_events"
 EXCHANGE_TYPE = "topic"
@@ -71,7 +71,7 @@ DLQ_MAX_LENGTH = 100_000
 
 @dataclass(frozen=True)
 class QueueShape:
-    """How tenant queues are declared: their type and limits (``queue_shape(settings)``)."""
+    """How tenant queues are declared: their type and limits (``queue_shape(settings.queues)``)."""
 
     queue_type: str = "classic"
     delivery_limit: int = 5
@@ -81,15 +81,15 @@ class QueueShape:
     dlq_max_length_bytes: int | None = None
 
 
-def queue_shape(settings: Settings) -> QueueShape:
+def queue_shape(settings: QueueSettings) -> QueueShape:
     """The queue type and limits these settings ask for."""
     return QueueShape(
-        queue_type=settings.queues.type,
-        delivery_limit=settings.queues.quorum_delivery_limit,
-        message_ttl_ms=settings.queues.message_ttl_ms,
-        max_length=settings.queues.max_length,
-        dlq_max_length=settings.queues.dlq_max_length,
-        dlq_max_length_bytes=settings.queues.dlq_max_length_bytes,
+        queue_type=settings.type,
+        delivery_limit=settings.quorum_delivery_limit,
+        message_ttl_ms=settings.message_ttl_ms,
+        max_length=settings.max_length,
+        dlq_max_length=settings.dlq_max_length,
+        dlq_max_length_bytes=settings.dlq_max_length_bytes,
     )
 
 
@@ -164,7 +164,7 @@ def tenant_topology(consumer_name: str, shape: QueueShape = DEFAULT_SHAPE) -> Te
     )
 
 
-def expected_topology(settings: Settings, consumer_name: str) -> TenantTopology:
+def expected_topology(settings: QueueSettings, consumer_name: str) -> TenantTopology:
     """The tenant's topology with the queue type and limits these settings ask for."""
     return tenant_topology(consumer_name, queue_shape(settings))
 

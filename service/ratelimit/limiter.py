@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 from fastapi import Request
 from prometheus_client import CollectorRegistry, Counter
 
-from service.config import Settings
+from service.config import AuthSettings, RedisSettings
 from service.kit.errors import TooManyRequests
 from service.ratelimit.store import AsyncRedisStore, RedisStore
 
@@ -102,8 +102,7 @@ class _Guarded:
 
     check_name = ""
 
-    def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
-        self.settings = settings
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.fail_open_total = 0
         self._count_lock = threading.Lock()
         self._metric = fail_open_counter(registry).labels(self.check_name) if registry else None
@@ -162,9 +161,9 @@ class RateLimiter(_Guarded):
 
     check_name = "rate_limit"
 
-    def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
-        super().__init__(settings, registry)
-        self.store = AsyncRedisStore(settings)
+    def __init__(self, redis: RedisSettings, registry: CollectorRegistry | None = None) -> None:
+        super().__init__(registry)
+        self.store = AsyncRedisStore(redis)
         self.store.register(GCRA_SCRIPT)
         self.local = LocalBuckets()
 
@@ -236,11 +235,15 @@ class FailedAuthThrottle(_Guarded):
 
     check_name = "failed_auth"
 
-    def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
-        super().__init__(settings, registry)
-        self.store = RedisStore(settings)
+    def __init__(
+        self, redis: RedisSettings, auth: AuthSettings, registry: CollectorRegistry | None = None
+    ) -> None:
+        super().__init__(registry)
+        self.store = RedisStore(redis)
         self.store.register(AUTH_FAIL_SCRIPT)
-        self.local = LocalWindowCounter(settings.auth.failed_window_seconds)
+        self.limit = auth.failed_limit
+        self.window_seconds = auth.failed_window_seconds
+        self.local = LocalWindowCounter(auth.failed_window_seconds)
         self._known_good: OrderedDict[str, str] = OrderedDict()
         self._known_lock = threading.Lock()
 
@@ -250,12 +253,12 @@ class FailedAuthThrottle(_Guarded):
         count: Any = self._counted(self.store.call(lambda client: client.get(key) or b"0"))
         if count is None:
             count = self.local.count(scope)
-        return int(count) >= self.settings.auth.failed_limit
+        return int(count) >= self.limit
 
     def record_failure(self, scope: str) -> None:
         """Count one failed authentication for ``scope``."""
         self.local.add(scope)
-        window = self.settings.auth.failed_window_seconds
+        window = self.window_seconds
         key = AUTH_FAIL_KEY_PREFIX + scope
         self._counted(self.store.run_script(AUTH_FAIL_SCRIPT, [key], [window]))
 

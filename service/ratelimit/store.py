@@ -25,7 +25,7 @@ from redis.connection import parse_url
 from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
-from service.config import Settings
+from service.config import RedisSettings
 from service.ratelimit.resp import Command, RespConnection
 
 logger = logging.getLogger(__name__)
@@ -93,11 +93,11 @@ class CircuitBreaker:
             logger.warning("Redis reachable again; shared rate limits enforced")
 
 
-def client_options(settings: Settings) -> dict[str, Any]:
-    """Timeouts of both clients: one failure costs at most ``redis_timeout_seconds``."""
+def client_options(settings: RedisSettings) -> dict[str, Any]:
+    """Timeouts of both clients: one failure costs at most ``timeout_seconds``."""
     return {
-        "socket_connect_timeout": settings.redis.timeout_seconds,
-        "socket_timeout": settings.redis.timeout_seconds,
+        "socket_connect_timeout": settings.timeout_seconds,
+        "socket_timeout": settings.timeout_seconds,
         "health_check_interval": 0,
     }
 
@@ -105,8 +105,8 @@ def client_options(settings: Settings) -> dict[str, Any]:
 class _Guarded:
     """What both stores share: the breaker in front of Redis."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.breaker = CircuitBreaker(settings.redis.retry_seconds, settings.redis.breaker_failures)
+    def __init__(self, settings: RedisSettings) -> None:
+        self.breaker = CircuitBreaker(settings.retry_seconds, settings.breaker_failures)
 
     @property
     def breaker_open(self) -> bool:
@@ -116,13 +116,13 @@ class _Guarded:
 class RedisStore(_Guarded):
     """A blocking Redis client behind a breaker; ``call`` answers None instead of failing."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: RedisSettings) -> None:
         super().__init__(settings)
         self._scripts: dict[str, Any] = {}
         self.client: redis.Redis | None = None
-        if settings.redis.url:
+        if settings.url:
             self.client = redis.Redis.from_url(
-                settings.redis.url, retry=Retry(NoBackoff(), 0), **client_options(settings)
+                settings.url, retry=Retry(NoBackoff(), 0), **client_options(settings)
             )
 
     def register(self, source: str) -> None:
@@ -167,11 +167,11 @@ class AsyncRedisStore(_Guarded):
     on first use and again after any failure.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: RedisSettings) -> None:
         super().__init__(settings)
         # Parsed here: a malformed URL fails at start-up, not on every request.
-        self._url_options = parse_url(settings.redis.url) if settings.redis.url else None
-        self.timeout = settings.redis.timeout_seconds
+        self._url_options = parse_url(settings.url) if settings.url else None
+        self.timeout = settings.timeout_seconds
         self._shas: dict[str, str] = {}
         self._waiting: list[_Script] = []
         self._flushes: set[asyncio.Task[None]] = set()

@@ -41,7 +41,7 @@ def run_cli(clean_env: None) -> RunCli:
 def service_env(clean_env: None, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
     """FINTEGRATE_* variables pointing the CLI at this worker's database, vhost and Redis."""
     for name in ("database_url", "rabbitmq_url", "rabbitmq_management_url", "redis_url"):
-        value = getattr(settings, name)
+        value = settings.flat_value(name)
         if value:
             monkeypatch.setenv(f"FINTEGRATE_{name.upper()}", value)
     monkeypatch.setenv("FINTEGRATE_ENVIRONMENT", "test")

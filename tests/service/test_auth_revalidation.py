@@ -54,7 +54,7 @@ def test_concurrent_cold_requests_for_one_key_run_bcrypt_once(
     key = parse_key(create_consumer()["api_key"])
     assert key is not None
     state = AuthState(VerificationCache(ttl_seconds=60))
-    throttle = FailedAuthThrottle(settings)
+    throttle = FailedAuthThrottle(settings.redis, settings.auth)
     before = bcrypt_calls()
     try:
 

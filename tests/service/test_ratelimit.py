@@ -86,7 +86,7 @@ def make_limiter(
 
     def make(registry: CollectorRegistry | None = None, **overrides: Any) -> LimiterDriver:
         settings = limiter_settings.updated(overrides)
-        driver = LimiterDriver(RateLimiter(settings, registry=registry), request.param)
+        driver = LimiterDriver(RateLimiter(settings.redis, registry=registry), request.param)
         made.append(driver)
         return driver
 
@@ -263,7 +263,7 @@ def test_scripts_redis_lost_are_loaded_again(
 @pytest.mark.parametrize("url", ["http://127.0.0.1:6379/0", "redis://127.0.0.1:port/0"])
 def test_a_malformed_url_fails_at_start_up(limiter_settings: Settings, url: str):
     with pytest.raises(ValueError):
-        RateLimiter(limiter_settings.updated({"redis_url": url}))
+        RateLimiter(limiter_settings.updated({"redis_url": url}).redis)
 
 
 def test_the_urls_password_and_database_are_used(
@@ -532,7 +532,8 @@ def make_throttle(limiter_settings: Settings) -> Iterator[Callable[..., FailedAu
     made: list[FailedAuthThrottle] = []
 
     def make(registry: CollectorRegistry | None = None, **overrides: Any) -> FailedAuthThrottle:
-        throttle = FailedAuthThrottle(limiter_settings.updated(overrides), registry)
+        changed = limiter_settings.updated(overrides)
+        throttle = FailedAuthThrottle(changed.redis, changed.auth, registry)
         made.append(throttle)
         return throttle
 
@@ -584,8 +585,8 @@ def test_failed_auth_falls_back_to_an_in_process_count_without_redis(
 def test_limiter_and_throttle_share_one_metric(limiter_settings: Settings):
     registry = CollectorRegistry()
     dead = limiter_settings.updated({"redis_url": f"redis://127.0.0.1:{closed_port()}"})
-    limiter = LimiterDriver(RateLimiter(dead, registry=registry))
-    throttle = FailedAuthThrottle(dead, registry=registry)
+    limiter = LimiterDriver(RateLimiter(dead.redis, registry=registry))
+    throttle = FailedAuthThrottle(dead.redis, dead.auth, registry=registry)
     try:
         assert decided_locally(limiter.check("b", 1, 1))
         assert not throttle.is_blocked("abc123")

@@ -117,7 +117,7 @@ def advice_for(report: TopologyReport) -> list[str]:
 
 def inspect_tenant(settings: Settings, consumer_name: str) -> TopologyReport:
     """The differences between the live and the expected topology of one tenant."""
-    expected = topology.expected_topology(settings, consumer_name)
+    expected = topology.expected_topology(settings.queues, consumer_name)
     if settings.broker.management_url:
         with ManagementClient(
             settings.broker.management_url, vhost_of(settings.broker.url)

@@ -130,7 +130,7 @@ def migration_targets(expected: topology.TenantTopology) -> list[MigrationTarget
 
 def plan_migration(settings: Settings, consumer_name: str) -> list[QueueMigration]:
     """What migrating the tenant's queues would do; reads only, changes nothing."""
-    expected = topology.expected_topology(settings, consumer_name)
+    expected = topology.expected_topology(settings.queues, consumer_name)
     report = inspect_tenant(settings, consumer_name)
     connection = open_blocking(settings.broker.url)
     try:

@@ -62,7 +62,7 @@ def provision_consumer_queues(
     Raises BrokerUnavailable when RabbitMQ is down or too slow, TopologyMismatch when a
     live queue has other arguments (nothing is redeclared then).
     """
-    expected = topology.expected_topology(settings, consumer_name)
+    expected = topology.expected_topology(settings.queues, consumer_name)
 
     def declare() -> ProvisionResult:
         connection = open_blocking(
@@ -92,7 +92,7 @@ def provision_many(
     outcomes: list[ProvisionResult | TopologyMismatch] = []
     try:
         for name in names:
-            expected = topology.expected_topology(settings, name)
+            expected = topology.expected_topology(settings.queues, name)
             try:
                 if migration_leftovers(connection, expected):
                     raise TopologyMismatch(_mismatch_report(connection, expected, settings))

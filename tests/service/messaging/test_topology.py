@@ -1,4 +1,4 @@
-from service.config import Settings, load_settings
+from service.config import QueueSettings, load_settings
 from service.messaging import topology
 from service.messaging.operate.queue_ops import tenant_names_from_queues
 
@@ -37,7 +37,7 @@ def test_limits_come_from_the_settings() -> None:
         dlq_max_length_bytes=65536,
         queue_type="quorum",
     )
-    expected = topology.expected_topology(tuned, "acme")
+    expected = topology.expected_topology(tuned.queues, "acme")
     assert expected.queue_arguments["x-message-ttl"] == 4000
     assert expected.queue_arguments["x-max-length"] == 300
     assert expected.queue_arguments["x-overflow"] == "reject-publish"
@@ -62,8 +62,8 @@ def test_migration_queues_never_look_like_a_tenant() -> None:
 
 def test_expected_topology_takes_ttl_and_max_length_from_the_settings() -> None:
     settings = load_settings(queue_message_ttl_ms=1500, queue_max_length=300)
-    arguments = topology.expected_topology(settings, "acme").queue_arguments
+    arguments = topology.expected_topology(settings.queues, "acme").queue_arguments
     assert arguments["x-message-ttl"] == 1500
     assert arguments["x-max-length"] == 300
-    defaults = topology.expected_topology(Settings(), "acme").queue_arguments
+    defaults = topology.expected_topology(QueueSettings(), "acme").queue_arguments
     assert (defaults["x-message-ttl"], defaults["x-max-length"]) == (86_400_000, 100_000)

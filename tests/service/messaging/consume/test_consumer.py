@@ -15,6 +15,7 @@ import httpx
 import pytest
 from sqlalchemy import Engine, text
 
+from fintegrate_cli.server import settings_environment
 from service.config import Settings
 from service.messaging import topology
 from service.messaging.consume.consumer import EventConsumer
@@ -249,8 +250,7 @@ def worker_environment(
 ) -> dict[str, str]:
     values = settings.updated({"api_url": api_url, "api_key": tenant["api_key"]})
     environment = {k: v for k, v in os.environ.items() if not k.startswith("FINTEGRATE_")}
-    for name, value in values.model_dump(exclude_none=True).items():
-        environment[f"FINTEGRATE_{name.upper()}"] = str(value)
+    environment.update(settings_environment(values))
     environment[LOG_ENV] = str(log)
     environment["PYTHONPATH"] = str(Path(__file__).resolve().parents[4])
     return environment

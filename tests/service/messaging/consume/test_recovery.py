@@ -70,7 +70,7 @@ def reprovision(settings: Settings, tenant: Tenant) -> None:
 def declare_legacy_queue(settings: Settings, tenant: Tenant) -> None:
     """The tenant queue as queues were declared before ``x-overflow: reject-publish``: full,
     it drops its oldest message into the DLQ (a queue not yet moved by ``--migrate``)."""
-    arguments = dict(topology.expected_topology(settings, tenant["name"]).queue_arguments)
+    arguments = dict(topology.expected_topology(settings.queues, tenant["name"]).queue_arguments)
     del arguments["x-overflow"]
     with amqp_channel(settings.broker.url) as channel:
         channel.queue_delete(tenant["queue_name"])
