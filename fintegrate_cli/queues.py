@@ -160,7 +160,7 @@ def status_command(
     names = [checked_name(name) for name in consumers] if consumers else None
     if names is None and not settings.broker.management_url:
         names = names_from_database(settings)
-    rows = [row.as_dict() for row in queue_status(settings, names)]
+    rows = [row.as_dict() for row in queue_status(settings.broker, names)]
     emit_rows(rows, STATUS_COLUMNS, wants_json(ctx, json_output), "Tenant queues")
 
 
@@ -178,11 +178,11 @@ def purge_command(
     settings = state(ctx).settings()
     name = checked_name(consumer)
     queue = topology.dlq_name(name) if dlq else topology.queue_name(name)
-    depth = ready_count(settings, queue)
+    depth = ready_count(settings.broker, queue)
     if depth is None:
         raise CliError(f"queue {queue} does not exist; `fintegrate queues provision {name}`")
     confirm(f"Purge {depth} message(s) from {queue}? They cannot be recovered.", yes)
-    purged = purge_queue(settings, queue)
+    purged = purge_queue(settings.broker, queue)
     emit_record({"queue": queue, "purged": purged}, wants_json(ctx, json_output), "Purged")
 
 
@@ -207,7 +207,7 @@ def replay_dlq_command(
     cli = state(ctx)
     settings = cli.settings()
     name = checked_name(consumer)
-    depth = ready_count(settings, topology.dlq_name(name))
+    depth = ready_count(settings.broker, topology.dlq_name(name))
     if depth is None:
         raise CliError(f"{topology.dlq_name(name)} does not exist; provision {name} first")
     planned = min(depth, limit) if limit else depth  # a snapshot: re-dead-lettered ones wait

@@ -15,7 +15,7 @@ import secrets
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from service.config import Settings
+from service.config import BrokerSettings
 from service.messaging import topology
 from service.messaging.connection import split_urls, vhost_of
 from service.messaging.operate.management import ManagementClient, ManagementUnavailable
@@ -39,9 +39,9 @@ class BrokerCredentials:
 class BrokerAccounts:
     """Creates, rotates, suspends and restores tenant users on the settings' vhost."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.management_url = settings.broker.management_url
-        self.vhost = vhost_of(settings.broker.url)
+    def __init__(self, settings: BrokerSettings) -> None:
+        self.management_url = settings.management_url
+        self.vhost = vhost_of(settings.url)
 
     @property
     def configured(self) -> bool:

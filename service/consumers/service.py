@@ -101,7 +101,7 @@ def provision_queues(settings: Settings, consumer_name: str) -> bool:
 
 def issue_broker_credentials(settings: Settings, consumer_name: str) -> BrokerCredentials | None:
     """A new tenant's broker user; None (logged) when the management API is unavailable."""
-    accounts = BrokerAccounts(settings)
+    accounts = BrokerAccounts(settings.broker)
     if not accounts.configured:
         return None
     try:
@@ -123,7 +123,9 @@ def rotate_broker_credentials(
     """A new broker password (the user is created if missing); 503 when the API is away."""
     consumer = get_consumer(connection, consumer_id)
     try:
-        return BrokerAccounts(settings).issue(consumer.name, active=consumer.status == "active")
+        return BrokerAccounts(settings.broker).issue(
+            consumer.name, active=consumer.status == "active"
+        )
     except ManagementUnavailable as exc:
         raise ServiceUnavailable(BROKER_UNAVAILABLE, {"Retry-After": "5"}) from exc
 
@@ -133,7 +135,7 @@ def sync_broker_access(settings: Settings, consumer: ConsumerOut, changes: Consu
     (raised inside the caller's transaction, so the status change is rolled back)."""
     if "status" not in changes.model_fields_set:
         return
-    accounts = BrokerAccounts(settings)
+    accounts = BrokerAccounts(settings.broker)
     try:
         if consumer.status == "disabled":
             accounts.suspend(consumer.name)
@@ -148,7 +150,7 @@ def whoami(connection: Connection, settings: Settings, consumer_id: UUID) -> Con
     consumer = get_consumer(connection, consumer_id)
     return ConsumerMe(
         **consumer.model_dump(include={"consumer_id", "name", "status", "queue_name", "dlq_name"}),
-        broker_username=BrokerAccounts(settings).username(consumer.name),
+        broker_username=BrokerAccounts(settings.broker).username(consumer.name),
     )
 
 

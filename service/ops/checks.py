@@ -18,7 +18,7 @@ import pika
 import redis
 from sqlalchemy import Engine, text
 
-from service.config import Settings
+from service.config import BrokerSettings, RedisSettings
 from service.messaging.connection import CONNECT_ERRORS, connection_parameters, first_answering
 
 CHECK_TIMEOUT_SECONDS = 1.0
@@ -51,7 +51,7 @@ def database_version(engine: Engine) -> str:
         return str(connection.execute(text("SHOW server_version")).scalar())
 
 
-def check_broker(settings: Settings) -> CheckResult:
+def check_broker(settings: BrokerSettings) -> CheckResult:
     """An AMQP handshake with a 1 s timeout; the API still accepts writes without it."""
 
     def handshake(url: str) -> None:
@@ -60,18 +60,18 @@ def check_broker(settings: Settings) -> CheckResult:
         pika.BlockingConnection(parameters).close()
 
     try:
-        first_answering(settings.broker.url, handshake, CONNECT_ERRORS)
+        first_answering(settings.url, handshake, CONNECT_ERRORS)
     except Exception as exc:
         return CheckResult(False, False, f"unreachable ({type(exc).__name__})")
     return CheckResult(True, False, "ok")
 
 
-def check_redis(settings: Settings) -> CheckResult:
+def check_redis(settings: RedisSettings) -> CheckResult:
     """PING with a 1 s timeout; without Redis each process limits on its own."""
-    if not settings.redis.url:
+    if not settings.url:
         return CheckResult(True, False, "not configured (rate limits off)")
     client = redis.Redis.from_url(
-        settings.redis.url,
+        settings.url,
         socket_timeout=CHECK_TIMEOUT_SECONDS,
         socket_connect_timeout=CHECK_TIMEOUT_SECONDS,
     )

@@ -65,8 +65,8 @@ def run_checks(engine: Engine, settings: Settings) -> dict[str, CheckResult]:
     """Each dependency checked once, now."""
     return {
         "database": check_database(engine),
-        "broker": check_broker(settings),
-        "redis": check_redis(settings),
+        "broker": check_broker(settings.broker),
+        "redis": check_redis(settings.redis),
     }
 
 

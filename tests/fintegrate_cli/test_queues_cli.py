@@ -29,7 +29,7 @@ def test_provision_dry_run_then_provision_then_status(
     name = unique_name("q")
     plan = json_of(run_cli("queues", "provision", name, "--dry-run", "--json"))
     assert plan[0]["ok"] is False and plan[0]["queue_exists"] is False
-    assert ready_count(service_env, topology.queue_name(name)) is None  # nothing declared
+    assert ready_count(service_env.broker, topology.queue_name(name)) is None  # nothing declared
     done = json_of(run_cli("queues", "provision", name, "--json"))
     assert done[0]["result"] == "provisioned"
     assert done[0]["bindings"] == topology.queue_bindings(name)

@@ -9,7 +9,7 @@ from typing import Any
 import pika
 import pika.exceptions
 
-from service.config import Settings
+from service.config import BrokerSettings
 from service.messaging import topology
 from service.messaging.connection import open_blocking, vhost_of
 from service.messaging.operate.management import ManagementClient
@@ -44,18 +44,16 @@ def tenant_names_from_queues(queue_names: Iterable[str]) -> list[str]:
     )
 
 
-def queue_status(settings: Settings, consumer_names: list[str] | None) -> list[QueueStatus]:
+def queue_status(settings: BrokerSettings, consumer_names: list[str] | None) -> list[QueueStatus]:
     """Per tenant: depth, unacked, consumers and DLQ depth.
 
     Uses the management API when configured (``consumer_names`` None: every tenant queue of
     the vhost); otherwise passive declares over AMQP for the names given.
     """
-    if settings.broker.management_url:
-        with ManagementClient(
-            settings.broker.management_url, vhost_of(settings.broker.url)
-        ) as client:
+    if settings.management_url:
+        with ManagementClient(settings.management_url, vhost_of(settings.url)) as client:
             return status_from_management(client.queues(), consumer_names)
-    connection = open_blocking(settings.broker.url)
+    connection = open_blocking(settings.url)
     try:
         return [status_from_declares(connection, name) for name in consumer_names or []]
     finally:
@@ -112,9 +110,9 @@ def passive_declare(connection: pika.BlockingConnection, queue: str) -> Any:
     return frame.method
 
 
-def ready_count(settings: Settings, queue: str) -> int | None:
+def ready_count(settings: BrokerSettings, queue: str) -> int | None:
     """Messages ready in ``queue``; None when it does not exist."""
-    connection = open_blocking(settings.broker.url)
+    connection = open_blocking(settings.url)
     try:
         declared = passive_declare(connection, queue)
         return None if declared is None else int(declared.message_count)
@@ -122,9 +120,9 @@ def ready_count(settings: Settings, queue: str) -> int | None:
         connection.close()
 
 
-def purge_queue(settings: Settings, queue: str) -> int:
+def purge_queue(settings: BrokerSettings, queue: str) -> int:
     """Drop every ready message of ``queue``; returns how many went."""
-    connection = open_blocking(settings.broker.url)
+    connection = open_blocking(settings.url)
     try:
         return int(connection.channel().queue_purge(queue).method.message_count)
     finally:

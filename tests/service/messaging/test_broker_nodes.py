@@ -131,7 +131,7 @@ def test_provisioning_and_readiness_use_the_list(
     result = provision_consumer_queues(listed, name)
 
     assert result.queue == topology.queue_name(name)
-    assert check_broker(listed).ok
+    assert check_broker(listed.broker).ok
 
 
 def test_management_client_moves_to_the_next_node(
