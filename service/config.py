@@ -326,17 +326,13 @@ class Settings(_Group):
 
     def updated(self, changes: Mapping[str, Any]) -> Settings:
         """A copy with settings replaced by flat name, unvalidated like ``model_copy``."""
-        top: dict[str, Any] = {}
-        groups: dict[str, dict[str, Any]] = {}
-        for setting, value in changes.items():
-            group, field = FLAT_SETTINGS[setting]
-            if group is None:
-                top[field] = value
-            else:
-                groups.setdefault(group, {})[field] = value
-        for group, fields in groups.items():
-            top[group] = getattr(self, group).model_copy(update=fields)
-        return self.model_copy(update=top)
+        update: dict[str, Any] = {}
+        for name, value in grouped(changes).items():
+            current = getattr(self, name)
+            update[name] = (
+                current.model_copy(update=value) if isinstance(current, _Group) else value
+            )
+        return self.model_copy(update=update)
 
 
 # Each setting's flat name, which is its environment variable without FINTEGRATE_, and where
@@ -422,7 +418,7 @@ def env_name(setting: str) -> str:
     return f"{ENV_PREFIX}{setting.upper()}"
 
 
-class _FlatEnvironment(BaseSettings):
+class _FlatEnvironmentBase(BaseSettings):
     """Reads the flat variables; its fields are generated from ``FLAT_SETTINGS`` below."""
 
     model_config = SettingsConfigDict(
@@ -444,7 +440,7 @@ def _flat_fields() -> dict[str, Any]:
     return fields
 
 
-FlatEnvironment = create_model("FlatEnvironment", __base__=_FlatEnvironment, **_flat_fields())
+_FlatEnvironment = create_model("FlatEnvironment", __base__=_FlatEnvironmentBase, **_flat_fields())
 
 
 def grouped(flat: Mapping[str, Any]) -> dict[str, Any]:
@@ -481,5 +477,5 @@ def load_settings(
         given["_env_file"] = None
     elif env_file is not None:
         given["_env_file"] = env_file
-    flat = FlatEnvironment(**given)
+    flat = _FlatEnvironment(**given)
     return Settings.model_validate(grouped(flat.model_dump()))

@@ -130,3 +130,18 @@ def test_every_node_and_host_of_a_clustered_url_is_masked(run_cli: RunCli, tmp_p
     assert shown["database_url"]["value"] == (
         "postgresql+psycopg2://d:********@h1:5491,h2:5492/db?target_session_attrs=read-write"
     )
+
+
+def test_the_table_lists_settings_by_component(run_cli: RunCli, env_file: Path) -> None:
+    result = run_cli("--env-file", str(env_file), "config", "show")
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.splitlines()
+
+    def rows_of(group: str) -> list[int]:
+        return [i for i, line in enumerate(lines) if f"│ {group}." in line]
+
+    gateway, relay, history = rows_of("gateway"), rows_of("relay"), rows_of("history")
+    assert gateway and relay and history
+    assert max(gateway) < min(relay) and max(relay) < min(history)
+    assert "auth.bcrypt_rounds" in result.stdout
+    assert "FINTEGRATE_RELAY_BATCH_SIZE" in result.stdout

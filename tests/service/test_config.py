@@ -7,9 +7,9 @@ import re
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
-from service.config import FLAT_SETTINGS, load_settings
+from service.config import FLAT_SETTINGS, Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -174,3 +174,35 @@ def test_webhook_retry_schedule_is_seconds() -> None:
         load_settings(webhook_retry_schedule="5,soon")
     with pytest.raises(ValidationError, match="FINTEGRATE_WEBHOOK_RETRY_SCHEDULE"):
         load_settings(webhook_retry_schedule="5,-1")
+
+
+def test_every_setting_has_exactly_one_flat_name() -> None:
+    groups = {name: info.annotation for name, info in Settings.model_fields.items()}
+    places = {(None, "environment")} | {
+        (group, field)
+        for group, model in groups.items()
+        if isinstance(model, type) and issubclass(model, BaseModel)
+        for field in model.model_fields
+    }
+    assert len(set(FLAT_SETTINGS.values())) == len(FLAT_SETTINGS)
+    assert set(FLAT_SETTINGS.values()) == places
+
+
+def test_groups_are_read_by_component_and_frozen() -> None:
+    settings = load_settings(relay_batch_size=5, gateway_port=9000)
+    assert (settings.relay.batch_size, settings.gateway.port) == (5, 9000)
+    with pytest.raises(ValidationError, match="frozen"):
+        settings.relay.batch_size = 6  # type: ignore[misc]
+
+
+def test_unknown_override_names_are_refused() -> None:
+    with pytest.raises(TypeError, match="relay_batch"):
+        load_settings(relay_batch=5)
+
+
+def test_updated_replaces_only_the_named_settings() -> None:
+    settings = load_settings(relay_poll_seconds=2.0)
+    changed = settings.updated({"relay_batch_size": 7, "environment": "test"})
+    assert (changed.relay.batch_size, changed.relay.poll_seconds) == (7, 2.0)
+    assert changed.environment == "test"
+    assert settings.relay.batch_size == 200
