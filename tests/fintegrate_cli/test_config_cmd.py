@@ -144,4 +144,3 @@ def test_the_table_lists_settings_by_component(run_cli: RunCli, env_file: Path) 
     assert gateway and relay and history
     assert max(gateway) < min(relay) and max(relay) < min(history)
     assert "auth.bcrypt_rounds" in result.stdout
-    assert "FINTEGRATE_RELAY_BATCH_SIZE" in result.stdout
