@@ -25,6 +25,7 @@ from service.config import Settings
 from service.events.repository import record_receipt
 from service.http.audit import AuditEntry, write_audit_in
 from service.kit import tracing
+from service.kit.errors import first_line
 from service.messaging.messages import event_from_row, message_body
 from service.messaging.publish.relay import PendingNotifications
 from service.webhooks import repository as endpoints
@@ -121,7 +122,7 @@ class WebhookDeliverer:
         try:
             rows = self._claim(free)
         except DBAPIError as exc:
-            log.warning("claiming deliveries failed: %s", _first_line(exc))
+            log.warning("claiming deliveries failed: %s", first_line(exc))
             self.stop.wait(self.settings.webhook_poll_seconds)
             return 0
         for row in rows:
@@ -278,7 +279,3 @@ def _audit_disabled(connection: Any, row: Any, reason: str, hours: float | None)
             detail=detail,
         ),
     )
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
