@@ -15,7 +15,7 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
-from sqlalchemy import Connection, Row, text
+from sqlalchemy import Connection, Row, TextClause, text
 
 from service.events.schemas import EventFilters
 from service.kit.db_async import PooledConnection
@@ -112,25 +112,25 @@ CONFIRM_DELIVERY = """
     WHERE e.event_id = $1 AND e.consumer_id = $2
     """
 
-SELECT_EVENT = text(
-    """
-    SELECT event_id, customer_id, consumer_id, event_type, source_service,
-           payload_json AS payload, metadata_json AS metadata,
-           publish_status, publish_try_count, publish_failure_reason, published_at,
-           deliver_status, deliver_try_count, delivered_at, created_at, sequence
-    FROM customer_events
-    WHERE event_id = :event_id AND consumer_id = :consumer_id
-    """
-)
+# An event as the tenant API returns it (schemas.EventOut): the one column list of the reads.
+API_EVENT_COLUMNS = """
+    event_id, customer_id, consumer_id, event_type, source_service,
+    payload_json AS payload, metadata_json AS metadata,
+    publish_status, publish_try_count, publish_failure_reason, published_at,
+    deliver_status, deliver_try_count, delivered_at, created_at, sequence
+"""
 
-LIST_EVENTS = text(
+
+def _select_events(condition: str) -> TextClause:
+    """``SELECT`` the API's event columns of customer_events ``WHERE condition``."""
+    return text(f"SELECT {API_EVENT_COLUMNS} FROM customer_events WHERE {condition}")  # noqa: S608
+
+
+SELECT_EVENT = _select_events("event_id = :event_id AND consumer_id = :consumer_id")
+
+LIST_EVENTS = _select_events(
     """
-    SELECT event_id, customer_id, consumer_id, event_type, source_service,
-           payload_json AS payload, metadata_json AS metadata,
-           publish_status, publish_try_count, publish_failure_reason, published_at,
-           deliver_status, deliver_try_count, delivered_at, created_at, sequence
-    FROM customer_events
-    WHERE consumer_id = :consumer_id
+    consumer_id = :consumer_id
       AND (CAST(:customer_id AS uuid) IS NULL OR customer_id = :customer_id)
       AND (CAST(:event_type AS text) IS NULL OR event_type = :event_type)
       AND (CAST(:publish_status AS text) IS NULL OR publish_status = :publish_status)
@@ -147,26 +147,16 @@ LIST_EVENTS = text(
 # One aggregate's events after a sequence, in sequence order (the worker's recovery of what
 # its queue lost). A customer's events come through ix_customer_events_customer_created,
 # the consumer level's through ix_customer_events_consumer_level.
-EVENTS_OF_CUSTOMER_AFTER = text(
+EVENTS_OF_CUSTOMER_AFTER = _select_events(
     """
-    SELECT event_id, customer_id, consumer_id, event_type, source_service,
-           payload_json AS payload, metadata_json AS metadata,
-           publish_status, publish_try_count, publish_failure_reason, published_at,
-           deliver_status, deliver_try_count, delivered_at, created_at, sequence
-    FROM customer_events
-    WHERE customer_id = :customer_id AND consumer_id = :consumer_id
+    customer_id = :customer_id AND consumer_id = :consumer_id
       AND sequence > :after AND sequence <= :through
     ORDER BY sequence LIMIT :limit
     """
 )
-EVENTS_OF_CONSUMER_AFTER = text(
+EVENTS_OF_CONSUMER_AFTER = _select_events(
     """
-    SELECT event_id, customer_id, consumer_id, event_type, source_service,
-           payload_json AS payload, metadata_json AS metadata,
-           publish_status, publish_try_count, publish_failure_reason, published_at,
-           deliver_status, deliver_try_count, delivered_at, created_at, sequence
-    FROM customer_events
-    WHERE consumer_id = :consumer_id AND customer_id IS NULL
+    consumer_id = :consumer_id AND customer_id IS NULL
       AND sequence > :after AND sequence <= :through
     ORDER BY sequence LIMIT :limit
     """
@@ -176,14 +166,9 @@ EVENTS_OF_CONSUMER_AFTER = text(
 # receipt: no longer in its queue. ix_customer_events_undelivered (published, not
 # delivered rows only); created_at bounds the walk since an event is created before it is
 # published.
-LOST_EVENTS = text(
+LOST_EVENTS = _select_events(
     """
-    SELECT event_id, customer_id, consumer_id, event_type, source_service,
-           payload_json AS payload, metadata_json AS metadata,
-           publish_status, publish_try_count, publish_failure_reason, published_at,
-           deliver_status, deliver_try_count, delivered_at, created_at, sequence
-    FROM customer_events
-    WHERE consumer_id = :consumer_id
+    consumer_id = :consumer_id
       AND publish_status = 'published' AND deliver_status = 'pending'
       AND created_at < now() - make_interval(secs => CAST(:older_than_ms AS float8) / 1000)
       AND published_at < now() - make_interval(secs => CAST(:older_than_ms AS float8) / 1000)
