@@ -32,9 +32,9 @@ log = logging.getLogger(__name__)
 Progress = Callable[[int], None]
 ROWS_AS_JSON = "SELECT row_to_json(e)::text FROM {table} e"
 # Rows per fetch. Each batch is held about five times at its peak (psycopg2's result, the
-# row strings, the joined text, its bytes, the file buffer): ~3 MB of JSON a batch here.
-# Two partitions at once, each one batch ahead: 162 MB peak RSS (3,000 rows: 139 MB and
-# 10 % slower); 20,000 rows, one partition, no prefetch peaked at 204 MB (target 200 MB).
+# row strings, the joined text, its bytes, the file buffer), and two partitions run at
+# once, each one batch ahead: the size keeps the archive's peak memory under its 200 MB
+# target with fetches large enough not to slow it (figures: docs/capacity.md).
 FETCH_ROWS = 5_000
 # Partitions frozen, counted and written at once, each on its own connection: one
 # partition at a time left half of two cores idle (PostgreSQL's scans and our gzip take
