@@ -96,13 +96,6 @@ DISABLE_ENDPOINT = text(
     RETURNING consumer_id
     """
 )
-SELECT_SECRET_ROWS = text(
-    """
-    SELECT secret_id, ciphertext, expires_at FROM webhook_endpoint_secrets
-    WHERE endpoint_id = :endpoint_id AND (expires_at IS NULL OR expires_at > now())
-    ORDER BY expires_at DESC NULLS FIRST
-    """
-)
 EXPIRE_CURRENT_SECRET = text(
     """
     UPDATE webhook_endpoint_secrets
