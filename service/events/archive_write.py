@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from service.events import expiry, partitions
+from service.events.archive_drop import unfreeze_partition
 from service.events.archive_files import ArchiveError, ArchiveFile, Manifest
 from service.events.archive_plan import (
     NO_TIMEOUT,
@@ -111,7 +112,7 @@ class _PartitionJob:
             return _Outcome(part, expired=expired, skipped=str(exc))
         frozen = self._recount(part)
         if frozen.not_final:
-            _unfreeze(self.engine, part.name, self.policy)
+            unfreeze_partition(self.engine, part.name, self.policy)
             return _Outcome(frozen, expired=expired)
         entry = _write_partition(self.engine, frozen, self.plan.directory, self.progress, self.stop)
         return _Outcome(frozen, entry, expired)
@@ -157,20 +158,11 @@ def check_stop(stop: threading.Event | None) -> None:
         raise Stopped("stopped by a signal between partitions; nothing is left half-done")
 
 
-def _unfreeze(engine: Engine, name: str, policy: LockPolicy) -> None:
-    def attempt() -> None:
-        with engine.begin() as connection:
-            policy.set_local(connection)
-            partitions.unfreeze(connection, name)
-
-    retry_locked(f"unfreezing {name}", attempt, policy, lambda: describe_holders(engine, name))
-
-
 def unfreeze_quietly(engine: Engine, names: list[str], policy: LockPolicy) -> None:
     for name in names:
         # best effort on the way out; the next run (or `fintegrate maintain`) repairs
         with contextlib.suppress(Exception):
-            _unfreeze(engine, name, policy)
+            unfreeze_partition(engine, name, policy)
 
 
 def _prefetched(fetch: Callable[[], list[Any]]) -> Iterator[list[Any]]:
