@@ -169,7 +169,7 @@ def list_command(
         if fetch_all:
             items, next_cursor = client.all_items(EVENTS_PATH, params), None
         else:
-            page = client.get(EVENTS_PATH, params={k: v for k, v in params.items() if v})
+            page = client.page(EVENTS_PATH, params)
             items, next_cursor = page.get("items", []), page.get("next_cursor")
     emit_rows(items, LIST_COLUMNS, wants_json(ctx, json_output), "Events")
     if next_cursor:
