@@ -376,6 +376,54 @@ def record_receipt(
     return connection.execute(RECORD_RECEIPT, params).first()
 
 
+# ``processed`` receipts for many events at once (the webhook channel records a batch of
+# 2xx answers in one round trip): CONFIRM_DELIVERY's effects for each, the last delivered
+# sequence raised once per aggregate, an event answered twice receipted once.
+RECORD_PROCESSED = text(
+    """
+    WITH input AS (
+        SELECT * FROM unnest(CAST(:event_ids AS uuid[]), CAST(:consumer_ids AS uuid[]),
+                             CAST(:details AS text[])) AS i(event_id, consumer_id, detail)
+    ), target AS (
+        SELECT DISTINCT ON (e.event_id) e.event_id, e.consumer_id, e.customer_id,
+               e.sequence, i.detail
+        FROM customer_events e
+        JOIN input i ON e.event_id = i.event_id AND e.consumer_id = i.consumer_id
+        ORDER BY e.event_id
+    ), advanced AS (
+        INSERT INTO delivered_sequences AS d (consumer_id, aggregate_id, sequence, event_id)
+        SELECT DISTINCT ON (consumer_id, coalesce(customer_id, consumer_id))
+               consumer_id, coalesce(customer_id, consumer_id), sequence, event_id
+        FROM target
+        ORDER BY consumer_id, coalesce(customer_id, consumer_id), sequence DESC
+        ON CONFLICT ON CONSTRAINT delivered_sequences_aggregate DO UPDATE
+            SET sequence = EXCLUDED.sequence, event_id = EXCLUDED.event_id, updated_at = now()
+            WHERE d.sequence < EXCLUDED.sequence
+    ), receipt AS (
+        INSERT INTO consumer_event_receipts (event_id, consumer_id, status, detail)
+        SELECT event_id, consumer_id, 'processed', detail FROM target
+        ON CONFLICT ON CONSTRAINT consumer_event_receipts_unique DO NOTHING
+        RETURNING event_id
+    )
+    UPDATE customer_events e
+    SET deliver_try_count = e.deliver_try_count + 1,
+        deliver_status = 'delivered',
+        delivered_at = coalesce(e.delivered_at, now())
+    FROM receipt WHERE e.event_id = receipt.event_id
+    """
+)
+
+
+def record_processed(connection: Connection, receipts: Sequence[tuple[UUID, UUID, str]]) -> None:
+    """``processed`` receipts of (event_id, consumer_id, detail), in the caller's
+    transaction, as ``record_receipt`` writes each."""
+    if not receipts:
+        return
+    event_ids, consumer_ids, details = (list(column) for column in zip(*receipts, strict=True))
+    params = {"event_ids": event_ids, "consumer_ids": consumer_ids, "details": details}
+    connection.execute(RECORD_PROCESSED, params)
+
+
 # -- the life of one event (``fintegrate events trace``), and recent delivery times --------
 
 TRACED_EVENT = text(
