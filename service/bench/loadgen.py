@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from service.bench.figures import percentile
+
 BODY = b'{"name": "Bench Customer", "email": "bench@example.com"}'
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -49,8 +51,7 @@ class Result:
         return len(self.latencies) / self.seconds
 
     def percentile(self, fraction: float) -> float:
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else 0.0
+        return percentile(self.latencies, fraction)
 
 
 def process_tree_cpu(root_pid: int) -> float:

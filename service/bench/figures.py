@@ -1,0 +1,59 @@
+"""What every benchmark reports: percentiles and ratios over alternating rounds."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+Progress = Callable[[str], None]  # one line for people, per finished phase
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    """The value below which ``fraction`` of ``values`` lie (nearest rank); 0 when empty."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else 0.0
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """A figure over its baseline across the rounds: the median decides, the range is shown.
+
+    ``at_most`` turns the target from a floor into a ceiling (a slowdown that must stay
+    small); a ratio without a target is shown for information and never fails the run.
+    """
+
+    baseline: str
+    median: float
+    low: float
+    high: float
+    target: float | None
+    at_most: bool = False
+
+    @property
+    def met(self) -> bool:
+        if self.target is None:
+            return True
+        return self.median <= self.target if self.at_most else self.median >= self.target
+
+    def as_dict(self) -> dict[str, object]:
+        return {**asdict(self), "met": self.met}
+
+
+def ratio_over_rounds(
+    baseline: str, per_round: Sequence[float], target: float | None, at_most: bool = False
+) -> Ratio:
+    """The median of the per-round ratios with their range (never the ratio of medians)."""
+    return Ratio(
+        baseline,
+        statistics.median(per_round),
+        min(per_round),
+        max(per_round),
+        target,
+        at_most,
+    )
+
+
+def rate_ratio(figure: float, baseline: float) -> float:
+    """``figure / baseline``, a zero baseline counting as a tiny one."""
+    return figure / max(baseline, 1e-9)

@@ -1,0 +1,94 @@
+"""The stack a benchmark runs on: its own database and vhost on the configured servers.
+
+Every run gets a fresh migrated database (``servers.fresh_database``) and a fresh RabbitMQ
+vhost, both dropped at the end, so a benchmark never touches the deployment's data and
+two runs never share a queue.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack, contextmanager
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import httpx
+
+from service.bench.servers import fresh_database
+from service.config import Settings
+from service.messaging.connection import split_urls
+
+MANAGEMENT_PORT = 15672
+STOP_TIMEOUT_SECONDS = 20.0
+
+
+def management_url(settings: Settings) -> str:
+    """The management API: FINTEGRATE_RABBITMQ_MANAGEMENT_URL's first node, else the
+    broker's host on port 15672 with the broker's login."""
+    if settings.rabbitmq_management_url:
+        return split_urls(settings.rabbitmq_management_url)[0]
+    broker = urlsplit(split_urls(settings.rabbitmq_url)[0])
+    login = f"{broker.username or 'guest'}:{broker.password or 'guest'}"
+    return f"http://{login}@{broker.hostname}:{MANAGEMENT_PORT}"
+
+
+@contextmanager
+def fresh_vhost(settings: Settings) -> Iterator[str]:
+    """A new vhost the broker's login may use; yields its AMQP URL, deletes it after."""
+    vhost = f"bench_{uuid.uuid4().hex[:12]}"
+    broker = urlsplit(split_urls(settings.rabbitmq_url)[0])
+    api = management_url(settings)
+    path = quote(vhost, safe="")
+    user = quote(broker.username or "guest", safe="")
+    httpx.put(f"{api}/api/vhosts/{path}", timeout=10).raise_for_status()
+    try:
+        httpx.put(
+            f"{api}/api/permissions/{path}/{user}",
+            json={"configure": ".*", "write": ".*", "read": ".*"},
+            timeout=10,
+        ).raise_for_status()
+        yield urlunsplit(broker._replace(path=f"/{path}"))
+    finally:
+        httpx.delete(f"{api}/api/vhosts/{path}", timeout=30)
+
+
+@contextmanager
+def isolated(
+    settings: Settings, overrides: Mapping[str, object], keep_database: bool = False
+) -> Iterator[Settings]:
+    """``settings`` pointed at a fresh database and vhost (and ``overrides``)."""
+    with fresh_database(keep_database) as database_url, fresh_vhost(settings) as amqp_url:
+        yield settings.model_copy(
+            update={"database_url": database_url, "rabbitmq_url": amqp_url, **overrides}
+        )
+
+
+def process_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment of a ``fintegrate`` child process configured exactly as ``settings``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FINTEGRATE_")}
+    for key, value in settings.model_dump(exclude_none=True).items():
+        env[f"FINTEGRATE_{key.upper()}"] = str(value)
+    return {**env, **extra}
+
+
+def background(
+    stack: ExitStack, command: list[str], env: dict[str, str]
+) -> subprocess.Popen[bytes]:
+    """Starts ``command`` quietly; the stack stops it (SIGTERM, then SIGKILL)."""
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+
+    def stop() -> None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(STOP_TIMEOUT_SECONDS)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+
+    stack.callback(stop)
+    return process
