@@ -7,7 +7,8 @@ from typing import Any
 
 from fintegrate_cli._output import emit_rows, info
 from service.bench.figures import Ratio
-from service.bench.history import ARCHIVE_TARGET, RSS_TARGET_MB, HistoryBenchReport
+from service.bench.history import HistoryBenchReport
+from service.bench.history_archive import ARCHIVE_TARGET, RSS_TARGET_MB
 from service.bench.relay import RelayBenchReport
 from service.bench.relay_fairness import QUIET_P99_TARGET_MS
 from service.bench.relay_latency import P50_TARGET_MS

@@ -57,3 +57,13 @@ def ratio_over_rounds(
 def rate_ratio(figure: float, baseline: float) -> float:
     """``figure / baseline``, a zero baseline counting as a tiny one."""
     return figure / max(baseline, 1e-9)
+
+
+def ceiling(values: Sequence[float], target: float) -> dict[str, object]:
+    """A figure that must stay at most ``target`` in every round: its range and verdict."""
+    return {
+        "low": min(values, default=0.0),
+        "high": max(values, default=0.0),
+        "target": target,
+        "met": bool(values) and max(values) <= target,
+    }

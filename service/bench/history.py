@@ -15,11 +15,7 @@ a backlog the relay did not drain is invalid.
 
 from __future__ import annotations
 
-import json
-import os
 import statistics
-import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -34,7 +30,7 @@ from sqlalchemy import Engine, create_engine
 from fintegrate_cli.events import event_stats
 from service.bench import history_data, stack
 from service.bench.figures import Progress, Ratio, percentile, rate_ratio, ratio_over_rounds
-from service.bench.relay_latency import BIN
+from service.bench.history_archive import ARCHIVE_TARGET, RSS_TARGET_MB, ArchiveFigures, run_archive
 from service.bench.servers import (
     api_command,
     free_port,
@@ -48,8 +44,6 @@ from service.messaging.operate.provisioning import provision_consumer_queues
 from service.messaging.publish.relay import OutboxRelay
 
 RATIO_TARGET = 1.2  # loaded/empty at most, median of rounds
-ARCHIVE_TARGET = 50_000  # events/s at least
-RSS_TARGET_MB = 200.0
 SETUPS = ("empty", "loaded")
 CLIENTS = 8
 FIGURES = (
@@ -100,23 +94,6 @@ class HistoryPhase:
     @property
     def valid(self) -> bool:
         return self.post_failures == 0 and self.drained == self.backlog
-
-
-@dataclass(frozen=True)
-class ArchiveFigures:
-    """``fintegrate events archive`` on the loaded setup, as a child process."""
-
-    archived_events: int
-    seconds: float
-    events_per_s: float  # archived_events / seconds, the CLI's start-up included
-    events_per_s_in_process: float
-    peak_rss_mb: float
-    archive_bytes: int
-    kept_not_final: int
-
-    @property
-    def met(self) -> bool:
-        return self.events_per_s >= ARCHIVE_TARGET and self.peak_rss_mb <= RSS_TARGET_MB
 
 
 @dataclass
@@ -324,32 +301,3 @@ def drain(setup: Setup, count: int) -> tuple[int, int, float]:
     engine.dispose()
     history_data.confirm_delivered(setup.engine)
     return backlog, drained.published, drained.published / max(seconds, 1e-9)
-
-
-def run_archive(settings: Settings, older_than: int) -> ArchiveFigures:
-    """``fintegrate events archive`` as a child process: events/s and the child's peak RSS."""
-    with (
-        tempfile.TemporaryDirectory(prefix="bench_history_") as directory,
-        tempfile.TemporaryFile() as out,
-    ):
-        command = [str(BIN / "fintegrate"), "events", "archive", "--older-than", str(older_than),
-                   "--to", directory, "--yes", "--json"]  # fmt: skip
-        started = time.perf_counter()
-        child = subprocess.Popen(command, env=stack.process_env(settings), stdout=out)
-        _, status, usage = os.wait4(child.pid, 0)
-        seconds = time.perf_counter() - started
-        child.returncode = os.waitstatus_to_exitcode(status)
-        if child.returncode != 0:
-            raise RuntimeError(f"events archive failed with exit code {child.returncode}")
-        out.seek(0)
-        result = json.loads(out.read())
-    archived = int(result["archived_events"])
-    return ArchiveFigures(
-        archived,
-        seconds,
-        archived / seconds,
-        archived / max(float(result["elapsed_seconds"]), 1e-9),
-        usage.ru_maxrss / 1024,
-        sum(int(f["bytes"]) for f in result["files"]),
-        int(result["events_kept_not_final"]),
-    )

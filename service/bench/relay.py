@@ -36,7 +36,6 @@ from service.messaging.publish.relay import OutboxRelay
 
 SIDES = ("raw_pika", "unordered", "ordered")
 TARGETS = {"unordered": 0.9, "raw_pika": 3.5}  # minimum ordered/baseline, median of rounds
-NEVER_LIMITED = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -139,10 +138,8 @@ def run_relay_bench(
     """The chosen parts on a fresh database and vhost (both gone afterwards)."""
     report = RelayBenchReport(options.events, options.customers, options.batch_size)
     overrides = {
+        **stack.api_overrides(),
         "environment": "test",
-        "admin_api_key": f"bench-{uuid.uuid4().hex}",
-        "rate_limit_api_key_per_minute": NEVER_LIMITED,
-        "rate_limit_api_key_burst": NEVER_LIMITED,
         "relay_batch_size": options.batch_size,
     }
     with stack.isolated(configured, overrides) as settings:

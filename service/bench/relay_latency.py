@@ -13,21 +13,18 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import sys
 import tempfile
 import time
-import uuid
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 from sqlalchemy import create_engine
 
 from service.bench import loadgen, stack, statements
 from service.bench.figures import Progress, percentile
-from service.bench.servers import free_port, wait_healthy
+from service.bench.servers import BIN, api_command, free_port, wait_healthy
 from service.config import Settings
 
 P50_TARGET_MS = 20.0
@@ -37,7 +34,6 @@ HANDLER = "service.bench.relay_latency:record_handler"
 LOAD_CONNECTIONS = 32
 WARMUP_SECONDS = 2.0
 SETTLE_SECONDS = 60.0
-BIN = Path(sys.executable).parent
 
 
 @dataclass(frozen=True)
@@ -120,17 +116,10 @@ def start_pipeline(
     """serve, a tenant made through the API, relay, consume; the tenant's key and settings."""
     port = free_port()
     settings = settings.model_copy(update={"api_url": f"http://127.0.0.1:{port}"})
+    command = api_command(port, options.api_workers)
+    wait_healthy(port, stack.background(processes, command, stack.process_env(settings)))
+    tenant = stack.tenant_through_api(settings.api_url, settings)
     cli = str(BIN / "fintegrate")
-    serve = [cli, "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level",
-             "warning", "--workers", str(options.api_workers)]  # fmt: skip
-    server = stack.background(processes, serve, stack.process_env(settings))
-    wait_healthy(port, server)
-    tenant = httpx.post(
-        f"{settings.api_url}/consumer/data",
-        json={"name": f"bench_{uuid.uuid4().hex[:8]}"},
-        headers={"X-Admin-Key": settings.admin_api_key or ""},
-        timeout=30,
-    ).json()["data"]
     stack.background(processes, [cli, "-q", "relay"], stack.process_env(settings))
     worker_env = stack.process_env(
         settings, FINTEGRATE_API_KEY=tenant["api_key"], **{HANDLER_LOG_ENV: str(log)}

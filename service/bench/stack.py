@@ -17,7 +17,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import httpx
 
-from service.bench.servers import fresh_database
+from service.bench.servers import NEVER_LIMITED, fresh_database
 from service.config import Settings
 from service.messaging.connection import split_urls
 
@@ -92,3 +92,25 @@ def background(
 
     stack.callback(stop)
     return process
+
+
+def api_overrides() -> dict[str, object]:
+    """What an API under a benchmark needs: an operator key, tenant limits that never refuse."""
+    return {
+        "admin_api_key": f"bench-{uuid.uuid4().hex}",
+        "rate_limit_api_key_per_minute": NEVER_LIMITED,
+        "rate_limit_api_key_burst": NEVER_LIMITED,
+    }
+
+
+def tenant_through_api(api_url: str, settings: Settings) -> dict[str, str]:
+    """A new tenant created with the operator key; its ``name`` and ``api_key`` among others."""
+    response = httpx.post(
+        f"{api_url}/consumer/data",
+        json={"name": f"bench_{uuid.uuid4().hex[:8]}"},
+        headers={"X-Admin-Key": settings.admin_api_key or ""},
+        timeout=30,
+    )
+    response.raise_for_status()
+    created: dict[str, str] = response.json()["data"]
+    return created

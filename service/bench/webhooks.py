@@ -13,23 +13,32 @@ whose receivers did not get every delivery is invalid.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 
 import httpx
 from sqlalchemy import create_engine
 
 from service.bench import stack, statements
-from service.bench.figures import Progress, Ratio, percentile, rate_ratio, ratio_over_rounds
+from service.bench.figures import (
+    Progress,
+    Ratio,
+    ceiling,
+    rate_ratio,
+    ratio_over_rounds,
+)
 from service.bench.receiver import Receiver
-from service.bench.relay_latency import BIN
-from service.bench.servers import alternating, free_port, wait_healthy
+from service.bench.servers import alternating
+from service.bench.webhooks_latency import (
+    SETTLE_SECONDS,
+    SIDES,
+    LatencyPhase,
+    latency_rounds,
+    wait_until,
+)
 from service.config import Settings
 from service.kit.db import create_db_engine
 from service.webhooks import service as webhooks
@@ -39,9 +48,6 @@ from service.webhooks.schemas import EndpointCreate
 RATIO_TARGET = 0.8  # minimum deliverer/plain at ``endpoints`` endpoints, median of rounds
 P99_TARGET_MS = 150.0  # 201 -> receiver, every round
 DRAIN_DEADLINE_SECONDS = 600.0
-SETTLE_SECONDS = 120.0
-SIDES = ("deliverer", "plain")
-NEVER_LIMITED = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -71,21 +77,6 @@ class ThroughputPhase:
     @property
     def valid(self) -> bool:
         return self.delivered == self.expected
-
-
-@dataclass(frozen=True)
-class LatencyPhase:
-    """Send (or 201) -> receiver of ``expected`` POSTs, one side, one round."""
-
-    side: str
-    expected: int
-    received: int
-    p50_ms: float
-    p99_ms: float
-
-    @property
-    def valid(self) -> bool:
-        return self.received == self.expected > 0
 
 
 @dataclass
@@ -147,12 +138,7 @@ class WebhookBenchReport:
                 {side: asdict(phase) for side, phase in phases.items()}
                 for phases in self.latency_rounds
             ],
-            "latency_p99_ms": {
-                "low": min(p99s, default=0.0),
-                "high": max(p99s, default=0.0),
-                "target": P99_TARGET_MS,
-                "met": bool(p99s) and max(p99s) <= P99_TARGET_MS,
-            },
+            "latency_p99_ms": ceiling(p99s, P99_TARGET_MS),
             "invalid_phases": self.invalid_phases(),
             "met": self.met,
         }
@@ -164,12 +150,10 @@ def run_webhook_bench(
     """Throughput then latency rounds on a fresh database and vhost (both gone afterwards)."""
     report = WebhookBenchReport(options)
     overrides = {
-        "environment": "development",
+        **stack.api_overrides(),
+        "environment": "development",  # loopback receivers are refused in production
         "webhook_allowed_cidrs": "127.0.0.0/8",
         "webhook_encryption_key": f"bench-{uuid.uuid4().hex}",
-        "admin_api_key": f"bench-{uuid.uuid4().hex}",
-        "rate_limit_api_key_per_minute": NEVER_LIMITED,
-        "rate_limit_api_key_burst": NEVER_LIMITED,
     }
     with stack.isolated(configured, overrides) as settings:
         for number, order in enumerate(alternating(len(SIDES), options.rounds), start=1):
@@ -179,7 +163,9 @@ def run_webhook_bench(
                 for phase in phases.values():
                     progress(f"throughput round {number}/{options.rounds} {key} {describe(phase)}")
         if options.latency:
-            report.latency_rounds = latency_rounds(settings, options, progress)
+            report.latency_rounds = latency_rounds(
+                settings, options.rounds, options.rate, options.duration, progress
+            )
     return report
 
 
@@ -284,113 +270,3 @@ def plain_phase(
     return ThroughputPhase(
         "plain", len(receivers), len(jobs), delivered, seconds, delivered / seconds
     )
-
-
-def customer_of(body: bytes) -> str:
-    return str(json.loads(body).get("customer_id"))
-
-
-def latency_rounds(
-    settings: Settings, options: WebhookBenchOptions, progress: Progress
-) -> list[dict[str, LatencyPhase]]:
-    """The API and the deliverer up once; each round both sides, the order alternating."""
-    receiver = Receiver(customer_of)
-    rounds = []
-    with ExitStack() as running:
-        running.callback(receiver.stop)
-        api, key = start_api(running, settings, receiver)
-        engine = create_db_engine(settings, pool_size=settings.webhook_delivery_concurrency + 2)
-        running.callback(engine.dispose)
-        stop = threading.Event()
-        deliverer = WebhookDeliverer(settings, engine, stop)
-        thread = threading.Thread(target=deliverer.run, name="bench-deliverer", daemon=True)
-        thread.start()
-        running.callback(deliverer.close)
-        running.callback(thread.join, 30)
-        running.callback(stop.set)
-        count = int(options.rate * options.duration)
-        for number, order in enumerate(alternating(len(SIDES), options.rounds), start=1):
-            phases = {}
-            for side in (SIDES[index] for index in order):
-                if side == "deliverer":
-                    phases[side] = pipeline_latency(api, key, receiver, options)
-                else:
-                    phases[side] = plain_latency(count)
-                progress(
-                    f"latency round {number}/{options.rounds} {side:<10} "
-                    f"p50 {phases[side].p50_ms:.1f} ms, p99 {phases[side].p99_ms:.1f} ms "
-                    f"({phases[side].received}/{phases[side].expected})"
-                )
-            rounds.append({side: phases[side] for side in SIDES})
-    return rounds
-
-
-def start_api(running: ExitStack, settings: Settings, receiver: Receiver) -> tuple[str, str]:
-    """``fintegrate serve`` and a tenant with one endpoint at ``receiver``; URL and key."""
-    port = free_port()
-    serve = [str(BIN / "fintegrate"), "serve", "--host", "127.0.0.1", "--port", str(port),
-             "--log-level", "warning"]  # fmt: skip
-    wait_healthy(port, stack.background(running, serve, stack.process_env(settings)))
-    api = f"http://127.0.0.1:{port}"
-    made = httpx.post(
-        f"{api}/consumer/data",
-        json={"name": f"bench_{uuid.uuid4().hex[:8]}"},
-        headers={"X-Admin-Key": settings.admin_api_key or ""},
-        timeout=30,
-    ).json()["data"]
-    httpx.post(
-        f"{api}/webhooks/endpoints",
-        json={"url": receiver.url, "event_types": ["customer_creation"]},
-        headers={"X-API-Key": made["api_key"]},
-        timeout=30,
-    ).raise_for_status()
-    return api, str(made["api_key"])
-
-
-def pipeline_latency(
-    api: str, key: str, receiver: Receiver, options: WebhookBenchOptions
-) -> LatencyPhase:
-    """Customers at ``rate`` for ``duration`` s; 201 -> their event at the receiver."""
-    answered = post_customers(api, key, options.rate, options.duration)
-    wait_until(lambda: all(c in receiver.arrivals for c in answered), SETTLE_SECONDS)
-    waits = [
-        (receiver.arrivals[c] - at) * 1000 for c, at in answered.items() if c in receiver.arrivals
-    ]
-    expected = int(options.rate * options.duration)
-    return LatencyPhase(
-        "deliverer", expected, len(waits), percentile(waits, 0.5), percentile(waits, 0.99)
-    )
-
-
-def post_customers(api: str, key: str, rate: float, duration: float) -> dict[str, float]:
-    """Create customers at ``rate``/s for ``duration`` s; customer_id -> when the 201 came."""
-    answered: dict[str, float] = {}
-    with httpx.Client(base_url=api, headers={"X-API-Key": key}, timeout=30) as client:
-        started = time.monotonic()
-        for index in range(int(rate * duration)):
-            time.sleep(max(0.0, started + index / rate - time.monotonic()))
-            response = client.post("/customer/data", json={"name": f"c{index}"})
-            if response.status_code == 201:
-                answered[response.json()["data"]["customer_id"]] = time.monotonic()
-    return answered
-
-
-def plain_latency(count: int) -> LatencyPhase:
-    """Send -> receiver of ``count`` plain httpx POSTs, one at a time, on one client."""
-    receiver = Receiver(customer_of)
-    waits = []
-    with httpx.Client() as client:
-        for index in range(count):
-            body = json.dumps({"customer_id": f"plain-{index}"}).encode()
-            sent = time.monotonic()
-            client.post(receiver.url, content=body, headers={"content-type": "application/json"})
-            waits.append((receiver.arrivals[f"plain-{index}"] - sent) * 1000)
-    receiver.stop()
-    return LatencyPhase("plain", count, len(waits), percentile(waits, 0.5), percentile(waits, 0.99))
-
-
-def wait_until(done: Callable[[], bool], timeout: float) -> None:
-    """Polls ``done`` until true or ``timeout`` s passed (the phase then ends short)."""
-    deadline = time.monotonic() + timeout
-    while not done() and time.monotonic() < deadline:
-        time.sleep(0.01)

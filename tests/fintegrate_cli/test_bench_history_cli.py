@@ -8,14 +8,13 @@ from __future__ import annotations
 import pytest
 
 from service.bench.history import (
-    ARCHIVE_TARGET,
     FIGURES,
     RATIO_TARGET,
-    RSS_TARGET_MB,
     HistoryBenchOptions,
     HistoryBenchReport,
     HistoryPhase,
 )
+from service.bench.history_archive import ARCHIVE_TARGET, RSS_TARGET_MB
 from service.config import Settings
 from tests.conftest import PG_ADMIN_URL
 from tests.fintegrate_cli.conftest import RunCli, json_of

@@ -1,0 +1,148 @@
+"""``fintegrate bench webhooks`` latency: the API's 201 to the receiver against plain httpx.
+
+``fintegrate serve`` and a ``WebhookDeliverer`` in this process stay up for all rounds;
+each round creates customers at ``rate`` for ``duration`` s (201 -> their event at the
+receiver) and sends as many plain httpx POSTs one at a time (send -> receiver), the
+order alternating every round.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass
+
+import httpx
+
+from service.bench import stack
+from service.bench.figures import Progress, percentile
+from service.bench.receiver import Receiver
+from service.bench.servers import alternating, api_command, free_port, wait_healthy
+from service.config import Settings
+from service.kit.db import create_db_engine
+from service.webhooks.delivery.process import WebhookDeliverer
+
+SIDES = ("deliverer", "plain")
+SETTLE_SECONDS = 120.0
+
+
+@dataclass(frozen=True)
+class LatencyPhase:
+    """Send (or 201) -> receiver of ``expected`` POSTs, one side, one round."""
+
+    side: str
+    expected: int
+    received: int
+    p50_ms: float
+    p99_ms: float
+
+    @property
+    def valid(self) -> bool:
+        return self.received == self.expected > 0
+
+
+def customer_of(body: bytes) -> str:
+    return str(json.loads(body).get("customer_id"))
+
+
+def latency_rounds(
+    settings: Settings, rounds: int, rate: float, duration: float, progress: Progress
+) -> list[dict[str, LatencyPhase]]:
+    """The API and the deliverer up once; each round both sides, the order alternating."""
+    receiver = Receiver(customer_of)
+    measured = []
+    with ExitStack() as running:
+        running.callback(receiver.stop)
+        api, key = start_api(running, settings, receiver)
+        engine = create_db_engine(settings, pool_size=settings.webhook_delivery_concurrency + 2)
+        running.callback(engine.dispose)
+        stop = threading.Event()
+        deliverer = WebhookDeliverer(settings, engine, stop)
+        thread = threading.Thread(target=deliverer.run, name="bench-deliverer", daemon=True)
+        thread.start()
+        running.callback(deliverer.close)
+        running.callback(thread.join, 30)
+        running.callback(stop.set)
+        count = int(rate * duration)
+        for number, order in enumerate(alternating(len(SIDES), rounds), start=1):
+            phases = {}
+            for side in (SIDES[index] for index in order):
+                if side == "deliverer":
+                    phases[side] = pipeline_latency(api, key, receiver, rate, duration)
+                else:
+                    phases[side] = plain_latency(count)
+                progress(
+                    f"latency round {number}/{rounds} {side:<10} "
+                    f"p50 {phases[side].p50_ms:.1f} ms, p99 {phases[side].p99_ms:.1f} ms "
+                    f"({phases[side].received}/{phases[side].expected})"
+                )
+            measured.append({side: phases[side] for side in SIDES})
+    return measured
+
+
+def start_api(running: ExitStack, settings: Settings, receiver: Receiver) -> tuple[str, str]:
+    """``fintegrate serve`` and a tenant with one endpoint at ``receiver``; URL and key."""
+    port = free_port()
+    server = stack.background(running, api_command(port, 1), stack.process_env(settings))
+    wait_healthy(port, server)
+    api = f"http://127.0.0.1:{port}"
+    made = stack.tenant_through_api(api, settings)
+    httpx.post(
+        f"{api}/webhooks/endpoints",
+        json={"url": receiver.url, "event_types": ["customer_creation"]},
+        headers={"X-API-Key": made["api_key"]},
+        timeout=30,
+    ).raise_for_status()
+    return api, str(made["api_key"])
+
+
+def pipeline_latency(
+    api: str, key: str, receiver: Receiver, rate: float, duration: float
+) -> LatencyPhase:
+    """Customers at ``rate`` for ``duration`` s; 201 -> their event at the receiver."""
+    answered = post_customers(api, key, rate, duration)
+    wait_until(lambda: all(c in receiver.arrivals for c in answered), SETTLE_SECONDS)
+    waits = [
+        (receiver.arrivals[c] - at) * 1000 for c, at in answered.items() if c in receiver.arrivals
+    ]
+    expected = int(rate * duration)
+    return LatencyPhase(
+        "deliverer", expected, len(waits), percentile(waits, 0.5), percentile(waits, 0.99)
+    )
+
+
+def post_customers(api: str, key: str, rate: float, duration: float) -> dict[str, float]:
+    """Create customers at ``rate``/s for ``duration`` s; customer_id -> when the 201 came."""
+    answered: dict[str, float] = {}
+    with httpx.Client(base_url=api, headers={"X-API-Key": key}, timeout=30) as client:
+        started = time.monotonic()
+        for index in range(int(rate * duration)):
+            time.sleep(max(0.0, started + index / rate - time.monotonic()))
+            response = client.post("/customer/data", json={"name": f"c{index}"})
+            if response.status_code == 201:
+                answered[response.json()["data"]["customer_id"]] = time.monotonic()
+    return answered
+
+
+def plain_latency(count: int) -> LatencyPhase:
+    """Send -> receiver of ``count`` plain httpx POSTs, one at a time, on one client."""
+    receiver = Receiver(customer_of)
+    waits = []
+    with httpx.Client() as client:
+        for index in range(count):
+            body = json.dumps({"customer_id": f"plain-{index}"}).encode()
+            sent = time.monotonic()
+            client.post(receiver.url, content=body, headers={"content-type": "application/json"})
+            waits.append((receiver.arrivals[f"plain-{index}"] - sent) * 1000)
+    receiver.stop()
+    return LatencyPhase("plain", count, len(waits), percentile(waits, 0.5), percentile(waits, 0.99))
+
+
+def wait_until(done: Callable[[], bool], timeout: float) -> None:
+    """Polls ``done`` until true or ``timeout`` s passed (the phase then ends short)."""
+    deadline = time.monotonic() + timeout
+    while not done() and time.monotonic() < deadline:
+        time.sleep(0.01)
