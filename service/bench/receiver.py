@@ -14,7 +14,7 @@ def no_key(body: bytes) -> str:
 
 class Receiver:
     """``ThreadingHTTPServer`` on 127.0.0.1; counts POSTs and keeps the first arrival
-    (monotonic seconds) per ``key_of(body)``."""
+    (wall-clock seconds, as the load generator notes its answers) per ``key_of(body)``."""
 
     def __init__(self, key_of: Callable[[bytes], str] = no_key) -> None:
         self.count = 0
@@ -33,7 +33,7 @@ class Receiver:
 
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length", "0")))
-                receiver.arrived(body, time.monotonic())
+                receiver.arrived(body, time.time())
                 self.send_response(204)
                 self.send_header("content-length", "0")
                 self.end_headers()

@@ -10,8 +10,6 @@ publish) of the same events, which is the relay's share of it.
 
 from __future__ import annotations
 
-import asyncio
-import json
 import os
 import tempfile
 import time
@@ -31,7 +29,6 @@ P50_TARGET_MS = 20.0
 P99_TARGET_MS = 100.0
 HANDLER_LOG_ENV = "FINTEGRATE_BENCH_HANDLER_LOG"
 HANDLER = "service.bench.relay_latency:record_handler"
-LOAD_CONNECTIONS = 32
 WARMUP_SECONDS = 2.0
 SETTLE_SECONDS = 60.0
 
@@ -95,10 +92,10 @@ def run(settings: Settings, options: LatencyOptions, progress: Progress) -> Late
         with ExitStack() as processes:
             api_key, settings = start_pipeline(processes, settings, options, log)
             url = settings.api_url
-            steady_load(url, api_key, options.rate, options.warmup)  # not measured
+            loadgen.steady_load(url, api_key, options.rate, options.warmup)  # not measured
             time.sleep(options.warmup)
             warm = set(handler_times(log))
-            answered = steady_load(url, api_key, options.rate, options.duration)
+            answered = loadgen.steady_load(url, api_key, options.rate, options.duration)
             deadline = time.monotonic() + SETTLE_SECONDS
             while time.monotonic() < deadline and not set(answered) <= set(handler_times(log)):
                 time.sleep(0.2)
@@ -174,46 +171,3 @@ def handler_times(path: Path) -> dict[str, float]:
         return {}
     pairs = (line.split() for line in path.read_text().splitlines() if line.strip())
     return {customer: float(stamp) for customer, stamp in pairs}
-
-
-def steady_load(
-    url: str, api_key: str, rate: float, seconds: float
-) -> dict[str, tuple[float, float]]:
-    """Open-loop POST /customer/data at ``rate``/s; customer_id -> wall times (due, 201)."""
-    return asyncio.run(_steady_load(url, api_key, rate, seconds))
-
-
-async def _steady_load(
-    url: str, api_key: str, rate: float, seconds: float
-) -> dict[str, tuple[float, float]]:
-    """Raw HTTP/1.1 over keep-alive connections: cheap enough not to steal the servers' CPU."""
-    port = int(url.rsplit(":", 1)[1])
-    request = loadgen.request_head(port, f"X-API-Key: {api_key}\r\n") + loadgen.BODY
-    pool: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
-    for _ in range(LOAD_CONNECTIONS):
-        pool.put_nowait(await asyncio.open_connection("127.0.0.1", port))
-    answered: dict[str, tuple[float, float]] = {}
-
-    async def create() -> None:
-        due = time.time()
-        reader, writer = await pool.get()
-        writer.write(request)
-        status, payload = await read_response(reader)
-        if status == 201:
-            answered[json.loads(payload)["data"]["customer_id"]] = (due, time.time())
-        pool.put_nowait((reader, writer))
-
-    started = time.monotonic()
-    tasks = []
-    for index in range(int(rate * seconds)):
-        await asyncio.sleep(max(0.0, started + index / rate - time.monotonic()))
-        tasks.append(asyncio.create_task(create()))
-    await asyncio.gather(*tasks)
-    while not pool.empty():
-        pool.get_nowait()[1].close()
-    return answered
-
-
-async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
-    head = await reader.readuntil(b"\r\n\r\n")
-    return int(head.split(b" ", 2)[1]), await reader.readexactly(loadgen.content_length(head))

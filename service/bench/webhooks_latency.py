@@ -1,9 +1,9 @@
 """``fintegrate bench webhooks`` latency: the API's 201 to the receiver against plain httpx.
 
 ``fintegrate serve`` and a ``WebhookDeliverer`` in this process stay up for all rounds;
-each round creates customers at ``rate`` for ``duration`` s (201 -> their event at the
-receiver) and sends as many plain httpx POSTs one at a time (send -> receiver), the
-order alternating every round.
+each round creates customers open-loop at ``rate`` for ``duration`` s (201 -> their
+event at the receiver) and sends as many plain httpx POSTs one at a time (send ->
+receiver), the order alternating every round.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from service.bench import stack
+from service.bench import loadgen, stack
 from service.bench.figures import Progress, percentile
 from service.bench.receiver import Receiver
 from service.bench.servers import alternating, api_command, free_port, wait_healthy
@@ -103,28 +103,17 @@ def pipeline_latency(
     api: str, key: str, receiver: Receiver, rate: float, duration: float
 ) -> LatencyPhase:
     """Customers at ``rate`` for ``duration`` s; 201 -> their event at the receiver."""
-    answered = post_customers(api, key, rate, duration)
+    answered = loadgen.steady_load(api, key, rate, duration)
     wait_until(lambda: all(c in receiver.arrivals for c in answered), SETTLE_SECONDS)
     waits = [
-        (receiver.arrivals[c] - at) * 1000 for c, at in answered.items() if c in receiver.arrivals
+        (receiver.arrivals[c] - at) * 1000
+        for c, (_, at) in answered.items()
+        if c in receiver.arrivals
     ]
     expected = int(rate * duration)
     return LatencyPhase(
         "deliverer", expected, len(waits), percentile(waits, 0.5), percentile(waits, 0.99)
     )
-
-
-def post_customers(api: str, key: str, rate: float, duration: float) -> dict[str, float]:
-    """Create customers at ``rate``/s for ``duration`` s; customer_id -> when the 201 came."""
-    answered: dict[str, float] = {}
-    with httpx.Client(base_url=api, headers={"X-API-Key": key}, timeout=30) as client:
-        started = time.monotonic()
-        for index in range(int(rate * duration)):
-            time.sleep(max(0.0, started + index / rate - time.monotonic()))
-            response = client.post("/customer/data", json={"name": f"c{index}"})
-            if response.status_code == 201:
-                answered[response.json()["data"]["customer_id"]] = time.monotonic()
-    return answered
 
 
 def plain_latency(count: int) -> LatencyPhase:
@@ -134,7 +123,7 @@ def plain_latency(count: int) -> LatencyPhase:
     with httpx.Client() as client:
         for index in range(count):
             body = json.dumps({"customer_id": f"plain-{index}"}).encode()
-            sent = time.monotonic()
+            sent = time.time()
             client.post(receiver.url, content=body, headers={"content-type": "application/json"})
             waits.append((receiver.arrivals[f"plain-{index}"] - sent) * 1000)
     receiver.stop()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 
+from fintegrate_cli._bench_tables import show_history
 from service.bench.history import (
     FIGURES,
     RATIO_TARGET,
@@ -73,3 +74,11 @@ def test_a_failed_post_or_an_undrained_backlog_makes_the_round_invalid(
     report = HistoryBenchReport(HistoryBenchOptions())
     report.rounds.append({"empty": phase("empty", 1.0), "loaded": phase("loaded", 1.0, **flaw)})
     assert report.invalid_phases() == ["round 1 loaded"]
+
+
+def test_people_see_the_empty_setup_as_the_baseline(capsys: pytest.CaptureFixture[str]) -> None:
+    report = HistoryBenchReport(HistoryBenchOptions())
+    report.rounds.append({"empty": phase("empty", 1.0), "loaded": phase("loaded", 1.5)})
+    show_history(report)
+    shown = capsys.readouterr().out
+    assert "empty is the baseline" in shown and "loaded/empty" in shown and "False" in shown

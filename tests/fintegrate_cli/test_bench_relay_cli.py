@@ -13,6 +13,9 @@ from typing import Any
 
 import pytest
 
+from fintegrate_cli._bench_tables import show_relay
+from fintegrate_cli._errors import EXIT_PARTIAL, CheckFailed
+from fintegrate_cli.bench import finish
 from service.bench.relay import SIDES, TARGETS, DrainPhase, RelayBenchReport
 from service.bench.relay_fairness import (
     QUIET_P99_TARGET_MS,
@@ -143,3 +146,17 @@ def test_an_unpublished_quiet_event_invalidates_the_fairness_round() -> None:
 def test_usage_errors_are_one_line(run_cli: RunCli) -> None:
     result = run_cli("bench", "relay", "--rounds", "0")
     assert result.exit_code == 2 and "--rounds" in result.stderr
+
+
+def test_people_see_each_baseline_and_check_exits_3_on_an_invalid_phase(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    report = RelayBenchReport(100, 10, 10)
+    phases = {"raw_pika": drain("raw_pika", 100), "unordered": drain("unordered", 100)}
+    report.drain_rounds.append({**phases, "ordered": drain("ordered", 1000, published=99)})
+    with pytest.raises(CheckFailed) as failed:
+        finish("relay", report, show_relay, as_json=False, check=True)
+    assert failed.value.exit_code == EXIT_PARTIAL
+    shown = capsys.readouterr()
+    assert "verdicts" in shown.out and "unordered" in shown.out and "raw_pika" in shown.out
+    assert "drain round 1 ordered" in shown.err

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 
+from fintegrate_cli._bench_tables import show_webhooks
 from service.bench.webhooks import (
     P99_TARGET_MS,
     RATIO_TARGET,
@@ -79,3 +80,19 @@ def test_one_slow_latency_round_fails_the_p99_verdict() -> None:
         report.latency_rounds.append({"deliverer": deliverer, "plain": plain})
     assert report.p99s() == [20.0, P99_TARGET_MS + 1]
     assert not report.met
+
+
+def test_people_see_the_plain_loop_beside_the_deliverer(capsys: pytest.CaptureFixture[str]) -> None:
+    report = WebhookBenchReport(WebhookBenchOptions())
+    phases = {
+        "deliverer": ThroughputPhase("deliverer", 20, 10, 10, 1.0, 10.0),
+        "plain": ThroughputPhase("plain", 20, 10, 10, 0.5, 20.0),
+    }
+    report.throughput_rounds.append({"one_endpoint": phases, "many_endpoints": phases})
+    plain = LatencyPhase("plain", 5, 5, 1.0, 2.0)
+    report.latency_rounds.append(
+        {"deliverer": LatencyPhase("deliverer", 5, 5, 9.0, 12.0), "plain": plain}
+    )
+    show_webhooks(report)
+    shown = capsys.readouterr().out
+    assert "plain p99 2.0-2.0" in shown and "many_endpoints" in shown and "0.50" in shown
