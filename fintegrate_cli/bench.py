@@ -24,6 +24,7 @@ from service.bench.history import HistoryBenchOptions, run_history_bench
 from service.bench.relay import RelayBenchOptions, run_relay_bench
 from service.bench.relay_fairness import FairnessOptions
 from service.bench.relay_latency import LatencyOptions
+from service.bench.stack import cleaned_up_on_sigterm
 from service.bench.webhooks import WebhookBenchOptions, run_webhook_bench
 
 app = typer.Typer(
@@ -89,7 +90,8 @@ def bench_api(
         f"{options.connections} connections, generator {options.generator}",
         quiet,
     )
-    report = run_api_bench(options, lambda line: info(line, quiet), profile)
+    with cleaned_up_on_sigterm():
+        report = run_api_bench(options, lambda line: info(line, quiet), profile)
     show(report, wants_json(ctx, json_output))
     if check and not report.met:
         raise CheckFailed("bench api: a target was not met or a phase was invalid (see above)")
@@ -243,7 +245,8 @@ def bench_relay(
         f"bench relay: {rounds} round(s), backlog {events:,} over {customers:,}, batch {size}",
         quiet,
     )
-    report = run_relay_bench(settings, options, lambda line: info(line, quiet))
+    with cleaned_up_on_sigterm():
+        report = run_relay_bench(settings, options, lambda line: info(line, quiet))
     finish("relay", report, show_relay, wants_json(ctx, json_output), check)
 
 
@@ -291,7 +294,8 @@ def bench_history(
     )
     quiet = state(ctx).quiet
     info(f"bench history: {rounds} round(s), {events:,} events over {days} days", quiet)
-    report = run_history_bench(settings, options, lambda line: info(line, quiet))
+    with cleaned_up_on_sigterm():
+        report = run_history_bench(settings, options, lambda line: info(line, quiet))
     finish("history", report, show_history, wants_json(ctx, json_output), check)
 
 
@@ -339,5 +343,6 @@ def bench_webhooks(
         f"bench webhooks: {rounds} round(s), {events:,} deliveries, 1 and {endpoints} endpoints",
         quiet,
     )
-    report = run_webhook_bench(settings, options, lambda line: info(line, quiet))
+    with cleaned_up_on_sigterm():
+        report = run_webhook_bench(settings, options, lambda line: info(line, quiet))
     finish("webhooks", report, show_webhooks, wants_json(ctx, json_output), check)

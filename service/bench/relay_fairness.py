@@ -151,7 +151,7 @@ def fairness_phase(settings: Settings, options: FairnessOptions, selection: str)
     stop = threading.Event()
     relay_engine = create_db_engine(settings, pool_size=2)
     relay = OutboxRelay(settings, relay_engine, stop, batch_size=options.batch_size)
-    relay_thread = threading.Thread(target=relay.run, name="bench-relay")
+    relay_thread = threading.Thread(target=relay.run, name="bench-relay", daemon=True)
     with QuietWriter(settings, quiet, options.quiet_rate) as writer:
         started = time.perf_counter()
         relay_thread.start()

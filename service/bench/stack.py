@@ -10,9 +10,11 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
+from types import FrameType
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import httpx
@@ -114,3 +116,21 @@ def tenant_through_api(api_url: str, settings: Settings) -> dict[str, str]:
     response.raise_for_status()
     created: dict[str, str] = response.json()["data"]
     return created
+
+
+@contextmanager
+def cleaned_up_on_sigterm() -> Iterator[None]:
+    """SIGTERM ends a benchmark as Ctrl-C does: its servers stop, its databases and vhosts
+    are dropped (a benchmark holds no work worth finishing)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def leave(signum: int, _frame: FrameType | None) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, leave)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -237,7 +237,7 @@ def deliverer_phase(
     engine = create_db_engine(settings, pool_size=settings.webhook_delivery_concurrency + 2)
     stop = threading.Event()
     deliverer = WebhookDeliverer(settings, engine, stop)
-    thread = threading.Thread(target=deliverer.run, name="bench-deliverer")
+    thread = threading.Thread(target=deliverer.run, name="bench-deliverer", daemon=True)
     started = time.monotonic()
     thread.start()
     wait_until(lambda: sum(r.count for r in receivers) - before >= expected, DRAIN_DEADLINE_SECONDS)
