@@ -209,6 +209,10 @@ def bench_relay(
         int, typer.Option(min=1, help="The loud tenant's backlog.")
     ] = 15_000,
     quiet_rate: Annotated[float, typer.Option(min=0.1, help="The quiet tenant's events/s.")] = 20.0,
+    profile: Annotated[
+        Path | None,
+        typer.Option(help="One more ordered drain under cProfile; pstats to this file."),
+    ] = None,
     check: CheckOption = False,
     json_output: JsonOption = False,
 ) -> None:
@@ -239,6 +243,7 @@ def bench_relay(
         fairness=FairnessOptions(fairness_events, customers, quiet_rate, size, rounds)
         if fairness
         else None,
+        profile=profile,
     )
     quiet = state(ctx).quiet
     info(

@@ -19,10 +19,11 @@ import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from sqlalchemy import create_engine
 
-from service.bench import relay_fairness, relay_latency, stack, statements
+from service.bench import relay_fairness, relay_latency, relay_profile, stack, statements
 from service.bench.figures import Progress, Ratio, rate_ratio, ratio_over_rounds
 from service.bench.servers import alternating
 from service.config import Settings
@@ -51,6 +52,7 @@ class RelayBenchOptions:
         default_factory=relay_latency.LatencyOptions
     )
     fairness: relay_fairness.FairnessOptions | None = None
+    profile: Path | None = None  # one more ordered drain under cProfile, pstats here
 
 
 @dataclass(frozen=True)
@@ -168,6 +170,13 @@ def drain_rounds(
             reset_backlog(settings, queue)
             progress(f"drain round {number}/{options.rounds} {describe(phases[side])}")
         rounds.append({side: phases[side] for side in SIDES})
+    if options.profile is not None:
+
+        def timed_drain() -> float:
+            return ordered(settings, queue, options).seconds
+
+        relay_profile.profiled(timed_drain, options.profile, progress)
+        reset_backlog(settings, queue)
     return rounds
 
 

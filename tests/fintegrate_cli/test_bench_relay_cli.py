@@ -7,8 +7,10 @@ did not publish everything is flagged.
 
 from __future__ import annotations
 
+import pstats
 import statistics
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -60,9 +62,10 @@ def assert_rates_follow(phases: dict[str, Any], published: str, rate: str = "rat
 
 
 def test_a_small_drain_reports_every_side_with_its_baselines(
-    run_cli: RunCli, bench_env: Settings
+    run_cli: RunCli, bench_env: Settings, tmp_path: Path
 ) -> None:
-    report = json_of(run_cli("--json", "bench", "relay", *SMALL_DRAIN))
+    profile = tmp_path / "relay.pstats"
+    report = json_of(run_cli("--json", "bench", "relay", *SMALL_DRAIN, "--profile", str(profile)))
     assert report["backlog"] == {"events": 30, "customers": 5} and report["batch_size"] == 10
     (phases,) = report["drain_rounds"]
     assert list(phases) == list(SIDES)
@@ -76,6 +79,7 @@ def test_a_small_drain_reports_every_side_with_its_baselines(
     assert report["latency"] is None and report["fairness"] is None
     assert report["invalid_phases"] == []
     assert report["met"] == all(r["met"] for r in report["drain_ratios"])
+    assert pstats.Stats(str(profile)).total_calls > 0  # type: ignore[attr-defined]
 
 
 def test_a_small_latency_run_counts_every_customer(run_cli: RunCli, bench_env: Settings) -> None:
