@@ -68,14 +68,26 @@ def show_relay(report: RelayBenchReport) -> None:
         emit_rows(phase_rows(report.drain_rounds), columns, False, title="drain (events/s)")
         verdicts += [ratio_verdict("ordered/baseline", r) for r in report.ratios()]
     if report.latency is not None:
-        figures = rounded(report.latency.as_dict())
-        columns = ["requests", "answered_201", "handled", "p50_ms", "p99_ms", "max_ms",
-                   "due_p99_ms", "publish_lag_p50_ms", "publish_lag_p99_ms"]  # fmt: skip
-        emit_rows([figures], columns, False, title="end to end: 201 -> handler")
-        lag = f"outbox lag p99 {report.latency.publish_lag_p99_ms:.1f} ms"
-        verdicts.append(ceiling_verdict("p50 ms", [report.latency.p50_ms], P50_TARGET_MS, lag))
-        p99 = [report.latency.p99_ms]
-        verdicts.append(ceiling_verdict("p99 ms", p99, LATENCY_P99_TARGET_MS, lag))
+        latency = report.latency
+        rows = []
+        for number, measured in enumerate(latency.rounds, start=1):
+            pipeline, floor = measured.pipeline, measured.raw_pika
+            rows.append(rounded({"round": number, **vars(pipeline), "side": "pipeline",
+                                 "done": f"{pipeline.handled}/{pipeline.requests}"}))  # fmt: skip
+            rows.append(rounded({"round": number, **vars(floor),
+                                 "done": f"{floor.received}/{floor.sent}"}))  # fmt: skip
+        columns = ["round", "side", "p50_ms", "p99_ms", "due_p99_ms", "publish_lag_p99_ms", "done"]
+        emit_rows(rows, columns, False, title="end to end: 201 -> handler; raw pika alone")
+        floors = [measured.raw_pika for measured in latency.rounds]
+        for figure, values, target in (
+            ("p50", latency.p50s(), P50_TARGET_MS),
+            ("p99", latency.p99s(), LATENCY_P99_TARGET_MS),
+        ):
+            shown = [getattr(floor, f"{figure}_ms") for floor in floors]
+            baseline = f"raw pika {figure} {min(shown):.1f}-{max(shown):.1f}"
+            verdicts.append(
+                ceiling_verdict(f"201 -> handler {figure} ms", values, target, baseline)
+            )
     if report.fairness is not None:
         columns = ["round", "selection", "loud_events", "drain_rate", "quiet_written",
                    "quiet_published", "quiet_p50_ms", "quiet_p99_ms"]  # fmt: skip

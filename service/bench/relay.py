@@ -83,7 +83,7 @@ class RelayBenchReport:
     customers: int
     batch_size: int
     drain_rounds: list[dict[str, DrainPhase]] = field(default_factory=list)
-    latency: relay_latency.LatencyFigures | None = None
+    latency: relay_latency.LatencyReport | None = None
     fairness: relay_fairness.FairnessReport | None = None
 
     def ratios(self) -> list[Ratio]:
@@ -105,7 +105,7 @@ class RelayBenchReport:
             for phase in phases.values()
             if not phase.valid
         ]
-        latency = [] if self.latency is None or self.latency.valid else ["latency"]
+        latency = [] if self.latency is None else self.latency.invalid_phases()
         fairness = [] if self.fairness is None else self.fairness.invalid_phases()
         return drains + latency + fairness
 

@@ -11,8 +11,9 @@ import os
 import signal
 import subprocess
 import threading
+import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from types import FrameType
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -134,3 +135,10 @@ def cleaned_up_on_sigterm() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def wait_until(done: Callable[[], bool], timeout: float) -> None:
+    """Polls ``done`` until true or ``timeout`` s passed (the phase then ends short)."""
+    deadline = time.monotonic() + timeout
+    while not done() and time.monotonic() < deadline:
+        time.sleep(0.01)

@@ -37,7 +37,6 @@ from service.bench.webhooks_latency import (
     SIDES,
     LatencyPhase,
     latency_rounds,
-    wait_until,
 )
 from service.config import Settings
 from service.kit.db import create_db_engine
@@ -240,7 +239,9 @@ def deliverer_phase(
     thread = threading.Thread(target=deliverer.run, name="bench-deliverer", daemon=True)
     started = time.monotonic()
     thread.start()
-    wait_until(lambda: sum(r.count for r in receivers) - before >= expected, DRAIN_DEADLINE_SECONDS)
+    stack.wait_until(
+        lambda: sum(r.count for r in receivers) - before >= expected, DRAIN_DEADLINE_SECONDS
+    )
     seconds = time.monotonic() - started
     stop.set()
     thread.join(SETTLE_SECONDS)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 
@@ -104,7 +103,7 @@ def pipeline_latency(
 ) -> LatencyPhase:
     """Customers at ``rate`` for ``duration`` s; 201 -> their event at the receiver."""
     answered = loadgen.steady_load(api, key, rate, duration)
-    wait_until(lambda: all(c in receiver.arrivals for c in answered), SETTLE_SECONDS)
+    stack.wait_until(lambda: all(c in receiver.arrivals for c in answered), SETTLE_SECONDS)
     waits = [
         (receiver.arrivals[c] - at) * 1000
         for c, (_, at) in answered.items()
@@ -128,10 +127,3 @@ def plain_latency(count: int) -> LatencyPhase:
             waits.append((receiver.arrivals[f"plain-{index}"] - sent) * 1000)
     receiver.stop()
     return LatencyPhase("plain", count, len(waits), percentile(waits, 0.5), percentile(waits, 0.99))
-
-
-def wait_until(done: Callable[[], bool], timeout: float) -> None:
-    """Polls ``done`` until true or ``timeout`` s passed (the phase then ends short)."""
-    deadline = time.monotonic() + timeout
-    while not done() and time.monotonic() < deadline:
-        time.sleep(0.01)

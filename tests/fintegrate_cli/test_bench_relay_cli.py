@@ -18,6 +18,7 @@ import pytest
 from fintegrate_cli._bench_tables import show_relay
 from fintegrate_cli._errors import EXIT_PARTIAL, CheckFailed
 from fintegrate_cli.bench import finish
+from service.bench.broker_floor import FloorPhase
 from service.bench.relay import SIDES, TARGETS, DrainPhase, RelayBenchReport
 from service.bench.relay_fairness import (
     QUIET_P99_TARGET_MS,
@@ -26,7 +27,14 @@ from service.bench.relay_fairness import (
     FairnessPhase,
     FairnessReport,
 )
-from service.bench.relay_latency import P50_TARGET_MS, P99_TARGET_MS
+from service.bench.relay_latency import (
+    P50_TARGET_MS,
+    P99_TARGET_MS,
+    LatencyFigures,
+    LatencyOptions,
+    LatencyReport,
+    LatencyRound,
+)
 from service.config import Settings
 from tests.conftest import PG_ADMIN_URL
 from tests.fintegrate_cli.conftest import RunCli, json_of
@@ -36,7 +44,7 @@ SMALL_DRAIN = (
     "--skip-latency",
 )  # fmt: skip
 SMALL_LATENCY = (
-    "--skip-drain", "--rate", "5", "--duration", "1", "--api-workers", "1",
+    "--skip-drain", "--rate", "5", "--duration", "1", "--api-workers", "1", "--rounds", "1",
 )  # fmt: skip
 SMALL_FAIRNESS = (
     "--fairness", "--fairness-events", "40", "--customers", "5", "--quiet-rate", "20",
@@ -82,17 +90,33 @@ def test_a_small_drain_reports_every_side_with_its_baselines(
     assert pstats.Stats(str(profile)).total_calls > 0  # type: ignore[attr-defined]
 
 
-def test_a_small_latency_run_counts_every_customer(run_cli: RunCli, bench_env: Settings) -> None:
+def test_a_small_latency_run_counts_every_customer_and_message(
+    run_cli: RunCli, bench_env: Settings
+) -> None:
     report = json_of(run_cli("--json", "bench", "relay", *SMALL_LATENCY))
     latency = report["latency"]
     assert report["drain_rounds"] == [] and report["drain_ratios"] == []
-    assert latency["requests"] == latency["answered_201"] == latency["handled"] == 5
-    assert latency["valid"] and report["invalid_phases"] == []
-    assert latency["max_ms"] >= latency["p99_ms"] >= latency["p50_ms"] > 0
-    assert latency["publish_lag_p99_ms"] >= latency["publish_lag_p50_ms"] > 0
-    assert latency["targets"] == {"p50_ms": P50_TARGET_MS, "p99_ms": P99_TARGET_MS}
-    met = latency["p50_ms"] <= P50_TARGET_MS and latency["p99_ms"] <= P99_TARGET_MS
+    (measured,) = latency["rounds"]
+    pipeline, floor = measured["pipeline"], measured["raw_pika"]
+    assert pipeline["requests"] == pipeline["answered_201"] == pipeline["handled"] == 5
+    assert floor["sent"] == floor["received"] == 5
+    assert report["invalid_phases"] == []
+    for phase in (pipeline, floor):
+        assert phase["p99_ms"] >= phase["p50_ms"] > 0
+    assert pipeline["max_ms"] >= pipeline["p99_ms"]
+    assert pipeline["publish_lag_p99_ms"] >= pipeline["publish_lag_p50_ms"] > 0
+    p50, p99 = latency["p50_ms"], latency["p99_ms"]
+    assert (p50["high"], p99["high"]) == (pipeline["p50_ms"], pipeline["p99_ms"])
+    assert (p50["target"], p99["target"]) == (P50_TARGET_MS, P99_TARGET_MS)
+    met = pipeline["p50_ms"] <= P50_TARGET_MS and pipeline["p99_ms"] <= P99_TARGET_MS
     assert latency["met"] == met == report["met"]
+
+
+def test_a_lost_message_invalidates_its_latency_round() -> None:
+    figures = LatencyFigures(5, 1, 5, 5, 5, 1.0, 2.0, 3.0, 1.0, 2.0, 0.5, 1.0)
+    report = LatencyReport(LatencyOptions(rounds=1))
+    report.rounds.append(LatencyRound(figures, FloorPhase("raw_pika", 5, 4, 0.5, 1.0)))
+    assert report.met and report.invalid_phases() == ["latency round 1 raw_pika"]
 
 
 def test_a_small_fairness_run_compares_with_the_previous_selection(
@@ -158,9 +182,13 @@ def test_people_see_each_baseline_and_check_exits_3_on_an_invalid_phase(
     report = RelayBenchReport(100, 10, 10)
     phases = {"raw_pika": drain("raw_pika", 100), "unordered": drain("unordered", 100)}
     report.drain_rounds.append({**phases, "ordered": drain("ordered", 1000, published=99)})
+    report.latency = LatencyReport(LatencyOptions(rounds=1))
+    figures = LatencyFigures(5, 1, 5, 5, 5, 1.0, 2.0, 3.0, 1.0, 2.0, 0.5, 1.0)
+    report.latency.rounds.append(LatencyRound(figures, FloorPhase("raw_pika", 5, 5, 0.2, 0.4)))
     with pytest.raises(CheckFailed) as failed:
         finish("relay", report, show_relay, as_json=False, check=True)
     assert failed.value.exit_code == EXIT_PARTIAL
     shown = capsys.readouterr()
     assert "verdicts" in shown.out and "unordered" in shown.out and "raw_pika" in shown.out
+    assert "raw pika p99" in shown.out and "5/5" in shown.out
     assert "drain round 1 ordered" in shown.err
