@@ -134,7 +134,7 @@ def show_webhooks(report: WebhookBenchReport) -> None:
     emit_rows(rows, columns, False, title="throughput (deliveries/s)")
     verdicts = [ratio_verdict("deliverer/baseline", r) for r in report.ratios()]
     if report.latency_rounds:
-        columns = ["round", "side", "expected", "received", "p50_ms", "p99_ms"]
+        columns = ["round", "side", "sent", "received", "p50_ms", "p99_ms"]
         emit_rows(phase_rows(report.latency_rounds), columns, False, title="latency")
         plain = [r["plain"].p99_ms for r in report.latency_rounds]
         baseline = f"plain p99 {min(plain):.1f}-{max(plain):.1f}"

@@ -11,11 +11,10 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from dataclasses import dataclass
 
 import pika
 
-from service.bench.figures import percentile
+from service.bench.figures import Arrivals
 from service.bench.stack import wait_until
 from service.messaging.connection import open_blocking
 
@@ -23,22 +22,7 @@ SETTLE_SECONDS = 60.0
 READY_SECONDS = 10.0
 
 
-@dataclass(frozen=True)
-class FloorPhase:
-    """Publish -> consumer callback of every message sent in one phase."""
-
-    side: str
-    sent: int
-    received: int
-    p50_ms: float
-    p99_ms: float
-
-    @property
-    def valid(self) -> bool:
-        return self.received == self.sent > 0
-
-
-def floor_latency(amqp_url: str, rate: float, duration: float, prefetch: int) -> FloorPhase:
+def floor_latency(amqp_url: str, rate: float, duration: float, prefetch: int) -> Arrivals:
     """One phase on a fresh queue (deleted when its consumer goes)."""
     queue = f"bench.floor.{uuid.uuid4().hex[:8]}"
     arrivals: dict[str, float] = {}
@@ -57,9 +41,7 @@ def floor_latency(amqp_url: str, rate: float, duration: float, prefetch: int) ->
     stop.set()
     consumer.join(READY_SECONDS)
     waits = [(arrivals[key] - at) * 1000 for key, at in sent.items() if key in arrivals]
-    return FloorPhase(
-        "raw_pika", len(sent), len(waits), percentile(waits, 0.5), percentile(waits, 0.99)
-    )
+    return Arrivals.of("raw_pika", len(sent), waits)
 
 
 def consume(

@@ -16,6 +16,26 @@ def percentile(values: Sequence[float], fraction: float) -> float:
 
 
 @dataclass(frozen=True)
+class Arrivals:
+    """One latency phase of things sent and awaited: how many, and send -> arrival p50/p99."""
+
+    side: str
+    sent: int
+    received: int
+    p50_ms: float
+    p99_ms: float
+
+    @classmethod
+    def of(cls, side: str, sent: int, waits_ms: Sequence[float]) -> Arrivals:
+        return cls(side, sent, len(waits_ms), percentile(waits_ms, 0.5), percentile(waits_ms, 0.99))
+
+    @property
+    def valid(self) -> bool:
+        """Everything sent arrived (a lost one would leave its wait out of the figures)."""
+        return self.received == self.sent > 0
+
+
+@dataclass(frozen=True)
 class Ratio:
     """A figure over its baseline across the rounds: the median decides, the range is shown.
 

@@ -23,8 +23,8 @@ from typing import Any
 from sqlalchemy import create_engine
 
 from service.bench import loadgen, stack, statements
-from service.bench.broker_floor import FloorPhase, floor_latency
-from service.bench.figures import Progress, ceiling, percentile
+from service.bench.broker_floor import floor_latency
+from service.bench.figures import Arrivals, Progress, ceiling, percentile
 from service.bench.servers import BIN, alternating, api_command, free_port, wait_healthy
 from service.config import Settings
 
@@ -76,7 +76,7 @@ class LatencyRound:
     """The pipeline and the broker alone, once each."""
 
     pipeline: LatencyFigures
-    raw_pika: FloorPhase
+    raw_pika: Arrivals
 
 
 @dataclass
@@ -155,9 +155,9 @@ def run(settings: Settings, options: LatencyOptions, progress: Progress) -> Late
     return report
 
 
-def describe(phase: LatencyFigures | FloorPhase) -> str:
+def describe(phase: LatencyFigures | Arrivals) -> str:
     """One line for people."""
-    if isinstance(phase, FloorPhase):
+    if isinstance(phase, Arrivals):
         counts, side = f"{phase.received}/{phase.sent} received", "raw_pika"
     else:
         counts, side = f"{phase.handled}/{phase.requests} handled", "pipeline"

@@ -24,6 +24,7 @@ from sqlalchemy import create_engine
 
 from service.bench import stack, statements
 from service.bench.figures import (
+    Arrivals,
     Progress,
     Ratio,
     ceiling,
@@ -35,7 +36,6 @@ from service.bench.servers import alternating
 from service.bench.webhooks_latency import (
     SETTLE_SECONDS,
     SIDES,
-    LatencyPhase,
     latency_rounds,
 )
 from service.config import Settings
@@ -84,7 +84,7 @@ class WebhookBenchReport:
 
     options: WebhookBenchOptions
     throughput_rounds: list[dict[str, dict[str, ThroughputPhase]]] = field(default_factory=list)
-    latency_rounds: list[dict[str, LatencyPhase]] = field(default_factory=list)
+    latency_rounds: list[dict[str, Arrivals]] = field(default_factory=list)
 
     def ratios(self) -> list[Ratio]:
         """deliverer/plain per round, at one endpoint (shown) and at ``endpoints`` (target)."""

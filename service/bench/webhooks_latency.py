@@ -12,12 +12,11 @@ import json
 import threading
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass
 
 import httpx
 
 from service.bench import loadgen, stack
-from service.bench.figures import Progress, percentile
+from service.bench.figures import Arrivals, Progress
 from service.bench.receiver import Receiver
 from service.bench.servers import alternating, api_command, free_port, wait_healthy
 from service.config import Settings
@@ -28,28 +27,13 @@ SIDES = ("deliverer", "plain")
 SETTLE_SECONDS = 120.0
 
 
-@dataclass(frozen=True)
-class LatencyPhase:
-    """Send (or 201) -> receiver of ``expected`` POSTs, one side, one round."""
-
-    side: str
-    expected: int
-    received: int
-    p50_ms: float
-    p99_ms: float
-
-    @property
-    def valid(self) -> bool:
-        return self.received == self.expected > 0
-
-
 def customer_of(body: bytes) -> str:
     return str(json.loads(body).get("customer_id"))
 
 
 def latency_rounds(
     settings: Settings, rounds: int, rate: float, duration: float, progress: Progress
-) -> list[dict[str, LatencyPhase]]:
+) -> list[dict[str, Arrivals]]:
     """The API and the deliverer up once; each round both sides, the order alternating."""
     receiver = Receiver(customer_of)
     measured = []
@@ -76,7 +60,7 @@ def latency_rounds(
                 progress(
                     f"latency round {number}/{rounds} {side:<10} "
                     f"p50 {phases[side].p50_ms:.1f} ms, p99 {phases[side].p99_ms:.1f} ms "
-                    f"({phases[side].received}/{phases[side].expected})"
+                    f"({phases[side].received}/{phases[side].sent})"
                 )
             measured.append({side: phases[side] for side in SIDES})
     return measured
@@ -100,7 +84,7 @@ def start_api(running: ExitStack, settings: Settings, receiver: Receiver) -> tup
 
 def pipeline_latency(
     api: str, key: str, receiver: Receiver, rate: float, duration: float
-) -> LatencyPhase:
+) -> Arrivals:
     """Customers at ``rate`` for ``duration`` s; 201 -> their event at the receiver."""
     answered = loadgen.steady_load(api, key, rate, duration)
     stack.wait_until(lambda: all(c in receiver.arrivals for c in answered), SETTLE_SECONDS)
@@ -110,12 +94,10 @@ def pipeline_latency(
         if c in receiver.arrivals
     ]
     expected = int(rate * duration)
-    return LatencyPhase(
-        "deliverer", expected, len(waits), percentile(waits, 0.5), percentile(waits, 0.99)
-    )
+    return Arrivals.of("deliverer", expected, waits)
 
 
-def plain_latency(count: int) -> LatencyPhase:
+def plain_latency(count: int) -> Arrivals:
     """Send -> receiver of ``count`` plain httpx POSTs, one at a time, on one client."""
     receiver = Receiver(customer_of)
     waits = []
@@ -126,4 +108,4 @@ def plain_latency(count: int) -> LatencyPhase:
             client.post(receiver.url, content=body, headers={"content-type": "application/json"})
             waits.append((receiver.arrivals[f"plain-{index}"] - sent) * 1000)
     receiver.stop()
-    return LatencyPhase("plain", count, len(waits), percentile(waits, 0.5), percentile(waits, 0.99))
+    return Arrivals.of("plain", count, waits)

@@ -18,7 +18,7 @@ import pytest
 from fintegrate_cli._bench_tables import show_relay
 from fintegrate_cli._errors import EXIT_PARTIAL, CheckFailed
 from fintegrate_cli.bench import finish
-from service.bench.broker_floor import FloorPhase
+from service.bench.figures import Arrivals
 from service.bench.relay import SIDES, TARGETS, DrainPhase, RelayBenchReport
 from service.bench.relay_fairness import (
     QUIET_P99_TARGET_MS,
@@ -115,7 +115,7 @@ def test_a_small_latency_run_counts_every_customer_and_message(
 def test_a_lost_message_invalidates_its_latency_round() -> None:
     figures = LatencyFigures(5, 1, 5, 5, 5, 1.0, 2.0, 3.0, 1.0, 2.0, 0.5, 1.0)
     report = LatencyReport(LatencyOptions(rounds=1))
-    report.rounds.append(LatencyRound(figures, FloorPhase("raw_pika", 5, 4, 0.5, 1.0)))
+    report.rounds.append(LatencyRound(figures, Arrivals("raw_pika", 5, 4, 0.5, 1.0)))
     assert report.met and report.invalid_phases() == ["latency round 1 raw_pika"]
 
 
@@ -184,7 +184,7 @@ def test_people_see_each_baseline_and_check_exits_3_on_an_invalid_phase(
     report.drain_rounds.append({**phases, "ordered": drain("ordered", 1000, published=99)})
     report.latency = LatencyReport(LatencyOptions(rounds=1))
     figures = LatencyFigures(5, 1, 5, 5, 5, 1.0, 2.0, 3.0, 1.0, 2.0, 0.5, 1.0)
-    report.latency.rounds.append(LatencyRound(figures, FloorPhase("raw_pika", 5, 5, 0.2, 0.4)))
+    report.latency.rounds.append(LatencyRound(figures, Arrivals("raw_pika", 5, 5, 0.2, 0.4)))
     with pytest.raises(CheckFailed) as failed:
         finish("relay", report, show_relay, as_json=False, check=True)
     assert failed.value.exit_code == EXIT_PARTIAL

@@ -8,10 +8,10 @@ from __future__ import annotations
 import pytest
 
 from fintegrate_cli._bench_tables import show_webhooks
+from service.bench.figures import Arrivals
 from service.bench.webhooks import (
     P99_TARGET_MS,
     RATIO_TARGET,
-    LatencyPhase,
     ThroughputPhase,
     WebhookBenchOptions,
     WebhookBenchReport,
@@ -47,7 +47,7 @@ def test_a_small_run_reports_both_sides_and_the_ratios_of_their_rates(
     assert by_set["plain (many_endpoints)"]["target"] == RATIO_TARGET
     assert by_set["plain (one_endpoint)"]["target"] is None
     (latency,) = report["latency_rounds"]
-    assert all(p["received"] == p["expected"] == 5 for p in latency.values())
+    assert all(p["received"] == p["sent"] == 5 for p in latency.values())
     assert all(p["p99_ms"] >= p["p50_ms"] > 0 for p in latency.values())
     p99 = report["latency_p99_ms"]
     assert p99["high"] == latency["deliverer"]["p99_ms"]
@@ -74,9 +74,9 @@ def test_a_lost_delivery_makes_the_run_invalid() -> None:
 
 def test_one_slow_latency_round_fails_the_p99_verdict() -> None:
     report = WebhookBenchReport(WebhookBenchOptions())
-    plain = LatencyPhase("plain", 5, 5, 1.0, 2.0)
+    plain = Arrivals("plain", 5, 5, 1.0, 2.0)
     for p99 in (20.0, P99_TARGET_MS + 1):
-        deliverer = LatencyPhase("deliverer", 5, 5, 10.0, p99)
+        deliverer = Arrivals("deliverer", 5, 5, 10.0, p99)
         report.latency_rounds.append({"deliverer": deliverer, "plain": plain})
     assert report.p99s() == [20.0, P99_TARGET_MS + 1]
     assert not report.met
@@ -89,9 +89,9 @@ def test_people_see_the_plain_loop_beside_the_deliverer(capsys: pytest.CaptureFi
         "plain": ThroughputPhase("plain", 20, 10, 10, 0.5, 20.0),
     }
     report.throughput_rounds.append({"one_endpoint": phases, "many_endpoints": phases})
-    plain = LatencyPhase("plain", 5, 5, 1.0, 2.0)
+    plain = Arrivals("plain", 5, 5, 1.0, 2.0)
     report.latency_rounds.append(
-        {"deliverer": LatencyPhase("deliverer", 5, 5, 9.0, 12.0), "plain": plain}
+        {"deliverer": Arrivals("deliverer", 5, 5, 9.0, 12.0), "plain": plain}
     )
     show_webhooks(report)
     shown = capsys.readouterr().out
