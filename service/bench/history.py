@@ -32,6 +32,7 @@ from service.bench import history_data, stack
 from service.bench.figures import Progress, Ratio, percentile, rate_ratio, ratio_over_rounds
 from service.bench.history_archive import ARCHIVE_TARGET, RSS_TARGET_MB, ArchiveFigures, run_archive
 from service.bench.servers import (
+    alternating,
     api_command,
     free_port,
     fresh_database,
@@ -110,12 +111,11 @@ class HistoryBenchReport:
         """loaded/empty per round for each figure (a rate: empty/loaded), median of rounds."""
         found = []
         for figure in FIGURES:
+            slower, faster = (
+                ("empty", "loaded") if figure.endswith("_per_s") else ("loaded", "empty")
+            )
             per_round = [
-                rate_ratio(
-                    r["empty"].relay_drain_events_per_s, r["loaded"].relay_drain_events_per_s
-                )
-                if figure.endswith("_per_s")
-                else rate_ratio(getattr(r["loaded"], figure), getattr(r["empty"], figure))
+                rate_ratio(getattr(r[slower], figure), getattr(r[faster], figure))
                 for r in self.rounds
             ]
             if per_round:
@@ -181,11 +181,11 @@ def run_history_bench(
         )
         report.table_bytes_loaded = history_data.table_bytes(loaded.engine)
         history_data.settle_write_back(progress)
-        for number in range(options.rounds):
+        for number, order in enumerate(alternating(len(setups), options.rounds), start=1):
             phases = {}
-            for setup in setups if number % 2 == 0 else setups[::-1]:
+            for setup in (setups[index] for index in order):
                 phases[setup.name] = measure(setup, options)
-                progress(f"round {number + 1}/{options.rounds} {describe(phases[setup.name])}")
+                progress(f"round {number}/{options.rounds} {describe(phases[setup.name])}")
             report.rounds.append({name: phases[name] for name in SETUPS})
         progress("archiving")
         report.archive = run_archive(loaded.settings, options.days // 2)
