@@ -158,25 +158,33 @@ def run_relay_bench(
 def drain_rounds(
     settings: Settings, options: RelayBenchOptions, progress: Progress
 ) -> list[dict[str, DrainPhase]]:
-    """Every side once per round on the same backlog, the order alternating."""
+    """Every side once per round on the same backlog, the order alternating.
+
+    The backlog is made pending again before each phase but the first; at the end it is
+    marked published and its queue purged, so the latency run starts with no backlog.
+    """
     queue = seed_backlog(settings, options.events, options.customers)
     drains = {"raw_pika": raw_pika, "unordered": unordered, "ordered": ordered}
-    rounds = []
+    rounds: list[dict[str, DrainPhase]] = []
     for number, order in enumerate(alternating(len(SIDES), options.rounds), start=1):
-        phases = {}
+        phases: dict[str, DrainPhase] = {}
         for index in order:
             side = SIDES[index]
+            if rounds or phases:
+                reset_backlog(settings, queue)
             phases[side] = drains[side](settings, queue, options)
-            reset_backlog(settings, queue)
             progress(f"drain round {number}/{options.rounds} {describe(phases[side])}")
         rounds.append({side: phases[side] for side in SIDES})
     if options.profile is not None:
-
-        def timed_drain() -> float:
-            return ordered(settings, queue, options).seconds
-
-        relay_profile.profiled(timed_drain, options.profile, progress)
         reset_backlog(settings, queue)
+        relay_profile.profiled(
+            lambda: ordered(settings, queue, options).seconds, options.profile, progress
+        )
+    engine = create_engine(settings.database_url)
+    with engine.begin() as connection:
+        connection.execute(statements.SETTLE_BACKLOG)
+    engine.dispose()
+    purge(settings, queue)
     return rounds
 
 
@@ -210,9 +218,15 @@ def reset_backlog(settings: Settings, queue: str) -> None:
             statements.VACUUM_ANALYZE
         )
     engine.dispose()
+    purge(settings, queue)
+
+
+def purge(settings: Settings, queue: str) -> None:
     connection = open_blocking(settings.rabbitmq_url)
-    connection.channel().queue_purge(queue)
-    connection.close()
+    try:
+        connection.channel().queue_purge(queue)
+    finally:
+        connection.close()
 
 
 def queued(settings: Settings, queue: str) -> int:

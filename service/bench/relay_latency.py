@@ -136,8 +136,7 @@ def run(settings: Settings, options: LatencyOptions, progress: Progress) -> Late
         log = Path(directory) / "handled.log"
         with ExitStack() as processes:
             api_key, settings = start_pipeline(processes, settings, options, log)
-            loadgen.steady_load(settings.api_url, api_key, options.rate, options.warmup)
-            time.sleep(options.warmup)  # the warm-up's events reach the handler, unmeasured
+            warm_up(settings, api_key, log, options)
             for number, order in enumerate(alternating(len(SIDES), options.rounds), start=1):
                 phases: dict[str, Any] = {}
                 for side in (SIDES[index] for index in order):
@@ -153,6 +152,16 @@ def run(settings: Settings, options: LatencyOptions, progress: Progress) -> Late
                     progress(f"latency round {number}/{options.rounds} {describe(phases[side])}")
                 report.rounds.append(LatencyRound(phases["pipeline"], phases["raw_pika"]))
     return report
+
+
+def warm_up(settings: Settings, api_key: str, log: Path, options: LatencyOptions) -> None:
+    """Unmeasured load until its customers reached the handler: every process is ready.
+
+    On a busy machine the relay and the worker take seconds to start; a fixed pause would
+    let their start-up into the first round.
+    """
+    answered = loadgen.steady_load(settings.api_url, api_key, options.rate, options.warmup)
+    stack.wait_until(lambda: set(answered) <= set(handler_times(log)), SETTLE_SECONDS)
 
 
 def describe(phase: LatencyFigures | Arrivals) -> str:

@@ -34,6 +34,15 @@ RESET = text(
         publish_try_count = 0, next_attempt_at = created_at
     """
 )
+# After the drain rounds: the backlog counts as published whichever side ran last (raw
+# pika marks nothing), so the latency run's relay starts with nothing to catch up on.
+SETTLE_BACKLOG = text(
+    """
+    UPDATE customer_events SET publish_status = 'published', published_at = now(),
+        publish_try_count = 1
+    WHERE publish_status = 'pending'
+    """
+)
 PENDING = text("SELECT count(*) FROM customer_events WHERE publish_status = 'pending'")
 PENDING_OF = text(
     "SELECT count(*) FROM customer_events WHERE consumer_id = :c AND publish_status = 'pending'"
