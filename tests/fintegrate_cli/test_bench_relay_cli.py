@@ -18,8 +18,17 @@ import pytest
 from fintegrate_cli._bench_tables import show_relay
 from fintegrate_cli._errors import EXIT_PARTIAL, CheckFailed
 from fintegrate_cli.bench import finish
+from service.bench import stack
 from service.bench.figures import Arrivals
-from service.bench.relay import SIDES, TARGETS, DrainPhase, RelayBenchReport
+from service.bench.relay import (
+    SIDES,
+    TARGETS,
+    DrainPhase,
+    RelayBenchOptions,
+    RelayBenchReport,
+    drain_rounds,
+    pending,
+)
 from service.bench.relay_fairness import (
     QUIET_P99_TARGET_MS,
     SELECTIONS,
@@ -192,3 +201,11 @@ def test_people_see_each_baseline_and_check_exits_3_on_an_invalid_phase(
     assert "verdicts" in shown.out and "unordered" in shown.out and "raw_pika" in shown.out
     assert "raw pika p99" in shown.out and "5/5" in shown.out
     assert "drain round 1 ordered" in shown.err
+
+
+def test_the_drain_rounds_leave_no_backlog_for_the_latency_run(bench_env: Settings) -> None:
+    options = RelayBenchOptions(events=20, customers=4, batch_size=10, rounds=2, latency=None)
+    with stack.isolated(bench_env, {}) as settings:
+        rounds = drain_rounds(settings, options, lambda line: None)
+        assert [list(phases) for phases in rounds] == [list(SIDES)] * 2
+        assert pending(settings) == 0  # round 2 ends with raw pika, which marks nothing
