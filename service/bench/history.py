@@ -164,6 +164,7 @@ class Setup:
     consumer_id: str
     api_key: str
     engine: Engine
+    queue: str
 
 
 def run_history_bench(
@@ -208,11 +209,12 @@ def prepare(
     )
     engine = create_engine(database_url)
     resources.callback(engine.dispose)
-    provision_consumer_queues(settings, history_data.consumer_name(engine, consumer_id))
+    queue = provision_consumer_queues(settings, history_data.consumer_name(engine, consumer_id))
     history_data.prepare(engine, consumer_id, options.days)
     port = free_port()
     resources.enter_context(running_server(api_command(port, 1), port, stack.process_env(settings)))
-    return Setup(name, settings, f"http://127.0.0.1:{port}", consumer_id, api_key, engine)
+    base = f"http://127.0.0.1:{port}"
+    return Setup(name, settings, base, consumer_id, api_key, engine, queue.queue)
 
 
 def describe(phase: HistoryPhase) -> str:
@@ -300,4 +302,5 @@ def drain(setup: Setup, count: int) -> tuple[int, int, float]:
     relay.close()
     engine.dispose()
     history_data.confirm_delivered(setup.engine)
+    stack.purge_queue(setup.settings, setup.queue)  # as the tenant's worker would consume it
     return backlog, drained.published, drained.published / max(seconds, 1e-9)

@@ -184,7 +184,7 @@ def drain_rounds(
     with engine.begin() as connection:
         connection.execute(statements.SETTLE_BACKLOG)
     engine.dispose()
-    purge(settings, queue)
+    stack.purge_queue(settings, queue)
     return rounds
 
 
@@ -218,15 +218,7 @@ def reset_backlog(settings: Settings, queue: str) -> None:
             statements.VACUUM_ANALYZE
         )
     engine.dispose()
-    purge(settings, queue)
-
-
-def purge(settings: Settings, queue: str) -> None:
-    connection = open_blocking(settings.rabbitmq_url)
-    try:
-        connection.channel().queue_purge(queue)
-    finally:
-        connection.close()
+    stack.purge_queue(settings, queue)
 
 
 def queued(settings: Settings, queue: str) -> int:

@@ -22,7 +22,7 @@ import httpx
 
 from service.bench.servers import NEVER_LIMITED, fresh_database
 from service.config import Settings
-from service.messaging.connection import split_urls
+from service.messaging.connection import open_blocking, split_urls
 
 MANAGEMENT_PORT = 15672
 STOP_TIMEOUT_SECONDS = 20.0
@@ -142,3 +142,12 @@ def wait_until(done: Callable[[], bool], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not done() and time.monotonic() < deadline:
         time.sleep(0.01)
+
+
+def purge_queue(settings: Settings, queue: str) -> None:
+    """Empties a queue of the bench's vhost: no phase inherits another's messages."""
+    connection = open_blocking(settings.rabbitmq_url)
+    try:
+        connection.channel().queue_purge(queue)
+    finally:
+        connection.close()
