@@ -10,15 +10,8 @@ import uvicorn
 
 from fintegrate_cli._context import state
 from fintegrate_cli._output import info
-from service.config import Settings, env_name
 
 APP_FACTORY = "service.app:create_app"
-
-
-def settings_environment(settings: Settings) -> dict[str, str]:
-    """``FINTEGRATE_*`` variables that make worker processes rebuild these exact settings."""
-    values = settings.flat_values()
-    return {env_name(name): str(value) for name, value in values.items() if value is not None}
 
 
 def serve(
@@ -38,7 +31,7 @@ def serve(
     """Serve the REST API (service.app:create_app) until interrupted."""
     cli = state(ctx)
     settings = cli.settings()
-    os.environ.update(settings_environment(settings))
+    os.environ.update(settings.environment_variables())
     info(f"serving the API on http://{host}:{port} with {workers} worker(s)", cli.quiet)
     uvicorn.run(
         APP_FACTORY,

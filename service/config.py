@@ -324,6 +324,11 @@ class Settings(_Group):
         """Every setting by its flat name, as the environment would spell it."""
         return {setting: self.flat_value(setting) for setting in FLAT_SETTINGS}
 
+    def environment_variables(self) -> dict[str, str]:
+        """The ``FINTEGRATE_*`` variables that rebuild these settings in a child process."""
+        values = self.flat_values()
+        return {env_name(name): str(value) for name, value in values.items() if value is not None}
+
     def updated(self, changes: Mapping[str, Any]) -> Settings:
         """A copy with settings replaced by flat name, unvalidated like ``model_copy``."""
         update: dict[str, Any] = {}

@@ -14,9 +14,7 @@ skipped Redis makes the run invalid: its figures would flatter the API.
 
 from __future__ import annotations
 
-import statistics
 import time
-from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,6 +22,7 @@ from pathlib import Path
 import httpx
 
 from service.bench import loadgen, profiling, wrk
+from service.bench.figures import Progress, Ratio, ceiling, rate_ratio, ratio_over_rounds
 from service.bench.servers import (
     alternating,
     api_command,
@@ -39,7 +38,6 @@ TARGETS = {"sqlalchemy": 1.3, "asyncpg": 0.85}  # minimum api/baseline, median o
 P99_TARGET_MS = 30.0  # the API's p99 in every round
 WRK_THREADS = 2
 FAIL_OPEN_SERIES = 'fintegrate_ratelimit_fail_open_total{check="rate_limit"}'
-Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -72,21 +70,6 @@ class Phase:
     rate_limit_fail_open: int | None = None
 
 
-@dataclass(frozen=True)
-class Ratio:
-    """api/baseline over the rounds: the median decides, the range is shown."""
-
-    baseline: str
-    median: float
-    low: float
-    high: float
-    target: float
-
-    @property
-    def met(self) -> bool:
-        return self.median >= self.target
-
-
 @dataclass
 class ApiBenchReport:
     """Everything the run measured, with the verdicts."""
@@ -101,16 +84,8 @@ class ApiBenchReport:
         names = [name for name in self.rounds[0] if name != "api"] if self.rounds else []
         found = []
         for name in names:
-            per_round = [r["api"].rate / max(r[name].rate, 1e-9) for r in self.rounds]
-            found.append(
-                Ratio(
-                    name,
-                    statistics.median(per_round),
-                    min(per_round),
-                    max(per_round),
-                    TARGETS[name],
-                )
-            )
+            per_round = [rate_ratio(r["api"].rate, r[name].rate) for r in self.rounds]
+            found.append(ratio_over_rounds(name, per_round, TARGETS[name]))
         return found
 
     def api_p99s(self) -> list[float]:
@@ -140,13 +115,8 @@ class ApiBenchReport:
             "duration_seconds": self.duration,
             "workers": self.workers,
             "rounds": [{name: asdict(p) for name, p in phases.items()} for phases in self.rounds],
-            "ratios": [{**asdict(r), "met": r.met} for r in self.ratios()],
-            "api_p99_ms": {
-                "low": min(p99s, default=0.0),
-                "high": max(p99s, default=0.0),
-                "target": P99_TARGET_MS,
-                "met": bool(p99s) and max(p99s) <= P99_TARGET_MS,
-            },
+            "ratios": [r.as_dict() for r in self.ratios()],
+            "api_p99_ms": ceiling(p99s, P99_TARGET_MS),
             "invalid_phases": self.invalid_phases(),
             "met": self.met,
         }

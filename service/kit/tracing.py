@@ -47,16 +47,21 @@ def configure(service_name: str, environ: Mapping[str, str] = os.environ) -> boo
     """Start tracing for this process when the environment asks for it; returns ENABLED.
 
     ``service_name`` is the default ``service.name`` (``OTEL_SERVICE_NAME`` wins). Once on,
-    later calls change nothing.
+    later calls change nothing. Without the SDK installed (a tenant's worker installs only
+    pika, httpx and pydantic) it stays off, with a warning.
     """
     global ENABLED, _tracer, _provider
     if ENABLED or not wanted(environ):
         return ENABLED
-    from opentelemetry import trace
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-    from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    try:
+        from opentelemetry import trace
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    except ImportError as exc:
+        log.warning("OTEL_* variables ask for traces, but %s; tracing stays off", exc)
+        return False
 
     attributes = {} if environ.get("OTEL_SERVICE_NAME") else {"service.name": service_name}
     _provider = TracerProvider(resource=Resource.create(attributes))

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import httpx
 
-from fintegrate_cli.server import settings_environment
 from service.config import Settings
 
 FINTEGRATE = str(Path(sys.executable).parent / "fintegrate")
@@ -29,7 +28,7 @@ def free_port() -> int:
 def cli_environment(settings: Settings) -> dict[str, str]:
     """This process's environment with every FINTEGRATE_* replaced by ``settings``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FINTEGRATE_")}
-    return env | settings_environment(settings)
+    return env | settings.environment_variables()
 
 
 class ApiInstance:

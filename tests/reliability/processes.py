@@ -18,7 +18,6 @@ from typing import IO
 
 import httpx
 
-from fintegrate_cli.server import settings_environment
 from service.config import Settings
 
 FINTEGRATE = str(Path(sys.executable).with_name("fintegrate"))
@@ -30,7 +29,7 @@ START_TIMEOUT_SECONDS = 30.0
 def process_environment(settings: Settings, extra: dict[str, str] | None = None) -> dict[str, str]:
     """The current environment without FINTEGRATE_*, plus ``settings`` and ``extra``."""
     environment = {k: v for k, v in os.environ.items() if not k.startswith("FINTEGRATE_")}
-    environment.update(settings_environment(settings))
+    environment.update(settings.environment_variables())
     environment["PYTHONPATH"] = str(REPO_ROOT)
     environment.update(extra or {})
     return environment

@@ -164,7 +164,7 @@ def test_settings_refuse_node_lists_of_different_clusters(
     setting: str, value: str, problem: str
 ) -> None:
     with pytest.raises(ValidationError, match=problem):
-        load_settings(**{setting: value})
+        load_settings(**{setting: value})  # type: ignore[arg-type]
 
 
 def test_settings_keep_a_clean_node_list() -> None:
