@@ -14,8 +14,10 @@ from service.bench import profiling, wrk
 from service.bench.api import (
     P99_TARGET_MS,
     TARGETS,
+    TRACED,
     ApiBenchOptions,
     ApiBenchReport,
+    Ratio,
     run_api_bench,
 )
 
@@ -46,9 +48,19 @@ def bench_api(
     bcrypt_rounds: Annotated[
         int, typer.Option(min=4, max=16, help="Cost of the seeded key (only its first use).")
     ] = 12,
+    tracing: Annotated[
+        bool,
+        typer.Option(
+            "--tracing",
+            help="Add an api+tracing phase (every request traced to a discarding OTLP receiver).",
+        ),
+    ] = False,
     profile: Annotated[
         Path | None,
-        typer.Option(help="One more API phase under py-spy; collapsed stacks to this file."),
+        typer.Option(
+            help="One more API phase under py-spy (the traced API with --tracing); "
+            "collapsed stacks to this file."
+        ),
     ] = None,
     check: Annotated[
         bool, typer.Option("--check", help="Exit 3 when a target is not met or a phase is invalid.")
@@ -60,7 +72,7 @@ def bench_api(
     Fresh databases on the configured PostgreSQL server (FINTEGRATE_BENCH_PG_URL names
     another), the configured Redis for the API's rate limit, servers on loopback. Verdicts:
     median of the per-round ratios (>= 1.3x SQLAlchemy, >= 0.85x asyncpg) and the API's
-    p99 <= 30 ms in every round.
+    p99 <= 30 ms in every round. With --tracing, api+tracing/api >= 0.90 (median of rounds).
     """
     settings = state(ctx).settings()
     options = ApiBenchOptions(
@@ -73,6 +85,7 @@ def bench_api(
         baselines=parse_baselines(baselines),
         bcrypt_rounds=bcrypt_rounds,
         redis_url=settings.redis_url,
+        tracing=tracing,
     )
     if profile is not None and not profiling.available():
         raise CliError("--profile needs py-spy (.venv/bin/pip install py-spy)", EXIT_USAGE)
@@ -117,15 +130,10 @@ def show(report: ApiBenchReport, as_json: bool) -> None:
     ]
     columns = ["round", "server", "rate", "p50_ms", "p99_ms", "non_2xx"]
     emit_rows([rounded(row) for row in rows], [*columns, "server_cpu_ms_per_request"], False)
-    verdicts = [
-        {
-            "figure": f"api/{ratio.baseline} (median of rounds)",
-            "value": f"{ratio.median:.2f} (range {ratio.low:.2f}-{ratio.high:.2f})",
-            "target": f">= {ratio.target}",
-            "met": ratio.met,
-        }
-        for ratio in report.ratios()
-    ]
+    verdicts = [verdict(f"api/{ratio.baseline}", ratio) for ratio in report.ratios()]
+    tracing = report.tracing_ratio()
+    if tracing is not None:
+        verdicts.append(verdict(f"{TRACED}/api", tracing))
     p99s = report.api_p99s()
     verdicts.append(
         {
@@ -138,6 +146,15 @@ def show(report: ApiBenchReport, as_json: bool) -> None:
     emit_rows(verdicts, ["figure", "value", "target", "met"], False, title="verdicts")
     if report.invalid_phases():
         info(f"invalid phases (non-2xx or rate limit skipped): {report.invalid_phases()}")
+
+
+def verdict(figure: str, ratio: Ratio) -> dict[str, object]:
+    return {
+        "figure": f"{figure} (median of rounds)",
+        "value": f"{ratio.median:.2f} (range {ratio.low:.2f}-{ratio.high:.2f})",
+        "target": f">= {ratio.target}",
+        "met": ratio.met,
+    }
 
 
 def rounded(row: dict[str, object]) -> dict[str, object]:
