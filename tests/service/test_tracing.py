@@ -113,6 +113,12 @@ def test_one_trace_links_the_api_call_publish_handler_and_confirm_delivery(
         SERVER,
         client_span,
     )
+    assert request.attributes == {
+        "http.request.method": "POST",
+        "url.path": "/customer/data",
+        "http.route": "/customer/data",
+        "http.response.status_code": 201,
+    }
     send = spans["send customer_events"]
     assert (send.service, send.kind, send.parent_span_id) == (
         "fintegrate-relay",
