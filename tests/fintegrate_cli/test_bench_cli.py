@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from typing import Any
 
 import pytest
 
@@ -30,16 +31,21 @@ def phase(server: str, rate: float, p99_ms: float = 10.0, **extra: int) -> Phase
                  extra.get("fail_open", 0 if server == "api" else None))  # fmt: skip
 
 
-def test_a_small_run_reports_every_phase_with_its_baselines(
-    run_cli: RunCli, service_env: Settings, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def small_run(run_cli: RunCli, monkeypatch: pytest.MonkeyPatch, *options: str) -> Any:
+    """``bench api --json`` for two short rounds on two connections: its report."""
     monkeypatch.setenv("FINTEGRATE_BENCH_PG_URL", PG_ADMIN_URL)
     result = run_cli(
         "--json", "bench", "api", "--rounds", "2", "--duration", "1", "--warmup", "0",
-        "--connections", "2", "--generator", "builtin", "--bcrypt-rounds", "4",
+        "--connections", "2", "--generator", "builtin", "--bcrypt-rounds", "4", *options,
     )  # fmt: skip
     assert result.exit_code == 0, result.stderr
-    report = json.loads(result.stdout)
+    return json.loads(result.stdout)
+
+
+def test_a_small_run_reports_every_phase_with_its_baselines(
+    run_cli: RunCli, service_env: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    report = small_run(run_cli, monkeypatch)
     assert report["generator"] == "builtin" and report["connections"] == 2
     assert len(report["rounds"]) == 2
     for phases in report["rounds"]:
@@ -92,14 +98,7 @@ def test_errors_or_a_skipped_rate_limit_make_the_run_invalid(flaw: dict[str, int
 def test_a_small_run_with_tracing_exports_the_traced_phase(
     run_cli: RunCli, service_env: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("FINTEGRATE_BENCH_PG_URL", PG_ADMIN_URL)
-    result = run_cli(
-        "--json", "bench", "api", "--rounds", "2", "--duration", "1", "--warmup", "0",
-        "--connections", "2", "--generator", "builtin", "--bcrypt-rounds", "4",
-        "--baselines", "asyncpg", "--tracing",
-    )  # fmt: skip
-    assert result.exit_code == 0, result.stderr
-    report = json.loads(result.stdout)
+    report = small_run(run_cli, monkeypatch, "--baselines", "asyncpg", "--tracing")
     assert [set(phases) for phases in report["rounds"]] == [{"asyncpg", "api", TRACED}] * 2
     assert [r["baseline"] for r in report["ratios"]] == ["asyncpg"]
     per_round = [r[TRACED]["rate"] / r["api"]["rate"] for r in report["rounds"]]
