@@ -113,6 +113,7 @@ def test_the_exporter_sends_the_batch_to_the_otlp_endpoint(
         ({}, 2048, 8192),
         ({"OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "100"}, 100, 8192),
         ({"OTEL_BSP_MAX_QUEUE_SIZE": "4096", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "64"}, 64, 4096),
+        ({"OTEL_BSP_MAX_QUEUE_SIZE": "1000"}, 512, 1000),  # the SDK's batch size fits its queue
     ],
 )
 def test_batches_are_larger_than_the_sdks_unless_otel_bsp_variables_say(
