@@ -86,9 +86,13 @@ class ApiClient:
     def delete(self, path: str, **kwargs: Any) -> Any:
         return self.request("DELETE", path, **kwargs)
 
+    def page(self, path: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        """One page (``{items, next_cursor, count}``) of a listing; None parameters are left out."""
+        return dict(self.get(path, params=_given(params)))
+
     def pages(self, path: str, params: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
         """Each page (``{items, next_cursor, count}``) of a listing, following ``next_cursor``."""
-        query = {k: v for k, v in (params or {}).items() if v is not None}
+        query = _given(params)
         while True:
             page = self.get(path, params=query)
             yield page
@@ -100,6 +104,11 @@ class ApiClient:
     def all_items(self, path: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """Every item of a listing, across all pages."""
         return [item for page in self.pages(path, params) for item in page.get("items", [])]
+
+
+def _given(params: dict[str, Any] | None) -> dict[str, Any]:
+    """The query parameters that have a value."""
+    return {key: value for key, value in (params or {}).items() if value is not None}
 
 
 def unwrap(response: httpx.Response) -> Any:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import threading
 
 from service.config import Settings
+from service.messaging.consume import EventMessage, WorkerConfig
 from service.messaging.consume.consumer import EventConsumer
-from service.messaging.messages import EventMessage
 
 STOP_TIMEOUT_SECONDS = 10.0
 
@@ -17,8 +17,8 @@ class DemoWorker:
     def __init__(self, settings: Settings, api_key: str, consumer_name: str, received: set[str]):
         self.received = received
         self.stop_event = threading.Event()
-        tenant_settings = settings.model_copy(update={"api_key": api_key})
-        self.consumer = EventConsumer(tenant_settings, consumer_name, self.stop_event, self.record)
+        config = WorkerConfig.from_settings(settings).model_copy(update={"api_key": api_key})
+        self.consumer = EventConsumer(config, consumer_name, self.stop_event, self.record)
         self.thread = threading.Thread(target=self.consumer.run, name="demo-worker", daemon=True)
 
     def record(self, message: EventMessage) -> None:

@@ -23,6 +23,7 @@ from service.events.locks import MAINTAIN_PROCESS, advisory_holder
 from service.events.service import outbox_backlog, recent_delivery_p99
 from service.gateway.config import INSTANCES_SERVICE
 from service.gateway.pages import EDGE_HEADER
+from service.kit.errors import first_line
 from service.messaging import topology
 from service.messaging.connection import open_blocking
 from service.messaging.operate import inspection
@@ -66,17 +67,17 @@ def timed(name: str, probe: Callable[[], Check], hint: str) -> Check:
     try:
         check = probe()
     except Exception as exc:
-        check = Check(name, FAIL, first_line(exc), hint)
+        check = Check(name, FAIL, failure_reason(exc), hint)
     check.duration_ms = round((time.monotonic() - started) * 1000)
     return check
 
 
-def first_line(exc: BaseException) -> str:
-    """The first line of an exception's message (the driver's own for SQLAlchemy errors)."""
+def failure_reason(exc: BaseException) -> str:
+    """A failed check's reason: the exception's type and the first line of its message
+    (the driver's own for SQLAlchemy errors)."""
     if isinstance(exc, CliError):
         return exc.message
-    message = str(getattr(exc, "orig", None) or exc).strip() or type(exc).__name__
-    return f"{type(exc).__name__}: {message.splitlines()[0]}"
+    return f"{type(exc).__name__}: {first_line(getattr(exc, 'orig', None) or exc)}"
 
 
 def check_database(engine: Engine) -> Check:
@@ -278,7 +279,7 @@ def check_redis(settings: Settings) -> Check:
         return Check(
             "redis",
             WARN,
-            f"unreachable ({first_line(exc)}); each API process limits on its own",
+            f"unreachable ({failure_reason(exc)}); each API process limits on its own",
             "start Redis or fix FINTEGRATE_REDIS_URL",
         )
     finally:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fintegrate_cli._doctor_checks import FAIL, OK, WARN, Check, first_line, timed
+from fintegrate_cli._doctor_checks import FAIL, OK, WARN, Check, failure_reason, timed
 from service.config import Settings
 from service.messaging.connection import describe_url, open_blocking, split_urls, vhost_of
 from service.messaging.operate.management import ManagementClient
@@ -43,7 +43,7 @@ def node_check(url: str) -> Check:
     try:
         open_blocking(url, connect_timeout=NODE_TIMEOUT_SECONDS).close()
     except Exception as exc:
-        return Check(name, WARN, f"unreachable ({first_line(exc)})", NODE_HINT)
+        return Check(name, WARN, f"unreachable ({failure_reason(exc)})", NODE_HINT)
     return Check(name, OK, "accepts AMQP connections")
 
 

@@ -36,8 +36,7 @@ def list_page(
     client: ApiClient, status: str | None, limit: int, cursor: str | None
 ) -> dict[str, Any]:
     """One page of the tenant's customers: ``{items, next_cursor, count}``."""
-    params = {"status": status, "limit": limit, "cursor": cursor}
-    return dict(client.get(CUSTOMERS_PATH, params={k: v for k, v in params.items() if v}))
+    return client.page(CUSTOMERS_PATH, {"status": status, "limit": limit, "cursor": cursor})
 
 
 def list_all(client: ApiClient, status: str | None, limit: int, quiet: bool) -> list[Any]:

@@ -61,7 +61,7 @@ def broker_checks(settings: Settings, names: list[str] | None) -> list[Check]:
                 return [broker, *nodes]
             return [broker, *nodes, *checks.check_queues(settings, names, open_channel)]
     except Exception as exc:
-        found = [Check("rabbitmq", FAIL, checks.first_line(exc), checks.BROKER_HINT)]
+        found = [Check("rabbitmq", FAIL, checks.failure_reason(exc), checks.BROKER_HINT)]
         return found + (cluster.cluster_checks(settings) if cluster.wanted(settings) else [])
 
 

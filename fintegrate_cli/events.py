@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any
@@ -168,7 +169,7 @@ def list_command(
         if fetch_all:
             items, next_cursor = client.all_items(EVENTS_PATH, params), None
         else:
-            page = client.get(EVENTS_PATH, params={k: v for k, v in params.items() if v})
+            page = client.page(EVENTS_PATH, params)
             items, next_cursor = page.get("items", []), page.get("next_cursor")
     emit_rows(items, LIST_COLUMNS, wants_json(ctx, json_output), "Events")
     if next_cursor:
@@ -211,42 +212,36 @@ ChunkOption = Annotated[
 ]
 
 
-@app.command("resend")
-def resend_command(
-    ctx: typer.Context,
-    period_days: PeriodOption = 7,
-    max_try_count: TriesOption = None,
-    event_types: TypesOption = None,
-    consumer: ConsumerOption = None,
-    dry_run: DryRunOption = False,
-    yes: YesOption = False,
-    chunk_size: ChunkOption = 500,
-    json_output: JsonOption = False,
-) -> None:
-    """Publish events still pending now (publish retries), after a preview and confirmation."""
-    filters = republish_filters(
-        period_days, max_try_count, [t.value for t in event_types or []], consumer
-    )
-    run_republish(ctx, "resend", filters, dry_run, yes, chunk_size, json_output)
+def republish_command(kind: str) -> Callable[..., None]:
+    """The command of one republish ``kind`` (``resend`` or ``redeliver``): same options."""
+
+    def command(
+        ctx: typer.Context,
+        period_days: PeriodOption = 7,
+        max_try_count: TriesOption = None,
+        event_types: TypesOption = None,
+        consumer: ConsumerOption = None,
+        dry_run: DryRunOption = False,
+        yes: YesOption = False,
+        chunk_size: ChunkOption = 500,
+        json_output: JsonOption = False,
+    ) -> None:
+        filters = republish_filters(
+            period_days, max_try_count, [t.value for t in event_types or []], consumer
+        )
+        run_republish(ctx, kind, filters, dry_run, yes, chunk_size, json_output)
+
+    return command
 
 
-@app.command("redeliver")
-def redeliver_command(
-    ctx: typer.Context,
-    period_days: PeriodOption = 7,
-    max_try_count: TriesOption = None,
-    event_types: TypesOption = None,
-    consumer: ConsumerOption = None,
-    dry_run: DryRunOption = False,
-    yes: YesOption = False,
-    chunk_size: ChunkOption = 500,
-    json_output: JsonOption = False,
-) -> None:
-    """Publish again events published but not delivered, after a preview and confirmation."""
-    filters = republish_filters(
-        period_days, max_try_count, [t.value for t in event_types or []], consumer
-    )
-    run_republish(ctx, "redeliver", filters, dry_run, yes, chunk_size, json_output)
+app.command(
+    "resend",
+    help="Publish events still pending now (publish retries), after a preview and confirmation.",
+)(republish_command("resend"))
+app.command(
+    "redeliver",
+    help="Publish again events published but not delivered, after a preview and confirmation.",
+)(republish_command("redeliver"))
 
 
 @app.command("stats")

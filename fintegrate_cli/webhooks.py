@@ -79,7 +79,7 @@ def list_attempts(
 ) -> list[dict[str, Any]]:
     params = {"event_id": event_id, "status": status, "limit": 200}
     path = f"{ENDPOINTS_PATH}/{endpoint_id}/attempts"
-    return client.all_items(path, {k: v for k, v in params.items() if v is not None})
+    return client.all_items(path, params)
 
 
 def recover(client: ApiClient, endpoint_id: str, since: str, until: str | None) -> dict[str, Any]:

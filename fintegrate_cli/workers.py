@@ -18,8 +18,9 @@ from fintegrate_cli._output import info
 from service.kit import tracing
 from service.kit.db import bound_database_waits, create_db_engine
 from service.kit.log_safety import DatabaseErrorFilter
-from service.messaging.consume.consumer import EventConsumer, load_handler, log_event
-from service.messaging.consume.receipts import WorkerUnauthorized
+from service.messaging.consume import Worker, WorkerConfig, WorkerUnauthorized
+from service.messaging.consume.consumer import load_handler, log_event
+from service.messaging.consume.worker import IDENTITY_PATH
 from service.messaging.metrics import DlqCollector, RelayCollector
 from service.messaging.publish.relay import OutboxRelay
 from service.messaging.shutdown import install_stop_handlers
@@ -28,7 +29,6 @@ from service.ops.metrics_server import start_metrics_server
 from service.ops.platform_metrics import register_event_metrics
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-IDENTITY_PATH = "/consumer/me"
 MetricsPortOption = Annotated[
     int | None,
     typer.Option(
@@ -149,20 +149,19 @@ def consume(
         identity = check_worker_identity(client, consumer)
     warn_about_broker_login(settings.rabbitmq_url, identity, cli.quiet)
     configure_logging(cli.quiet, cli.debug)
-    tracing.configure("fintegrate-worker")
     serve_metrics(metrics_port, metrics_host, DlqCollector(settings.rabbitmq_url, consumer))
-    stop = threading.Event()
-    restore = install_stop_handlers(stop)
+    worker = Worker(
+        consumer,
+        WorkerConfig.from_settings(settings),
+        default=chosen,
+        prefetch=prefetch,
+        concurrency=concurrency,
+        exclusive=exclusive,
+    )
     try:
-        worker = EventConsumer(
-            settings, consumer, stop, chosen, prefetch, concurrency=concurrency, exclusive=exclusive
-        )
-        stats = worker.run()
+        stats = worker.run()  # stops on SIGTERM/SIGINT after the events in hand
     except WorkerUnauthorized as exc:
         raise CliError(str(exc)) from exc
-    finally:
-        restore()
-        tracing.flush()
     info(
         f"consumer stopped: {stats.processed} processed, {stats.failed} failed, "
         f"{stats.poison} poison, {stats.refused} refused, {stats.stale} stale duplicates skipped",

@@ -35,8 +35,8 @@ from service.ratelimit.middleware import install_rate_limit_headers
 from service.webhooks.router import router as webhooks_router
 
 # Matching order. FastAPI (0.16x) tries the included routers in this order and walks every
-# route of a router that does not match (measured: 60-90 us to pass the customers router,
-# docs/benchmarks.md). The two hot paths come first: POST /events/confirm-delivery (the
+# route of a router that does not match (its cost: docs/benchmarks.md). The two hot paths
+# come first: POST /events/confirm-delivery (the
 # delivery router, 3 routes), then POST /customer/data; the other routes pay about that
 # much more, on far rarer requests. No two routers serve one path, so the order decides
 # nothing else; the docs keep TAGS' order.
@@ -130,9 +130,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def install_middleware(app: FastAPI) -> None:
     """The edge (request id, audit, metrics, body limit) outside the rate-limit headers.
 
-    Two layers where there were five (docs/benchmarks.md). The rate-limit headers sit
-    inside the edge: the body limit answers before any route has taken a token, so its
-    413 never carried them.
+    Two layers: every middleware layer costs each request a call (docs/benchmarks.md). The
+    rate-limit headers sit inside the edge: the body limit answers before any route has
+    taken a token, so its 413 never carries them.
     """
     install_rate_limit_headers(app)
     settings = app.state.settings

@@ -20,6 +20,7 @@ from service.auth.service import (
     UNKNOWN_ADDRESS,
     AuthenticatedConsumer,
     AuthState,
+    KeyCaches,
     Principal,
     record_last_use,
     verify_and_cache,
@@ -109,9 +110,9 @@ class TenantKey(APIKeyHeader):
     """The ``X-API-Key`` security scheme that resolves the tenant itself (optionally after
     taking a rate-limit token).
 
-    One dependency where a header scheme and a tenant dependency on it were two: FastAPI
-    spends about 70,000 instructions per request on each dependency it solves
-    (docs/benchmarks.md). OpenAPI still shows the ``TenantKey`` scheme on every route.
+    The header scheme and the tenant are one dependency, since FastAPI's solving of each
+    dependency is paid on every request (docs/benchmarks.md). OpenAPI shows the
+    ``TenantKey`` scheme on every route that uses it.
     """
 
     def __init__(self, *, rate_limited: bool) -> None:
@@ -187,3 +188,8 @@ async def caller(
     consumer = await current_consumer(request, api_key)
     await apply_rate_limit(request, consumer)
     return Principal(is_admin=False, consumer=consumer)
+
+
+async def key_caches(request: Request) -> KeyCaches:
+    """This instance's verification cache and failed-auth throttle (the app's state)."""
+    return KeyCaches(request.app.state.auth, request.app.state.auth_throttle)

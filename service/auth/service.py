@@ -120,6 +120,23 @@ class AuthState:
     )
 
 
+@dataclass(frozen=True)
+class KeyCaches:
+    """What this instance remembers of keys: the verified ones (``AuthState``) and the ones
+    the failed-auth throttle knows good. Issuing, rotating or revoking a key updates both."""
+
+    state: AuthState
+    throttle: FailureThrottle
+
+    def remember_issued(self, key: ParsedKey) -> None:
+        """Let the throttle recognise a new key, so strangers cannot lock it out."""
+        self.throttle.remember_good(key.prefix, key.fingerprint)
+
+    def evict_consumer(self, consumer_id: UUID) -> None:
+        """Make this instance re-verify the consumer's keys on their next use."""
+        self.state.cache.evict_consumer(consumer_id)
+
+
 async def verify_and_cache(
     engine: Engine,
     key: ParsedKey,

@@ -13,16 +13,14 @@ skipped Redis makes the run invalid: its figures would flatter the API.
 
 With ``tracing`` a second API, ``api+tracing``, runs beside the first on its own database,
 tracing every request (``OTEL_TRACES_SAMPLER=always_on``) to an OTLP/HTTP receiver on
-loopback that accepts and discards (``service.bench.otlp_sink``); its verdict is the median
+loopback that accepts and discards (``service.bench.receiver``); its verdict is the median
 of the per-round ratios api+tracing/api (at least 0.90: tracing costs at most 10 %). A
 tracing phase whose spans never reached the receiver is invalid.
 """
 
 from __future__ import annotations
 
-import statistics
 import time
-from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,7 +28,8 @@ from pathlib import Path
 import httpx
 
 from service.bench import loadgen, profiling, wrk
-from service.bench.otlp_sink import OtlpSink, running_sink
+from service.bench.figures import Progress, Ratio, ceiling, rate_ratio, ratio_over_rounds
+from service.bench.receiver import Receiver
 from service.bench.servers import (
     alternating,
     api_command,
@@ -48,7 +47,6 @@ TRACING_TARGET = 0.90  # minimum api+tracing/api, median of rounds
 P99_TARGET_MS = 30.0  # the API's p99 in every round
 WRK_THREADS = 2
 FAIL_OPEN_SERIES = 'fintegrate_ratelimit_fail_open_total{check="rate_limit"}'
-Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -82,21 +80,6 @@ class Phase:
     rate_limit_fail_open: int | None = None
 
 
-@dataclass(frozen=True)
-class Ratio:
-    """api/baseline over the rounds: the median decides, the range is shown."""
-
-    baseline: str
-    median: float
-    low: float
-    high: float
-    target: float
-
-    @property
-    def met(self) -> bool:
-        return self.median >= self.target
-
-
 @dataclass
 class ApiBenchReport:
     """Everything the run measured, with the verdicts."""
@@ -110,13 +93,18 @@ class ApiBenchReport:
 
     def ratios(self) -> list[Ratio]:
         names = [name for name in self.rounds[0] if name in TARGETS] if self.rounds else []
-        return [ratio_over_rounds(self.rounds, "api", name, TARGETS[name]) for name in names]
+        return [
+            ratio_over_rounds(name, self.per_round("api", name), TARGETS[name]) for name in names
+        ]
 
     def tracing_ratio(self) -> Ratio | None:
         """api+tracing/api over the rounds (``baseline`` is the untraced API); None if not run."""
         if not self.rounds or TRACED not in self.rounds[0]:
             return None
-        return ratio_over_rounds(self.rounds, TRACED, "api", TRACING_TARGET)
+        return ratio_over_rounds("api", self.per_round(TRACED, "api"), TRACING_TARGET)
+
+    def per_round(self, figure: str, baseline: str) -> list[float]:
+        return [rate_ratio(r[figure].rate, r[baseline].rate) for r in self.rounds]
 
     def api_p99s(self) -> list[float]:
         return [r["api"].p99_ms for r in self.rounds]
@@ -150,14 +138,9 @@ class ApiBenchReport:
             "duration_seconds": self.duration,
             "workers": self.workers,
             "rounds": [{name: asdict(p) for name, p in phases.items()} for phases in self.rounds],
-            "ratios": [{**asdict(r), "met": r.met} for r in self.ratios()],
+            "ratios": [r.as_dict() for r in self.ratios()],
             "tracing": self.tracing_as_dict(),
-            "api_p99_ms": {
-                "low": min(p99s, default=0.0),
-                "high": max(p99s, default=0.0),
-                "target": P99_TARGET_MS,
-                "met": bool(p99s) and max(p99s) <= P99_TARGET_MS,
-            },
+            "api_p99_ms": ceiling(p99s, P99_TARGET_MS),
             "invalid_phases": self.invalid_phases(),
             "met": self.met,
         }
@@ -166,17 +149,7 @@ class ApiBenchReport:
         ratio = self.tracing_ratio()
         if ratio is None:
             return None
-        figures = {k: v for k, v in asdict(ratio).items() if k != "baseline"}
-        return {"ratio": f"{TRACED}/api", **figures, "met": ratio.met,
-                "otlp_exports": self.otlp_exports}  # fmt: skip
-
-
-def ratio_over_rounds(
-    rounds: list[dict[str, Phase]], measured: str, baseline: str, target: float
-) -> Ratio:
-    """measured/baseline in each round: the median decides, the range is shown."""
-    per_round = [r[measured].rate / max(r[baseline].rate, 1e-9) for r in rounds]
-    return Ratio(baseline, statistics.median(per_round), min(per_round), max(per_round), target)
+        return {"ratio": f"{TRACED}/api", **ratio.as_dict(), "otlp_exports": self.otlp_exports}
 
 
 @dataclass(frozen=True)
@@ -199,14 +172,16 @@ def run_api_bench(
         options.generator, options.connections, options.duration, options.workers
     )
     with ExitStack() as sinks:
-        sink = sinks.enter_context(running_sink()) if options.tracing else None
+        sink = Receiver() if options.tracing else None
+        if sink is not None:
+            sinks.callback(sink.stop)
         with ExitStack() as stack:
             servers = start_servers(options, stack, sink)
             run_rounds(servers, options, report, progress)
             if profile is not None:
                 profile_phase(servers[-1], options, profile, progress)
         # The servers are gone: the traced API exported what it still held as it stopped.
-        report.otlp_exports = sink.exports if sink else None
+        report.otlp_exports = sink.count if sink else None
     return report
 
 
@@ -232,7 +207,7 @@ def profile_phase(
 
 
 def start_servers(
-    options: ApiBenchOptions, stack: ExitStack, sink: OtlpSink | None = None
+    options: ApiBenchOptions, stack: ExitStack, sink: Receiver | None = None
 ) -> list[Server]:
     """Fresh databases, a seeded tenant in each, the baselines then the API on loopback
     (then the traced API, exporting to ``sink``, when there is one)."""
@@ -246,7 +221,7 @@ def start_servers(
                 "FINTEGRATE_DATABASE_URL": database,
                 "FINTEGRATE_REDIS_URL": options.redis_url or "",
                 **options.api_env,
-                **(tracing_env(sink.endpoint if name == TRACED else None) if sink else {}),
+                **(tracing_env(otlp_endpoint(sink) if name == TRACED else None) if sink else {}),
             }
             command, headers = api_command(port, options.workers), {"X-API-Key": api_key}
         else:
@@ -256,6 +231,12 @@ def start_servers(
         pid = stack.enter_context(running_server(command, port, env))
         servers.append(Server(name, port, pid, headers))
     return servers
+
+
+def otlp_endpoint(receiver: Receiver) -> str:
+    """The receiver as ``OTEL_EXPORTER_OTLP_ENDPOINT`` (it answers ``/v1/traces`` with 204,
+    a success to the exporter, and counts the posts)."""
+    return f"http://127.0.0.1:{receiver.server.server_address[1]}"
 
 
 def tracing_env(endpoint: str | None) -> dict[str, str]:

@@ -3,12 +3,14 @@
 Each connection sends ``POST /customer/data`` back to back and reads the answer by its
 Content-Length; latencies of requests sent and answered inside the measured window count.
 It runs on uvloop and uses a few percent of one core at the rates this machine reaches
-(``fintegrate bench api`` prints its share).
+(``fintegrate bench api`` prints its share). ``steady_load`` is the open-loop variant the
+latency benchmarks use: requests at a fixed rate over a pool of connections.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 from collections import Counter
@@ -17,8 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from service.bench.figures import percentile
+
 BODY = b'{"name": "Bench Customer", "email": "bench@example.com"}'
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+STEADY_CONNECTIONS = 32  # the open-loop pool: enough that a due request rarely waits
 
 
 @dataclass(frozen=True)
@@ -49,8 +54,7 @@ class Result:
         return len(self.latencies) / self.seconds
 
     def percentile(self, fraction: float) -> float:
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else 0.0
+        return percentile(self.latencies, fraction)
 
 
 def process_tree_cpu(root_pid: int) -> float:
@@ -136,3 +140,50 @@ def request_head(port: int, extra: str = "") -> bytes:
         f"POST /customer/data HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{extra}"
         f"Content-Type: application/json\r\nContent-Length: {len(BODY)}\r\n\r\n"
     ).encode()
+
+
+def steady_load(
+    url: str, api_key: str, rate: float, seconds: float
+) -> dict[str, tuple[float, float]]:
+    """Open-loop POST /customer/data at ``rate``/s; customer_id -> wall times (due, 201).
+
+    A request is due at its scheduled moment whether or not the one before was answered,
+    so a slow answer delays no later request (only a full pool of connections would).
+    """
+    return asyncio.run(_steady_load(url, api_key, rate, seconds))
+
+
+async def _steady_load(
+    url: str, api_key: str, rate: float, seconds: float
+) -> dict[str, tuple[float, float]]:
+    """Raw HTTP/1.1 over keep-alive connections: cheap enough not to steal the servers' CPU."""
+    port = int(url.rsplit(":", 1)[1])
+    request = request_head(port, f"X-API-Key: {api_key}\r\n") + BODY
+    pool: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
+    for _ in range(STEADY_CONNECTIONS):
+        pool.put_nowait(await asyncio.open_connection("127.0.0.1", port))
+    answered: dict[str, tuple[float, float]] = {}
+
+    async def create() -> None:
+        due = time.time()
+        reader, writer = await pool.get()
+        writer.write(request)
+        status, payload = await read_response(reader)
+        if status == 201:
+            answered[json.loads(payload)["data"]["customer_id"]] = (due, time.time())
+        pool.put_nowait((reader, writer))
+
+    started = time.monotonic()
+    tasks = []
+    for index in range(int(rate * seconds)):
+        await asyncio.sleep(max(0.0, started + index / rate - time.monotonic()))
+        tasks.append(asyncio.create_task(create()))
+    await asyncio.gather(*tasks)
+    while not pool.empty():
+        pool.get_nowait()[1].close()
+    return answered
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), await reader.readexactly(content_length(head))

@@ -1,7 +1,7 @@
 """Consumer (tenant) endpoints: admin management and key rotation.
 
-Writes that must be visible before something else happens (queue provisioning, cache
-eviction) commit in an explicit ``transaction`` here instead of the request's session.
+The writes that must be committed before the broker or this instance's key caches act on
+them take the engine (``DbEngine``): their service operation commits its own transaction.
 """
 
 from __future__ import annotations
@@ -11,8 +11,6 @@ from uuid import UUID
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from service.auth.keys import ParsedKey
-from service.auth.service import AuthState
 from service.consumers import service
 from service.consumers.schemas import (
     BrokerCredentialsOut,
@@ -27,6 +25,7 @@ from service.consumers.schemas import (
 from service.http.deps import (
     AdminAccess,
     AppSettings,
+    AuthCaches,
     Caller,
     DbEngine,
     DbSession,
@@ -38,25 +37,11 @@ from service.http.deps import (
 from service.http.envelope import success
 from service.http.responses import AUTHENTICATED, WITH_BODY, WITH_PARAMETERS, declared
 from service.http.schemas import Envelope, ListPage
-from service.kit.db import transaction
 from service.kit.pagination import DEFAULT_LIMIT
-from service.ratelimit.limiter import FailedAuthThrottle
 
 router = APIRouter(prefix="/consumer/data", tags=["consumers"])
 me_router = APIRouter(prefix="/consumer", tags=["consumers"])
 ONE = declared(AUTHENTICATED, WITH_PARAMETERS, 404)
-
-
-def remember_issued_key(request: Request, key: ParsedKey) -> None:
-    """Let the failed-auth throttle recognise the new key, so strangers cannot lock it out."""
-    throttle: FailedAuthThrottle = request.app.state.auth_throttle
-    throttle.remember_good(key.prefix, key.fingerprint)
-
-
-def evict_cached_keys(request: Request, consumer_id: UUID) -> None:
-    """Make this instance re-verify the consumer's keys on their next use."""
-    auth: AuthState = request.app.state.auth
-    auth.cache.evict_consumer(consumer_id)
 
 
 @router.post(
@@ -67,22 +52,14 @@ def evict_cached_keys(request: Request, consumer_id: UUID) -> None:
 )
 def create_consumer(
     body: ConsumerCreate,
-    request: Request,
     _: AdminAccess,
+    caches: AuthCaches,
     engine: DbEngine,
     settings: AppSettings,
     origin: Origin,
 ) -> JSONResponse:
     """Create a tenant with its first API key (shown once) and provision its queues."""
-    issued = service.new_key(settings.bcrypt_rounds)
-    with transaction(engine) as connection:
-        created = service.create_consumer(connection, body, issued, origin)
-    remember_issued_key(request, issued[0])
-    created.queue_provisioned = service.provision_queues(settings, created.name)
-    broker = service.issue_broker_credentials(settings, created.name)
-    if broker is not None:
-        created.broker = BrokerCredentialsOut(**vars(broker))
-        created.broker_provisioned = True
+    created = service.register_consumer(engine, settings, body, origin, caches)
     return success(created, 201)
 
 
@@ -115,18 +92,14 @@ def show_consumer(consumer_id: UUID, _: AdminAccess, connection: DbSession) -> J
 def update_consumer(
     consumer_id: UUID,
     body: ConsumerUpdate,
-    request: Request,
     _: AdminAccess,
+    caches: AuthCaches,
     engine: DbEngine,
     settings: AppSettings,
 ) -> JSONResponse:
     """Enable or disable a consumer (its API key and broker login with it), or change its
     description or rate limits."""
-    with transaction(engine) as connection:
-        updated = service.update_consumer(connection, consumer_id, body)
-        service.sync_broker_access(settings, updated, body)
-    evict_cached_keys(request, consumer_id)
-    return success(updated)
+    return success(service.change_consumer(engine, settings, consumer_id, body, caches))
 
 
 @router.post(
@@ -162,16 +135,13 @@ def rotate_consumer_key(
     consumer_id: UUID,
     request: Request,
     principal: Caller,
+    caches: AuthCaches,
     engine: DbEngine,
     settings: AppSettings,
 ) -> JSONResponse:
     """Issue a new key (shown once); the old key stops working (operator or the tenant itself)."""
     request.state.audited = True
-    issued = service.new_key(settings.bcrypt_rounds)
-    with transaction(engine) as connection:
-        key = service.rotate_key(connection, principal, consumer_id, issued)
-    evict_cached_keys(request, consumer_id)
-    remember_issued_key(request, issued[0])
+    key = service.replace_key(engine, settings, principal, consumer_id, caches)
     return success(key, 201)
 
 
@@ -184,10 +154,7 @@ def list_consumer_keys(consumer_id: UUID, _: AdminAccess, connection: DbSession)
 
 @router.post("/{consumer_id}/keys/{key_id}/revoke", response_model=Envelope[KeyOut], responses=ONE)
 def revoke_consumer_key(
-    consumer_id: UUID, key_id: UUID, request: Request, _: AdminAccess, engine: DbEngine
+    consumer_id: UUID, key_id: UUID, _: AdminAccess, caches: AuthCaches, engine: DbEngine
 ) -> JSONResponse:
     """Deactivate one key at once (idempotent)."""
-    with transaction(engine) as connection:
-        key = service.revoke_key(connection, consumer_id, key_id)
-    evict_cached_keys(request, consumer_id)
-    return success(key)
+    return success(service.revoke_consumer_key(engine, consumer_id, key_id, caches))

@@ -1,8 +1,13 @@
 """Consumer rules: creation with its first key and system event, updates, key lifecycle.
 
 bcrypt runs in ``new_key`` before any transaction opens, so no connection waits on it.
-Rotation deactivates the old key and inserts the new one in the caller's transaction,
-under a lock on the consumer row (the one-active-key index holds).
+Rotation deactivates the old key and inserts the new one in one transaction, under a lock
+on the consumer row (the one-active-key index holds).
+
+The operations the API calls with the engine (``register_consumer``, ``change_consumer``,
+``replace_key``, ``revoke_consumer_key``) commit their own transaction: what follows the
+commit (the broker's queues and user, this instance's key caches) must see it, so it
+cannot wait for the request's session (docs/ARCHITECTURE.md, "Transactions").
 """
 
 from __future__ import annotations
@@ -11,15 +16,16 @@ import logging
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import Connection, Row
+from sqlalchemy import Connection, Engine, Row
 
 from service.auth import repository as keys_repository
 from service.auth.keys import ParsedKey, generate_key, hash_key
-from service.auth.service import Principal
+from service.auth.service import KeyCaches, Principal
 from service.config import Settings
 from service.consumers import repository
 from service.consumers.broker import BrokerAccounts, BrokerCredentials
 from service.consumers.schemas import (
+    BrokerCredentialsOut,
     ConsumerCreate,
     ConsumerCreated,
     ConsumerMe,
@@ -29,6 +35,7 @@ from service.consumers.schemas import (
     KeyOut,
 )
 from service.events.repository import insert_event
+from service.kit.db import transaction
 from service.kit.errors import Conflict, NotFound, ServiceUnavailable
 from service.kit.pagination import build_page, cursor_params, decode_cursor
 from service.kit.request import EventOrigin
@@ -227,3 +234,58 @@ def revoke_key(connection: Connection, consumer_id: UUID, key_id: UUID) -> KeyOu
     if row is None:
         raise NotFound(KEY_NOT_FOUND)
     return KeyOut.model_validate(row._mapping)
+
+
+def register_consumer(
+    engine: Engine, settings: Settings, data: ConsumerCreate, origin: EventOrigin, caches: KeyCaches
+) -> ConsumerCreated:
+    """Create the tenant with its first key (committed), then its queues and broker user; a
+    broker that refuses leaves ``queue_provisioned`` / ``broker_provisioned`` false."""
+    issued = new_key(settings.bcrypt_rounds)
+    with transaction(engine) as connection:
+        created = create_consumer(connection, data, issued, origin)
+    caches.remember_issued(issued[0])
+    created.queue_provisioned = provision_queues(settings, created.name)
+    broker = issue_broker_credentials(settings, created.name)
+    if broker is not None:
+        created.broker = BrokerCredentialsOut(**vars(broker))
+        created.broker_provisioned = True
+    return created
+
+
+def change_consumer(
+    engine: Engine,
+    settings: Settings,
+    consumer_id: UUID,
+    changes: ConsumerUpdate,
+    caches: KeyCaches,
+) -> ConsumerOut:
+    """Update the consumer and its broker access in one transaction (a broker failure rolls
+    the change back), then make this instance re-verify its keys."""
+    with transaction(engine) as connection:
+        updated = update_consumer(connection, consumer_id, changes)
+        sync_broker_access(settings, updated, changes)
+    caches.evict_consumer(consumer_id)
+    return updated
+
+
+def replace_key(
+    engine: Engine, settings: Settings, principal: Principal, consumer_id: UUID, caches: KeyCaches
+) -> KeyIssued:
+    """Rotate the consumer's key (committed); the old key stops working on this instance now."""
+    issued = new_key(settings.bcrypt_rounds)
+    with transaction(engine) as connection:
+        key = rotate_key(connection, principal, consumer_id, issued)
+    caches.evict_consumer(consumer_id)
+    caches.remember_issued(issued[0])
+    return key
+
+
+def revoke_consumer_key(
+    engine: Engine, consumer_id: UUID, key_id: UUID, caches: KeyCaches
+) -> KeyOut:
+    """Revoke one key (committed); it stops working on this instance now."""
+    with transaction(engine) as connection:
+        key = revoke_key(connection, consumer_id, key_id)
+    caches.evict_consumer(consumer_id)
+    return key

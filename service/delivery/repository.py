@@ -15,6 +15,7 @@ from uuid import UUID
 from sqlalchemy import Connection, Row, text
 
 from service.delivery.schemas import Selection
+from service.events.outbox import MESSAGE_COLUMNS
 
 AGGREGATE = "coalesce({a}.customer_id, {a}.consumer_id)"
 # resend: events still waiting to be published; redeliver: published, not yet delivered.
@@ -54,15 +55,15 @@ SELECT_IDS = """
 # The next chunk in aggregate order, without row locks. For resend an event is "blocked"
 # when an earlier pending event of its aggregate is outside this selection (filtered out,
 # or before the cursor and still pending): publishing it would overtake that event.
-SELECT_RUNS = """
-    SELECT e.event_id, e.customer_id, e.consumer_id, e.event_type, e.payload_json,
-           e.metadata_json, e.created_at, e.publish_try_count, e.sequence, e.traceparent,
-           {aggregate} AS aggregate_id, c.name AS consumer_name, {blocked} AS blocked
+SELECT_RUNS = (
+    f"SELECT {MESSAGE_COLUMNS}, {{blocked}} AS blocked"  # noqa: S608 - constant column list
+    """
     FROM customer_events e LEFT JOIN consumers c ON c.consumer_id = e.consumer_id
     WHERE {kind} {filters} {after}
     ORDER BY {aggregate}, e.sequence
     LIMIT :limit
 """
+)
 BLOCKED = {
     "resend": """EXISTS (
         SELECT 1 FROM customer_events b

@@ -169,13 +169,20 @@ def _release(
             _unfreeze_or_log(engine, part.name, policy)
 
 
-def _unfreeze_or_log(engine: Engine, name: str, policy: LockPolicy) -> None:
+def unfreeze_partition(engine: Engine, name: str, policy: LockPolicy) -> None:
+    """Make a frozen partition writable again, retrying its lock as ``policy`` says;
+    ``LockBusy`` (naming the holders) when the lock stays taken."""
+
     def attempt() -> None:
         with engine.begin() as connection:
             policy.set_local(connection)
             partitions.unfreeze(connection, name)
 
+    retry_locked(f"unfreezing {name}", attempt, policy, lambda: describe_holders(engine, name))
+
+
+def _unfreeze_or_log(engine: Engine, name: str, policy: LockPolicy) -> None:
     try:
-        retry_locked(f"unfreezing {name}", attempt, policy, lambda: describe_holders(engine, name))
+        unfreeze_partition(engine, name, policy)
     except LockBusy as exc:  # repaired by the next run
         log.error("%s", exc)

@@ -30,7 +30,7 @@ PART_SUFFIX = ".part"
 LOCK_NAME = ".fintegrate-archive.lock"
 NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
 FLUSH_BYTES = 1 << 20
-# zlib level 1: about 4x faster than the default 6 for ~15% larger files (docs/capacity.md).
+# zlib level 1: much faster than the default 6 for slightly larger files (docs/capacity.md).
 COMPRESS_LEVEL = 1
 
 

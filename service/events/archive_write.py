@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from service.events import expiry, partitions
+from service.events.archive_drop import unfreeze_partition
 from service.events.archive_files import ArchiveError, ArchiveFile, Manifest
 from service.events.archive_plan import (
     NO_TIMEOUT,
@@ -32,9 +33,9 @@ log = logging.getLogger(__name__)
 Progress = Callable[[int], None]
 ROWS_AS_JSON = "SELECT row_to_json(e)::text FROM {table} e"
 # Rows per fetch. Each batch is held about five times at its peak (psycopg2's result, the
-# row strings, the joined text, its bytes, the file buffer): ~3 MB of JSON a batch here.
-# Two partitions at once, each one batch ahead: 162 MB peak RSS (3,000 rows: 139 MB and
-# 10 % slower); 20,000 rows, one partition, no prefetch peaked at 204 MB (target 200 MB).
+# row strings, the joined text, its bytes, the file buffer), and two partitions run at
+# once, each one batch ahead: the size keeps the archive's peak memory under its 200 MB
+# target with fetches large enough not to slow it (figures: docs/capacity.md).
 FETCH_ROWS = 5_000
 # Partitions frozen, counted and written at once, each on its own connection: one
 # partition at a time left half of two cores idle (PostgreSQL's scans and our gzip take
@@ -111,7 +112,7 @@ class _PartitionJob:
             return _Outcome(part, expired=expired, skipped=str(exc))
         frozen = self._recount(part)
         if frozen.not_final:
-            _unfreeze(self.engine, part.name, self.policy)
+            unfreeze_partition(self.engine, part.name, self.policy)
             return _Outcome(frozen, expired=expired)
         entry = _write_partition(self.engine, frozen, self.plan.directory, self.progress, self.stop)
         return _Outcome(frozen, entry, expired)
@@ -157,20 +158,11 @@ def check_stop(stop: threading.Event | None) -> None:
         raise Stopped("stopped by a signal between partitions; nothing is left half-done")
 
 
-def _unfreeze(engine: Engine, name: str, policy: LockPolicy) -> None:
-    def attempt() -> None:
-        with engine.begin() as connection:
-            policy.set_local(connection)
-            partitions.unfreeze(connection, name)
-
-    retry_locked(f"unfreezing {name}", attempt, policy, lambda: describe_holders(engine, name))
-
-
 def unfreeze_quietly(engine: Engine, names: list[str], policy: LockPolicy) -> None:
     for name in names:
         # best effort on the way out; the next run (or `fintegrate maintain`) repairs
         with contextlib.suppress(Exception):
-            _unfreeze(engine, name, policy)
+            unfreeze_partition(engine, name, policy)
 
 
 def _prefetched(fetch: Callable[[], list[Any]]) -> Iterator[list[Any]]:

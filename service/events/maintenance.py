@@ -35,6 +35,7 @@ from service.events.locks import (
     create_maintenance_engine,
     retry_locked,
 )
+from service.kit.errors import first_line
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +113,7 @@ class HistoryMaintainer:
             log.info("maintenance job %s: %s", name, exc)
             return
         except Exception as exc:  # one job failing never stops the others or the process
-            report.errors[name] = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            report.errors[name] = first_line(exc)
             metrics.RUNS.labels(name, "error").inc()
             metrics.ERRORS.labels(name).inc()
             log.error("maintenance job %s failed: %s", name, report.errors[name])
@@ -275,7 +276,7 @@ def run_maintain(
                 if once:
                     raise
                 metrics.RUNS.labels("pass", "error").inc()
-                log.warning("maintenance pass failed: %s", str(exc.orig or exc).splitlines()[0])
+                log.warning("maintenance pass failed: %s", first_line(exc.orig or exc))
             if once:
                 break
             stop.wait(settings.maintenance_interval_seconds)

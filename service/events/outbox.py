@@ -31,23 +31,31 @@ from sqlalchemy import Connection, Row, text
 BACKOFF_BASE_SECONDS = 1.0
 FILL_MIN_FRACTION = 10  # a fill read only when at least 1/10 of the batch is unused
 
-EVENT_COLUMNS = """
+# What a publish needs of an event ``e`` and its tenant ``c`` (consumers): the message, its
+# routing and its aggregate. The relay's reads and delivery's republish selection return it.
+MESSAGE_COLUMNS = """
     e.event_id, e.customer_id, e.consumer_id, e.event_type, e.payload_json,
     e.metadata_json, e.created_at, e.publish_try_count, e.sequence, e.traceparent,
-    coalesce(e.customer_id, e.consumer_id) AS aggregate_id, c.name AS consumer_name,
+    coalesce(e.customer_id, e.consumer_id) AS aggregate_id, c.name AS consumer_name
+"""
+# The relay's reads add the event's partition (which lease covers it).
+EVENT_COLUMNS = (
+    MESSAGE_COLUMNS.rstrip()
+    + """,
     fintegrate_aggregate_partition(e.consumer_id, e.customer_id, :partition_count)
         AS partition_no
 """
+)
 
 # One round trip, this transaction only (see due_heads). ``jit = off``: the disabled plan
 # types add a huge cost to the one sort left (the tenants' turn order, a handful of rows),
-# which crossed jit_above_cost and spent seconds compiling a millisecond's query.
+# which would cross jit_above_cost: compiling would take far longer than the query.
 PLANNER_HINTS = text(
     "SET LOCAL enable_sort = off; SET LOCAL enable_seqscan = off;"
     " SET LOCAL enable_material = off; SET LOCAL jit = off"
 )
 
-# One tenant's due heads in the old walk order (next_attempt_at, created_at, sequence): the
+# One tenant's due heads in walk order (next_attempt_at, created_at, sequence): the
 # pending events of its leased partitions with no earlier pending event in their aggregate.
 TENANT_WALK = f"""
     SELECT {EVENT_COLUMNS},

@@ -43,9 +43,9 @@ LIST = text(
 # ran while nothing was pending). The planner scales a partial index's recorded tuple
 # density (zero) to its current size, so it takes such an index for empty however many
 # events have landed since, and every plan of the relay's DUE_HEADS looks free: right after
-# a backlog landed it once planned the per-head probe as a full scan of the pending index
-# (369 ms a round, 16x slower, at 10,000,000 events of history) until autovacuum's next
-# ANALYZE, which on a partition of millions of rows waits for 2% of them to change.
+# a backlog lands the per-head probe can be planned as a full scan of the pending index
+# until autovacuum's next ANALYZE, which on a partition of millions of rows waits for 2% of
+# them to change (docs/events.md, "counted empty").
 COUNTED_EMPTY = text(
     """
     SELECT DISTINCT t.relname AS name
@@ -131,9 +131,9 @@ def _pending_at_least(connection: Connection, name: str, count: int) -> bool:
 def analyze(connection: Connection, name: str) -> None:
     """Fresh statistics for one partition from a small sample (3,000 rows).
 
-    Enough to count its pending indexes again, which is what the relay needs; about ten
-    times faster than the default 30,000-row sample on a partition of millions of rows
-    (0.34 s at 2.3M). Autovacuum's next ANALYZE restores the full statistics.
+    Enough to count its pending indexes again, which is what the relay needs, and far
+    quicker than the default 30,000-row sample on a partition of millions of rows (figures:
+    docs/events.md). Autovacuum's next ANALYZE restores the full statistics.
     """
     connection.execute(SMALL_SAMPLE)
     connection.execute(text(f"ANALYZE {_table(name)}"))

@@ -23,7 +23,7 @@ from sqlalchemy import Connection, Engine
 
 from service.events import archive_drop, partitions
 from service.events.archive_plan import count_partition
-from service.events.locks import LockBusy, LockPolicy, describe_holders, retry_locked
+from service.events.locks import LockBusy, LockPolicy
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def repair_history(engine: Engine, policy: LockPolicy) -> list[str]:
             finish = _bind(_finish, engine, part.name, policy)
             _attempt(repaired, f"finished the detach of {part.name}", finish)
         elif part.frozen and not part.detach_pending:
-            thaw = _bind(_unfreeze, engine, part.name, policy)
+            thaw = _bind(archive_drop.unfreeze_partition, engine, part.name, policy)
             _attempt(repaired, f"unfroze {part.name}", thaw)
     for name in detached:
         _attempt(repaired, f"dropped the detached {name}", _bind(_drop, engine, name, policy))
@@ -96,12 +96,3 @@ def _drop(engine: Engine, name: str, policy: LockPolicy) -> None:
     with engine.begin() as connection:
         counted = count_partition(connection, name, None, datetime.max.replace(tzinfo=UTC))
     archive_drop.drop_detached(engine, name, counted.counts, policy)
-
-
-def _unfreeze(engine: Engine, name: str, policy: LockPolicy) -> None:
-    def attempt() -> None:
-        with engine.begin() as connection:
-            policy.set_local(connection)
-            partitions.unfreeze(connection, name)
-
-    retry_locked(f"unfreezing {name}", attempt, policy, lambda: describe_holders(engine, name))

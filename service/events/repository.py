@@ -15,7 +15,7 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
-from sqlalchemy import Connection, Row, text
+from sqlalchemy import Connection, Row, TextClause, text
 
 from service.events.schemas import EventFilters
 from service.kit.db_async import PooledConnection
@@ -112,25 +112,25 @@ CONFIRM_DELIVERY = """
     WHERE e.event_id = $1 AND e.consumer_id = $2
     """
 
-SELECT_EVENT = text(
-    """
-    SELECT event_id, customer_id, consumer_id, event_type, source_service,
-           payload_json AS payload, metadata_json AS metadata,
-           publish_status, publish_try_count, publish_failure_reason, published_at,
-           deliver_status, deliver_try_count, delivered_at, created_at, sequence
-    FROM customer_events
-    WHERE event_id = :event_id AND consumer_id = :consumer_id
-    """
-)
+# An event as the tenant API returns it (schemas.EventOut): the one column list of the reads.
+API_EVENT_COLUMNS = """
+    event_id, customer_id, consumer_id, event_type, source_service,
+    payload_json AS payload, metadata_json AS metadata,
+    publish_status, publish_try_count, publish_failure_reason, published_at,
+    deliver_status, deliver_try_count, delivered_at, created_at, sequence
+"""
 
-LIST_EVENTS = text(
+
+def _select_events(condition: str) -> TextClause:
+    """``SELECT`` the API's event columns of customer_events ``WHERE condition``."""
+    return text(f"SELECT {API_EVENT_COLUMNS} FROM customer_events WHERE {condition}")  # noqa: S608
+
+
+SELECT_EVENT = _select_events("event_id = :event_id AND consumer_id = :consumer_id")
+
+LIST_EVENTS = _select_events(
     """
-    SELECT event_id, customer_id, consumer_id, event_type, source_service,
-           payload_json AS payload, metadata_json AS metadata,
-           publish_status, publish_try_count, publish_failure_reason, published_at,
-           deliver_status, deliver_try_count, delivered_at, created_at, sequence
-    FROM customer_events
-    WHERE consumer_id = :consumer_id
+    consumer_id = :consumer_id
       AND (CAST(:customer_id AS uuid) IS NULL OR customer_id = :customer_id)
       AND (CAST(:event_type AS text) IS NULL OR event_type = :event_type)
       AND (CAST(:publish_status AS text) IS NULL OR publish_status = :publish_status)
@@ -147,26 +147,16 @@ LIST_EVENTS = text(
 # One aggregate's events after a sequence, in sequence order (the worker's recovery of what
 # its queue lost). A customer's events come through ix_customer_events_customer_created,
 # the consumer level's through ix_customer_events_consumer_level.
-EVENTS_OF_CUSTOMER_AFTER = text(
+EVENTS_OF_CUSTOMER_AFTER = _select_events(
     """
-    SELECT event_id, customer_id, consumer_id, event_type, source_service,
-           payload_json AS payload, metadata_json AS metadata,
-           publish_status, publish_try_count, publish_failure_reason, published_at,
-           deliver_status, deliver_try_count, delivered_at, created_at, sequence
-    FROM customer_events
-    WHERE customer_id = :customer_id AND consumer_id = :consumer_id
+    customer_id = :customer_id AND consumer_id = :consumer_id
       AND sequence > :after AND sequence <= :through
     ORDER BY sequence LIMIT :limit
     """
 )
-EVENTS_OF_CONSUMER_AFTER = text(
+EVENTS_OF_CONSUMER_AFTER = _select_events(
     """
-    SELECT event_id, customer_id, consumer_id, event_type, source_service,
-           payload_json AS payload, metadata_json AS metadata,
-           publish_status, publish_try_count, publish_failure_reason, published_at,
-           deliver_status, deliver_try_count, delivered_at, created_at, sequence
-    FROM customer_events
-    WHERE consumer_id = :consumer_id AND customer_id IS NULL
+    consumer_id = :consumer_id AND customer_id IS NULL
       AND sequence > :after AND sequence <= :through
     ORDER BY sequence LIMIT :limit
     """
@@ -176,14 +166,9 @@ EVENTS_OF_CONSUMER_AFTER = text(
 # receipt: no longer in its queue. ix_customer_events_undelivered (published, not
 # delivered rows only); created_at bounds the walk since an event is created before it is
 # published.
-LOST_EVENTS = text(
+LOST_EVENTS = _select_events(
     """
-    SELECT event_id, customer_id, consumer_id, event_type, source_service,
-           payload_json AS payload, metadata_json AS metadata,
-           publish_status, publish_try_count, publish_failure_reason, published_at,
-           deliver_status, deliver_try_count, delivered_at, created_at, sequence
-    FROM customer_events
-    WHERE consumer_id = :consumer_id
+    consumer_id = :consumer_id
       AND publish_status = 'published' AND deliver_status = 'pending'
       AND created_at < now() - make_interval(secs => CAST(:older_than_ms AS float8) / 1000)
       AND published_at < now() - make_interval(secs => CAST(:older_than_ms AS float8) / 1000)
@@ -389,6 +374,54 @@ def record_receipt(
     """``confirm_delivery`` in the caller's transaction (the receipt and the event's state)."""
     params = {"event_id": event_id, "consumer_id": consumer_id, "status": status, "detail": detail}
     return connection.execute(RECORD_RECEIPT, params).first()
+
+
+# ``processed`` receipts for many events at once (the webhook channel records a batch of
+# 2xx answers in one round trip): CONFIRM_DELIVERY's effects for each, the last delivered
+# sequence raised once per aggregate, an event answered twice receipted once.
+RECORD_PROCESSED = text(
+    """
+    WITH input AS (
+        SELECT * FROM unnest(CAST(:event_ids AS uuid[]), CAST(:consumer_ids AS uuid[]),
+                             CAST(:details AS text[])) AS i(event_id, consumer_id, detail)
+    ), target AS (
+        SELECT DISTINCT ON (e.event_id) e.event_id, e.consumer_id, e.customer_id,
+               e.sequence, i.detail
+        FROM customer_events e
+        JOIN input i ON e.event_id = i.event_id AND e.consumer_id = i.consumer_id
+        ORDER BY e.event_id
+    ), advanced AS (
+        INSERT INTO delivered_sequences AS d (consumer_id, aggregate_id, sequence, event_id)
+        SELECT DISTINCT ON (consumer_id, coalesce(customer_id, consumer_id))
+               consumer_id, coalesce(customer_id, consumer_id), sequence, event_id
+        FROM target
+        ORDER BY consumer_id, coalesce(customer_id, consumer_id), sequence DESC
+        ON CONFLICT ON CONSTRAINT delivered_sequences_aggregate DO UPDATE
+            SET sequence = EXCLUDED.sequence, event_id = EXCLUDED.event_id, updated_at = now()
+            WHERE d.sequence < EXCLUDED.sequence
+    ), receipt AS (
+        INSERT INTO consumer_event_receipts (event_id, consumer_id, status, detail)
+        SELECT event_id, consumer_id, 'processed', detail FROM target
+        ON CONFLICT ON CONSTRAINT consumer_event_receipts_unique DO NOTHING
+        RETURNING event_id
+    )
+    UPDATE customer_events e
+    SET deliver_try_count = e.deliver_try_count + 1,
+        deliver_status = 'delivered',
+        delivered_at = coalesce(e.delivered_at, now())
+    FROM receipt WHERE e.event_id = receipt.event_id
+    """
+)
+
+
+def record_processed(connection: Connection, receipts: Sequence[tuple[UUID, UUID, str]]) -> None:
+    """``processed`` receipts of (event_id, consumer_id, detail), in the caller's
+    transaction, as ``record_receipt`` writes each."""
+    if not receipts:
+        return
+    event_ids, consumer_ids, details = (list(column) for column in zip(*receipts, strict=True))
+    params = {"event_ids": event_ids, "consumer_ids": consumer_ids, "details": details}
+    connection.execute(RECORD_PROCESSED, params)
 
 
 # -- the life of one event (``fintegrate events trace``), and recent delivery times --------

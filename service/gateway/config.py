@@ -265,8 +265,8 @@ def dynamic_config(plan: GatewayPlan) -> dict[str, Any]:
             "serversTransports": {
                 "api-transport": {
                     # Unset in a serversTransport of the file provider, Go keeps 2 idle
-                    # connections per host: measured, a quarter of the requests at 16
-                    # connections opened a new one to the instance (2,358 in 8 s).
+                    # connections per host, and requests past them open a new connection
+                    # to the instance (docs/gateway.md).
                     "maxIdleConnsPerHost": MAX_IDLE_UPSTREAM_CONNECTIONS,
                     "forwardingTimeouts": {
                         "responseHeaderTimeout": seconds(plan.upstream_timeout_seconds)

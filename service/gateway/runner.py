@@ -71,8 +71,8 @@ def die_with_parent() -> Callable[[], None] | None:
 def traefik_environment(settings: Settings) -> dict[str, str]:
     """Traefik's environment: at most ``gateway_max_procs`` cores (default half), GOGC 400.
 
-    The gateway shares the machine with the API instances it fronts: on two cores Traefik
-    with both measured 25 % less ``/health`` throughput than with one (docs/gateway.md).
+    The gateway shares the machine with the API instances it fronts: on two cores, Traefik
+    on both serves less than on one (figures: docs/gateway.md).
     A larger GC target trades a few MB of heap for less collection work per request.
     """
     procs = settings.gateway_max_procs or max(1, (os.cpu_count() or 2) // 2)

@@ -8,6 +8,8 @@
 - ``AdminAccess``: ``X-Admin-Key`` checked in constant time; 403 when none is configured.
 - ``Caller``: the operator (``X-Admin-Key``) or a rate-limited tenant (``X-API-Key``).
 - ``Origin``: the route and request id, recorded on every event row.
+- ``AuthCaches``: this instance's verified keys and the throttle's known-good keys, which
+  issuing, rotating and revoking keys update.
 
 Credentials fail closed (``service.auth.dependencies``); the app state, the request's
 transaction and the event origin come from ``service.kit.request``.
@@ -21,8 +23,14 @@ import asyncpg
 from fastapi import Depends, Query
 from sqlalchemy import Connection, Engine
 
-from service.auth.dependencies import caller, rate_limited_tenant, require_admin, tenant
-from service.auth.service import AuthenticatedConsumer, Principal
+from service.auth.dependencies import (
+    caller,
+    key_caches,
+    rate_limited_tenant,
+    require_admin,
+    tenant,
+)
+from service.auth.service import AuthenticatedConsumer, KeyCaches, Principal
 from service.config import Settings
 from service.kit.pagination import MAX_LIMIT
 from service.kit.request import (
@@ -37,6 +45,7 @@ from service.kit.request import (
 __all__ = [
     "AdminAccess",
     "AppSettings",
+    "AuthCaches",
     "AuthenticatedConsumer",
     "Caller",
     "CurrentConsumer",
@@ -54,6 +63,7 @@ CurrentConsumer = Annotated[AuthenticatedConsumer, Depends(tenant)]
 RateLimited = Annotated[AuthenticatedConsumer, Depends(rate_limited_tenant)]
 AdminAccess = Annotated[Principal, Depends(require_admin)]
 Caller = Annotated[Principal, Depends(caller)]
+AuthCaches = Annotated[KeyCaches, Depends(key_caches)]
 DbSession = Annotated[Connection, Depends(db_connection, scope="function")]
 DbEngine = Annotated[Engine, Depends(app_engine)]
 DbPool = Annotated[asyncpg.Pool, Depends(app_db_pool)]

@@ -53,17 +53,22 @@ def configure(service_name: str, environ: Mapping[str, str] = os.environ) -> boo
     """Start tracing for this process when the environment asks for it; returns ENABLED.
 
     ``service_name`` is the default ``service.name`` (``OTEL_SERVICE_NAME`` wins). Once on,
-    later calls change nothing.
+    later calls change nothing. Without the SDK installed (a tenant's worker installs only
+    pika, httpx and pydantic) it stays off, with a warning.
     """
     global ENABLED, _tracer, _provider, _propagator, _attach, _detach, _in_context
     if ENABLED or not wanted(environ):
         return ENABLED
-    from opentelemetry import context, trace
-    from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+    try:
+        from opentelemetry import context, trace
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-    from service.kit.span_export import batch_processor
+        from service.kit.span_export import batch_processor
+    except ImportError as exc:
+        log.warning("OTEL_* variables ask for traces, but %s; tracing stays off", exc)
+        return False
 
     attributes = {} if environ.get("OTEL_SERVICE_NAME") else {"service.name": service_name}
     _provider = TracerProvider(resource=Resource.create(attributes))

@@ -190,26 +190,3 @@ class Backoff:
 
     def reset(self) -> None:
         self.attempt = 0
-
-
-def retry_with_backoff(
-    attempt: Callable[[], T],
-    stop: threading.Event,
-    backoff: Backoff | None = None,
-    retry_on: tuple[type[BaseException], ...] = (BrokerUnavailable,),
-    max_attempts: int | None = None,
-) -> T | None:
-    """Call ``attempt`` until it succeeds; None when ``stop`` is set or attempts run out."""
-    delays = backoff or Backoff()
-    tries = 0
-    while not stop.is_set():
-        try:
-            return attempt()
-        except retry_on as exc:
-            tries += 1
-            if max_attempts is not None and tries >= max_attempts:
-                raise
-            delay = delays.next_delay()
-            log.warning("%s; retrying in %.1fs", exc, delay)
-            stop.wait(delay)
-    return None

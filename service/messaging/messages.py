@@ -121,6 +121,20 @@ def message_properties(
     )
 
 
+def resent_properties(properties: Any, headers: dict[str, Any]) -> pika.BasicProperties:
+    """A received message's properties for a copy sent again: the same, persistent, with
+    ``headers`` in place of its own (DLQ replay and redaction)."""
+    return pika.BasicProperties(
+        content_type=properties.content_type,
+        delivery_mode=properties.delivery_mode or PERSISTENT,
+        message_id=properties.message_id,
+        type=properties.type,
+        timestamp=properties.timestamp,
+        app_id=properties.app_id,
+        headers=headers,
+    )
+
+
 def may_be_duplicate(redelivered: bool, headers: dict[str, Any] | None) -> bool:
     """True when a delivery may be a second copy: the broker redelivers it, or a header says
     it was republished, replayed, or published again after an unrecorded outcome.

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
-from service.config import Settings
+if TYPE_CHECKING:  # the worker imports the names without pydantic-settings (docs/events.md)
+    from service.config import Settings
 
 EXCHANGE = "customer_events"
 EXCHANGE_TYPE = "topic"

@@ -104,3 +104,34 @@ class ReadinessCache:
                 self._expires = time.monotonic() + self.ttl
                 self.refreshes += 1
             return self._value  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class ReadinessReport:
+    """Each dependency's state; ready unless a required one is down."""
+
+    checks: dict[str, CheckResult]
+
+    @property
+    def ready(self) -> bool:
+        return not any(result.required and not result.ok for result in self.checks.values())
+
+    def summary(self) -> str:
+        """``database unreachable (OperationalError); broker ok; redis ok``."""
+        return "; ".join(f"{name} {result.detail}" for name, result in self.checks.items())
+
+
+def readiness(cache: ReadinessCache, engine: Engine, settings: Settings) -> ReadinessReport:
+    """The dependencies' states, checked at most once per ``cache`` period."""
+    return cache.get(lambda: check_dependencies(engine, settings))
+
+
+def check_dependencies(engine: Engine, settings: Settings) -> ReadinessReport:
+    """Each dependency checked once, now."""
+    return ReadinessReport(
+        {
+            "database": check_database(engine),
+            "broker": check_broker(settings),
+            "redis": check_redis(settings),
+        }
+    )

@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import Engine
 
 from service.events import service as events_service
+from service.kit.errors import first_line
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ class CachedReading:
         try:
             return self._read()
         except Exception as exc:  # a scrape never fails: the family is absent this time
-            log.warning("metrics reading failed: %s", (str(exc).strip().splitlines() or [""])[0])
+            log.warning("metrics reading failed: %s", first_line(exc))
             return None
 
 

@@ -7,20 +7,12 @@ from dataclasses import asdict
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
-from sqlalchemy import Engine
 
-from service.config import Settings
 from service.http.deps import AppSettings, DbEngine
 from service.http.envelope import error, success
 from service.http.responses import DATABASE, declared
 from service.http.schemas import Envelope
-from service.ops.checks import (
-    CheckResult,
-    ReadinessCache,
-    check_broker,
-    check_database,
-    check_redis,
-)
+from service.ops.checks import readiness
 
 router = APIRouter(tags=["operations"])
 
@@ -54,22 +46,8 @@ def ready(request: Request, engine: DbEngine, settings: AppSettings) -> JSONResp
 
     The result is shared for a couple of seconds (``READY_CACHE_SECONDS``).
     """
-    cache: ReadinessCache = request.app.state.readiness
-    checks = cache.get(lambda: run_checks(engine, settings))
-    if any(result.required and not result.ok for result in checks.values()):
-        return error(503, "Not ready: " + summary(checks), {"Retry-After": "5"})
-    return success({"ready": True, **{name: asdict(result) for name, result in checks.items()}})
-
-
-def run_checks(engine: Engine, settings: Settings) -> dict[str, CheckResult]:
-    """Each dependency checked once, now."""
-    return {
-        "database": check_database(engine),
-        "broker": check_broker(settings),
-        "redis": check_redis(settings),
-    }
-
-
-def summary(checks: dict[str, CheckResult]) -> str:
-    """``database unreachable (OperationalError); broker ok; redis ok``."""
-    return "; ".join(f"{name} {result.detail}" for name, result in checks.items())
+    report = readiness(request.app.state.readiness, engine, settings)
+    if not report.ready:
+        return error(503, "Not ready: " + report.summary(), {"Retry-After": "5"})
+    checks = {name: asdict(result) for name, result in report.checks.items()}
+    return success({"ready": True, **checks})

@@ -1,8 +1,8 @@
 """One pipelined RESP connection for the rate-limit scripts, on the event loop.
 
-redis-py's asyncio client spends 120-250 us of CPU on one command (a task per send for its
-timeout, a pool checkout and release, response callbacks; docs/benchmarks.md): more than
-the rest of the hot route's rate limiting put together. Here a command is one
+redis-py's asyncio client pays for a task per send (its timeout), a pool checkout and
+release and response callbacks on every command, more than the rest of the hot route's
+rate limiting put together (figures: docs/benchmarks.md). Here a command is one
 ``transport.write`` and a future that ``data_received`` resolves: replies come back in
 the order the commands went out, so every caller shares one connection and any number of
 batches can be in flight. Timeouts and the breaker stay with the caller

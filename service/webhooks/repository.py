@@ -89,18 +89,20 @@ RECORD_HEALTH = text(
     RETURNING w.consumer_id, b.before = 'enabled' AND w.status = 'disabled' AS disabled_now
     """
 )
+# RECORD_HEALTH's success for many endpoints at once (rows already healthy are not touched).
+RECORD_HEALTHY = text(
+    """
+    UPDATE webhook_endpoints
+    SET consecutive_failures = 0, failing_since = NULL, paused_until = NULL
+    WHERE endpoint_id = ANY(CAST(:endpoint_ids AS uuid[]))
+      AND NOT (consecutive_failures = 0 AND failing_since IS NULL AND paused_until IS NULL)
+    """
+)
 DISABLE_ENDPOINT = text(
     """
     UPDATE webhook_endpoints SET status = 'disabled', disabled_reason = :reason
     WHERE endpoint_id = :endpoint_id AND status = 'enabled'
     RETURNING consumer_id
-    """
-)
-SELECT_SECRET_ROWS = text(
-    """
-    SELECT secret_id, ciphertext, expires_at FROM webhook_endpoint_secrets
-    WHERE endpoint_id = :endpoint_id AND (expires_at IS NULL OR expires_at > now())
-    ORDER BY expires_at DESC NULLS FIRST
     """
 )
 EXPIRE_CURRENT_SECRET = text(
@@ -225,6 +227,12 @@ def record_health(
         "disable": disable_after_seconds,
     }
     return connection.execute(RECORD_HEALTH, params).first()
+
+
+def record_healthy(connection: Connection, endpoint_ids: Sequence[UUID]) -> None:
+    """Apply a successful attempt to each endpoint (RECORD_HEALTH with ``ok``)."""
+    if endpoint_ids:
+        connection.execute(RECORD_HEALTHY, {"endpoint_ids": list(endpoint_ids)})
 
 
 def disable_endpoint(connection: Connection, endpoint_id: UUID, reason: str) -> UUID | None:

@@ -1,4 +1,4 @@
-"""Webhook secrets: made, sealed at rest, and used to sign (Standard Webhooks, SPEC 8).
+"""Webhook secrets: made, sealed at rest, used to sign and to verify (Standard Webhooks, SPEC 8).
 
 - A secret is ``whsec_`` + base64 of ``SECRET_BYTES`` random bytes (the spec allows 24-64).
 - At rest it is sealed with AES-256-GCM under a key derived from
@@ -7,7 +7,9 @@
   another endpoint does not open.
 - ``webhook-signature`` is ``v1,`` + base64 HMAC-SHA256 over ``{id}.{timestamp}.{body}``
   with the secret's decoded bytes; several secrets (a rotation's grace) give several
-  signatures, space-separated.
+  signatures, space-separated. ``verify`` is the receiver's side: a tenant's worker imports
+  it (``service.messaging.consume.verify_webhook``) with the standard library alone, so
+  ``cryptography`` is imported only where secrets are sealed.
 """
 
 from __future__ import annotations
@@ -17,10 +19,8 @@ import hashlib
 import hmac
 import os
 import secrets
+import time
 from collections.abc import Sequence
-
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 SECRET_PREFIX = "whsec_"  # noqa: S105 - the format's prefix, not a secret
 SECRET_BYTES = 32
@@ -28,10 +28,16 @@ NONCE_BYTES = 12
 # Development only (documented): with no key configured in development, secrets are sealed
 # under this public value, so a development dump can be decrypted by anyone.
 DEVELOPMENT_KEY = "fintegrate-development-webhook-key"
+# Standard Webhooks: a delivery signed longer ago (or later) than this is refused (replays).
+TOLERANCE_SECONDS = 300
 
 
 class SecretsUnavailable(RuntimeError):
     """No encryption key is configured (outside development) or a sealed secret won't open."""
+
+
+class InvalidSignature(ValueError):
+    """A delivery whose signature or timestamp does not check out: refuse it."""
 
 
 def new_secret() -> str:
@@ -53,6 +59,27 @@ def sign(secret_keys: Sequence[bytes], message_id: str, timestamp: int, body: by
     )
 
 
+def verify(
+    secret: str,
+    message_id: str,
+    timestamp: str,
+    body: bytes,
+    signatures: str,
+    now: float | None = None,
+) -> None:
+    """InvalidSignature unless one of ``signatures`` (the header, space-separated) is
+    ``secret``'s over the message and ``timestamp`` is within ``TOLERANCE_SECONDS`` of now."""
+    try:
+        signed_at = int(timestamp)
+    except ValueError as exc:
+        raise InvalidSignature("webhook-timestamp is not unix seconds") from exc
+    if abs((time.time() if now is None else now) - signed_at) > TOLERANCE_SECONDS:
+        raise InvalidSignature("webhook-timestamp is too far from now (a replay?)")
+    expected = sign([secret_bytes(secret)], message_id, signed_at, body)
+    if not any(hmac.compare_digest(expected, given) for given in signatures.split()):
+        raise InvalidSignature("no webhook-signature matches the secret")
+
+
 class SecretBox:
     """Seals and opens secrets with the configured key (AES-256-GCM)."""
 
@@ -64,6 +91,8 @@ class SecretBox:
                     "outside development; see docs/webhooks.md"
                 )
             key_setting = DEVELOPMENT_KEY
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
         self._aead = AESGCM(hashlib.sha256(key_setting.encode()).digest())
 
     def seal(self, secret: str, endpoint_id: str) -> bytes:
@@ -71,6 +100,8 @@ class SecretBox:
         return nonce + self._aead.encrypt(nonce, secret.encode(), endpoint_id.encode())
 
     def open(self, sealed: bytes, endpoint_id: str) -> str:
+        from cryptography.exceptions import InvalidTag
+
         nonce, ciphertext = sealed[:NONCE_BYTES], sealed[NONCE_BYTES:]
         try:
             return self._aead.decrypt(nonce, ciphertext, endpoint_id.encode()).decode()

@@ -7,7 +7,10 @@ figure the report prints follows from the phases it measured.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import statistics
+import time
 from typing import Any
 
 import pytest
@@ -21,6 +24,7 @@ from service.bench.api import (
     Phase,
 )
 from service.bench.servers import alternating
+from service.bench.stack import cleaned_up_on_sigterm
 from service.config import Settings
 from tests.conftest import PG_ADMIN_URL
 from tests.fintegrate_cli.conftest import RunCli
@@ -146,3 +150,15 @@ def test_usage_errors_are_one_line(run_cli: RunCli) -> None:
     result = run_cli("bench", "api", "--baselines", "django")
     assert result.exit_code == 2
     assert result.stderr.strip().count("\n") == 0 and "--baselines" in result.stderr
+
+
+def test_sigterm_ends_a_bench_through_its_cleanup() -> None:
+    cleaned, before = [], signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as ended, cleaned_up_on_sigterm():
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler interrupts this
+        finally:
+            cleaned.append(True)
+    assert ended.value.code == 128 + signal.SIGTERM and cleaned == [True]
+    assert signal.getsignal(signal.SIGTERM) == before

@@ -12,6 +12,7 @@ from sqlalchemy import Engine, text
 
 from service.config import Settings
 from service.messaging import topology
+from service.messaging.consume import WorkerConfig
 from service.messaging.consume.consumer import EventConsumer
 from service.messaging.messages import EventMessage
 from service.messaging.operate.inspection import inspect_tenant
@@ -80,7 +81,9 @@ def test_purge_asks_first(run_cli: RunCli, service_env: Settings) -> None:
 def run_worker(settings: Settings, tenant: dict[str, Any], handler: Any, until: Any) -> None:
     stop = threading.Event()
     worker_settings = settings.model_copy(update={"api_key": tenant["api_key"]})
-    consumer = EventConsumer(worker_settings, tenant["name"], stop, handler)
+    consumer = EventConsumer(
+        WorkerConfig.from_settings(worker_settings), tenant["name"], stop, handler
+    )
     thread = threading.Thread(target=consumer.run, daemon=True)
     thread.start()
     try:
@@ -250,7 +253,7 @@ def test_a_worker_started_during_a_migration_stands_by_then_consumes_the_new_que
     seen: list[str] = []
     stop = threading.Event()
     worker = EventConsumer(
-        tuned.model_copy(update={"api_key": tenant["api_key"]}),
+        WorkerConfig.from_settings(tuned.model_copy(update={"api_key": tenant["api_key"]})),
         tenant["name"],
         stop,
         lambda message: seen.append(message.event_id),

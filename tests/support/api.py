@@ -97,3 +97,12 @@ def create_tenant_over_http(api_url: str, admin_key: str | None, prefix: str) ->
     assert response.status_code == 201, response.text
     data: dict[str, Any] = response.json()["data"]
     return data
+
+
+def create_and_delete_customer(api_url: str, api_key: str) -> str:
+    """A customer created and deleted through a live API (two events); its id."""
+    headers = {"X-API-Key": api_key}
+    created = httpx.post(f"{api_url}/customer/data", json={"name": "Ada"}, headers=headers)
+    customer_id: str = assert_envelope(created, 201)["customer_id"]
+    assert_envelope(httpx.delete(f"{api_url}/customer/data/{customer_id}", headers=headers), 200)
+    return customer_id

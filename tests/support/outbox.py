@@ -7,6 +7,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Engine, text
@@ -14,6 +15,7 @@ from sqlalchemy import Engine, text
 from service.config import Settings
 from service.messaging import topology
 from service.messaging.connection import open_blocking
+from service.messaging.messages import OutboundEvent
 from service.messaging.publish.leases import PartitionLeases
 
 INSERT_CONSUMER = text("INSERT INTO consumers (name) VALUES (:name) RETURNING consumer_id")
@@ -28,6 +30,22 @@ INSERT_EVENTS = text(
     RETURNING event_id
     """
 )
+
+
+def outbound_event(
+    event_type: str = "customer_creation", consumer_name: str = "acme"
+) -> OutboundEvent:
+    """An event of a new customer, as the relay would publish it (no database row)."""
+    return OutboundEvent(
+        event_id=str(uuid.uuid4()),
+        event_type=event_type,
+        consumer_id=str(uuid.uuid4()),
+        consumer_name=consumer_name,
+        customer_id=str(uuid.uuid4()),
+        occurred_at=datetime.now(UTC),
+        sequence=1,
+        payload={"name": "Ada"},
+    )
 
 
 def insert_consumer(engine: Engine, name: str) -> str:

@@ -39,9 +39,9 @@ from typing import Any
 
 import pika.exceptions
 
-from service.config import Settings
 from service.messaging import topology
 from service.messaging.connection import BROKER_ERRORS, Backoff, BrokerUnavailable, open_blocking
+from service.messaging.consume.config import WorkerConfig
 from service.messaging.consume.deliveries import Delivery, Outcome, Unsettled
 from service.messaging.consume.lanes import KeyedLanes
 from service.messaging.consume.poison import call_handler, decode_message, describe_failure
@@ -132,7 +132,7 @@ class EventConsumer:
 
     def __init__(
         self,
-        settings: Settings,
+        config: WorkerConfig,
         consumer_name: str,
         stop: threading.Event,
         handler: Handler = log_event,
@@ -141,35 +141,33 @@ class EventConsumer:
         concurrency: int | None = None,
         exclusive: bool = True,
     ):
-        if confirmer is None and not settings.api_key:
+        if confirmer is None and not config.api_key:
             raise ValueError(
                 "FINTEGRATE_API_KEY (this tenant's key) is required to confirm delivery"
             )
-        self.settings = settings
+        self.config = config
         self.consumer_name = consumer_name
         self.queue = topology.queue_name(consumer_name)
         self.dlq = topology.dlq_name(consumer_name)
         self.stop = stop
         self.handler = handler
-        self.prefetch = prefetch or settings.consumer_prefetch
+        self.prefetch = prefetch or config.prefetch
         self.concurrency = concurrency or min(self.prefetch, MAX_HANDLER_THREADS)
         self.exclusive = exclusive
         self.stats = ConsumerStats()
-        self.confirmer = confirmer or DeliveryConfirmer(
-            settings.api_url, settings.api_key or "", stop
-        )
+        self.confirmer = confirmer or DeliveryConfirmer(config.api_url, config.api_key or "", stop)
         self.sequences = DeliveredSequences(self.confirmer.last_delivered)
         self._lanes = KeyedLanes(self.concurrency, self._fail, thread_name_prefix="handler")
         # Recovery needs one worker per queue: a shared worker cannot tell a gap from
         # events another worker holds, so it keeps the plain path.
         self.recovering = exclusive
-        self._in_hand = InHand(settings.worker_max_in_hand_per_customer)
+        self._in_hand = InHand(config.max_in_hand_per_customer)
         self.recovery = Recovery(
             EventFetcher(self.confirmer, consumer_name),
             self.sequences,
             self._handle_recovered,
             self._lanes.submit,
-            settings.queue_message_ttl_ms,
+            config.message_ttl_ms,
         )
         self._next_sweep = 0.0
         self._stats_lock = threading.Lock()
@@ -213,7 +211,7 @@ class EventConsumer:
         return delay
 
     def _consume_once(self, backoff: Backoff) -> None:
-        connection = open_blocking(self.settings.rabbitmq_url)
+        connection = open_blocking(self.config.rabbitmq_url)
         epoch = self._unsettled.new_channel()
         self._in_hand.reset(epoch)
         if self.recovering:
@@ -283,7 +281,7 @@ class EventConsumer:
         """At start and every recovery interval: lost dead letters, then the lost tail."""
         if not self.recovering or time.monotonic() < self._next_sweep:
             return
-        self._next_sweep = time.monotonic() + self.settings.worker_recovery_interval_seconds
+        self._next_sweep = time.monotonic() + self.config.recovery_interval_seconds
         try:
             taken, more = sweep_lost_letters(connection, self.dlq, self._owe_lost)
         except pika.exceptions.ChannelClosedByBroker as exc:

@@ -50,11 +50,6 @@ class KeyedLanes:
                 waiting.clear()
         return dropped
 
-    def busy(self) -> bool:
-        """Whether an item runs or waits in any lane."""
-        with self._lock:
-            return bool(self._lanes)
-
     def shutdown(self) -> None:
         """Wait for the running items; call after ``drop_queued``."""
         self._pool.shutdown(wait=True)

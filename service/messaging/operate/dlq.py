@@ -26,14 +26,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import pika
-
 from service.messaging import topology
 from service.messaging.messages import (
     REPLAYED_HEADER,
     EventMessage,
     InvalidMessage,
     parse_message,
+    resent_properties,
 )
 from service.messaging.publish.publisher import ConfirmingPublisher, OutgoingMessage
 
@@ -96,16 +95,7 @@ def replay_message(routing_key: str, properties: Any, body: bytes) -> OutgoingMe
     headers = dict(properties.headers or {})
     headers[REPLAYED_HEADER] = True
     headers[REPLAY_COUNT_HEADER] = int(headers.get(REPLAY_COUNT_HEADER, 0)) + 1
-    replayed = pika.BasicProperties(
-        content_type=properties.content_type,
-        delivery_mode=properties.delivery_mode or 2,
-        message_id=properties.message_id,
-        type=properties.type,
-        timestamp=properties.timestamp,
-        app_id=properties.app_id,
-        headers=headers,
-    )
-    return OutgoingMessage(routing_key, body, replayed)
+    return OutgoingMessage(routing_key, body, resent_properties(properties, headers))
 
 
 def replay_dead_letters(

@@ -23,6 +23,7 @@ import pika.exceptions
 from service.config import Settings
 from service.messaging import topology
 from service.messaging.connection import BrokerUnavailable, open_blocking
+from service.messaging.messages import resent_properties
 from service.messaging.publish.publisher import ConfirmingPublisher, OutgoingMessage
 
 ERASED_PAYLOAD: dict[str, Any] = {"erased": True}  # fintegrate_erased_payload() in SQL
@@ -116,12 +117,4 @@ def _replace(settings: Settings, channel: Any, consumer_name: str, letters: list
 def _marked(properties: Any) -> pika.BasicProperties:
     headers = dict(properties.headers or {})
     headers[ERASED_HEADER] = True
-    return pika.BasicProperties(
-        content_type=properties.content_type,
-        delivery_mode=properties.delivery_mode or 2,
-        message_id=properties.message_id,
-        type=properties.type,
-        timestamp=properties.timestamp,
-        app_id=properties.app_id,
-        headers=headers,
-    )
+    return resent_properties(properties, headers)

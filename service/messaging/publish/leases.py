@@ -41,6 +41,8 @@ from typing import Any
 from sqlalchemy import Connection, Engine, Row, text
 from sqlalchemy.exc import DBAPIError
 
+from service.kit.errors import first_line
+
 log = logging.getLogger(__name__)
 
 SAFETY_FRACTION = 0.25
@@ -215,7 +217,7 @@ class PartitionLeases:
                 self._release(connection, held)
                 connection.execute(LEAVE, {"relay_id": self.relay_id})
         except DBAPIError as exc:  # the leases then simply expire
-            log.warning("could not release relay partitions: %s", _first_line(exc))
+            log.warning("could not release relay partitions: %s", first_line(exc))
 
     @property
     def joined(self) -> bool:
@@ -364,7 +366,7 @@ class PartitionLeases:
             try:
                 self.renew()
             except DBAPIError as exc:
-                log.warning("lease renewal failed: %s", _first_line(exc))
+                log.warning("lease renewal failed: %s", first_line(exc))
             except Exception:  # never let the keeper die silently
                 log.exception("lease renewal failed unexpectedly")
 
@@ -426,7 +428,3 @@ class PartitionLeases:
         with self._lock:
             held, self._held = sorted(self._held), {}
         return held
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -111,10 +111,6 @@ class ConfirmingPublisher:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @property
-    def is_ready(self) -> bool:
-        return self._ready
-
     # -- public API -------------------------------------------------------------------------
 
     def connect(self) -> None:

@@ -52,6 +52,7 @@ from service.events.outbox import (
     transaction_time,
 )
 from service.kit.db import APPLICATION_NAME, CONNECT_TIMEOUT_SECONDS, libpq_dsn
+from service.kit.errors import first_line
 from service.messaging.connection import Backoff, BrokerUnavailable
 from service.messaging.messages import POSSIBLE_DUPLICATE_HEADER
 from service.messaging.publish.leases import PartitionLeases, Tenure
@@ -180,7 +181,7 @@ class BacklogStatistics:
                 self._refreshed[name] = now
                 log.info("statistics of %s refreshed: a backlog sat in it, counted empty", name)
         except DBAPIError as exc:  # not the owner, a timeout: the next check tries again
-            log.warning("could not refresh outbox statistics: %s", _first_line(exc))
+            log.warning("could not refresh outbox statistics: %s", first_line(exc))
             return []
         return refreshed
 
@@ -458,7 +459,7 @@ class OutboxRelay:
                 self._turns,
             )
         except (BrokerUnavailable, DBAPIError) as exc:
-            self._pause(_first_line(exc))
+            self._pause(first_line(exc))
             return None
         except Exception:  # never die on a surprise: log it, start a fresh connection, go on
             log.exception("relay cycle failed unexpectedly")
@@ -541,7 +542,3 @@ class OutboxRelay:
                 self.totals.failed,
                 self.totals.refused,
             )
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -6,6 +6,9 @@ endpoint, so one customer's events reach an endpoint in sequence order and a ret
 holds back only its own customer there. Claims run one at a time (a transaction-scoped
 advisory lock), which keeps the per-endpoint in-flight cap exact across processes; each
 claim bumps the row's ``claim_token`` and an outcome is recorded only with that token.
+A claim walks each open endpoint's due heads only as far as the endpoint's free room
+(``ix_webhook_deliveries_endpoint_due``) and takes them round-robin across endpoints, so
+its cost follows what it claims, not the backlog.
 
 Reads of customer_events (the message to send, recover's window) and consumers (the name
 in the body; a disabled tenant's deliveries wait) are this room's on purpose: one statement
@@ -31,39 +34,36 @@ CLAIM_LOCK = text(
 )
 CLAIM = text(
     """
-    WITH candidates AS (
-        SELECT d.delivery_id, d.endpoint_id,
-               row_number() OVER (PARTITION BY d.endpoint_id
-                                  ORDER BY d.next_attempt_at, d.sequence) AS rank
-        FROM webhook_deliveries d
-        JOIN webhook_endpoints w ON w.endpoint_id = d.endpoint_id
-        WHERE d.status = 'pending' AND d.next_attempt_at <= now()
-          AND (d.claimed_until IS NULL OR d.claimed_until < now())
-          AND w.status = 'enabled' AND w.deleted_at IS NULL
+    WITH open_endpoints AS (
+        SELECT w.endpoint_id,
+               (CASE WHEN w.consecutive_failures >= :breaker_failures THEN 1 ELSE :cap END)
+               - (SELECT count(*) FROM webhook_deliveries f
+                  WHERE f.endpoint_id = w.endpoint_id AND f.status = 'pending'
+                    AND f.claimed_until IS NOT NULL AND f.claimed_until >= now()) AS room
+        FROM webhook_endpoints w
+        WHERE w.status = 'enabled' AND w.deleted_at IS NULL
           AND (w.paused_until IS NULL OR w.paused_until <= now())
           AND EXISTS (SELECT 1 FROM consumers t
-                      WHERE t.consumer_id = d.consumer_id AND t.status = 'active')
-          AND NOT EXISTS (
-              SELECT 1 FROM webhook_deliveries b
-              WHERE b.status = 'pending' AND b.endpoint_id = d.endpoint_id
-                AND b.aggregate_id = d.aggregate_id AND b.sequence < d.sequence)
-        ORDER BY d.next_attempt_at
-        LIMIT :scan
-    ), in_flight AS (
-        SELECT f.endpoint_id, count(*) AS busy
-        FROM webhook_deliveries f
-        WHERE f.status = 'pending' AND f.claimed_until >= now()
-          AND f.endpoint_id IN (SELECT endpoint_id FROM candidates)
-        GROUP BY f.endpoint_id
+                      WHERE t.consumer_id = w.consumer_id AND t.status = 'active')
+    ), heads AS (
+        SELECT h.delivery_id, h.next_attempt_at,
+               row_number() OVER (PARTITION BY o.endpoint_id
+                                  ORDER BY h.next_attempt_at, h.sequence) AS rank
+        FROM (SELECT * FROM open_endpoints WHERE room > 0) AS o
+        CROSS JOIN LATERAL (
+            SELECT d.delivery_id, d.next_attempt_at, d.sequence
+            FROM webhook_deliveries d
+            WHERE d.endpoint_id = o.endpoint_id AND d.status = 'pending'
+              AND d.next_attempt_at <= now()
+              AND (d.claimed_until IS NULL OR d.claimed_until < now())
+              AND NOT EXISTS (
+                  SELECT 1 FROM webhook_deliveries b
+                  WHERE b.status = 'pending' AND b.endpoint_id = d.endpoint_id
+                    AND b.aggregate_id = d.aggregate_id AND b.sequence < d.sequence)
+            ORDER BY d.next_attempt_at, d.sequence
+            LIMIT greatest(o.room, 0)) AS h
     ), chosen AS (
-        SELECT c.delivery_id
-        FROM candidates c
-        JOIN webhook_endpoints w ON w.endpoint_id = c.endpoint_id
-        LEFT JOIN in_flight f ON f.endpoint_id = c.endpoint_id
-        WHERE c.rank <= (CASE WHEN w.consecutive_failures >= :breaker_failures THEN 1
-                              ELSE :cap END) - coalesce(f.busy, 0)
-        ORDER BY c.rank
-        LIMIT :limit
+        SELECT delivery_id FROM heads ORDER BY rank, next_attempt_at LIMIT :limit
     ), claimed AS (
         UPDATE webhook_deliveries d
         SET claimed_by = :worker_id, claim_token = d.claim_token + 1,
@@ -80,30 +80,46 @@ CLAIM = text(
     LEFT JOIN consumers c ON c.consumer_id = e.consumer_id
     """
 )
-# The outcome of one attempt and its attempt row, in one round trip, fenced by the claim's
-# token: a process whose claim lapsed and was taken over records nothing at all.
-RECORD_ATTEMPT = text(
-    """
-    SET LOCAL synchronous_commit = off;
-    WITH moved AS (
-        UPDATE webhook_deliveries
-        SET status = :delivery_status, attempt_count = attempt_count + 1,
-            next_attempt_at = coalesce(CAST(:next_attempt_at AS timestamptz), next_attempt_at),
-            delivered_at = CASE WHEN :delivery_status = 'delivered' THEN now()
-                                ELSE delivered_at END,
-            last_error = CAST(:error AS text), claimed_by = NULL, claimed_until = NULL
-        WHERE delivery_id = :delivery_id AND claim_token = :claim_token AND status = 'pending'
-        RETURNING delivery_id, endpoint_id, event_id
+# The outcomes of a batch of attempts and their attempt rows, in one round trip, each fenced
+# by its claim's token: a process whose claim lapsed and was taken over records nothing.
+ATTEMPT_FIELDS = (
+    ("delivery_id", "uuid"),
+    ("claim_token", "bigint"),
+    ("delivery_status", "text"),
+    ("attempt_number", "integer"),
+    ("attempt_status", "text"),
+    ("started_at", "timestamptz"),
+    ("duration_ms", "integer"),
+    ("response_status", "integer"),
+    ("response_body", "text"),
+    ("error", "text"),
+    ("next_attempt_at", "timestamptz"),
+)
+RECORD_ATTEMPTS = text(
+    "SET LOCAL synchronous_commit = off; WITH outcome AS (SELECT * FROM unnest("  # noqa: S608
+    + ", ".join(f"CAST(:{name} AS {kind}[])" for name, kind in ATTEMPT_FIELDS)
+    + ") AS o("
+    + ", ".join(name for name, _ in ATTEMPT_FIELDS)
+    + """)
+    ), moved AS (
+        UPDATE webhook_deliveries d
+        SET status = o.delivery_status, attempt_count = d.attempt_count + 1,
+            next_attempt_at = coalesce(o.next_attempt_at, d.next_attempt_at),
+            delivered_at = CASE WHEN o.delivery_status = 'delivered' THEN now()
+                                ELSE d.delivered_at END,
+            last_error = o.error, claimed_by = NULL, claimed_until = NULL
+        FROM outcome o
+        WHERE d.delivery_id = o.delivery_id AND d.claim_token = o.claim_token
+          AND d.status = 'pending'
+        RETURNING d.delivery_id, d.endpoint_id, d.event_id
     )
     INSERT INTO webhook_attempts
         (delivery_id, endpoint_id, event_id, attempt_number, status, started_at, duration_ms,
          response_status, response_body, error, next_attempt_at)
-    SELECT delivery_id, endpoint_id, event_id, CAST(:attempt_number AS integer),
-           CAST(:attempt_status AS text), CAST(:started_at AS timestamptz),
-           CAST(:duration_ms AS integer), CAST(:response_status AS integer),
-           CAST(:response_body AS text), CAST(:error AS text),
-           CAST(:next_attempt_at AS timestamptz)
-    FROM moved
+    SELECT m.delivery_id, m.endpoint_id, m.event_id, o.attempt_number, o.attempt_status,
+           o.started_at, o.duration_ms, o.response_status, o.response_body, o.error,
+           o.next_attempt_at
+    FROM moved m JOIN outcome o ON o.delivery_id = m.delivery_id
     RETURNING delivery_id
     """
 )
@@ -191,7 +207,6 @@ def claim_due(
     params = {
         "worker_id": worker_id,
         "limit": limit,
-        "scan": max(limit * 4, 100),
         "cap": cap,
         "breaker_failures": breaker_failures,
         "claim_seconds": claim_seconds,
@@ -199,10 +214,13 @@ def claim_due(
     return connection.execute(CLAIM, params).all()
 
 
-def record_attempt(connection: Connection, attempt: dict[str, Any]) -> bool:
-    """Record one attempt on its delivery (RECORD_ATTEMPT's parameters); False when the
-    claim was lost."""
-    return connection.execute(RECORD_ATTEMPT, attempt).first() is not None
+def record_attempts(connection: Connection, attempts: Sequence[dict[str, Any]]) -> set[UUID]:
+    """Record attempts on their deliveries (each a dict of ``ATTEMPT_FIELDS``); the
+    deliveries recorded (a claim that was lost records nothing)."""
+    if not attempts:
+        return set()
+    columns = {name: [attempt[name] for attempt in attempts] for name, _ in ATTEMPT_FIELDS}
+    return set(connection.execute(RECORD_ATTEMPTS, columns).scalars())
 
 
 def list_attempts(

@@ -426,3 +426,59 @@ def test_redirects_are_not_followed_and_bodies_are_cut_at_4_kib(
     assert first["response_body"] == "x" * 4096
     assert second["status"] == "succeeded"
     assert [item.path for item in receiver.received] == ["/hook", "/hook"]
+
+
+def test_outcomes_recorded_in_batches_receipt_each_event_once(
+    client: TestClient,
+    create_consumer: Callable[..., Any],
+    receiver_factory: Any,
+    deliver: Any,
+    engine: Engine,
+) -> None:
+    """Two endpoints get the same events: a turn records both answers to one event and
+    several events of one customer together; each event is receipted once, delivered, and
+    its customer's last delivered sequence is the highest."""
+    tenant = create_consumer()
+    receivers = [receiver_factory(), receiver_factory()]
+    for receiver in receivers:
+        endpoint_for(client, tenant, receiver)
+    made = customers_with_events(client, tenant, customers=3, changes=2)
+    deliverer = deliver()
+    assert deliverer.totals.delivered == 18
+    assert deliverer.totals.lost_claims == 0
+    for receiver in receivers:
+        assert sequences_by_customer(receiver.received) == made
+    with engine.connect() as connection:
+        receipts = connection.execute(
+            text(
+                "SELECT e.event_id, count(r.event_id) AS receipts, e.deliver_status"
+                " FROM customer_events e LEFT JOIN consumer_event_receipts r"
+                "   ON r.event_id = e.event_id AND r.status = 'processed'"
+                " WHERE e.consumer_id = :c AND e.customer_id IS NOT NULL"
+                " GROUP BY e.event_id, e.deliver_status"
+            ),
+            {"c": tenant["consumer_id"]},
+        ).all()
+        last = dict(
+            connection.execute(
+                text(
+                    "SELECT d.aggregate_id::text, e.sequence FROM delivered_sequences d"
+                    " JOIN customer_events e ON e.event_id = d.event_id"
+                    " WHERE d.consumer_id = :c AND e.customer_id IS NOT NULL"
+                ),
+                {"c": tenant["consumer_id"]},
+            ).all()
+        )
+    assert len(receipts) == 9
+    assert {(row.receipts, row.deliver_status) for row in receipts} == {(1, "delivered")}
+    with engine.connect() as connection:
+        highest = dict(
+            connection.execute(
+                text(
+                    "SELECT customer_id::text, max(sequence) FROM customer_events"
+                    " WHERE consumer_id = :c AND customer_id IS NOT NULL GROUP BY customer_id"
+                ),
+                {"c": tenant["consumer_id"]},
+            ).all()
+        )
+    assert last == highest

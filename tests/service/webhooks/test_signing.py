@@ -9,11 +9,13 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 
 from service.webhooks.signing import (
+    InvalidSignature,
     SecretBox,
     SecretsUnavailable,
     new_secret,
     secret_bytes,
     sign,
+    verify,
 )
 
 
@@ -54,3 +56,13 @@ def test_no_key_is_refused_outside_development() -> None:
         SecretBox(None, "development").open(SecretBox(None, "development").seal("s", "e"), "e")
         == "s"
     )
+
+
+def test_what_the_reference_library_signs_verifies_here_and_a_change_does_not() -> None:
+    secret, body, timestamp = new_secret(), b'{"a":1}', 1765108800
+    header = Webhook(secret).sign("evt_1", datetime.fromtimestamp(timestamp, UTC), body)
+    verify(secret, "evt_1", str(timestamp), body, header, now=timestamp + 60)
+    with pytest.raises(InvalidSignature):
+        verify(secret, "evt_2", str(timestamp), body, header, now=timestamp)
+    with pytest.raises(InvalidSignature):
+        verify(secret, "evt_1", str(timestamp), body, header, now=timestamp + 3600)

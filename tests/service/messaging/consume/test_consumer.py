@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -17,6 +16,7 @@ from sqlalchemy import Engine, text
 
 from service.config import Settings
 from service.messaging import topology
+from service.messaging.consume import WorkerConfig
 from service.messaging.consume.consumer import EventConsumer
 from service.messaging.messages import EventMessage
 from service.messaging.publish.relay import OutboxRelay
@@ -28,6 +28,7 @@ from tests.support.outbox import (
     queue_depth,
     wait_until,
 )
+from tests.support.processes import sigterm_when
 from tests.support.tcp_proxy import TcpProxy
 
 Tenant = dict[str, Any]
@@ -115,7 +116,11 @@ class WorkerThread:
             update={"api_url": api_url, "api_key": tenant["api_key"]}
         )
         self.consumer = EventConsumer(
-            worker_settings, tenant["name"], self.stop, handler or self.record, **options
+            WorkerConfig.from_settings(worker_settings),
+            tenant["name"],
+            self.stop,
+            handler or self.record,
+            **options,
         )
         self.thread = threading.Thread(target=self.consumer.run, daemon=True)
 
@@ -287,13 +292,7 @@ def test_sigterm_finishes_the_messages_in_hand_and_loses_nothing(
         stderr=subprocess.PIPE,
         text=True,
     )
-    try:
-        assert wait_until(lambda: log.exists() and "start" in log.read_text(), timeout=30)
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
+    _, stderr = sigterm_when(process, lambda: log.exists() and "start" in log.read_text())
     assert process.returncode == 0, stderr
     lines = log.read_text().splitlines()
     started = {line.removeprefix("start ") for line in lines if line.startswith("start ")}

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
+from dataclasses import replace
 
 import pytest
 
@@ -14,22 +13,12 @@ from service.messaging.connection import BrokerUnavailable
 from service.messaging.messages import OutboundEvent, parse_message
 from service.messaging.operate.provisioning import provision_consumer_queues
 from service.messaging.publish.publisher import ConfirmingPublisher, outgoing_event
-from tests.support.outbox import drain_queue, new_consumer_name, queue_depth
+from tests.support.outbox import drain_queue, new_consumer_name, outbound_event, queue_depth
 from tests.support.tcp_proxy import TcpProxy
 
 
 def event_for(consumer_name: str, event_type: str = "customer_creation") -> OutboundEvent:
-    return OutboundEvent(
-        event_id=str(uuid.uuid4()),
-        event_type=event_type,
-        consumer_id=str(uuid.uuid4()),
-        consumer_name=consumer_name,
-        customer_id=str(uuid.uuid4()),
-        occurred_at=datetime.now(UTC),
-        sequence=1,
-        payload={"name": "Ada"},
-        metadata={"request_id": "r1"},
-    )
+    return replace(outbound_event(event_type, consumer_name), metadata={"request_id": "r1"})
 
 
 def test_batch_is_confirmed_and_carries_the_spec_format(settings: Settings) -> None:

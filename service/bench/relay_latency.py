@@ -1,0 +1,249 @@
+"""End to end: the API's 201 to the tenant's handler, against the broker alone.
+
+``fintegrate serve``, ``fintegrate relay`` and ``fintegrate consume`` run as child
+processes on the bench's own database and vhost; after an unmeasured warm-up, each round
+creates customers open-loop at ``rate`` for ``duration`` s (``pipeline``: 201 -> handler
+called, the same from the moment the request was due, and the outbox lag, commit ->
+confirmed publish, of the same events) and sends as many messages through plain pika
+(``raw_pika``, ``broker_floor``: publish -> consumer callback, the floor no relay can
+beat), the order alternating every round. The verdicts hold the pipeline's p50 and p99
+of every round to their targets.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine
+
+from service.bench import loadgen, stack, statements
+from service.bench.broker_floor import floor_latency
+from service.bench.figures import Arrivals, Progress, ceiling, percentile
+from service.bench.servers import BIN, alternating, api_command, free_port, wait_healthy
+from service.config import Settings
+
+P50_TARGET_MS = 20.0
+P99_TARGET_MS = 100.0
+HANDLER_LOG_ENV = "FINTEGRATE_BENCH_HANDLER_LOG"
+HANDLER = "service.bench.relay_latency:record_handler"
+WARMUP_SECONDS = 2.0
+SETTLE_SECONDS = 60.0
+SIDES = ("pipeline", "raw_pika")
+
+
+@dataclass(frozen=True)
+class LatencyOptions:
+    """The steady load: ``rate`` customers/s for ``duration`` s, ``api_workers`` servers."""
+
+    rate: float = 200.0
+    duration: float = 30.0
+    api_workers: int = 2
+    warmup: float = WARMUP_SECONDS
+    rounds: int = 3
+
+
+@dataclass(frozen=True)
+class LatencyFigures:
+    """API 201 -> handler called of every measured customer, and its parts."""
+
+    rate: float
+    duration: float
+    requests: int
+    answered_201: int
+    handled: int
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+    due_p50_ms: float  # from the moment the request was due, the API's own time included
+    due_p99_ms: float
+    publish_lag_p50_ms: float  # commit -> confirmed publish of the same events
+    publish_lag_p99_ms: float
+
+    @property
+    def valid(self) -> bool:
+        """Every request answered 201 and every answered customer reached the handler."""
+        return self.requests == self.answered_201 == self.handled
+
+
+@dataclass(frozen=True)
+class LatencyRound:
+    """The pipeline and the broker alone, once each."""
+
+    pipeline: LatencyFigures
+    raw_pika: Arrivals
+
+
+@dataclass
+class LatencyReport:
+    """The rounds and the pipeline's p50/p99 verdicts."""
+
+    options: LatencyOptions
+    rounds: list[LatencyRound] = field(default_factory=list)
+
+    def p50s(self) -> list[float]:
+        return [r.pipeline.p50_ms for r in self.rounds]
+
+    def p99s(self) -> list[float]:
+        return [r.pipeline.p99_ms for r in self.rounds]
+
+    def invalid_phases(self) -> list[str]:
+        return [
+            f"latency round {index + 1} {phase}"
+            for index, measured in enumerate(self.rounds)
+            for phase, valid in (
+                ("pipeline", measured.pipeline.valid),
+                ("raw_pika", measured.raw_pika.valid),
+            )
+            if not valid
+        ]
+
+    @property
+    def met(self) -> bool:
+        p50, p99 = ceiling(self.p50s(), P50_TARGET_MS), ceiling(self.p99s(), P99_TARGET_MS)
+        return bool(p50["met"] and p99["met"])
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            **asdict(self.options),
+            "rounds": [asdict(measured) for measured in self.rounds],
+            "p50_ms": ceiling(self.p50s(), P50_TARGET_MS),
+            "p99_ms": ceiling(self.p99s(), P99_TARGET_MS),
+            "met": self.met,
+        }
+
+
+_handler_log: Any = None
+
+
+def record_handler(message: Any) -> None:
+    """The consume process's handler: appends ``customer_id wall-clock-seconds``."""
+    global _handler_log
+    if _handler_log is None:
+        _handler_log = open(os.environ[HANDLER_LOG_ENV], "a", buffering=1)  # noqa: SIM115
+    _handler_log.write(f"{message.customer_id} {time.time():.6f}\n")
+
+
+def run(settings: Settings, options: LatencyOptions, progress: Progress) -> LatencyReport:
+    """The three processes on loopback, the rounds, the figures (processes gone)."""
+    report = LatencyReport(options)
+    with tempfile.TemporaryDirectory(prefix="bench_relay_") as directory:
+        log = Path(directory) / "handled.log"
+        with ExitStack() as processes:
+            api_key, settings = start_pipeline(processes, settings, options, log)
+            warm_up(settings, api_key, log, options)
+            for number, order in enumerate(alternating(len(SIDES), options.rounds), start=1):
+                phases: dict[str, Any] = {}
+                for side in (SIDES[index] for index in order):
+                    if side == "pipeline":
+                        phases[side] = pipeline_phase(settings, api_key, log, options)
+                    else:
+                        phases[side] = floor_latency(
+                            settings.rabbitmq_url,
+                            options.rate,
+                            options.duration,
+                            settings.consumer_prefetch,
+                        )
+                    progress(f"latency round {number}/{options.rounds} {describe(phases[side])}")
+                report.rounds.append(LatencyRound(phases["pipeline"], phases["raw_pika"]))
+    return report
+
+
+def warm_up(settings: Settings, api_key: str, log: Path, options: LatencyOptions) -> None:
+    """Unmeasured load until its customers reached the handler: every process is ready.
+
+    On a busy machine the relay and the worker take seconds to start; a fixed pause would
+    let their start-up into the first round.
+    """
+    answered = loadgen.steady_load(settings.api_url, api_key, options.rate, options.warmup)
+    stack.wait_until(lambda: set(answered) <= set(handler_times(log)), SETTLE_SECONDS)
+
+
+def describe(phase: LatencyFigures | Arrivals) -> str:
+    """One line for people."""
+    if isinstance(phase, Arrivals):
+        counts, side = f"{phase.received}/{phase.sent} received", "raw_pika"
+    else:
+        counts, side = f"{phase.handled}/{phase.requests} handled", "pipeline"
+    return f"{side:<9} p50 {phase.p50_ms:6.1f} ms  p99 {phase.p99_ms:6.1f} ms  ({counts})"
+
+
+def pipeline_phase(
+    settings: Settings, api_key: str, log: Path, options: LatencyOptions
+) -> LatencyFigures:
+    """Customers at ``rate`` for ``duration`` s; their figures once all were handled."""
+    earlier = set(handler_times(log))
+    answered = loadgen.steady_load(settings.api_url, api_key, options.rate, options.duration)
+    stack.wait_until(lambda: set(answered) <= set(handler_times(log)), SETTLE_SECONDS)
+    return latency_figures(settings, options, answered, earlier, handler_times(log))
+
+
+def start_pipeline(
+    processes: ExitStack, settings: Settings, options: LatencyOptions, log: Path
+) -> tuple[str, Settings]:
+    """serve, a tenant made through the API, relay, consume; the tenant's key and settings."""
+    port = free_port()
+    settings = settings.model_copy(update={"api_url": f"http://127.0.0.1:{port}"})
+    command = api_command(port, options.api_workers)
+    wait_healthy(port, stack.background(processes, command, stack.process_env(settings)))
+    tenant = stack.tenant_through_api(settings.api_url, settings)
+    cli = str(BIN / "fintegrate")
+    stack.background(processes, [cli, "-q", "relay"], stack.process_env(settings))
+    worker_env = stack.process_env(
+        settings, FINTEGRATE_API_KEY=tenant["api_key"], **{HANDLER_LOG_ENV: str(log)}
+    )
+    consume = [cli, "-q", "consume", "--consumer", tenant["name"], "--handler", HANDLER]
+    stack.background(processes, consume, worker_env)
+    return str(tenant["api_key"]), settings
+
+
+def latency_figures(
+    settings: Settings,
+    options: LatencyOptions,
+    answered: dict[str, tuple[float, float]],
+    earlier: set[str],
+    called: dict[str, float],
+) -> LatencyFigures:
+    """The figures of the customers created in the measured window."""
+    measured = {c: times for c, times in answered.items() if c in called and c not in earlier}
+    from_201 = [(called[c] - at) * 1000 for c, (_, at) in measured.items()]
+    from_due = [(called[c] - due) * 1000 for c, (due, _) in measured.items()]
+    lag_p50, lag_p99 = publish_lag(settings, list(measured))
+    return LatencyFigures(
+        options.rate,
+        options.duration,
+        int(options.rate * options.duration),
+        len(answered),
+        len(measured),
+        percentile(from_201, 0.50),
+        percentile(from_201, 0.99),
+        max(from_201, default=0.0),
+        percentile(from_due, 0.50),
+        percentile(from_due, 0.99),
+        lag_p50,
+        lag_p99,
+    )
+
+
+def publish_lag(settings: Settings, customer_ids: list[str]) -> tuple[float, float]:
+    """p50/p99 of commit -> confirmed publish of these customers' events, ms."""
+    engine = create_engine(settings.database_url)
+    with engine.connect() as connection:
+        row = connection.execute(
+            statements.PUBLISH_LAG_OF_CUSTOMERS, {"customer_ids": customer_ids}
+        ).one()
+    engine.dispose()
+    return float(row.p50 or 0), float(row.p99 or 0)
+
+
+def handler_times(path: Path) -> dict[str, float]:
+    """customer_id -> when the handler was called, as the consume process logged it."""
+    if not path.exists():
+        return {}
+    pairs = (line.split() for line in path.read_text().splitlines() if line.strip())
+    return {customer: float(stamp) for customer, stamp in pairs}

@@ -1,0 +1,111 @@
+"""``fintegrate bench webhooks`` latency: the API's 201 to the receiver against plain httpx.
+
+``fintegrate serve`` and a ``WebhookDeliverer`` in this process stay up for all rounds;
+each round creates customers open-loop at ``rate`` for ``duration`` s (201 -> their
+event at the receiver) and sends as many plain httpx POSTs one at a time (send ->
+receiver), the order alternating every round.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from contextlib import ExitStack
+
+import httpx
+
+from service.bench import loadgen, stack
+from service.bench.figures import Arrivals, Progress
+from service.bench.receiver import Receiver
+from service.bench.servers import alternating, api_command, free_port, wait_healthy
+from service.config import Settings
+from service.kit.db import create_db_engine
+from service.webhooks.delivery.process import WebhookDeliverer
+
+SIDES = ("deliverer", "plain")
+SETTLE_SECONDS = 120.0
+
+
+def customer_of(body: bytes) -> str:
+    return str(json.loads(body).get("customer_id"))
+
+
+def latency_rounds(
+    settings: Settings, rounds: int, rate: float, duration: float, progress: Progress
+) -> list[dict[str, Arrivals]]:
+    """The API and the deliverer up once; each round both sides, the order alternating."""
+    receiver = Receiver(customer_of)
+    measured = []
+    with ExitStack() as running:
+        running.callback(receiver.stop)
+        api, key = start_api(running, settings, receiver)
+        engine = create_db_engine(settings, pool_size=settings.webhook_delivery_concurrency + 2)
+        running.callback(engine.dispose)
+        stop = threading.Event()
+        deliverer = WebhookDeliverer(settings, engine, stop)
+        thread = threading.Thread(target=deliverer.run, name="bench-deliverer", daemon=True)
+        thread.start()
+        running.callback(deliverer.close)
+        running.callback(thread.join, 30)
+        running.callback(stop.set)
+        count = int(rate * duration)
+        for number, order in enumerate(alternating(len(SIDES), rounds), start=1):
+            phases = {}
+            for side in (SIDES[index] for index in order):
+                if side == "deliverer":
+                    phases[side] = pipeline_latency(api, key, receiver, rate, duration)
+                else:
+                    phases[side] = plain_latency(count)
+                progress(
+                    f"latency round {number}/{rounds} {side:<10} "
+                    f"p50 {phases[side].p50_ms:.1f} ms, p99 {phases[side].p99_ms:.1f} ms "
+                    f"({phases[side].received}/{phases[side].sent})"
+                )
+            measured.append({side: phases[side] for side in SIDES})
+    return measured
+
+
+def start_api(running: ExitStack, settings: Settings, receiver: Receiver) -> tuple[str, str]:
+    """``fintegrate serve`` and a tenant with one endpoint at ``receiver``; URL and key."""
+    port = free_port()
+    server = stack.background(running, api_command(port, 1), stack.process_env(settings))
+    wait_healthy(port, server)
+    api = f"http://127.0.0.1:{port}"
+    made = stack.tenant_through_api(api, settings)
+    httpx.post(
+        f"{api}/webhooks/endpoints",
+        json={"url": receiver.url, "event_types": ["customer_creation"]},
+        headers={"X-API-Key": made["api_key"]},
+        timeout=30,
+    ).raise_for_status()
+    return api, str(made["api_key"])
+
+
+def pipeline_latency(
+    api: str, key: str, receiver: Receiver, rate: float, duration: float
+) -> Arrivals:
+    """Customers at ``rate`` for ``duration`` s; 201 -> their event at the receiver."""
+    answered = loadgen.steady_load(api, key, rate, duration)
+    stack.wait_until(lambda: all(c in receiver.arrivals for c in answered), SETTLE_SECONDS)
+    waits = [
+        (receiver.arrivals[c] - at) * 1000
+        for c, (_, at) in answered.items()
+        if c in receiver.arrivals
+    ]
+    expected = int(rate * duration)
+    return Arrivals.of("deliverer", expected, waits)
+
+
+def plain_latency(count: int) -> Arrivals:
+    """Send -> receiver of ``count`` plain httpx POSTs, one at a time, on one client."""
+    receiver = Receiver(customer_of)
+    waits = []
+    with httpx.Client() as client:
+        for index in range(count):
+            body = json.dumps({"customer_id": f"plain-{index}"}).encode()
+            sent = time.time()
+            client.post(receiver.url, content=body, headers={"content-type": "application/json"})
+            waits.append((receiver.arrivals[f"plain-{index}"] - sent) * 1000)
+    receiver.stop()
+    return Arrivals.of("plain", count, waits)
