@@ -140,8 +140,10 @@ def show(report: ApiBenchReport, as_json: bool) -> None:
     emit_rows([rounded(row) for row in rows], [*columns, "server_cpu_ms_per_request"], False)
     verdicts = [ratio_verdict(f"api/{ratio.baseline}", ratio) for ratio in report.ratios()]
     tracing = report.tracing_ratio()
-    if tracing is not None:
+    cpu = report.tracing_cpu_ratio()
+    if tracing is not None and cpu is not None:
         verdicts.append(ratio_verdict(f"{TRACED}/api", tracing))
+        verdicts.append(ratio_verdict(f"{TRACED}/api server CPU per request", cpu))
     p99s = report.api_p99s()
     verdicts.append(
         {

@@ -103,6 +103,17 @@ class ApiBenchReport:
             return None
         return ratio_over_rounds("api", self.per_round(TRACED, "api"), TRACING_TARGET)
 
+    def tracing_cpu_ratio(self) -> Ratio | None:
+        """Server CPU per request, api+tracing/api, for information (no target): on a
+        machine whose other load sets the pace, req/s can hide what tracing costs."""
+        if self.tracing_ratio() is None:
+            return None
+        per_round = [
+            rate_ratio(r[TRACED].server_cpu_ms_per_request, r["api"].server_cpu_ms_per_request)
+            for r in self.rounds
+        ]
+        return ratio_over_rounds("api", per_round, None)
+
     def per_round(self, figure: str, baseline: str) -> list[float]:
         return [rate_ratio(r[figure].rate, r[baseline].rate) for r in self.rounds]
 
@@ -149,7 +160,13 @@ class ApiBenchReport:
         ratio = self.tracing_ratio()
         if ratio is None:
             return None
-        return {"ratio": f"{TRACED}/api", **ratio.as_dict(), "otlp_exports": self.otlp_exports}
+        cpu = self.tracing_cpu_ratio()
+        return {
+            "ratio": f"{TRACED}/api",
+            **ratio.as_dict(),
+            "otlp_exports": self.otlp_exports,
+            "server_cpu_per_request": cpu.as_dict() if cpu else None,
+        }
 
 
 @dataclass(frozen=True)

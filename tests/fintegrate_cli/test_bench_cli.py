@@ -112,6 +112,10 @@ def test_a_small_run_with_tracing_exports_the_traced_phase(
     assert (tracing["low"], tracing["high"]) == pytest.approx((min(per_round), max(per_round)))
     assert tracing["otlp_exports"] > 0  # the traced API's spans reached the receiver
     assert tracing["met"] == (tracing["median"] >= TRACING_TARGET)
+    cpu = [r[TRACED]["server_cpu_ms_per_request"] / r["api"]["server_cpu_ms_per_request"]
+           for r in report["rounds"]]  # fmt: skip
+    assert tracing["server_cpu_per_request"]["median"] == pytest.approx(statistics.median(cpu))
+    assert tracing["server_cpu_per_request"]["target"] is None
 
 
 def test_the_tracing_verdict_is_the_median_of_traced_over_untraced_rounds() -> None:
@@ -124,6 +128,8 @@ def test_the_tracing_verdict_is_the_median_of_traced_over_untraced_rounds() -> N
     assert tracing is not None
     assert (tracing.median, tracing.low, tracing.high) == pytest.approx((0.95, 0.7, 0.95))
     assert tracing.met and report.as_dict()["tracing"]["met"] is True
+    cpu = report.tracing_cpu_ratio()  # every phase cost 1.0 ms of CPU per request
+    assert cpu is not None and (cpu.median, cpu.target, cpu.met) == (1.0, None, True)
     report.rounds[0][TRACED] = phase(TRACED, 800)
     assert not report.tracing_ratio().met and not report.met  # type: ignore[union-attr]
 
