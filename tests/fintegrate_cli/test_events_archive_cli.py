@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import Engine
 
 from service.events import partitions
-from tests.fintegrate_cli.conftest import RunCli, json_of
+from tests.support.cli import RunCli, json_of
 from tests.support.history import history_database, load_history
 
 

@@ -4,26 +4,21 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 
 from fintegrate_cli.server import settings_environment
 from service.config import Settings
+from service.gateway.runner import Gateway
+from tests.support.ports import free_port
 
 FINTEGRATE = str(Path(sys.executable).parent / "fintegrate")
 START_TIMEOUT_SECONDS = 60.0
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def cli_environment(settings: Settings) -> dict[str, str]:
@@ -82,3 +77,8 @@ def client_from(source: str, base_url: str) -> httpx.Client:
     """An HTTP client whose connections leave from loopback address ``source`` (127.0.0.x)."""
     transport = httpx.HTTPTransport(local_address=source)
     return httpx.Client(base_url=base_url, transport=transport, timeout=30.0)
+
+
+# The gateway fixtures' factories: a Gateway, an API instance.
+GatewayFactory = Callable[..., Gateway]
+InstanceFactory = Callable[..., ApiInstance]

@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 
 from fintegrate_cli.main import app
 from service.config import Settings
-from tests.gateway.conftest import GatewayFactory, InstanceFactory
-from tests.gateway.processes import ApiInstance, cli_environment, free_port
+from tests.gateway.processes import ApiInstance, GatewayFactory, InstanceFactory, cli_environment
+from tests.support.ports import free_port
 
 
 def doctor_gateway(monkeypatch: pytest.MonkeyPatch, settings: Settings) -> dict[str, str]:

@@ -16,7 +16,8 @@ import pytest
 from service.config import Settings
 from service.gateway import runner
 from service.gateway.runner import Gateway, GatewayError, GatewayOptions
-from tests.gateway.processes import FINTEGRATE, ApiInstance, cli_environment, free_port
+from tests.gateway.processes import FINTEGRATE, ApiInstance, cli_environment
+from tests.support.ports import free_port
 
 READY_TIMEOUT_SECONDS = 30.0
 

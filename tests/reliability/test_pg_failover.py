@@ -28,9 +28,9 @@ from sqlalchemy import Engine, create_engine, text
 from service.config import Settings, shipped_driver_url
 from service.migrations import runner as migrations
 from tests.reliability.probes import publish_states, report_figures
-from tests.reliability.processes import FintegrateProcess
 from tests.support.outbox import drain_queue, wait_until
 from tests.support.pg_ha import PgPair
+from tests.support.processes import FintegrateProcess
 from tests.support.rabbit_cluster import exclusive
 
 # The bound covers waiting for the other worker's failover test to finish its turn.

@@ -21,7 +21,7 @@ from service.messaging.connection import vhost_of
 from service.messaging.operate.inspection import inspect_tenant
 from service.messaging.operate.management import ManagementClient
 from service.messaging.operate.provisioning import provision_consumer_queues
-from tests.conftest import unique_name
+from tests.support.names import unique_name
 from tests.support.outbox import amqp_channel, queue_depth
 
 DELIVERY_LIMIT = 2

@@ -33,8 +33,8 @@ from service.messaging.connection import connection_parameters, split_urls, vhos
 from service.messaging.operate.management import ManagementClient
 from tests.reliability.handlers import LOG_ENV, handler_lines
 from tests.reliability.probes import publish_states, report_figures
-from tests.reliability.processes import FINTEGRATE, FintegrateProcess, process_environment
 from tests.support.outbox import wait_until
+from tests.support.processes import FINTEGRATE, FintegrateProcess, process_environment
 from tests.support.rabbit_cluster import (
     NODES,
     RabbitCluster,

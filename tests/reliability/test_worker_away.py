@@ -23,9 +23,9 @@ from service.messaging.operate.provisioning import provision_consumer_queues
 from service.messaging.publish.relay import OutboxRelay
 from tests.reliability.handlers import LOG_ENV, handler_lines
 from tests.reliability.probes import deliver_states, report_figures
-from tests.reliability.processes import FintegrateProcess
 from tests.support.api import create_tenant_over_http
 from tests.support.outbox import amqp_channel, queue_depth, wait_until
+from tests.support.processes import FintegrateProcess
 
 pytestmark = pytest.mark.slow
 TTL_MS = 1500

@@ -18,9 +18,10 @@ from sqlalchemy import Engine, text
 from service.app import create_app
 from service.config import Settings
 from service.events import partitions, repair, stats
-from tests.reliability.processes import FintegrateProcess, free_port
 from tests.support.history import days_ago, history_database, load_history
 from tests.support.live_server import LiveServer
+from tests.support.ports import free_port
+from tests.support.processes import FintegrateProcess
 
 BIG = 120_000  # events enough that writing the files takes a few seconds
 WAITING_DDL = text(

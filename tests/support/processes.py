@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ import httpx
 
 from fintegrate_cli.server import settings_environment
 from service.config import Settings
+from tests.support.ports import free_port
 
 FINTEGRATE = str(Path(sys.executable).with_name("fintegrate"))
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -34,14 +34,6 @@ def process_environment(settings: Settings, extra: dict[str, str] | None = None)
     environment["PYTHONPATH"] = str(REPO_ROOT)
     environment.update(extra or {})
     return environment
-
-
-def free_port() -> int:
-    """A loopback port that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 class FintegrateProcess:
