@@ -1,4 +1,4 @@
-"""Factories and probes for event-pipeline tests: consumer and event rows, queue depths."""
+"""Factories and probes for event-pipeline tests: consumer and event rows, queues, a relay."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from sqlalchemy import Engine, text
 
 from service.config import Settings
 from service.messaging import topology
-from service.messaging.connection import open_blocking
+from service.messaging.connection import open_blocking, vhost_of
+from service.messaging.operate.management import ManagementClient
 from service.messaging.operate.provisioning import ProvisionResult
 from service.messaging.publish.leases import PartitionLeases
 from service.messaging.publish.relay import OutboxRelay
@@ -132,6 +133,22 @@ def queue_depth(url: str, queue: str) -> int:
     """Messages ready in ``queue`` (passive declare)."""
     with amqp_channel(url) as channel:
         return int(channel.queue_declare(queue, passive=True).method.message_count)
+
+
+def live_queue(settings: Settings, name: str) -> dict[str, Any] | None:
+    """The queue as the management API shows it; None when it does not exist."""
+    assert settings.rabbitmq_management_url
+    with ManagementClient(
+        settings.rabbitmq_management_url, vhost_of(settings.rabbitmq_url)
+    ) as management:
+        return management.queue(name)
+
+
+def declared_queue(settings: Settings, name: str) -> dict[str, Any]:
+    """The queue as the management API shows it; it must exist."""
+    queue = live_queue(settings, name)
+    assert queue is not None, name
+    return queue
 
 
 def drain_queue(url: str, queue: str) -> list[tuple[Any, Any, bytes]]:

@@ -15,10 +15,9 @@ import time
 from pathlib import Path
 from typing import IO
 
-import httpx
-
 from fintegrate_cli.server import settings_environment
 from service.config import Settings
+from tests.support.live_server import wait_healthy
 from tests.support.ports import free_port
 
 FINTEGRATE = str(Path(sys.executable).with_name("fintegrate"))
@@ -117,12 +116,7 @@ def serve_api(
     args = ["serve", "--port", str(port), "--log-level", log_level]
     api = FintegrateProcess(name, args, settings, log_dir, extra_env).start()
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + START_TIMEOUT_SECONDS
-    while time.monotonic() < deadline and api.alive:
-        try:
-            if httpx.get(f"{url}/health", timeout=1.0).status_code == 200:
-                return api, url
-        except httpx.TransportError:
-            time.sleep(0.1)
+    if wait_healthy(url, lambda: api.alive, START_TIMEOUT_SECONDS):
+        return api, url
     api.kill()
     raise RuntimeError(f"fintegrate serve did not come up on {url}:\n{api.log_text()[-2000:]}")
