@@ -27,6 +27,7 @@ from sqlalchemy.engine import make_url
 from service.app import create_app
 from service.config import Settings, get_settings
 from service.migrations import runner as migrations
+from tests.support.history import history_database
 from tests.support.live_server import LiveServer
 from tests.support.services import (
     HELP,
@@ -199,6 +200,15 @@ def engine(migrated_database_url: str) -> Iterator[Engine]:
     db_engine = engine_on(migrated_database_url)
     yield db_engine
     db_engine.dispose()
+
+
+@pytest.fixture
+def history_engine(database_factory: Callable[[], str]) -> Iterator[Engine]:
+    """A database of the test's own, migrated, with weekly partitions weeks back (the
+    history tests drop and create partitions)."""
+    engine = history_database(database_factory)
+    yield engine
+    engine.dispose()
 
 
 @pytest.fixture

@@ -22,12 +22,10 @@ from service.messaging.messages import EventMessage, event_from_row
 from service.messaging.publish.publisher import ConfirmingPublisher, outgoing_event
 from service.messaging.publish.relay import OutboxRelay
 
+# A consumer's data as the admin API answered (api_key, name, queue_name, ...).
 Tenant = dict[str, Any]
-
-
+# The status changes customers_with_events makes, in turn.
 STATUSES = ("suspended", "active")
-
-
 CUSTOMER_ROWS = text(
     """
     SELECT e.event_id, e.event_type, e.consumer_id, c.name AS consumer_name, e.customer_id,
@@ -50,6 +48,7 @@ def create_customers(api: httpx.Client, tenant: Tenant, count: int) -> list[str]
 
 
 def change_status(api: httpx.Client, tenant: Tenant, customer_id: str, status: str) -> None:
+    """PATCH the customer's status as the tenant (one more event)."""
     response = api.patch(
         f"/customer/data/{customer_id}/status",
         json={"status": status},
@@ -93,6 +92,7 @@ def interleaved_rows(engine: Engine, tenant: Tenant, group: int = 8) -> list[Any
 
 
 def expected_orders(rows: list[Any]) -> dict[str, list[int]]:
+    """Per customer, the sequences of ``rows`` in order: what a handler must see."""
     orders: dict[str, list[int]] = defaultdict(list)
     for row in sorted(rows, key=lambda r: r.sequence):
         orders[str(row.customer_id)].append(int(row.sequence))
@@ -100,6 +100,7 @@ def expected_orders(rows: list[Any]) -> dict[str, list[int]]:
 
 
 def receipts(engine: Engine, tenant: Tenant) -> list[tuple[str, str, str | None]]:
+    """The tenant's receipts as (event_id, status, detail)."""
     with engine.connect() as connection:
         rows = connection.execute(
             text(
@@ -112,6 +113,7 @@ def receipts(engine: Engine, tenant: Tenant) -> list[tuple[str, str, str | None]
 
 
 def publish_all(settings: Settings, engine: Engine) -> None:
+    """Publish every pending event as the relay does, until none is left."""
     OutboxRelay(settings, engine, threading.Event()).drain()
 
 
@@ -125,6 +127,7 @@ def publish(
 
 
 def event_body(**changes: Any) -> bytes:
+    """The body of a valid event message, with ``changes`` to its fields."""
     document = {
         "event_id": str(uuid.uuid4()),
         "event_type": "customer_creation",
