@@ -7,8 +7,9 @@ together; pytest does not mean conftest.py files to be imported at all.
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
+
+from tests.support.imports import import_statements
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -22,16 +23,9 @@ def module_name(path: Path) -> str:
 def imported_modules(source: str, importer: str) -> set[str]:
     """Every module (or module-or-name) ``importer``'s source imports, as absolute names."""
     modules: set[str] = set()
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Import):
-            modules.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                package = importer.split(".")[: -node.level]
-                base = ".".join([*package, base] if base else package)
-            modules.add(base)
-            modules.update(f"{base}.{alias.name}" for alias in node.names)
+    for base, taken in import_statements(source, importer, is_package=False):
+        modules.add(base)
+        modules.update(f"{base}.{name}" for name in taken)
     return modules
 
 
