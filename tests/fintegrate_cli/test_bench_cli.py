@@ -26,8 +26,8 @@ from service.bench.api import (
 from service.bench.servers import alternating
 from service.bench.stack import cleaned_up_on_sigterm
 from service.config import Settings
-from tests.conftest import PG_ADMIN_URL
-from tests.fintegrate_cli.conftest import RunCli
+from tests.support.cli import RunCli
+from tests.support.services import PG_ADMIN_URL
 
 
 def phase(server: str, rate: float, p99_ms: float = 10.0, **extra: int) -> Phase:

@@ -20,9 +20,9 @@ import pytest
 
 from service.app import create_app
 from service.config import Settings
-from tests.conftest import unique_name
 from tests.reliability.probes import report_figures
 from tests.support.live_server import LiveServer
+from tests.support.names import unique_name
 
 CONNECTIONS = 16
 DURATION_SECONDS = 10.0

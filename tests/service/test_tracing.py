@@ -20,10 +20,10 @@ from service.app import create_app
 from service.config import Settings
 from service.http.tracing import TracingMiddleware
 from service.kit import tracing
-from tests.reliability.processes import FintegrateProcess, serve_api
 from tests.support.api import create_tenant_over_http
 from tests.support.otlp import OtlpReceiver, ReceivedSpan
 from tests.support.outbox import wait_until
+from tests.support.processes import FintegrateProcess, serve_api
 
 SERVER, PRODUCER, CONSUMER = 2, 4, 5  # OTLP Span.SpanKind values
 
