@@ -8,7 +8,7 @@ from typing import Annotated, Protocol, TypeVar
 
 import typer
 
-from fintegrate_cli._bench_tables import show_history, show_relay, show_webhooks
+from fintegrate_cli._bench_tables import ratio_verdict, show_history, show_relay, show_webhooks
 from fintegrate_cli._context import state
 from fintegrate_cli._errors import EXIT_USAGE, CheckFailed, CliError
 from fintegrate_cli._output import JsonOption, emit_rows, info, print_json, wants_json
@@ -16,6 +16,7 @@ from service.bench import profiling, wrk
 from service.bench.api import (
     P99_TARGET_MS,
     TARGETS,
+    TRACED,
     ApiBenchOptions,
     ApiBenchReport,
     run_api_bench,
@@ -54,9 +55,19 @@ def bench_api(
     bcrypt_rounds: Annotated[
         int, typer.Option(min=4, max=16, help="Cost of the seeded key (only its first use).")
     ] = 12,
+    tracing: Annotated[
+        bool,
+        typer.Option(
+            "--tracing",
+            help="Add an api+tracing phase (every request traced to a discarding OTLP receiver).",
+        ),
+    ] = False,
     profile: Annotated[
         Path | None,
-        typer.Option(help="One more API phase under py-spy; collapsed stacks to this file."),
+        typer.Option(
+            help="One more API phase under py-spy (the traced API with --tracing); "
+            "collapsed stacks to this file."
+        ),
     ] = None,
     check: Annotated[
         bool, typer.Option("--check", help="Exit 3 when a target is not met or a phase is invalid.")
@@ -68,7 +79,7 @@ def bench_api(
     Fresh databases on the configured PostgreSQL server (FINTEGRATE_BENCH_PG_URL names
     another), the configured Redis for the API's rate limit, servers on loopback. Verdicts:
     median of the per-round ratios (>= 1.3x SQLAlchemy, >= 0.85x asyncpg) and the API's
-    p99 <= 30 ms in every round.
+    p99 <= 30 ms in every round. With --tracing, api+tracing/api >= 0.90 (median of rounds).
     """
     settings = state(ctx).settings()
     options = ApiBenchOptions(
@@ -81,6 +92,7 @@ def bench_api(
         baselines=parse_baselines(baselines),
         bcrypt_rounds=bcrypt_rounds,
         redis_url=settings.redis.url,
+        tracing=tracing,
     )
     if profile is not None and not profiling.available():
         raise CliError("--profile needs py-spy (.venv/bin/pip install py-spy)", EXIT_USAGE)
@@ -126,15 +138,12 @@ def show(report: ApiBenchReport, as_json: bool) -> None:
     ]
     columns = ["round", "server", "rate", "p50_ms", "p99_ms", "non_2xx"]
     emit_rows([rounded(row) for row in rows], [*columns, "server_cpu_ms_per_request"], False)
-    verdicts = [
-        {
-            "figure": f"api/{ratio.baseline} (median of rounds)",
-            "value": f"{ratio.median:.2f} (range {ratio.low:.2f}-{ratio.high:.2f})",
-            "target": f">= {ratio.target}",
-            "met": ratio.met,
-        }
-        for ratio in report.ratios()
-    ]
+    verdicts = [ratio_verdict(f"api/{ratio.baseline}", ratio) for ratio in report.ratios()]
+    tracing = report.tracing_ratio()
+    cpu = report.tracing_cpu_ratio()
+    if tracing is not None and cpu is not None:
+        verdicts.append(ratio_verdict(f"{TRACED}/api", tracing))
+        verdicts.append(ratio_verdict(f"{TRACED}/api server CPU per request", cpu))
     p99s = report.api_p99s()
     verdicts.append(
         {

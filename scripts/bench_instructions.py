@@ -17,6 +17,11 @@ trips cost more kernel time than the API's one statement and one Redis round tri
 ratio of the counts is lower than the req/s ratio under load. On an idle machine repeats
 agree within 0.1 %. Needs valgrind (on every machine of this kind).
 
+With ``OTEL_EXPORTER_OTLP_ENDPOINT`` set the app traces every request; its spans are
+flushed before the count starts and again before it stops, so the count holds the export
+of exactly the measured requests' spans (encoding and the HTTP post), whatever the batch
+timer would have done.
+
 With ``--http`` the servers run as ``fintegrate bench api`` runs them (``fintegrate serve`` and
 uvicorn on the baseline, one worker each) under callgrind, and the same number of
 requests reaches them over keep-alive HTTP connections: the count then includes uvicorn's
@@ -143,13 +148,16 @@ def build_app(target: str, database_url: str, consumer_id: str, redis_url: str) 
 
 async def measure_child(args: argparse.Namespace, database_url: str) -> None:
     from service.bench.servers import seed_tenant
+    from service.kit import tracing
 
     consumer_id, api_key = seed_tenant(database_url, 4)
     app = build_app(args.child, database_url, consumer_id, args.redis_url)
     async with app.router.lifespan_context(app):
         await one_pass(app, api_key, args.connections, args.requests)
+        tracing.flush()  # the warm-up's spans are exported outside the count
         toggle(os.getpid(), "on")
         await one_pass(app, api_key, args.connections, args.requests)
+        tracing.flush()  # the measured spans' export is in it, whatever the batch timer
         toggle(os.getpid(), "off")
         limiter = getattr(app.state, "rate_limiter", None)
         if limiter is not None and limiter.fail_open_total:

@@ -5,6 +5,10 @@
 - RabbitMQ: one fresh vhost per pytest worker (``rabbit_vhost``), deleted at the end.
 - Redis: one DB index per worker, flushed before each test (``redis_url``).
 A missing service fails the test loudly; nothing is skipped.
+
+The API fixtures every folder shares (``app``, ``client``, ``tenant``, ``api``, …) are in
+tests/support/api_fixtures.py, loaded as a plugin. Helpers that tests import live in
+tests/support; no module imports a test module or a conftest (tests/test_house.py).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -20,33 +25,27 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
 from service.app import create_app
-from service.config import (
-    DatabaseSettings,
-    Settings,
-    get_settings,
-    load_settings,
-    shipped_driver_url,
-)
-from service.kit.db import create_db_engine
+from service.config import Settings, get_settings, load_settings
 from service.migrations import runner as migrations
+from tests.support.history import history_database
 from tests.support.live_server import LiveServer
+from tests.support.services import (
+    HELP,
+    PG_ADMIN_URL,
+    RABBIT_HOST,
+    RABBIT_MANAGEMENT,
+    RABBIT_PASS,
+    RABBIT_USER,
+    REDIS_BASE_URL,
+    engine_on,
+    worker_index,
+)
 from tests.support.tcp_proxy import TcpProxy
 
-PG_ADMIN_URL = shipped_driver_url(
-    os.environ.get(
-        "FINTEGRATE_TEST_PG_URL",
-        "postgresql://fintegrate_user:fintegrate_pass@127.0.0.1:5432/postgres",
-    )
-)
-RABBIT_HOST = os.environ.get("FINTEGRATE_TEST_RABBIT_HOST", "127.0.0.1")
-RABBIT_USER = os.environ.get("FINTEGRATE_TEST_RABBIT_USER", "fintegrate_user")
-RABBIT_PASS = os.environ.get("FINTEGRATE_TEST_RABBIT_PASS", "fintegrate_pass")
-RABBIT_MANAGEMENT = f"http://{RABBIT_HOST}:15672"
-REDIS_BASE_URL = os.environ.get("FINTEGRATE_TEST_REDIS_URL", "redis://127.0.0.1:6379")
-HELP = "run scripts/prepare_services.sh first"
-
-
 DISRUPTIVE_ENV = "FINTEGRATE_TEST_DISRUPTIVE"
+
+# The API fixtures (app, client, admin_headers, tenant, api, ...) for every folder.
+pytest_plugins = ("tests.support.api_fixtures",)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -68,16 +67,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             f"{len(disruptive)} disruptive test(s) deselected: they stop shared services; "
             f"set {DISRUPTIVE_ENV}=1 (scripts/test.sh does) to run them"
         )
-
-
-def unique_name(prefix: str = "t") -> str:
-    """A consumer-name-safe unique identifier: ``prefix_<10 hex>``."""
-    return f"{prefix}_{uuid.uuid4().hex[:10]}"
-
-
-def worker_index(config: pytest.Config) -> int:
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
-    return int(worker.removeprefix("gw") or 0)
 
 
 @pytest.fixture(scope="session")
@@ -111,13 +100,23 @@ def database_factory(pg_admin_engine: Engine) -> Iterator[Callable[[], str]]:
 
 
 @pytest.fixture(scope="session")
-def migrated_database_url(database_factory: Callable[[], str]) -> str:
+def migrated_database_factory(database_factory: Callable[[], str]) -> Callable[[], str]:
+    """Creates databases with every migration applied on demand; returns the URL."""
+
+    def create() -> str:
+        url = database_factory()
+        engine = create_engine(url)
+        migrations.apply(engine)
+        engine.dispose()
+        return url
+
+    return create
+
+
+@pytest.fixture(scope="session")
+def migrated_database_url(migrated_database_factory: Callable[[], str]) -> str:
     """One database per worker with every migration applied."""
-    url = database_factory()
-    engine = create_engine(url)
-    migrations.apply(engine)
-    engine.dispose()
-    return url
+    return migrated_database_factory()
 
 
 @pytest.fixture(scope="session")
@@ -198,9 +197,18 @@ def settings(migrated_database_url: str, rabbit_vhost: str, redis_url: str) -> I
 @pytest.fixture(scope="session")
 def engine(migrated_database_url: str) -> Iterator[Engine]:
     """An engine on this worker's migrated database."""
-    db_engine = create_db_engine(DatabaseSettings(url=migrated_database_url), pool_size=4)
+    db_engine = engine_on(migrated_database_url)
     yield db_engine
     db_engine.dispose()
+
+
+@pytest.fixture
+def history_engine(database_factory: Callable[[], str]) -> Iterator[Engine]:
+    """A database of the test's own, migrated, with weekly partitions weeks back (the
+    history tests drop and create partitions)."""
+    engine = history_database(database_factory)
+    yield engine
+    engine.dispose()
 
 
 @pytest.fixture
@@ -216,6 +224,15 @@ def tcp_proxy_factory() -> Iterator[Callable[[str, int], TcpProxy]]:
     yield create
     for proxy in proxies:
         proxy.stop()
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No FINTEGRATE_* variable and no ./.env of the developer leaks into the test."""
+    for key in list(os.environ):
+        if key.upper().startswith("FINTEGRATE_"):
+            monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)
 
 
 @pytest.fixture

@@ -8,8 +8,9 @@ given its layer here. Tests and scripts are outside the rule.
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
+
+from tests.support.imports import import_statements
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,19 +73,11 @@ def module_name(path: Path) -> str:
 def imports_of(source: str, module: str, is_package: bool) -> set[str]:
     """Every project module ``source`` imports, relative imports resolved."""
     found: set[str] = set()
-    package = module if is_package else module.rpartition(".")[0]
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
-                base = ".".join([*anchor, base] if base else anchor)
-            names = [f"{base}.{alias.name}" for alias in node.names]
-            found.update(names)
-            if not all(is_module(name) for name in names):
-                found.add(base)  # ``from package import submodule`` depends on the submodule
+    for base, taken in import_statements(source, module, is_package):
+        names = [f"{base}.{name}" for name in taken] if taken else [base]
+        found.update(names)
+        if not all(is_module(name) for name in names):
+            found.add(base)  # ``from package import submodule`` depends on the submodule
     return {name for name in found if layer_of(name) is not None}
 
 

@@ -26,6 +26,12 @@ TRACEPARENT = "traceparent"
 ENABLED = False
 _tracer: Any = None
 _provider: Any = None
+# Filled once on, so that a request imports and looks up nothing of the SDK:
+_kinds: dict[str, Any] = {}  # "server" -> SpanKind.SERVER
+_propagator: Any = None
+_attach: Any = None  # opentelemetry.context.attach
+_detach: Any = None
+_in_context: Any = None  # opentelemetry.trace.set_span_in_context
 
 
 def wanted(environ: Mapping[str, str] = os.environ) -> bool:
@@ -50,24 +56,28 @@ def configure(service_name: str, environ: Mapping[str, str] = os.environ) -> boo
     later calls change nothing. Without the SDK installed (a tenant's worker installs only
     pika, httpx and pydantic) it stays off, with a warning.
     """
-    global ENABLED, _tracer, _provider
+    global ENABLED, _tracer, _provider, _propagator, _attach, _detach, _in_context
     if ENABLED or not wanted(environ):
         return ENABLED
     try:
-        from opentelemetry import trace
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from opentelemetry import context, trace
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+        from service.kit.span_export import batch_processor
     except ImportError as exc:
         log.warning("OTEL_* variables ask for traces, but %s; tracing stays off", exc)
         return False
 
     attributes = {} if environ.get("OTEL_SERVICE_NAME") else {"service.name": service_name}
     _provider = TracerProvider(resource=Resource.create(attributes))
-    _provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    _provider.add_span_processor(batch_processor(environ))
     trace.set_tracer_provider(_provider)
     _tracer = _provider.get_tracer("fintegrate")
+    _kinds.update((kind.name.lower(), kind) for kind in trace.SpanKind)
+    _propagator = TraceContextTextMapPropagator()
+    _attach, _detach, _in_context = context.attach, context.detach, trace.set_span_in_context
     ENABLED = True
     log.info("tracing on: spans exported over OTLP/HTTP as %s", _service(environ, service_name))
     return True
@@ -95,11 +105,9 @@ def span(
     if not ENABLED:
         yield None
         return
-    from opentelemetry.trace import SpanKind
-
     context = _extract(parent) if parent else None
     with _tracer.start_as_current_span(
-        name, context=context, kind=SpanKind[kind.upper()], attributes=dict(attributes or {})
+        name, context=context, kind=_kinds[kind], attributes=attributes
     ) as current:
         yield current
 
@@ -110,12 +118,31 @@ def start_span(
     """A started span that is not made current (end it with ``end_span``); None when off."""
     if not ENABLED:
         return None
-    from opentelemetry.trace import SpanKind
-
     context = _extract(parent) if parent else None
-    return _tracer.start_span(
-        name, context=context, kind=SpanKind[kind.upper()], attributes=dict(attributes)
-    )
+    return _tracer.start_span(name, context=context, kind=_kinds[kind], attributes=attributes)
+
+
+def make_current(current: Any) -> Any:
+    """Make ``current`` (a started span) the current one; returns the token for ``detach``."""
+    return _attach(_in_context(current))
+
+
+def detach(token: Any) -> None:
+    """Undo ``make_current``."""
+    _detach(token)
+
+
+def record_error(current: Any, error: BaseException) -> None:
+    """``error`` left the span's block: an exception event and the ERROR status."""
+    current.record_exception(error)
+    mark_error(current, f"{type(error).__name__}: {error}")
+
+
+def mark_error(current: Any, description: str | None = None) -> None:
+    """Give ``current`` (a recording span) the ERROR status."""
+    from opentelemetry.trace import StatusCode
+
+    current.set_status(StatusCode.ERROR, description)
 
 
 def end_span(current: Any, error: str | None = None) -> None:
@@ -123,9 +150,7 @@ def end_span(current: Any, error: str | None = None) -> None:
     if current is None:
         return
     if error is not None:
-        from opentelemetry.trace import StatusCode
-
-        current.set_status(StatusCode.ERROR, error)
+        mark_error(current, error)
     current.end()
 
 
@@ -165,9 +190,7 @@ def set_attribute(current: Any, key: str, value: Any) -> None:
 
 
 def _extract(traceparent: str) -> Any:
-    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-
-    return TraceContextTextMapPropagator().extract({TRACEPARENT: traceparent})
+    return _propagator.extract({TRACEPARENT: traceparent})
 
 
 def _service(environ: Mapping[str, str], default: str) -> str:

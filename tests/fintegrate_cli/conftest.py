@@ -1,30 +1,18 @@
-"""CLI test helpers: a clean environment, a runner on the real app, a closed port."""
+"""Fixtures of the CLI tests: a clean environment, a runner on the real app, a tenant."""
 
 from __future__ import annotations
 
-import json
-import os
-import socket
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Iterator
 
 import pytest
 from typer.testing import CliRunner, Result
 
 from fintegrate_cli.main import app
 from service.config import Settings
-from tests.conftest import unique_name
-
-RunCli = Callable[..., Result]
-
-
-@pytest.fixture
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: os.PathLike[str]) -> None:
-    """No FINTEGRATE_* variables and a working directory without a .env file."""
-    for key in list(os.environ):
-        if key.upper().startswith("FINTEGRATE_"):
-            monkeypatch.delenv(key)
-    monkeypatch.chdir(tmp_path)
+from service.kit.db import create_db_engine
+from tests.support.cli import RunCli, json_of
+from tests.support.names import unique_name
+from tests.support.outbox import relay_running
 
 
 @pytest.fixture
@@ -58,31 +46,22 @@ def api_env(service_env: Settings, live_server: str, monkeypatch: pytest.MonkeyP
 
 
 @pytest.fixture
+def relay(api_env: Settings) -> Iterator[None]:
+    """An outbox relay publishing this worker's database in a thread, like `fintegrate relay`."""
+    engine = create_db_engine(api_env.database, pool_size=2)
+    with relay_running(api_env, engine) as outbox_relay:
+        assert outbox_relay.idle.wait(30)  # joined, holds its partitions, caught up
+        yield
+    engine.dispose()
+
+
+@pytest.fixture
 def tenant(run_cli: RunCli, api_env: Settings) -> dict[str, str]:
-    """A consumer created through ``fintegrate consumer create --json`` (api_key included)."""
+    """A consumer created through ``fintegrate consumer create --json`` (api_key included).
+
+    Overrides the shared ``tenant``: the CLI tests make their tenant the way an operator does.
+    """
     result = run_cli("consumer", "create", unique_name("cli"), "-d", "made by a test", "--json")
     created: dict[str, str] = json_of(result)
     assert "shown only once" in result.stderr
     return created
-
-
-def json_of(result: Result) -> Any:
-    """The JSON document on stdout of a successful run."""
-    assert result.exit_code == 0, result.stderr
-    return json.loads(result.stdout)
-
-
-def closed_port() -> int:
-    """A loopback port nothing listens on (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def one_error_line(result: Result) -> str:
-    """The single ``Error: ...`` line on stderr (asserts there is exactly one line)."""
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("Error: "), lines[0]
-    assert "Traceback" not in result.stderr
-    return lines[0]

@@ -11,15 +11,23 @@ import os
 import signal
 import statistics
 import time
+from typing import Any
 
 import pytest
 
-from service.bench.api import P99_TARGET_MS, TARGETS, ApiBenchReport, Phase
+from service.bench.api import (
+    P99_TARGET_MS,
+    TARGETS,
+    TRACED,
+    TRACING_TARGET,
+    ApiBenchReport,
+    Phase,
+)
 from service.bench.servers import alternating
 from service.bench.stack import cleaned_up_on_sigterm
 from service.config import Settings
-from tests.conftest import PG_ADMIN_URL
-from tests.fintegrate_cli.conftest import RunCli
+from tests.support.cli import RunCli
+from tests.support.services import PG_ADMIN_URL
 
 
 def phase(server: str, rate: float, p99_ms: float = 10.0, **extra: int) -> Phase:
@@ -27,16 +35,21 @@ def phase(server: str, rate: float, p99_ms: float = 10.0, **extra: int) -> Phase
                  extra.get("fail_open", 0 if server == "api" else None))  # fmt: skip
 
 
-def test_a_small_run_reports_every_phase_with_its_baselines(
-    run_cli: RunCli, service_env: Settings, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def small_run(run_cli: RunCli, monkeypatch: pytest.MonkeyPatch, *options: str) -> Any:
+    """``bench api --json`` for two short rounds on two connections: its report."""
     monkeypatch.setenv("FINTEGRATE_BENCH_PG_URL", PG_ADMIN_URL)
     result = run_cli(
         "--json", "bench", "api", "--rounds", "2", "--duration", "1", "--warmup", "0",
-        "--connections", "2", "--generator", "builtin", "--bcrypt-rounds", "4",
+        "--connections", "2", "--generator", "builtin", "--bcrypt-rounds", "4", *options,
     )  # fmt: skip
     assert result.exit_code == 0, result.stderr
-    report = json.loads(result.stdout)
+    return json.loads(result.stdout)
+
+
+def test_a_small_run_reports_every_phase_with_its_baselines(
+    run_cli: RunCli, service_env: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    report = small_run(run_cli, monkeypatch)
     assert report["generator"] == "builtin" and report["connections"] == 2
     assert len(report["rounds"]) == 2
     for phases in report["rounds"]:
@@ -84,6 +97,55 @@ def test_errors_or_a_skipped_rate_limit_make_the_run_invalid(flaw: dict[str, int
     assert report.ratios()[0].met
     assert report.invalid_phases() == ["round 1 api"]
     assert not report.met
+
+
+def test_a_small_run_with_tracing_exports_the_traced_phase(
+    run_cli: RunCli, service_env: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    report = small_run(run_cli, monkeypatch, "--baselines", "asyncpg", "--tracing")
+    assert [set(phases) for phases in report["rounds"]] == [{"asyncpg", "api", TRACED}] * 2
+    assert [r["baseline"] for r in report["ratios"]] == ["asyncpg"]
+    per_round = [r[TRACED]["rate"] / r["api"]["rate"] for r in report["rounds"]]
+    tracing = report["tracing"]
+    assert tracing["ratio"] == "api+tracing/api" and tracing["target"] == TRACING_TARGET
+    assert tracing["median"] == pytest.approx(statistics.median(per_round))
+    assert (tracing["low"], tracing["high"]) == pytest.approx((min(per_round), max(per_round)))
+    assert tracing["otlp_exports"] > 0  # the traced API's spans reached the receiver
+    assert tracing["met"] == (tracing["median"] >= TRACING_TARGET)
+    cpu = [r[TRACED]["server_cpu_ms_per_request"] / r["api"]["server_cpu_ms_per_request"]
+           for r in report["rounds"]]  # fmt: skip
+    assert tracing["server_cpu_per_request"]["median"] == pytest.approx(statistics.median(cpu))
+    assert tracing["server_cpu_per_request"]["target"] is None
+
+
+def test_the_tracing_verdict_is_the_median_of_traced_over_untraced_rounds() -> None:
+    report = ApiBenchReport("wrk", 16, 5.0, 1, otlp_exports=3)
+    for api, traced in ((1000, 950), (1000, 700), (800, 760)):
+        phases = {"asyncpg": 1000, "api": api, TRACED: traced}
+        report.rounds.append({name: phase(name, rate) for name, rate in phases.items()})
+    assert [ratio.baseline for ratio in report.ratios()] == ["asyncpg"]
+    tracing = report.tracing_ratio()
+    assert tracing is not None
+    assert (tracing.median, tracing.low, tracing.high) == pytest.approx((0.95, 0.7, 0.95))
+    assert tracing.met and report.as_dict()["tracing"]["met"] is True
+    cpu = report.tracing_cpu_ratio()  # every phase cost 1.0 ms of CPU per request
+    assert cpu is not None and (cpu.median, cpu.target, cpu.met) == (1.0, None, True)
+    report.rounds[0][TRACED] = phase(TRACED, 800)
+    assert not report.tracing_ratio().met and not report.met  # type: ignore[union-attr]
+
+
+def test_a_traced_phase_whose_spans_never_arrived_is_invalid() -> None:
+    report = ApiBenchReport("wrk", 16, 5.0, 1, otlp_exports=0)
+    report.rounds.append({"api": phase("api", 100), TRACED: phase(TRACED, 100)})
+    assert report.invalid_phases() == [f"{TRACED}: no span reached the OTLP receiver"]
+    assert not report.met
+
+
+def test_without_tracing_the_report_has_no_tracing_figures() -> None:
+    report = ApiBenchReport("wrk", 16, 5.0, 1)
+    report.rounds.append({"asyncpg": phase("asyncpg", 100), "api": phase("api", 100)})
+    assert report.tracing_ratio() is None and report.as_dict()["tracing"] is None
+    assert report.invalid_phases() == []
 
 
 def test_rounds_alternate_their_order() -> None:

@@ -17,8 +17,8 @@ from service.bench.history import (
 )
 from service.bench.history_archive import ARCHIVE_TARGET, RSS_TARGET_MB
 from service.config import Settings
-from tests.conftest import PG_ADMIN_URL
-from tests.fintegrate_cli.conftest import RunCli, json_of
+from tests.support.cli import RunCli, json_of
+from tests.support.services import PG_ADMIN_URL
 
 SMALL_HISTORY = (
     "--events", "200", "--days", "14", "--requests", "8", "--rounds", "1", "--backlog", "10",

@@ -45,8 +45,8 @@ from service.bench.relay_latency import (
     LatencyRound,
 )
 from service.config import Settings
-from tests.conftest import PG_ADMIN_URL
-from tests.fintegrate_cli.conftest import RunCli, json_of
+from tests.support.cli import RunCli, json_of
+from tests.support.services import PG_ADMIN_URL
 
 SMALL_DRAIN = (
     "--events", "30", "--customers", "5", "--batch-size", "10", "--rounds", "1",

@@ -17,8 +17,8 @@ from service.bench.webhooks import (
     WebhookBenchReport,
 )
 from service.config import Settings
-from tests.conftest import PG_ADMIN_URL
-from tests.fintegrate_cli.conftest import RunCli, json_of
+from tests.support.cli import RunCli, json_of
+from tests.support.services import PG_ADMIN_URL
 
 SMALL_WEBHOOKS = (
     "--events", "10", "--customers", "3", "--endpoints", "2", "--rounds", "1", "--rate", "5",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fintegrate_cli.conftest import RunCli
+from tests.support.cli import RunCli
 
 ENV_FILE = """\
 FINTEGRATE_API_URL=http://from-file:1

@@ -12,9 +12,10 @@ from service.app import create_app
 from service.auth.keys import KEY_PATTERN
 from service.config import Settings
 from service.messaging import topology
-from tests.conftest import unique_name
-from tests.fintegrate_cli.conftest import RunCli, closed_port, json_of, one_error_line
+from tests.support.cli import RunCli, json_of, one_error_line
 from tests.support.live_server import LiveServer
+from tests.support.names import unique_name
+from tests.support.ports import closed_port
 
 
 def test_create_prints_key_and_queue_once(tenant: dict[str, str]) -> None:

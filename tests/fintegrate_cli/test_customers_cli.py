@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from service.config import Settings
-from tests.fintegrate_cli.conftest import RunCli, json_of, one_error_line
+from tests.support.cli import RunCli, json_of, one_error_line
 
 
 @pytest.fixture

@@ -2,32 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import threading
-from collections.abc import Iterator
-
 import pytest
-from typer.testing import Result
 
 from service.config import Settings
-from service.kit.db import create_db_engine
-from service.messaging.publish.relay import OutboxRelay
-from tests.fintegrate_cli.conftest import RunCli, closed_port, one_error_line
-
-
-@pytest.fixture
-def relay(api_env: Settings) -> Iterator[None]:
-    """An outbox relay publishing this worker's database in a thread, like `fintegrate relay`."""
-    engine = create_db_engine(api_env.database, pool_size=2)
-    stop = threading.Event()
-    outbox_relay = OutboxRelay.from_settings(api_env, engine, stop)
-    thread = threading.Thread(target=outbox_relay.run, daemon=True)
-    thread.start()
-    assert outbox_relay.idle.wait(30)  # joined, holds its partitions, caught up
-    yield
-    stop.set()
-    thread.join(30)
-    engine.dispose()
+from tests.support.cli import RunCli, json_of_partial, one_error_line
+from tests.support.ports import closed_port
 
 
 def test_without_a_relay_it_times_out_asking_for_one(run_cli: RunCli, api_env: Settings) -> None:
@@ -50,14 +29,6 @@ def test_with_a_relay_but_no_consumer_it_asks_for_one(
     assert summary["published"] == 3
     assert summary["delivered"] == 0
     assert "run `fintegrate consume`" in one_error_line(result)
-
-
-def json_of_partial(result: Result) -> dict[str, object]:
-    """The JSON summary printed before the exit-3 verdict."""
-    summary: dict[str, object] = json.loads(result.stdout)
-    assert summary["consumer"]
-    assert str(summary["api_key"]).startswith("fk_")
-    return summary
 
 
 def test_missing_admin_key_is_a_usage_error(

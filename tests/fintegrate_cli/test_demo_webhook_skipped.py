@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from service.config import Settings
-from tests.fintegrate_cli.conftest import RunCli
+from tests.support.cli import RunCli
 
 
 def test_no_encryption_key_outside_development_skips_the_webhook_with_a_note(

@@ -10,9 +10,8 @@ import pytest
 from service.config import Settings
 from service.kit.db import create_db_engine
 from service.webhooks.delivery.process import WebhookDeliverer
-from tests.fintegrate_cli.conftest import RunCli
-from tests.fintegrate_cli.test_demo import json_of_partial, relay  # noqa: F401 - a fixture
-from tests.service.webhooks.conftest import WEBHOOK_SETTINGS
+from tests.support.cli import RunCli, json_of_partial
+from tests.support.webhooks import WEBHOOK_SETTINGS
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Callable, Iterator
 
 import pika
@@ -16,21 +15,21 @@ from service.kit.db import create_db_engine
 from service.messaging import topology
 from service.messaging.operate.provisioning import provision_consumer_queues
 from service.messaging.publish.relay import OutboxRelay
-from service.migrations import runner as migrations
-from tests.conftest import unique_name
-from tests.fintegrate_cli.conftest import RunCli, closed_port, one_error_line
+from tests.support.cli import RunCli, one_error_line
+from tests.support.names import unique_name
+from tests.support.outbox import relay_running
+from tests.support.ports import closed_port
 from tests.support.tcp_proxy import TcpProxy
 
 
 @pytest.fixture
 def fresh_db(
-    database_factory: Callable[[], str], api_env: Settings, monkeypatch: pytest.MonkeyPatch
+    migrated_database_factory: Callable[[], str],
+    api_env: Settings,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> str:
     """A migrated database of its own for doctor (no other test's consumers or events)."""
-    url = database_factory()
-    engine = create_engine(url)
-    migrations.apply(engine)
-    engine.dispose()
+    url = migrated_database_factory()
     monkeypatch.setenv("FINTEGRATE_DATABASE_URL", url)
     return url
 
@@ -147,14 +146,9 @@ def test_table_for_people(run_cli: RunCli, service_env: Settings) -> None:
 def running_relay(fresh_db: str, api_env: Settings) -> Iterator[OutboxRelay]:
     settings = api_env.updated({"database_url": fresh_db})
     engine = create_db_engine(settings.database, pool_size=2)
-    stop = threading.Event()
-    relay = OutboxRelay.from_settings(settings, engine, stop)
-    thread = threading.Thread(target=relay.run, daemon=True)
-    thread.start()
-    assert relay.idle.wait(20)
-    yield relay
-    stop.set()
-    thread.join(30)
+    with relay_running(settings, engine) as relay:
+        assert relay.idle.wait(20)
+        yield relay
     engine.dispose()
 
 

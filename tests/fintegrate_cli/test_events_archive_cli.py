@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,15 +10,8 @@ import pytest
 from sqlalchemy import Engine
 
 from service.events import partitions
-from tests.fintegrate_cli.conftest import RunCli, json_of
-from tests.support.history import history_database, load_history
-
-
-@pytest.fixture
-def history_engine(database_factory: Callable[[], str]) -> Iterator[Engine]:
-    engine = history_database(database_factory)
-    yield engine
-    engine.dispose()
+from tests.support.cli import RunCli, json_of
+from tests.support.history import load_history
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from sqlalchemy import Engine
 
 from service.config import Settings
 from service.messaging import topology
-from tests.fintegrate_cli.conftest import RunCli, json_of
+from tests.support.cli import RunCli, json_of
 from tests.support.outbox import amqp_channel, drain_queue, event_rows, insert_events
 
 

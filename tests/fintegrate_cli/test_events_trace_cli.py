@@ -11,8 +11,8 @@ from sqlalchemy import Engine, text
 
 from service.config import Settings
 from service.messaging.publish.relay import OutboxRelay
-from tests.conftest import unique_name
-from tests.fintegrate_cli.conftest import RunCli, json_of, one_error_line
+from tests.support.cli import RunCli, json_of, one_error_line
+from tests.support.names import unique_name
 from tests.support.outbox import insert_consumer
 
 # Two events of one customer (one aggregate): sequences 1 and 2.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.fintegrate_cli.conftest import RunCli, json_of, one_error_line
+from tests.support.cli import RunCli, json_of, one_error_line
 
 
 def customers_as(run_cli: RunCli, api_key: str) -> int:

@@ -14,7 +14,7 @@ from typer.testing import CliRunner, Result
 
 from fintegrate_cli.main import app
 from service.migrations import runner as migrations
-from tests.fintegrate_cli.conftest import one_error_line
+from tests.support.cli import one_error_line
 from tests.support.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.usefixtures("clean_env")  # no FINTEGRATE_* or ./.env leaks in

@@ -19,8 +19,8 @@ from service.messaging.operate.inspection import inspect_tenant
 from service.messaging.operate.migration import migrate_tenant
 from service.messaging.operate.queue_ops import ready_count
 from service.messaging.publish.relay import OutboxRelay
-from tests.conftest import unique_name
-from tests.fintegrate_cli.conftest import RunCli, json_of
+from tests.support.cli import RunCli, json_of
+from tests.support.names import unique_name
 from tests.support.outbox import amqp_channel, queue_depth, wait_until
 
 

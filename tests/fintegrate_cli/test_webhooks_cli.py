@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from service.config import Settings
-from tests.fintegrate_cli.conftest import RunCli, json_of, one_error_line
-from tests.service.webhooks.conftest import WEBHOOK_SETTINGS
+from tests.support.cli import RunCli, json_of, one_error_line
 from tests.support.receiver import Receiver
+from tests.support.webhooks import WEBHOOK_SETTINGS
 
 
 @pytest.fixture

@@ -7,8 +7,8 @@ from typing import Any
 from sqlalchemy import Engine
 
 from service.config import Settings
-from tests.conftest import unique_name
-from tests.fintegrate_cli.conftest import RunCli, json_of, one_error_line
+from tests.support.cli import RunCli, json_of, one_error_line
+from tests.support.names import unique_name
 from tests.support.outbox import event_rows, insert_events, queue_depth
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,11 +11,9 @@ import pytest
 
 from service.config import Settings, load_settings
 from service.gateway.runner import Gateway, GatewayOptions
-from tests.conftest import REDIS_BASE_URL, worker_index
-from tests.gateway.processes import ApiInstance, free_port
-
-GatewayFactory = Callable[..., Gateway]
-InstanceFactory = Callable[..., ApiInstance]
+from tests.gateway.processes import ApiInstance, GatewayFactory, InstanceFactory
+from tests.support.ports import free_port
+from tests.support.services import REDIS_BASE_URL, worker_index
 
 
 @pytest.fixture(scope="module")

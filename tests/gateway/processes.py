@@ -2,33 +2,20 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
 import subprocess
-import sys
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 
 from service.config import Settings
+from service.gateway.runner import Gateway
+from tests.support.live_server import wait_healthy
+from tests.support.ports import free_port
+from tests.support.processes import FINTEGRATE, process_environment
 
-FINTEGRATE = str(Path(sys.executable).parent / "fintegrate")
 START_TIMEOUT_SECONDS = 60.0
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def cli_environment(settings: Settings) -> dict[str, str]:
-    """This process's environment with every FINTEGRATE_* replaced by ``settings``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FINTEGRATE_")}
-    return env | settings.environment_variables()
 
 
 class ApiInstance:
@@ -45,16 +32,14 @@ class ApiInstance:
         command = [FINTEGRATE, "serve", "--port", str(self.port), "--log-level", "info"]
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
-                command, env=cli_environment(self.settings), stdout=log, stderr=subprocess.STDOUT
+                command,
+                env=process_environment(self.settings),
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
-        deadline = time.monotonic() + START_TIMEOUT_SECONDS
-        while time.monotonic() < deadline and self.process.poll() is None:
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1.0).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
+        process = self.process
+        if wait_healthy(self.url, lambda: process.poll() is None, START_TIMEOUT_SECONDS):
+            return self
         self.stop()
         raise RuntimeError(f"API instance on {self.url} did not start:\n{self.log()[-3000:]}")
 
@@ -81,3 +66,8 @@ def client_from(source: str, base_url: str) -> httpx.Client:
     """An HTTP client whose connections leave from loopback address ``source`` (127.0.0.x)."""
     transport = httpx.HTTPTransport(local_address=source)
     return httpx.Client(base_url=base_url, transport=transport, timeout=30.0)
+
+
+# The gateway fixtures' factories: a Gateway, an API instance.
+GatewayFactory = Callable[..., Gateway]
+InstanceFactory = Callable[..., ApiInstance]

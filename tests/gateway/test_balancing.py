@@ -10,9 +10,9 @@ from pathlib import Path
 import httpx
 
 from service.gateway.pages import EDGE_HEADER
-from tests.gateway.conftest import GatewayFactory, InstanceFactory
-from tests.gateway.processes import ApiInstance, free_port
+from tests.gateway.processes import ApiInstance, GatewayFactory, InstanceFactory
 from tests.support.api import assert_envelope
+from tests.support.ports import free_port
 
 INTERVAL_SECONDS = 1.0
 

@@ -12,8 +12,9 @@ from typer.testing import CliRunner
 
 from fintegrate_cli.main import app
 from service.config import Settings
-from tests.gateway.conftest import GatewayFactory, InstanceFactory
-from tests.gateway.processes import ApiInstance, cli_environment, free_port
+from tests.gateway.processes import ApiInstance, GatewayFactory, InstanceFactory
+from tests.support.ports import free_port
+from tests.support.processes import process_environment
 
 
 def doctor_gateway(monkeypatch: pytest.MonkeyPatch, settings: Settings) -> dict[str, str]:
@@ -21,7 +22,7 @@ def doctor_gateway(monkeypatch: pytest.MonkeyPatch, settings: Settings) -> dict[
     monkeypatch.chdir(tempfile.gettempdir())  # no .env file
     for key in [key for key in os.environ if key.startswith("FINTEGRATE_")]:
         monkeypatch.delenv(key)
-    for key, value in cli_environment(settings).items():
+    for key, value in process_environment(settings).items():
         if key.startswith("FINTEGRATE_"):
             monkeypatch.setenv(key, value)
     result = CliRunner().invoke(app, ["doctor", "--json"], catch_exceptions=False)

@@ -11,9 +11,9 @@ import httpx
 from service.config import Settings
 from service.gateway.pages import EDGE_HEADER
 from service.gateway.runner import Gateway
-from tests.gateway.conftest import GatewayFactory, InstanceFactory
-from tests.gateway.processes import ApiInstance, free_port
+from tests.gateway.processes import ApiInstance, GatewayFactory, InstanceFactory
 from tests.support.api import assert_envelope, create_tenant_over_http, description
+from tests.support.ports import free_port
 from tests.support.tcp_proxy import TcpProxy
 
 

@@ -16,7 +16,9 @@ import pytest
 from service.config import Settings
 from service.gateway import runner
 from service.gateway.runner import Gateway, GatewayError, GatewayOptions
-from tests.gateway.processes import FINTEGRATE, ApiInstance, cli_environment, free_port
+from tests.gateway.processes import ApiInstance
+from tests.support.ports import free_port
+from tests.support.processes import FINTEGRATE, process_environment
 
 READY_TIMEOUT_SECONDS = 30.0
 
@@ -62,7 +64,7 @@ def test_runs_in_the_foreground_and_stops_cleanly_on_sigterm(
     log = log_path.open("wb")
     process = subprocess.Popen(
         gateway_command(port, instances[0].url, extra=("--dashboard-port", str(dashboard))),
-        env=cli_environment(stack_settings),
+        env=process_environment(stack_settings),
         stdout=log,
         stderr=subprocess.STDOUT,
     )
@@ -96,7 +98,7 @@ def test_traefik_does_not_outlive_a_killed_gateway(
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             gateway_command(port, instances[0].url),
-            env=cli_environment(stack_settings),
+            env=process_environment(stack_settings),
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -116,7 +118,7 @@ def test_a_taken_port_is_one_clear_line_and_exit_1(stack_settings: Settings) -> 
         port = taken.getsockname()[1]
         done = subprocess.run(
             gateway_command(port, "http://127.0.0.1:9"),
-            env=cli_environment(stack_settings),
+            env=process_environment(stack_settings),
             capture_output=True,
             timeout=60,
         )
@@ -131,7 +133,7 @@ def test_a_missing_binary_is_one_clear_line_and_exit_1(
     settings = stack_settings.updated({"gateway_traefik_binary": str(tmp_path / "no-traefik")})
     done = subprocess.run(
         gateway_command(free_port(), "http://127.0.0.1:9"),
-        env=cli_environment(settings),
+        env=process_environment(settings),
         capture_output=True,
         timeout=60,
     )
@@ -143,7 +145,7 @@ def test_a_missing_binary_is_one_clear_line_and_exit_1(
 def test_a_bad_upstream_is_refused_before_anything_starts(stack_settings: Settings) -> None:
     done = subprocess.run(
         gateway_command(free_port(), "ftp://example"),
-        env=cli_environment(stack_settings),
+        env=process_environment(stack_settings),
         capture_output=True,
         timeout=60,
     )

@@ -9,8 +9,7 @@ import httpx
 
 from service.gateway.pages import EDGE_HEADER
 from service.gateway.runner import Gateway
-from tests.gateway.conftest import GatewayFactory, InstanceFactory
-from tests.gateway.processes import ApiInstance, client_from
+from tests.gateway.processes import ApiInstance, GatewayFactory, InstanceFactory, client_from
 from tests.support.api import assert_envelope, description
 
 BURST = 5

@@ -1,4 +1,4 @@
-"""Fixtures of the reliability tests: the API fixtures of tests/service and an isolated stack.
+"""Fixtures of the reliability tests: an isolated stack.
 
 ``isolated_settings`` gives a test its own freshly migrated database (the shared per-worker
 one is left alone, since fault and fuzz runs write a lot and admin calls see every tenant).
@@ -15,34 +15,21 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, text
 
 from service.app import create_app
 from service.config import Settings
 from service.kit.db import create_db_engine
-from service.migrations import runner as migrations
-from tests.conftest import unique_name
-from tests.service import conftest as api_fixtures
 from tests.support.api import assert_envelope, create_tenant_over_http
 from tests.support.live_server import LiveServer
+from tests.support.names import module_prefix, unique_name
 from tests.support.tcp_proxy import TcpProxy
-
-# The API fixtures of tests/service, shared: app, client, admin_headers, create_consumer.
-app = api_fixtures.app
-client = api_fixtures.client
-admin_headers = api_fixtures.admin_headers
-create_consumer = api_fixtures.create_consumer
-create_customer = api_fixtures.create_customer
 
 
 @pytest.fixture
-def isolated_settings(settings: Settings, database_factory: Callable[[], str]) -> Settings:
+def isolated_settings(settings: Settings, migrated_database_factory: Callable[[], str]) -> Settings:
     """``settings`` on a database of its own with every migration applied."""
-    url = database_factory()
-    bootstrap = create_engine(url)
-    migrations.apply(bootstrap)
-    bootstrap.dispose()
-    return settings.updated({"database_url": url})
+    return settings.updated({"database_url": migrated_database_factory()})
 
 
 @pytest.fixture
@@ -72,9 +59,14 @@ def api_url(stack_settings: Settings) -> Iterator[str]:
 def tenant(
     api_url: str, stack_settings: Settings, request: pytest.FixtureRequest
 ) -> dict[str, Any]:
-    """A consumer created through ``api_url`` (queues provisioned), named after the module."""
-    prefix = request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_")
-    return create_tenant_over_http(api_url, stack_settings.auth.admin_api_key, prefix)
+    """A consumer created through ``api_url`` (queues provisioned), named after the module.
+
+    Overrides the shared ``tenant``: the stack has a database of its own, so its tenants are
+    made through its API, not through ``client`` on the worker's database.
+    """
+    return create_tenant_over_http(
+        api_url, stack_settings.auth.admin_api_key, module_prefix(request)
+    )
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Steady, bounded API load in a background thread: customers created, statuses recorded."""
+"""API load in background threads: customers created (and changed), statuses recorded."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import itertools
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from types import TracebackType
 
 import httpx
@@ -86,3 +87,75 @@ class CustomerLoad:
             status = "error"
         self.latencies.append(time.monotonic() - started)
         self.statuses.append(status)
+
+
+class CustomerLives:
+    """Threads that each run customer lives until stopped: create a customer, then set each
+    of ``statuses`` in turn. Every call follows the previous answer, so one customer's events
+    commit in a known order.
+
+    Every answer's status is counted (a transport failure by its exception's name), bodies
+    that are not an envelope are kept, and so are the writes acknowledged per customer. A
+    customer whose call failed is left there (its write may or may not have committed), and
+    a new one begins.
+    """
+
+    def __init__(
+        self, api_url: str, api_key: str, statuses: tuple[str, ...], threads: int = 3
+    ) -> None:
+        self.api_url, self.api_key, self.life_statuses = api_url, api_key, statuses
+        self.stop = threading.Event()
+        self.statuses: Counter[int | str] = Counter()
+        self.bad_bodies: list[str] = []
+        self.acknowledged: dict[str, int] = {}  # customer -> events acknowledged
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+
+    def __enter__(self) -> CustomerLives:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(60)
+
+    def failures(self) -> dict[int | str, int]:
+        """How many answers were anything but a 200 or 201, by status."""
+        return {status: n for status, n in self.statuses.items() if status not in (200, 201)}
+
+    def _run(self) -> None:
+        headers = {"X-API-Key": self.api_key}
+        with httpx.Client(base_url=self.api_url, headers=headers, timeout=30) as client:
+            while not self.stop.is_set():
+                self._life(client)
+                self.stop.wait(0.05)
+
+    def _call(self, send: Callable[[], httpx.Response]) -> httpx.Response | None:
+        try:
+            response = send()
+        except httpx.TransportError as exc:
+            self.statuses[type(exc).__name__] += 1
+            return None
+        self.statuses[response.status_code] += 1
+        body = response.json()
+        if set(body) != {"data", "detail"}:
+            self.bad_bodies.append(response.text)
+        return response
+
+    def _life(self, client: httpx.Client) -> None:
+        created = self._call(lambda: client.post("/customer/data", json={"name": "Lively"}))
+        if created is None or created.status_code != 201:
+            self.stop.wait(0.2)
+            return
+        customer_id = created.json()["data"]["customer_id"]
+        self.acknowledged[customer_id] = 1
+        for status in self.life_statuses:
+            changed = self._call(
+                lambda s=status: client.patch(
+                    f"/customer/data/{customer_id}/status", json={"status": s}
+                )
+            )
+            if changed is None or changed.status_code != 200:
+                return
+            self.acknowledged[customer_id] += 1

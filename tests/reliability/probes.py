@@ -12,9 +12,45 @@ import os
 from collections import Counter
 from typing import Any
 
+import httpx
 from sqlalchemy import Engine, text
 
+from tests.support.api import assert_envelope
+
 FIGURES_ENV = "FINTEGRATE_RELIABILITY_FIGURES"
+# What a 503 answer must never show: internals of the database layer or its secrets.
+LEAKS = (
+    "Traceback",
+    "asyncpg",
+    "psycopg2",
+    "sqlalchemy",
+    "SQLSTATE",
+    "SELECT",
+    "INSERT",
+    "fintegrate_pass",
+)
+
+
+def assert_unavailable(response: httpx.Response) -> None:
+    """A clean 503 envelope: retry advice, nothing internal leaked."""
+    assert_envelope(response, 503)
+    assert response.headers["retry-after"].isdigit()
+    assert not [leak for leak in LEAKS if leak in response.text], response.text
+
+
+def customers_without_event(engine: Engine, consumer_id: str) -> tuple[int, int]:
+    """(customers of the tenant, those of them lacking exactly one creation event)."""
+    with engine.connect() as connection:
+        row = connection.execute(
+            text(
+                "SELECT count(*) AS customers, count(*) FILTER (WHERE (SELECT count(*)"
+                " FROM customer_events e WHERE e.customer_id = c.customer_id"
+                " AND e.event_type = 'customer_creation') <> 1) AS orphans"
+                " FROM customers c WHERE c.consumer_id = :id"
+            ),
+            {"id": consumer_id},
+        ).one()
+    return row.customers, row.orphans
 
 
 def publish_states(engine: Engine, consumer_id: str) -> dict[str, int]:

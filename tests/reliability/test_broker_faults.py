@@ -31,8 +31,8 @@ from tests.reliability.probes import (
     receipts,
     report_figures,
 )
-from tests.reliability.processes import FintegrateProcess
 from tests.support.outbox import queue_depth, wait_until
+from tests.support.processes import FintegrateProcess
 from tests.support.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.slow

@@ -19,9 +19,10 @@ from service.config import Settings
 from service.messaging.publish.relay import OutboxRelay
 from tests.reliability.handlers import LOG_ENV, SLOW_ENV, handler_lines
 from tests.reliability.probes import deliver_states, event_ids, receipts, report_figures
-from tests.reliability.processes import FintegrateProcess
 from tests.support.api import create_tenant_over_http
 from tests.support.outbox import queue_depth, wait_until
+from tests.support.processes import FintegrateProcess
+from tests.support.worker import create_customers
 
 CUSTOMERS = 3
 PREFETCH = "4"
@@ -29,15 +30,14 @@ WORKER_STARTED = "consuming customer_notification_"
 
 
 @pytest.fixture
-def tenant(live_server: str, settings: Settings) -> dict[str, Any]:
-    """A tenant with ``CUSTOMERS`` customers whose events are all in its queue."""
+def tenant(live_server: str, api: httpx.Client, settings: Settings) -> dict[str, Any]:
+    """A tenant with ``CUSTOMERS`` customers whose events are all in its queue.
+
+    Overrides the reliability ``tenant`` (on a stack of its own): this test's workers and
+    relay run on the worker's database behind ``live_server``.
+    """
     data = create_tenant_over_http(live_server, settings.auth.admin_api_key, "kill")
-    with httpx.Client(base_url=live_server, timeout=10) as api:
-        for index in range(CUSTOMERS):
-            response = api.post(
-                "/customer/data", json={"name": f"k{index}"}, headers={"X-API-Key": data["api_key"]}
-            )
-            assert response.status_code == 201, response.text
+    create_customers(api, data, CUSTOMERS)
     return data
 
 

@@ -26,8 +26,7 @@ from tests.reliability.operations import (
     TENANT,
     openapi_operations,
 )
-from tests.service.test_api_isolation import TENANT_ENDPOINTS
-from tests.support.api import assert_envelope, tenant_row_counts
+from tests.support.api import TENANT_ENDPOINTS, assert_envelope, tenant_row_counts
 
 OK = "2xx"
 # credential -> expected answer per audience (tenant-only, tenant-or-admin, admin-only)

@@ -16,24 +16,24 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 
 from service.app import create_app
 from service.config import Settings
 from tests.reliability.load import REQUEST_TIMEOUT_SECONDS, CustomerLoad
-from tests.reliability.probes import report_figures
+from tests.reliability.probes import assert_unavailable, customers_without_event, report_figures
 from tests.support.api import assert_envelope, create_tenant_through
 from tests.support.live_server import LiveServer
 from tests.support.outbox import wait_until
 from tests.support.tcp_proxy import TcpProxy
 
 FAULTS = ("refuse", "reset", "blackhole")
-LEAKS = ("Traceback", "psycopg2", "sqlalchemy", "SELECT", "INSERT", "fintegrate_pass")
 
 
 @pytest.fixture
 def api(db_proxied_settings: Settings, db_proxy: TcpProxy) -> Iterator[httpx.Client]:
-    """A live API whose database link runs through ``db_proxy``."""
+    """A live API whose database link runs through ``db_proxy`` (overrides the shared ``api``,
+    whose server reaches the database directly)."""
     server = LiveServer(create_app(db_proxied_settings)).start()
     with httpx.Client(base_url=server.url, timeout=REQUEST_TIMEOUT_SECONDS) as client:
         yield client
@@ -43,6 +43,8 @@ def api(db_proxied_settings: Settings, db_proxy: TcpProxy) -> Iterator[httpx.Cli
 
 @pytest.fixture
 def tenant(api: httpx.Client, admin_headers: dict[str, str]) -> dict[str, Any]:
+    """A tenant made through the API under test (overrides the shared ``tenant``, which would
+    start a second app only to make it)."""
     return create_tenant_through(api, admin_headers, "pg")
 
 
@@ -62,13 +64,6 @@ def requests_while_down(api: httpx.Client, tenant: dict[str, Any]) -> list[tuple
     return [timed(call) for call in calls * 2]
 
 
-def assert_unavailable(response: httpx.Response) -> None:
-    """A clean 503 envelope: retry advice, nothing internal leaked."""
-    assert_envelope(response, 503)
-    assert response.headers["retry-after"].isdigit()
-    assert not [leak for leak in LEAKS if leak in response.text], response.text
-
-
 def recovery_seconds(api: httpx.Client, tenant: dict[str, Any]) -> float:
     """Seconds until a customer can be created again (no restart, nothing reset)."""
     started = time.monotonic()
@@ -79,21 +74,6 @@ def recovery_seconds(api: httpx.Client, tenant: dict[str, Any]) -> float:
 
     assert wait_until(created, timeout=60, interval=0.1)
     return time.monotonic() - started
-
-
-def customers_without_event(engine: Engine, consumer_id: str) -> tuple[int, int]:
-    """(customers of the tenant, those of them lacking exactly one creation event)."""
-    with engine.connect() as connection:
-        row = connection.execute(
-            text(
-                "SELECT count(*) AS customers, count(*) FILTER (WHERE (SELECT count(*)"
-                " FROM customer_events e WHERE e.customer_id = c.customer_id"
-                " AND e.event_type = 'customer_creation') <> 1) AS orphans"
-                " FROM customers c WHERE c.consumer_id = :id"
-            ),
-            {"id": consumer_id},
-        ).one()
-    return row.customers, row.orphans
 
 
 @pytest.mark.parametrize("fault", FAULTS)

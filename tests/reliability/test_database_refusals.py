@@ -11,29 +11,22 @@ pooled backends (57P01, admin shutdown). The shared cluster is never restarted.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
 
 from service.app import create_app
 from service.config import Settings
-from service.migrations import runner as migrations
+from tests.reliability.probes import assert_unavailable
 from tests.support.api import assert_envelope, create_tenant_through
 from tests.support.outbox import wait_until
 
-LEAKS = ("Traceback", "asyncpg", "psycopg2", "sqlalchemy", "SQLSTATE")
-
 
 @pytest.fixture
-def own_database(database_factory: Callable[[], str]) -> str:
-    url = database_factory()
-    engine = create_engine(url)
-    migrations.apply(engine)
-    engine.dispose()
-    return url
+def own_database(migrated_database_factory: Callable[[], str]) -> str:
+    return migrated_database_factory()
 
 
 @pytest.fixture
@@ -45,6 +38,8 @@ def database_name(own_database: str) -> str:
 
 @pytest.fixture
 def api(settings: Settings, own_database: str, pg_admin_engine: Engine) -> Iterator[TestClient]:
+    """The app on a database of its own that the test makes refuse connections (overrides
+    the shared ``api``); the database accepts connections again afterwards."""
     own = settings.updated({"database_url": own_database, "auth_cache_ttl_seconds": 600})
     with TestClient(create_app(own)) as client:
         yield client
@@ -57,6 +52,8 @@ def api(settings: Settings, own_database: str, pg_admin_engine: Engine) -> Itera
 
 @pytest.fixture
 def tenant(api: TestClient, admin_headers: dict[str, str]) -> dict[str, str]:
+    """The headers of a tenant of ``api``'s own database, its key cached and both pools warm
+    (overrides the shared ``tenant``, which lives on the worker's database)."""
     headers: dict[str, str] = create_tenant_through(api, admin_headers, "refuse")["headers"]
     # warm: the key is cached, both pools hold a connection
     assert_envelope(api.post("/customer/data", json={"name": "warm"}, headers=headers), 201)
@@ -72,12 +69,6 @@ def refuse(pg_admin_engine: Engine, name: str, clause: str) -> None:
             text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"),
             {"n": name},
         )
-
-
-def assert_unavailable(response: Any) -> None:
-    assert_envelope(response, 503)
-    assert response.headers["retry-after"].isdigit()
-    assert not [leak for leak in LEAKS if leak in response.text], response.text
 
 
 @pytest.mark.parametrize(

@@ -19,8 +19,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
-from tests.reliability.probes import report_figures
-from tests.reliability.test_database_faults import assert_unavailable, customers_without_event
+from tests.reliability.probes import assert_unavailable, customers_without_event, report_figures
 from tests.support.outbox import wait_until
 
 PG_VERSION = (

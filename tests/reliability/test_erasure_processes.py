@@ -21,10 +21,10 @@ from service.kit.db import create_db_engine
 from service.messaging import topology
 from service.messaging.messages import event_from_row, message_body, message_properties
 from service.messaging.publish.publisher import ConfirmingPublisher, OutgoingMessage
-from tests.conftest import unique_name
-from tests.reliability.processes import FintegrateProcess, serve_api
 from tests.support.api import assert_envelope
+from tests.support.names import unique_name
 from tests.support.outbox import drain_queue, wait_until
+from tests.support.processes import FintegrateProcess, serve_api
 
 pytestmark = pytest.mark.slow
 

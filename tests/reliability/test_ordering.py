@@ -27,9 +27,9 @@ from sqlalchemy import Engine, text
 from service.config import Settings
 from service.messaging import topology
 from tests.reliability.probes import publish_states, report_figures
-from tests.reliability.processes import FintegrateProcess, serve_api
 from tests.support.api import create_tenant_over_http
 from tests.support.outbox import drain_queue, wait_until
+from tests.support.processes import FintegrateProcess, serve_api
 
 pytestmark = pytest.mark.slow
 

@@ -14,9 +14,7 @@ the surviving node are held by live relays with fencing tokens that never went b
 from __future__ import annotations
 
 import json
-import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,10 +25,11 @@ from sqlalchemy import Engine, create_engine, text
 
 from service.config import Settings, shipped_driver_url
 from service.migrations import runner as migrations
+from tests.reliability.load import CustomerLives
 from tests.reliability.probes import publish_states, report_figures
-from tests.reliability.processes import FintegrateProcess
 from tests.support.outbox import drain_queue, wait_until
 from tests.support.pg_ha import PgPair
+from tests.support.processes import FintegrateProcess
 from tests.support.rabbit_cluster import exclusive
 
 # The bound covers waiting for the other worker's failover test to finish its turn.
@@ -72,66 +71,6 @@ def stack_settings(settings: Settings, pg_pair: PgPair) -> Settings:
             "rate_limit_api_key_burst": 100_000,
         }
     )
-
-
-class Lives:
-    """Threads running customer lives; every answer's status is recorded, and the writes
-    that were acknowledged. A customer whose call got a 503 is left there (its write may
-    or may not have committed), and a new one begins."""
-
-    def __init__(self, api_url: str, api_key: str, threads: int = 3) -> None:
-        self.api_url, self.api_key = api_url, api_key
-        self.stop = threading.Event()
-        self.statuses: Counter[int | str] = Counter()
-        self.bad_bodies: list[str] = []
-        self.acknowledged: dict[str, int] = {}  # customer -> events acknowledged
-        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
-
-    def __enter__(self) -> Lives:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(60)
-
-    def _run(self) -> None:
-        headers = {"X-API-Key": self.api_key}
-        with httpx.Client(base_url=self.api_url, headers=headers, timeout=30) as client:
-            while not self.stop.is_set():
-                self._life(client)
-                self.stop.wait(0.05)
-
-    def _call(self, send: Callable[[], httpx.Response]) -> httpx.Response | None:
-        try:
-            response = send()
-        except httpx.TransportError as exc:
-            self.statuses[type(exc).__name__] += 1
-            return None
-        self.statuses[response.status_code] += 1
-        body = response.json()
-        if set(body) != {"data", "detail"}:
-            self.bad_bodies.append(response.text)
-        return response
-
-    def _life(self, client: httpx.Client) -> None:
-        created = self._call(lambda: client.post("/customer/data", json={"name": "Failover"}))
-        if created is None or created.status_code != 201:
-            self.stop.wait(0.2)
-            return
-        customer_id = created.json()["data"]["customer_id"]
-        self.acknowledged[customer_id] = 1
-        for status in STATUSES:
-            changed = self._call(
-                lambda s=status: client.patch(
-                    f"/customer/data/{customer_id}/status", json={"status": s}
-                )
-            )
-            if changed is None or changed.status_code != 200:
-                return
-            self.acknowledged[customer_id] += 1
 
 
 def seconds_until_ready(api_url: str, limit: float) -> float:
@@ -220,7 +159,7 @@ def run_fault(
     try:
         for relay in relays:
             relay.wait_for_log("relay started")
-        with Lives(api_url, tenant["api_key"]) as load:
+        with CustomerLives(api_url, tenant["api_key"], STATUSES) as load:
             time.sleep(LOAD_BEFORE_SECONDS)
             tokens_before = fencing_tokens(engine)
             fault()
@@ -251,7 +190,7 @@ def run_fault(
 def assert_nothing_lost_or_reordered(
     outcome: dict[str, Any], settings: Settings, engine: Engine, tenant: dict[str, Any]
 ) -> None:
-    load: Lives = outcome["load"]
+    load: CustomerLives = outcome["load"]
     statuses = {status for status in load.statuses if isinstance(status, int)}
     assert statuses <= {200, 201, 503}, load.statuses  # never a 500
     assert load.bad_bodies == []

@@ -17,12 +17,10 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 from service.config import Settings
 from service.messaging import topology
-from service.messaging.connection import vhost_of
 from service.messaging.operate.inspection import inspect_tenant
-from service.messaging.operate.management import ManagementClient
 from service.messaging.operate.provisioning import provision_consumer_queues
-from tests.conftest import unique_name
-from tests.support.outbox import amqp_channel, queue_depth
+from tests.support.names import unique_name
+from tests.support.outbox import amqp_channel, declared_queue, queue_depth
 
 DELIVERY_LIMIT = 2
 
@@ -32,16 +30,6 @@ def quorum_settings(settings: Settings) -> Settings:
     return settings.updated({"queue_type": "quorum", "quorum_delivery_limit": DELIVERY_LIMIT})
 
 
-def live_queue(settings: Settings, name: str) -> dict[str, Any]:
-    assert settings.broker.management_url
-    with ManagementClient(
-        settings.broker.management_url, vhost_of(settings.broker.url)
-    ) as management:
-        queue = management.queue(name)
-    assert queue is not None, name
-    return queue
-
-
 def test_quorum_queue_and_dlq_are_declared_with_the_delivery_limit(
     quorum_settings: Settings,
 ) -> None:
@@ -49,8 +37,8 @@ def test_quorum_queue_and_dlq_are_declared_with_the_delivery_limit(
     provision_consumer_queues(quorum_settings, name)
     provision_consumer_queues(quorum_settings, name)  # idempotent: no 406 on a second run
 
-    queue = live_queue(quorum_settings, topology.queue_name(name))
-    dlq = live_queue(quorum_settings, topology.dlq_name(name))
+    queue = declared_queue(quorum_settings, topology.queue_name(name))
+    dlq = declared_queue(quorum_settings, topology.dlq_name(name))
     assert queue["type"] == dlq["type"] == "quorum"
     assert queue["arguments"] == {
         "x-dead-letter-exchange": topology.EXCHANGE,
@@ -104,7 +92,7 @@ def test_consumer_created_through_the_api_gets_quorum_queues(
     created = create_quorum_consumer()
 
     assert created["queue_provisioned"] is True
-    assert live_queue(quorum_settings, created["queue_name"])["type"] == "quorum"
+    assert declared_queue(quorum_settings, created["queue_name"])["type"] == "quorum"
 
 
 @pytest.fixture

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
 import pika
 import pytest
 from sqlalchemy import Engine, text
@@ -29,12 +28,12 @@ from sqlalchemy import Engine, text
 from service.config import Settings
 from service.consumers.broker import tenant_broker_url
 from service.messaging import topology
-from service.messaging.connection import connection_parameters, split_urls, vhost_of
-from service.messaging.operate.management import ManagementClient
+from service.messaging.connection import connection_parameters, split_urls
 from tests.reliability.handlers import LOG_ENV, handler_lines
+from tests.reliability.load import CustomerLives
 from tests.reliability.probes import publish_states, report_figures
-from tests.reliability.processes import FINTEGRATE, FintegrateProcess, process_environment
-from tests.support.outbox import wait_until
+from tests.support.outbox import declared_queue, wait_until
+from tests.support.processes import FINTEGRATE, FintegrateProcess, process_environment
 from tests.support.rabbit_cluster import (
     NODES,
     RabbitCluster,
@@ -82,16 +81,6 @@ def stack_settings(
         )
 
 
-def live_queue(settings: Settings, name: str) -> dict[str, Any]:
-    assert settings.broker.management_url
-    with ManagementClient(
-        settings.broker.management_url, vhost_of(settings.broker.url)
-    ) as management:
-        queue = management.queue(name)
-    assert queue is not None, name
-    return queue
-
-
 def tenant_login_works_on(url: str, queue: str) -> bool:
     """The tenant's login opens a connection on this node and may read its queue."""
     connection = pika.BlockingConnection(connection_parameters(url))
@@ -123,8 +112,8 @@ def test_quorum_queues_span_the_nodes_and_tenant_logins_work_on_each(
     rabbit_cluster: RabbitCluster,
 ) -> None:
     everyone = {node_name(n) for n in NODES}
-    queue = live_queue(stack_settings, tenant["queue_name"])
-    dlq = live_queue(stack_settings, topology.dlq_name(tenant["name"]))
+    queue = declared_queue(stack_settings, tenant["queue_name"])
+    dlq = declared_queue(stack_settings, topology.dlq_name(tenant["name"]))
     assert queue["type"] == dlq["type"] == "quorum"
     assert set(queue["members"]) == set(dlq["members"]) == everyone
 
@@ -146,7 +135,9 @@ def test_quorum_queues_span_the_nodes_and_tenant_logins_work_on_each(
     rabbit_cluster.kill(3)
     try:
         assert wait_until(lambda: node_name(3) not in rabbit_cluster.running_members(), 60)
-        assert wait_until(lambda: len(live_queue(stack_settings, queue["name"])["online"]) == 2, 60)
+        assert wait_until(
+            lambda: len(declared_queue(stack_settings, queue["name"])["online"]) == 2, 60
+        )
         degraded: dict[str, Any] = {}
 
         def doctor_sees_the_loss() -> bool:
@@ -165,45 +156,6 @@ def test_quorum_queues_span_the_nodes_and_tenant_logins_work_on_each(
     assert degraded["quorum queues"]["status"] == "warn"
     assert "2/3" in degraded["quorum queues"]["detail"]
     assert rabbit_cluster.wait_all_running()
-
-
-class CustomerLives:
-    """Threads that each run customer lives (create, status changes) until stopped; every
-    call follows the previous answer, so one customer's events commit in a known order."""
-
-    def __init__(self, api_url: str, api_key: str, threads: int = 3) -> None:
-        self.api_url, self.api_key = api_url, api_key
-        self.stop = threading.Event()
-        self.failures: list[str] = []
-        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
-
-    def __enter__(self) -> CustomerLives:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(60)
-
-    def _run(self) -> None:
-        headers = {"X-API-Key": self.api_key}
-        with httpx.Client(base_url=self.api_url, headers=headers, timeout=30) as client:
-            while not self.stop.is_set():
-                self._life(client)
-                self.stop.wait(0.05)
-
-    def _life(self, client: httpx.Client) -> None:
-        created = client.post("/customer/data", json={"name": "Clustered"})
-        if created.status_code != 201:
-            self.failures.append(created.text)
-            return
-        customer_id = created.json()["data"]["customer_id"]
-        for status in STATUSES:
-            changed = client.patch(f"/customer/data/{customer_id}/status", json={"status": status})
-            if changed.status_code != 200:
-                self.failures.append(changed.text)
 
 
 def longest_publish_gap(engine: Engine, consumer_id: str) -> float:
@@ -281,7 +233,7 @@ def test_killing_the_relays_node_then_another_loses_nothing(
     victims: list[int] = []
     try:
         started = time.monotonic()
-        with CustomerLives(api_url, tenant["api_key"]) as load:
+        with CustomerLives(api_url, tenant["api_key"], STATUSES) as load:
             time.sleep(8)
             victims.append(relay_node(relay))
             kill_and_restart(rabbit_cluster, victims[0]).join(LOAD_LIMIT_SECONDS)
@@ -315,16 +267,16 @@ def test_killing_the_relays_node_then_another_loses_nothing(
             seen.setdefault(customer_id, []).append(int(sequence))
     gap = longest_publish_gap(stack_engine, tenant["consumer_id"])
 
-    assert load.failures == []
+    assert load.failures() == {}, load.bad_bodies
     assert len(victims) == 2 and victims[0] != victims[1]
     assert relay_code == 0, relay.log_text()[-3000:]
     assert len(handled) == events  # every committed event reached the handler once
     assert len({event_id for event_id, _, _ in handled}) == events
     assert seen == orders  # each customer's events, all of them, in commit order
     assert gap <= MAX_PUBLISH_GAP_SECONDS, gap
-    queue = live_queue(stack_settings, tenant["queue_name"])
+    queue = declared_queue(stack_settings, tenant["queue_name"])
     assert wait_until(
-        lambda: len(live_queue(stack_settings, tenant["queue_name"]).get("online") or []) == 3,
+        lambda: len(declared_queue(stack_settings, tenant["queue_name"]).get("online") or []) == 3,
         120,
     ), queue
     report_figures(

@@ -23,8 +23,8 @@ from service.config import Settings
 from tests.reliability.handlers import LOG_ENV, handler_lines
 from tests.reliability.load import CustomerLoad
 from tests.reliability.probes import publish_states, receipts, report_figures
-from tests.reliability.processes import FintegrateProcess
 from tests.support.outbox import insert_events, queue_depth, wait_until
+from tests.support.processes import FintegrateProcess
 
 pytestmark = pytest.mark.slow
 

@@ -20,8 +20,8 @@ from sqlalchemy import Engine
 from service.config import Settings
 from service.kit.db import SILENCE_MARGIN_SECONDS
 from tests.reliability.probes import publish_states, report_figures
-from tests.reliability.processes import FintegrateProcess
 from tests.support.outbox import insert_events, wait_until
+from tests.support.processes import FintegrateProcess
 from tests.support.tcp_proxy import TcpProxy
 
 STATEMENT_TIMEOUT_MS = 1000

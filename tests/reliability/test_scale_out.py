@@ -24,8 +24,8 @@ from service.config import Settings
 from tests.reliability.handlers import LOG_ENV, handler_lines
 from tests.reliability.load import CustomerLoad
 from tests.reliability.probes import deliver_states, receipts, report_figures
-from tests.reliability.processes import FintegrateProcess, serve_api
 from tests.support.outbox import queue_depth, wait_until
+from tests.support.processes import FintegrateProcess, serve_api
 
 pytestmark = pytest.mark.slow
 

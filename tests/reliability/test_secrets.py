@@ -23,10 +23,11 @@ from sqlalchemy import Engine, text
 
 from service.app import create_app
 from service.config import Settings
-from tests.conftest import RABBIT_PASS, unique_name
 from tests.reliability.handlers import LOG_ENV
-from tests.reliability.processes import FintegrateProcess, serve_api
+from tests.support.names import unique_name
 from tests.support.outbox import wait_until
+from tests.support.processes import FintegrateProcess, serve_api
+from tests.support.services import RABBIT_PASS
 from tests.support.tcp_proxy import TcpProxy
 
 BCRYPT_MARK = "$2b$"

@@ -23,9 +23,10 @@ from service.messaging.operate.provisioning import provision_consumer_queues
 from service.messaging.publish.relay import OutboxRelay
 from tests.reliability.handlers import LOG_ENV, handler_lines
 from tests.reliability.probes import deliver_states, report_figures
-from tests.reliability.processes import FintegrateProcess
 from tests.support.api import create_tenant_over_http
 from tests.support.outbox import amqp_channel, queue_depth, wait_until
+from tests.support.processes import FintegrateProcess
+from tests.support.worker import change_status, create_customers
 
 pytestmark = pytest.mark.slow
 TTL_MS = 1500
@@ -34,25 +35,6 @@ AGGREGATE_ORDER = text(
     "SELECT event_id, coalesce(customer_id, consumer_id) AS aggregate_id, sequence "
     "FROM customer_events WHERE consumer_id = :consumer_id"
 )
-
-
-def change(api: httpx.Client, tenant: dict[str, Any], customer_id: str, status: str) -> None:
-    response = api.patch(
-        f"/customer/data/{customer_id}/status",
-        json={"status": status},
-        headers={"X-API-Key": tenant["api_key"]},
-    )
-    assert response.status_code == 200, response.text
-
-
-def create(api: httpx.Client, tenant: dict[str, Any], count: int) -> list[str]:
-    headers = {"X-API-Key": tenant["api_key"]}
-    created = []
-    for index in range(count):
-        response = api.post("/customer/data", json={"name": f"a{index}"}, headers=headers)
-        assert response.status_code == 201, response.text
-        created.append(response.json()["data"]["customer_id"])
-    return created
 
 
 def start_worker(settings: Settings, tenant: dict[str, Any], log_dir: Path, name: str) -> Any:
@@ -84,7 +66,7 @@ def test_a_worker_stopped_past_the_ttl_gets_every_event_once_in_order(
     relay = OutboxRelay.from_settings(settings, engine, threading.Event())
     api = httpx.Client(base_url=live_server, timeout=10)
 
-    customers = create(api, tenant, 4)
+    customers = create_customers(api, tenant, 4)
     relay.drain()
     worker = start_worker(small, tenant, tmp_path, "worker-first")
     try:
@@ -94,12 +76,12 @@ def test_a_worker_stopped_past_the_ttl_gets_every_event_once_in_order(
 
     for status in ("suspended", "active"):  # while the worker is away
         for customer_id in customers:
-            change(api, tenant, customer_id, status)
-    customers += create(api, tenant, 2)
+            change_status(api, tenant, customer_id, status)
+    customers += create_customers(api, tenant, 2)
     relay.drain()
     assert wait_until(lambda: queue_depth(settings.broker.url, dlq) == 10, timeout=30)
     for customer_id in customers[:2]:  # a newer event queued for some customers only
-        change(api, tenant, customer_id, "suspended")
+        change_status(api, tenant, customer_id, "suspended")
     relay.drain()
     assert queue_depth(settings.broker.url, tenant["queue_name"]) == 2
 

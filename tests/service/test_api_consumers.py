@@ -11,8 +11,8 @@ from sqlalchemy import Engine, text
 
 from service.app import create_app
 from service.config import Settings
-from tests.conftest import unique_name
 from tests.support.api import assert_envelope, count_rows
+from tests.support.names import unique_name
 
 
 def consumer_rows(engine: Engine, name: str) -> int:

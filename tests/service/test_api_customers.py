@@ -10,14 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, text
 
-from tests.support.api import assert_envelope, events_of, tenant_row_counts
-
-Consumer = dict[str, Any]
-
-
-@pytest.fixture
-def tenant(create_consumer: Callable[..., Consumer]) -> Consumer:
-    return create_consumer()
+from tests.support.api import Consumer, assert_envelope, events_of, tenant_row_counts
 
 
 def test_creation_writes_one_pending_creation_event(

@@ -23,16 +23,10 @@ from service.events.erasure_fence import ErasureFence
 from service.messaging import topology
 from service.messaging.messages import event_from_row, message_body, message_properties
 from service.messaging.publish.publisher import ConfirmingPublisher, OutgoingMessage
-from tests.support.api import assert_envelope
+from tests.support.api import Consumer, assert_envelope
 from tests.support.outbox import drain_queue
 
-Consumer = dict[str, Any]
 ERASED = {"erased": True}
-
-
-@pytest.fixture
-def tenant(create_consumer: Callable[..., Consumer]) -> Consumer:
-    return create_consumer()
 
 
 def customer_with_history(

@@ -11,15 +11,9 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, text
 
-from tests.support.api import assert_envelope, events_of, tenant_row_counts
+from tests.support.api import Consumer, assert_envelope, events_of, tenant_row_counts
 
-Consumer = dict[str, Any]
 REPLAYED = "Idempotent-Replayed"
-
-
-@pytest.fixture
-def tenant(create_consumer: Callable[..., Consumer]) -> Consumer:
-    return create_consumer()
 
 
 def create(

@@ -10,22 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, text
 
-from tests.support.api import assert_envelope, tenant_row_counts
-
-# (method, path template, body) for every tenant endpoint taking an id.
-TENANT_ENDPOINTS = [
-    ("GET", "/customer/data/{customer_id}", None),
-    ("PATCH", "/customer/data/{customer_id}/status", {"status": "suspended"}),
-    ("DELETE", "/customer/data/{customer_id}", None),
-    ("POST", "/customer/data/{customer_id}/erase", None),
-    ("PUT", "/customer/data/{customer_id}/tags", {"tags": {"stolen": True}}),
-    ("GET", "/customer/data/{customer_id}/tags", None),
-    ("DELETE", "/customer/data/{customer_id}/tags/tier", None),
-    ("POST", "/customer/data/{customer_id}/analytics", {"metrics": {"x": 1}}),
-    ("GET", "/customer/data/{customer_id}/analytics", None),
-    ("GET", "/events/{event_id}", None),
-    ("POST", "/consumer/data/{consumer_id}/keys/rotate", None),
-]
+from tests.support.api import TENANT_ENDPOINTS, assert_envelope, tenant_row_counts
 
 
 @pytest.fixture

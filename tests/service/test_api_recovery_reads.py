@@ -10,10 +10,8 @@ from typing import Any
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, text
 
-from tests.service.test_api_last_delivered import changed_customer, confirm
-from tests.support.api import assert_envelope
+from tests.support.api import Consumer, assert_envelope, changed_customer, confirm_receipt
 
-Consumer = dict[str, Any]
 BACKDATE_PUBLISH = text(
     "UPDATE customer_events SET publish_status = 'published', "
     "published_at = now() - interval '1 hour' WHERE customer_id = :customer_id"
@@ -95,6 +93,6 @@ def test_lost_lists_published_undelivered_events_older_than_asked_of_this_tenant
     assert [item["event_id"] for item in assert_envelope(second, 200)["items"]] == [
         events[1]["event_id"]
     ]
-    confirm(client, tenant, events[0]["event_id"], "processed")
-    confirm(client, tenant, events[1]["event_id"], "failed")  # a handler failure, not lost
+    confirm_receipt(client, tenant, events[0]["event_id"], "processed")
+    confirm_receipt(client, tenant, events[1]["event_id"], "failed")  # a handler failure, not lost
     assert lost(client, tenant, 1) == []

@@ -7,7 +7,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import quote
 
 import pika
 import pika.exceptions
@@ -17,17 +16,14 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 from service.config import Settings
 from service.messaging import topology
-from tests.conftest import RABBIT_PASS, unique_name
-from tests.fintegrate_cli.conftest import closed_port
 from tests.support.api import assert_envelope, description
+from tests.support.names import unique_name
+from tests.support.ports import closed_port
+from tests.support.services import RABBIT_PASS
+from tests.support.worker import tenant_url
 
 Consumer = dict[str, Any]
 LOGIN_REFUSED = (pika.exceptions.ProbableAccessDeniedError, pika.exceptions.AMQPConnectionError)
-
-
-def tenant_url(broker: dict[str, str]) -> str:
-    user, password = quote(broker["username"], safe=""), quote(broker["password"], safe="")
-    return f"amqp://{user}:{password}@127.0.0.1:5672/{quote(broker['vhost'], safe='')}"
 
 
 def connect(broker: dict[str, str]) -> pika.BlockingConnection:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
@@ -13,13 +12,8 @@ from service.config import FLAT_SETTINGS, Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No FINTEGRATE_* variable and no ./.env of the developer leaks into these tests."""
-    for name in [n for n in os.environ if n.upper().startswith("FINTEGRATE_")]:
-        monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
+# No FINTEGRATE_* variable and no ./.env of the developer leaks into these tests.
+pytestmark = pytest.mark.usefixtures("clean_env")
 
 
 def write_env(tmp_path: Path, **values: str) -> Path:

@@ -10,9 +10,7 @@ engine and asyncpg pool through the app, the relay's LISTEN connection and the C
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -26,8 +24,8 @@ from service.config import Settings, load_settings, shipped_driver_url
 from service.kit.db import create_db_engine, libpq_dsn
 from service.kit.db_async import close_pool, create_pool
 from service.messaging.publish.relay import NOTIFY_CHANNEL, PendingNotifications
-from tests.conftest import unique_name
-from tests.fintegrate_cli.conftest import one_error_line
+from tests.support.cli import one_error_line
+from tests.support.names import unique_name
 
 FORMS = ("postgresql", "postgres", "postgresql+psycopg2")
 REFUSED = (
@@ -36,15 +34,6 @@ REFUSED = (
     "sqlite:///fintegrate.db",
     "127.0.0.1:5432/fintegrate_db",
 )
-
-
-@pytest.fixture
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No FINTEGRATE_* variables and no ./.env for the CLI: only the flag gives the URL."""
-    for key in list(os.environ):
-        if key.upper().startswith("FINTEGRATE_"):
-            monkeypatch.delenv(key)
-    monkeypatch.chdir(tmp_path)
 
 
 def in_form(url: str, scheme: str) -> str:

@@ -17,9 +17,10 @@ import httpx
 import pytest
 
 from service.config import Settings
-from tests.reliability.processes import FintegrateProcess, free_port, serve_api
 from tests.support.api import create_tenant_over_http
 from tests.support.outbox import wait_until
+from tests.support.ports import free_port
+from tests.support.processes import FintegrateProcess, serve_api
 
 PROMETHEUS = shutil.which("prometheus")
 SCRAPE_DEADLINE_SECONDS = 90.0

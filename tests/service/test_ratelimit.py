@@ -28,6 +28,7 @@ from service.ratelimit.limiter import (
     RateDecision,
     RateLimiter,
 )
+from tests.support.ports import closed_port
 from tests.support.tcp_proxy import TcpProxy, target_of
 
 LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
@@ -103,13 +104,6 @@ def blackholed_redis(
     proxy = tcp_proxy_factory(*target_of(redis_url))
     proxy.blackhole()
     return proxy, proxy.url_for(redis_url)
-
-
-def closed_port() -> int:
-    """A loopback port nothing listens on."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ token per minute), so a test spends it in a few requests and nothing refills mea
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -16,6 +15,7 @@ from fastapi.testclient import TestClient
 
 from service.config import Settings
 from service.ratelimit.limiter import FAIL_OPEN_METRIC
+from tests.support.ports import closed_port
 from tests.support.tcp_proxy import TcpProxy, target_of
 
 BURST = 3
@@ -136,12 +136,6 @@ def wrong_key_for(consumer: Consumer) -> str:
 
 
 # -- Redis unusable: each process limits on its own ------------------------------------
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class TestRedisRefusing:

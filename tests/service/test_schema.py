@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from tests.conftest import unique_name
+from tests.support.names import unique_name
 
 REQUIRED_COLUMNS = {
     "consumers": "consumer_id name description status metadata_json created_at updated_at",

@@ -13,8 +13,8 @@ from sqlalchemy import Engine
 
 import service.app  # noqa: F401  (imports every router, hence every request model)
 from service.http.schemas import StrictInput, json_integer
-from tests.conftest import unique_name
 from tests.support.api import assert_envelope, tenant_row_counts
+from tests.support.names import unique_name
 
 SCALARS = {"int", "bool", "str", "float"}
 

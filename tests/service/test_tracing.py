@@ -20,10 +20,10 @@ from service.app import create_app
 from service.config import Settings
 from service.http.tracing import TracingMiddleware
 from service.kit import tracing
-from tests.reliability.processes import FintegrateProcess, serve_api
 from tests.support.api import create_tenant_over_http
 from tests.support.otlp import OtlpReceiver, ReceivedSpan
 from tests.support.outbox import wait_until
+from tests.support.processes import FintegrateProcess, serve_api
 
 SERVER, PRODUCER, CONSUMER = 2, 4, 5  # OTLP Span.SpanKind values
 
@@ -113,6 +113,12 @@ def test_one_trace_links_the_api_call_publish_handler_and_confirm_delivery(
         SERVER,
         client_span,
     )
+    assert request.attributes == {
+        "http.request.method": "POST",
+        "url.path": "/customer/data",
+        "http.route": "/customer/data",
+        "http.response.status_code": 201,
+    }
     send = spans["send customer_events"]
     assert (send.service, send.kind, send.parent_span_id) == (
         "fintegrate-relay",

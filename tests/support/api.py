@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
 from uuid import UUID
@@ -9,7 +10,25 @@ from uuid import UUID
 import httpx
 from sqlalchemy import Engine, text
 
-from tests.conftest import unique_name
+from tests.support.names import unique_name
+
+# A consumer's data as the admin API answered, with its ``headers``.
+Consumer = dict[str, Any]
+
+# (method, path template, body) for every tenant endpoint taking an id.
+TENANT_ENDPOINTS: list[tuple[str, str, dict[str, Any] | None]] = [
+    ("GET", "/customer/data/{customer_id}", None),
+    ("PATCH", "/customer/data/{customer_id}/status", {"status": "suspended"}),
+    ("DELETE", "/customer/data/{customer_id}", None),
+    ("POST", "/customer/data/{customer_id}/erase", None),
+    ("PUT", "/customer/data/{customer_id}/tags", {"tags": {"stolen": True}}),
+    ("GET", "/customer/data/{customer_id}/tags", None),
+    ("DELETE", "/customer/data/{customer_id}/tags/tier", None),
+    ("POST", "/customer/data/{customer_id}/analytics", {"metrics": {"x": 1}}),
+    ("GET", "/customer/data/{customer_id}/analytics", None),
+    ("GET", "/events/{event_id}", None),
+    ("POST", "/consumer/data/{consumer_id}/keys/rotate", None),
+]
 
 TENANT_TABLES = (
     "customers",
@@ -34,6 +53,16 @@ def assert_envelope(response: httpx.Response, status_code: int) -> Any:
         assert body["data"] == {}
         assert detail["status_description"] and detail["status_description"] != "Success"
     return body["data"]
+
+
+def post_data(
+    client: httpx.Client, path: str, headers: dict[str, str], **body: Any
+) -> dict[str, Any]:
+    """POST ``body`` to ``path``; asserts a 200 and returns its data."""
+    response = client.post(path, json=body, headers=headers)
+    assert response.status_code == 200, response.text
+    data: dict[str, Any] = response.json()["data"]
+    return data
 
 
 def description(response: httpx.Response) -> str:
@@ -71,6 +100,38 @@ def events_of(engine: Engine, customer_id: str | UUID) -> list[Any]:
                 {"customer_id": str(customer_id)},
             )
         )
+
+
+def customer_events(client: httpx.Client, tenant: Consumer, customer_id: str) -> list[Any]:
+    """The customer's events as ``GET /events`` lists them to the tenant."""
+    headers = {"X-API-Key": tenant["api_key"]}
+    response = client.get("/events", params={"customer_id": customer_id}, headers=headers)
+    return list(assert_envelope(response, 200)["items"])
+
+
+def changed_customer(
+    client: httpx.Client, tenant: Consumer, create_customer: Callable[..., Any], changes: int
+) -> tuple[str, list[Any]]:
+    """A new customer with ``changes`` status changes: its id and events in sequence order."""
+    customer_id = create_customer(tenant)["customer_id"]
+    for index in range(changes):
+        status = "suspended" if index % 2 == 0 else "active"
+        path = f"/customer/data/{customer_id}/status"
+        client.patch(path, json={"status": status}, headers=tenant["headers"])
+    events = sorted(customer_events(client, tenant, customer_id), key=lambda e: e["sequence"])
+    return customer_id, events
+
+
+def confirm_receipt(
+    client: httpx.Client, tenant: Consumer, event_id: str, status: str = "processed"
+) -> None:
+    """The tenant's worker reports ``status`` for ``event_id`` (POST /events/confirm-delivery)."""
+    response = client.post(
+        "/events/confirm-delivery",
+        json={"event_id": event_id, "status": status},
+        headers={"X-API-Key": tenant["api_key"]},
+    )
+    assert_envelope(response, 200)
 
 
 def create_tenant_through(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Callable
 
 import httpx
 import uvicorn
@@ -12,6 +13,20 @@ from starlette.types import ASGIApp
 
 START_TIMEOUT_SECONDS = 20.0
 STOP_TIMEOUT_SECONDS = 10.0
+
+
+def wait_healthy(url: str, alive: Callable[[], bool], timeout: float) -> bool:
+    """True once ``url``/health answers 200; False when ``alive()`` turns false or ``timeout``
+    seconds pass first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and alive():
+        try:
+            if httpx.get(f"{url}/health", timeout=1.0).status_code == 200:
+                return True
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    return False
 
 
 class LiveServer:
@@ -31,14 +46,8 @@ class LiveServer:
 
     def start(self) -> LiveServer:
         self.thread.start()
-        deadline = time.monotonic() + START_TIMEOUT_SECONDS
-        while time.monotonic() < deadline and self.thread.is_alive():
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1.0).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
+        if wait_healthy(self.url, self.thread.is_alive, START_TIMEOUT_SECONDS):
+            return self
         self.stop()
         raise RuntimeError(f"the live server on {self.url} did not become healthy")
 

@@ -1,8 +1,9 @@
-"""Factories and probes for event-pipeline tests: consumer and event rows, queue depths."""
+"""Factories and probes for event-pipeline tests: consumer and event rows, queues, a relay."""
 
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -14,9 +15,15 @@ from sqlalchemy import Engine, text
 
 from service.config import Settings
 from service.messaging import topology
-from service.messaging.connection import open_blocking
+from service.messaging.connection import open_blocking, vhost_of
 from service.messaging.messages import OutboundEvent
+from service.messaging.operate.management import ManagementClient
+from service.messaging.operate.provisioning import ProvisionResult
 from service.messaging.publish.leases import PartitionLeases
+from service.messaging.publish.relay import OutboxRelay
+
+# A relay test's tenant: (name, consumer_id, what provisioning declared).
+ProvisionedTenant = tuple[str, str, ProvisionResult]
 
 INSERT_CONSUMER = text("INSERT INTO consumers (name) VALUES (:name) RETURNING consumer_id")
 INSERT_EVENTS = text(
@@ -76,6 +83,49 @@ def insert_events(
         return [str(row.event_id) for row in rows]
 
 
+CUSTOMER_EVENTS = text(
+    """
+    INSERT INTO customer_events (customer_id, consumer_id, event_type, source_service,
+                                 payload_json, metadata_json)
+    SELECT md5(:salt || (n % :customers)::text)::uuid, :consumer_id, 'customer_status_change',
+           'tests', '{}', '{}'
+    FROM generate_series(1, :count) AS n
+    RETURNING event_id
+    """
+)
+
+
+def insert_customer_events(
+    engine: Engine, consumer_id: str, customers: int, per_customer: int
+) -> list[str]:
+    """``per_customer`` pending events for each of ``customers`` customers of the consumer
+    (the same customers on every call: sequences 1, 2, … go on); returns ids."""
+    with engine.begin() as connection:
+        rows = connection.execute(
+            CUSTOMER_EVENTS,
+            {
+                "salt": consumer_id,
+                "customers": customers,
+                "consumer_id": consumer_id,
+                "count": customers * per_customer,
+            },
+        )
+        return [str(row.event_id) for row in rows]
+
+
+def set_state(engine: Engine, event_ids: list[str], **columns: Any) -> None:
+    """Move bookkeeping columns (the only ones the append-only trigger lets change)."""
+    assignments = ", ".join(f"{name} = :{name}" for name in columns)
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                f"UPDATE customer_events SET {assignments} "
+                "WHERE event_id = ANY(CAST(:ids AS uuid[]))"
+            ),
+            {**columns, "ids": event_ids},
+        )
+
+
 def event_rows(engine: Engine, event_ids: list[str]) -> dict[str, Any]:
     """The bookkeeping columns of the given events, by event_id."""
     with engine.connect() as connection:
@@ -101,6 +151,22 @@ def queue_depth(url: str, queue: str) -> int:
     """Messages ready in ``queue`` (passive declare)."""
     with amqp_channel(url) as channel:
         return int(channel.queue_declare(queue, passive=True).method.message_count)
+
+
+def live_queue(settings: Settings, name: str) -> dict[str, Any] | None:
+    """The queue as the management API shows it; None when it does not exist."""
+    assert settings.broker.management_url
+    with ManagementClient(
+        settings.broker.management_url, vhost_of(settings.broker.url)
+    ) as management:
+        return management.queue(name)
+
+
+def declared_queue(settings: Settings, name: str) -> dict[str, Any]:
+    """The queue as the management API shows it; it must exist."""
+    queue = live_queue(settings, name)
+    assert queue is not None, name
+    return queue
 
 
 def drain_queue(url: str, queue: str) -> list[tuple[Any, Any, bytes]]:
@@ -129,6 +195,22 @@ def new_consumer_name(prefix: str = "c") -> str:
     name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     assert topology.CONSUMER_NAME_PATTERN.match(name)
     return name
+
+
+@contextmanager
+def relay_running(settings: Settings, engine: Engine, **options: Any) -> Iterator[OutboxRelay]:
+    """An OutboxRelay (``options`` go to it) running in a thread; stopped on leaving, and on a
+    normal exit its thread must have ended within 30 s."""
+    stop = threading.Event()
+    relay = OutboxRelay.from_settings(settings, engine, stop, **options)
+    thread = threading.Thread(target=relay.run, daemon=True)
+    thread.start()
+    try:
+        yield relay
+    finally:
+        stop.set()
+        thread.join(30)
+    assert not thread.is_alive()
 
 
 @contextmanager

@@ -6,38 +6,17 @@ from collections.abc import Callable
 from typing import Any
 
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 
 from service.app import create_app
 from service.config import Settings
-from tests.support.outbox import drain_queue, event_rows, insert_events
+from tests.support.api import Consumer, post_data
+from tests.support.outbox import drain_queue, event_rows, insert_events, set_state
 from tests.support.tcp_proxy import TcpProxy
-
-Consumer = dict[str, Any]
-
-
-def set_state(engine: Engine, event_ids: list[str], **columns: Any) -> None:
-    """Move bookkeeping columns (the only ones the append-only trigger lets change)."""
-    assignments = ", ".join(f"{name} = :{name}" for name in columns)
-    with engine.begin() as connection:
-        connection.execute(
-            text(
-                f"UPDATE customer_events SET {assignments} "
-                "WHERE event_id = ANY(CAST(:ids AS uuid[]))"
-            ),
-            {**columns, "ids": event_ids},
-        )
 
 
 def snapshot(engine: Engine, ids: list[str]) -> dict[str, tuple[Any, ...]]:
     return {key: tuple(row) for key, row in event_rows(engine, ids).items()}
-
-
-def post(client: TestClient, path: str, headers: dict[str, str], **body: Any) -> dict[str, Any]:
-    response = client.post(path, json=body, headers=headers)
-    assert response.status_code == 200, response.text
-    data: dict[str, Any] = response.json()["data"]
-    return data
 
 
 def resend_fixture(engine: Engine, tenant: Consumer, other: Consumer) -> dict[str, list[str]]:
@@ -65,7 +44,7 @@ def test_resend_dry_run_selects_exactly_and_changes_nothing(
     ids = resend_fixture(engine, tenant, other)
     every = [event_id for group in ids.values() for event_id in group]
     before = snapshot(engine, every)
-    data = post(client, "/events/resend", tenant["headers"], **FILTERS, dry_run=True)
+    data = post_data(client, "/events/resend", tenant["headers"], **FILTERS, dry_run=True)
     assert data["matched"] == 1 and data["republished"] == 0 and data["failed"] == 0
     assert data["event_ids"] == ids["match"]
     assert data["groups"] == [
@@ -84,7 +63,7 @@ def test_resend_republishes_exactly_the_selection(
     ids = resend_fixture(engine, tenant, other)
     untouched = [i for key, group in ids.items() if key != "match" for i in group]
     before = snapshot(engine, untouched)
-    data = post(client, "/events/resend", tenant["headers"], **FILTERS)
+    data = post_data(client, "/events/resend", tenant["headers"], **FILTERS)
     assert (data["matched"], data["republished"], data["failed"]) == (1, 1, 0)
     [row] = event_rows(engine, ids["match"]).values()
     assert row.publish_status == "published" and row.publish_try_count == 1
@@ -115,9 +94,9 @@ def test_redeliver_selects_published_but_undelivered(
     set_state(engine, failed, deliver_status="failed")
     set_state(engine, delivered, deliver_status="delivered")
     scope = {"consumer_name": tenant["name"]}
-    preview = post(client, "/events/redeliver", admin_headers, **scope, dry_run=True)
+    preview = post_data(client, "/events/redeliver", admin_headers, **scope, dry_run=True)
     assert sorted(preview["event_ids"]) == sorted(undelivered + failed)
-    data = post(client, "/events/redeliver", admin_headers, **scope)
+    data = post_data(client, "/events/redeliver", admin_headers, **scope)
     assert (data["matched"], data["republished"], data["failed"]) == (3, 3, 0)
     rows = event_rows(engine, pending + undelivered + failed + delivered)
     assert [rows[i].publish_try_count for i in undelivered + failed] == [2, 2, 2]
@@ -125,7 +104,7 @@ def test_redeliver_selects_published_but_undelivered(
     assert rows[delivered[0]].publish_try_count == 1
     received = drain_queue(settings.broker.url, tenant["queue_name"])
     assert sorted(p.message_id for _, p, _ in received) == sorted(undelivered + failed)
-    limited = post(client, "/events/redeliver", admin_headers, **scope, max_try_count=2)
+    limited = post_data(client, "/events/redeliver", admin_headers, **scope, max_try_count=2)
     assert limited["matched"] == 0
 
 
@@ -137,7 +116,7 @@ def test_chunks_continue_with_the_cursor(
     set_state(engine, ids, publish_status="published")
     seen, cursor, calls = 0, None, 0
     while True:
-        data = post(client, "/events/redeliver", tenant["headers"], limit=2, cursor=cursor)
+        data = post_data(client, "/events/redeliver", tenant["headers"], limit=2, cursor=cursor)
         seen, cursor, calls = seen + data["republished"], data["next_cursor"], calls + 1
         if cursor is None:
             break

@@ -13,10 +13,9 @@ from sqlalchemy import Engine
 
 from service.app import create_app
 from service.config import Settings
-from tests.service.delivery.test_republish import post, set_state
-from tests.support.outbox import drain_queue, event_rows, insert_events
+from tests.support.api import Consumer, post_data
+from tests.support.outbox import drain_queue, event_rows, insert_events, set_state
 
-Consumer = dict[str, Any]
 STATUSES = ("inactive", "suspended", "active")
 
 
@@ -74,7 +73,7 @@ def test_resend_defaults_select_events_the_relay_already_retried_many_times(
     tenant = create_consumer()
     stuck = insert_events(engine, tenant["consumer_id"], 2)
     set_state(engine, stuck, publish_try_count=9, publish_failure_reason="unroutable")
-    preview = post(client, "/events/resend", tenant["headers"], dry_run=True)
+    preview = post_data(client, "/events/resend", tenant["headers"], dry_run=True)
     assert set(map(str, preview["event_ids"])) >= set(stuck)
 
 
@@ -83,7 +82,7 @@ def test_resend_publishes_each_customer_in_sequence_order(
 ) -> None:
     tenant = create_consumer()
     histories = [customer_with_history(client, tenant) for _ in range(3)]
-    data = post(client, "/events/resend", tenant["headers"])
+    data = post_data(client, "/events/resend", tenant["headers"])
     assert data["republished"] == 13 and data["failed"] == 0 and data["held_back"] == 0
     order = queue_order(settings, tenant["queue_name"])
     for customer in {customer for customer, _ in order if customer}:
@@ -97,10 +96,10 @@ def test_resend_never_overtakes_an_earlier_pending_event_outside_the_selection(
     tenant = create_consumer()
     history = customer_with_history(client, tenant)
     only_changes = {"event_types": ["customer_status_change"]}
-    data = post(client, "/events/resend", tenant["headers"], **only_changes)
+    data = post_data(client, "/events/resend", tenant["headers"], **only_changes)
     assert (data["matched"], data["republished"], data["held_back"]) == (3, 0, 3)
     assert {row.publish_status for row in event_rows(engine, history).values()} == {"pending"}
-    everything = post(client, "/events/resend", tenant["headers"])
+    everything = post_data(client, "/events/resend", tenant["headers"])
     assert everything["republished"] == 5  # the consumer_created event and the four
     customer_order = [seq for who, seq in queue_order(settings, tenant["queue_name"]) if who]
     assert customer_order == [1, 2, 3, 4]
@@ -118,13 +117,13 @@ def test_a_failing_event_holds_back_only_its_own_customer(
     bad = customer_with_history(client, broken)
     delete_queue(settings, broken["queue_name"])
     scoped = {"consumer_name": broken["name"]}
-    data = post(client, "/events/resend", admin_headers, **scoped)
+    data = post_data(client, "/events/resend", admin_headers, **scoped)
     assert data["republished"] == 0
     assert data["failed"] == 2  # the head of each aggregate: consumer_created, customer seq 1
     assert data["held_back"] == 3
     rows = event_rows(engine, bad)
     assert [rows[i].publish_try_count for i in bad] == [1, 0, 0, 0]
-    fine = post(client, "/events/resend", admin_headers, consumer_name=healthy["name"])
+    fine = post_data(client, "/events/resend", admin_headers, consumer_name=healthy["name"])
     assert fine["republished"] == 5
     assert [seq for who, seq in queue_order(settings, healthy["queue_name"]) if who] == [1, 2, 3, 4]
     assert len(good) == 4
@@ -136,7 +135,7 @@ def test_redeliver_goes_in_sequence_order(
     tenant = create_consumer()
     history = customer_with_history(client, tenant)
     set_state(engine, list(reversed(history)), publish_status="published", publish_try_count=1)
-    data = post(client, "/events/redeliver", tenant["headers"])
+    data = post_data(client, "/events/redeliver", tenant["headers"])
     assert data["republished"] == 4
     assert [seq for who, seq in queue_order(settings, tenant["queue_name"]) if who] == [1, 2, 3, 4]
 
@@ -159,9 +158,9 @@ def test_tenant_republish_is_bounded_per_call_and_per_minute(
     tenant = create_consumer()
     ids = insert_events(engine, tenant["consumer_id"], 6)
     set_state(engine, ids, publish_status="published")
-    first = post(bounded_client, "/events/redeliver", tenant["headers"], limit=100)
+    first = post_data(bounded_client, "/events/redeliver", tenant["headers"], limit=100)
     assert first["matched"] == 2 and first["next_cursor"]
-    second = post(
+    second = post_data(
         bounded_client, "/events/redeliver", tenant["headers"], cursor=first["next_cursor"]
     )
     assert second["matched"] == 1  # the minute's budget of 3 is now spent
@@ -171,7 +170,7 @@ def test_tenant_republish_is_bounded_per_call_and_per_minute(
     assert refused.status_code == 429
     assert int(refused.headers["Retry-After"]) >= 1
     assert "per minute" in refused.json()["detail"]["status_description"]
-    operator = post(
+    operator = post_data(
         bounded_client, "/events/redeliver", admin_headers, consumer_name=tenant["name"]
     )
     assert operator["matched"] == 6  # operators are not bounded

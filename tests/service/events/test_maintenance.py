@@ -15,7 +15,6 @@ from sqlalchemy import Connection, Engine, create_engine, text
 from service.config import Settings
 from service.events import archive, maintenance, partitions, repair, stats
 from service.events.locks import LockPolicy
-from service.migrations import runner as migrations
 from tests.support.history import days_ago, db_now, history_database, load_events
 
 ROW_DIGESTS = text("SELECT event_id::text, md5(e::text) FROM customer_events e ORDER BY 1")
@@ -34,10 +33,9 @@ UNDELIVERED = TOTAL // 60
 
 
 @pytest.fixture
-def bare_engine(database_factory: Callable[[], str]) -> Iterator[Engine]:
+def bare_engine(migrated_database_factory: Callable[[], str]) -> Iterator[Engine]:
     """Migrated, with partitions only from the current span on: old rows land in DEFAULT."""
-    engine = create_engine(database_factory())
-    migrations.apply(engine)
+    engine = create_engine(migrated_database_factory())
     yield engine
     engine.dispose()
 

@@ -8,7 +8,7 @@ import gzip
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -18,9 +18,10 @@ from sqlalchemy import Engine, text
 from service.app import create_app
 from service.config import Settings
 from service.events import partitions, repair, stats
-from tests.reliability.processes import FintegrateProcess, free_port
-from tests.support.history import days_ago, history_database, load_history
+from tests.support.history import days_ago, load_history
 from tests.support.live_server import LiveServer
+from tests.support.ports import free_port
+from tests.support.processes import FintegrateProcess
 
 BIG = 120_000  # events enough that writing the files takes a few seconds
 WAITING_DDL = text(
@@ -31,13 +32,6 @@ GROUP_BY = text(
     "SELECT event_type, publish_status, deliver_status, count(*) FROM customer_events "
     "GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
 )
-
-
-@pytest.fixture
-def history_engine(database_factory: Callable[[], str]) -> Iterator[Engine]:
-    engine = history_database(database_factory)
-    yield engine
-    engine.dispose()
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ three-node cluster tests are in tests/reliability/test_rabbit_cluster.py.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable
 
 import pika
@@ -20,16 +19,10 @@ from service.messaging.operate.management import ManagementClient
 from service.messaging.operate.provisioning import provision_consumer_queues
 from service.messaging.publish.publisher import ConfirmingPublisher, OutgoingMessage
 from service.ops.checks import check_broker
-from tests.conftest import unique_name
+from tests.support.names import unique_name
 from tests.support.outbox import drain_queue
+from tests.support.ports import closed_port
 from tests.support.tcp_proxy import TcpProxy
-
-
-def closed_port() -> int:
-    """A loopback port nobody listens on (bound, then released)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture

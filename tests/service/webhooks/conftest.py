@@ -14,39 +14,25 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine
 
-from service.config import DatabaseSettings, Settings
-from service.kit.db import create_db_engine
-from service.migrations import runner as migrations
+from service.config import Settings
 from service.webhooks.delivery.process import WebhookDeliverer
 from tests.support.receiver import Receiver, Responder, always_ok
-
-WEBHOOK_SETTINGS = {
-    "environment": "development",
-    "webhook_encryption_key": "tests-webhook-encryption-key-0123456789",
-    "webhook_allowed_cidrs": "127.0.0.0/8",
-    "webhook_retry_schedule": "0.2,0.2,0.2",
-    "webhook_timeout_seconds": 5.0,
-    "webhook_poll_seconds": 0.1,
-    "webhook_breaker_pause_seconds": 1.0,
-}
+from tests.support.services import engine_on
+from tests.support.webhooks import WEBHOOK_SETTINGS, nothing_left
 
 
 @pytest.fixture(scope="package")
-def webhook_database_url(database_factory: Callable[[], str]) -> str:
+def webhook_database_url(migrated_database_factory: Callable[[], str]) -> str:
     """A migrated database for the webhook tests only."""
-    url = database_factory()
-    migrating = create_engine(url)
-    migrations.apply(migrating)
-    migrating.dispose()
-    return url
+    return migrated_database_factory()
 
 
 @pytest.fixture(scope="package")
 def engine(webhook_database_url: str) -> Iterator[Engine]:
     """An engine on the webhook tests' own database."""
-    own = create_db_engine(DatabaseSettings(url=webhook_database_url), pool_size=4)
+    own = engine_on(webhook_database_url)
     yield own
     own.dispose()
 
@@ -69,24 +55,6 @@ def receiver_factory() -> Iterator[Callable[..., Receiver]]:
     yield create
     for receiver in started:
         receiver.stop()
-
-
-def nothing_left(engine: Engine) -> Callable[[], bool]:
-    """True once no delivery is pending on an enabled endpoint."""
-
-    def check() -> bool:
-        with engine.connect() as connection:
-            left = connection.execute(text(PENDING_ON_ENABLED)).scalar_one()
-        return bool(left == 0)
-
-    return check
-
-
-PENDING_ON_ENABLED = """
-    SELECT count(*) FROM webhook_deliveries d
-    JOIN webhook_endpoints w ON w.endpoint_id = d.endpoint_id
-    WHERE d.status = 'pending' AND w.status = 'enabled'
-"""
 
 
 @pytest.fixture

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, text
 
 from service.events import archive
-from tests.support.history import history_database, load_history
+from tests.support.history import load_history
 
 ENDPOINT = "00000000-0000-4000-8000-0000000000e1"
 AN_ENDPOINT = text(
@@ -29,11 +28,10 @@ PENDING_DELIVERY_ON_AN_OLD_EVENT = text(
 
 
 @pytest.fixture
-def history_engine(database_factory: Callable[[], str]) -> Iterator[Engine]:
-    engine = history_database(database_factory)
-    load_history(engine)
-    yield engine
-    engine.dispose()
+def history_engine(history_engine: Engine) -> Engine:
+    """The shared ``history_engine`` with weeks of history loaded."""
+    load_history(history_engine)
+    return history_engine
 
 
 def test_a_pending_webhook_delivery_keeps_its_partition(

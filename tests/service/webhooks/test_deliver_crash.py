@@ -14,10 +14,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
 from service.config import Settings
-from tests.reliability.processes import FintegrateProcess, free_port
-from tests.service.webhooks.conftest import nothing_left
-from tests.service.webhooks.test_delivery import customers_with_events, endpoint_for
+from tests.support.ports import free_port
+from tests.support.processes import FintegrateProcess
 from tests.support.receiver import Received
+from tests.support.webhooks import customers_with_events, endpoint_for, nothing_left
 
 
 def slow_ok(item: Received, index: int) -> tuple[int, dict[str, str], bytes]:

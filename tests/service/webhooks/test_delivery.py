@@ -16,41 +16,10 @@ from sqlalchemy import Engine, text
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from tests.support.api import assert_envelope
-from tests.support.receiver import Received, Receiver
+from tests.support.receiver import Received
+from tests.support.webhooks import customers_with_events, endpoint_for
 
 PATH = "/webhooks/endpoints"
-
-
-def endpoint_for(
-    client: TestClient, tenant: dict[str, Any], receiver: Receiver, **body: Any
-) -> dict[str, Any]:
-    data: dict[str, Any] = assert_envelope(
-        client.post(PATH, json={"url": receiver.url, **body}, headers=tenant["headers"]), 201
-    )
-    return data
-
-
-def customers_with_events(
-    client: TestClient, tenant: dict[str, Any], customers: int, changes: int
-) -> dict[str, list[int]]:
-    """``customers`` customers, each created then changed ``changes`` times (status flips)."""
-    made: dict[str, list[int]] = {}
-    for index in range(customers):
-        created = client.post(
-            "/customer/data", json={"name": f"c{index}"}, headers=tenant["headers"]
-        )
-        customer_id = created.json()["data"]["customer_id"]
-        made[customer_id] = [1]
-        for change in range(changes):
-            status = "inactive" if change % 2 == 0 else "active"
-            answer = client.patch(
-                f"/customer/data/{customer_id}/status",
-                json={"status": status},
-                headers=tenant["headers"],
-            )
-            assert answer.status_code == 200
-            made[customer_id].append(change + 2)
-    return made
 
 
 def sequences_by_customer(received: list[Received]) -> dict[str, list[int]]:

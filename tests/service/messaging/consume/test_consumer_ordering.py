@@ -8,131 +8,28 @@ customer are in flight together, the situation lanes exist for.
 
 from __future__ import annotations
 
-import random
 import threading
-import time
-from collections import defaultdict
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable
 
 import httpx
-import pytest
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 
 from service.config import Settings
-from service.messaging.messages import POSSIBLE_DUPLICATE_HEADER, EventMessage, event_from_row
-from service.messaging.publish.publisher import ConfirmingPublisher, outgoing_event
-from tests.service.messaging.consume.test_consumer import (
+from service.messaging.messages import POSSIBLE_DUPLICATE_HEADER, EventMessage
+from tests.support.outbox import amqp_channel, queue_depth, wait_until
+from tests.support.tcp_proxy import TcpProxy
+from tests.support.worker import (
+    Recorder,
+    Tenant,
     WorkerThread,
     change_status,
     create_customers,
+    customers_with_events,
+    expected_orders,
+    interleaved_rows,
+    publish,
+    receipts,
 )
-from tests.support.api import create_tenant_over_http
-from tests.support.outbox import amqp_channel, queue_depth, wait_until
-from tests.support.tcp_proxy import TcpProxy
-
-Tenant = dict[str, Any]
-STATUSES = ("suspended", "active")
-CUSTOMER_ROWS = text(
-    """
-    SELECT e.event_id, e.event_type, e.consumer_id, c.name AS consumer_name, e.customer_id,
-           e.created_at, e.sequence, e.payload_json, e.metadata_json
-    FROM customer_events e JOIN consumers c ON c.consumer_id = e.consumer_id
-    WHERE e.consumer_id = :consumer_id AND e.customer_id IS NOT NULL
-    """
-)
-
-
-@pytest.fixture
-def api(live_server: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=live_server, timeout=10) as client:
-        yield client
-
-
-@pytest.fixture
-def tenant(live_server: str, settings: Settings) -> Tenant:
-    return create_tenant_over_http(live_server, settings.auth.admin_api_key, "order")
-
-
-class Recorder:
-    """A handler of random duration recording each call; notices overlaps within a customer."""
-
-    def __init__(self, max_seconds: float = 0.02, seed: int = 20261202):
-        self.calls: list[tuple[str, int, str]] = []  # (customer_id, sequence, event_id)
-        self.overlaps = 0
-        self.max_parallel = 0
-        self._running: set[str] = set()
-        self._lock = threading.Lock()
-        self._random = random.Random(seed)
-        self._max_seconds = max_seconds
-
-    def __call__(self, message: EventMessage) -> None:
-        key = message.aggregate_key
-        with self._lock:
-            self.overlaps += key in self._running
-            self._running.add(key)
-            self.max_parallel = max(self.max_parallel, len(self._running))
-            pause = self._random.uniform(0, self._max_seconds)
-        time.sleep(pause)
-        with self._lock:
-            self._running.discard(key)
-            self.calls.append(
-                (str(message.customer_id), int(message.sequence or 0), message.event_id)
-            )
-
-    def sequences(self) -> dict[str, list[int]]:
-        """Per customer, the sequences in the order the handler was called."""
-        seen: dict[str, list[int]] = defaultdict(list)
-        with self._lock:
-            for customer_id, sequence, _ in self.calls:
-                seen[customer_id].append(sequence)
-        return seen
-
-    def count(self) -> int:
-        with self._lock:
-            return len(self.calls)
-
-
-def customers_with_events(
-    api: httpx.Client, tenant: Tenant, customers: int, events: int
-) -> list[str]:
-    """``customers`` new customers with ``events`` events each (creation + status changes)."""
-    created = create_customers(api, tenant, customers)
-    for change in range(events - 1):
-        for customer_id in created:
-            change_status(api, tenant, customer_id, STATUSES[change % 2])
-    return created
-
-
-def interleaved_rows(engine: Engine, tenant: Tenant, group: int = 8) -> list[Any]:
-    """The tenant's customer events: groups of ``group`` customers, round-robin by sequence."""
-    with engine.connect() as connection:
-        rows = connection.execute(CUSTOMER_ROWS, {"consumer_id": tenant["consumer_id"]}).all()
-    order = {customer: n for n, customer in enumerate(sorted({row.customer_id for row in rows}))}
-    return sorted(
-        rows, key=lambda r: (order[r.customer_id] // group, r.sequence, order[r.customer_id])
-    )
-
-
-def publish(
-    settings: Settings, rows: list[Any], copies: int = 1, headers: dict[str, Any] | None = None
-) -> None:
-    """Publish each row's message ``copies`` times, back to back, with confirms."""
-    messages = [outgoing_event(event_from_row(row), headers) for row in rows for _ in range(copies)]
-    with ConfirmingPublisher(settings.broker.url) as publisher:
-        assert all(result.ok for result in publisher.publish_batch(messages))
-
-
-def receipts(engine: Engine, tenant: Tenant) -> list[tuple[str, str, str | None]]:
-    with engine.connect() as connection:
-        rows = connection.execute(
-            text(
-                "SELECT event_id, status, detail FROM consumer_event_receipts"
-                " WHERE consumer_id = :id"
-            ),
-            {"id": tenant["consumer_id"]},
-        )
-        return [(str(row.event_id), row.status, row.detail) for row in rows]
 
 
 def consumer_count(settings: Settings, tenant: Tenant) -> int:
@@ -143,13 +40,6 @@ def consumer_count(settings: Settings, tenant: Tenant) -> int:
 
 def processed(engine: Engine, tenant: Tenant) -> set[str]:
     return {event for event, status, _ in receipts(engine, tenant) if status == "processed"}
-
-
-def expected_orders(rows: list[Any]) -> dict[str, list[int]]:
-    orders: dict[str, list[int]] = defaultdict(list)
-    for row in sorted(rows, key=lambda r: r.sequence):
-        orders[str(row.customer_id)].append(int(row.sequence))
-    return orders
 
 
 def test_prefetch_20_keeps_each_customers_order_and_runs_customers_in_parallel(

@@ -3,10 +3,7 @@ dead-lettered once with a reason, and the worker goes on with the next message."
 
 from __future__ import annotations
 
-import json
-import uuid
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -16,51 +13,16 @@ from service.config import Settings
 from service.messaging import topology
 from service.messaging.consume.poison import MAX_DETAIL_CHARS, call_handler, decode_message
 from service.messaging.messages import EventMessage, InvalidMessage
-from tests.conftest import unique_name
-from tests.service.messaging.consume.test_consumer import (
+from tests.support.outbox import amqp_channel, queue_depth, wait_until
+from tests.support.worker import (
     Tenant,
     WorkerThread,
     create_customers,
+    event_body,
     publish_all,
-    receipts,
+    receipt_statuses,
     tenant_events,
 )
-from tests.support.outbox import amqp_channel, queue_depth, wait_until
-
-
-@pytest.fixture
-def api_client(live_server: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=live_server, timeout=10) as client:
-        yield client
-
-
-@pytest.fixture
-def worker_tenant(api_client: httpx.Client, settings: Settings) -> Tenant:
-    assert settings.auth.admin_api_key
-    created = api_client.post(
-        "/consumer/data",
-        json={"name": unique_name("poison")},
-        headers={"X-Admin-Key": settings.auth.admin_api_key},
-    )
-    assert created.status_code == 201, created.text
-    data: Tenant = created.json()["data"]
-    return data
-
-
-def event_body(**changes: Any) -> bytes:
-    document = {
-        "event_id": str(uuid.uuid4()),
-        "event_type": "customer_creation",
-        "occurred_at": "2026-12-02T00:00:00+00:00",
-        "consumer": {"consumer_id": str(uuid.uuid4()), "name": "acme"},
-        "customer_id": str(uuid.uuid4()),
-        "payload": {},
-        "metadata": {},
-        "schema_version": 1,
-    }
-    document.update(changes)
-    return json.dumps(document).encode()
-
 
 UNREADABLE = {
     "deep nesting": b"[" * 200_000 + b"]" * 200_000,
@@ -119,16 +81,15 @@ def test_every_handler_failure_is_a_failed_receipt_that_can_be_sent(name: str) -
 def test_the_worker_survives_poison_and_hostile_handlers_and_goes_on(
     settings: Settings,
     engine: Engine,
-    api_client: httpx.Client,
-    worker_tenant: Tenant,
+    api: httpx.Client,
+    tenant: Tenant,
     live_server: str,
 ) -> None:
-    tenant = worker_tenant
     key = topology.routing_key("customer_creation", tenant["name"])
     with amqp_channel(settings.broker.url) as channel:
         for body in UNREADABLE.values():
             channel.basic_publish(topology.EXCHANGE, key, body)
-    create_customers(api_client, tenant, 3)
+    create_customers(api, tenant, 3)
     publish_all(settings, engine)
     events = tenant_events(engine, tenant)  # consumer_created + 3 customers
     hostile = iter([SystemExit(1), KeyboardInterrupt(), Unprintable()])
@@ -142,8 +103,8 @@ def test_the_worker_survives_poison_and_hostile_handlers_and_goes_on(
     expected_dead = len(UNREADABLE) + 3
     with WorkerThread(settings, tenant, live_server, handler) as worker:
         assert wait_until(lambda: queue_depth(settings.broker.url, dlq) == expected_dead)
-        assert wait_until(lambda: len(receipts(engine, tenant)) == len(events))
+        assert wait_until(lambda: len(receipt_statuses(engine, tenant)) == len(events))
     assert worker.consumer.stats.poison == len(UNREADABLE)
-    statuses = sorted(status for _, status in receipts(engine, tenant))
+    statuses = sorted(status for _, status in receipt_statuses(engine, tenant))
     assert statuses == ["failed"] * 3 + ["processed"] * (len(events) - 3)
     assert queue_depth(settings.broker.url, tenant["queue_name"]) == 0

@@ -10,48 +10,35 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
-import pytest
 from sqlalchemy import Engine, text
 
 from service.config import Settings
 from service.messaging import topology
 from service.messaging.messages import EventMessage
 from service.messaging.operate.provisioning import provision_consumer_queues
-from tests.service.messaging.consume.test_consumer import WorkerThread, change_status
-from tests.service.messaging.consume.test_consumer_ordering import (
+from tests.support.outbox import amqp_channel, queue_depth, wait_until
+from tests.support.worker import (
     Recorder,
+    Tenant,
+    WorkerThread,
+    change_status,
     customers_with_events,
+    event_body,
     expected_orders,
     interleaved_rows,
     publish,
     receipts,
+    tenant_url,
 )
-from tests.service.messaging.consume.test_poison import event_body
-from tests.service.test_broker_credentials import tenant_url
-from tests.support.api import create_tenant_over_http
-from tests.support.outbox import amqp_channel, queue_depth, wait_until
 
-Tenant = dict[str, Any]
 TTL_MS = 1500
 MARK_PUBLISHED = text(
     "UPDATE customer_events SET publish_status = 'published', published_at = now() "
     "WHERE event_id = ANY(CAST(:ids AS uuid[]))"
 )
-
-
-@pytest.fixture
-def api(live_server: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=live_server, timeout=10) as client:
-        yield client
-
-
-@pytest.fixture
-def tenant(live_server: str, settings: Settings) -> Tenant:
-    return create_tenant_over_http(live_server, settings.auth.admin_api_key, "lost")
 
 
 def bounded(settings: Settings, **bounds: Any) -> Settings:

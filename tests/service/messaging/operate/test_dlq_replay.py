@@ -9,12 +9,11 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 from sqlalchemy import Engine, text
 
 from service.config import Settings
@@ -28,26 +27,10 @@ from service.messaging.messages import event_from_row, message_body, message_pro
 from service.messaging.operate.dlq import DeliveredLookup, replay_dead_letters
 from service.messaging.operate.provisioning import provision_consumer_queues
 from service.messaging.publish.publisher import ConfirmingPublisher, OutgoingMessage
-from tests.service.messaging.consume.test_consumer_ordering import (
-    customers_with_events,
-    interleaved_rows,
-)
 from tests.support import history
-from tests.support.api import assert_envelope, create_tenant_over_http
+from tests.support.api import assert_envelope, confirm_receipt
 from tests.support.outbox import drain_queue, new_consumer_name, queue_depth
-
-Tenant = dict[str, Any]
-
-
-@pytest.fixture
-def api(live_server: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=live_server, timeout=10) as client:
-        yield client
-
-
-@pytest.fixture
-def tenant(live_server: str, settings: Settings) -> Tenant:
-    return create_tenant_over_http(live_server, settings.auth.admin_api_key, "dlq")
+from tests.support.worker import Tenant, customers_with_events, interleaved_rows
 
 
 def dead_letter_everything(settings: Settings, tenant: Tenant, rows: list[Any]) -> None:
@@ -93,15 +76,6 @@ def queued_orders(settings: Settings, tenant: Tenant) -> tuple[dict[str, list[in
     return orders, [properties for _, properties, _ in drained]
 
 
-def confirm(api: httpx.Client, tenant: Tenant, event_id: str) -> None:
-    response = api.post(
-        "/events/confirm-delivery",
-        json={"event_id": event_id, "status": "processed"},
-        headers={"X-API-Key": tenant["api_key"]},
-    )
-    assert_envelope(response, 200)
-
-
 def test_replay_sorts_each_customers_dead_letters_by_sequence(
     settings: Settings, engine: Engine, api: httpx.Client, tenant: Tenant
 ) -> None:
@@ -122,7 +96,7 @@ def test_stale_dead_letters_stay_in_the_dlq_and_are_listed(
     delivered, untouched = customers_with_events(api, tenant, customers=2, events=4)
     rows = interleaved_rows(engine, tenant)
     by_sequence = {(str(r.customer_id), r.sequence): str(r.event_id) for r in rows}
-    confirm(api, tenant, by_sequence[(delivered, 2)])  # 1 and 2 of this customer are stale
+    confirm_receipt(api, tenant, by_sequence[(delivered, 2)])  # 1 and 2 of this customer are stale
     dead_letter_everything(settings, tenant, rows)
 
     outcome = replay(settings, tenant, lookup(engine))

@@ -8,7 +8,6 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 import pika
 import pika.exceptions
@@ -16,10 +15,8 @@ import pytest
 
 from service.config import Settings
 from service.messaging import topology
-from service.messaging.connection import vhost_of
 from service.messaging.operate import migration
 from service.messaging.operate.inspection import inspect_tenant
-from service.messaging.operate.management import ManagementClient
 from service.messaging.operate.migration import MigrationBlocked, migrate_tenant
 from service.messaging.operate.migration_plan import plan_migration
 from service.messaging.operate.provisioning import (
@@ -27,7 +24,13 @@ from service.messaging.operate.provisioning import (
     provision_consumer_queues,
     provision_many,
 )
-from tests.support.outbox import amqp_channel, drain_queue, new_consumer_name, queue_depth
+from tests.support.outbox import (
+    amqp_channel,
+    drain_queue,
+    live_queue,
+    new_consumer_name,
+    queue_depth,
+)
 
 CUSTOMERS = ("cust_a", "cust_b", "cust_c")
 
@@ -81,12 +84,6 @@ def dead_letter(settings: Settings, name: str, count: int) -> list[bytes]:
             method, _, _ = channel.basic_get(topology.queue_name(name))
             channel.basic_reject(method.delivery_tag, requeue=False)
     return bodies
-
-
-def live_queue(settings: Settings, queue: str) -> dict[str, Any] | None:
-    assert settings.broker.management_url
-    with ManagementClient(settings.broker.management_url, vhost_of(settings.broker.url)) as client:
-        return client.queue(queue)
 
 
 def bodies_of(settings: Settings, queue: str) -> list[bytes]:

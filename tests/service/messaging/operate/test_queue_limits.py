@@ -14,9 +14,7 @@ from sqlalchemy import Engine
 
 from service.config import Settings
 from service.messaging import topology
-from service.messaging.connection import vhost_of
 from service.messaging.operate.dlq import replay_dead_letters
-from service.messaging.operate.management import ManagementClient
 from service.messaging.operate.provisioning import (
     TopologyMismatch,
     provision_consumer_queues,
@@ -26,6 +24,7 @@ from service.messaging.publish.publisher import ConfirmingPublisher, OutgoingMes
 from service.messaging.publish.relay import OutboxRelay
 from tests.support.outbox import (
     amqp_channel,
+    declared_queue,
     drain_queue,
     event_rows,
     insert_consumer,
@@ -50,14 +49,6 @@ def small(settings: Settings) -> Settings:
     )
 
 
-def live_arguments(settings: Settings, queue: str) -> dict[str, object]:
-    assert settings.broker.management_url
-    with ManagementClient(settings.broker.management_url, vhost_of(settings.broker.url)) as client:
-        live = client.queue(queue)
-    assert live is not None, queue
-    return dict(live["arguments"])
-
-
 def message(name: str, number: int) -> OutgoingMessage:
     properties = pika.BasicProperties(message_id=f"m{number}", delivery_mode=2)
     body = f"{number}".encode()
@@ -69,14 +60,14 @@ def test_a_fresh_tenant_gets_reject_publish_and_the_limits_of_the_settings(
 ) -> None:
     name = new_consumer_name()
     provision_consumer_queues(small, name)
-    assert live_arguments(small, topology.queue_name(name)) == {
+    assert declared_queue(small, topology.queue_name(name))["arguments"] == {
         "x-dead-letter-exchange": topology.EXCHANGE,
         "x-dead-letter-routing-key": topology.dlq_routing_key(name),
         "x-message-ttl": 60_000,
         "x-max-length": 3,
         "x-overflow": "reject-publish",
     }
-    assert live_arguments(small, topology.dlq_name(name)) == {
+    assert declared_queue(small, topology.dlq_name(name))["arguments"] == {
         "x-max-length": 2,
         "x-overflow": "drop-head",
     }
@@ -146,7 +137,7 @@ def test_a_queue_with_the_seed_arguments_is_reported_argument_by_argument(
     }
     # the live queues are untouched
     if with_management:
-        assert "x-overflow" not in live_arguments(settings, topology.queue_name(name))
+        assert "x-overflow" not in declared_queue(settings, topology.queue_name(name))["arguments"]
 
 
 def test_a_full_queue_keeps_events_in_the_outbox_until_there_is_room(

@@ -14,7 +14,7 @@ from sqlalchemy import Engine, text
 from service.app import create_app
 from service.config import Settings
 from service.messaging.publish.relay import OutboxRelay
-from tests.conftest import unique_name
+from tests.support.names import unique_name
 from tests.support.outbox import queue_depth, wait_until
 from tests.support.tcp_proxy import TcpProxy
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 from sqlalchemy import Engine, text
 
 from service.config import Settings
-from service.messaging.operate.provisioning import ProvisionResult, provision_consumer_queues
+from service.messaging.operate.provisioning import provision_consumer_queues
 from service.messaging.publish.publisher import ConfirmingPublisher
 from service.messaging.publish.relay import PossibleDuplicates, publish_pending_batch
 from service.messaging.publish.tenants import TenantTurns
 from tests.support.outbox import (
+    ProvisionedTenant,
     event_rows,
     insert_consumer,
     insert_events,
@@ -17,8 +18,6 @@ from tests.support.outbox import (
     new_consumer_name,
     queue_depth,
 )
-
-Tenant = tuple[str, str, ProvisionResult]
 
 BACKLOG = 3000
 BATCH = 100
@@ -40,7 +39,7 @@ def pending_of(engine: Engine, consumer_id: str) -> int:
 
 
 def test_a_quiet_tenant_is_published_in_the_first_round_beside_a_large_backlog(
-    outbox_settings: Settings, outbox_engine: Engine, tenant: Tenant
+    outbox_settings: Settings, outbox_engine: Engine, tenant: ProvisionedTenant
 ) -> None:
     _, loud, loud_queues = tenant
     loud_queue = loud_queues.queue
@@ -96,7 +95,7 @@ def test_more_tenants_than_the_batch_take_turns(
 
 
 def test_tenants_whose_events_all_wait_for_a_retry_take_no_turn(
-    outbox_settings: Settings, outbox_engine: Engine, tenant: Tenant
+    outbox_settings: Settings, outbox_engine: Engine, tenant: ProvisionedTenant
 ) -> None:
     _, due, due_queues = tenant
     waiting = [provisioned_tenant(outbox_settings, outbox_engine, "wait")[0] for _ in range(3)]

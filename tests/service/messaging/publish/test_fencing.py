@@ -9,11 +9,10 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 
 from service.config import Settings
 from service.messaging.messages import POSSIBLE_DUPLICATE_HEADER
-from service.messaging.operate.provisioning import ProvisionResult
 from service.messaging.publish.leases import PartitionLeases
 from service.messaging.publish.publisher import ConfirmingPublisher
 from service.messaging.publish.relay import (
@@ -21,41 +20,20 @@ from service.messaging.publish.relay import (
     PossibleDuplicates,
     publish_pending_batch,
 )
-from tests.support.outbox import drain_queue, event_rows, wait_until
+from tests.support.outbox import (
+    ProvisionedTenant,
+    drain_queue,
+    event_rows,
+    insert_customer_events,
+    wait_until,
+)
 from tests.support.tcp_proxy import TcpProxy
-
-Tenant = tuple[str, str, ProvisionResult]
 
 # The frozen relay's broker handshake waits this long: well past its lease, and still
 # within RabbitMQ's handshake_timeout (10 s), which would otherwise close the connection.
 FREEZE_SECONDS = 8.0
 LEASE_TTL_SECONDS = 2.0
 CUSTOMERS = 5
-CUSTOMER_EVENTS = text(
-    """
-    INSERT INTO customer_events (customer_id, consumer_id, event_type, source_service,
-                                 payload_json, metadata_json)
-    SELECT md5(:salt || (n % :customers)::text)::uuid, :consumer_id, 'customer_status_change',
-           'tests', '{}', '{}'
-    FROM generate_series(1, :count) AS n
-    RETURNING event_id
-    """
-)
-
-
-def insert_customer_events(engine: Engine, consumer_id: str, per_customer: int) -> list[str]:
-    """``per_customer`` events for each of ``CUSTOMERS`` customers, sequences 1, 2, …"""
-    with engine.begin() as connection:
-        rows = connection.execute(
-            CUSTOMER_EVENTS,
-            {
-                "salt": consumer_id,
-                "customers": CUSTOMERS,
-                "consumer_id": consumer_id,
-                "count": CUSTOMERS * per_customer,
-            },
-        )
-        return [str(row.event_id) for row in rows]
 
 
 def lease_of(engine: Engine, settings: Settings) -> PartitionLeases:
@@ -106,7 +84,7 @@ def take_everything(leases: PartitionLeases, partitions: int) -> None:
 def test_a_relay_frozen_in_connect_past_its_lease_sends_nothing_after_the_new_owner(
     outbox_settings: Settings,
     outbox_engine: Engine,
-    tenant: Tenant,
+    tenant: ProvisionedTenant,
     tcp_proxy_factory: Callable[[str, int], TcpProxy],
 ) -> None:
     _, consumer_id, queues = tenant
@@ -114,7 +92,7 @@ def test_a_relay_frozen_in_connect_past_its_lease_sends_nothing_after_the_new_ow
     settings = outbox_settings.updated(
         {"relay_lease_ttl_seconds": LEASE_TTL_SECONDS, "relay_heartbeat_seconds": 0.5}
     )
-    first = insert_customer_events(outbox_engine, consumer_id, per_customer=3)
+    first = insert_customer_events(outbox_engine, consumer_id, CUSTOMERS, per_customer=3)
     proxy = tcp_proxy_factory("127.0.0.1", 5672)
     proxy.delay(FREEZE_SECONDS)  # the first chunk (the AMQP header) waits; then all flows
     frozen = lease_of(outbox_engine, settings)
@@ -134,7 +112,7 @@ def test_a_relay_frozen_in_connect_past_its_lease_sends_nothing_after_the_new_ow
         successor = lease_of(outbox_engine, settings)
         take_everything(successor, settings.relay.partitions)
         drain_with(outbox_engine, successor, url)
-        later = insert_customer_events(outbox_engine, consumer_id, per_customer=2)
+        later = insert_customer_events(outbox_engine, consumer_id, CUSTOMERS, per_customer=2)
         drain_with(outbox_engine, successor, url)
         assert thread.is_alive(), "the frozen relay must still be in connect() here"
         thread.join(FREEZE_SECONDS * 3)

@@ -11,21 +11,19 @@ import pytest
 from sqlalchemy import Engine, text
 
 from service.config import Settings
-from service.messaging.operate.provisioning import ProvisionResult
 from service.messaging.publish.leases import PartitionLeases
 from service.messaging.publish.publisher import ConfirmingPublisher
 from service.messaging.publish.relay import OutboxRelay, publish_pending_batch
-from tests.reliability.processes import FintegrateProcess
 from tests.support.outbox import (
+    ProvisionedTenant,
     event_rows,
     insert_events,
     joined_leases,
     queue_depth,
     wait_until,
 )
+from tests.support.processes import FintegrateProcess
 from tests.support.tcp_proxy import TcpProxy
-
-Tenant = tuple[str, str, ProvisionResult]
 
 
 class FakeClock:
@@ -94,7 +92,7 @@ def test_a_relay_takes_every_partition_then_shares_with_a_newcomer(
 
 
 def test_a_taken_over_partition_can_be_neither_published_nor_marked_by_its_old_owner(
-    outbox_settings: Settings, outbox_engine: Engine, tenant: Tenant
+    outbox_settings: Settings, outbox_engine: Engine, tenant: ProvisionedTenant
 ) -> None:
     _, consumer_id, queues = tenant
     clock = FakeClock()
@@ -139,7 +137,7 @@ def test_relays_with_different_partition_counts_do_not_both_publish(
 
 @pytest.mark.slow
 def test_a_killed_relays_partitions_are_taken_over_within_the_lease_ttl(
-    outbox_settings: Settings, outbox_engine: Engine, tenant: Tenant, tmp_path: Path
+    outbox_settings: Settings, outbox_engine: Engine, tenant: ProvisionedTenant, tmp_path: Path
 ) -> None:
     settings = outbox_settings.updated(
         {"relay_lease_ttl_seconds": 8.0, "relay_heartbeat_seconds": 1.0}
@@ -177,7 +175,7 @@ def test_a_killed_relays_partitions_are_taken_over_within_the_lease_ttl(
 def test_no_row_is_locked_while_the_broker_is_waited_on(
     outbox_settings: Settings,
     outbox_engine: Engine,
-    tenant: Tenant,
+    tenant: ProvisionedTenant,
     tcp_proxy_factory: Callable[[str, int], TcpProxy],
 ) -> None:
     _, consumer_id, queues = tenant

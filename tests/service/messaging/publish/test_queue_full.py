@@ -4,43 +4,32 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 
 from service.config import Settings
 from service.messaging import topology
-from service.messaging.operate.provisioning import ProvisionResult
 from service.messaging.publish.relay import OutboxRelay
 from tests.support.outbox import (
+    ProvisionedTenant,
     amqp_channel,
     event_rows,
     insert_consumer,
+    insert_customer_events,
     insert_events,
     new_consumer_name,
     queue_depth,
+    relay_running,
     wait_until,
 )
-
-Tenant = tuple[str, str, ProvisionResult]
 
 MAX_LENGTH = 5
 CUSTOMERS = 3
 PER_CUSTOMER = 10
-CUSTOMER_EVENTS = text(
-    """
-    INSERT INTO customer_events (customer_id, consumer_id, event_type, source_service,
-                                 payload_json, metadata_json)
-    SELECT md5(:salt || (n % :customers)::text)::uuid, :consumer_id, 'customer_status_change',
-           'tests', '{}', '{}'
-    FROM generate_series(1, :count) AS n
-    RETURNING event_id
-    """
-)
 
 
 def declare_small_queue(url: str, name: str) -> str:
@@ -53,20 +42,6 @@ def declare_small_queue(url: str, name: str) -> str:
         for key in topology.queue_bindings(name):
             channel.queue_bind(queue, topology.EXCHANGE, key)
     return queue
-
-
-def insert_customer_events(engine: Engine, consumer_id: str) -> list[str]:
-    with engine.begin() as connection:
-        rows = connection.execute(
-            CUSTOMER_EVENTS,
-            {
-                "salt": consumer_id,
-                "customers": CUSTOMERS,
-                "consumer_id": consumer_id,
-                "count": CUSTOMERS * PER_CUSTOMER,
-            },
-        )
-        return [str(row.event_id) for row in rows]
 
 
 def consume_slowly(url: str, queue: str, expected: int, timeout: float) -> list[dict[str, str]]:
@@ -87,20 +62,14 @@ def consume_slowly(url: str, queue: str, expected: int, timeout: float) -> list[
 @pytest.fixture
 def running_relay(outbox_settings: Settings, outbox_engine: Engine) -> Iterator[OutboxRelay]:
     settings = outbox_settings.updated({"relay_poll_seconds": 0.5})
-    stop = threading.Event()
-    relay = OutboxRelay.from_settings(settings, outbox_engine, stop, batch_size=20)
-    thread = threading.Thread(target=relay.run)
-    thread.start()
-    yield relay
-    stop.set()
-    thread.join(30)
-    assert not thread.is_alive()
+    with relay_running(settings, outbox_engine, batch_size=20) as relay:
+        yield relay
 
 
 def test_a_full_queue_holds_its_tenant_in_order_and_no_one_else(
     outbox_settings: Settings,
     outbox_engine: Engine,
-    tenant: Tenant,
+    tenant: ProvisionedTenant,
     running_relay: OutboxRelay,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -110,7 +79,7 @@ def test_a_full_queue_holds_its_tenant_in_order_and_no_one_else(
     name = new_consumer_name("full")
     queue = declare_small_queue(url, name)
     full = insert_consumer(outbox_engine, name)
-    ids = insert_customer_events(outbox_engine, full)
+    ids = insert_customer_events(outbox_engine, full, CUSTOMERS, PER_CUSTOMER)
     assert wait_until(lambda: running_relay.totals.refused > 0, timeout=30)
     assert queue_depth(url, queue) == MAX_LENGTH  # full; the rest waits in the outbox
     other_ids = insert_events(outbox_engine, other, 10)

@@ -15,7 +15,7 @@ from service.config import Settings
 from service.events import outbox, partitions
 from service.messaging.connection import BrokerUnavailable
 from service.messaging.messages import POSSIBLE_DUPLICATE_HEADER
-from service.messaging.operate.provisioning import ProvisionResult, provision_consumer_queues
+from service.messaging.operate.provisioning import provision_consumer_queues
 from service.messaging.publish.publisher import (
     ConfirmingPublisher,
     Gate,
@@ -29,6 +29,7 @@ from service.messaging.publish.relay import (
     publish_pending_batch,
 )
 from tests.support.outbox import (
+    ProvisionedTenant,
     drain_queue,
     event_rows,
     insert_consumer,
@@ -36,15 +37,14 @@ from tests.support.outbox import (
     joined_leases,
     new_consumer_name,
     queue_depth,
+    relay_running,
     wait_until,
 )
 from tests.support.tcp_proxy import TcpProxy
 
-Tenant = tuple[str, str, ProvisionResult]
-
 
 def test_relay_publishes_pending_rows_and_marks_them(
-    outbox_settings: Settings, outbox_engine: Engine, tenant: Tenant
+    outbox_settings: Settings, outbox_engine: Engine, tenant: ProvisionedTenant
 ) -> None:
     _, consumer_id, queues = tenant
     ids = insert_events(outbox_engine, consumer_id, 25)
@@ -101,7 +101,7 @@ def test_failure_backoff_is_capped(outbox_settings: Settings, outbox_engine: Eng
 
 
 def test_two_relays_split_the_partitions_and_publish_every_row_exactly_once(
-    outbox_settings: Settings, outbox_engine: Engine, tenant: Tenant
+    outbox_settings: Settings, outbox_engine: Engine, tenant: ProvisionedTenant
 ) -> None:
     _, consumer_id, queues = tenant
     stop = threading.Event()
@@ -139,7 +139,7 @@ def test_two_relays_split_the_partitions_and_publish_every_row_exactly_once(
 def test_broker_outage_pauses_then_publishes_everything(
     outbox_settings: Settings,
     outbox_engine: Engine,
-    tenant: Tenant,
+    tenant: ProvisionedTenant,
     tcp_proxy_factory: Callable[[str, int], TcpProxy],
 ) -> None:
     _, consumer_id, queues = tenant
@@ -147,25 +147,17 @@ def test_broker_outage_pauses_then_publishes_everything(
     proxy.refuse()
     settings = outbox_settings.updated({"rabbitmq_url": proxy.url_for(outbox_settings.broker.url)})
     ids = insert_events(outbox_engine, consumer_id, 40)
-    stop = threading.Event()
-    relay = OutboxRelay.from_settings(settings, outbox_engine, stop, batch_size=15)
-    thread = threading.Thread(target=relay.run)
-    thread.start()
-    try:
+    with relay_running(settings, outbox_engine, batch_size=15) as relay:
         assert relay.cycle() is None  # broker refused: nothing claimed, nothing changed
         assert {row.publish_try_count for row in event_rows(outbox_engine, ids).values()} == {0}
         proxy.pass_through()
         assert wait_until(lambda: queue_depth(outbox_settings.broker.url, queues.queue) == 40)
-    finally:
-        stop.set()
-        thread.join(30)
-    assert not thread.is_alive()
     rows = event_rows(outbox_engine, ids)
     assert {row.publish_status for row in rows.values()} == {"published"}
 
 
 def test_relay_wakes_on_notify_and_stops_gracefully(
-    outbox_settings: Settings, outbox_engine: Engine, tenant: Tenant
+    outbox_settings: Settings, outbox_engine: Engine, tenant: ProvisionedTenant
 ) -> None:
     _, consumer_id, queues = tenant
     settings = outbox_settings.updated({"relay_poll_seconds": 60.0})
@@ -186,7 +178,7 @@ def test_relay_wakes_on_notify_and_stops_gracefully(
 
 
 def test_a_backlog_larger_than_a_round_goes_out_without_waiting_for_the_poll(
-    outbox_settings: Settings, outbox_engine: Engine, tenant: Tenant
+    outbox_settings: Settings, outbox_engine: Engine, tenant: ProvisionedTenant
 ) -> None:
     _, consumer_id, queues = tenant
     settings = outbox_settings.updated({"relay_poll_seconds": 60.0})
@@ -216,7 +208,7 @@ def test_a_backlog_larger_than_a_round_goes_out_without_waiting_for_the_poll(
 
 
 def test_a_trickle_round_reads_once_records_once_and_knows_it_read_everything(
-    outbox_settings: Settings, outbox_engine: Engine, tenant: Tenant
+    outbox_settings: Settings, outbox_engine: Engine, tenant: ProvisionedTenant
 ) -> None:
     _, consumer_id, _ = tenant
     statements: list[str] = []
@@ -244,7 +236,7 @@ def test_a_trickle_round_reads_once_records_once_and_knows_it_read_everything(
 
 
 def test_the_relay_does_no_history_maintenance(
-    outbox_settings: Settings, outbox_engine: Engine, tenant: Tenant
+    outbox_settings: Settings, outbox_engine: Engine, tenant: ProvisionedTenant
 ) -> None:
     _, consumer_id, _ = tenant
     insert_events(outbox_engine, consumer_id, 5)
@@ -291,7 +283,7 @@ def duplicate_marks(url: str, queue: str) -> list[tuple[str, bool]]:
 
 
 def test_only_events_that_may_have_been_sent_before_are_marked_possible_duplicates(
-    outbox_settings: Settings, outbox_engine: Engine, tenant: Tenant
+    outbox_settings: Settings, outbox_engine: Engine, tenant: ProvisionedTenant
 ) -> None:
     _, consumer_id, queues = tenant
     backlog = insert_events(outbox_engine, consumer_id, 3)  # pending when the partition is taken
@@ -308,7 +300,7 @@ def test_only_events_that_may_have_been_sent_before_are_marked_possible_duplicat
 
 
 def test_events_whose_publish_was_not_recorded_go_again_marked(
-    outbox_settings: Settings, outbox_engine: Engine, tenant: Tenant
+    outbox_settings: Settings, outbox_engine: Engine, tenant: ProvisionedTenant
 ) -> None:
     _, consumer_id, queues = tenant
     duplicates = PossibleDuplicates()
@@ -451,7 +443,7 @@ def test_the_walk_meets_aggregate_heads_first_when_events_tie_on_time(
 
 
 def test_the_head_probe_stays_on_the_aggregate_index_after_a_sudden_backlog(
-    outbox_settings: Settings, outbox_engine: Engine, tenant: Tenant
+    outbox_settings: Settings, outbox_engine: Engine, tenant: ProvisionedTenant
 ) -> None:
     _, consumer_id, _ = tenant
     mark_published_by_hand(outbox_engine, insert_events(outbox_engine, consumer_id, 2000))
@@ -465,7 +457,7 @@ def test_the_head_probe_stays_on_the_aggregate_index_after_a_sudden_backlog(
 
 
 def test_marking_touches_only_the_partitions_of_the_rows_it_marks(
-    outbox_engine: Engine, tenant: Tenant
+    outbox_engine: Engine, tenant: ProvisionedTenant
 ) -> None:
     _, consumer_id, _ = tenant
     old = insert_events(outbox_engine, consumer_id, 2, age_days=21)
@@ -495,7 +487,7 @@ PENDING_INDEX_TUPLES = text(
 
 
 def test_a_backlog_in_a_partition_counted_empty_gets_fresh_statistics(
-    outbox_engine: Engine, tenant: Tenant
+    outbox_engine: Engine, tenant: ProvisionedTenant
 ) -> None:
     _, consumer_id, _ = tenant
     refresh_statistics(outbox_engine)  # nothing pending: the indexes counted empty
@@ -518,7 +510,7 @@ def test_a_backlog_in_a_partition_counted_empty_gets_fresh_statistics(
 
 
 def test_the_backlog_summary_reads_the_pending_indexes_with_a_plain_scan(
-    outbox_engine: Engine, tenant: Tenant
+    outbox_engine: Engine, tenant: ProvisionedTenant
 ) -> None:
     _, consumer_id, _ = tenant
     ids = insert_events(outbox_engine, consumer_id, 500)

@@ -1,8 +1,12 @@
-"""Fixtures of the API tests: an app on the worker's database, a client, tenants, customers.
+"""API fixtures for every test folder (a plugin of tests/conftest.py): an app on the
+worker's database, a client, tenants, customers.
 
 ``client`` runs the lifespan (engine, rate limiter, auth throttle). ``create_consumer``
 makes a tenant through the admin API and returns ``{consumer_id, name, api_key, headers}``;
-``create_customer(consumer, **fields)`` creates a customer as that tenant and returns its data.
+``tenant`` is one made that way; ``create_customer(consumer, **fields)`` creates a customer
+as that tenant and returns its data. ``api`` is an httpx client on ``live_server``.
+A folder whose tenant must come from elsewhere (a live API, the CLI, a row) overrides
+``tenant`` in its conftest.py and says why.
 """
 
 from __future__ import annotations
@@ -10,15 +14,15 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import httpx
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.config import Settings
-from tests.conftest import unique_name
-
-Consumer = dict[str, Any]
+from tests.support.api import Consumer
+from tests.support.names import unique_name
 
 
 @pytest.fixture
@@ -50,6 +54,19 @@ def create_consumer(client: TestClient, admin_headers: dict[str, str]) -> Callab
         return {**data, "headers": {"X-API-Key": data["api_key"]}}
 
     return create
+
+
+@pytest.fixture
+def tenant(create_consumer: Callable[..., Consumer]) -> Consumer:
+    """A new tenant made through the admin API (``create_consumer()``)."""
+    return create_consumer()
+
+
+@pytest.fixture
+def api(live_server: str) -> Iterator[httpx.Client]:
+    """An httpx client on the live API (``live_server``)."""
+    with httpx.Client(base_url=live_server, timeout=10) as client:
+        yield client
 
 
 @pytest.fixture
