@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -22,7 +21,7 @@ from tests.support.outbox import (
     relay_running,
     wait_until,
 )
-from tests.support.processes import sigterm_when
+from tests.support.processes import process_environment, sigterm_when
 from tests.support.tcp_proxy import TcpProxy
 from tests.support.worker import (
     Tenant,
@@ -147,12 +146,7 @@ def worker_environment(
     settings: Settings, tenant: Tenant, api_url: str, log: Path
 ) -> dict[str, str]:
     values = settings.updated({"api_url": api_url, "api_key": tenant["api_key"]})
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("FINTEGRATE_")}
-    for name, value in values.model_dump(exclude_none=True).items():
-        environment[f"FINTEGRATE_{name.upper()}"] = str(value)
-    environment[LOG_ENV] = str(log)
-    environment["PYTHONPATH"] = str(Path(__file__).resolve().parents[4])
-    return environment
+    return process_environment(values, {LOG_ENV: str(log)})
 
 
 def test_sigterm_finishes_the_messages_in_hand_and_loses_nothing(
