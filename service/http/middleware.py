@@ -158,7 +158,9 @@ async def audit(scope: Scope, status: int) -> None:
     if status < 500 and not (state.get("admin_action") or state.get("audited")):
         return
     if "actor" not in state:  # strangers write nothing (service.auth.refusals counts them)
-        logger.info("no audit row for an unauthenticated request: %s", audit_entry(scope, status))
+        if logger.isEnabledFor(logging.INFO):  # the entry is built only to be logged
+            entry = audit_entry(scope, status)
+            logger.info("no audit row for an unauthenticated request: %s", entry)
         return
     entry = audit_entry(scope, status)
     if state.get("database_unavailable"):
