@@ -1,8 +1,8 @@
 """Routes answered by a hand-written handler first, by FastAPI's own handler when it declines.
 
 FastAPI's request handler solves dependencies, extracts and validates every declared
-parameter and runs telemetry hooks on every request, whatever the route needs; on the hot
-write path that machinery cost more than the route's own work (docs/benchmarks.md). A
+parameter and runs telemetry hooks on every request, whatever the route needs: on a hot
+route, work per request that the usual request does not need (docs/benchmarks.md). A
 route of a router built with ``route_class=DirectRoute`` whose endpoint is marked with
 ``answered_by(handler)`` sends each request to ``handler`` first. The handler answers the
 usual request itself and returns None for anything else *before it has done anything*

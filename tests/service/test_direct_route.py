@@ -86,6 +86,18 @@ def test_an_idempotency_key_fastapi_refuses_is_refused(
     assert remaining(response) == BURST - 1
 
 
+def test_the_longest_idempotency_key_is_accepted(
+    client: TestClient, create_consumer: Callable[..., Consumer]
+):
+    consumer = create_consumer()
+    headers = {**consumer["headers"], "Idempotency-Key": "~" * 255}
+
+    response = post(client, VALID, "application/json", headers)
+
+    assert response.status_code == 201, response.text
+    assert remaining(response) == BURST - 1
+
+
 def test_a_json_subtype_fastapi_accepts_creates_once(
     client: TestClient, create_consumer: Callable[..., Consumer]
 ):
