@@ -31,7 +31,6 @@ from service.ops.checks import ReadinessCache
 from service.ops.platform_metrics import OutboxGauges, register_event_metrics
 from service.ops.router import router as ops_router
 from service.ratelimit.limiter import FailedAuthThrottle, RateLimiter
-from service.ratelimit.middleware import install_rate_limit_headers
 from service.webhooks.router import router as webhooks_router
 
 # Matching order. FastAPI (0.16x) tries the included routers in this order and walks every
@@ -128,13 +127,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def install_middleware(app: FastAPI) -> None:
-    """The edge (request id, audit, metrics, body limit) outside the rate-limit headers.
-
-    Two layers: every middleware layer costs each request a call (docs/benchmarks.md). The
-    rate-limit headers sit inside the edge: the body limit answers before any route has
-    taken a token, so its 413 never carries them.
-    """
-    install_rate_limit_headers(app)
+    """The edge (request id, rate-limit headers, audit, metrics, body limit): one layer."""
     settings = app.state.settings
     app.add_middleware(
         EdgeMiddleware, metrics=app.state.metrics, max_body_bytes=settings.http.max_body_bytes

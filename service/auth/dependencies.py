@@ -68,17 +68,16 @@ async def tenant_of(request: Request, api_key: str) -> AuthenticatedConsumer:
     if key is None:
         raise refused(request, "malformed_key", Unauthorized(KEY_MALFORMED))
     auth: AuthState = request.app.state.auth
-    engine = engine_of(request)
-    consumer = auth.cache.get(key)
+    consumer = auth.cache.get(key)  # warm: no engine, no thread
     if consumer is None:
         throttle = request.app.state.auth_throttle
         address = client_address(request)
         try:
-            consumer = await verify_and_cache(engine, key, throttle, auth, address)
+            consumer = await verify_and_cache(engine_of(request), key, throttle, auth, address)
         except FintegrateError as exc:
             raise refused(request, refusal_reason(exc), exc) from None
     if auth.last_used.due(consumer.key_id):
-        await run_in_threadpool(record_last_use, engine, consumer.key_id)
+        await run_in_threadpool(record_last_use, engine_of(request), consumer.key_id)
     return consumer
 
 

@@ -13,6 +13,7 @@ import secrets
 import string
 import threading
 from dataclasses import dataclass
+from functools import cached_property
 
 import bcrypt
 
@@ -33,7 +34,7 @@ class ParsedKey:
     prefix: str
     full: str
 
-    @property
+    @cached_property
     def fingerprint(self) -> str:
         """sha256 of the whole key: a cache key that never holds the secret itself."""
         return hashlib.sha256(self.full.encode()).hexdigest()

@@ -10,6 +10,7 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
+from pydantic_core import to_json
 from sqlalchemy import Connection, Row, text
 
 from service.kit.db_async import PooledConnection
@@ -207,7 +208,7 @@ async def insert_customer_with_event(
         fields["email"],
         fields["status"],
         source_service,
-        json.dumps(metadata),
+        to_json(metadata).decode(),
         traceparent,
     )
     if key is None:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from functools import partial
 from typing import Annotated
 from uuid import UUID
 
-from fastapi import APIRouter, Header, Path, Query, Request
+from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 
+from service.auth.dependencies import rate_limited_tenant
 from service.customers import erasure, service
 from service.customers.schemas import (
     AnalyticsIn,
@@ -24,6 +26,7 @@ from service.customers.schemas import (
     TagsOut,
 )
 from service.http.deps import AppSettings, DbSession, Origin, PageCursor, PageLimit, RateLimited
+from service.http.direct import DirectRoute, answered_by, json_body
 from service.http.envelope import success
 from service.http.responses import AUTHENTICATED, WITH_BODY, WITH_PARAMETERS, declared
 from service.http.schemas import Envelope, ListPage, UtcDatetime
@@ -31,19 +34,23 @@ from service.kit.pagination import DEFAULT_LIMIT
 from service.kit.request import db_pool_of, origin_of
 from service.messaging.operate.dlq_erasure import redact_dead_letters
 
-router = APIRouter(prefix="/customer/data", tags=["customers"])
+router = APIRouter(prefix="/customer/data", tags=["customers"], route_class=DirectRoute)
 ONE = declared(AUTHENTICATED, WITH_PARAMETERS, 404)
 ONE_WITH_BODY = declared(AUTHENTICATED, WITH_BODY, WITH_PARAMETERS, 404)
 REPLAYED_HEADER = "Idempotent-Replayed"
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]+$"
+IDEMPOTENCY_KEY_MAX = 255
+IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
 
 
 IdempotencyKeyHeader = Annotated[
     str | None,
     Header(
-        alias="Idempotency-Key",
+        alias=IDEMPOTENCY_HEADER,
         min_length=1,
-        max_length=255,
-        pattern=r"^[\x21-\x7e]+$",
+        max_length=IDEMPOTENCY_KEY_MAX,
+        pattern=IDEMPOTENCY_KEY_PATTERN,
         description=(
             "Makes a retry safe: the same key with the same body within 24 h answers the "
             "first customer again (header Idempotent-Replayed: true) and writes nothing; "
@@ -53,12 +60,30 @@ IdempotencyKeyHeader = Annotated[
 ]
 
 
+async def create_customer_directly(request: Request) -> Response | None:
+    """``create_customer`` without FastAPI's dependency solving, for a request FastAPI would
+    accept: a valid JSON body and a valid ``Idempotency-Key`` or none. None for anything
+    else, before the tenant is checked or a token taken (``service.http.direct``)."""
+    body = await json_body(request, CustomerCreate)
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    if body is None or not acceptable_idempotency_key(key):
+        return None
+    consumer = await rate_limited_tenant(request)
+    return await create_customer(body, request, consumer, key)
+
+
+def acceptable_idempotency_key(key: str | None) -> bool:
+    """What ``IdempotencyKeyHeader`` accepts: none, or 1 to 255 visible ASCII characters."""
+    return key is None or (len(key) <= IDEMPOTENCY_KEY_MAX and bool(IDEMPOTENCY_KEY.fullmatch(key)))
+
+
 @router.post(
     "",
     status_code=201,
     response_model=Envelope[CustomerOut],
     responses=declared(AUTHENTICATED, WITH_BODY, WITH_PARAMETERS, 409),
 )
+@answered_by(create_customer_directly)
 async def create_customer(
     body: CustomerCreate,
     request: Request,

@@ -32,12 +32,20 @@ class HttpMetrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        # The labelled children, bound once per (method, route, status): ``labels()`` takes
+        # a lock and builds its key on every call.
+        self._bound: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
     def observe(self, scope: Scope, status: int, seconds: float) -> None:
         """Count one answered request and its latency."""
-        labels = (scope.get("method", ""), route_template(scope), str(status))
-        self.requests.labels(*labels).inc()
-        self.latency.labels(*labels).observe(seconds)
+        key = (scope.get("method", ""), route_template(scope), status)
+        bound = self._bound.get(key)
+        if bound is None:
+            labels = (key[0], key[1], str(status))
+            bound = self.requests.labels(*labels), self.latency.labels(*labels)
+            self._bound[key] = bound
+        bound[0].inc()
+        bound[1].observe(seconds)
 
 
 router = APIRouter(tags=["operations"])

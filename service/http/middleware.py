@@ -21,6 +21,7 @@ from service.http.audit import AuditEntry, write_audit
 from service.http.envelope import error
 from service.http.metrics import HttpMetrics
 from service.kit.request import route_template, state_of
+from service.ratelimit.middleware import with_rate_limit_headers
 
 logger = logging.getLogger(__name__)
 
@@ -61,9 +62,10 @@ def too_large_description(limit: int) -> str:
 class EdgeMiddleware:
     """The request's edge as one pure ASGI layer, one ``send`` wrapper for all of it.
 
-    Outermost first (what four layers did, in the same order, with the same answers):
+    Outermost first (what five layers did, in the same order, with the same answers):
     1. request id: the client's sane ``X-Request-ID`` or a fresh one, in the state and
-       echoed on the answer;
+       echoed on the answer, with the X-RateLimit-* headers of the request's token
+       (``service.ratelimit.middleware``; none before a route took one);
     2. audit: after the answer, a row for every 5xx and every admin action;
     3. metrics: every request timed and counted by route template and status (the audit
        write is outside the timing);
@@ -89,9 +91,10 @@ class EdgeMiddleware:
         async def edge_send(message: Message) -> None:
             if message["type"] == "http.response.start":
                 response["status"], response["started"] = message["status"], True
-                headers = message.get("headers", [])
+                headers = with_rate_limit_headers(list(message.get("headers", [])), state)
                 if all(name.lower() != REQUEST_ID_BYTES for name, _ in headers):
-                    message["headers"] = [*headers, id_header]
+                    headers.append(id_header)
+                message["headers"] = headers
             await send(message)
 
         began = time.perf_counter()
@@ -155,7 +158,9 @@ async def audit(scope: Scope, status: int) -> None:
     if status < 500 and not (state.get("admin_action") or state.get("audited")):
         return
     if "actor" not in state:  # strangers write nothing (service.auth.refusals counts them)
-        logger.info("no audit row for an unauthenticated request: %s", audit_entry(scope, status))
+        if logger.isEnabledFor(logging.INFO):  # the entry is built only to be logged
+            entry = audit_entry(scope, status)
+            logger.info("no audit row for an unauthenticated request: %s", entry)
         return
     entry = audit_entry(scope, status)
     if state.get("database_unavailable"):

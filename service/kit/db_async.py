@@ -17,8 +17,7 @@ API starts while the database is down, and asyncpg replaces a connection the ser
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from types import TracebackType
 from typing import TYPE_CHECKING
 
 import asyncpg
@@ -139,21 +138,54 @@ async def close_pool(pool: asyncpg.Pool) -> None:
         pool.terminate()
 
 
-@asynccontextmanager
-async def pooled_connection(pool: asyncpg.Pool) -> AsyncIterator[PooledConnection]:
-    """A connection of ``pool``; unreachable-database failures become DatabaseUnavailable."""
-    try:
-        async with pool.acquire(timeout=POOL_TIMEOUT_SECONDS) as connection:
-            try:
-                yield connection
-            except BROKEN_CONNECTION_ERRORS:
-                connection.terminate()  # the pool opens a fresh one for the next request
-                raise
-            except asyncpg.PostgresError as exc:
-                if is_on_a_standby(exc):
-                    connection.terminate()  # reconnecting finds the primary again
-                raise
-    except OUTAGE_CANDIDATES as exc:
-        if not is_database_outage(exc):
+def pooled_connection(pool: asyncpg.Pool) -> PoolCheckout:
+    """``async with pooled_connection(pool) as connection``: a connection of ``pool``;
+    unreachable-database failures become DatabaseUnavailable."""
+    return PoolCheckout(pool)
+
+
+class PoolCheckout:
+    """The context of ``pooled_connection``: a class, not a generator, since both hot
+    write paths enter it on every request.
+
+    A connection the statement found broken (or on a standby) is terminated, so the pool
+    opens a fresh one for the next request; an outage while acquiring, using or releasing
+    the connection is raised as DatabaseUnavailable.
+    """
+
+    __slots__ = ("_acquired", "_connection")
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._acquired = pool.acquire(timeout=POOL_TIMEOUT_SECONDS)
+
+    async def __aenter__(self) -> PooledConnection:
+        try:
+            self._connection: PooledConnection = await self._acquired.__aenter__()
+        except OUTAGE_CANDIDATES as exc:
+            if is_database_outage(exc):
+                raise unavailable(exc) from exc
             raise
-        raise DatabaseUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        return self._connection
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if isinstance(exc, BROKEN_CONNECTION_ERRORS) or (
+            isinstance(exc, asyncpg.PostgresError) and is_on_a_standby(exc)
+        ):
+            self._connection.terminate()
+        try:
+            await self._acquired.__aexit__(exc_type, exc, traceback)
+        except OUTAGE_CANDIDATES as release_failed:
+            if is_database_outage(release_failed):
+                raise unavailable(release_failed) from release_failed
+            raise
+        if isinstance(exc, OUTAGE_CANDIDATES) and is_database_outage(exc):
+            raise unavailable(exc) from exc
+
+
+def unavailable(exc: BaseException) -> DatabaseUnavailable:
+    return DatabaseUnavailable(f"{type(exc).__name__}: {exc}")
