@@ -208,6 +208,15 @@ def bench_relay(
     api_workers: Annotated[
         int, typer.Option(min=1, max=8, help="API processes of the latency run.")
     ] = 2,
+    slow_customer_seconds: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            max=60,
+            help="Latency run beside one customer whose 30 queued events take this long each "
+            "in the handler (target for the others: p99 <= 2000 ms).",
+        ),
+    ] = 0.0,
     skip_drain: Annotated[bool, typer.Option("--skip-drain", help="No drain rounds.")] = False,
     skip_latency: Annotated[bool, typer.Option("--skip-latency", help="No latency run.")] = False,
     fairness: Annotated[
@@ -249,7 +258,13 @@ def bench_relay(
         drain=not skip_drain and not fairness,
         latency=None
         if skip_latency or fairness
-        else LatencyOptions(rate=rate, duration=duration, api_workers=api_workers, rounds=rounds),
+        else LatencyOptions(
+            rate=rate,
+            duration=duration,
+            api_workers=api_workers,
+            rounds=rounds,
+            slow_customer_seconds=slow_customer_seconds,
+        ),
         fairness=FairnessOptions(fairness_events, customers, quiet_rate, size, rounds)
         if fairness
         else None,
