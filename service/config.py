@@ -339,6 +339,16 @@ class Settings(_Group):
             )
         return self.model_copy(update=update)
 
+    def model_copy(
+        self, *, update: Mapping[str, Any] | None = None, deep: bool = False
+    ) -> Settings:
+        """pydantic's copy, refusing names that are not fields (a flat name such as
+        ``relay_batch_size`` would otherwise be set on the copy and read by nothing)."""
+        unknown = sorted(set(update or {}) - set(type(self).model_fields))
+        if unknown:
+            raise TypeError(f"not a settings group: {', '.join(unknown)} (use updated())")
+        return super().model_copy(update=update, deep=deep)
+
 
 # Each setting's flat name, which is its environment variable without FINTEGRATE_, and where
 # it lives: (group, field), group None for a field of Settings itself. The one place that

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from service.app import create_app
-from service.config import Settings
+from service.config import RedisSettings, Settings
 from tests.reliability.probes import report_figures
 from tests.support.live_server import LiveServer
 from tests.support.names import unique_name
@@ -35,8 +35,7 @@ MAX_REQUESTS_PER_CONNECTION = 20_000
 @pytest.fixture
 def load_settings(isolated_settings: Settings) -> Settings:
     """The product's Redis budget (the shared test settings allow 0.5 s)."""
-    default_timeout = Settings.model_fields["redis_timeout_seconds"].default
-    return isolated_settings.updated({"redis_timeout_seconds": default_timeout})
+    return isolated_settings.updated({"redis_timeout_seconds": RedisSettings().timeout_seconds})
 
 
 @pytest.fixture

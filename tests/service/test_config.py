@@ -200,3 +200,10 @@ def test_updated_replaces_only_the_named_settings() -> None:
     assert (changed.relay.batch_size, changed.relay.poll_seconds) == (7, 2.0)
     assert changed.environment == "test"
     assert settings.relay.batch_size == 200
+
+
+def test_a_copy_with_a_flat_name_is_refused_not_silently_ignored() -> None:
+    settings = load_settings(read_env_file=False)
+    with pytest.raises(TypeError, match="relay_batch_size"):
+        settings.model_copy(update={"relay_batch_size": 5})
+    assert settings.updated({"relay_batch_size": 5}).relay.batch_size == 5

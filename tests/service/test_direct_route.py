@@ -35,9 +35,7 @@ REFUSED_KEYS = ["", "two words", "k" * 256, "tab\there"]
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
     """A bucket that does not refill during a test, so every token taken shows."""
-    return settings.model_copy(
-        update={"rate_limit_api_key_per_minute": 1, "rate_limit_api_key_burst": BURST}
-    )
+    return settings.updated({"rate_limit_api_key_per_minute": 1, "rate_limit_api_key_burst": BURST})
 
 
 def post(
