@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Protocol, TypeVar
 
@@ -178,6 +179,24 @@ class BenchReport(Protocol):
     def as_dict(self) -> dict[str, object]: ...
 
 
+def measure(
+    ctx: typer.Context,
+    name: str,
+    intro: str,
+    run: Callable[[Callable[[str], None]], R],
+    show: Callable[[R], None],
+    json_output: bool,
+    check: bool,
+) -> None:
+    """Say what is measured, ``run`` it (progress on stderr, cleaned up on SIGTERM), then
+    ``finish``."""
+    quiet = state(ctx).quiet
+    info(intro, quiet)
+    with cleaned_up_on_sigterm():
+        report = run(lambda line: info(line, quiet))
+    finish(name, report, show, wants_json(ctx, json_output), check)
+
+
 def finish(name: str, report: R, show: Callable[[R], None], as_json: bool, check: bool) -> None:
     """The report as one JSON document or as tables; exit 3 under ``--check`` when missed."""
     if as_json:
@@ -270,14 +289,9 @@ def bench_relay(
         else None,
         profile=profile,
     )
-    quiet = state(ctx).quiet
-    info(
-        f"bench relay: {rounds} round(s), backlog {events:,} over {customers:,}, batch {size}",
-        quiet,
-    )
-    with cleaned_up_on_sigterm():
-        report = run_relay_bench(settings, options, lambda line: info(line, quiet))
-    finish("relay", report, show_relay, wants_json(ctx, json_output), check)
+    intro = f"bench relay: {rounds} round(s), backlog {events:,} over {customers:,}, batch {size}"
+    run = partial(run_relay_bench, settings, options)
+    measure(ctx, "relay", intro, run, show_relay, json_output, check)
 
 
 @app.command("history")
@@ -322,11 +336,9 @@ def bench_history(
         samples=samples,
         keep_databases=keep_databases,
     )
-    quiet = state(ctx).quiet
-    info(f"bench history: {rounds} round(s), {events:,} events over {days} days", quiet)
-    with cleaned_up_on_sigterm():
-        report = run_history_bench(settings, options, lambda line: info(line, quiet))
-    finish("history", report, show_history, wants_json(ctx, json_output), check)
+    intro = f"bench history: {rounds} round(s), {events:,} events over {days} days"
+    run = partial(run_history_bench, settings, options)
+    measure(ctx, "history", intro, run, show_history, json_output, check)
 
 
 @app.command("webhooks")
@@ -368,11 +380,6 @@ def bench_webhooks(
         duration=duration,
         latency=not skip_latency,
     )
-    quiet = state(ctx).quiet
-    info(
-        f"bench webhooks: {rounds} round(s), {events:,} deliveries, 1 and {endpoints} endpoints",
-        quiet,
-    )
-    with cleaned_up_on_sigterm():
-        report = run_webhook_bench(settings, options, lambda line: info(line, quiet))
-    finish("webhooks", report, show_webhooks, wants_json(ctx, json_output), check)
+    intro = f"bench webhooks: {rounds} round(s), {events:,} deliveries, 1 and {endpoints} endpoints"
+    run = partial(run_webhook_bench, settings, options)
+    measure(ctx, "webhooks", intro, run, show_webhooks, json_output, check)
