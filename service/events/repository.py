@@ -359,23 +359,6 @@ async def confirm_delivery(
     return await connection.fetchrow(CONFIRM_DELIVERY, event_id, consumer_id, status, detail)
 
 
-# The same statement for callers on SQLAlchemy (the webhook delivery's receipt, SPEC 8).
-RECORD_RECEIPT = text(
-    CONFIRM_DELIVERY.replace("$1", ":event_id")
-    .replace("$2", ":consumer_id")
-    .replace("$3", ":status")
-    .replace("$4", ":detail")
-)
-
-
-def record_receipt(
-    connection: Connection, event_id: UUID, consumer_id: UUID, status: str, detail: str | None
-) -> Row[Any] | None:
-    """``confirm_delivery`` in the caller's transaction (the receipt and the event's state)."""
-    params = {"event_id": event_id, "consumer_id": consumer_id, "status": status, "detail": detail}
-    return connection.execute(RECORD_RECEIPT, params).first()
-
-
 # ``processed`` receipts for many events at once (the webhook channel records a batch of
 # 2xx answers in one round trip): CONFIRM_DELIVERY's effects for each, the last delivered
 # sequence raised once per aggregate, an event answered twice receipted once.
@@ -416,7 +399,7 @@ RECORD_PROCESSED = text(
 
 def record_processed(connection: Connection, receipts: Sequence[tuple[UUID, UUID, str]]) -> None:
     """``processed`` receipts of (event_id, consumer_id, detail), in the caller's
-    transaction, as ``record_receipt`` writes each."""
+    transaction, as ``confirm_delivery`` writes each."""
     if not receipts:
         return
     event_ids, consumer_ids, details = (list(column) for column in zip(*receipts, strict=True))

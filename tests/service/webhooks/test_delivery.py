@@ -438,9 +438,6 @@ def test_outcomes_recorded_in_batches_receipt_each_event_once(
                 {"c": tenant["consumer_id"]},
             ).all()
         )
-    assert len(receipts) == 9
-    assert {(row.receipts, row.deliver_status) for row in receipts} == {(1, "delivered")}
-    with engine.connect() as connection:
         highest = dict(
             connection.execute(
                 text(
@@ -450,4 +447,6 @@ def test_outcomes_recorded_in_batches_receipt_each_event_once(
                 {"c": tenant["consumer_id"]},
             ).all()
         )
+    assert len(receipts) == 9
+    assert {(row.receipts, row.deliver_status) for row in receipts} == {(1, "delivered")}
     assert last == highest
