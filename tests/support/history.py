@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, Engine, create_engine, text
 
+from service.bench.history_data import PAST_PARTITIONS
 from service.migrations import runner as migrations
 
 OLD_FINAL = 6000
@@ -16,14 +17,6 @@ CONSUMER = uuid.UUID("00000000-0000-0000-0000-0000000000c1")
 # Weekly partitions reaching back this many weeks before the current one.
 WEEKS_BACK = 6
 
-CREATE_PAST_PARTITIONS = text(
-    """
-    SELECT fintegrate_create_event_partition(
-        date_bin('7 days', now(), '2000-01-03'::timestamptz) - interval '7 days' * (g + 1),
-        date_bin('7 days', now(), '2000-01-03'::timestamptz) - interval '7 days' * g)
-    FROM generate_series(0, :weeks - 1) g
-    """
-)
 LOAD_EVENTS = text(
     """
     INSERT INTO customer_events
@@ -44,7 +37,7 @@ def history_database(database_factory: Callable[[], str]) -> Engine:
     engine = create_engine(database_factory())
     migrations.apply(engine)
     with engine.begin() as connection:
-        connection.execute(CREATE_PAST_PARTITIONS, {"weeks": WEEKS_BACK})
+        connection.execute(PAST_PARTITIONS, {"weeks": WEEKS_BACK})
     return engine
 
 
