@@ -34,8 +34,7 @@ class TracingMiddleware:
             await self.app(scope, receive, send)
             return
         method = scope["method"]
-        attributes = {"http.request.method": method, "url.path": scope["path"]}
-        span = tracing.start_span(method, "server", attributes, incoming_traceparent(scope))
+        span = tracing.start_request_span(method, scope["path"], incoming_traceparent(scope))
         token = tracing.make_current(span)
         state_of(scope)["traceparent"] = tracing.traceparent_of(span)
         status = ERROR_STATUS

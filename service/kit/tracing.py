@@ -23,6 +23,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 TRACEPARENT = "traceparent"
+SCOPE = "fintegrate"  # the instrumentation scope of our spans
 ENABLED = False
 _tracer: Any = None
 _provider: Any = None
@@ -32,6 +33,7 @@ _propagator: Any = None
 _attach: Any = None  # opentelemetry.context.attach
 _detach: Any = None
 _in_context: Any = None  # opentelemetry.trace.set_span_in_context
+_request_spans: Any = None  # service.kit.request_span.RequestSpans, when the SDK's defaults allow
 
 
 def wanted(environ: Mapping[str, str] = os.environ) -> bool:
@@ -56,7 +58,7 @@ def configure(service_name: str, environ: Mapping[str, str] = os.environ) -> boo
     later calls change nothing. Without the SDK installed (a tenant's worker installs only
     pika, httpx and pydantic) it stays off, with a warning.
     """
-    global ENABLED, _tracer, _provider, _propagator, _attach, _detach, _in_context
+    global ENABLED, _tracer, _provider, _propagator, _attach, _detach, _in_context, _request_spans
     if ENABLED or not wanted(environ):
         return ENABLED
     try:
@@ -65,6 +67,7 @@ def configure(service_name: str, environ: Mapping[str, str] = os.environ) -> boo
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+        from service.kit.request_span import RequestSpans
         from service.kit.span_export import batch_processor
     except ImportError as exc:
         log.warning("OTEL_* variables ask for traces, but %s; tracing stays off", exc)
@@ -72,9 +75,12 @@ def configure(service_name: str, environ: Mapping[str, str] = os.environ) -> boo
 
     attributes = {} if environ.get("OTEL_SERVICE_NAME") else {"service.name": service_name}
     _provider = TracerProvider(resource=Resource.create(attributes))
-    _provider.add_span_processor(batch_processor(environ))
+    processor = batch_processor(environ)
+    _provider.add_span_processor(processor)
     trace.set_tracer_provider(_provider)
-    _tracer = _provider.get_tracer("fintegrate")
+    _tracer = _provider.get_tracer(SCOPE)
+    if RequestSpans.usable(_provider):
+        _request_spans = RequestSpans(_provider, SCOPE, processor)
     _kinds.update((kind.name.lower(), kind) for kind in trace.SpanKind)
     _propagator = TraceContextTextMapPropagator()
     _attach, _detach, _in_context = context.attach, context.detach, trace.set_span_in_context
@@ -120,6 +126,21 @@ def start_span(
         return None
     context = _extract(parent) if parent else None
     return _tracer.start_span(name, context=context, kind=_kinds[kind], attributes=attributes)
+
+
+def start_request_span(method: str, path: str, parent: str | None = None) -> Any:
+    """A started SERVER span for an HTTP request (not current; end it with ``end``), named
+    ``method``, continuing ``parent`` (a ``traceparent``); None when off.
+
+    Built directly (``kit.request_span``) unless span limits or the id generator were
+    changed from the SDK's defaults; then by the SDK's tracer.
+    """
+    if not ENABLED:
+        return None
+    attributes = {"http.request.method": method, "url.path": path}
+    if _request_spans is None:
+        return start_span(method, "server", attributes, parent)
+    return _request_spans.start(method, attributes, _extract(parent) if parent else None)
 
 
 def make_current(current: Any) -> Any:

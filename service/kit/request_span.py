@@ -1,0 +1,177 @@
+"""The API request's SERVER span, built directly instead of through the SDK's ``Tracer``.
+
+On a traced request the SDK's ``start_span`` + ``end`` were most of tracing's cost
+(docs/observability.md): the tracer's own metrics, a lock per call, ``BoundedAttributes``
+validating every value, two bounded lists, and at the end a second, read-only copy of the
+span for the processor. ``RequestSpans.start`` makes one ``RequestSpan`` instead: the
+provider's sampler still decides, the ids come from ``random.getrandbits`` (what the SDK's
+``RandomIdGenerator`` calls), the attributes are a plain dict set once, and the ended span
+itself goes to the provider's span processor. It is an SDK ``ReadableSpan`` (what the batch
+processor and the OTLP exporter read, in their own thread) and an API ``Span`` (it can be
+made current, and records exceptions as the SDK does).
+
+Used only where the SDK would do the same: default span limits (none of our attribute
+values could be cut or dropped) and the SDK's random id generator; otherwise
+``RequestSpans.usable`` says no and the caller takes the SDK's ``start_span``.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from time import time_ns
+from types import MappingProxyType
+from typing import Any
+
+from opentelemetry import trace as trace_api
+from opentelemetry.attributes import BoundedAttributes
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import Event, ReadableSpan, SpanLimits, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import Span as SdkSpan
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.util import types
+
+# By sampled + 2 * random trace id: the SDK marks a trace id from its random generator, or
+# continued from a parent that says so, as random (W3C trace context level 2).
+FLAGS = tuple(TraceFlags(number) for number in range(4))
+UNSET = Status(StatusCode.UNSET)
+
+
+class RequestSpans:
+    """Starts ``RequestSpan``s for one provider and instrumentation scope."""
+
+    def __init__(self, provider: TracerProvider, scope: str, processor: SpanProcessor) -> None:
+        self._sampler = provider.sampler
+        self._resource = provider.resource
+        self._scope = InstrumentationScope(scope)
+        self._processor = processor
+        self._limits: SpanLimits = provider._span_limits
+        self._getrandbits = random.getrandbits
+
+    @staticmethod
+    def usable(provider: TracerProvider) -> bool:
+        """Whether spans made here are what the SDK would make for this provider."""
+        limits: SpanLimits = provider._span_limits
+        return (
+            type(provider.id_generator) is RandomIdGenerator
+            and limits.max_span_attribute_length is None
+            and (limits.max_span_attributes is None or limits.max_span_attributes >= 4)
+        )
+
+    def start(
+        self, name: str, attributes: dict[str, Any], parent: Context | None = None
+    ) -> trace_api.Span:
+        """A started SERVER span (a ``NonRecordingSpan`` when the sampler says so), a child
+        of the span in ``parent`` (an extracted ``traceparent``) if that is valid."""
+        parent_context: SpanContext | None = trace_api.get_current_span(parent).get_span_context()
+        if parent_context is not None and parent_context.is_valid:
+            trace_id = parent_context.trace_id
+            random_id = parent_context.trace_flags.random_trace_id
+        else:
+            parent_context, trace_id, random_id = None, self._new_id(128), True
+        result = self._sampler.should_sample(parent, trace_id, name, SpanKind.SERVER, attributes)
+        flags = FLAGS[result.decision.is_sampled() + 2 * random_id]
+        context = SpanContext(trace_id, self._new_id(64), False, flags, result.trace_state)
+        if not result.decision.is_recording():
+            return trace_api.NonRecordingSpan(context)
+        if result.attributes:
+            attributes.update(result.attributes)
+        return RequestSpan(name, context, parent_context, attributes, self)
+
+    def _new_id(self, bits: int) -> int:
+        number = self._getrandbits(bits)
+        while not number:  # zero is the invalid id
+            number = self._getrandbits(bits)
+        return number
+
+
+class RequestSpan(trace_api.Span, ReadableSpan):
+    """One request's SERVER span: a ``ReadableSpan`` from the start, handed as it is to the
+    span processor when it ends. ``finish`` names it, sets the answer's attributes and ends
+    it in one call."""
+
+    _context: SpanContext
+    _attributes: dict[str, Any]
+    _kind = SpanKind.SERVER
+    _events: Sequence[Event] = ()
+    _links: Sequence[trace_api.Link] = ()
+    _status = UNSET
+    _end_time: int | None = None
+    _instrumentation_info = None
+
+    def __init__(  # the SDK's ReadableSpan.__init__ is not called: every field is set here
+        self,
+        name: str,
+        context: SpanContext,
+        parent: SpanContext | None,
+        attributes: dict[str, Any],
+        spans: RequestSpans,
+    ) -> None:
+        self._name = name
+        self._context = context
+        self._parent = parent
+        self._attributes = attributes
+        self._resource = spans._resource
+        self._instrumentation_scope = spans._scope
+        self._processor = spans._processor
+        self._limits = spans._limits
+        self._start_time = time_ns()
+
+    def finish(self, name: str, attributes: Mapping[str, types.AnyValue]) -> None:
+        """Rename, add ``attributes`` and end, as one step (the request's answer is known)."""
+        if self._end_time is None:
+            self._name = name
+            self._attributes.update(attributes)
+            self.end()
+
+    def end(self, end_time: int | None = None) -> None:
+        if self._end_time is None:
+            self._end_time = end_time if end_time is not None else time_ns()
+            self._processor.on_end(self)
+
+    def get_span_context(self) -> SpanContext:
+        return self._context
+
+    @property
+    def attributes(self) -> types.Attributes:
+        return MappingProxyType(self._attributes)
+
+    def set_attributes(self, attributes: Mapping[str, types.AnyValue]) -> None:
+        if self._end_time is None:
+            self._attributes.update(attributes)
+
+    def set_attribute(self, key: str, value: types.AnyValue) -> None:
+        if self._end_time is None:
+            self._attributes[key] = value
+
+    def add_event(
+        self, name: str, attributes: types.Attributes = None, timestamp: int | None = None
+    ) -> None:
+        if self._end_time is None:
+            limits = self._limits
+            bounded = BoundedAttributes(
+                limits.max_event_attributes, attributes, True, limits.max_attribute_length
+            )
+            event = Event(name, bounded, timestamp)
+            self._events = (*self._events, event)
+
+    def update_name(self, name: str) -> None:
+        if self._end_time is None:
+            self._name = name
+
+    def is_recording(self) -> bool:
+        return self._end_time is None
+
+    def set_status(self, status: Status | StatusCode, description: str | None = None) -> None:
+        """As the SDK's: an OK status is final, UNSET is ignored."""
+        if self._end_time is not None or self._status.status_code is StatusCode.OK:
+            return
+        if isinstance(status, StatusCode):
+            status = Status(status, description)
+        if status.status_code is not StatusCode.UNSET:
+            self._status = status
+
+    # The SDK's own: the exception's type, message and stack trace as an "exception" event.
+    record_exception = SdkSpan.record_exception
