@@ -18,6 +18,7 @@ values could be cut or dropped) and the SDK's random id generator; otherwise
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Mapping, Sequence
 from time import time_ns
 from types import MappingProxyType
@@ -29,6 +30,7 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace import Event, ReadableSpan, SpanLimits, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace import Span as SdkSpan
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+from opentelemetry.sdk.trace.sampling import ParentBased, StaticSampler
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.util import types
@@ -36,6 +38,10 @@ from opentelemetry.util import types
 # By sampled + 2 * random trace id: the SDK marks a trace id from its random generator, or
 # continued from a parent that says so, as random (W3C trace context level 2).
 FLAGS = tuple(TraceFlags(number) for number in range(4))
+SAMPLED_ROOT = FLAGS[3]
+# Samplers that record and sample every root span and add nothing to it: the SDK's
+# always_on and parentbased_always_on (its default), told apart by their descriptions.
+ROOTS_SAMPLED = re.compile(r"AlwaysOnSampler|ParentBased\{root:AlwaysOnSampler,.*")
 UNSET = Status(StatusCode.UNSET)
 
 
@@ -44,6 +50,10 @@ class RequestSpans:
 
     def __init__(self, provider: TracerProvider, scope: str, processor: SpanProcessor) -> None:
         self._sampler = provider.sampler
+        # Then a new trace's span needs no sampling decision (the SDK's would be the same).
+        self._roots_sampled = type(self._sampler) in (StaticSampler, ParentBased) and bool(
+            ROOTS_SAMPLED.fullmatch(self._sampler.get_description())
+        )
         self._resource = provider.resource
         self._scope = InstrumentationScope(scope)
         self._processor = processor
@@ -64,13 +74,17 @@ class RequestSpans:
         self, name: str, attributes: dict[str, Any], parent: Context | None = None
     ) -> trace_api.Span:
         """A started SERVER span (a ``NonRecordingSpan`` when the sampler says so), a child
-        of the span in ``parent`` (an extracted ``traceparent``) if that is valid."""
-        parent_context: SpanContext | None = trace_api.get_current_span(parent).get_span_context()
-        if parent_context is not None and parent_context.is_valid:
+        of the span in ``parent`` (an extracted ``traceparent``) if that is valid, else the
+        root of a new trace."""
+        parent_context = trace_api.get_current_span(parent).get_span_context() if parent else None
+        if parent_context is None or not parent_context.is_valid:
+            if self._roots_sampled:
+                context = SpanContext(self._new_id(128), self._new_id(64), False, SAMPLED_ROOT)
+                return RequestSpan(name, context, None, attributes, self)
+            parent_context, trace_id, random_id = None, self._new_id(128), True
+        else:
             trace_id = parent_context.trace_id
             random_id = parent_context.trace_flags.random_trace_id
-        else:
-            parent_context, trace_id, random_id = None, self._new_id(128), True
         result = self._sampler.should_sample(parent, trace_id, name, SpanKind.SERVER, attributes)
         flags = FLAGS[result.decision.is_sampled() + 2 * random_id]
         context = SpanContext(trace_id, self._new_id(64), False, flags, result.trace_state)
