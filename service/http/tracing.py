@@ -34,9 +34,11 @@ class TracingMiddleware:
             await self.app(scope, receive, send)
             return
         method = scope["method"]
-        span = tracing.start_request_span(method, scope["path"], incoming_traceparent(scope))
+        parent = incoming_traceparent(scope)
+        span, state_of(scope)["traceparent"] = tracing.start_request_span(
+            method, scope["path"], parent
+        )
         token = tracing.make_current(span)
-        state_of(scope)["traceparent"] = tracing.traceparent_of(span)
         status = ERROR_STATUS
 
         async def traced_send(message: Message) -> None:

@@ -39,6 +39,8 @@ from opentelemetry.util import types
 # continued from a parent that says so, as random (W3C trace context level 2).
 FLAGS = tuple(TraceFlags(number) for number in range(4))
 SAMPLED_ROOT = FLAGS[3]
+SAMPLED_ROOT_TRACEPARENT = "00-%032x-%016x-03"  # the W3C header for SAMPLED_ROOT's flags
+SPAN_ID_MASK = 2**64 - 1
 # Samplers that record and sample every root span and add nothing to it: the SDK's
 # always_on and parentbased_always_on (its default), told apart by their descriptions.
 ROOTS_SAMPLED = re.compile(r"AlwaysOnSampler|ParentBased\{root:AlwaysOnSampler,.*")
@@ -72,39 +74,45 @@ class RequestSpans:
 
     def start(
         self, name: str, attributes: dict[str, Any], parent: Context | None = None
-    ) -> trace_api.Span:
-        """A started SERVER span (a ``NonRecordingSpan`` when the sampler says so), a child
-        of the span in ``parent`` (an extracted ``traceparent``) if that is valid, else the
-        root of a new trace."""
+    ) -> tuple[trace_api.Span, str]:
+        """A started SERVER span (a ``NonRecordingSpan`` when the sampler says so) and its
+        ``traceparent``: a child of the span in ``parent`` (an extracted ``traceparent``)
+        if that is valid, else the root of a new trace."""
         parent_context = trace_api.get_current_span(parent).get_span_context() if parent else None
         if parent_context is None or not parent_context.is_valid:
+            ids = self._new_ids()
+            trace_id, span_id = ids >> 64, ids & SPAN_ID_MASK
             if self._roots_sampled:
-                context = SpanContext(self._new_id(128), self._new_id(64), False, SAMPLED_ROOT)
-                return RequestSpan(name, context, None, attributes, self)
-            parent_context, trace_id, random_id = None, self._new_id(128), True
+                context = SpanContext(trace_id, span_id, False, SAMPLED_ROOT)
+                span = RequestSpan(name, context, None, attributes, self)
+                return span, SAMPLED_ROOT_TRACEPARENT % (trace_id, span_id)
+            parent_context, random_id = None, True
         else:
-            trace_id = parent_context.trace_id
+            trace_id, span_id = parent_context.trace_id, self._new_ids() & SPAN_ID_MASK
             random_id = parent_context.trace_flags.random_trace_id
         result = self._sampler.should_sample(parent, trace_id, name, SpanKind.SERVER, attributes)
         flags = FLAGS[result.decision.is_sampled() + 2 * random_id]
-        context = SpanContext(trace_id, self._new_id(64), False, flags, result.trace_state)
+        context = SpanContext(trace_id, span_id, False, flags, result.trace_state)
+        traceparent = f"00-{trace_id:032x}-{span_id:016x}-{flags:02x}"
         if not result.decision.is_recording():
-            return trace_api.NonRecordingSpan(context)
+            return trace_api.NonRecordingSpan(context), traceparent
         if result.attributes:
             attributes.update(result.attributes)
-        return RequestSpan(name, context, parent_context, attributes, self)
+        return RequestSpan(name, context, parent_context, attributes, self), traceparent
 
-    def _new_id(self, bits: int) -> int:
-        number = self._getrandbits(bits)
-        while not number:  # zero is the invalid id
-            number = self._getrandbits(bits)
-        return number
+    def _new_ids(self) -> int:
+        """A trace id (the high 128 bits) and a span id (the low 64), neither of them zero
+        (the invalid id), from one draw of the generator the SDK's ``RandomIdGenerator``
+        uses."""
+        ids = self._getrandbits(192)
+        while not ids >> 64 or not ids & SPAN_ID_MASK:
+            ids = self._getrandbits(192)
+        return ids
 
 
 class RequestSpan(trace_api.Span, ReadableSpan):
     """One request's SERVER span: a ``ReadableSpan`` from the start, handed as it is to the
-    span processor when it ends. ``finish`` names it, sets the answer's attributes and ends
-    it in one call."""
+    span processor when it ends."""
 
     _context: SpanContext
     _attributes: dict[str, Any]
@@ -132,13 +140,6 @@ class RequestSpan(trace_api.Span, ReadableSpan):
         self._processor = spans._processor
         self._limits = spans._limits
         self._start_time = time_ns()
-
-    def finish(self, name: str, attributes: Mapping[str, types.AnyValue]) -> None:
-        """Rename, add ``attributes`` and end, as one step (the request's answer is known)."""
-        if self._end_time is None:
-            self._name = name
-            self._attributes.update(attributes)
-            self.end()
 
     def end(self, end_time: int | None = None) -> None:
         if self._end_time is None:

@@ -128,18 +128,18 @@ def start_span(
     return _tracer.start_span(name, context=context, kind=_kinds[kind], attributes=attributes)
 
 
-def start_request_span(method: str, path: str, parent: str | None = None) -> Any:
+def start_request_span(method: str, path: str, parent: str | None = None) -> tuple[Any, str | None]:
     """A started SERVER span for an HTTP request (not current; end it with ``end``), named
-    ``method``, continuing ``parent`` (a ``traceparent``); None when off.
+    ``method``, continuing ``parent`` (a ``traceparent``), and its own ``traceparent``.
+    Only when on.
 
     Built directly (``kit.request_span``) unless span limits or the id generator were
     changed from the SDK's defaults; then by the SDK's tracer.
     """
-    if not ENABLED:
-        return None
     attributes = {"http.request.method": method, "url.path": path}
     if _request_spans is None:
-        return start_span(method, "server", attributes, parent)
+        span = start_span(method, "server", attributes, parent)
+        return span, traceparent_of(span)
     return _request_spans.start(method, attributes, _extract(parent) if parent else None)
 
 
