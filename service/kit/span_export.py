@@ -28,6 +28,8 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExportResult
 from opentelemetry.trace import SpanKind
 
+from service.kit.request_span import UNSET, RequestSpan
+
 log = logging.getLogger(__name__)
 
 BATCH_SIZE_VARIABLE = "OTEL_BSP_MAX_EXPORT_BATCH_SIZE"
@@ -98,6 +100,7 @@ class RequestEncoder:
         self._scopes: dict[int, tuple[Any, bytes, bytes]] = {}
         self._attributes: dict[tuple[str, type, Any], bytes] = {}
         self._names: dict[str, bytes] = {}
+        self._attribute_sets: dict[tuple[tuple[tuple[str, Any], ...], tuple[type, ...]], bytes] = {}
 
     def encode(self, spans: Sequence[ReadableSpan]) -> bytes:
         groups: dict[int, dict[int, list[bytes]]] = {}
@@ -127,6 +130,8 @@ class RequestEncoder:
 
     def span(self, span: ReadableSpan) -> bytes | None:
         """One span's bytes, or None when it holds what only the SDK's encoder writes."""
+        if type(span) is RequestSpan and not span._events:
+            return self.request_span(span)
         if span.events or span.links or span.dropped_attributes:
             return None
         context, parent = span.context, span.parent
@@ -150,6 +155,45 @@ class RequestEncoder:
         parts.append(status(span))
         parts.append(REMOTE_FLAGS if parent is not None and parent.is_remote else LOCAL_FLAGS)
         return b"".join(parts)
+
+    def request_span(self, span: RequestSpan) -> bytes | None:
+        """``span`` above for the API's request span (no links, no drops; here no events),
+        read from its fields: most of the export thread's work per span is in reading."""
+        trace_id, span_id, _, _, trace_state, _ = span._context
+        parent = span._parent
+        parts = [b"\x0a\x10", trace_id.to_bytes(16, "big"), b"\x12\x08", span_id.to_bytes(8, "big")]
+        if trace_state:
+            parts.append(field(3, ",".join(f"{k}={v}" for k, v in trace_state.items())))
+        if parent is not None:
+            parts += (b"\x22\x08", parent.span_id.to_bytes(8, "big"))
+        attributes = self.attribute_set(span._attributes)
+        if attributes is None:
+            return None
+        parts += (
+            self.name(span._name),
+            KIND_FIELDS[SpanKind.SERVER],
+            TIMES.pack(0x39, span._start_time, 0x41, span._end_time),
+            attributes,
+            UNSET_STATUS if span._status is UNSET else status(span),
+            REMOTE_FLAGS if parent is not None and parent.is_remote else LOCAL_FLAGS,
+        )
+        return b"".join(parts)
+
+    def attribute_set(self, attributes: dict[str, Any]) -> bytes | None:
+        """The attributes fields of a whole set; the same sets repeat (one per route and
+        status, where the path holds no id). Keyed with the values' types: 1 == True."""
+        items = tuple(attributes.items())
+        cache_key = (items, tuple(map(type, attributes.values())))
+        encoded = self._attribute_sets.get(cache_key)
+        if encoded is None:
+            pairs = [self.attribute(key, value) for key, value in items]
+            if None in pairs:
+                return None
+            encoded = b"".join(pairs)  # type: ignore[arg-type]
+            if len(self._attribute_sets) >= CACHED_ENCODINGS:
+                self._attribute_sets.clear()
+            self._attribute_sets[cache_key] = encoded
+        return encoded
 
     def name(self, name: str) -> bytes:
         """The name field (5); names repeat (one per route), so they are kept encoded."""
