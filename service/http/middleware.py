@@ -20,7 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.http.audit import AuditEntry, write_audit
 from service.http.envelope import error
 from service.http.metrics import HttpMetrics
-from service.kit.request import route_template, state_of
+from service.kit.request import RESPONSE_STATUS, route_template, state_of
 from service.ratelimit.middleware import with_rate_limit_headers
 
 logger = logging.getLogger(__name__)
@@ -91,6 +91,7 @@ class EdgeMiddleware:
         async def edge_send(message: Message) -> None:
             if message["type"] == "http.response.start":
                 response["status"], response["started"] = message["status"], True
+                state[RESPONSE_STATUS] = message["status"]  # for the request span, if traced
                 headers = with_rate_limit_headers(list(message.get("headers", [])), state)
                 if all(name.lower() != REQUEST_ID_BYTES for name, _ in headers):
                     headers.append(id_header)

@@ -8,16 +8,17 @@ One span per request and nothing else on the hot path: the span is started direc
 through the SDK's context-manager layers), the attributes known up front go in at the
 start, and the route and status go in once, as one ``set_attributes``, after the answer,
 only when the sampler chose to record it (an unsampled request gets a non-recording span
-and pays for nothing more). Measured in docs/observability.md.
+and pays for nothing more). The status is the one the edge middleware (inside this one)
+noted in the state as it sent it: no ``send`` wrapper of our own. Measured in
+docs/observability.md.
 """
 
 from __future__ import annotations
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.http.metrics import route_template
-from service.http.middleware import state_of
 from service.kit import tracing
+from service.kit.request import RESPONSE_STATUS, route_template, state_of
 
 TRACEPARENT_BYTES = tracing.TRACEPARENT.encode()
 ERROR_STATUS = 500  # answers from here on mark the span as an error (HTTP semconv, server)
@@ -35,30 +36,22 @@ class TracingMiddleware:
             return
         method = scope["method"]
         parent = incoming_traceparent(scope)
-        span, state_of(scope)["traceparent"] = tracing.start_request_span(
-            method, scope["path"], parent
-        )
+        state = state_of(scope)
+        span, state["traceparent"] = tracing.start_request_span(method, scope["path"], parent)
         token = tracing.make_current(span)
-        status = ERROR_STATUS
-
-        async def traced_send(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
         try:
-            await self.app(scope, receive, traced_send)
+            await self.app(scope, receive, send)
         except BaseException as error:
             if span.is_recording():
                 tracing.record_error(span, error)
             raise
         else:
-            if status >= ERROR_STATUS and span.is_recording():
+            if state.get(RESPONSE_STATUS, ERROR_STATUS) >= ERROR_STATUS and span.is_recording():
                 tracing.mark_error(span)
         finally:
             tracing.detach(token)
             if span.is_recording():
+                status = state.get(RESPONSE_STATUS, ERROR_STATUS)
                 route = route_template(scope)
                 span.update_name(f"{method} {route}")
                 span.set_attributes({"http.route": route, "http.response.status_code": status})

@@ -21,6 +21,7 @@ from starlette.types import Scope
 from service.config import Settings
 
 UNMATCHED_ROUTE = "unmatched"
+RESPONSE_STATUS = "response_status"  # state key: the status of the answer, once it started
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ KIND_FIELDS = {
     SpanKind.PRODUCER: b"\x30\x04",
     SpanKind.CONSUMER: b"\x30\x05",
 }
+SERVER_KIND = KIND_FIELDS[SpanKind.SERVER]
 TIMES = struct.Struct("<BQBQ")  # start (fixed64 field 7) and end (fixed64 field 8)
 UNSET_STATUS = b"\x7a\x00"  # an empty Status (field 15): the SDK always writes one
 # SpanFlags (fixed32 field 16) as the SDK's encoder sets them: HAS_IS_REMOTE, and IS_REMOTE
@@ -171,7 +172,7 @@ class RequestEncoder:
             return None
         parts += (
             self.name(span._name),
-            KIND_FIELDS[SpanKind.SERVER],
+            SERVER_KIND,
             TIMES.pack(0x39, span._start_time, 0x41, span._end_time),
             attributes,
             UNSET_STATUS if span._status is UNSET else status(span),
