@@ -4,9 +4,11 @@ On a traced request the SDK's ``start_span`` + ``end`` were most of tracing's co
 (docs/observability.md): the tracer's own metrics, a lock per call, ``BoundedAttributes``
 validating every value, two bounded lists, and at the end a second, read-only copy of the
 span for the processor. ``RequestSpans.start`` makes one ``RequestSpan`` instead: the
-provider's sampler still decides, the ids come from ``random.getrandbits`` (what the SDK's
-``RandomIdGenerator`` calls), the attributes are a plain dict set once, and the ended span
-itself goes to the provider's span processor. It is an SDK ``ReadableSpan`` (what the batch
+provider's sampler still decides (a new trace under always_on or parentbased_always_on is
+sampled without asking: the answer is fixed), the ids come from ``random.getrandbits``
+(what the SDK's ``RandomIdGenerator`` calls), the attributes are a plain dict, and the
+ended span itself goes to the span processor given (the provider's only one). The SDK's
+tracer metrics (spans started and live) are not counted for these spans. It is an SDK ``ReadableSpan`` (what the batch
 processor and the OTLP exporter read, in their own thread) and an API ``Span`` (it can be
 made current, and records exceptions as the SDK does).
 
