@@ -277,13 +277,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
-
-
 def fail_open_count(port: int, series: str) -> float:
     """Rate-limit checks that skipped Redis so far, read off the server's /metrics."""
     import httpx
 
     lines = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text.splitlines()
     return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(series))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
