@@ -8,9 +8,10 @@ provider's sampler still decides (a new trace under always_on or parentbased_alw
 sampled without asking: the answer is fixed), the ids come from ``random.getrandbits``
 (what the SDK's ``RandomIdGenerator`` calls), the attributes are a plain dict, and the
 ended span itself goes to the span processor given (the provider's only one). The SDK's
-tracer metrics (spans started and live) are not counted for these spans. It is an SDK ``ReadableSpan`` (what the batch
-processor and the OTLP exporter read, in their own thread) and an API ``Span`` (it can be
-made current, and records exceptions as the SDK does).
+tracer metrics (spans started and live) are not counted for these spans. It is an SDK
+``ReadableSpan`` (what the batch processor and the OTLP exporter read, in their own
+thread) and an API ``Span`` (it can be made current, and records exceptions as the SDK
+does).
 
 Used only where the SDK would do the same: default span limits (none of our attribute
 values could be cut or dropped) and the SDK's random id generator; otherwise
