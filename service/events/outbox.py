@@ -98,15 +98,20 @@ DUE_HEADS = text(
         -- Only tenants with an event due now in the leased partitions: a tenant whose
         -- pending events all wait for a retry (or sit in another relay's partitions) must
         -- not take a turn, or a round of such turns reads nothing and the rotation stalls.
+        -- One probe per tenant that stops at its first due event: as an EXISTS the planner
+        -- made it a semi-join that read and hashed every due event of every tenant each
+        -- round, and without the ORDER BY it picks a bitmap scan of the tenant's whole
+        -- backlog (an unordered Append of partitions takes each one's cheapest total path).
         SELECT t.consumer_id FROM tenants t
+        CROSS JOIN LATERAL (
+            SELECT 1 FROM customer_events d
+            WHERE d.consumer_id = t.consumer_id
+              AND d.publish_status = 'pending' AND d.next_attempt_at <= now()
+              AND fintegrate_aggregate_partition(d.consumer_id, d.customer_id, :partition_count)
+                  = ANY(CAST(:partitions AS integer[]))
+            ORDER BY d.next_attempt_at LIMIT 1) AS due
         WHERE t.consumer_id IS NOT NULL
           AND t.consumer_id <> ALL(CAST(:held AS uuid[]))
-          AND EXISTS (
-              SELECT 1 FROM customer_events d
-              WHERE d.consumer_id = t.consumer_id
-                AND d.publish_status = 'pending' AND d.next_attempt_at <= now()
-                AND fintegrate_aggregate_partition(d.consumer_id, d.customer_id, :partition_count)
-                    = ANY(CAST(:partitions AS integer[])))
         ORDER BY consumer_id <= CAST(:after AS uuid), consumer_id
         LIMIT :limit
     ),

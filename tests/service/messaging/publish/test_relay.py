@@ -359,6 +359,7 @@ TIED_BACKLOG = text(
 
 WALK_INDEX = "_consumer_id_next_attempt_at_"  # every partition's copy of the walk index
 PROBE_INDEX = "_coalesce_sequence_next_attempt_at_idx"  # …of ix_customer_events_pending_aggregate
+DUE_PROBE = "d"  # DUE_HEADS's alias for the "has this tenant anything due?" probe
 
 
 def plan_nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
@@ -366,12 +367,20 @@ def plan_nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
     return [plan, *(node for child in plan.get("Plans", []) for node in plan_nodes(child))]
 
 
+def aliased(plan: dict[str, Any], alias: str) -> list[dict[str, Any]]:
+    """The plan's nodes that read ``alias`` (in any partition)."""
+    return [node for node in plan_nodes(plan) if node.get("Alias", "").split("_")[0] == alias]
+
+
 def walks(plan: dict[str, Any]) -> list[dict[str, Any]]:
-    """The plan's walks of a tenant's due heads (not the index-only skip scan over tenants)."""
+    """The plan's walks of a tenant's due heads (not the index-only skip scan over tenants,
+    nor the probe for whether a tenant has anything due)."""
     return [
         node
         for node in plan_nodes(plan)
-        if WALK_INDEX in node.get("Index Name", "") and node["Node Type"] == "Index Scan"
+        if WALK_INDEX in node.get("Index Name", "")
+        and node["Node Type"] == "Index Scan"
+        and node not in aliased(plan, DUE_PROBE)
     ]
 
 
@@ -454,6 +463,20 @@ def test_the_head_probe_stays_on_the_aggregate_index_after_a_sudden_backlog(
     assert plan["Actual Rows"] == 200
     assert {node["Actual Loops"] for node in walks(plan)} == {1}, walks  # one tenant's walk
     assert probes and {node["Actual Loops"] for node in probes} == {200}, probes
+
+
+def test_a_tenant_s_turn_costs_one_probe_entry_whatever_its_backlog(
+    outbox_settings: Settings, outbox_engine: Engine, tenant: ProvisionedTenant
+) -> None:
+    _, consumer_id, _ = tenant
+    insert_events(outbox_engine, consumer_id, 3000)
+    refresh_statistics(outbox_engine, "ANALYZE")
+    plan = explain_due_heads(outbox_engine, outbox_settings, 200)
+    probes = aliased(plan, DUE_PROBE)
+    assert plan["Actual Rows"] == 200
+    # The probe once read (and hashed) every due event of every tenant, each round: 44 ms
+    # of a 15,000-event backlog's round, the whole gap to the oldest-first walk.
+    assert probes and sum(node["Actual Rows"] * node["Actual Loops"] for node in probes) == 1
 
 
 def test_marking_touches_only_the_partitions_of_the_rows_it_marks(
