@@ -1,19 +1,18 @@
 """The event consumer worker: one tenant queue in, handler, receipt through the API, ack.
 
 For each message: parse it (unparseable → DLQ, no API call), then in its aggregate's lane
-(``lanes.KeyedLanes``: in sequence order within an aggregate, in parallel across
-aggregates) either skip it as a *stale duplicate* — its sequence is at or below the last
-one delivered for its aggregate (``receipts.DeliveredSequences``; asked from the API once
-per aggregate the worker has not seen, batched) — with a ``received`` receipt and no
-handler call, or call the handler (after the events of a gap, fetched from the API:
-``recovery``); record
-the receipt (``processed``, or ``failed`` when the handler raised); then ack on the
-connection's thread — or reject to the DLQ after a ``failed`` receipt. The next event of an
-aggregate starts only once the previous one's receipt is recorded, and nothing is acked
-before its receipt is. While the API is unavailable the worker retries with bounded
-backoff; when asked to stop then, it leaves the message unacked and RabbitMQ redelivers it.
-A lost broker connection is reopened with bounded backoff: events of the old channel not
-started yet are dropped (unacked, the broker redelivers them in order).
+(``lanes.KeyedLanes``: in sequence order within an aggregate, in parallel across aggregates)
+either skip it as a *stale duplicate* — its sequence is at or below the last one delivered
+for its aggregate (``receipts.DeliveredSequences``; asked from the API once per aggregate
+the worker has not seen, batched, unless the message opens it) — with a ``received`` receipt
+and no handler call, or call the handler (after the events of a gap, fetched from the API:
+``recovery``); record the receipt (``processed``, or ``failed`` when the handler raised);
+then ack on the connection's thread — or reject to the DLQ after a ``failed`` receipt. The
+next event of an aggregate starts only once the previous one's receipt is recorded, and
+nothing is acked before its receipt is. While the API is unavailable the worker retries with
+bounded backoff; when asked to stop then, it leaves the message unacked and RabbitMQ
+redelivers it. A lost broker connection is reopened with bounded backoff: events of the old
+channel not started yet are dropped (unacked, the broker redelivers them in order).
 
 What the queue lost (TTL, max length) and what the worker acks unhandled past a customer's
 in-hand cap (``FINTEGRATE_WORKER_MAX_IN_HAND_PER_CUSTOMER``) is fetched from the API in
@@ -260,7 +259,8 @@ class EventConsumer:
         delivery = Delivery(
             message, method.delivery_tag, connection, channel, epoch, copy, in_hand=counted
         )
-        self.sequences.expect(message)
+        if not delivery.opens_aggregate:
+            self.sequences.expect(message)
         self._unsettled.add(epoch)
         work = partial(self._process, delivery)
         traced = traced_delivery(work, properties.headers, message.event_id, self.queue)
@@ -324,7 +324,7 @@ class EventConsumer:
             self._unsettled.done(delivery.epoch)  # not started: unacked, redelivered in order
             return
         try:
-            outcome = self._handle_or_skip(delivery.message)
+            outcome = self._handle_or_skip(delivery.message, delivery.opens_aggregate)
         except WorkerUnauthorized as exc:
             outcome = None
             self._fail(exc)
@@ -347,13 +347,14 @@ class EventConsumer:
         if not _call_soon(delivery.connection, settle):
             self._unsettled.done(delivery.epoch)
 
-    def _handle_or_skip(self, message: EventMessage) -> Outcome | None:
+    def _handle_or_skip(self, message: EventMessage, opens: bool = False) -> Outcome | None:
         """Skip a stale duplicate or call the handler, then confirm; None when stopping.
 
-        An aggregate not seen yet costs a look-up of its last delivered sequence (batched);
+        An aggregate not seen yet costs a look-up of its last delivered sequence (batched),
+        unless ``message`` opens it (``Delivery.opens_aggregate``: the cache alone answers);
         events between it and ``message`` are fetched from the API and handled first.
         """
-        last = self.sequences.last_delivered(message)
+        last = self.sequences.last_delivered(message, ask=not opens)
         if last is None:
             return None
         if self.recovering and message.sequence is not None and message.sequence > last + 1:

@@ -31,6 +31,13 @@ class Delivery:
     may_be_duplicate: bool = True
     in_hand: bool = False
 
+    @property
+    def opens_aggregate(self) -> bool:
+        """The first copy of its aggregate's first event: nothing can precede it (no gap)
+        and, unless a copy of it went by before (then the cache knows), nothing was
+        delivered for its aggregate yet, so the API need not be asked."""
+        return self.message.sequence == 1 and not self.may_be_duplicate
+
 
 @dataclass(frozen=True)
 class Outcome:
