@@ -237,7 +237,7 @@ def _publish_round(
 
     try:
         # No pre-erasure payload leaves (docs/RELIABILITY.md): the fence re-reads each wave.
-        with ErasureFence(connection.engine) as fence:
+        with ErasureFence.on(connection) as fence:
             report = publish_runs(
                 publisher, runs, duplicates.headers, gate=still_ours, prepare=fence.around()
             )
