@@ -106,6 +106,37 @@ def stale_detail(sequence: int, last_delivered: int) -> str:
     )
 
 
+class FirstCopies:
+    """Which deliveries open their aggregate: sequence 1, first copy, arrived fresh.
+
+    Such a message needs no last-delivered look-up: no gap can precede it, and a copy of
+    it handled earlier by this worker is in the cache. A copy handled by a previous worker
+    is the one case the cache misses (an unmarked copy can exist: a frame of a relay
+    that lost its lease, a relay racing a resend); such copies were queued before this
+    worker started, so the messages the queue held then are looked up as before. Used on
+    the connection's thread only.
+    """
+
+    def __init__(self) -> None:
+        self._delivered = False
+        self._held_at_start = 0  # messages queued before this worker's first delivery
+
+    def started(self, channel: Any, queue: str) -> None:
+        """On each new channel until a first delivery (a standby worker waits long): count
+        what a previous worker may have left."""
+        if not self._delivered:
+            declared = channel.queue_declare(queue, passive=True)
+            self._held_at_start = int(declared.method.message_count)
+
+    def opens_aggregate(self, message: EventMessage, copy: bool) -> bool:
+        """Whether ``message`` (a possible ``copy`` or not) opens its aggregate."""
+        self._delivered = True
+        if self._held_at_start:  # still among the messages queued before this worker
+            self._held_at_start -= 1
+            return False
+        return message.sequence == 1 and not copy
+
+
 @dataclass
 class ConsumerStats:
     """What the worker did."""
@@ -168,6 +199,7 @@ class EventConsumer:
             self._lanes.submit,
             config.message_ttl_ms,
         )
+        self._first_copies = FirstCopies()
         self._next_sweep = 0.0
         self._stats_lock = threading.Lock()
         self._unsettled = Unsettled()
@@ -217,6 +249,7 @@ class EventConsumer:
             self.recovery.reschedule()
         try:
             channel = connection.channel()
+            self._first_copies.started(channel, self.queue)
             channel.basic_qos(prefetch_count=self.prefetch)
             messages = channel.consume(
                 self.queue, exclusive=self.exclusive, inactivity_timeout=INACTIVITY_SECONDS
@@ -256,8 +289,9 @@ class EventConsumer:
             return
         copy = may_be_duplicate(bool(method.redelivered), properties.headers)
         counted = self.recovering and message.sequence is not None
+        opens = self._first_copies.opens_aggregate(message, copy)
         delivery = Delivery(
-            message, method.delivery_tag, connection, channel, epoch, copy, in_hand=counted
+            message, method.delivery_tag, connection, channel, epoch, copy, counted, opens
         )
         if not delivery.opens_aggregate:
             self.sequences.expect(message)

@@ -20,7 +20,9 @@ class Delivery:
     """One parsed message and the channel (``epoch``) it arrived on.
 
     ``may_be_duplicate``: redelivered or marked as a possible copy (see ``messages``);
-    ``in_hand``: counted against its customer's in-hand cap until processed.
+    ``in_hand``: counted against its customer's in-hand cap until processed;
+    ``opens_aggregate``: its aggregate's sequence 1, judged by the cache alone
+    (``consumer.FirstCopies``).
     """
 
     message: EventMessage
@@ -30,13 +32,7 @@ class Delivery:
     epoch: int
     may_be_duplicate: bool = True
     in_hand: bool = False
-
-    @property
-    def opens_aggregate(self) -> bool:
-        """The first copy of its aggregate's first event: nothing can precede it (no gap)
-        and, unless a copy of it went by before (then the cache knows), nothing was
-        delivered for its aggregate yet, so the API need not be asked."""
-        return self.message.sequence == 1 and not self.may_be_duplicate
+    opens_aggregate: bool = False
 
 
 @dataclass(frozen=True)

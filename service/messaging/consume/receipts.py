@@ -5,9 +5,9 @@ the highest delivered sequence of an aggregate, which ``DeliveredSequences`` cac
 worker can recognise a stale duplicate (an event at or below it) without a handler call.
 Every aggregate the worker has not seen yet is looked up once (batched), copy or not: its
 last delivered sequence tells a stale copy and a gap (events the queue lost) apart from
-the next event. The one exception is the first copy of an aggregate's sequence 1
-(``Delivery.opens_aggregate``): no gap can precede it and no copy of it went by unmarked,
-so the cache alone answers (0 when it does not know the aggregate).
+the next event. The one exception is an aggregate's sequence 1 arriving as a first copy
+after the worker started (``consumer.FirstCopies``): no gap can precede it and a copy this
+worker handled is in the cache, so the cache alone answers (0 when it does not know it).
 """
 
 from __future__ import annotations
