@@ -289,7 +289,8 @@ class EventConsumer:
             return
         copy = may_be_duplicate(bool(method.redelivered), properties.headers)
         counted = self.recovering and message.sequence is not None
-        opens = self._first_copies.opens_aggregate(message, copy)
+        # a shared queue's other worker may hold a copy: only an exclusive worker skips
+        opens = self.exclusive and self._first_copies.opens_aggregate(message, copy)
         delivery = Delivery(
             message, method.delivery_tag, connection, channel, epoch, copy, counted, opens
         )
