@@ -12,6 +12,10 @@ from fintegrate_cli._context import state
 from fintegrate_cli._output import info
 
 APP_FACTORY = "service.app:create_app"
+# uvicorn kills a worker that misses one 5 s health ping (and one not ready 5 s after it
+# was spawned): on a CPU-starved machine that is a live worker, and its restart (imports,
+# pools) starves the others further (docs/benchmarks.md, 2026-12-07 busy-machine runs).
+WORKER_HEALTHCHECK_SECONDS = 30
 
 
 def serve(
@@ -41,6 +45,7 @@ def serve(
         workers=None if reload else workers,
         reload=reload,
         log_level=log_level,
+        timeout_worker_healthcheck=WORKER_HEALTHCHECK_SECONDS,
         # X-Forwarded-For is believed only from the gateway's addresses (none by default).
         proxy_headers=bool(settings.http.trusted_proxy_ips),
         forwarded_allow_ips=settings.http.trusted_proxy_ips or None,

@@ -9,6 +9,9 @@ each wave the fence therefore, on a connection of its own:
 3. re-reads the wave's payloads in a statement of its own, so it sees any erasure that
    committed while it waited, and hands those rows to the broker.
 
+The relay runs that transaction on its round's connection, idle between the round's read
+and record (``ErasureFence.on``): no pool checkout (and its ping) per wave.
+
 The erasure takes the same lock exclusively before it redacts: it waits for a wave in
 flight (bounded by its lock timeout, then 503), and a wave starting meanwhile waits for
 the erasure's commit and sends the redacted payload. Only erasure contends for these
@@ -32,9 +35,15 @@ WaveFilter = Callable[[Wave], Wave]
 class ErasureFence:
     """``with ErasureFence(engine) as fence: publish_runs(..., fence.around(filter))``."""
 
-    def __init__(self, engine: Engine | None, within: Connection | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine | None,
+        within: Connection | None = None,
+        idle: Connection | None = None,
+    ) -> None:
         self._engine = engine
         self._within = within
+        self._idle = idle
         self._connection: Connection | None = None
         self._transaction: RootTransaction | None = None
 
@@ -43,6 +52,12 @@ class ErasureFence:
         """A fence on the caller's transaction (the API's resend and redeliver): its locks
         last until that transaction ends, after the whole republish."""
         return cls(None, within=connection)
+
+    @classmethod
+    def on(cls, connection: Connection) -> ErasureFence:
+        """A fence whose transactions run on ``connection``, which must be idle (no
+        transaction of the caller's) until the fence is released."""
+        return cls(None, idle=connection)
 
     def __enter__(self) -> ErasureFence:
         return self
@@ -65,11 +80,7 @@ class ErasureFence:
         customers = sorted({str(row.customer_id) for row in rows if row.customer_id is not None})
         if not customers:
             return rows
-        connection = self._within
-        if connection is None:
-            assert self._engine is not None
-            connection = self._connection = self._engine.connect()
-            self._transaction = connection.begin()
+        connection = self._within if self._within is not None else self._begin()
         payloads = current_payloads_of_publish(
             connection, customers, [row.event_id for row in rows]
         )
@@ -77,6 +88,15 @@ class ErasureFence:
             _with_payload(row, payloads[row.event_id]) if row.event_id in payloads else row
             for row in rows
         ]
+
+    def _begin(self) -> Connection:
+        """A transaction of the fence's own, on the idle connection or a fresh one."""
+        connection = self._idle
+        if connection is None:
+            assert self._engine is not None
+            connection = self._connection = self._engine.connect()
+        self._transaction = connection.begin()
+        return connection
 
     def release(self) -> None:
         """End the held transaction (its locks go with it)."""

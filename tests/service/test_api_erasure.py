@@ -243,19 +243,27 @@ def test_erasure_answers_503_and_erases_nothing_while_the_broker_is_away(
     assert shown["email"] == "away@example.com"
 
 
+@pytest.mark.parametrize("on_idle_connection", [False, True], ids=["own", "round's"])
 def test_erasure_waits_for_a_publish_in_flight(
-    client: TestClient, tenant: Consumer, create_customer: Callable, engine: Engine
+    client: TestClient,
+    tenant: Consumer,
+    create_customer: Callable,
+    engine: Engine,
+    on_idle_connection: bool,
 ) -> None:
     customer = create_customer(tenant, email="inflight@example.com")
     [row] = event_rows(engine, customer["customer_id"])
     path = f"/customer/data/{customer['customer_id']}/erase"
-    with ErasureFence(engine) as fence, ThreadPoolExecutor(max_workers=1) as pool:
-        [sent] = fence.hold([row])  # a relay's wave, read and locked, not yet confirmed
-        erasing = pool.submit(client.post, path, headers=tenant["headers"])
-        time.sleep(0.5)
-        assert not erasing.done(), "the erasure waits for the wave's confirm"
-        fence.release()
-        assert_envelope(erasing.result(timeout=30), 200)
+    with engine.connect() as idle:
+        fence = ErasureFence.on(idle) if on_idle_connection else ErasureFence(engine)
+        with fence, ThreadPoolExecutor(max_workers=1) as pool:
+            [sent] = fence.hold([row])  # a relay's wave, read and locked, not yet confirmed
+            erasing = pool.submit(client.post, path, headers=tenant["headers"])
+            time.sleep(0.5)
+            assert not erasing.done(), "the erasure waits for the wave's confirm"
+            fence.release()
+            assert_envelope(erasing.result(timeout=30), 200)
+        assert not idle.in_transaction(), "the round's connection is idle again"
     assert sent.payload_json["email"] == "inflight@example.com"  # sent before the erasure
 
 

@@ -1,19 +1,18 @@
 """The event consumer worker: one tenant queue in, handler, receipt through the API, ack.
 
 For each message: parse it (unparseable → DLQ, no API call), then in its aggregate's lane
-(``lanes.KeyedLanes``: in sequence order within an aggregate, in parallel across
-aggregates) either skip it as a *stale duplicate* — its sequence is at or below the last
-one delivered for its aggregate (``receipts.DeliveredSequences``; asked from the API once
-per aggregate the worker has not seen, batched) — with a ``received`` receipt and no
-handler call, or call the handler (after the events of a gap, fetched from the API:
-``recovery``); record
-the receipt (``processed``, or ``failed`` when the handler raised); then ack on the
-connection's thread — or reject to the DLQ after a ``failed`` receipt. The next event of an
-aggregate starts only once the previous one's receipt is recorded, and nothing is acked
-before its receipt is. While the API is unavailable the worker retries with bounded
-backoff; when asked to stop then, it leaves the message unacked and RabbitMQ redelivers it.
-A lost broker connection is reopened with bounded backoff: events of the old channel not
-started yet are dropped (unacked, the broker redelivers them in order).
+(``lanes.KeyedLanes``: in sequence order within an aggregate, in parallel across aggregates)
+either skip it as a *stale duplicate* — its sequence is at or below the last one delivered
+for its aggregate (``receipts.DeliveredSequences``; asked from the API once per aggregate
+the worker has not seen, batched, unless the message opens it) — with a ``received`` receipt
+and no handler call, or call the handler (after the events of a gap, fetched from the API:
+``recovery``); record the receipt (``processed``, or ``failed`` when the handler raised);
+then ack on the connection's thread — or reject to the DLQ after a ``failed`` receipt. The
+next event of an aggregate starts only once the previous one's receipt is recorded, and
+nothing is acked before its receipt is. While the API is unavailable the worker retries with
+bounded backoff; when asked to stop then, it leaves the message unacked and RabbitMQ
+redelivers it. A lost broker connection is reopened with bounded backoff: events of the old
+channel not started yet are dropped (unacked, the broker redelivers them in order).
 
 What the queue lost (TTL, max length) and what the worker acks unhandled past a customer's
 in-hand cap (``FINTEGRATE_WORKER_MAX_IN_HAND_PER_CUSTOMER``) is fetched from the API in
@@ -107,6 +106,37 @@ def stale_detail(sequence: int, last_delivered: int) -> str:
     )
 
 
+class FirstCopies:
+    """Which deliveries open their aggregate: sequence 1, first copy, arrived fresh.
+
+    Such a message needs no last-delivered look-up: no gap can precede it, and a copy of
+    it handled earlier by this worker is in the cache. A copy handled by a previous worker
+    is the one case the cache misses (an unmarked copy can exist: a frame of a relay
+    that lost its lease, a relay racing a resend); such copies were queued before this
+    worker started, so the messages the queue held then are looked up as before. Used on
+    the connection's thread only.
+    """
+
+    def __init__(self) -> None:
+        self._delivered = False
+        self._held_at_start = 0  # messages queued before this worker's first delivery
+
+    def started(self, channel: Any, queue: str) -> None:
+        """On each new channel until a first delivery (a standby worker waits long): count
+        what a previous worker may have left."""
+        if not self._delivered:
+            declared = channel.queue_declare(queue, passive=True)
+            self._held_at_start = int(declared.method.message_count)
+
+    def opens_aggregate(self, message: EventMessage, copy: bool) -> bool:
+        """Whether ``message`` (a possible ``copy`` or not) opens its aggregate."""
+        self._delivered = True
+        if self._held_at_start:  # still among the messages queued before this worker
+            self._held_at_start -= 1
+            return False
+        return message.sequence == 1 and not copy
+
+
 @dataclass
 class ConsumerStats:
     """What the worker did."""
@@ -169,6 +199,7 @@ class EventConsumer:
             self._lanes.submit,
             config.message_ttl_ms,
         )
+        self._first_copies = FirstCopies()
         self._next_sweep = 0.0
         self._stats_lock = threading.Lock()
         self._unsettled = Unsettled()
@@ -218,6 +249,7 @@ class EventConsumer:
             self.recovery.reschedule()
         try:
             channel = connection.channel()
+            self._first_copies.started(channel, self.queue)
             channel.basic_qos(prefetch_count=self.prefetch)
             messages = channel.consume(
                 self.queue, exclusive=self.exclusive, inactivity_timeout=INACTIVITY_SECONDS
@@ -257,10 +289,13 @@ class EventConsumer:
             return
         copy = may_be_duplicate(bool(method.redelivered), properties.headers)
         counted = self.recovering and message.sequence is not None
+        # a shared queue's other worker may hold a copy: only an exclusive worker skips
+        opens = self.exclusive and self._first_copies.opens_aggregate(message, copy)
         delivery = Delivery(
-            message, method.delivery_tag, connection, channel, epoch, copy, in_hand=counted
+            message, method.delivery_tag, connection, channel, epoch, copy, counted, opens
         )
-        self.sequences.expect(message)
+        if not delivery.opens_aggregate:
+            self.sequences.expect(message)
         self._unsettled.add(epoch)
         work = partial(self._process, delivery)
         traced = traced_delivery(work, properties.headers, message.event_id, self.queue)
@@ -324,7 +359,7 @@ class EventConsumer:
             self._unsettled.done(delivery.epoch)  # not started: unacked, redelivered in order
             return
         try:
-            outcome = self._handle_or_skip(delivery.message)
+            outcome = self._handle_or_skip(delivery.message, delivery.opens_aggregate)
         except WorkerUnauthorized as exc:
             outcome = None
             self._fail(exc)
@@ -347,13 +382,14 @@ class EventConsumer:
         if not _call_soon(delivery.connection, settle):
             self._unsettled.done(delivery.epoch)
 
-    def _handle_or_skip(self, message: EventMessage) -> Outcome | None:
+    def _handle_or_skip(self, message: EventMessage, opens: bool = False) -> Outcome | None:
         """Skip a stale duplicate or call the handler, then confirm; None when stopping.
 
-        An aggregate not seen yet costs a look-up of its last delivered sequence (batched);
+        An aggregate not seen yet costs a look-up of its last delivered sequence (batched),
+        unless ``message`` opens it (``Delivery.opens_aggregate``: the cache alone answers);
         events between it and ``message`` are fetched from the API and handled first.
         """
-        last = self.sequences.last_delivered(message)
+        last = self.sequences.last_delivered(message, ask=not opens)
         if last is None:
             return None
         if self.recovering and message.sequence is not None and message.sequence > last + 1:

@@ -20,7 +20,9 @@ class Delivery:
     """One parsed message and the channel (``epoch``) it arrived on.
 
     ``may_be_duplicate``: redelivered or marked as a possible copy (see ``messages``);
-    ``in_hand``: counted against its customer's in-hand cap until processed.
+    ``in_hand``: counted against its customer's in-hand cap until processed;
+    ``opens_aggregate``: its aggregate's sequence 1, judged by the cache alone
+    (``consumer.FirstCopies``).
     """
 
     message: EventMessage
@@ -30,6 +32,7 @@ class Delivery:
     epoch: int
     may_be_duplicate: bool = True
     in_hand: bool = False
+    opens_aggregate: bool = False
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,8 @@ No lock is held while the broker is waited on: confirm-delivery, resend and rede
 wait for a relay. A crash between the broker's confirm and the record republishes those
 events later (duplicates, never reordered first arrivals): delivery is at least once and
 the worker skips stale duplicates by their sequence. Those republished events are marked
-``x-fintegrate-possible-duplicate`` (``PossibleDuplicates``), so the worker asks the API
-for the last delivered sequence only for them, not for every first copy.
+``x-fintegrate-possible-duplicate`` (``PossibleDuplicates``): the worker then judges even
+a customer's sequence 1 against the last delivered sequence (consume.consumer.FirstCopies).
 
 The relay sleeps on LISTEN fintegrate_customer_events (sent by an insert trigger) with a
 poll fallback, right after a round that read everything due (notifications are cleared
@@ -237,7 +237,7 @@ def _publish_round(
 
     try:
         # No pre-erasure payload leaves (docs/RELIABILITY.md): the fence re-reads each wave.
-        with ErasureFence(connection.engine) as fence:
+        with ErasureFence.on(connection) as fence:
             report = publish_runs(
                 publisher, runs, duplicates.headers, gate=still_ours, prepare=fence.around()
             )

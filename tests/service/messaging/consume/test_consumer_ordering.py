@@ -115,6 +115,29 @@ def test_a_restarted_worker_skips_stale_duplicates_it_never_saw(
     assert queue_depth(settings.broker.url, tenant["queue_name"]) == 0
 
 
+def test_a_first_event_arriving_fresh_costs_no_look_up_one_left_from_before_does(
+    settings: Settings, engine: Engine, api: httpx.Client, tenant: Tenant, live_server: str
+) -> None:
+    customers_with_events(api, tenant, customers=10, events=2)
+    rows = interleaved_rows(engine, tenant)
+    handler = Recorder()
+    with WorkerThread(settings, tenant, live_server, handler, prefetch=20) as worker:
+        assert wait_until(lambda: consumer_count(settings, tenant) == 1)
+        publish(settings, rows)  # after the worker started: sequence 1 opens each customer
+        assert wait_until(lambda: len(receipts(engine, tenant)) == 20, timeout=60)
+    assert handler.sequences() == expected_orders(rows)
+    assert worker.consumer.sequences.look_ups == 0  # sequence 2 found sequence 1 cached
+
+    # unmarked copies queued before the next worker starts (a late frame of a relay that
+    # lost its lease): the new worker's cache does not know them, so it asks
+    publish(settings, [row for row in rows if row.sequence == 1])
+    again = Recorder()
+    with WorkerThread(settings, tenant, live_server, again, prefetch=20) as restarted:
+        assert wait_until(lambda: restarted.consumer.stats.stale == 10, timeout=60)
+    assert again.count() == 0
+    assert restarted.consumer.sequences.look_ups >= 1
+
+
 def test_other_customers_keep_flowing_while_one_customers_handler_is_slow(
     settings: Settings, engine: Engine, api: httpx.Client, tenant: Tenant, live_server: str
 ) -> None:
