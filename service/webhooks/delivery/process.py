@@ -45,7 +45,7 @@ from service.webhooks.signing import SecretBox
 log = logging.getLogger(__name__)
 
 CLAIM_MARGIN_SECONDS = 10.0
-# httpx's timeout bounds each phase (pool, connect, write, read), not the whole POST.
+# The timeout bounds each phase (pool, connect, write, read), not the whole POST.
 TIMEOUT_PHASES = 4
 BUSY_WAIT_SECONDS = 0.02
 # Claimed deliveries queue for the threads up to this many times their number, so a thread
@@ -248,7 +248,8 @@ class WebhookDeliverer:
                 parent=row.traceparent,  # the API request's, stored with the event
             ):
                 headers.update(tracing.outgoing_headers())
-                result = post(self.clients.client(str(row.endpoint_id)), target.url, body, headers)
+                client = self.clients.client(str(row.endpoint_id))
+                result = post(client, target.url, body, headers, self.clients.timeout)
             attempt_number = row.attempt_count + 1
             decision = decide(result, attempt_number, self.settings.retry_delays)
             count_attempt(decision.attempt_status, result.duration_ms)
