@@ -6,8 +6,8 @@ neither side shares its GIL with them), each round seeds fresh events of a fresh
 every round, times ``WebhookDeliverer`` delivering all of them and a plain httpx loop
 POSTing the same bodies to the same receivers under the same concurrency budget: as many
 threads, and no more connections per receiver than the deliverer's in-flight cap.
-Latency: ``fintegrate serve`` creates customers at ``rate`` for ``duration`` s with the
-deliverer running in this process (201 -> receiver, p50/p99), against the same number of
+Latency: ``fintegrate serve`` creates customers at ``rate`` for ``duration`` s with
+``fintegrate webhooks deliver`` running (201 -> receiver, p50/p99), against the same number of
 plain httpx POSTs (send -> receiver), the order alternating every round. The verdicts are
 the median of the per-round ratios at ``endpoints`` and the p99 of every round. A phase
 whose receivers did not get every delivery is invalid.

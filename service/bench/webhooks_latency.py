@@ -1,6 +1,8 @@
 """``fintegrate bench webhooks`` latency: the API's 201 to the receiver against plain httpx.
 
-``fintegrate serve`` and a ``WebhookDeliverer`` in this process stay up for all rounds;
+``fintegrate serve`` and ``fintegrate webhooks deliver`` (each its own process, as they
+are deployed, so the load generator here takes no CPU from the deliverer) stay up for
+all rounds;
 each round creates customers open-loop at ``rate`` for ``duration`` s (201 -> their
 event at the receiver) and sends as many plain httpx POSTs one at a time (send ->
 receiver), the order alternating every round. Both sides' receivers run in a process of
@@ -10,7 +12,6 @@ their own.
 from __future__ import annotations
 
 import json
-import threading
 import time
 from contextlib import ExitStack
 
@@ -19,13 +20,12 @@ import httpx
 from service.bench import loadgen, stack
 from service.bench.figures import Arrivals, Progress
 from service.bench.receivers import ReceiverProcess
-from service.bench.servers import alternating, api_command, free_port, wait_healthy
+from service.bench.servers import BIN, alternating, api_command, free_port, wait_healthy
 from service.config import Settings
-from service.kit.db import create_db_engine
-from service.webhooks.delivery.process import WebhookDeliverer
 
 SIDES = ("deliverer", "plain")
 SETTLE_SECONDS = 120.0
+WARM_UP_RATE = 5.0
 
 
 def latency_rounds(
@@ -37,17 +37,9 @@ def latency_rounds(
     with ExitStack() as running:
         running.callback(receiver.stop)
         api, key = start_api(running, settings, receiver)
-        engine = create_db_engine(
-            settings.database, pool_size=settings.webhooks.delivery_concurrency + 2
-        )
-        running.callback(engine.dispose)
-        stop = threading.Event()
-        deliverer = WebhookDeliverer.from_settings(settings, engine, stop)
-        thread = threading.Thread(target=deliverer.run, name="bench-deliverer", daemon=True)
-        thread.start()
-        running.callback(deliverer.close)
-        running.callback(thread.join, 30)
-        running.callback(stop.set)
+        deliver = [str(BIN / "fintegrate"), "webhooks", "deliver"]
+        stack.background(running, deliver, stack.process_env(settings))
+        pipeline_latency(api, key, receiver, WARM_UP_RATE, 1.0)  # the deliverer is up
         count = int(rate * duration)
         for number, order in enumerate(alternating(len(SIDES), rounds), start=1):
             phases = {}
