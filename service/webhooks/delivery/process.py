@@ -53,7 +53,7 @@ BUSY_WAIT_SECONDS = 0.02
 QUEUED_PER_THREAD = 4
 # Rows one endpoint may hold claimed (sent, waiting or queued) per in-flight slot, so its
 # next POSTs are at hand when a slot frees, without one endpoint taking every claim.
-HELD_PER_SLOT = 4
+HELD_PER_SLOT = 8
 # A claimed row not sent within this goes back: a POST started later could outlive its claim.
 HOLD_SECONDS = CLAIM_MARGIN_SECONDS / 2
 RECEIPT_DETAIL = "webhook {endpoint_id}"
