@@ -103,6 +103,30 @@ CLAIM = text(
     LEFT JOIN consumers c ON c.consumer_id = e.consumer_id
     """
 )
+# The claim is planned once per connection (its planning cost 2-13 ms a turn on a busy
+# machine) and sent with the lock in one round trip. A PREPAREd statement belongs to its
+# session: the flag lives in the DBAPI connection's info, so a new connection prepares again.
+CLAIM_PARAMETERS = (
+    ("worker_id", "text"),
+    ("limit", "integer"),
+    ("budget", "integer"),
+    ("breaker_failures", "integer"),
+    ("claim_seconds", "float8"),
+)
+PREPARED_CLAIM = "fintegrate_webhook_claim"
+_claim_sql = CLAIM.text
+for _number, (_name, _) in enumerate(CLAIM_PARAMETERS, start=1):
+    _claim_sql = _claim_sql.replace(f":{_name}", f"${_number}")
+PREPARE_CLAIM = text(
+    f"PREPARE {PREPARED_CLAIM} ("
+    + ", ".join(kind for _, kind in CLAIM_PARAMETERS)
+    + f") AS {_claim_sql}"
+)
+EXECUTE_CLAIM = text(
+    f"{CLAIM_LOCK.text}; EXECUTE {PREPARED_CLAIM} ("
+    + ", ".join(f":{name}" for name, _ in CLAIM_PARAMETERS)
+    + ")"
+)
 # Claimed rows this process will not send after all (their predecessor failed, or they
 # waited too long): claimable again at once, each fenced by its claim's token.
 RELEASE_CLAIMS = text(
@@ -238,7 +262,9 @@ def claim_due(
 ) -> Sequence[Row[Any]]:
     """Claim up to ``limit`` due deliveries (at most ``budget`` held per endpoint, one while
     its breaker is open) with their event rows and ``after_delivery_id``."""
-    connection.execute(CLAIM_LOCK)
+    if not connection.info.get(PREPARED_CLAIM):
+        connection.execute(PREPARE_CLAIM)
+        connection.info[PREPARED_CLAIM] = True
     params = {
         "worker_id": worker_id,
         "limit": limit,
@@ -246,7 +272,7 @@ def claim_due(
         "breaker_failures": breaker_failures,
         "claim_seconds": claim_seconds,
     }
-    return connection.execute(CLAIM, params).all()
+    return connection.execute(EXECUTE_CLAIM, params).all()
 
 
 def record_attempts(connection: Connection, attempts: Sequence[dict[str, Any]]) -> set[UUID]:
