@@ -362,11 +362,13 @@ def bench_webhooks(
 ) -> None:
     """`webhooks deliver` vs a plain httpx loop: deliveries/s and 201 -> receiver.
 
-    Throughput at 1 and at --endpoints loopback receivers, each round on freshly seeded
-    deliveries, the deliverer and plain httpx (the same bodies, as many threads) in an
-    order that alternates; the verdict is the median of the per-round ratios at
-    --endpoints (>= 0.8x). Latency: customers at --rate through `fintegrate serve` to a
-    receiver vs plain httpx POSTs, alternating; p99 <= 150 ms in every round. A fresh
+    Throughput at 1 and at --endpoints loopback receivers (a process of their own), each
+    round on freshly seeded deliveries, the deliverer and plain httpx (the same bodies, as
+    many threads, at most the in-flight cap of connections per receiver) in an order that
+    alternates; the verdict is the median of the per-round ratios at --endpoints (>= 0.8x).
+    Latency: customers at --rate through `fintegrate serve` to a receiver with `fintegrate
+    webhooks deliver` running vs plain httpx POSTs, alternating; p99 <= 150 ms in every
+    round. A fresh
     database and vhost on the configured servers, dropped at the end.
     Exit codes: 0 measured, 1 the stack failed, 2 usage, 3 --check and a target missed.
     """

@@ -48,6 +48,11 @@ class Receiver:
             self.count += 1
             self.arrivals.setdefault(self._key_of(body), at)
 
+    def arrivals_now(self) -> dict[str, float]:
+        """A copy of the arrivals, safe while deliveries keep arriving."""
+        with self._lock:
+            return dict(self.arrivals)
+
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.server.server_address[1]}/hook"

@@ -1,11 +1,13 @@
 """``fintegrate bench webhooks``: ``webhooks deliver`` against a plain httpx loop.
 
-Throughput: for 1 and for ``endpoints`` loopback receivers, each round seeds fresh events
-of a fresh tenant (the fan-out trigger queues one delivery per endpoint), then, in an
-order that alternates every round, times ``WebhookDeliverer`` delivering all of them and
-a plain httpx loop POSTing the same bodies to the same receivers with as many threads.
-Latency: ``fintegrate serve`` creates customers at ``rate`` for ``duration`` s with the
-deliverer running in this process (201 -> receiver, p50/p99), against the same number of
+Throughput: for 1 and for ``endpoints`` loopback receivers (in a process of their own, so
+neither side shares its GIL with them), each round seeds fresh events of a fresh tenant
+(the fan-out trigger queues one delivery per endpoint), then, in an order that alternates
+every round, times ``WebhookDeliverer`` delivering all of them and a plain httpx loop
+POSTing the same bodies to the same receivers under the same concurrency budget: as many
+threads, and no more connections per receiver than the deliverer's in-flight cap.
+Latency: ``fintegrate serve`` creates customers at ``rate`` for ``duration`` s with
+``fintegrate webhooks deliver`` running (201 -> receiver, p50/p99), against the same number of
 plain httpx POSTs (send -> receiver), the order alternating every round. The verdicts are
 the median of the per-round ratios at ``endpoints`` and the p99 of every round. A phase
 whose receivers did not get every delivery is invalid.
@@ -31,7 +33,7 @@ from service.bench.figures import (
     rate_ratio,
     ratio_over_rounds,
 )
-from service.bench.receiver import Receiver
+from service.bench.receivers import ReceiverProcess
 from service.bench.servers import alternating
 from service.bench.webhooks_latency import (
     SETTLE_SECONDS,
@@ -191,31 +193,26 @@ def throughput_pair(
     settings: Settings, endpoints: int, events: int, customers: int, sides: list[str]
 ) -> dict[str, ThroughputPhase]:
     """Fresh receivers and a fresh seeded tenant; each side delivers the same set once."""
-    receivers = [Receiver() for _ in range(endpoints)]
+    receivers = ReceiverProcess(endpoints)
     try:
-        bodies = seeded_tenant(settings, receivers, events, customers)
+        bodies = seeded_tenant(settings, receivers.urls, events, customers)
         phases = {}
         for side in sides:
             drive = deliverer_phase if side == "deliverer" else plain_phase
             phases[side] = drive(settings, receivers, bodies)
     finally:
-        for receiver in receivers:
-            receiver.stop()
+        receivers.stop()
     return {side: phases[side] for side in SIDES}
 
 
-def seeded_tenant(
-    settings: Settings, receivers: list[Receiver], events: int, customers: int
-) -> list[bytes]:
+def seeded_tenant(settings: Settings, urls: list[str], events: int, customers: int) -> list[bytes]:
     """A consumer with one endpoint per receiver and ``events`` events; their bodies."""
     engine = create_engine(settings.database.url)
     with engine.begin() as connection:
         name = f"bench_{uuid.uuid4().hex[:8]}"
         consumer_id = connection.execute(statements.NEW_CONSUMER, {"name": name}).scalar_one()
-        for receiver in receivers:
-            webhooks.create_endpoint(
-                connection, consumer_id, EndpointCreate(url=receiver.url), settings
-            )
+        for url in urls:
+            webhooks.create_endpoint(connection, consumer_id, EndpointCreate(url=url), settings)
         params = {"consumer_id": consumer_id, "count": events, "customers": customers}
         connection.execute(statements.BACKLOG, {**params, "salt": name})
         rows = connection.execute(statements.BODIES, {"consumer_id": consumer_id}).all()
@@ -224,15 +221,15 @@ def seeded_tenant(
 
 
 def deliverer_phase(
-    settings: Settings, receivers: list[Receiver], bodies: list[bytes]
+    settings: Settings, receivers: ReceiverProcess, bodies: list[bytes]
 ) -> ThroughputPhase:
     """``WebhookDeliverer`` running until the receivers got every delivery (or a deadline).
 
     It runs as the process does, not ``--once``: a customer's next event is due only once
     the one before it is recorded, which a single pass may miss.
     """
-    before = sum(r.count for r in receivers)
-    expected = len(bodies) * len(receivers)
+    before = receivers.total()
+    expected = len(bodies) * len(receivers.urls)
     engine = create_db_engine(
         settings.database, pool_size=settings.webhooks.delivery_concurrency + 2
     )
@@ -241,35 +238,37 @@ def deliverer_phase(
     thread = threading.Thread(target=deliverer.run, name="bench-deliverer", daemon=True)
     started = time.monotonic()
     thread.start()
-    stack.wait_until(
-        lambda: sum(r.count for r in receivers) - before >= expected, DRAIN_DEADLINE_SECONDS
-    )
+    stack.wait_until(lambda: receivers.total() - before >= expected, DRAIN_DEADLINE_SECONDS)
     seconds = time.monotonic() - started
     stop.set()
     thread.join(SETTLE_SECONDS)
     deliverer.close()
     engine.dispose()
-    delivered = sum(r.count for r in receivers) - before
+    delivered = receivers.total() - before
     return ThroughputPhase(
-        "deliverer", len(receivers), expected, delivered, seconds, delivered / seconds
+        "deliverer", len(receivers.urls), expected, delivered, seconds, delivered / seconds
     )
 
 
 def plain_phase(
-    settings: Settings, receivers: list[Receiver], bodies: list[bytes]
+    settings: Settings, receivers: ReceiverProcess, bodies: list[bytes]
 ) -> ThroughputPhase:
-    """Plain httpx: every body to every receiver, as many threads as the deliverer has."""
-    before = sum(r.count for r in receivers)
-    clients = [httpx.Client() for _ in receivers]
-    jobs = [(c, r.url, body) for body in bodies for c, r in zip(clients, receivers, strict=True)]
+    """Plain httpx: every body to every receiver, under the deliverer's budget: as many
+    threads as it has, at most its in-flight cap of connections per receiver."""
+    before = receivers.total()
+    cap = settings.webhooks.max_in_flight_per_endpoint
+    limits = httpx.Limits(max_connections=cap, max_keepalive_connections=cap)
+    clients = {url: httpx.Client(limits=limits) for url in receivers.urls}
+    jobs = [(clients[url], url, body) for body in bodies for url in receivers.urls]
     headers = {"content-type": "application/json"}
+    threads = min(settings.webhooks.delivery_concurrency, cap * len(clients))
     started = time.monotonic()
-    with ThreadPoolExecutor(settings.webhooks.delivery_concurrency) as pool:
+    with ThreadPoolExecutor(threads) as pool:
         list(pool.map(lambda job: job[0].post(job[1], content=job[2], headers=headers), jobs))
     seconds = time.monotonic() - started
-    for client in clients:
+    for client in clients.values():
         client.close()
-    delivered = sum(r.count for r in receivers) - before
+    delivered = receivers.total() - before
     return ThroughputPhase(
-        "plain", len(receivers), len(jobs), delivered, seconds, delivered / seconds
+        "plain", len(clients), len(jobs), delivered, seconds, delivered / seconds
     )

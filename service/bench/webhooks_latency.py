@@ -1,15 +1,17 @@
 """``fintegrate bench webhooks`` latency: the API's 201 to the receiver against plain httpx.
 
-``fintegrate serve`` and a ``WebhookDeliverer`` in this process stay up for all rounds;
+``fintegrate serve`` and ``fintegrate webhooks deliver`` (each its own process, as they
+are deployed, so the load generator here takes no CPU from the deliverer) stay up for
+all rounds;
 each round creates customers open-loop at ``rate`` for ``duration`` s (201 -> their
 event at the receiver) and sends as many plain httpx POSTs one at a time (send ->
-receiver), the order alternating every round.
+receiver), the order alternating every round. Both sides' receivers run in a process of
+their own.
 """
 
 from __future__ import annotations
 
 import json
-import threading
 import time
 from contextlib import ExitStack
 
@@ -17,40 +19,27 @@ import httpx
 
 from service.bench import loadgen, stack
 from service.bench.figures import Arrivals, Progress
-from service.bench.receiver import Receiver
-from service.bench.servers import alternating, api_command, free_port, wait_healthy
+from service.bench.receivers import ReceiverProcess
+from service.bench.servers import BIN, alternating, api_command, free_port, wait_healthy
 from service.config import Settings
-from service.kit.db import create_db_engine
-from service.webhooks.delivery.process import WebhookDeliverer
 
 SIDES = ("deliverer", "plain")
 SETTLE_SECONDS = 120.0
-
-
-def customer_of(body: bytes) -> str:
-    return str(json.loads(body).get("customer_id"))
+WARM_UP_RATE = 5.0
 
 
 def latency_rounds(
     settings: Settings, rounds: int, rate: float, duration: float, progress: Progress
 ) -> list[dict[str, Arrivals]]:
     """The API and the deliverer up once; each round both sides, the order alternating."""
-    receiver = Receiver(customer_of)
+    receiver = ReceiverProcess(1, by_customer=True)
     measured = []
     with ExitStack() as running:
         running.callback(receiver.stop)
         api, key = start_api(running, settings, receiver)
-        engine = create_db_engine(
-            settings.database, pool_size=settings.webhooks.delivery_concurrency + 2
-        )
-        running.callback(engine.dispose)
-        stop = threading.Event()
-        deliverer = WebhookDeliverer.from_settings(settings, engine, stop)
-        thread = threading.Thread(target=deliverer.run, name="bench-deliverer", daemon=True)
-        thread.start()
-        running.callback(deliverer.close)
-        running.callback(thread.join, 30)
-        running.callback(stop.set)
+        deliver = [str(BIN / "fintegrate"), "webhooks", "deliver"]
+        stack.background(running, deliver, stack.process_env(settings))
+        pipeline_latency(api, key, receiver, WARM_UP_RATE, 1.0)  # the deliverer is up
         count = int(rate * duration)
         for number, order in enumerate(alternating(len(SIDES), rounds), start=1):
             phases = {}
@@ -68,7 +57,7 @@ def latency_rounds(
     return measured
 
 
-def start_api(running: ExitStack, settings: Settings, receiver: Receiver) -> tuple[str, str]:
+def start_api(running: ExitStack, settings: Settings, receiver: ReceiverProcess) -> tuple[str, str]:
     """``fintegrate serve`` and a tenant with one endpoint at ``receiver``; URL and key."""
     port = free_port()
     server = stack.background(running, api_command(port, 1), stack.process_env(settings))
@@ -77,7 +66,7 @@ def start_api(running: ExitStack, settings: Settings, receiver: Receiver) -> tup
     made = stack.tenant_through_api(api, settings)
     httpx.post(
         f"{api}/webhooks/endpoints",
-        json={"url": receiver.url, "event_types": ["customer_creation"]},
+        json={"url": receiver.urls[0], "event_types": ["customer_creation"]},
         headers={"X-API-Key": made["api_key"]},
         timeout=30,
     ).raise_for_status()
@@ -85,29 +74,30 @@ def start_api(running: ExitStack, settings: Settings, receiver: Receiver) -> tup
 
 
 def pipeline_latency(
-    api: str, key: str, receiver: Receiver, rate: float, duration: float
+    api: str, key: str, receiver: ReceiverProcess, rate: float, duration: float
 ) -> Arrivals:
     """Customers at ``rate`` for ``duration`` s; 201 -> their event at the receiver."""
+    before = receiver.total()
     answered = loadgen.steady_load(api, key, rate, duration)
-    stack.wait_until(lambda: all(c in receiver.arrivals for c in answered), SETTLE_SECONDS)
-    waits = [
-        (receiver.arrivals[c] - at) * 1000
-        for c, (_, at) in answered.items()
-        if c in receiver.arrivals
-    ]
+    stack.wait_until(lambda: receiver.total() - before >= len(answered), SETTLE_SECONDS)
+    arrivals = receiver.arrivals()
+    waits = [(arrivals[c] - at) * 1000 for c, (_, at) in answered.items() if c in arrivals]
     expected = int(rate * duration)
     return Arrivals.of("deliverer", expected, waits)
 
 
 def plain_latency(count: int) -> Arrivals:
     """Send -> receiver of ``count`` plain httpx POSTs, one at a time, on one client."""
-    receiver = Receiver(customer_of)
-    waits = []
+    receiver = ReceiverProcess(1, by_customer=True)
+    sent = {}
     with httpx.Client() as client:
         for index in range(count):
             body = json.dumps({"customer_id": f"plain-{index}"}).encode()
-            sent = time.time()
-            client.post(receiver.url, content=body, headers={"content-type": "application/json"})
-            waits.append((receiver.arrivals[f"plain-{index}"] - sent) * 1000)
+            sent[f"plain-{index}"] = time.time()
+            client.post(
+                receiver.urls[0], content=body, headers={"content-type": "application/json"}
+            )
+    arrivals = receiver.arrivals()
     receiver.stop()
+    waits = [(arrivals[key] - at) * 1000 for key, at in sent.items() if key in arrivals]
     return Arrivals.of("plain", count, waits)

@@ -1,10 +1,13 @@
 """``fintegrate webhooks deliver``: claim due deliveries, POST them signed, record outcomes.
 
-One loop claims (repository.claim_due: heads of each customer per endpoint, within each
-endpoint's cap) while a thread pool POSTs, and records the outcomes of the POSTs finished
-since its last turn in one transaction: the deliveries (fenced by their claim tokens), the
-attempt rows, each endpoint's health (breaker, auto-disable, with an audit row), and on 2xx
-the ``processed`` receipts the queue channel writes too. The threads only POST.
+One loop, on a database connection it keeps, claims (repository.claim_due: each customer's
+due deliveries per endpoint, within a budget of held rows per endpoint) and records the
+outcomes of the POSTs finished since its last turn in one transaction: the deliveries
+(fenced by their claim tokens), the attempt rows, each endpoint's health (breaker,
+auto-disable, with an audit row), and on 2xx the ``processed`` receipts the queue channel
+writes too. A fixed pool of threads POSTs what ``EndpointLanes`` lets go: at most the
+in-flight cap per endpoint, a slot free as soon as its answer is in, a customer's next
+event once the previous one's 2xx is in. A thread that finishes starts the next POST itself.
 Several processes may run: claims never overlap, and a killed process's claims lapse
 after ``claim_seconds(timeout)`` and are sent again.
 """
@@ -19,7 +22,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
 from service.config import Settings, WebhookSettings
@@ -31,6 +34,7 @@ from service.messaging.messages import event_from_row, message_body
 from service.messaging.publish.relay import PendingNotifications
 from service.webhooks import repository as endpoints
 from service.webhooks.delivery import repository
+from service.webhooks.delivery.lanes import EndpointLanes
 from service.webhooks.delivery.metrics import count_attempt
 from service.webhooks.delivery.outcomes import AttemptResult, Decision, decide
 from service.webhooks.delivery.sender import EndpointClients, delivery_headers, post
@@ -41,12 +45,17 @@ from service.webhooks.signing import SecretBox
 log = logging.getLogger(__name__)
 
 CLAIM_MARGIN_SECONDS = 10.0
-# httpx's timeout bounds each phase (pool, connect, write, read), not the whole POST.
+# The timeout bounds each phase (pool, connect, write, read), not the whole POST.
 TIMEOUT_PHASES = 4
 BUSY_WAIT_SECONDS = 0.02
 # Claimed deliveries queue for the threads up to this many times their number, so a thread
 # that finishes takes the next one at once instead of waiting for the next claim.
 QUEUED_PER_THREAD = 4
+# Rows one endpoint may hold claimed (sent, waiting or queued) per in-flight slot, so its
+# next POSTs are at hand when a slot frees, without one endpoint taking every claim.
+HELD_PER_SLOT = 8
+# A claimed row not sent within this goes back: a POST started later could outlive its claim.
+HOLD_SECONDS = CLAIM_MARGIN_SECONDS / 2
 RECEIPT_DETAIL = "webhook {endpoint_id}"
 
 
@@ -103,8 +112,11 @@ class WebhookDeliverer:
         self.clients = EndpointClients(
             policy, settings.timeout_seconds, settings.max_in_flight_per_endpoint
         )
+        self.lanes = EndpointLanes(settings.max_in_flight_per_endpoint, HOLD_SECONDS)
         self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="webhook")
         self._in_flight: set[Future[None]] = set()
+        self._stopping = False
+        self._connection: Connection | None = None
         self._lock = threading.Lock()
         self._freed = threading.Event()  # set when a delivery finishes
         self._finished: list[Finished] = []
@@ -160,36 +172,68 @@ class WebhookDeliverer:
         """
         with self._lock:
             batch, self._finished = self._finished, []
-        free = self.concurrency * QUEUED_PER_THREAD - self._busy() if claim else 0
-        if not batch and free <= 0:
+        released = self.lanes.released()
+        free = self.concurrency * QUEUED_PER_THREAD - self.lanes.held() if claim else 0
+        if not batch and not released and free <= 0:
             return 0, 0
         try:
-            with self.engine.begin() as connection:
+            connection = self._connect()
+            with connection.begin():
                 recorded = self._record(connection, batch)
+                repository.release_claims(connection, released)
                 rows = self._claim(connection, free) if free > 0 else []
         except DBAPIError as exc:
             log.warning("a delivery turn failed: %s", first_line(exc))
+            self._disconnect()
             with self._lock:
                 self._finished[:0] = batch
+            self.lanes.give_back(released)
             self.stop.wait(self.settings.poll_seconds)
             return 0, 0
+        self.lanes.committed({done.row.delivery_id for done in batch})
         self._count(batch, recorded)
-        for row in rows:
-            future = self._pool.submit(self.deliver, row)
-            with self._lock:
-                self._in_flight.add(future)
-            future.add_done_callback(self._done)
+        self.lanes.add(rows)
+        self._dispatch()
         return len(batch), len(rows)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
         self.clients.close()
         self._notifications.close()
+        self._disconnect()
+
+    def _connect(self) -> Connection:
+        """The loop's connection, kept between turns (a checkout per turn costs a ping)."""
+        if self._connection is None or self._connection.invalidated:
+            self._disconnect()
+            self._connection = self.engine.connect()
+        return self._connection
+
+    def _disconnect(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            try:
+                connection.invalidate()  # after an error its state is unknown: never reuse
+                connection.close()
+            except DBAPIError:
+                log.debug("closing a failed delivery connection failed", exc_info=True)
+
+    def _dispatch(self) -> None:
+        """Start the POSTs the lanes let go now."""
+        if self._stopping:
+            return
+        for row in self.lanes.take():
+            future = self._pool.submit(self.deliver, row)
+            with self._lock:
+                self._in_flight.add(future)
+            future.add_done_callback(self._done)
 
     # -- one delivery --------------------------------------------------------------------
 
     def deliver(self, row: Any) -> None:
-        """POST one claimed delivery; its outcome waits for the loop to record it."""
+        """POST one claimed delivery; its outcome waits for the loop to record it, its slot
+        and its customer's next event are free at once."""
+        succeeded = False
         try:
             target = self.targets.get(row.endpoint_id)
             event = event_from_row(row)
@@ -204,14 +248,19 @@ class WebhookDeliverer:
                 parent=row.traceparent,  # the API request's, stored with the event
             ):
                 headers.update(tracing.outgoing_headers())
-                result = post(self.clients.client(str(row.endpoint_id)), target.url, body, headers)
+                client = self.clients.client(str(row.endpoint_id))
+                result = post(client, target.url, body, headers, self.clients.timeout)
             attempt_number = row.attempt_count + 1
             decision = decide(result, attempt_number, self.settings.retry_delays)
             count_attempt(decision.attempt_status, result.duration_ms)
             with self._lock:
                 self._finished.append(Finished(row, attempt_number, result, decision))
+            succeeded = result.succeeded
         except Exception:  # one delivery's bug must not kill the process; its claim lapses
             log.exception("delivery %s failed unexpectedly", row.delivery_id)
+        finally:
+            self.lanes.answered(row, succeeded)
+        self._dispatch()
 
     def _count(self, batch: list[Finished], recorded: set[Any]) -> None:
         for done in batch:
@@ -267,7 +316,7 @@ class WebhookDeliverer:
                 connection,
                 self.worker_id,
                 free,
-                settings.max_in_flight_per_endpoint,
+                settings.max_in_flight_per_endpoint * HELD_PER_SLOT,
                 settings.breaker_failures,
                 self.claim_seconds,
             )
@@ -278,8 +327,7 @@ class WebhookDeliverer:
             return len(self._finished)
 
     def _busy(self) -> int:
-        with self._lock:
-            return len(self._in_flight)
+        return self.lanes.held()
 
     def _done(self, future: Future[None]) -> None:
         with self._lock:
@@ -299,11 +347,18 @@ class WebhookDeliverer:
         self._freed.clear()
 
     def _finish_in_flight(self) -> None:
-        with self._lock:
-            pending = list(self._in_flight)
-        for future in pending:
-            future.result()
+        """Start nothing more, wait for the POSTs under way, give the rest back, record."""
+        self._stopping = True
+        while True:
+            with self._lock:
+                pending = list(self._in_flight)
+            if not pending:
+                break
+            for future in pending:
+                future.result()
+        self.lanes.release_all()
         self.turn(claim=False)
+        self._stopping = False
 
 
 def claim_seconds(timeout_seconds: float) -> float:

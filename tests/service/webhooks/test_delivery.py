@@ -15,6 +15,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, text
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+from service.config import Settings
+from service.webhooks.delivery.process import WebhookDeliverer
 from tests.support.api import assert_envelope
 from tests.support.receiver import Received
 from tests.support.webhooks import customers_with_events, endpoint_for
@@ -450,3 +452,43 @@ def test_outcomes_recorded_in_batches_receipt_each_event_once(
     assert len(receipts) == 9
     assert {(row.receipts, row.deliver_status) for row in receipts} == {(1, "delivered")}
     assert last == highest
+
+
+def test_two_deliverers_keep_the_cap_and_each_customers_order(
+    client: TestClient,
+    create_consumer: Callable[..., Any],
+    receiver_factory: Any,
+    deliver: Any,
+    settings: Settings,
+    engine: Engine,
+) -> None:
+    """Slots free on the answer and a customer's next event follows its 2xx, yet with two
+    processes' worth of deliverers the endpoint never has more than the cap in flight."""
+    lock, busy, peak = threading.Lock(), [0], [0]
+
+    def slow(item: Received, index: int) -> tuple[int, dict[str, str], bytes]:
+        with lock:
+            busy[0] += 1
+            peak[0] = max(peak[0], busy[0])
+        time.sleep(0.05)
+        with lock:
+            busy[0] -= 1
+        return 200, {}, b"ok"
+
+    receiver = receiver_factory(slow)
+    tenant = create_consumer()
+    endpoint_for(client, tenant, receiver)
+    made = customers_with_events(client, tenant, customers=4, changes=3)
+    capped = settings.updated({"webhook_max_in_flight_per_endpoint": 2})
+    stop = threading.Event()
+    other = WebhookDeliverer.from_settings(capped, engine, stop)
+    worker = threading.Thread(target=other.run, daemon=True)
+    worker.start()
+    try:
+        deliver(webhook_max_in_flight_per_endpoint=2)
+    finally:
+        stop.set()
+        worker.join(timeout=30)
+        other.close()
+    assert sequences_by_customer(receiver.received) == made
+    assert peak[0] == 2
