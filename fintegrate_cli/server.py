@@ -16,6 +16,10 @@ APP_FACTORY = "service.app:create_app"
 # was spawned): on a CPU-starved machine that is a live worker, and its restart (imports,
 # pools) starves the others further (docs/benchmarks.md, 2026-12-07 busy-machine runs).
 WORKER_HEALTHCHECK_SECONDS = 30
+# An idle kept-alive connection stays open longer than the gateway keeps it idle
+# (service.gateway.config.UPSTREAM_IDLE_SECONDS), so the gateway, not uvicorn, closes it,
+# and never sends a request down a connection uvicorn is closing (uvicorn's default is 5 s).
+KEEP_ALIVE_SECONDS = 75
 
 
 def serve(
@@ -46,6 +50,7 @@ def serve(
         reload=reload,
         log_level=log_level,
         timeout_worker_healthcheck=WORKER_HEALTHCHECK_SECONDS,
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
         # X-Forwarded-For is believed only from the gateway's addresses (none by default).
         proxy_headers=bool(settings.http.trusted_proxy_ips),
         forwarded_allow_ips=settings.http.trusted_proxy_ips or None,

@@ -43,6 +43,9 @@ PLUGINS_DIR = Path(__file__).resolve().parent / "plugins-local"
 PLUGIN_NAME = "ipbudget"
 PLUGIN_MODULE = "github.com/fintegrate/ipbudget"
 MAX_IDLE_UPSTREAM_CONNECTIONS = 200  # kept-alive connections to each API instance
+# How long an idle upstream connection is kept: below the instances' keep-alive
+# (fintegrate serve: 75 s), so the gateway closes it first.
+UPSTREAM_IDLE_SECONDS = 60
 MAX_CLIENTS = 100_000  # client IPs the budget remembers at once (docs/gateway.md)
 
 
@@ -269,7 +272,8 @@ def dynamic_config(plan: GatewayPlan) -> dict[str, Any]:
                     # to the instance (docs/gateway.md).
                     "maxIdleConnsPerHost": MAX_IDLE_UPSTREAM_CONNECTIONS,
                     "forwardingTimeouts": {
-                        "responseHeaderTimeout": seconds(plan.upstream_timeout_seconds)
+                        "responseHeaderTimeout": seconds(plan.upstream_timeout_seconds),
+                        "idleConnTimeout": seconds(UPSTREAM_IDLE_SECONDS),
                     },
                 }
             },

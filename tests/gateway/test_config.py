@@ -8,8 +8,10 @@ from pathlib import Path
 
 import yaml
 
+from fintegrate_cli.server import KEEP_ALIVE_SECONDS
 from service.gateway.compose import COMPOSE_FILES, compose_files
 from service.gateway.config import (
+    UPSTREAM_IDLE_SECONDS,
     GatewayPlan,
     compose_plan,
     dynamic_config,
@@ -75,3 +77,12 @@ def test_the_429_the_plugin_sends_is_the_error_pages_envelope() -> None:
     assert "bursts of 7" in body["detail"]["status_description"]
     assert budget["retryAfter"] == "3"  # a token every 60 / 20 s
     assert (budget["average"], budget["burst"]) == (20, 7)
+
+
+def test_the_gateway_drops_an_idle_upstream_connection_before_the_instance_does() -> None:
+    """Otherwise a request can go down a connection the instance is closing (a 502)."""
+    forwarding = dynamic_config(cli_like_plan())["http"]["serversTransports"]["api-transport"][
+        "forwardingTimeouts"
+    ]
+    assert forwarding["idleConnTimeout"] == f"{UPSTREAM_IDLE_SECONDS}s"
+    assert UPSTREAM_IDLE_SECONDS < KEEP_ALIVE_SECONDS
