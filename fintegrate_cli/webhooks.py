@@ -18,6 +18,7 @@ from fintegrate_cli.workers import (
     configure_logging,
     serve_metrics,
 )
+from service.kit import tracing
 from service.kit.db import bound_database_waits, create_db_engine
 from service.messaging.shutdown import install_stop_handlers
 from service.webhooks.delivery.process import WebhookDeliverer
@@ -115,6 +116,7 @@ def deliver_command(
     if concurrency is not None:
         settings = settings.updated({"webhook_delivery_concurrency": concurrency})
     configure_logging(cli.quiet, cli.debug)
+    tracing.configure("fintegrate-webhooks")
     bound_database_waits(settings.database)
     engine = create_db_engine(
         settings.database, pool_size=min(settings.webhooks.delivery_concurrency, 8) + 2
@@ -133,6 +135,7 @@ def deliver_command(
         deliverer.close()
         restore()
         engine.dispose()
+        tracing.flush()
     info(
         f"webhooks deliver: {totals.delivered} delivered, {totals.retrying} to retry, "
         f"{totals.failed} failed, {totals.lost_claims} lost claims",

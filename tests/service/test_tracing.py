@@ -6,6 +6,7 @@ client sends its own ``traceparent``, so every span of the event must carry its 
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +25,8 @@ from tests.support.api import create_tenant_over_http
 from tests.support.otlp import OtlpReceiver, ReceivedSpan
 from tests.support.outbox import wait_until
 from tests.support.processes import FintegrateProcess, serve_api
+from tests.support.receiver import Receiver
+from tests.support.webhooks import WEBHOOK_SETTINGS, endpoint_for
 
 SERVER, PRODUCER, CONSUMER = 2, 4, 5  # OTLP Span.SpanKind values
 
@@ -192,3 +195,56 @@ def test_an_untraced_api_stores_no_trace_context(settings: Settings, engine: Eng
             {"c": created.json()["data"]["customer_id"]},
         ).scalar_one()
     assert stored is None
+
+
+CLIENT = 3  # OTLP Span.SpanKind
+
+
+def test_a_webhook_delivery_continues_the_events_trace_and_sends_its_traceparent(
+    settings: Settings, tmp_path: Path, receiver: OtlpReceiver
+) -> None:
+    """API and `webhooks deliver` processes: the POST to the endpoint carries a
+    ``traceparent`` of the client's trace, whose parent is the API's request span."""
+    environment = otel_environment(receiver)
+    webhook_settings = settings.updated(WEBHOOK_SETTINGS)
+    endpoint_receiver = Receiver().start()
+    processes: list[FintegrateProcess] = []
+    try:
+        api, api_url = serve_api(webhook_settings, tmp_path, extra_env=environment)
+        processes.append(api)
+        tenant = create_tenant_over_http(api_url, settings.auth.admin_api_key, "tracehooks")
+        tenant["headers"] = {"X-API-Key": tenant["api_key"]}
+        trace_id, client_span = secrets.token_hex(16), secrets.token_hex(8)
+        with httpx.Client(base_url=api_url, timeout=10) as client:
+            endpoint_for(client, tenant, endpoint_receiver)
+            created = client.post(
+                "/customer/data",
+                json={"name": "Ada"},
+                headers={**tenant["headers"], "traceparent": f"00-{trace_id}-{client_span}-01"},
+            )
+        assert created.status_code == 201, created.text
+        deliver = FintegrateProcess(
+            "deliver", ["webhooks", "deliver"], webhook_settings, tmp_path, environment
+        )
+        processes.append(deliver.start())
+        (item,) = endpoint_receiver.wait_for(1, timeout=60)
+
+        def send_span() -> list[ReceivedSpan]:
+            return [
+                s for s in receiver.spans if s.trace_id == trace_id and s.name == "webhook send"
+            ]
+
+        assert wait_until(lambda: bool(send_span()), timeout=60), deliver.log_text()[-1500:]
+        request = next(s for s in receiver.spans if s.name == "POST /customer/data")
+    finally:
+        for process in reversed(processes):
+            process.terminate()
+        endpoint_receiver.stop()
+    (send,) = send_span()
+    assert (send.service, send.kind, send.parent_span_id) == (
+        "fintegrate-webhooks",
+        CLIENT,
+        request.span_id,
+    )
+    assert send.attributes["messaging.message.id"] == json.loads(item.body)["event_id"]
+    assert item.headers["traceparent"] == f"00-{trace_id}-{send.span_id}-01"
