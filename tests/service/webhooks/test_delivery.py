@@ -337,27 +337,34 @@ def test_an_endpoint_failing_past_the_disable_window_is_disabled_with_an_audit_r
     assert detail["reason"] == "failing" and detail["failing_for_hours"] == 120
 
 
+class PeakInFlight:
+    """A responder that answers 200 after ``seconds`` and keeps the most POSTs in flight."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds, self.busy, self.peak = seconds, 0, 0
+        self._lock = threading.Lock()
+
+    def __call__(self, item: Received, index: int) -> tuple[int, dict[str, str], bytes]:
+        with self._lock:
+            self.busy += 1
+            self.peak = max(self.peak, self.busy)
+        time.sleep(self.seconds)
+        with self._lock:
+            self.busy -= 1
+        return 200, {}, b"ok"
+
+
 def test_the_per_endpoint_in_flight_cap_holds(
     client: TestClient, create_consumer: Callable[..., Any], receiver_factory: Any, deliver: Any
 ) -> None:
-    lock, busy, peak = threading.Lock(), [0], [0]
-
-    def slow(item: Received, index: int) -> tuple[int, dict[str, str], bytes]:
-        with lock:
-            busy[0] += 1
-            peak[0] = max(peak[0], busy[0])
-        time.sleep(0.3)
-        with lock:
-            busy[0] -= 1
-        return 200, {}, b"ok"
-
+    slow = PeakInFlight(0.3)
     receiver = receiver_factory(slow)
     tenant = create_consumer()
     endpoint_for(client, tenant, receiver)
     customers_with_events(client, tenant, customers=8, changes=0)
     deliver(webhook_max_in_flight_per_endpoint=2)
     assert len(receiver.received) == 8
-    assert peak[0] == 2  # customers in parallel, never more than the cap
+    assert slow.peak == 2  # customers in parallel, never more than the cap
 
 
 def test_a_refused_connection_is_retried_and_its_error_recorded(
@@ -464,17 +471,7 @@ def test_two_deliverers_keep_the_cap_and_each_customers_order(
 ) -> None:
     """Slots free on the answer and a customer's next event follows its 2xx, yet with two
     processes' worth of deliverers the endpoint never has more than the cap in flight."""
-    lock, busy, peak = threading.Lock(), [0], [0]
-
-    def slow(item: Received, index: int) -> tuple[int, dict[str, str], bytes]:
-        with lock:
-            busy[0] += 1
-            peak[0] = max(peak[0], busy[0])
-        time.sleep(0.05)
-        with lock:
-            busy[0] -= 1
-        return 200, {}, b"ok"
-
+    slow = PeakInFlight(0.05)
     receiver = receiver_factory(slow)
     tenant = create_consumer()
     endpoint_for(client, tenant, receiver)
@@ -491,4 +488,4 @@ def test_two_deliverers_keep_the_cap_and_each_customers_order(
         worker.join(timeout=30)
         other.close()
     assert sequences_by_customer(receiver.received) == made
-    assert peak[0] == 2
+    assert slow.peak == 2
