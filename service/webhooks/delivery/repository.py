@@ -31,6 +31,8 @@ from uuid import UUID
 
 from sqlalchemy import Connection, Row, text
 
+from service.kit.prepared import PreparedStatement
+
 # Claims and outcomes need not wait for the WAL flush (SET LOCAL): a crash that loses the
 # last of them only makes a claim lapse or an event be POSTed again with the same webhook-id
 # (delivery is at least once), never loses or reorders a delivery (the fan-out rows commit
@@ -103,29 +105,19 @@ CLAIM = text(
     LEFT JOIN consumers c ON c.consumer_id = e.consumer_id
     """
 )
-# The claim is planned once per connection (its planning cost 2-13 ms a turn on a busy
-# machine) and sent with the lock in one round trip. A PREPAREd statement belongs to its
-# session: the flag lives in the DBAPI connection's info, so a new connection prepares again.
-CLAIM_PARAMETERS = (
-    ("worker_id", "text"),
-    ("limit", "integer"),
-    ("budget", "integer"),
-    ("breaker_failures", "integer"),
-    ("claim_seconds", "float8"),
-)
-PREPARED_CLAIM = "fintegrate_webhook_claim"
-_claim_sql = CLAIM.text
-for _number, (_name, _) in enumerate(CLAIM_PARAMETERS, start=1):
-    _claim_sql = _claim_sql.replace(f":{_name}", f"${_number}")
-PREPARE_CLAIM = text(
-    f"PREPARE {PREPARED_CLAIM} ("
-    + ", ".join(kind for _, kind in CLAIM_PARAMETERS)
-    + f") AS {_claim_sql}"
-)
-EXECUTE_CLAIM = text(
-    f"{CLAIM_LOCK.text}; EXECUTE {PREPARED_CLAIM} ("
-    + ", ".join(f":{name}" for name, _ in CLAIM_PARAMETERS)
-    + ")"
+# The claim is planned once per session (its planning cost 2-13 ms a turn on a busy
+# machine) and sent with the lock in one round trip.
+PREPARED_CLAIM = PreparedStatement(
+    "fintegrate_webhook_claim",
+    CLAIM,
+    (
+        ("worker_id", "text"),
+        ("limit", "integer"),
+        ("budget", "integer"),
+        ("breaker_failures", "integer"),
+        ("claim_seconds", "float8"),
+    ),
+    before=CLAIM_LOCK.text,
 )
 # Claimed rows this process will not send after all (their predecessor failed, or they
 # waited too long): claimable again at once, each fenced by its claim's token.
@@ -262,9 +254,6 @@ def claim_due(
 ) -> Sequence[Row[Any]]:
     """Claim up to ``limit`` due deliveries (at most ``budget`` held per endpoint, one while
     its breaker is open) with their event rows and ``after_delivery_id``."""
-    if not connection.info.get(PREPARED_CLAIM):
-        connection.execute(PREPARE_CLAIM)
-        connection.info[PREPARED_CLAIM] = True
     params = {
         "worker_id": worker_id,
         "limit": limit,
@@ -272,7 +261,7 @@ def claim_due(
         "breaker_failures": breaker_failures,
         "claim_seconds": claim_seconds,
     }
-    return connection.execute(EXECUTE_CLAIM, params).all()
+    return PREPARED_CLAIM.execute(connection, params).all()
 
 
 def record_attempts(connection: Connection, attempts: Sequence[dict[str, Any]]) -> set[UUID]:

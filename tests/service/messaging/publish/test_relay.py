@@ -398,7 +398,8 @@ def explain(connection: Connection, statement: Any, params: dict[str, Any]) -> d
 
 
 def explain_due_heads(engine: Engine, settings: Settings, limit: int) -> dict[str, Any]:
-    """EXPLAIN ANALYZE of the relay's DUE_HEADS over every partition, as the relay runs it."""
+    """EXPLAIN ANALYZE of the relay's DUE_HEADS over every partition, as the relay runs it:
+    the generic plan of the prepared statement, under the planner hints."""
     partitions = settings.relay.partitions
     params = {
         "partitions": list(range(partitions)),
@@ -409,8 +410,8 @@ def explain_due_heads(engine: Engine, settings: Settings, limit: int) -> dict[st
         "known_heads": [],
     }
     with engine.begin() as connection:
-        connection.execute(outbox.PLANNER_HINTS)
-        return explain(connection, outbox.DUE_HEADS, {**params, "limit": limit})
+        plan = outbox.PREPARED_DUE_HEADS.explain(connection, {**params, "limit": limit})
+    return dict(plan["Plan"])
 
 
 def refresh_statistics(engine: Engine, command: str = "VACUUM ANALYZE") -> None:
