@@ -46,6 +46,7 @@ class ErasureFence:
         self._idle = idle
         self._connection: Connection | None = None
         self._transaction: RootTransaction | None = None
+        self._first_wave_opened = False  # the first wave goes into ``_transaction`` as it is
 
     @classmethod
     def within(cls, connection: Connection) -> ErasureFence:
@@ -54,10 +55,16 @@ class ErasureFence:
         return cls(None, within=connection)
 
     @classmethod
-    def on(cls, connection: Connection) -> ErasureFence:
+    def on(cls, connection: Connection, opened: RootTransaction | None = None) -> ErasureFence:
         """A fence whose transactions run on ``connection``, which must be idle (no
-        transaction of the caller's) until the fence is released."""
-        return cls(None, idle=connection)
+        transaction of the caller's) until the fence is released; or, with ``opened``, the
+        caller's transaction on it that the fence takes over: the first wave is held in it
+        (the relay's read, a commit and a begin fewer per round), and it ends with the
+        fence's first release."""
+        fence = cls(None, idle=connection)
+        fence._transaction = opened
+        fence._first_wave_opened = opened is not None
+        return fence
 
     def __enter__(self) -> ErasureFence:
         return self
@@ -69,7 +76,10 @@ class ErasureFence:
         """``wave_filter`` (if any), then the fence, before each wave."""
 
         def fenced(wave: Wave) -> Wave:
-            self.release()
+            if self._first_wave_opened:
+                self._first_wave_opened = False
+            else:
+                self.release()
             rows = wave if wave_filter is None else wave_filter(wave)
             return self.hold(rows)
 
@@ -90,7 +100,10 @@ class ErasureFence:
         ]
 
     def _begin(self) -> Connection:
-        """A transaction of the fence's own, on the idle connection or a fresh one."""
+        """A transaction of the fence's own, on the idle connection or a fresh one (or the
+        one taken over, still open)."""
+        if self._transaction is not None and self._idle is not None:
+            return self._idle
         connection = self._idle
         if connection is None:
             assert self._engine is not None

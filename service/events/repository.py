@@ -57,9 +57,13 @@ SHARE_CUSTOMERS_WHILE_PUBLISHING = text(
     " FROM unnest(CAST(:customer_ids AS text[])) AS customer"
 )
 # A statement of its own, after the locks: its snapshot sees an erasure that committed
-# while they were awaited.
+# while they were awaited (each statement of a multi-statement string takes its own
+# snapshot, so the two go in one round trip).
 CURRENT_PAYLOADS = text(
     "SELECT event_id, payload_json FROM customer_events WHERE event_id = ANY(:event_ids)"
+)
+SHARE_CUSTOMERS_THEN_PAYLOADS = text(
+    SHARE_CUSTOMERS_WHILE_PUBLISHING.text + "; " + CURRENT_PAYLOADS.text
 )
 
 # One statement: check ownership, insert the receipt once, and move the event only when the
@@ -245,8 +249,8 @@ def current_payloads_of_publish(
 ) -> dict[UUID, Any]:
     """Share the customers' erasure locks (to the end of the transaction), then read the
     events' payloads as they are now."""
-    connection.execute(SHARE_CUSTOMERS_WHILE_PUBLISHING, {"customer_ids": sorted(customer_ids)})
-    rows = connection.execute(CURRENT_PAYLOADS, {"event_ids": event_ids}).all()
+    params = {"customer_ids": sorted(customer_ids), "event_ids": event_ids}
+    rows = connection.execute(SHARE_CUSTOMERS_THEN_PAYLOADS, params).all()
     return {row.event_id: row.payload_json for row in rows}
 
 

@@ -281,6 +281,48 @@ def test_a_wave_read_before_the_erasure_goes_out_redacted(
     assert event_from_row(sent).payload == ERASED
 
 
+def test_the_first_wave_fenced_in_the_round_s_read_transaction_sees_a_later_erasure(
+    client: TestClient, tenant: Consumer, create_customer: Callable, engine: Engine
+) -> None:
+    """The relay hands its read's open transaction to the fence: the wave's payloads are
+    re-read there after the locks, so an erasure that committed after the read is seen."""
+    customer = create_customer(tenant, email="read@example.com")
+    path = f"/customer/data/{customer['customer_id']}/erase"
+    with engine.connect() as round_connection:
+        read = round_connection.begin()
+        [stale] = round_connection.execute(
+            text("SELECT * FROM customer_events WHERE customer_id = :id"),
+            {"id": customer["customer_id"]},
+        ).all()
+        assert_envelope(client.post(path, headers=tenant["headers"]), 200)  # after the read
+        with ErasureFence.on(round_connection, opened=read) as fence:
+            [sent] = fence.around()([stale])
+            assert read.is_active, "the first wave is held in the read's transaction"
+        assert not round_connection.in_transaction(), "released with the fence"
+    assert stale.payload_json["email"] == "read@example.com"
+    assert sent.payload_json == ERASED
+
+
+def test_an_erasure_waits_for_the_first_wave_held_in_the_read_transaction(
+    client: TestClient, tenant: Consumer, create_customer: Callable, engine: Engine
+) -> None:
+    customer = create_customer(tenant, email="first@example.com")
+    [row] = event_rows(engine, customer["customer_id"])
+    path = f"/customer/data/{customer['customer_id']}/erase"
+    with engine.connect() as round_connection:
+        fence = ErasureFence.on(round_connection, opened=round_connection.begin())
+        with fence, ThreadPoolExecutor(max_workers=1) as pool:
+            [sent] = fence.around()([row])
+            erasing = pool.submit(client.post, path, headers=tenant["headers"])
+            time.sleep(0.5)
+            assert not erasing.done(), "the erasure waits for the wave's confirm"
+            [second] = fence.around()([row])  # the next wave: the first one's locks go
+            assert_envelope(erasing.result(timeout=30), 200)
+        assert not round_connection.in_transaction()
+    assert sent.payload_json["email"] == "first@example.com"
+    assert second.payload_json == ERASED  # the queued erasure went in between the waves
+
+
 def test_erasure_answers_503_while_a_busy_publish_holds_the_customer(
     client: TestClient, tenant: Consumer, create_customer: Callable, engine: Engine
 ) -> None:

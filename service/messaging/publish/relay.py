@@ -39,7 +39,7 @@ from typing import Any
 
 import psycopg2
 import psycopg2.extensions
-from sqlalchemy import Connection, Engine, Row
+from sqlalchemy import Connection, Engine, RootTransaction, Row
 from sqlalchemy.exc import DBAPIError
 
 from service.config import RelaySettings, Settings
@@ -206,38 +206,62 @@ def publish_pending_batch(
     ``duplicates`` is the relay's memory of what may have been sent before (a fresh one
     marks everything pending now); ``turns`` its tenant rotation and queue-full holds.
     """
+    with engine.connect() as connection:  # one checkout per round; no transaction spans it
+        return publish_round(
+            connection, publisher, leases, batch_size, max_backoff, duplicates, turns
+        )
+
+
+def publish_round(
+    connection: Connection,
+    publisher: ConfirmingPublisher,
+    leases: PartitionLeases,
+    batch_size: int,
+    max_backoff: float,
+    duplicates: PossibleDuplicates | None = None,
+    turns: TenantTurns | None = None,
+) -> BatchOutcome:
+    """``publish_pending_batch`` on ``connection``, which is idle and stays so after."""
     duplicates = duplicates or PossibleDuplicates()
     turns = turns or TenantTurns()
     tenure = leases.tenure()
     if not tenure.tokens:
         return BatchOutcome()
-    with engine.connect() as connection:  # one checkout per round; no transaction spans it
-        return _publish_round(
-            connection, publisher, leases, tenure, batch_size, max_backoff, duplicates, turns
-        )
+    read = connection.begin()
+    try:
+        runs, complete = _read_runs(connection, leases, tenure, batch_size, duplicates, turns)
+    except BaseException:
+        read.rollback()
+        raise
+    if not runs:
+        read.rollback()
+        return BatchOutcome(complete=True)
+    return _publish_runs(
+        connection, read, publisher, leases, tenure, runs, complete, max_backoff, duplicates, turns
+    )
 
 
-def _publish_round(
+def _publish_runs(
     connection: Connection,
+    read: RootTransaction,
     publisher: ConfirmingPublisher,
     leases: PartitionLeases,
     tenure: Tenure,
-    batch_size: int,
+    runs: list[list[Row[Any]]],
+    complete: bool,
     max_backoff: float,
     duplicates: PossibleDuplicates,
     turns: TenantTurns,
 ) -> BatchOutcome:
-    """Read, publish (gated per message by the leases' deadlines), record: one round."""
-    runs, complete = _read_runs(connection, leases, tenure, batch_size, duplicates, turns)
-    if not runs:
-        return BatchOutcome(complete=True)
+    """Publish the runs read in ``read`` (still open: the fence's first wave goes into it),
+    gated per message by the leases' deadlines, then record: the rest of a round."""
 
     def still_ours(row: Row[Any]) -> bool:
         return leases.holds(row.partition_no, tenure.tokens[row.partition_no])
 
     try:
         # No pre-erasure payload leaves (docs/RELIABILITY.md): the fence re-reads each wave.
-        with ErasureFence.on(connection) as fence:
+        with ErasureFence.on(connection, opened=read) as fence:
             report = publish_runs(
                 publisher, runs, duplicates.headers, gate=still_ours, prepare=fence.around()
             )
@@ -263,26 +287,26 @@ def _read_runs(
     duplicates: PossibleDuplicates,
     turns: TenantTurns,
 ) -> tuple[list[list[Row[Any]]], bool]:
-    """The round's read: due heads shared fairly by tenant, the runs behind them, and
-    whether that was everything due (``outbox.read_everything_due``)."""
-    with connection.begin():
-        if duplicates.unseen(tenure):
-            duplicates.taken(tenure, transaction_time(connection))
-        heads = due_heads(
-            connection,
-            tenure.partitions,
-            leases.partition_count,
-            batch_size,
-            held=turns.holds.held(),
-            after=turns.after,
-            known=turns.known,
-        )
-        turns.served(heads)
-        if not heads:
-            return [], True
-        depth = max(1, batch_size // len(heads))
-        runs = aggregate_runs(connection, heads, leases.partition_count, depth)
-        return runs, read_everything_due(heads, runs, depth)
+    """The round's read, in the caller's transaction: due heads shared fairly by tenant,
+    the runs behind them, and whether that was everything due
+    (``outbox.read_everything_due``)."""
+    if duplicates.unseen(tenure):
+        duplicates.taken(tenure, transaction_time(connection))
+    heads = due_heads(
+        connection,
+        tenure.partitions,
+        leases.partition_count,
+        batch_size,
+        held=turns.holds.held(),
+        after=turns.after,
+        known=turns.known,
+    )
+    turns.served(heads)
+    if not heads:
+        return [], True
+    depth = max(1, batch_size // len(heads))
+    runs = aggregate_runs(connection, heads, leases.partition_count, depth)
+    return runs, read_everything_due(heads, runs, depth)
 
 
 def _record(
@@ -416,6 +440,7 @@ class OutboxRelay:
         self._last_claimed = self.batch_size  # a relay may start on a backlog: check first
         self._notifications = notifications
         self._reported_at = time.monotonic()
+        self._connection: Connection | None = None
 
     @classmethod
     def from_settings(
@@ -466,8 +491,8 @@ class OutboxRelay:
         try:
             self._hold_partitions()
             self._statistics.before_round(self._last_claimed >= self.batch_size)
-            outcome = publish_pending_batch(
-                self.engine,
+            outcome = publish_round(
+                self._round_connection(),
                 self.publisher,
                 self.leases,
                 self.batch_size,
@@ -476,10 +501,12 @@ class OutboxRelay:
                 self._turns,
             )
         except (BrokerUnavailable, DBAPIError) as exc:
+            self._drop_round_connection()
             self._pause(first_line(exc))
             return None
         except Exception:  # never die on a surprise: log it, start a fresh connection, go on
             log.exception("relay cycle failed unexpectedly")
+            self._drop_round_connection()
             self.publisher.close()
             self._pause("unexpected error")
             return None
@@ -524,8 +551,24 @@ class OutboxRelay:
 
     def close(self) -> None:
         self.leases.leave()
+        self._drop_round_connection()
         self.publisher.close()
         self._notifications.close()
+
+    def _round_connection(self) -> Connection:
+        """The rounds' connection, kept from one round to the next: no pool checkout (and
+        its ping, a round trip) per round. Any error drops it; the next round opens one."""
+        if self._connection is None:
+            self._connection = self.engine.connect()
+        return self._connection
+
+    def _drop_round_connection(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            try:
+                connection.close()
+            except DBAPIError as exc:  # already broken: the pool discards it
+                log.debug("closing the round connection failed: %s", first_line(exc))
 
     def _hold_partitions(self) -> None:
         """Join on first use, then rebalance between rounds (at most once per heartbeat)."""

@@ -147,9 +147,13 @@ def test_broker_outage_pauses_then_publishes_everything(
     proxy.refuse()
     settings = outbox_settings.updated({"rabbitmq_url": proxy.url_for(outbox_settings.broker.url)})
     ids = insert_events(outbox_engine, consumer_id, 40)
-    with relay_running(settings, outbox_engine, batch_size=15) as relay:
+    relay = OutboxRelay.from_settings(settings, outbox_engine, threading.Event(), batch_size=15)
+    try:
         assert relay.cycle() is None  # broker refused: nothing claimed, nothing changed
-        assert {row.publish_try_count for row in event_rows(outbox_engine, ids).values()} == {0}
+    finally:
+        relay.close()  # one thread per relay: the running one below is another
+    assert {row.publish_try_count for row in event_rows(outbox_engine, ids).values()} == {0}
+    with relay_running(settings, outbox_engine, batch_size=15):
         proxy.pass_through()
         assert wait_until(lambda: queue_depth(outbox_settings.broker.url, queues.queue) == 40)
     rows = event_rows(outbox_engine, ids)
@@ -212,9 +216,11 @@ def test_a_trickle_round_reads_once_records_once_and_knows_it_read_everything(
 ) -> None:
     _, consumer_id, _ = tenant
     statements: list[str] = []
+    ends: list[str] = []
 
     def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        statements.append(statement)
+        if not statement.startswith("PREPARE "):  # once per session, not per round
+            statements.append(statement)
 
     duplicates = PossibleDuplicates()
     with (
@@ -223,16 +229,57 @@ def test_a_trickle_round_reads_once_records_once_and_knows_it_read_everything(
     ):
         publish_pending_batch(outbox_engine, publisher, leases, 200, 2.0, duplicates)  # takes
         insert_events(outbox_engine, consumer_id, 1)
-        event.listen(outbox_engine, "before_cursor_execute", count)
+        listeners: dict[str, Callable[..., Any]] = {
+            "before_cursor_execute": count,
+            "commit": lambda _conn: ends.append("commit"),
+            "rollback": lambda _conn: ends.append("rollback"),
+        }
+        for name, listener in listeners.items():
+            event.listen(outbox_engine, name, listener)
         try:
             outcome = publish_pending_batch(outbox_engine, publisher, leases, 200, 2.0, duplicates)
         finally:
-            event.remove(outbox_engine, "before_cursor_execute", count)
+            for name, listener in listeners.items():
+                event.remove(outbox_engine, name, listener)
     assert outcome.published == 1 and outcome.complete  # the relay may sleep now
     # the read (hints included); the erasure fence's shared lock and its re-read of the
-    # wave's payloads (two statements: the re-read needs a snapshot taken after the lock);
-    # the lease fence; the marking
-    assert len(statements) == 5, statements
+    # wave's payloads (one round trip of two statements: the re-read's snapshot is taken
+    # after the lock); the lease fence; the marking
+    assert len(statements) == 4, statements
+    # the read and the wave share a transaction (ended when the wave is confirmed), then
+    # the record's
+    assert ends == ["rollback", "commit"], ends
+
+
+def test_the_relay_keeps_its_round_connection_and_replaces_it_when_it_dies(
+    outbox_settings: Settings, outbox_engine: Engine, tenant: ProvisionedTenant
+) -> None:
+    _, consumer_id, _ = tenant
+    relay = OutboxRelay.from_settings(outbox_settings, outbox_engine, threading.Event())
+    try:
+        insert_events(outbox_engine, consumer_id, 1)
+        assert (first := relay.cycle()) is not None and first.published == 1
+        backend = round_backend(relay)
+        insert_events(outbox_engine, consumer_id, 1)
+        assert (second := relay.cycle()) is not None and second.published == 1
+        assert round_backend(relay) == backend  # no checkout (nor its ping) per round
+        with outbox_engine.connect() as connection:
+            connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": backend})
+        insert_events(outbox_engine, consumer_id, 1)
+        relay.stop.set()  # the pause after the failed round returns at once
+        assert relay.cycle() is None  # the round found its connection dead, and dropped it
+        relay.stop.clear()
+        assert (again := relay.cycle()) is not None and again.published == 1
+        assert round_backend(relay) != backend
+    finally:
+        relay.close()
+
+
+def round_backend(relay: OutboxRelay) -> int:
+    """The PostgreSQL backend pid of the relay's round connection (left idle)."""
+    connection = relay._round_connection()
+    with connection.begin():
+        return int(connection.execute(text("SELECT pg_backend_pid()")).scalar_one())
 
 
 def test_the_relay_does_no_history_maintenance(
