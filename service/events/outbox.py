@@ -371,7 +371,7 @@ def read_everything_due(
 def mark_published(connection: Connection, rows: Sequence[Row[Any]]) -> None:
     """Record a confirmed publish of ``rows``: status, timestamp and one more try."""
     if rows:
-        connection.execute(MARK_PUBLISHED, _row_keys(rows))
+        connection.execute(MARK_PUBLISHED, row_keys(rows))
 
 
 def mark_failed(
@@ -383,7 +383,7 @@ def mark_failed(
     connection.execute(
         MARK_FAILED,
         {
-            **_row_keys([row for row, _ in failures]),
+            **row_keys([row for row, _ in failures]),
             "reasons": [reason[:1000] for _, reason in failures],
             "max_backoff": max_backoff_seconds,
             "base": BACKOFF_BASE_SECONDS,
@@ -408,7 +408,7 @@ def publish_failures(connection: Connection, event_id: Any) -> Sequence[Row[Any]
     return connection.execute(PUBLISH_FAILURES, {"event_id": event_id}).all()
 
 
-def _row_keys(rows: Sequence[Row[Any]]) -> dict[str, list[Any]]:
+def row_keys(rows: Sequence[Row[Any]]) -> dict[str, list[Any]]:
     """The rows' ids, and their creation times so the update touches only their partitions.
 
     psycopg2 sends the arrays as literals, so the planner prunes ``created_at = ANY(...)``

@@ -32,7 +32,8 @@ import logging
 import select
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -191,6 +192,26 @@ class BacklogStatistics:
         )
 
 
+@dataclass(frozen=True)
+class RoundConnections:
+    """A round's two connections, idle between rounds.
+
+    ``work`` runs the read, the fence's waves and a record with failures; ``autocommit``
+    records a round whose every event was confirmed in one statement, one round trip
+    (``PartitionLeases.fence_and_mark_published``).
+    """
+
+    work: Connection
+    autocommit: Connection
+
+    @classmethod
+    @contextmanager
+    def checked_out(cls, engine: Engine) -> Iterator[RoundConnections]:
+        """Two connections from ``engine``'s pool, given back at the end."""
+        with engine.connect() as work, engine.connect() as autocommit:
+            yield cls(work, autocommit.execution_options(isolation_level="AUTOCOMMIT"))
+
+
 def publish_pending_batch(
     engine: Engine,
     publisher: ConfirmingPublisher,
@@ -206,14 +227,14 @@ def publish_pending_batch(
     ``duplicates`` is the relay's memory of what may have been sent before (a fresh one
     marks everything pending now); ``turns`` its tenant rotation and queue-full holds.
     """
-    with engine.connect() as connection:  # one checkout per round; no transaction spans it
+    with RoundConnections.checked_out(engine) as connections:
         return publish_round(
-            connection, publisher, leases, batch_size, max_backoff, duplicates, turns
+            connections, publisher, leases, batch_size, max_backoff, duplicates, turns
         )
 
 
 def publish_round(
-    connection: Connection,
+    connections: RoundConnections,
     publisher: ConfirmingPublisher,
     leases: PartitionLeases,
     batch_size: int,
@@ -221,51 +242,65 @@ def publish_round(
     duplicates: PossibleDuplicates | None = None,
     turns: TenantTurns | None = None,
 ) -> BatchOutcome:
-    """``publish_pending_batch`` on ``connection``, which is idle and stays so after."""
-    duplicates = duplicates or PossibleDuplicates()
-    turns = turns or TenantTurns()
+    """``publish_pending_batch`` on ``connections``."""
     tenure = leases.tenure()
     if not tenure.tokens:
         return BatchOutcome()
-    read = connection.begin()
+    round_ = _Round(
+        connections,
+        publisher,
+        leases,
+        tenure,
+        max_backoff,
+        duplicates or PossibleDuplicates(),
+        turns or TenantTurns(),
+    )
+    read = connections.work.begin()
     try:
-        runs, complete = _read_runs(connection, leases, tenure, batch_size, duplicates, turns)
+        runs, complete = _read_runs(round_, batch_size)
     except BaseException:
         read.rollback()
         raise
     if not runs:
         read.rollback()
         return BatchOutcome(complete=True)
-    return _publish_runs(
-        connection, read, publisher, leases, tenure, runs, complete, max_backoff, duplicates, turns
-    )
+    return _publish_runs(round_, read, runs, complete)
+
+
+@dataclass(frozen=True)
+class _Round:
+    """What one round works with."""
+
+    connections: RoundConnections
+    publisher: ConfirmingPublisher
+    leases: PartitionLeases
+    tenure: Tenure
+    max_backoff: float
+    duplicates: PossibleDuplicates
+    turns: TenantTurns
+
+    def still_ours(self, row: Row[Any]) -> bool:
+        """The gate before each publish: this relay's lease on the row's partition holds."""
+        return self.leases.holds(row.partition_no, self.tenure.tokens[row.partition_no])
 
 
 def _publish_runs(
-    connection: Connection,
-    read: RootTransaction,
-    publisher: ConfirmingPublisher,
-    leases: PartitionLeases,
-    tenure: Tenure,
-    runs: list[list[Row[Any]]],
-    complete: bool,
-    max_backoff: float,
-    duplicates: PossibleDuplicates,
-    turns: TenantTurns,
+    round_: _Round, read: RootTransaction, runs: list[list[Row[Any]]], complete: bool
 ) -> BatchOutcome:
     """Publish the runs read in ``read`` (still open: the fence's first wave goes into it),
     gated per message by the leases' deadlines, then record: the rest of a round."""
-
-    def still_ours(row: Row[Any]) -> bool:
-        return leases.holds(row.partition_no, tenure.tokens[row.partition_no])
-
+    duplicates, turns = round_.duplicates, round_.turns
     try:
         # No pre-erasure payload leaves (docs/RELIABILITY.md): the fence re-reads each wave.
-        with ErasureFence.on(connection, opened=read) as fence:
+        with ErasureFence.on(round_.connections.work, opened=read) as fence:
             report = publish_runs(
-                publisher, runs, duplicates.headers, gate=still_ours, prepare=fence.around()
+                round_.publisher,
+                runs,
+                duplicates.headers,
+                gate=round_.still_ours,
+                prepare=fence.around(),
             )
-        outcome = _record(connection, leases, tenure, report, max_backoff, sum(map(len, runs)))
+        outcome = _record(round_, report, sum(map(len, runs)))
     except BaseException:
         duplicates.unrecorded(row for run in runs for row in run)
         raise
@@ -279,17 +314,12 @@ def _publish_runs(
     return outcome
 
 
-def _read_runs(
-    connection: Connection,
-    leases: PartitionLeases,
-    tenure: Tenure,
-    batch_size: int,
-    duplicates: PossibleDuplicates,
-    turns: TenantTurns,
-) -> tuple[list[list[Row[Any]]], bool]:
+def _read_runs(round_: _Round, batch_size: int) -> tuple[list[list[Row[Any]]], bool]:
     """The round's read, in the caller's transaction: due heads shared fairly by tenant,
     the runs behind them, and whether that was everything due
     (``outbox.read_everything_due``)."""
+    connection, leases, tenure = round_.connections.work, round_.leases, round_.tenure
+    duplicates, turns = round_.duplicates, round_.turns
     if duplicates.unseen(tenure):
         duplicates.taken(tenure, transaction_time(connection))
     heads = due_heads(
@@ -309,28 +339,29 @@ def _read_runs(
     return runs, read_everything_due(heads, runs, depth)
 
 
-def _record(
-    connection: Connection,
-    leases: PartitionLeases,
-    tenure: Tenure,
-    report: PublishReport,
-    max_backoff: float,
-    claimed: int,
-) -> BatchOutcome:
+def _record(round_: _Round, report: PublishReport, claimed: int) -> BatchOutcome:
     """Record the round's outcomes for the partitions PostgreSQL still says are ours.
 
     A nacked event (its tenant's queue is full) is not recorded at all: it stays pending
     as it was, neither a failed attempt nor backed off (``tenants.QueueFullHolds``).
     """
-    with connection.begin():
-        ours = leases.fence(connection, tenure)
-        fenced = report.restricted(lambda row: row.partition_no in ours)
-        record_outcomes(
-            connection,
-            fenced.restricted(lambda row: not report.is_nacked(row)),
-            max_backoff,
-            leases.relay_id,
+    leases, tenure = round_.leases, round_.tenure
+    if not report.failed:  # the usual round: one statement
+        ours = leases.fence_and_mark_published(
+            round_.connections.autocommit, tenure, report.published
         )
+        fenced = report.restricted(lambda row: row.partition_no in ours)
+    else:
+        connection = round_.connections.work
+        with connection.begin():
+            ours = leases.fence(connection, tenure)
+            fenced = report.restricted(lambda row: row.partition_no in ours)
+            record_outcomes(
+                connection,
+                fenced.restricted(lambda row: not report.is_nacked(row)),
+                round_.max_backoff,
+                leases.relay_id,
+            )
     lost = len(report.published) + len(report.failed) - len(fenced.published) - len(fenced.failed)
     if lost:
         log.warning(
@@ -440,7 +471,7 @@ class OutboxRelay:
         self._last_claimed = self.batch_size  # a relay may start on a backlog: check first
         self._notifications = notifications
         self._reported_at = time.monotonic()
-        self._connection: Connection | None = None
+        self._connections: RoundConnections | None = None
 
     @classmethod
     def from_settings(
@@ -492,7 +523,7 @@ class OutboxRelay:
             self._hold_partitions()
             self._statistics.before_round(self._last_claimed >= self.batch_size)
             outcome = publish_round(
-                self._round_connection(),
+                self._round_connections(),
                 self.publisher,
                 self.leases,
                 self.batch_size,
@@ -501,12 +532,12 @@ class OutboxRelay:
                 self._turns,
             )
         except (BrokerUnavailable, DBAPIError) as exc:
-            self._drop_round_connection()
+            self._drop_round_connections()
             self._pause(first_line(exc))
             return None
         except Exception:  # never die on a surprise: log it, start a fresh connection, go on
             log.exception("relay cycle failed unexpectedly")
-            self._drop_round_connection()
+            self._drop_round_connections()
             self.publisher.close()
             self._pause("unexpected error")
             return None
@@ -551,24 +582,26 @@ class OutboxRelay:
 
     def close(self) -> None:
         self.leases.leave()
-        self._drop_round_connection()
+        self._drop_round_connections()
         self.publisher.close()
         self._notifications.close()
 
-    def _round_connection(self) -> Connection:
-        """The rounds' connection, kept from one round to the next: no pool checkout (and
-        its ping, a round trip) per round. Any error drops it; the next round opens one."""
-        if self._connection is None:
-            self._connection = self.engine.connect()
-        return self._connection
+    def _round_connections(self) -> RoundConnections:
+        """The rounds' connections, kept from one round to the next: no pool checkout (and
+        its ping, a round trip) per round. Any error drops them; the next round opens new."""
+        if self._connections is None:
+            work = self.engine.connect()
+            autocommit = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            self._connections = RoundConnections(work, autocommit)
+        return self._connections
 
-    def _drop_round_connection(self) -> None:
-        connection, self._connection = self._connection, None
-        if connection is not None:
+    def _drop_round_connections(self) -> None:
+        connections, self._connections = self._connections, None
+        for connection in () if connections is None else (connections.work, connections.autocommit):
             try:
                 connection.close()
             except DBAPIError as exc:  # already broken: the pool discards it
-                log.debug("closing the round connection failed: %s", first_line(exc))
+                log.debug("closing a round connection failed: %s", first_line(exc))
 
     def _hold_partitions(self) -> None:
         """Join on first use, then rebalance between rounds (at most once per heartbeat)."""
