@@ -20,6 +20,7 @@ from fintegrate_cli.workers import (
 )
 from service.kit import tracing
 from service.kit.db import bound_database_waits, create_db_engine
+from service.kit.heap import freeze_startup_objects
 from service.messaging.shutdown import install_stop_handlers
 from service.webhooks.delivery.process import WebhookDeliverer
 from service.webhooks.signing import SecretsUnavailable
@@ -129,6 +130,7 @@ def deliver_command(
         restore()
         engine.dispose()
         raise CliError(str(exc), EXIT_USAGE) from exc
+    freeze_startup_objects()
     try:
         totals = deliverer.drain() if once else deliverer.run()
     finally:

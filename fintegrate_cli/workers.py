@@ -17,6 +17,7 @@ from fintegrate_cli._errors import EXIT_USAGE, CliError
 from fintegrate_cli._output import info
 from service.kit import tracing
 from service.kit.db import bound_database_waits, create_db_engine
+from service.kit.heap import freeze_startup_objects
 from service.kit.log_safety import DatabaseErrorFilter
 from service.messaging.consume import Worker, WorkerConfig, WorkerUnauthorized
 from service.messaging.consume.consumer import load_handler, log_event
@@ -86,6 +87,7 @@ def relay(
     restore = install_stop_handlers(stop)
     outbox_relay = OutboxRelay.from_settings(settings, engine, stop, batch_size=batch_size)
     serve_metrics(metrics_port, metrics_host, RelayCollector(outbox_relay))
+    freeze_startup_objects()
     try:
         totals = outbox_relay.drain() if once else outbox_relay.run()
     finally:
@@ -158,6 +160,7 @@ def consume(
         concurrency=concurrency,
         exclusive=exclusive,
     )
+    freeze_startup_objects()
     try:
         stats = worker.run()  # stops on SIGTERM/SIGINT after the events in hand
     except WorkerUnauthorized as exc:

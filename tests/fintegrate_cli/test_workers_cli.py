@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 from sqlalchemy import Engine
@@ -16,8 +17,10 @@ def test_relay_once_publishes_what_is_due(
     run_cli: RunCli, api_env: Settings, engine: Engine, tenant: dict[str, Any]
 ) -> None:
     ids = insert_events(engine, tenant["consumer_id"], 5)
+    gc.unfreeze()
     result = run_cli("-q", "relay", "--once", "--batch-size", "2")
     assert result.exit_code == 0, result.stderr
+    assert gc.get_freeze_count() > 0  # set-up's objects are out of full collections
     assert {row.publish_status for row in event_rows(engine, ids).values()} == {"published"}
     assert queue_depth(api_env.broker.url, tenant["queue_name"]) >= 5
 
