@@ -35,7 +35,7 @@ from service.bench.servers import BIN, alternating, api_command, free_port, wait
 from service.config import Settings
 
 P50_TARGET_MS = 20.0
-P99_TARGET_MS = 100.0
+P99_TARGET_MS = 50.0  # issue 23: in every round of each run
 SLOW_CUSTOMER_P99_TARGET_MS = 2000.0  # the other customers', beside a slow one (issue 23)
 HANDLER_LOG_ENV = "FINTEGRATE_BENCH_HANDLER_LOG"
 SLOW_FILE_ENV = "FINTEGRATE_BENCH_SLOW_CUSTOMER_FILE"  # the slow customer's id, once known
