@@ -9,8 +9,10 @@ each wave the fence therefore, on a connection of its own:
 3. re-reads the wave's payloads in a statement of its own, so it sees any erasure that
    committed while it waited, and hands those rows to the broker.
 
-The relay runs that transaction on its round's connection, idle between the round's read
-and record (``ErasureFence.on``): no pool checkout (and its ping) per wave.
+The relay runs that transaction on its round's connection (``ErasureFence.on``): no pool
+checkout (and its ping) per wave, and the first wave goes into the round's read
+transaction, still open, so steps 1 and 2 cost nothing more there; steps 2 and 3 are one
+round trip of two statements, each with its own snapshot.
 
 The erasure takes the same lock exclusively before it redacts: it waits for a wave in
 flight (bounded by its lock timeout, then 503), and a wave starting meanwhile waits for
