@@ -284,16 +284,7 @@ class PartitionLeases:
         """
         if not tenure.tokens:
             return set()
-        partitions = tenure.partitions
-        rows = connection.execute(
-            FENCE,
-            {
-                "relay_id": self.relay_id,
-                "partitions": partitions,
-                "tokens": [tenure.tokens[no] for no in partitions],
-            },
-        )
-        return set(rows.scalars())
+        return set(connection.execute(FENCE, self._fence_params(tenure)).scalars())
 
     def fence_and_mark_published(
         self, connection: Connection, tenure: Tenure, rows: Sequence[Row[Any]]
@@ -302,15 +293,22 @@ class PartitionLeases:
         statement: atomic on its own, so ``connection`` may be in autocommit."""
         if not tenure.tokens:
             return set()
-        partitions = tenure.partitions
         params = {
-            "relay_id": self.relay_id,
-            "partitions": partitions,
-            "tokens": [tenure.tokens[no] for no in partitions],
+            **self._fence_params(tenure),
             "partition_count": self.partition_count,
             **row_keys(rows),
         }
         return set(connection.execute(FENCED_MARK_PUBLISHED, params).scalars())
+
+    def _fence_params(self, tenure: Tenure) -> dict[str, Any]:
+        """``FENCE``'s parameters: this relay and the partitions of ``tenure`` with their
+        tokens."""
+        partitions = tenure.partitions
+        return {
+            "relay_id": self.relay_id,
+            "partitions": partitions,
+            "tokens": [tenure.tokens[no] for no in partitions],
+        }
 
     # -- renewal and balance -------------------------------------------------------------
 
