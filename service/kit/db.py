@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import select
@@ -15,8 +16,11 @@ import psycopg2
 import psycopg2.extensions
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, ExceptionContext, make_url
+from sqlalchemy.exc import DBAPIError
 
 from service.config import DatabaseSettings, shipped_driver_url
+
+log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_SECONDS = 3
 SILENCE_MARGIN_SECONDS = 1.0
@@ -82,6 +86,46 @@ def engine_url(database_url: str) -> URL:
         return make_url(url)
     single = make_url(f"{scheme}://{userinfo}{at}{rest[end:]}")
     return single.update_query_pairs([("host", host) for host in hosts.split(",")], append=True)
+
+
+class KeptConnection:
+    """One connection of ``engine`` kept from one turn of a loop to the next (a pool
+    checkout per turn costs a ping, a round trip); ``discard`` it after an error, as its
+    state is unknown: the next ``get`` checks out another."""
+
+    def __init__(self, engine: Engine, isolation_level: str | None = None) -> None:
+        self._engine = engine
+        self._isolation_level = isolation_level
+        self._connection: Connection | None = None
+
+    def get(self) -> Connection:
+        """The kept connection (a new one if there is none, or the pool invalidated it)."""
+        if self._connection is None or self._connection.invalidated:
+            self.discard()
+            connection = self._engine.connect()
+            if self._isolation_level is not None:
+                connection = connection.execution_options(isolation_level=self._isolation_level)
+            self._connection = connection
+        return self._connection
+
+    def close(self) -> None:
+        """Give the connection back to the pool."""
+        self._forget(invalidate=False)
+
+    def discard(self) -> None:
+        """Invalidate the connection (never reused) and forget it."""
+        self._forget(invalidate=True)
+
+    def _forget(self, invalidate: bool) -> None:
+        connection, self._connection = self._connection, None
+        if connection is None:
+            return
+        try:
+            if invalidate:
+                connection.invalidate()
+            connection.close()
+        except DBAPIError as exc:  # already broken: the pool discards it
+            log.debug("closing a kept connection failed: %s", exc)
 
 
 @contextmanager

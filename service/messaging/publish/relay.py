@@ -52,7 +52,12 @@ from service.events.outbox import (
     read_everything_due,
     transaction_time,
 )
-from service.kit.db import APPLICATION_NAME, CONNECT_TIMEOUT_SECONDS, libpq_dsn
+from service.kit.db import (
+    APPLICATION_NAME,
+    CONNECT_TIMEOUT_SECONDS,
+    KeptConnection,
+    libpq_dsn,
+)
 from service.kit.errors import first_line
 from service.messaging.connection import Backoff, BrokerUnavailable
 from service.messaging.messages import POSSIBLE_DUPLICATE_HEADER
@@ -208,8 +213,32 @@ class RoundConnections:
     @contextmanager
     def checked_out(cls, engine: Engine) -> Iterator[RoundConnections]:
         """Two connections from ``engine``'s pool, given back at the end."""
-        with engine.connect() as work, engine.connect() as autocommit:
-            yield cls(work, autocommit.execution_options(isolation_level="AUTOCOMMIT"))
+        kept = KeptRoundConnections(engine)
+        try:
+            yield kept.get()
+        finally:
+            kept.close()
+
+
+class KeptRoundConnections:
+    """A relay's ``RoundConnections``, kept from one round to the next."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._work = KeptConnection(engine)
+        self._autocommit = KeptConnection(engine, isolation_level="AUTOCOMMIT")
+
+    def get(self) -> RoundConnections:
+        return RoundConnections(self._work.get(), self._autocommit.get())
+
+    def close(self) -> None:
+        """Give both back to the pool (idle)."""
+        self._work.close()
+        self._autocommit.close()
+
+    def discard(self) -> None:
+        """After an error in a round: their state is unknown, neither is reused."""
+        self._work.discard()
+        self._autocommit.discard()
 
 
 def publish_pending_batch(
@@ -471,7 +500,7 @@ class OutboxRelay:
         self._last_claimed = self.batch_size  # a relay may start on a backlog: check first
         self._notifications = notifications
         self._reported_at = time.monotonic()
-        self._connections: RoundConnections | None = None
+        self._connections = KeptRoundConnections(engine)
 
     @classmethod
     def from_settings(
@@ -523,7 +552,7 @@ class OutboxRelay:
             self._hold_partitions()
             self._statistics.before_round(self._last_claimed >= self.batch_size)
             outcome = publish_round(
-                self._round_connections(),
+                self._connections.get(),
                 self.publisher,
                 self.leases,
                 self.batch_size,
@@ -531,13 +560,16 @@ class OutboxRelay:
                 self._duplicates,
                 self._turns,
             )
-        except (BrokerUnavailable, DBAPIError) as exc:
-            self._drop_round_connections()
+        except BrokerUnavailable as exc:  # the round ended its transaction: keep them
+            self._pause(first_line(exc))
+            return None
+        except DBAPIError as exc:
+            self._connections.discard()
             self._pause(first_line(exc))
             return None
         except Exception:  # never die on a surprise: log it, start a fresh connection, go on
             log.exception("relay cycle failed unexpectedly")
-            self._drop_round_connections()
+            self._connections.discard()
             self.publisher.close()
             self._pause("unexpected error")
             return None
@@ -582,26 +614,9 @@ class OutboxRelay:
 
     def close(self) -> None:
         self.leases.leave()
-        self._drop_round_connections()
+        self._connections.close()
         self.publisher.close()
         self._notifications.close()
-
-    def _round_connections(self) -> RoundConnections:
-        """The rounds' connections, kept from one round to the next: no pool checkout (and
-        its ping, a round trip) per round. Any error drops them; the next round opens new."""
-        if self._connections is None:
-            work = self.engine.connect()
-            autocommit = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-            self._connections = RoundConnections(work, autocommit)
-        return self._connections
-
-    def _drop_round_connections(self) -> None:
-        connections, self._connections = self._connections, None
-        for connection in () if connections is None else (connections.work, connections.autocommit):
-            try:
-                connection.close()
-            except DBAPIError as exc:  # already broken: the pool discards it
-                log.debug("closing a round connection failed: %s", first_line(exc))
 
     def _hold_partitions(self) -> None:
         """Join on first use, then rebalance between rounds (at most once per heartbeat)."""

@@ -22,13 +22,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
 from service.config import Settings, WebhookSettings
 from service.events.repository import record_processed
 from service.http.audit import AuditEntry, write_audit_in
 from service.kit import tracing
+from service.kit.db import KeptConnection
 from service.kit.errors import first_line
 from service.messaging.messages import event_from_row, message_body
 from service.messaging.publish.relay import PendingNotifications
@@ -116,7 +117,7 @@ class WebhookDeliverer:
         self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="webhook")
         self._in_flight: set[Future[None]] = set()
         self._stopping = False
-        self._connection: Connection | None = None
+        self._connection = KeptConnection(engine)  # the loop's, kept between turns
         self._lock = threading.Lock()
         self._freed = threading.Event()  # set when a delivery finishes
         self._finished: list[Finished] = []
@@ -177,14 +178,14 @@ class WebhookDeliverer:
         if not batch and not released and free <= 0:
             return 0, 0
         try:
-            connection = self._connect()
+            connection = self._connection.get()
             with connection.begin():
                 recorded = self._record(connection, batch)
                 repository.release_claims(connection, released)
                 rows = self._claim(connection, free) if free > 0 else []
         except DBAPIError as exc:
             log.warning("a delivery turn failed: %s", first_line(exc))
-            self._disconnect()
+            self._connection.discard()  # after an error its state is unknown
             with self._lock:
                 self._finished[:0] = batch
             self.lanes.give_back(released)
@@ -200,23 +201,7 @@ class WebhookDeliverer:
         self._pool.shutdown(wait=True)
         self.clients.close()
         self._notifications.close()
-        self._disconnect()
-
-    def _connect(self) -> Connection:
-        """The loop's connection, kept between turns (a checkout per turn costs a ping)."""
-        if self._connection is None or self._connection.invalidated:
-            self._disconnect()
-            self._connection = self.engine.connect()
-        return self._connection
-
-    def _disconnect(self) -> None:
-        connection, self._connection = self._connection, None
-        if connection is not None:
-            try:
-                connection.invalidate()  # after an error its state is unknown: never reuse
-                connection.close()
-            except DBAPIError:
-                log.debug("closing a failed delivery connection failed", exc_info=True)
+        self._connection.discard()
 
     def _dispatch(self) -> None:
         """Start the POSTs the lanes let go now."""

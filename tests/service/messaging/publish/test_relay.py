@@ -277,7 +277,7 @@ def test_the_relay_keeps_its_round_connection_and_replaces_it_when_it_dies(
 
 def round_backend(relay: OutboxRelay) -> int:
     """The PostgreSQL backend pid of the relay's round connection (left idle)."""
-    connection = relay._round_connections().work
+    connection = relay._connections.get().work
     with connection.begin():
         return int(connection.execute(text("SELECT pg_backend_pid()")).scalar_one())
 
