@@ -20,8 +20,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import httpx
-
+from service.kit.json_http import HttpTransportError, JsonHttp, JsonResponse
 from service.kit.tracing import outgoing_headers
 from service.messaging.connection import Backoff
 from service.messaging.messages import EventMessage
@@ -58,20 +57,13 @@ class DeliveryConfirmer:
         api_key: str,
         stop: threading.Event,
         sleep: Callable[[float], None] | None = None,
-        transport: httpx.BaseTransport | None = None,
     ):
         self.stop = stop
         self._sleep = sleep or stop.wait
-        base_url = api_url.rstrip("/")
-        # Built once: merging a path into base_url costs more than the rest of building the
-        # request (the worker sends one confirmation per event).
-        self._confirm_url = httpx.URL(base_url + CONFIRM_PATH)
-        self._last_delivered_url = httpx.URL(base_url + LAST_DELIVERED_PATH)
-        self._http = httpx.Client(  # keeps its connections alive between calls
-            base_url=base_url,
-            headers={"X-API-Key": api_key, "User-Agent": "fintegrate-consumer"},
-            timeout=HTTP_TIMEOUT_SECONDS,
-            transport=transport,
+        self._http = JsonHttp(  # keeps its connections alive between calls
+            api_url,
+            {"X-API-Key": api_key, "User-Agent": "fintegrate-consumer"},
+            HTTP_TIMEOUT_SECONDS,
         )
 
     def close(self) -> None:
@@ -104,8 +96,8 @@ class DeliveryConfirmer:
 
     def _get(self, path: str, params: dict[str, Any]) -> Any | None:
         try:
-            response = self._http.get(path, params=params)
-        except httpx.HTTPError as exc:
+            response = self._http.get(path, params)
+        except HttpTransportError as exc:
             log.warning("GET %s failed: %r; retrying", path, exc)
             return None
         if response.status_code == 200:
@@ -132,8 +124,8 @@ class DeliveryConfirmer:
     def _look_up(self, body: dict[str, Any]) -> dict[str | None, int] | None:
         """One POST: customer_id (None: consumer level) -> sequence, or None to retry."""
         try:
-            response = self._http.post(self._last_delivered_url, json=body)
-        except httpx.HTTPError as exc:
+            response = self._http.post(LAST_DELIVERED_PATH, body)
+        except HttpTransportError as exc:
             log.warning("last-delivered look-up failed: %r; retrying", exc)
             return None
         if response.status_code == 200:
@@ -156,10 +148,8 @@ class DeliveryConfirmer:
     def _attempt(self, body: dict[str, str | None]) -> Receipt | None:
         """One POST: the outcome, or None when it is worth retrying."""
         try:
-            response = self._http.post(
-                self._confirm_url, json=body, headers=outgoing_headers() or None
-            )
-        except httpx.HTTPError as exc:
+            response = self._http.post(CONFIRM_PATH, body, outgoing_headers() or None)
+        except HttpTransportError as exc:
             log.warning("confirm-delivery for %s failed: %r; retrying", body["event_id"], exc)
             return None
         if response.status_code == 200:
@@ -271,7 +261,7 @@ class DeliveredSequences:
             self._known.popitem(last=False)
 
 
-def _refuse_credentials(response: httpx.Response) -> None:
+def _refuse_credentials(response: JsonResponse) -> None:
     """Raise WorkerUnauthorized on 401/403."""
     if response.status_code in (401, 403):
         raise WorkerUnauthorized(
@@ -280,7 +270,7 @@ def _refuse_credentials(response: httpx.Response) -> None:
         )
 
 
-def _description(response: httpx.Response) -> str:
+def _description(response: JsonResponse) -> str:
     try:
         return str(response.json()["detail"]["status_description"])
     except (ValueError, KeyError, TypeError):
