@@ -59,6 +59,9 @@ def show_verdicts(verdicts: list[dict[str, Any]], invalid: list[str]) -> None:
         info(f"invalid phases (their figures would flatter): {invalid}")
 
 
+CPU_PARTS = ("api", "relay", "worker", "machine")
+
+
 def show_relay(report: RelayBenchReport) -> None:
     verdicts = []
     if report.drain_rounds:
@@ -79,6 +82,10 @@ def show_relay(report: RelayBenchReport) -> None:
         if latency.slow_customer is not None:
             title += f" (beside slow customer {latency.slow_customer})"
         emit_rows(rows, columns, False, title=title)
+        cpu_rows = [{"round": number, **measured.pipeline.cpu_ms_per_event}
+                    for number, measured in enumerate(latency.rounds, start=1)]  # fmt: skip
+        cpu_title = "CPU ms per event (machine: everything, PostgreSQL and RabbitMQ too)"
+        emit_rows(cpu_rows, ["round", *CPU_PARTS], False, title=cpu_title)
         floors = [measured.raw_pika for measured in latency.rounds]
         p50_target, p99_target = latency.targets
         for figure, values, target in (

@@ -21,7 +21,7 @@ import os
 import tempfile
 import time
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +75,10 @@ class LatencyFigures:
     due_p99_ms: float
     publish_lag_p50_ms: float  # commit -> confirmed publish of the same events
     publish_lag_p99_ms: float
+    # CPU ms per request sent: the API, the relay, the worker (each with its children), and
+    # the whole machine (PostgreSQL, RabbitMQ, the load and whatever else runs): a
+    # machine figure well above the rest's sum says the round shared the machine
+    cpu_ms_per_event: dict[str, float] = field(default_factory=dict)
 
     @property
     def valid(self) -> bool:
@@ -164,6 +168,26 @@ def slow_customer() -> str | None:
     return _slow_customer
 
 
+class PipelineCpu:
+    """CPU used by the pipeline's processes and by the machine, between two samples."""
+
+    def __init__(self, pids: dict[str, int]):
+        self.pids = pids
+        self._start = self._sample()
+
+    def per_event(self, events: int) -> dict[str, float]:
+        """CPU ms per event since this was made (or since the last call)."""
+        end = self._sample()
+        used = {name: end[name] - self._start[name] for name in end}
+        self._start = end
+        return {name: round(1000 * seconds / max(events, 1), 3) for name, seconds in used.items()}
+
+    def _sample(self) -> dict[str, float]:
+        busy, _ = loadgen.machine_cpu()
+        processes = {name: loadgen.process_tree_cpu(pid) for name, pid in self.pids.items()}
+        return {**processes, "machine": busy / loadgen.CLOCK_TICKS}
+
+
 def run(settings: Settings, options: LatencyOptions, progress: Progress) -> LatencyReport:
     """The three processes on loopback, the rounds, the figures (processes gone)."""
     report = LatencyReport(options)
@@ -171,7 +195,7 @@ def run(settings: Settings, options: LatencyOptions, progress: Progress) -> Late
         log = Path(directory) / "handled.log"
         with ExitStack() as processes:
             slow_file = Path(directory) / "slow_customer"
-            api_key, settings = start_pipeline(processes, settings, options, log, slow_file)
+            api_key, settings, pids = start_pipeline(processes, settings, options, log, slow_file)
             warm_up(settings, api_key, log, options)
             if options.slow_customer_seconds > 0:
                 report.slow_customer = queue_slow_customer(settings.api.url, api_key, slow_file)
@@ -179,7 +203,7 @@ def run(settings: Settings, options: LatencyOptions, progress: Progress) -> Late
                 phases: dict[str, Any] = {}
                 for side in (SIDES[index] for index in order):
                     if side == "pipeline":
-                        phases[side] = pipeline_phase(settings, api_key, log, options)
+                        phases[side] = pipeline_phase(settings, api_key, log, options, pids)
                     else:
                         phases[side] = floor_latency(
                             settings.broker.url,
@@ -212,13 +236,16 @@ def describe(phase: LatencyFigures | Arrivals) -> str:
 
 
 def pipeline_phase(
-    settings: Settings, api_key: str, log: Path, options: LatencyOptions
+    settings: Settings, api_key: str, log: Path, options: LatencyOptions, pids: dict[str, int]
 ) -> LatencyFigures:
     """Customers at ``rate`` for ``duration`` s; their figures once all were handled."""
     earlier = set(handler_times(log))
+    cpu = PipelineCpu(pids)
     answered = loadgen.steady_load(settings.api.url, api_key, options.rate, options.duration)
     stack.wait_until(lambda: set(answered) <= set(handler_times(log)), SETTLE_SECONDS)
-    return latency_figures(settings, options, answered, earlier, handler_times(log))
+    used = cpu.per_event(int(options.rate * options.duration))
+    figures = latency_figures(settings, options, answered, earlier, handler_times(log))
+    return replace(figures, cpu_ms_per_event=used)
 
 
 def queue_slow_customer(api_url: str, api_key: str, slow_file: Path) -> str:
@@ -239,15 +266,17 @@ def queue_slow_customer(api_url: str, api_key: str, slow_file: Path) -> str:
 
 def start_pipeline(
     processes: ExitStack, settings: Settings, options: LatencyOptions, log: Path, slow_file: Path
-) -> tuple[str, Settings]:
-    """serve, a tenant made through the API, relay, consume; the tenant's key and settings."""
+) -> tuple[str, Settings, dict[str, int]]:
+    """serve, a tenant made through the API, relay, consume; the tenant's key, the settings
+    and the three processes' pids."""
     port = free_port()
     settings = settings.updated({"api_url": f"http://127.0.0.1:{port}"})
     command = api_command(port, options.api_workers)
-    wait_healthy(port, stack.background(processes, command, stack.process_env(settings)))
+    api = stack.background(processes, command, stack.process_env(settings))
+    wait_healthy(port, api)
     tenant = stack.tenant_through_api(settings.api.url, settings)
     cli = str(BIN / "fintegrate")
-    stack.background(processes, [cli, "-q", "relay"], stack.process_env(settings))
+    relay = stack.background(processes, [cli, "-q", "relay"], stack.process_env(settings))
     worker_env = stack.process_env(
         settings,
         FINTEGRATE_API_KEY=tenant["api_key"],
@@ -258,8 +287,9 @@ def start_pipeline(
         },
     )
     consume = [cli, "-q", "consume", "--consumer", tenant["name"], "--handler", HANDLER]
-    stack.background(processes, consume, worker_env)
-    return str(tenant["api_key"]), settings
+    worker = stack.background(processes, consume, worker_env)
+    pids = {"api": api.pid, "relay": relay.pid, "worker": worker.pid}
+    return str(tenant["api_key"]), settings, pids
 
 
 def latency_figures(

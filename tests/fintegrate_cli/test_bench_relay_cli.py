@@ -115,6 +115,9 @@ def test_a_small_latency_run_counts_every_customer_and_message(
         assert phase["p99_ms"] >= phase["p50_ms"] > 0
     assert pipeline["max_ms"] >= pipeline["p99_ms"]
     assert pipeline["publish_lag_p99_ms"] >= pipeline["publish_lag_p50_ms"] > 0
+    cpu = pipeline["cpu_ms_per_event"]  # ticks of 10 ms: a few events may cost none
+    assert set(cpu) == {"api", "relay", "worker", "machine"} and min(cpu.values()) >= 0
+    assert cpu["machine"] > 0
     p50, p99 = latency["p50_ms"], latency["p99_ms"]
     assert (p50["high"], p99["high"]) == (pipeline["p50_ms"], pipeline["p99_ms"])
     assert (p50["target"], p99["target"]) == (P50_TARGET_MS, P99_TARGET_MS)
@@ -193,7 +196,8 @@ def test_people_see_each_baseline_and_check_exits_3_on_an_invalid_phase(
     phases = {"raw_pika": drain("raw_pika", 100), "unordered": drain("unordered", 100)}
     report.drain_rounds.append({**phases, "ordered": drain("ordered", 1000, published=99)})
     report.latency = LatencyReport(LatencyOptions(rounds=1))
-    figures = LatencyFigures(5, 1, 5, 5, 5, 1.0, 2.0, 3.0, 1.0, 2.0, 0.5, 1.0)
+    cpu = {"api": 2.04, "relay": 1.0, "worker": 0.96, "machine": 8.0}
+    figures = LatencyFigures(5, 1, 5, 5, 5, 1.0, 2.0, 3.0, 1.0, 2.0, 0.5, 1.0, cpu)
     report.latency.rounds.append(LatencyRound(figures, Arrivals("raw_pika", 5, 5, 0.2, 0.4)))
     with pytest.raises(CheckFailed) as failed:
         finish("relay", report, show_relay, as_json=False, check=True)
@@ -201,6 +205,7 @@ def test_people_see_each_baseline_and_check_exits_3_on_an_invalid_phase(
     shown = capsys.readouterr()
     assert "verdicts" in shown.out and "unordered" in shown.out and "raw_pika" in shown.out
     assert "raw pika p99" in shown.out and "5/5" in shown.out
+    assert "CPU ms per event" in shown.out and "2.04" in shown.out and "0.96" in shown.out
     assert "drain round 1 ordered" in shown.err
 
 
