@@ -58,6 +58,11 @@ class LatencyOptions:
     rounds: int = 3
     slow_customer_seconds: float = 0.0  # > 0: one customer's handler is this slow
 
+    @property
+    def requests(self) -> int:
+        """Customers created in one round."""
+        return int(self.rate * self.duration)
+
 
 @dataclass(frozen=True)
 class LatencyFigures:
@@ -76,8 +81,8 @@ class LatencyFigures:
     publish_lag_p50_ms: float  # commit -> confirmed publish of the same events
     publish_lag_p99_ms: float
     # CPU ms per request sent: the API, the relay, the worker (each with its children), and
-    # the whole machine (PostgreSQL, RabbitMQ, the load and whatever else runs): a
-    # machine figure well above the rest's sum says the round shared the machine
+    # the whole machine (PostgreSQL, RabbitMQ, the load and whatever else runs): a machine
+    # figure well above its usual value at the same rate says the round shared the machine
     cpu_ms_per_event: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -169,17 +174,16 @@ def slow_customer() -> str | None:
 
 
 class PipelineCpu:
-    """CPU used by the pipeline's processes and by the machine, between two samples."""
+    """CPU used by the pipeline's processes and by the machine since this was made."""
 
     def __init__(self, pids: dict[str, int]):
         self.pids = pids
         self._start = self._sample()
 
     def per_event(self, events: int) -> dict[str, float]:
-        """CPU ms per event since this was made (or since the last call)."""
+        """CPU ms per event since this was made."""
         end = self._sample()
         used = {name: end[name] - self._start[name] for name in end}
-        self._start = end
         return {name: round(1000 * seconds / max(events, 1), 3) for name, seconds in used.items()}
 
     def _sample(self) -> dict[str, float]:
@@ -243,7 +247,7 @@ def pipeline_phase(
     cpu = PipelineCpu(pids)
     answered = loadgen.steady_load(settings.api.url, api_key, options.rate, options.duration)
     stack.wait_until(lambda: set(answered) <= set(handler_times(log)), SETTLE_SECONDS)
-    used = cpu.per_event(int(options.rate * options.duration))
+    used = cpu.per_event(options.requests)
     figures = latency_figures(settings, options, answered, earlier, handler_times(log))
     return replace(figures, cpu_ms_per_event=used)
 
@@ -307,7 +311,7 @@ def latency_figures(
     return LatencyFigures(
         options.rate,
         options.duration,
-        int(options.rate * options.duration),
+        options.requests,
         len(answered),
         len(measured),
         percentile(from_201, 0.50),

@@ -118,7 +118,7 @@ class JsonHttp:
     ) -> JsonResponse:
         """One exchange; the connection goes back to the idle ones if it stays open."""
         try:
-            connection.request(method, self._prefix + path, body=body, headers=dict(headers))
+            connection.request(method, self._prefix + path, body=body, headers=headers)
             answer = connection.getresponse()
             response = JsonResponse(answer.status, answer.reason, answer.read())
         except (OSError, http.client.HTTPException) as exc:
@@ -154,7 +154,7 @@ def _through_httpx(
     client: httpx.Client, method: str, path: str, body: bytes | None, headers: Mapping[str, str]
 ) -> JsonResponse:
     try:
-        answer = client.request(method, path, content=body, headers=dict(headers))
+        answer = client.request(method, path, content=body, headers=headers)
     except httpx.HTTPError as exc:
         raise HttpTransportError(repr(exc)) from exc
     return JsonResponse(answer.status_code, answer.reason_phrase, answer.content)
