@@ -35,8 +35,8 @@ from service.webhooks.router import router as webhooks_router
 
 # Matching order. FastAPI (0.16x) tries the included routers in this order and walks every
 # route of a router that does not match (its cost: docs/benchmarks.md). The two hot paths
-# come first: POST /events/confirm-delivery (the
-# delivery router, 3 routes), then POST /customer/data; the other routes pay about that
+# come first: POST /events/confirm-delivery and /confirm-deliveries (the
+# delivery router, 4 routes), then POST /customer/data; the other routes pay about that
 # much more, on far rarer requests. No two routers serve one path, so the order decides
 # nothing else; the docs keep TAGS' order.
 ROUTERS: list[APIRouter] = [

@@ -1,4 +1,5 @@
-"""Delivery endpoints: ``POST /events/resend``, ``/redeliver`` and ``/confirm-delivery``."""
+"""Delivery endpoints: ``POST /events/resend``, ``/redeliver``, ``/confirm-delivery`` and
+``/confirm-deliveries``."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from fastapi.responses import JSONResponse
 
 from service.delivery import service
 from service.delivery.schemas import (
+    ConfirmDeliveriesRequest,
     ConfirmDeliveryRequest,
     DeliveryReceipt,
+    DeliveryReceipts,
     RepublishOutcome,
     RepublishRequest,
 )
@@ -72,3 +75,18 @@ async def confirm_delivery(
     """Record a delivery receipt; a duplicate answers 200 with ``duplicate: true``."""
     pool = db_pool_of(request)  # hot route: one dependency fewer
     return success(await service.confirm_delivery(pool, consumer.consumer_id, body))
+
+
+@router.post(
+    "/confirm-deliveries",
+    response_model=Envelope[DeliveryReceipts],
+    responses=declared(AUTHENTICATED, WITH_BODY),
+)
+async def confirm_deliveries(
+    body: ConfirmDeliveriesRequest, request: Request, consumer: CurrentConsumer
+) -> JSONResponse:
+    """Record up to 100 receipts in one transaction; an event id this tenant has no event of
+    is answered in ``not_found`` (the others are still recorded)."""
+    return success(
+        await service.confirm_deliveries(db_pool_of(request), consumer.consumer_id, body)
+    )

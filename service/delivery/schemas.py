@@ -17,6 +17,7 @@ DEFAULT_PERIOD_DAYS = 7
 DEFAULT_CHUNK = 1000
 MAX_CHUNK = 5000
 MAX_DRY_RUN_IDS = 1000
+MAX_RECEIPTS_PER_CALL = 100
 
 # constraints before the validator, so the OpenAPI schema keeps minimum/maximum in the union
 TryCount = Annotated[int, Field(ge=1, le=1000), BeforeValidator(json_integer)]
@@ -104,6 +105,12 @@ class ConfirmDeliveryRequest(StrictInput):
     detail: Text | None = Field(None, max_length=2000)
 
 
+class ConfirmDeliveriesRequest(StrictInput):
+    """Several receipts in one call, recorded together (one transaction)."""
+
+    receipts: list[ConfirmDeliveryRequest] = Field(min_length=1, max_length=MAX_RECEIPTS_PER_CALL)
+
+
 class DeliveryReceipt(BaseModel):
     """The event's delivery state after the receipt; ``duplicate`` when already recorded."""
 
@@ -113,3 +120,11 @@ class DeliveryReceipt(BaseModel):
     deliver_status: str
     delivered_at: datetime | None
     deliver_try_count: int
+
+
+class DeliveryReceipts(BaseModel):
+    """The answer to several receipts: ``items`` for the recorded ones (duplicates too) in
+    the order sent; ``not_found`` for event ids this tenant has no event of."""
+
+    items: list[DeliveryReceipt]
+    not_found: list[UUID]

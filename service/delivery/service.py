@@ -16,8 +16,10 @@ from service.consumers.service import find_consumer_id
 from service.delivery import repository
 from service.delivery.schemas import (
     MAX_DRY_RUN_IDS,
+    ConfirmDeliveriesRequest,
     ConfirmDeliveryRequest,
     DeliveryReceipt,
+    DeliveryReceipts,
     RepublishGroup,
     RepublishOutcome,
     RepublishRequest,
@@ -36,6 +38,7 @@ from service.messaging.publish.publisher import ConfirmingPublisher
 from service.ops.platform_metrics import observe_delivery
 
 Kind = Literal["resend", "redeliver"]
+DEADLOCK_ATTEMPTS = 3
 PublisherFactory = Callable[[], ConfirmingPublisher]
 TENANT_CONSUMER_NAME = (
     "consumer_name is for operators (X-Admin-Key); a tenant always acts on its own events"
@@ -183,11 +186,57 @@ async def confirm_delivery(
         )
     if state is None:
         raise NotFound(EVENT_NOT_FOUND)
+    return _receipt(state, request.status)
+
+
+async def confirm_deliveries(
+    pool: asyncpg.Pool, consumer_id: UUID, request: ConfirmDeliveriesRequest
+) -> DeliveryReceipts:
+    """Record several receipts in one transaction, each as ``confirm_delivery`` would.
+
+    Rows are locked in event-id order, so two calls of one tenant's workers wait for each
+    other instead of deadlocking; an aggregate's last delivered sequence can still be taken
+    in opposite orders, and a deadlock PostgreSQL breaks is retried.
+    """
+    receipts = request.receipts
+    order = sorted(range(len(receipts)), key=lambda index: receipts[index].event_id)
+    for attempt in range(1, DEADLOCK_ATTEMPTS + 1):
+        try:
+            states = await _confirm_in_order(pool, consumer_id, [receipts[i] for i in order])
+            break
+        except asyncpg.DeadlockDetectedError:
+            if attempt == DEADLOCK_ATTEMPTS:
+                raise
+    by_position = dict(zip(order, states, strict=True))
+    answer = DeliveryReceipts(items=[], not_found=[])
+    for position, receipt in enumerate(receipts):
+        state = by_position[position]
+        if state is None:
+            answer.not_found.append(receipt.event_id)
+        else:
+            answer.items.append(_receipt(state, receipt.status))
+    return answer
+
+
+async def _confirm_in_order(
+    pool: asyncpg.Pool, consumer_id: UUID, receipts: list[ConfirmDeliveryRequest]
+) -> list[asyncpg.Record | None]:
+    async with pooled_connection(pool) as connection, connection.transaction():
+        return [
+            await events_repository.confirm_delivery(
+                connection, receipt.event_id, consumer_id, receipt.status, receipt.detail
+            )
+            for receipt in receipts
+        ]
+
+
+def _receipt(state: asyncpg.Record, status: str) -> DeliveryReceipt:
+    """The answer for one recorded receipt; counts a first delivery in the metrics."""
     if state["first_delivery"]:
         observe_delivery(state["created_at"], state["delivered_at"])
     return DeliveryReceipt(
         event_id=state["event_id"],
-        status=request.status,
+        status=status,
         duplicate=not state["inserted"],
         deliver_status=state["deliver_status"],
         delivered_at=state["delivered_at"],

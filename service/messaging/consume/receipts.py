@@ -1,13 +1,17 @@
 """Delivery receipts from the worker, through the API, with patient retries.
 
-``POST /events/confirm-delivery`` records a receipt; ``GET /events/last-delivered`` tells
-the highest delivered sequence of an aggregate, which ``DeliveredSequences`` caches so the
-worker can recognise a stale duplicate (an event at or below it) without a handler call.
-Every aggregate the worker has not seen yet is looked up once (batched), copy or not: its
-last delivered sequence tells a stale copy and a gap (events the queue lost) apart from
-the next event. The one exception is an aggregate's sequence 1 arriving as a first copy
-after the worker started (``consumer.FirstCopies``): no gap can precede it and a copy this
-worker handled is in the cache, so the cache alone answers (0 when it does not know it).
+``POST /events/confirm-deliveries`` records the receipts of many lanes in one call
+(``receipt_batches``); a receipt sent while a trace context is active goes alone through
+``POST /events/confirm-delivery``, so it carries its own ``traceparent``.
+
+``GET /events/last-delivered`` tells the highest delivered sequence of an aggregate, which
+``DeliveredSequences`` caches so the worker can recognise a stale duplicate (an event at
+or below it) without a handler call. Every aggregate the worker has not seen yet is looked
+up once (batched), copy or not: its last delivered sequence tells a stale copy and a gap
+(events the queue lost) apart from the next event. The one exception is an aggregate's
+sequence 1 arriving as a first copy after the worker started (``consumer.FirstCopies``):
+no gap can precede it and a copy this worker handled is in the cache, so the cache alone
+answers (0 when it does not know it).
 """
 
 from __future__ import annotations
@@ -23,11 +27,14 @@ from typing import Any, TypeVar
 from service.kit.json_http import HttpTransportError, JsonHttp, JsonResponse
 from service.kit.tracing import outgoing_headers
 from service.messaging.connection import Backoff
+from service.messaging.consume.receipt_batches import PendingReceipt, ReceiptBatches
 from service.messaging.messages import EventMessage
 
 log = logging.getLogger(__name__)
 
 CONFIRM_PATH = "/events/confirm-delivery"
+CONFIRM_BATCH_PATH = "/events/confirm-deliveries"
+RECEIPT_BATCH = 100  # the API's limit per call (delivery.schemas.MAX_RECEIPTS_PER_CALL)
 LAST_DELIVERED_PATH = "/events/last-delivered"
 CACHED_AGGREGATES = 10_000
 LOOKUP_BATCH = 100  # the API's limit per look-up
@@ -65,14 +72,46 @@ class DeliveryConfirmer:
             {"X-API-Key": api_key, "User-Agent": "fintegrate-consumer"},
             HTTP_TIMEOUT_SECONDS,
         )
+        self._batches = ReceiptBatches(self._send_batch, RECEIPT_BATCH, Receipt.ABANDONED)
+        self._batching = True  # until the API turns out not to have the batch endpoint
+
+    @property
+    def batches_sent(self) -> int:
+        """Batches handed to the API so far (each one call, retries aside)."""
+        return self._batches.batches
 
     def close(self) -> None:
+        self._batches.close()
         self._http.close()
 
     def confirm(self, event_id: str, status: str, detail: str | None = None) -> Receipt:
-        """Record the receipt; blocks with bounded backoff while the API is unavailable."""
+        """Record the receipt; blocks with bounded backoff while the API is unavailable.
+
+        Thread-safe: receipts of concurrent callers share one call, unless a trace context
+        is active (the receipt then goes alone and carries its ``traceparent``).
+        """
         body = {"event_id": event_id, "status": status, "detail": detail}
-        return self._patiently(lambda: self._attempt(body)) or Receipt.ABANDONED
+        headers = outgoing_headers()
+        if headers or not self._batching:
+            return self._confirm_alone(body, headers)
+        outcome: Receipt = self._batches.put(body)
+        return outcome
+
+    def _confirm_alone(
+        self, body: dict[str, Any], headers: dict[str, str] | None = None
+    ) -> Receipt:
+        return self._patiently(lambda: self._attempt(body, headers)) or Receipt.ABANDONED
+
+    def _send_batch(self, batch: list[PendingReceipt]) -> None:
+        """On the sender thread: one call for ``batch``, retried like a single receipt."""
+        bodies = [pending.body for pending in batch]
+        answer = self._patiently(lambda: self._attempt_batch(bodies))
+        for pending in batch:
+            if answer is None:
+                pending.outcome = Receipt.ABANDONED
+            else:  # a receipt the answer does not cover goes alone
+                found = answer.get(_canonical(pending.body["event_id"]))
+                pending.outcome = found or self._confirm_alone(pending.body)
 
     def last_delivered(self, customer_ids: list[str | None]) -> dict[str | None, int] | None:
         """Highest delivered sequence (0: none) per customer; None when stopping first.
@@ -145,10 +184,42 @@ class DeliveryConfirmer:
         )
         return {}
 
-    def _attempt(self, body: dict[str, str | None]) -> Receipt | None:
+    def _attempt_batch(self, bodies: list[dict[str, Any]]) -> dict[str, Receipt] | None:
+        """One POST of several receipts: event id -> outcome (empty when the API refuses
+        the batch as a whole, so each receipt goes alone), or None to retry."""
+        try:
+            response = self._http.post(CONFIRM_BATCH_PATH, {"receipts": bodies})
+        except HttpTransportError as exc:
+            log.warning("confirm-deliveries (%d) failed: %r; retrying", len(bodies), exc)
+            return None
+        if response.status_code == 200:
+            data = response.json()["data"]
+            outcomes = {item["event_id"]: Receipt.RECORDED for item in data["items"]}
+            for event_id in data["not_found"]:
+                log.error("confirm-deliveries refused %s: not found", event_id)
+                outcomes[event_id] = Receipt.REFUSED
+            return outcomes
+        _refuse_credentials(response)
+        if response.status_code == 429 or response.status_code >= 500:
+            log.warning("confirm-deliveries answered %s; retrying", response.status_code)
+            return None
+        if response.status_code in (404, 405):  # an API from before the batch endpoint
+            log.warning("the API has no %s; sending receipts one by one", CONFIRM_BATCH_PATH)
+            self._batching = False
+        else:
+            log.warning(
+                "confirm-deliveries refused a batch (%s): %s; sending its receipts one by one",
+                response.status_code,
+                _description(response),
+            )
+        return {}
+
+    def _attempt(
+        self, body: dict[str, Any], headers: dict[str, str] | None = None
+    ) -> Receipt | None:
         """One POST: the outcome, or None when it is worth retrying."""
         try:
-            response = self._http.post(CONFIRM_PATH, body, outgoing_headers() or None)
+            response = self._http.post(CONFIRM_PATH, body, headers or None)
         except HttpTransportError as exc:
             log.warning("confirm-delivery for %s failed: %r; retrying", body["event_id"], exc)
             return None
@@ -275,6 +346,14 @@ def _description(response: JsonResponse) -> str:
         return str(response.json()["detail"]["status_description"])
     except (ValueError, KeyError, TypeError):
         return response.reason_phrase
+
+
+def _canonical(event_id: str) -> str:
+    """``event_id`` as the API writes it (lower-case, hyphenated) when it is a UUID."""
+    try:
+        return str(uuid.UUID(event_id))
+    except ValueError:
+        return event_id
 
 
 def _is_uuid(value: str) -> bool:
