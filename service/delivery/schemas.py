@@ -1,4 +1,4 @@
-"""Request and answer models of resend / redeliver / confirm-delivery."""
+"""Request and answer models of resend / redeliver / confirm-delivery / confirm-deliveries."""
 
 from __future__ import annotations
 

@@ -31,7 +31,7 @@ class Operation:
 
     def call(self, client: TestClient, ids: dict[str, str], headers: dict[str, str]) -> Any:
         """Send the request with ``ids`` filled into the path and into the body's values."""
-        body = {key: fill(value, ids) for key, value in (self.body or {}).items()}
+        body = fill(self.body or {}, ids)
         url = self.path.format(**ids)
         response: httpx.Response = client.request(
             self.method, url, json=body if self.body is not None else None, headers=headers
@@ -40,7 +40,14 @@ class Operation:
 
 
 def fill(value: Any, ids: dict[str, str]) -> Any:
-    return value.format(**ids) if isinstance(value, str) else value
+    """``value`` with ``ids`` filled into its strings, at any depth."""
+    if isinstance(value, str):
+        return value.format(**ids)
+    if isinstance(value, list):
+        return [fill(element, ids) for element in value]
+    if isinstance(value, dict):
+        return {key: fill(element, ids) for key, element in value.items()}
+    return value
 
 
 OPERATIONS = [
@@ -60,6 +67,12 @@ OPERATIONS = [
     Operation("GET", "/events/{event_id}", TENANT),
     Operation(
         "POST", "/events/confirm-delivery", TENANT, {"event_id": "{event_id}", "status": "received"}
+    ),
+    Operation(
+        "POST",
+        "/events/confirm-deliveries",
+        TENANT,
+        {"receipts": [{"event_id": "{event_id}", "status": "processed"}]},
     ),
     Operation("GET", "/events/last-delivered", TENANT),
     Operation("GET", "/events/after-sequence?after_sequence=0", TENANT),

@@ -104,6 +104,7 @@ def test_every_tenant_operation_taking_an_id_has_an_isolation_test() -> None:
         for method, path, _ in TENANT_ENDPOINTS
     }
     covered.add("POST /events/confirm-delivery")  # tests/service/delivery: foreign = unknown
+    covered.add("POST /events/confirm-deliveries")  # tests/service/delivery: foreign = unknown
     covered.add("POST /events/last-delivered")  # test_api_last_delivered: foreign = unknown
     covered |= {  # tests/service/webhooks/test_api_endpoints.py: foreign = missing
         operation.name for operation in GUARDED if "{endpoint_id}" in operation.path

@@ -51,7 +51,13 @@ def test_declared_errors_are_envelopes(app: FastAPI) -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["POST /events/confirm-delivery", "GET /events/last-delivered", "POST /consumer/data"]
+    "name",
+    [
+        "POST /events/confirm-delivery",
+        "POST /events/confirm-deliveries",
+        "GET /events/last-delivered",
+        "POST /consumer/data",
+    ],
 )
 def test_routes_outside_the_rate_limit_still_declare_the_throttles_429(
     app: FastAPI, name: str

@@ -17,10 +17,12 @@ from tests.support.api import assert_envelope, tenant_row_counts
 from tests.support.names import unique_name
 
 SCALARS = {"int", "bool", "str", "float"}
+RECEIPT = {"event_id": "00000000-0000-4000-8000-000000000000", "status": "failed"}
 
 
 def request_models() -> list[type[BaseModel]]:
-    found, todo = [], list(StrictInput.__subclasses__())
+    found: list[type[BaseModel]] = []
+    todo: list[type[BaseModel]] = list(StrictInput.__subclasses__())
     while todo:
         model = todo.pop()
         found.append(model)
@@ -81,6 +83,8 @@ def test_consumer_create_refuses_coercible_values(
         ("POST", "/events/resend", {"dry_run": "true"}),
         ("POST", "/events/resend", {"limit": "10"}),
         ("POST", "/events/confirm-delivery", {"event_id": 5, "status": "processed"}),
+        ("POST", "/events/confirm-deliveries", {"receipts": [{"event_id": 5, "status": "failed"}]}),
+        ("POST", "/events/confirm-deliveries", {"receipts": [{**RECEIPT, "detail": 5}]}),
     ],
 )
 def test_tenant_bodies_refuse_coercible_values(

@@ -124,14 +124,15 @@ def changed_customer(
 
 def confirm_receipt(
     client: httpx.Client, tenant: Consumer, event_id: str, status: str = "processed"
-) -> None:
-    """The tenant's worker reports ``status`` for ``event_id`` (POST /events/confirm-delivery)."""
+) -> Any:
+    """The tenant's worker reports ``status`` for ``event_id`` (POST /events/confirm-delivery);
+    returns the receipt it answered."""
     response = client.post(
         "/events/confirm-delivery",
         json={"event_id": event_id, "status": status},
         headers={"X-API-Key": tenant["api_key"]},
     )
-    assert_envelope(response, 200)
+    return assert_envelope(response, 200)
 
 
 def create_tenant_through(

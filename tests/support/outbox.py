@@ -136,6 +136,17 @@ def event_rows(engine: Engine, event_ids: list[str]) -> dict[str, Any]:
     return {str(row.event_id): row for row in rows}
 
 
+def receipt_count(engine: Engine, event_id: str) -> int:
+    """Receipts recorded for the event (one per status at most)."""
+    with engine.connect() as connection:
+        return int(
+            connection.execute(
+                text("SELECT count(*) FROM consumer_event_receipts WHERE event_id = :id"),
+                {"id": event_id},
+            ).scalar_one()
+        )
+
+
 @contextmanager
 def amqp_channel(url: str) -> Iterator[Any]:
     """A blocking channel on ``url`` (the first node of a list that answers), closed after."""

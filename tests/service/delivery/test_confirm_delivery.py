@@ -7,9 +7,9 @@ from collections.abc import Callable
 from typing import Any
 
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 
-from tests.support.outbox import event_rows, insert_events
+from tests.support.outbox import event_rows, insert_events, receipt_count
 
 Consumer = dict[str, Any]
 
@@ -20,16 +20,6 @@ def confirm(client: TestClient, consumer: Consumer, event_id: str, status: str) 
         json={"event_id": event_id, "status": status, "detail": "handled"},
         headers=consumer["headers"],
     )
-
-
-def receipt_count(engine: Engine, event_id: str) -> int:
-    with engine.connect() as connection:
-        return int(
-            connection.execute(
-                text("SELECT count(*) FROM consumer_event_receipts WHERE event_id = :id"),
-                {"id": event_id},
-            ).scalar_one()
-        )
 
 
 def test_first_confirmation_delivers_and_duplicate_changes_nothing(
