@@ -85,8 +85,8 @@ async def confirm_delivery(
 async def confirm_deliveries(
     body: ConfirmDeliveriesRequest, request: Request, consumer: CurrentConsumer
 ) -> JSONResponse:
-    """Record up to ``MAX_RECEIPTS_PER_CALL`` receipts in one transaction; an event id this
-    tenant has no event of is answered in ``not_found`` (the others are still recorded)."""
+    """Record up to ``MAX_RECEIPTS_PER_CALL`` receipts, each as confirm-delivery would; an
+    event id this tenant has no event of is answered in ``not_found``."""
     return success(
         await service.confirm_deliveries(db_pool_of(request), consumer.consumer_id, body)
     )

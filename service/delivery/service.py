@@ -38,7 +38,6 @@ from service.messaging.publish.publisher import ConfirmingPublisher
 from service.ops.platform_metrics import observe_delivery
 
 Kind = Literal["resend", "redeliver"]
-DEADLOCK_ATTEMPTS = 3
 PublisherFactory = Callable[[], ConfirmingPublisher]
 TENANT_CONSUMER_NAME = (
     "consumer_name is for operators (X-Admin-Key); a tenant always acts on its own events"
@@ -192,42 +191,25 @@ async def confirm_delivery(
 async def confirm_deliveries(
     pool: asyncpg.Pool, consumer_id: UUID, request: ConfirmDeliveriesRequest
 ) -> DeliveryReceipts:
-    """Record several receipts in one transaction, each as ``confirm_delivery`` would.
+    """Record several receipts in the order sent, each exactly as ``confirm_delivery`` would.
 
-    Rows are locked in event-id order, so two calls of one tenant's workers wait for each
-    other instead of deadlocking; an aggregate's last delivered sequence can still be taken
-    in opposite orders, and a deadlock PostgreSQL breaks is retried.
+    One connection, one statement and one commit per receipt: a transaction around them
+    all would hold each event's row until the last commit, and the relay marking a batch
+    of those events published locks them in another order, so the two deadlocked (a
+    second's wait each). A failure part-way (503) leaves the receipts before it recorded;
+    sending the call again is safe, as every receipt is idempotent.
     """
-    receipts = request.receipts
-    order = sorted(range(len(receipts)), key=lambda index: receipts[index].event_id)
-    for attempt in range(1, DEADLOCK_ATTEMPTS + 1):
-        try:
-            states = await _confirm_in_order(pool, consumer_id, [receipts[i] for i in order])
-            break
-        except asyncpg.DeadlockDetectedError:
-            if attempt == DEADLOCK_ATTEMPTS:
-                raise
-    by_position = dict(zip(order, states, strict=True))
     answer = DeliveryReceipts(items=[], not_found=[])
-    for position, receipt in enumerate(receipts):
-        state = by_position[position]
-        if state is None:
-            answer.not_found.append(receipt.event_id)
-        else:
-            answer.items.append(_receipt(state, receipt.status))
-    return answer
-
-
-async def _confirm_in_order(
-    pool: asyncpg.Pool, consumer_id: UUID, receipts: list[ConfirmDeliveryRequest]
-) -> list[asyncpg.Record | None]:
-    async with pooled_connection(pool) as connection, connection.transaction():
-        return [
-            await events_repository.confirm_delivery(
+    async with pooled_connection(pool) as connection:
+        for receipt in request.receipts:
+            state = await events_repository.confirm_delivery(
                 connection, receipt.event_id, consumer_id, receipt.status, receipt.detail
             )
-            for receipt in receipts
-        ]
+            if state is None:
+                answer.not_found.append(receipt.event_id)
+            else:
+                answer.items.append(_receipt(state, receipt.status))
+    return answer
 
 
 def _receipt(state: asyncpg.Record, status: str) -> DeliveryReceipt:

@@ -1,5 +1,5 @@
-"""POST /events/confirm-deliveries: several receipts in one call and one transaction, each
-recorded as POST /events/confirm-delivery records one."""
+"""POST /events/confirm-deliveries: several receipts in one call, each recorded (and
+committed) as POST /events/confirm-delivery records one."""
 
 from __future__ import annotations
 
@@ -12,13 +12,12 @@ import asyncpg
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from service.delivery.schemas import MAX_RECEIPTS_PER_CALL
-from service.delivery.service import DEADLOCK_ATTEMPTS
 from service.events import repository as events_repository
 from tests.support.api import Consumer, assert_envelope, changed_customer, confirm_receipt
-from tests.support.outbox import event_rows, insert_events, receipt_count
+from tests.support.outbox import event_rows, insert_events, receipt_count, wait_until
 
 PATH = "/events/confirm-deliveries"
 Receipt = tuple[str, str]  # (event_id, status)
@@ -56,7 +55,7 @@ def test_receipts_are_recorded_and_answered_in_the_order_sent(
     customer_id, events = changed_customer(client, tenant, create_customer, 2)
     ids = [event["event_id"] for event in events]  # sequences 1, 2, 3
     status_of = dict(zip(ids, ("processed", "received", "failed"), strict=True))
-    sent = sorted(ids, reverse=True)  # not the event-id order the rows are locked in
+    sent = sorted(ids, reverse=True)  # not the event-id order
 
     answer = recorded(client, tenant, [(event_id, status_of[event_id]) for event_id in sent])
 
@@ -245,24 +244,21 @@ def test_a_failed_receipt_then_processed_recovers_and_delivered_is_never_downgra
     assert delivery_state(late_failure) == ("delivered", received["delivered_at"], 2)
 
 
-def deadlock_on(monkeypatch: pytest.MonkeyPatch, fails: Callable[[int], bool]) -> list[str]:
-    """Make the receipt statement raise a deadlock after it ran, on the calls ``fails``
-    picks (1, 2, …); returns the event ids of every call, in call order."""
+def fail_on(monkeypatch: pytest.MonkeyPatch, call_number: int) -> None:
+    """The database goes away at the receipt statement number ``call_number`` (1, 2, …)."""
     original = events_repository.confirm_delivery
     calls: list[str] = []
 
     async def confirm_delivery(connection: Any, event_id: uuid.UUID, *rest: Any) -> Any:
-        state = await original(connection, event_id, *rest)
         calls.append(str(event_id))
-        if fails(len(calls)):
-            raise asyncpg.DeadlockDetectedError("deadlock detected")
-        return state
+        if len(calls) == call_number:
+            raise asyncpg.PostgresConnectionError("connection lost")
+        return await original(connection, event_id, *rest)
 
     monkeypatch.setattr(events_repository, "confirm_delivery", confirm_delivery)
-    return calls
 
 
-def test_a_deadlock_rolls_the_call_back_and_it_is_retried_whole_in_event_id_order(
+def test_a_failure_part_way_keeps_the_receipts_before_it_and_the_call_can_be_sent_again(
     client: TestClient,
     engine: Engine,
     create_consumer: Callable[..., Consumer],
@@ -270,32 +266,40 @@ def test_a_deadlock_rolls_the_call_back_and_it_is_retried_whole_in_event_id_orde
 ) -> None:
     tenant = create_consumer()
     event_ids = insert_events(engine, tenant["consumer_id"], 3)
-    calls = deadlock_on(monkeypatch, lambda call: call == 2)  # mid-way through attempt 1
+    sent = [(event_id, "processed") for event_id in event_ids]
+    with monkeypatch.context() as patched:
+        fail_on(patched, 2)
+        assert_envelope(confirm_many(client, tenant, sent), 503)
+    assert receipt_count(engine, event_ids[0]) == 1
+    assert all(untouched(engine, event_id) for event_id in event_ids[1:])
 
-    answer = recorded(client, tenant, [(event_id, "processed") for event_id in event_ids])
+    again = recorded(client, tenant, sent)["items"]
 
-    assert calls == sorted(event_ids)[:2] + sorted(event_ids)
-    assert [i["event_id"] for i in answer["items"]] == event_ids
-    assert [i["duplicate"] for i in answer["items"]] == [False] * 3  # attempt 1 left nothing
+    assert [receipt["duplicate"] for receipt in again] == [True, False, False]
     assert [receipt_count(engine, event_id) for event_id in event_ids] == [1] * 3
-    assert {row.deliver_try_count for row in event_rows(engine, event_ids).values()} == {1}
 
 
-def test_a_deadlock_on_every_attempt_is_a_500_and_records_nothing(
-    client: TestClient,
-    engine: Engine,
-    create_consumer: Callable[..., Consumer],
-    monkeypatch: pytest.MonkeyPatch,
+def test_each_receipt_is_committed_before_the_next_so_no_lock_is_held_across_them(
+    client: TestClient, engine: Engine, create_consumer: Callable[..., Consumer]
 ) -> None:
+    """The relay marks a batch of events published in one statement, locking their rows in
+    its own order; a call that kept its rows locked to the end deadlocked with it."""
     tenant = create_consumer()
-    event_ids = insert_events(engine, tenant["consumer_id"], 2)
-    calls = deadlock_on(monkeypatch, lambda call: call % 2 == 0)  # each attempt's second
+    first, second = insert_events(engine, tenant["consumer_id"], 2)
+    lock = "SELECT 1 FROM customer_events WHERE event_id = :id FOR NO KEY UPDATE"
+    with engine.connect() as relay, ThreadPoolExecutor(1) as pool:
+        relay.execute(text("SET LOCAL lock_timeout = '5s'"))
+        relay.execute(text(lock), {"id": second})
+        call = pool.submit(
+            confirm_many, client, tenant, [(first, "processed"), (second, "processed")]
+        )
+        assert wait_until(lambda: receipt_count(engine, first) == 1), "committed on its own"
+        relay.execute(text(lock), {"id": first})  # the call holds no lock on it any more
+        relay.commit()
+        answer = assert_envelope(call.result(30), 200)
 
-    response = confirm_many(client, tenant, [(event_id, "processed") for event_id in event_ids])
-
-    assert_envelope(response, 500)
-    assert len(calls) == 2 * DEADLOCK_ATTEMPTS
-    assert all(untouched(engine, event_id) for event_id in event_ids)
+    assert [receipt["duplicate"] for receipt in answer["items"]] == [False, False]
+    assert receipt_count(engine, second) == 1
 
 
 def test_concurrent_calls_in_opposite_orders_record_each_receipt_once(
