@@ -73,6 +73,20 @@ def slow_api(tcp_proxy_factory: Callable[[str, int], TcpProxy], live_server: str
 
 
 @pytest.fixture
+def slow_confirmer(
+    make_confirmer: Callable[..., DeliveryConfirmer], slow_api: str, tenant: Tenant
+) -> DeliveryConfirmer:
+    """The tenant's confirmer, calling the API through the slow proxy."""
+    confirmer: DeliveryConfirmer = make_confirmer(slow_api, tenant["api_key"])
+    return confirmer
+
+
+def recorded_events(engine: Engine, tenant: Tenant) -> list[str]:
+    """The events the tenant has a receipt for, sorted."""
+    return sorted(event for event, _, _ in receipts(engine, tenant))
+
+
+@pytest.fixture
 def events(api: httpx.Client, tenant: Tenant, engine: Engine) -> list[str]:
     create_customers(api, tenant, LANES - 1)
     found = tenant_events(engine, tenant)
@@ -176,55 +190,40 @@ def test_closing_sends_what_waits_first():
 
 
 def test_the_lanes_receipts_share_calls_and_are_all_recorded(
-    make_confirmer: Callable[..., DeliveryConfirmer],
-    slow_api: str,
-    tenant: Tenant,
-    engine: Engine,
-    events: list[str],
+    slow_confirmer: DeliveryConfirmer, tenant: Tenant, engine: Engine, events: list[str]
 ):
-    confirmer = make_confirmer(slow_api, tenant["api_key"])
 
-    outcomes = confirm_together(confirmer, [(event, "processed", None) for event in events])
+    outcomes = confirm_together(slow_confirmer, [(event, "processed", None) for event in events])
 
     assert outcomes == [Receipt.RECORDED] * LANES
-    assert sorted(event for event, _, _ in receipts(engine, tenant)) == sorted(events)
-    assert 1 <= confirmer.batches_sent < LANES, "lanes waiting behind a call share the next"
+    assert recorded_events(engine, tenant) == sorted(events)
+    assert 1 <= slow_confirmer.batches_sent < LANES, "lanes waiting behind a call share the next"
 
 
 def test_a_receipt_the_api_does_not_know_is_refused_and_the_others_recorded(
-    make_confirmer: Callable[..., DeliveryConfirmer],
-    slow_api: str,
-    tenant: Tenant,
-    engine: Engine,
-    events: list[str],
+    slow_confirmer: DeliveryConfirmer, tenant: Tenant, engine: Engine, events: list[str]
 ):
-    confirmer = make_confirmer(slow_api, tenant["api_key"])
     unknown = str(uuid.uuid4())
     sent = [(event, "processed", None) for event in events[:5]] + [(unknown, "processed", None)]
     upper = events[5].upper()  # the API answers ids lower-case
     sent.append((upper, "received", None))
 
-    outcomes = confirm_together(confirmer, sent)
+    outcomes = confirm_together(slow_confirmer, sent)
 
     assert outcomes == [Receipt.RECORDED] * 5 + [Receipt.REFUSED, Receipt.RECORDED]
-    assert sorted(event for event, _, _ in receipts(engine, tenant)) == sorted(events[:6])
+    assert recorded_events(engine, tenant) == sorted(events[:6])
 
 
 def test_a_batch_the_api_refuses_whole_is_sent_receipt_by_receipt(
-    make_confirmer: Callable[..., DeliveryConfirmer],
-    slow_api: str,
-    tenant: Tenant,
-    engine: Engine,
-    events: list[str],
+    slow_confirmer: DeliveryConfirmer, tenant: Tenant, engine: Engine, events: list[str]
 ):
-    confirmer = make_confirmer(slow_api, tenant["api_key"])
     too_long = "x" * 2001  # the API's limit on ``detail`` is 2000: a 422 for the whole call
     sent = [(event, "processed", None) for event in events[:4]] + [(events[4], "failed", too_long)]
 
-    outcomes = confirm_together(confirmer, sent)
+    outcomes = confirm_together(slow_confirmer, sent)
 
     assert outcomes == [Receipt.RECORDED] * 4 + [Receipt.REFUSED]
-    assert sorted(event for event, _, _ in receipts(engine, tenant)) == sorted(events[:4])
+    assert recorded_events(engine, tenant) == sorted(events[:4])
 
 
 def test_a_refused_key_stops_every_lane_waiting_on_the_batch(
