@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
@@ -38,6 +39,7 @@ from service.messaging.publish.publisher import ConfirmingPublisher
 from service.ops.platform_metrics import observe_delivery
 
 Kind = Literal["resend", "redeliver"]
+CONFIRM_CONNECTIONS = 4  # of the pool's (default 10), for one call of several receipts
 PublisherFactory = Callable[[], ConfirmingPublisher]
 TENANT_CONSUMER_NAME = (
     "consumer_name is for operators (X-Admin-Key); a tenant always acts on its own events"
@@ -191,24 +193,46 @@ async def confirm_delivery(
 async def confirm_deliveries(
     pool: asyncpg.Pool, consumer_id: UUID, request: ConfirmDeliveriesRequest
 ) -> DeliveryReceipts:
-    """Record several receipts in the order sent, each exactly as ``confirm_delivery`` would.
+    """Record several receipts, each exactly as ``confirm_delivery`` would; answered in the
+    order sent.
 
-    One connection, one statement and one commit per receipt: a transaction around them
-    all would hold each event's row until the last commit, and the relay marking a batch
-    of those events published locks them in another order, so the two deadlocked (a
-    second's wait each). A failure part-way (503) leaves the receipts before it recorded;
-    sending the call again is safe, as every receipt is idempotent.
+    One statement and one commit per receipt, on up to ``CONFIRM_CONNECTIONS`` pooled
+    connections at once (an event's receipts in the order sent, on one of them). Not one
+    transaction: it would hold each event's row until the last commit, and the relay
+    marking a batch of those events published locks them in another order, so the two
+    deadlocked (a second's wait each). Not one connection: its commits would queue behind
+    each other, and a worker's batches would record no faster than one receipt at a time.
+    A failure part-way (503) may leave some receipts recorded; sending the call again is
+    safe, as every receipt is idempotent.
     """
+    receipts = request.receipts
+    states: list[asyncpg.Record | None] = [None] * len(receipts)
+    by_event: dict[UUID, list[int]] = {}
+    for index, receipt in enumerate(receipts):
+        by_event.setdefault(receipt.event_id, []).append(index)
+    groups = iter(by_event.values())  # shared by the lanes below: each takes the next event
+
+    async def lane() -> None:
+        async with pooled_connection(pool) as connection:
+            for group in groups:
+                for index in group:
+                    receipt = receipts[index]
+                    states[index] = await events_repository.confirm_delivery(
+                        connection, receipt.event_id, consumer_id, receipt.status, receipt.detail
+                    )
+
+    try:
+        async with asyncio.TaskGroup() as lanes:
+            for _ in range(min(CONFIRM_CONNECTIONS, len(by_event))):
+                lanes.create_task(lane())
+    except ExceptionGroup as failed:  # the first failure, as one connection would raise it
+        raise failed.exceptions[0] from None
     answer = DeliveryReceipts(items=[], not_found=[])
-    async with pooled_connection(pool) as connection:
-        for receipt in request.receipts:
-            state = await events_repository.confirm_delivery(
-                connection, receipt.event_id, consumer_id, receipt.status, receipt.detail
-            )
-            if state is None:
-                answer.not_found.append(receipt.event_id)
-            else:
-                answer.items.append(_receipt(state, receipt.status))
+    for receipt, state in zip(receipts, states, strict=True):
+        if state is None:
+            answer.not_found.append(receipt.event_id)
+        else:
+            answer.items.append(_receipt(state, receipt.status))
     return answer
 
 

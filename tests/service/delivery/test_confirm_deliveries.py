@@ -258,25 +258,25 @@ def fail_on(monkeypatch: pytest.MonkeyPatch, call_number: int) -> None:
     monkeypatch.setattr(events_repository, "confirm_delivery", confirm_delivery)
 
 
-def test_a_failure_part_way_keeps_the_receipts_before_it_and_the_call_can_be_sent_again(
+def test_a_failure_part_way_is_a_503_and_the_call_can_be_sent_again(
     client: TestClient,
     engine: Engine,
     create_consumer: Callable[..., Consumer],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     tenant = create_consumer()
-    event_ids = insert_events(engine, tenant["consumer_id"], 3)
+    event_ids = insert_events(engine, tenant["consumer_id"], 6)
     sent = [(event_id, "processed") for event_id in event_ids]
     with monkeypatch.context() as patched:
         fail_on(patched, 2)
         assert_envelope(confirm_many(client, tenant, sent), 503)
-    assert receipt_count(engine, event_ids[0]) == 1
-    assert all(untouched(engine, event_id) for event_id in event_ids[1:])
+    recorded_before = [receipt_count(engine, event_id) for event_id in event_ids]
+    assert sum(recorded_before) < len(event_ids)
 
     again = recorded(client, tenant, sent)["items"]
 
-    assert [receipt["duplicate"] for receipt in again] == [True, False, False]
-    assert [receipt_count(engine, event_id) for event_id in event_ids] == [1] * 3
+    assert [receipt["duplicate"] for receipt in again] == [n == 1 for n in recorded_before]
+    assert [receipt_count(engine, event_id) for event_id in event_ids] == [1] * 6
 
 
 def test_each_receipt_is_committed_before_the_next_so_no_lock_is_held_across_them(
@@ -325,3 +325,22 @@ def test_concurrent_calls_in_opposite_orders_record_each_receipt_once(
     ]
     assert sorted(firsts) == sorted(event_ids)  # each recorded by exactly one call
     assert [receipt_count(engine, event_id) for event_id in event_ids] == [1] * len(event_ids)
+
+
+def test_a_receipt_waiting_on_a_lock_does_not_hold_back_the_rest_of_its_call(
+    client: TestClient, engine: Engine, create_consumer: Callable[..., Consumer]
+) -> None:
+    """The receipts of a call are recorded on several connections at once."""
+    tenant = create_consumer()
+    held, *others = insert_events(engine, tenant["consumer_id"], 3)
+    lock = "SELECT 1 FROM customer_events WHERE event_id = :id FOR NO KEY UPDATE"
+    with engine.connect() as relay, ThreadPoolExecutor(1) as pool:
+        relay.execute(text(lock), {"id": held})
+        sent = [(held, "processed"), *((event_id, "processed") for event_id in others)]
+        call = pool.submit(confirm_many, client, tenant, sent)
+        assert wait_until(lambda: all(receipt_count(engine, e) == 1 for e in others))
+        assert receipt_count(engine, held) == 0 and not call.done()
+        relay.commit()
+        answer = assert_envelope(call.result(30), 200)
+
+    assert [receipt["duplicate"] for receipt in answer["items"]] == [False] * 3
