@@ -106,7 +106,7 @@ class ConfirmDeliveryRequest(StrictInput):
 
 
 class ConfirmDeliveriesRequest(StrictInput):
-    """Several receipts in one call, recorded one after another in the order sent."""
+    """Several receipts in one call, each recorded as a single one; answered in the order sent."""
 
     receipts: list[ConfirmDeliveryRequest] = Field(min_length=1, max_length=MAX_RECEIPTS_PER_CALL)
 

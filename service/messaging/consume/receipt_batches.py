@@ -1,4 +1,4 @@
-"""Receipts of many lanes sent together: one sender thread, one API call per batch.
+"""Receipts of many lanes sent together: a few sender threads, one API call per batch.
 
 A lane hands its receipt to ``ReceiptBatches.put`` and blocks until that receipt's
 outcome is known, so its ack still follows the recorded receipt. A few sender threads
@@ -6,8 +6,8 @@ each take every receipt waiting when their previous call returned (up to ``batch
 into their next call: while the API is quick a batch is one or two receipts, and while it
 is slow the receipts of all lanes that piled up behind it go in a few calls instead of one
 call each — the API does less work exactly when it has the least to spare. More than one
-sender, because the API records a call's receipts one after another: one sender would put
-every commit of the worker in one line (measured: the worker fell seconds behind at 200
+sender, because a call's receipts are each committed on their own: one sender put every
+commit of the worker behind one call (measured: the worker fell seconds behind at 200
 events/s).
 """
 
